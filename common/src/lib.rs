@@ -1,0 +1,41 @@
+//! Shared plumbing for every twtr service. Domain logic never lives here.
+//!
+//! # Layout
+//!
+//! - [`error`]: the one error-code table: every service error maps to a gRPC code and an HTTP
+//!   status here, and nowhere else.
+//! - [`id`]: Snowflake-style 64-bit IDs (milliseconds, worker, sequence); newest first is ID order.
+//! - [`page`]: cursor pagination types shared by every list (`Limit`, `PageRequest`, `Page`).
+//! - [`clock`]: millisecond timestamps and their protobuf/RFC 3339 forms.
+//! - [`embedded`]: the embedded, durable storage engine (redb) that each service's embedded store
+//!   is built on, including the transactional outbox table.
+//! - [`outbox`]: the outbox trait and the relay that moves stored events onto the bus.
+//! - [`bus`]: the event-bus trait, its in-process backend, the consumer loop and the conformance
+//!   suite every backend must pass.
+//! - [`grpc`]: serving a tonic service with health, reflection and graceful shutdown.
+//! - [`tokens`]: signing and verifying the bearer tokens users log in with.
+//! - [`shutdown`], [`telemetry`]: process signals and structured logging.
+//!
+//! # How data flows
+//!
+//! A service handler validates its input, then writes its rows *and* the domain event in one
+//! store transaction (the outbox). The [`outbox::run_relay`] task publishes stored events to the
+//! [`bus::EventBus`] and deletes them once the bus confirms. Consumers run [`bus::consume`], which
+//! hands each delivery to an idempotent handler and acknowledges only after the effect is stored.
+
+pub mod bus;
+pub mod clock;
+pub mod embedded;
+pub mod error;
+pub mod events;
+pub mod grpc;
+pub mod id;
+pub mod outbox;
+pub mod page;
+pub mod shutdown;
+pub mod telemetry;
+pub mod tokens;
+
+pub use error::{ErrorCode, ServiceError};
+pub use id::IdGenerator;
+pub use page::{Limit, Page, PageRequest};

@@ -1,0 +1,103 @@
+//! The feeds service: a denormalized home feed per user, built only from other services'
+//! events. Owns the `feeds` keyspace.
+//!
+//! # Layout
+//!
+//! - [`store`]: the [`FeedStore`] trait (feeds, the service's own copy of the follow graph,
+//!   each author's recent tweets), its embedded backend and its conformance suite.
+//! - [`service`]: the domain logic ([`Feeds`]): apply an event, read a feed.
+//! - [`grpc`]: the thin tonic adapter for `twtr.feeds.v1.FeedsService`.
+//!
+//! # How data flows
+//!
+//! The service consumes `tweets.tweet_created`, `followers.user_followed` and
+//! `followers.user_unfollowed` from its own durable queue. A new tweet is fanned out on write
+//! into the feed of each follower (and the author); following someone backfills their recent
+//! tweets; unfollowing removes them. Every handler is idempotent, and a delivery is acknowledged
+//! only after its effect is stored.
+
+pub mod grpc;
+pub mod service;
+pub mod store;
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use twtr_common::bus::{self, EventBus, QueueSpec, RetryPolicy, Subscription};
+use twtr_common::grpc as grpc_server;
+
+pub use service::{Feeds, FeedsError};
+pub use store::{EmbeddedFeedStore, FeedLimits, FeedStore};
+
+/// The feeds service's queue and the events it needs.
+pub fn queue() -> QueueSpec {
+    QueueSpec {
+        name: "feeds".to_owned(),
+        bindings: [
+            "tweets.tweet_created",
+            "followers.user_followed",
+            "followers.user_unfollowed",
+        ]
+        .map(str::to_owned)
+        .to_vec(),
+    }
+}
+
+/// Everything the feeds service needs, built by the binary from configuration.
+pub struct FeedsDeps {
+    pub store: Arc<dyn FeedStore>,
+    pub bus: Arc<dyn EventBus>,
+}
+
+/// A feeds service whose queue is declared: events published from now on reach it, even
+/// before [`FeedsService::serve`] runs.
+pub struct FeedsService {
+    feeds: Arc<Feeds>,
+    subscription: Box<dyn Subscription>,
+}
+
+impl FeedsService {
+    pub async fn build(deps: FeedsDeps) -> anyhow::Result<Self> {
+        let subscription = deps
+            .bus
+            .subscribe(&queue())
+            .await
+            .context("failed to declare the feeds queue")?;
+        Ok(Self {
+            feeds: Arc::new(Feeds::new(deps.store)),
+            subscription,
+        })
+    }
+
+    /// Serves `GetFeed` and consumes events until `shutdown`; then stops taking requests and
+    /// deliveries, and finishes the ones in hand.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<()> {
+        let consumer = {
+            let feeds = Arc::clone(&self.feeds);
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                let queue = queue();
+                bus::consume(
+                    &queue.name,
+                    self.subscription,
+                    feeds.as_ref(),
+                    RetryPolicy::default(),
+                    shutdown,
+                )
+                .await
+            })
+        };
+        let served = grpc_server::serve(grpc::server(self.feeds), listener, shutdown).await;
+        consumer
+            .await
+            .context("feeds consumer panicked")?
+            .context("feeds consumer failed")?;
+        served
+    }
+}

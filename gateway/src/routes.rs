@@ -1,0 +1,388 @@
+//! One handler per route of the public API (see DESIGN.md, "Edge API"). Each reads top to
+//! bottom: parse the input, call the owning service(s), hydrate, respond.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use twtr_common::tokens::Tokens;
+use twtr_common::{ErrorCode, clock};
+use twtr_proto::feeds::v1::GetFeedRequest;
+use twtr_proto::followers::v1::{FollowRequest, UnfollowRequest};
+use twtr_proto::tweets::v1::{
+    BatchGetTweetsRequest, CreateTweetRequest, GetTweetRequest, ListUserTweetsRequest,
+};
+use twtr_proto::users::v1::{
+    CreateUserRequest, GetUserByUsernameRequest, GetUserRequest, LoginRequest,
+};
+
+use crate::error::ApiError;
+use crate::extract::{Caller, JsonBody, PageParams, parse_id};
+use crate::upstream::{Upstreams, rpc};
+use crate::views::{self, PageView, SessionView, TweetView, UserView};
+
+/// The largest request body accepted, in bytes.
+pub const BODY_LIMIT: usize = 64 * 1024;
+const READINESS_DEADLINE: Duration = Duration::from_secs(1);
+
+/// Shared by every handler; cheap to clone.
+#[derive(Clone)]
+pub struct AppState(Arc<Inner>);
+
+struct Inner {
+    upstreams: Upstreams,
+    tokens: Tokens,
+}
+
+impl AppState {
+    pub fn new(upstreams: Upstreams, tokens: Tokens) -> Self {
+        Self(Arc::new(Inner { upstreams, tokens }))
+    }
+
+    pub fn tokens(&self) -> &Tokens {
+        &self.0.tokens
+    }
+
+    fn up(&self) -> &Upstreams {
+        &self.0.upstreams
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/users", post(create_user))
+        .route("/v1/sessions", post(create_session))
+        .route("/v1/users/me", get(me))
+        .route("/v1/users/by-username/{username}", get(user_by_username))
+        .route("/v1/users/{id}", get(user_by_id))
+        .route("/v1/users/{id}/follow", post(follow).delete(unfollow))
+        .route("/v1/users/{id}/tweets", get(user_tweets))
+        .route("/v1/tweets", post(create_tweet))
+        .route("/v1/tweets/{id}", get(tweet_by_id))
+        .route("/v1/feed", get(feed))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .fallback(|| async { ApiError::not_found("no such route") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                ErrorCode::InvalidArgument,
+                "method not allowed on this route",
+            )
+        })
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .with_state(state)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateUserBody {
+    username: String,
+    password: String,
+    #[serde(default)]
+    display_name: String,
+    #[serde(default)]
+    bio: String,
+}
+
+async fn create_user(
+    State(state): State<AppState>,
+    JsonBody(body): JsonBody<CreateUserBody>,
+) -> Result<(StatusCode, Json<UserView>), ApiError> {
+    let request = CreateUserRequest {
+        username: body.username,
+        password: body.password,
+        display_name: body.display_name,
+        bio: body.bio,
+    };
+    let user = state
+        .up()
+        .users
+        .clone()
+        .create_user(rpc(request))
+        .await?
+        .into_inner();
+    Ok((StatusCode::CREATED, Json(views::new_user(user))))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateSessionBody {
+    username: String,
+    password: String,
+}
+
+async fn create_session(
+    State(state): State<AppState>,
+    JsonBody(body): JsonBody<CreateSessionBody>,
+) -> Result<Json<SessionView>, ApiError> {
+    let request = LoginRequest {
+        username: body.username,
+        password: body.password,
+    };
+    let session = state
+        .up()
+        .users
+        .clone()
+        .login(rpc(request))
+        .await?
+        .into_inner();
+    let user = session
+        .user
+        .ok_or_else(|| ApiError::new(ErrorCode::Internal, "login returned no user"))?;
+    let user = one(views::users(state.up(), vec![user]).await?)?;
+    Ok(Json(SessionView {
+        token: session.token,
+        expires_at: clock::rfc3339(session.expires_at.as_ref().map_or(0, clock::from_timestamp)),
+        user,
+    }))
+}
+
+fn one<T>(mut items: Vec<T>) -> Result<T, ApiError> {
+    items
+        .pop()
+        .ok_or_else(|| ApiError::new(ErrorCode::Internal, "hydration lost an item"))
+}
+
+async fn user_view(state: &AppState, user_id: u64) -> Result<UserView, ApiError> {
+    let user = state
+        .up()
+        .users
+        .clone()
+        .get_user(rpc(GetUserRequest { user_id }))
+        .await?
+        .into_inner();
+    one(views::users(state.up(), vec![user]).await?)
+}
+
+async fn me(State(state): State<AppState>, Caller(me): Caller) -> Result<Json<UserView>, ApiError> {
+    match user_view(&state, me).await {
+        Err(err) if err.code == ErrorCode::NotFound => {
+            Err(ApiError::unauthenticated("this account no longer exists"))
+        }
+        other => other.map(Json),
+    }
+}
+
+async fn user_by_id(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<UserView>, ApiError> {
+    let id = parse_id(&id, "user id")?;
+    user_view(&state, id).await.map(Json)
+}
+
+async fn user_by_username(
+    State(state): State<AppState>,
+    Path(username): Path<String>,
+) -> Result<Json<UserView>, ApiError> {
+    let user = state
+        .up()
+        .users
+        .clone()
+        .get_user_by_username(rpc(GetUserByUsernameRequest { username }))
+        .await?
+        .into_inner();
+    Ok(Json(one(views::users(state.up(), vec![user]).await?)?))
+}
+
+async fn follow(
+    State(state): State<AppState>,
+    Caller(me): Caller,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let followee_id = parse_id(&id, "user id")?;
+    let request = FollowRequest {
+        follower_id: me,
+        followee_id,
+    };
+    state.up().followers.clone().follow(rpc(request)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn unfollow(
+    State(state): State<AppState>,
+    Caller(me): Caller,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let followee_id = parse_id(&id, "user id")?;
+    if followee_id == me {
+        return Err(ApiError::invalid("you cannot unfollow yourself"));
+    }
+    let request = UnfollowRequest {
+        follower_id: me,
+        followee_id,
+    };
+    let removed = state
+        .up()
+        .followers
+        .clone()
+        .unfollow(rpc(request))
+        .await?
+        .into_inner()
+        .removed;
+    if !removed {
+        // Nothing to undo is fine, but only for a user who exists.
+        let lookup = GetUserRequest {
+            user_id: followee_id,
+        };
+        state.up().users.clone().get_user(rpc(lookup)).await?;
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateTweetBody {
+    text: String,
+}
+
+async fn create_tweet(
+    State(state): State<AppState>,
+    Caller(me): Caller,
+    JsonBody(body): JsonBody<CreateTweetBody>,
+) -> Result<(StatusCode, Json<TweetView>), ApiError> {
+    let request = CreateTweetRequest {
+        author_id: me,
+        text: body.text,
+    };
+    let tweet = state
+        .up()
+        .tweets
+        .clone()
+        .create_tweet(rpc(request))
+        .await?
+        .into_inner();
+    let view = one(views::tweets(state.up(), vec![(tweet, None)]).await?)?;
+    Ok((StatusCode::CREATED, Json(view)))
+}
+
+async fn tweet_by_id(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<TweetView>, ApiError> {
+    let tweet_id = parse_id(&id, "tweet id")?;
+    let tweet = state
+        .up()
+        .tweets
+        .clone()
+        .get_tweet(rpc(GetTweetRequest { tweet_id }))
+        .await?
+        .into_inner();
+    let view = views::tweets(state.up(), vec![(tweet, None)]).await?;
+    // A tweet whose author is gone is gone too.
+    one(view)
+        .map(Json)
+        .map_err(|_| ApiError::not_found("tweet not found"))
+}
+
+async fn user_tweets(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    PageParams(page): PageParams,
+) -> Result<Json<PageView<TweetView>>, ApiError> {
+    let author_id = parse_id(&id, "user id")?;
+    let (mut users, mut tweets) = (state.up().users.clone(), state.up().tweets.clone());
+    let request = ListUserTweetsRequest {
+        author_id,
+        before: page.before,
+        since: page.since,
+        limit: page.limit.get() as u32,
+    };
+    let (_, page) = tokio::try_join!(
+        users.get_user(rpc(GetUserRequest { user_id: author_id })),
+        tweets.list_user_tweets(rpc(request)),
+    )?;
+    let page = page.into_inner();
+    let items = page.tweets.into_iter().map(|t| (t, None)).collect();
+    Ok(Json(PageView::new(
+        views::tweets(state.up(), items).await?,
+        page.next,
+    )))
+}
+
+async fn feed(
+    State(state): State<AppState>,
+    Caller(me): Caller,
+    PageParams(page): PageParams,
+) -> Result<Json<PageView<TweetView>>, ApiError> {
+    let request = GetFeedRequest {
+        user_id: me,
+        before: page.before,
+        since: page.since,
+        limit: page.limit.get() as u32,
+    };
+    let feed = state
+        .up()
+        .feeds
+        .clone()
+        .get_feed(rpc(request))
+        .await?
+        .into_inner();
+    let ids = feed.entries.iter().map(|e| e.tweet_id).collect();
+    let mut tweets: HashMap<u64, _> = state
+        .up()
+        .tweets
+        .clone()
+        .batch_get_tweets(rpc(BatchGetTweetsRequest { tweet_ids: ids }))
+        .await?
+        .into_inner()
+        .tweets
+        .into_iter()
+        .map(|t| (t.id, t))
+        .collect();
+    // Keep the feed's order; an entry whose tweet is gone is skipped.
+    let items = feed
+        .entries
+        .iter()
+        .filter_map(|e| tweets.remove(&e.tweet_id).map(|t| (t, e.retweeted_by)))
+        .collect();
+    Ok(Json(PageView::new(
+        views::tweets(state.up(), items).await?,
+        feed.next,
+    )))
+}
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+/// Ready when every service answers its gRPC health check with SERVING.
+async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<serde_json::Value>) {
+    let checks: Vec<(&'static str, _)> = state
+        .up()
+        .health
+        .iter()
+        .map(|(name, client)| {
+            let mut client = client.clone();
+            let check = tokio::spawn(async move {
+                let mut request = tonic::Request::new(HealthCheckRequest {
+                    service: String::new(),
+                });
+                request.set_timeout(READINESS_DEADLINE);
+                let status = client.check(request).await.map(|r| r.into_inner().status());
+                matches!(status, Ok(ServingStatus::Serving))
+            });
+            (*name, check)
+        })
+        .collect();
+    let mut not_ready = Vec::new();
+    for (name, check) in checks {
+        if !check.await.unwrap_or(false) {
+            not_ready.push(name);
+        }
+    }
+    if not_ready.is_empty() {
+        return (StatusCode::OK, Json(json!({ "status": "ready" })));
+    }
+    let message = format!("not ready: {}", not_ready.join(", "));
+    let body = json!({ "error": { "code": "unavailable", "message": message } });
+    (StatusCode::SERVICE_UNAVAILABLE, Json(body))
+}

@@ -1,0 +1,177 @@
+//! The JSON bodies of the public API, and their hydration from several services. Hydration is
+//! batched: one RPC per kind of data per response, however many items it holds.
+
+use std::collections::HashMap;
+
+use serde::Serialize;
+use twtr_common::clock;
+use twtr_proto::followers::v1::BatchGetCountsRequest;
+use twtr_proto::tweets::v1::{self as tweets_pb, BatchGetTweetCountsRequest};
+use twtr_proto::users::v1::{self as users_pb, BatchGetUsersRequest};
+
+use crate::error::ApiError;
+use crate::upstream::{Upstreams, rpc};
+
+/// A user, as the API shows it. IDs are strings; timestamps RFC 3339 UTC.
+#[derive(Debug, Clone, Serialize)]
+pub struct UserView {
+    pub id: String,
+    pub username: String,
+    pub display_name: String,
+    pub bio: String,
+    pub created_at: String,
+    pub followers_count: u64,
+    pub following_count: u64,
+    pub tweets_count: u64,
+}
+
+/// The part of a user shown with each tweet.
+#[derive(Debug, Clone, Serialize)]
+pub struct AuthorView {
+    pub id: String,
+    pub username: String,
+    pub display_name: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TweetView {
+    pub id: String,
+    pub author: AuthorView,
+    pub text: String,
+    pub created_at: String,
+    pub like_count: u64,
+    pub retweet_count: u64,
+    /// Set on a feed entry that is a retweet: who retweeted it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retweeted_by: Option<AuthorView>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PageView<T> {
+    pub items: Vec<T>,
+    /// Pass as `before` for the next, older page; null on the last one.
+    pub next: Option<String>,
+}
+
+impl<T> PageView<T> {
+    pub fn new(items: Vec<T>, next: Option<u64>) -> Self {
+        Self {
+            items,
+            next: next.map(|id| id.to_string()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SessionView {
+    pub token: String,
+    pub expires_at: String,
+    pub user: UserView,
+}
+
+fn rfc3339(ts: Option<&prost_types::Timestamp>) -> String {
+    clock::rfc3339(ts.map_or(0, clock::from_timestamp))
+}
+
+fn author(user: &users_pb::User) -> AuthorView {
+    AuthorView {
+        id: user.id.to_string(),
+        username: user.username.clone(),
+        display_name: user.display_name.clone(),
+    }
+}
+
+/// A user just created: nobody follows them and they have posted nothing yet.
+pub fn new_user(user: users_pb::User) -> UserView {
+    user_view(user, (0, 0), 0)
+}
+
+fn user_view(user: users_pb::User, (followers, following): (u64, u64), tweets: u64) -> UserView {
+    UserView {
+        id: user.id.to_string(),
+        created_at: rfc3339(user.created_at.as_ref()),
+        username: user.username,
+        display_name: user.display_name,
+        bio: user.bio,
+        followers_count: followers,
+        following_count: following,
+        tweets_count: tweets,
+    }
+}
+
+/// Adds follower, following and tweet counts to users: two RPCs, run concurrently.
+pub async fn users(up: &Upstreams, users: Vec<users_pb::User>) -> Result<Vec<UserView>, ApiError> {
+    if users.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<u64> = users.iter().map(|u| u.id).collect();
+    let (mut followers, mut tweets) = (up.followers.clone(), up.tweets.clone());
+    let (follow_counts, tweet_counts) = tokio::try_join!(
+        followers.batch_get_counts(rpc(BatchGetCountsRequest {
+            user_ids: ids.clone()
+        })),
+        tweets.batch_get_tweet_counts(rpc(BatchGetTweetCountsRequest { author_ids: ids })),
+    )?;
+    let follow_counts: HashMap<u64, (u64, u64)> = follow_counts
+        .into_inner()
+        .counts
+        .into_iter()
+        .map(|c| (c.user_id, (c.followers_count, c.following_count)))
+        .collect();
+    let tweet_counts: HashMap<u64, u64> = tweet_counts
+        .into_inner()
+        .counts
+        .into_iter()
+        .map(|c| (c.author_id, c.tweets_count))
+        .collect();
+    Ok(users
+        .into_iter()
+        .map(|user| {
+            let follows = follow_counts.get(&user.id).copied().unwrap_or_default();
+            let tweets = tweet_counts.get(&user.id).copied().unwrap_or_default();
+            user_view(user, follows, tweets)
+        })
+        .collect())
+}
+
+/// Adds author profiles to tweets, keeping their order: one RPC. A tweet whose author no longer
+/// exists is left out.
+pub async fn tweets(
+    up: &Upstreams,
+    items: Vec<(tweets_pb::Tweet, Option<u64>)>,
+) -> Result<Vec<TweetView>, ApiError> {
+    if items.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut ids: Vec<u64> = items
+        .iter()
+        .flat_map(|(tweet, retweeter)| std::iter::once(tweet.author_id).chain(*retweeter))
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let authors: HashMap<u64, users_pb::User> = up
+        .users
+        .clone()
+        .batch_get_users(rpc(BatchGetUsersRequest { user_ids: ids }))
+        .await?
+        .into_inner()
+        .users
+        .into_iter()
+        .map(|u| (u.id, u))
+        .collect();
+    Ok(items
+        .into_iter()
+        .filter_map(|(tweet, retweeter)| {
+            let by = authors.get(&tweet.author_id)?;
+            Some(TweetView {
+                id: tweet.id.to_string(),
+                author: author(by),
+                created_at: rfc3339(tweet.created_at.as_ref()),
+                text: tweet.text,
+                like_count: tweet.like_count,
+                retweet_count: tweet.retweet_count,
+                retweeted_by: retweeter.and_then(|id| authors.get(&id)).map(author),
+            })
+        })
+        .collect())
+}

@@ -1,0 +1,324 @@
+//! The `twtr` binary's library: command line, configuration, and the one startup path.
+//!
+//! # Layout
+//!
+//! - [`Cli`]: flags, each with a `TWTR_*` environment variable, turned into a [`Config`].
+//! - [`backends`]: the one place where configuration picks the storage and event-bus backends.
+//! - [`run`]: starts what the subcommand names; [`run_all`] starts the whole mesh in one process
+//!   (what `cargo run` and the black-box tests use), each service still a real gRPC server on
+//!   its own listener and the gateway calling them over gRPC.
+//!
+//! # Shutdown
+//!
+//! SIGINT or SIGTERM cancels one token. In `all`, the gateway drains first (so requests in
+//! flight can still reach the services), then the services: health goes NOT_SERVING, requests
+//! drain, consumers settle what they hold, outboxes flush.
+
+pub mod backends;
+mod cli;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use twtr_common::IdGenerator;
+use twtr_common::telemetry::{self, LogFormat};
+use twtr_feeds::FeedLimits;
+use twtr_gateway::UpstreamUrls;
+use twtr_proto::users::v1::users_service_client::UsersServiceClient;
+
+pub use cli::{Cli, Command};
+
+/// Storage engine behind every service's store trait.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Storage {
+    /// redb files under this directory.
+    Embedded { data_dir: PathBuf },
+    /// A ScyllaDB cluster reached through these contact points.
+    Scylla { nodes: Vec<String> },
+}
+
+/// Everything configurable, after defaults, environment and flags are applied.
+#[derive(Clone)]
+pub struct Config {
+    pub storage: Storage,
+    /// Where embedded files (store, in-process bus, generated token secret) live.
+    pub data_dir: PathBuf,
+    /// RabbitMQ URL; `None` means the in-process bus.
+    pub amqp_url: Option<String>,
+    /// Token signing secret; `None` means generate one and keep it in the data directory.
+    pub token_secret: Option<String>,
+    pub token_ttl: Duration,
+    /// This process's Snowflake worker number; `None` means derive one.
+    pub worker_id: Option<u16>,
+    pub feed_limits: FeedLimits,
+    pub log_format: LogFormat,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("storage", &self.storage)
+            .field("data_dir", &self.data_dir)
+            .field("amqp_url", &self.amqp_url.as_ref().map(|_| "[set]"))
+            .field(
+                "token_secret",
+                &self.token_secret.as_ref().map(|_| "[redacted]"),
+            )
+            .field("token_ttl", &self.token_ttl)
+            .field("worker_id", &self.worker_id)
+            .field("feed_limits", &self.feed_limits)
+            .finish()
+    }
+}
+
+impl Config {
+    /// The all-in-one defaults on `data_dir`: embedded store, in-process bus.
+    pub fn embedded(data_dir: impl Into<PathBuf>) -> Self {
+        let data_dir = data_dir.into();
+        Self {
+            storage: Storage::Embedded {
+                data_dir: data_dir.clone(),
+            },
+            data_dir,
+            amqp_url: None,
+            token_secret: None,
+            token_ttl: Duration::from_secs(24 * 3600),
+            worker_id: None,
+            feed_limits: FeedLimits::default(),
+            log_format: LogFormat::Text,
+        }
+    }
+}
+
+/// The listeners of the whole mesh, bound by the caller (port 0 is fine).
+#[derive(Debug)]
+pub struct MeshListeners {
+    pub http: TcpListener,
+    pub users: TcpListener,
+    pub tweets: TcpListener,
+    pub followers: TcpListener,
+    pub feeds: TcpListener,
+}
+
+/// Binds `addr`, saying which listener failed if it cannot.
+pub async fn bind(name: &str, addr: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("failed to bind the {name} listener on {addr}"))
+}
+
+/// The URL a client in this process uses to reach `listener`.
+fn local_url(listener: &TcpListener) -> anyhow::Result<String> {
+    let mut addr: SocketAddr = listener
+        .local_addr()
+        .context("failed to read a listen address")?;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    Ok(format!("http://{addr}"))
+}
+
+/// Runs what the command line asks for until SIGINT/SIGTERM.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let config = cli.config()?;
+    telemetry::init(config.log_format);
+    let shutdown = twtr_common::shutdown::on_signal();
+    let addrs = &cli.addrs;
+    match cli.command.unwrap_or(Command::All) {
+        Command::All => {
+            let listeners = MeshListeners {
+                http: bind("gateway", &addrs.http_addr).await?,
+                users: bind("users", &addrs.users_addr).await?,
+                tweets: bind("tweets", &addrs.tweets_addr).await?,
+                followers: bind("followers", &addrs.followers_addr).await?,
+                feeds: bind("feeds", &addrs.feeds_addr).await?,
+            };
+            run_all(config, listeners, shutdown).await
+        }
+        Command::Gateway => {
+            let listener = bind("gateway", &addrs.http_addr).await?;
+            let deps = twtr_gateway::GatewayDeps {
+                upstreams: cli.upstream_urls(),
+                tokens: backends::tokens(&config)?,
+            };
+            twtr_gateway::serve(deps, listener, shutdown).await
+        }
+        Command::Users => {
+            let listener = bind("users", &addrs.users_addr).await?;
+            let deps = twtr_users::UsersDeps {
+                store: backends::user_store(&config)?,
+                bus: backends::event_bus(&config, false)?,
+                ids: backends::id_generator(&config)?,
+                tokens: backends::tokens(&config)?,
+            };
+            twtr_users::serve(deps, listener, shutdown).await
+        }
+        Command::Tweets => {
+            let listener = bind("tweets", &addrs.tweets_addr).await?;
+            let deps = twtr_tweets::TweetsDeps {
+                store: backends::tweet_store(&config)?,
+                bus: backends::event_bus(&config, false)?,
+                ids: backends::id_generator(&config)?,
+            };
+            twtr_tweets::serve(deps, listener, shutdown).await
+        }
+        Command::Followers => {
+            let listener = bind("followers", &addrs.followers_addr).await?;
+            let users = UsersServiceClient::new(twtr_gateway::upstream::channel(
+                &cli.upstream_urls().users,
+            )?);
+            let deps = twtr_followers::FollowersDeps {
+                store: backends::follow_store(&config)?,
+                bus: backends::event_bus(&config, false)?,
+                ids: backends::id_generator(&config)?,
+                users: Arc::new(users),
+            };
+            twtr_followers::serve(deps, listener, shutdown).await
+        }
+        Command::Feeds => {
+            let listener = bind("feeds", &addrs.feeds_addr).await?;
+            let deps = twtr_feeds::FeedsDeps {
+                store: backends::feed_store(&config)?,
+                bus: backends::event_bus(&config, false)?,
+            };
+            twtr_feeds::FeedsService::build(deps)
+                .await?
+                .serve(listener, shutdown)
+                .await
+        }
+        Command::Migrate => backends::migrate(&config),
+    }
+}
+
+type ServiceResult = (&'static str, anyhow::Result<()>);
+
+/// Runs the four services and the gateway in this process until `shutdown` (or until one of
+/// them fails, which brings the others down too).
+pub async fn run_all(
+    config: Config,
+    listeners: MeshListeners,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let urls = UpstreamUrls {
+        users: local_url(&listeners.users)?,
+        tweets: local_url(&listeners.tweets)?,
+        followers: local_url(&listeners.followers)?,
+        feeds: local_url(&listeners.feeds)?,
+    };
+    let ids: Arc<IdGenerator> = backends::id_generator(&config)?;
+    let bus = backends::event_bus(&config, true)?;
+    let tokens = backends::tokens(&config)?;
+
+    // Declare the feeds queue before anything can publish, so no event misses it.
+    let feeds = twtr_feeds::FeedsService::build(twtr_feeds::FeedsDeps {
+        store: backends::feed_store(&config)?,
+        bus: Arc::clone(&bus),
+    })
+    .await?;
+    let users = twtr_users::UsersDeps {
+        store: backends::user_store(&config)?,
+        bus: Arc::clone(&bus),
+        ids: Arc::clone(&ids),
+        tokens: tokens.clone(),
+    };
+    let tweets = twtr_tweets::TweetsDeps {
+        store: backends::tweet_store(&config)?,
+        bus: Arc::clone(&bus),
+        ids: Arc::clone(&ids),
+    };
+    let followers = twtr_followers::FollowersDeps {
+        store: backends::follow_store(&config)?,
+        bus: Arc::clone(&bus),
+        ids: Arc::clone(&ids),
+        users: Arc::new(UsersServiceClient::new(twtr_gateway::upstream::channel(
+            &urls.users,
+        )?)),
+    };
+    let gateway = twtr_gateway::GatewayDeps {
+        upstreams: urls.clone(),
+        tokens,
+    };
+
+    tracing::info!(
+        http = %local_url(&listeners.http)?, users = %urls.users, tweets = %urls.tweets,
+        followers = %urls.followers, feeds = %urls.feeds, "twtr mesh starting"
+    );
+
+    // The services stop only after the gateway has drained.
+    let services_stop = CancellationToken::new();
+    let mut services: JoinSet<ServiceResult> = JoinSet::new();
+    let stop = services_stop.clone();
+    services.spawn(async move {
+        (
+            "users",
+            twtr_users::serve(users, listeners.users, stop).await,
+        )
+    });
+    let stop = services_stop.clone();
+    services.spawn(async move {
+        (
+            "tweets",
+            twtr_tweets::serve(tweets, listeners.tweets, stop).await,
+        )
+    });
+    let stop = services_stop.clone();
+    services.spawn(async move {
+        (
+            "followers",
+            twtr_followers::serve(followers, listeners.followers, stop).await,
+        )
+    });
+    let stop = services_stop.clone();
+    services.spawn(async move { ("feeds", feeds.serve(listeners.feeds, stop).await) });
+    let gateway = tokio::spawn(twtr_gateway::serve(
+        gateway,
+        listeners.http,
+        shutdown.clone(),
+    ));
+
+    let mut first_error: Option<anyhow::Error> = None;
+    tokio::select! {
+        () = shutdown.cancelled() => {}
+        ended = services.join_next() => {
+            // A service ended on its own: that is a failure, whatever it returned.
+            let error = match ended {
+                Some(Ok((name, Ok(())))) => anyhow::anyhow!("the {name} service stopped unexpectedly"),
+                Some(Ok((name, Err(err)))) => err.context(format!("the {name} service failed")),
+                Some(Err(join)) => anyhow::Error::new(join).context("a service panicked"),
+                None => anyhow::anyhow!("no services running"),
+            };
+            tracing::error!(error = format!("{error:#}"), "shutting the mesh down");
+            first_error = Some(error);
+            shutdown.cancel();
+        }
+    }
+    match gateway.await {
+        Ok(Ok(())) => {}
+        Ok(Err(err)) => {
+            first_error.get_or_insert(err.context("the gateway failed"));
+        }
+        Err(join) => {
+            first_error.get_or_insert(anyhow::Error::new(join).context("the gateway panicked"));
+        }
+    }
+    services_stop.cancel();
+    while let Some(ended) = services.join_next().await {
+        match ended {
+            Ok((_, Ok(()))) => {}
+            Ok((name, Err(err))) => {
+                first_error.get_or_insert(err.context(format!("the {name} service failed")));
+            }
+            Err(join) => {
+                first_error.get_or_insert(anyhow::Error::new(join).context("a service panicked"));
+            }
+        }
+    }
+    tracing::info!("twtr mesh stopped");
+    first_error.map_or(Ok(()), Err)
+}

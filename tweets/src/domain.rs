@@ -1,0 +1,77 @@
+//! Validated tweet input.
+
+use unicode_normalization::UnicodeNormalization as _;
+
+/// The text of a tweet: NFC-normalized, surrounding whitespace trimmed, then 1 to 280
+/// characters counted as Unicode scalar values.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TweetText(String);
+
+impl TweetText {
+    pub const MAX: usize = 280;
+
+    pub fn parse(raw: &str) -> Result<Self, InvalidText> {
+        let text: String = raw.trim().nfc().collect();
+        let len = text.chars().count();
+        if len == 0 {
+            return Err(InvalidText::Empty);
+        }
+        if len > Self::MAX {
+            return Err(InvalidText::TooLong(len));
+        }
+        Ok(Self(text))
+    }
+
+    pub fn into_inner(self) -> String {
+        self.0
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidText {
+    #[error("tweet text must not be empty")]
+    Empty,
+    #[error("tweet text must be at most 280 characters, got {0}")]
+    TooLong(usize),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_one_to_280_characters() {
+        assert_eq!(TweetText::parse("x").unwrap().into_inner(), "x");
+        assert!(TweetText::parse(&"x".repeat(280)).is_ok());
+        assert_eq!(
+            TweetText::parse(&"x".repeat(281)),
+            Err(InvalidText::TooLong(281))
+        );
+    }
+
+    #[test]
+    fn empty_or_blank_is_refused() {
+        assert_eq!(TweetText::parse(""), Err(InvalidText::Empty));
+        assert_eq!(TweetText::parse(" \n\t "), Err(InvalidText::Empty));
+    }
+
+    #[test]
+    fn counts_scalar_values_after_nfc_not_bytes() {
+        // 280 "é" written as e + combining accent: 560 scalars before NFC, 280 after.
+        let decomposed = "e\u{301}".repeat(280);
+        let text = TweetText::parse(&decomposed).unwrap().into_inner();
+        assert_eq!(text.chars().count(), 280);
+        assert_eq!(text, "é".repeat(280));
+        // 280 emoji are 1120 bytes and still fit.
+        assert!(TweetText::parse(&"🦀".repeat(280)).is_ok());
+        assert!(TweetText::parse(&"🦀".repeat(281)).is_err());
+    }
+
+    #[test]
+    fn surrounding_whitespace_is_trimmed_inner_kept() {
+        assert_eq!(
+            TweetText::parse("  hello  world \n").unwrap().into_inner(),
+            "hello  world"
+        );
+    }
+}

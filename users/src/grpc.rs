@@ -1,0 +1,109 @@
+//! The tonic adapter for `twtr.users.v1.UsersService`: unwrap the request, call [`Users`],
+//! convert the result.
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+use twtr_common::{ServiceError as _, clock};
+use twtr_proto::users::v1 as pb;
+use twtr_proto::users::v1::users_service_server::{UsersService, UsersServiceServer};
+
+use crate::service::{SignUp, Users};
+use crate::store::UserRecord;
+
+pub fn server(users: Users) -> UsersServiceServer<UsersGrpc> {
+    UsersServiceServer::new(UsersGrpc {
+        users: Arc::new(users),
+    })
+}
+
+pub struct UsersGrpc {
+    users: Arc<Users>,
+}
+
+fn to_pb(user: UserRecord) -> pb::User {
+    pb::User {
+        id: user.id,
+        username: user.username,
+        display_name: user.display_name,
+        bio: user.bio,
+        created_at: Some(clock::to_timestamp(user.created_at_ms)),
+    }
+}
+
+#[tonic::async_trait]
+impl UsersService for UsersGrpc {
+    async fn create_user(
+        &self,
+        request: Request<pb::CreateUserRequest>,
+    ) -> Result<Response<pb::User>, Status> {
+        let r = request.into_inner();
+        let sign_up = SignUp {
+            username: r.username,
+            password: r.password,
+            display_name: r.display_name,
+            bio: r.bio,
+        };
+        let user = self
+            .users
+            .create_user(sign_up)
+            .await
+            .map_err(|e| e.to_status())?;
+        Ok(Response::new(to_pb(user)))
+    }
+
+    async fn login(
+        &self,
+        request: Request<pb::LoginRequest>,
+    ) -> Result<Response<pb::LoginResponse>, Status> {
+        let r = request.into_inner();
+        let session = self
+            .users
+            .login(&r.username, &r.password)
+            .await
+            .map_err(|e| e.to_status())?;
+        Ok(Response::new(pb::LoginResponse {
+            token: session.token.token,
+            expires_at: Some(clock::to_timestamp(session.token.expires_at_ms)),
+            user: Some(to_pb(session.user)),
+        }))
+    }
+
+    async fn get_user(
+        &self,
+        request: Request<pb::GetUserRequest>,
+    ) -> Result<Response<pb::User>, Status> {
+        let user = self
+            .users
+            .get_user(request.into_inner().user_id)
+            .await
+            .map_err(|e| e.to_status())?;
+        Ok(Response::new(to_pb(user)))
+    }
+
+    async fn get_user_by_username(
+        &self,
+        request: Request<pb::GetUserByUsernameRequest>,
+    ) -> Result<Response<pb::User>, Status> {
+        let user = self
+            .users
+            .get_user_by_username(&request.into_inner().username)
+            .await
+            .map_err(|e| e.to_status())?;
+        Ok(Response::new(to_pb(user)))
+    }
+
+    async fn batch_get_users(
+        &self,
+        request: Request<pb::BatchGetUsersRequest>,
+    ) -> Result<Response<pb::BatchGetUsersResponse>, Status> {
+        let users = self
+            .users
+            .batch_get_users(request.into_inner().user_ids)
+            .await
+            .map_err(|e| e.to_status())?;
+        Ok(Response::new(pb::BatchGetUsersResponse {
+            users: users.into_iter().map(to_pb).collect(),
+        }))
+    }
+}

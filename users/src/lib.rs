@@ -1,0 +1,62 @@
+//! The users service: accounts, profiles, credentials and login. Owns the `users` keyspace.
+//!
+//! # Layout
+//!
+//! - [`domain`]: validated input types (`Username`, `Password`, ...); they can only hold valid
+//!   values, so everything past parsing works with known-good data.
+//! - [`store`]: the [`UserStore`] trait, its embedded backend and the conformance suite every
+//!   backend passes.
+//! - [`service`]: the domain logic ([`Users`]): validate, store the user with its event, answer.
+//! - [`grpc`]: the thin tonic adapter for `twtr.users.v1.UsersService`.
+//!
+//! # How data flows
+//!
+//! `CreateUser` parses its input, hashes the password, and stores the user, its case-insensitive
+//! username claim and a `UserCreated` event in one transaction; the outbox relay then publishes
+//! the event. `Login` verifies the password hash and signs a token the gateway can verify alone.
+
+pub mod domain;
+pub mod grpc;
+pub mod service;
+pub mod store;
+
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use twtr_common::bus::EventBus;
+use twtr_common::tokens::Tokens;
+use twtr_common::{IdGenerator, grpc as grpc_server, outbox};
+
+pub use service::{Users, UsersError};
+pub use store::{EmbeddedUserStore, UserStore};
+
+/// Everything the users service needs, built by the binary from configuration.
+pub struct UsersDeps {
+    pub store: Arc<dyn UserStore>,
+    pub bus: Arc<dyn EventBus>,
+    pub ids: Arc<IdGenerator>,
+    pub tokens: Tokens,
+}
+
+/// Serves the users service on `listener` until `shutdown`, then drains requests and flushes
+/// the outbox.
+pub async fn serve(
+    deps: UsersDeps,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let relay_stop = CancellationToken::new();
+    let relay = tokio::spawn(outbox::run_relay(
+        "users",
+        deps.store.outbox(),
+        deps.bus,
+        relay_stop.clone(),
+    ));
+    let users = Users::new(deps.store, deps.ids, deps.tokens);
+    let served = grpc_server::serve(grpc::server(users), listener, shutdown).await;
+    // Requests have drained; whatever they stored goes out before the process ends.
+    relay_stop.cancel();
+    relay.await?;
+    served
+}
