@@ -132,7 +132,6 @@ impl EmbeddedDb {
             let tx = Tx::new(&txn);
             let value = f(&tx)?;
             let staged_events = tx.staged.get() > 0;
-            drop(tx);
             txn.commit()?;
             if staged_events {
                 inner.outbox_changed.notify_one();

@@ -250,6 +250,7 @@ impl FeedStore for EmbeddedFeedStore {
 /// The behaviour every [`FeedStore`] backend must show. Backends invoke
 /// [`feed_store_conformance!`](crate::feed_store_conformance) with a function that opens a
 /// fresh store with the given limits.
+#[allow(clippy::unwrap_used, clippy::expect_used)] // a test suite: a panic is the failure report
 pub mod conformance {
     use twtr_common::Limit;
 

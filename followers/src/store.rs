@@ -172,6 +172,7 @@ impl FollowStore for EmbeddedFollowStore {
 
 /// The behaviour every [`FollowStore`] backend must show. Backends invoke
 /// [`follow_store_conformance!`](crate::follow_store_conformance) in their tests.
+#[allow(clippy::unwrap_used, clippy::expect_used)] // a test suite: a panic is the failure report
 pub mod conformance {
     use super::*;
 

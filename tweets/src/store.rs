@@ -151,6 +151,7 @@ impl TweetStore for EmbeddedTweetStore {
 
 /// The behaviour every [`TweetStore`] backend must show. Backends invoke
 /// [`tweet_store_conformance!`](crate::tweet_store_conformance) in their tests.
+#[allow(clippy::unwrap_used, clippy::expect_used)] // a test suite: a panic is the failure report
 pub mod conformance {
     use twtr_common::Limit;
 

@@ -142,6 +142,7 @@ impl UserStore for EmbeddedUserStore {
 
 /// The behaviour every [`UserStore`] backend must show. Backends invoke
 /// [`user_store_conformance!`](crate::user_store_conformance) in their tests.
+#[allow(clippy::unwrap_used, clippy::expect_used)] // a test suite: a panic is the failure report
 pub mod conformance {
     use super::*;
 

@@ -3,6 +3,8 @@
 //! a fresh bus plus whatever must stay alive while it is used. Queue names and routing keys are
 //! unique per test, so the suite can run against a shared broker.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test suite: a panic is the failure report
+
 use std::sync::Arc;
 use std::time::Duration;
 

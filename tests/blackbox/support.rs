@@ -1,0 +1,252 @@
+//! The test harness: spawn the mesh on pre-bound `127.0.0.1:0` listeners with a fresh data
+//! directory, and typed helpers for the HTTP API.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use tempfile::TempDir;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use twtr::{Config, MeshListeners};
+
+/// How long `eventually` waits for the mesh to converge (events are asynchronous).
+pub const CONVERGE: Duration = Duration::from_secs(15);
+
+/// A running mesh. Dropping it without [`TestMesh::stop`] cancels it too.
+pub struct TestMesh {
+    pub http: String,
+    pub users: SocketAddr,
+    pub tweets: SocketAddr,
+    pub followers: SocketAddr,
+    pub feeds: SocketAddr,
+    pub data_dir: Arc<TempDir>,
+    client: reqwest::Client,
+    shutdown: CancellationToken,
+    handle: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+async fn loopback() -> TcpListener {
+    TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind a loopback port")
+}
+
+impl TestMesh {
+    /// The whole mesh on a fresh data directory.
+    pub async fn start() -> Self {
+        Self::start_in(Arc::new(tempfile::tempdir().expect("temp dir"))).await
+    }
+
+    /// The whole mesh on `data_dir` (e.g. one a previous mesh used).
+    pub async fn start_in(data_dir: Arc<TempDir>) -> Self {
+        let listeners = MeshListeners {
+            http: loopback().await,
+            users: loopback().await,
+            tweets: loopback().await,
+            followers: loopback().await,
+            feeds: loopback().await,
+        };
+        let addr = |l: &TcpListener| l.local_addr().expect("local addr");
+        let (http, users, tweets, followers, feeds) = (
+            addr(&listeners.http),
+            addr(&listeners.users),
+            addr(&listeners.tweets),
+            addr(&listeners.followers),
+            addr(&listeners.feeds),
+        );
+        let shutdown = CancellationToken::new();
+        let config = Config::embedded(data_dir.path());
+        let handle = tokio::spawn(twtr::run_all(config, listeners, shutdown.clone()));
+        Self {
+            http: format!("http://{http}"),
+            users,
+            tweets,
+            followers,
+            feeds,
+            data_dir,
+            client: reqwest::Client::new(),
+            shutdown,
+            handle: Some(handle),
+        }
+    }
+
+    /// Shuts the mesh down gracefully and returns its data directory.
+    pub async fn stop(mut self) -> Arc<TempDir> {
+        self.shutdown.cancel();
+        if let Some(handle) = self.handle.take() {
+            handle
+                .await
+                .expect("mesh task")
+                .expect("mesh stopped cleanly");
+        }
+        Arc::clone(&self.data_dir)
+    }
+
+    /// Sends a request; returns the status and the JSON body (`Null` when empty).
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut request = self.client.request(method, format!("{}{path}", self.http));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.expect("HTTP request");
+        let status = response.status();
+        let text = response.text().await.expect("HTTP body");
+        let json = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).expect("JSON body")
+        };
+        (status, json)
+    }
+
+    pub async fn get(&self, path: &str, token: Option<&str>) -> (StatusCode, Value) {
+        self.call(Method::GET, path, token, None).await
+    }
+
+    pub async fn post(&self, path: &str, token: Option<&str>, body: Value) -> (StatusCode, Value) {
+        self.call(Method::POST, path, token, Some(body)).await
+    }
+
+    /// A raw request with a literal body, for malformed input.
+    pub async fn post_raw(
+        &self,
+        path: &str,
+        token: Option<&str>,
+        body: impl Into<reqwest::Body>,
+    ) -> (StatusCode, Value) {
+        let mut request = self
+            .client
+            .post(format!("{}{path}", self.http))
+            .header("content-type", "application/json")
+            .body(body);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.expect("HTTP request");
+        let status = response.status();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Signs up and logs in; returns (user id, token).
+    pub async fn user(&self, username: &str) -> (String, String) {
+        let password = format!("{username}-password");
+        let (status, user) = self
+            .post(
+                "/v1/users",
+                None,
+                json!({ "username": username, "password": password }),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "sign up {username}: {user}");
+        let (status, session) = self
+            .post(
+                "/v1/sessions",
+                None,
+                json!({ "username": username, "password": password }),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "log in {username}: {session}");
+        (text(&user["id"]), text(&session["token"]))
+    }
+
+    pub async fn follow(&self, token: &str, user_id: &str) {
+        let (status, body) = self
+            .call(
+                Method::POST,
+                &format!("/v1/users/{user_id}/follow"),
+                Some(token),
+                None,
+            )
+            .await;
+        assert_eq!(status, StatusCode::NO_CONTENT, "follow: {body}");
+    }
+
+    /// Posts a tweet; returns its id.
+    pub async fn tweet(&self, token: &str, text_: &str) -> String {
+        let (status, tweet) = self
+            .post("/v1/tweets", Some(token), json!({ "text": text_ }))
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "tweet: {tweet}");
+        text(&tweet["id"])
+    }
+
+    /// The tweet ids on the caller's home feed (first page).
+    pub async fn feed_ids(&self, token: &str) -> Vec<String> {
+        let (status, page) = self.get("/v1/feed", Some(token)).await;
+        assert_eq!(status, StatusCode::OK, "feed: {page}");
+        ids(&page)
+    }
+}
+
+impl Drop for TestMesh {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// A JSON string's contents (panics on anything else, naming it).
+pub fn text(value: &Value) -> String {
+    value
+        .as_str()
+        .unwrap_or_else(|| panic!("expected a JSON string, got {value}"))
+        .to_owned()
+}
+
+/// The `id`s of a page's items.
+pub fn ids(page: &Value) -> Vec<String> {
+    page["items"]
+        .as_array()
+        .unwrap_or_else(|| panic!("expected a page, got {page}"))
+        .iter()
+        .map(|item| text(&item["id"]))
+        .collect()
+}
+
+/// Polls `check` until it returns `Some`, or panics after `deadline` saying what was awaited.
+pub async fn eventually<T, F, Fut>(what: &str, deadline: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let started = tokio::time::Instant::now();
+    let mut pause = Duration::from_millis(10);
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            started.elapsed() < deadline,
+            "timed out after {deadline:?} waiting for {what}"
+        );
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(200));
+    }
+}
+
+/// True if `dir` holds the embedded store files.
+pub fn has_store_files(dir: &Path) -> bool {
+    [
+        "users.redb",
+        "tweets.redb",
+        "followers.redb",
+        "feeds.redb",
+        "bus.redb",
+    ]
+    .iter()
+    .all(|f| dir.join(f).exists())
+}
