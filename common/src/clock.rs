@@ -1,7 +1,7 @@
 //! Millisecond timestamps, and their protobuf and RFC 3339 forms.
 
 use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
+use time::macros::format_description;
 
 /// Milliseconds since the Unix epoch, now.
 pub fn now_millis() -> i64 {
@@ -21,14 +21,15 @@ pub fn from_timestamp(ts: &prost_types::Timestamp) -> i64 {
     ts.seconds * 1000 + i64::from(ts.nanos) / 1_000_000
 }
 
-/// RFC 3339 in UTC with millisecond precision, e.g. `2026-11-23T10:00:00.123Z`.
+/// RFC 3339 in UTC with exactly three fraction digits, e.g. `2026-11-23T10:00:00.120Z`, so
+/// every timestamp in the API has the same width and sorts as text.
 pub fn rfc3339(millis: i64) -> String {
-    let at = OffsetDateTime::from_unix_timestamp_nanos(i128::from(millis) * 1_000_000)
-        .unwrap_or(OffsetDateTime::UNIX_EPOCH);
-    let at = at
-        .replace_nanosecond(at.nanosecond() / 1_000_000 * 1_000_000)
-        .unwrap_or(at);
-    at.format(&Rfc3339).unwrap_or_default()
+    let format =
+        format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(millis) * 1_000_000)
+        .unwrap_or(OffsetDateTime::UNIX_EPOCH)
+        .format(&format)
+        .unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -43,8 +44,9 @@ mod tests {
     }
 
     #[test]
-    fn rfc3339_is_utc() {
+    fn rfc3339_is_utc_with_fixed_millisecond_precision() {
         assert_eq!(rfc3339(1_763_892_000_123), "2025-11-23T10:00:00.123Z");
-        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(1_763_892_000_700), "2025-11-23T10:00:00.700Z");
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
     }
 }

@@ -104,3 +104,130 @@ async fn relay_batch(
     outbox.remove(published).await?;
     Ok(count)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+    use std::time::Duration;
+
+    use super::*;
+    use crate::bus::{BusError, InProcessBus, QueueSpec, Subscription, conformance};
+    use crate::embedded::EmbeddedDb;
+
+    async fn stage(db: &EmbeddedDb, ids: &[u64]) {
+        let events: Vec<Envelope> = ids
+            .iter()
+            .map(|id| conformance::event(*id, "svc.happened"))
+            .collect();
+        db.write(move |tx| {
+            for event in &events {
+                tx.stage_event(event)?;
+            }
+            Ok(())
+        })
+        .await
+        .unwrap();
+    }
+
+    async fn next_id(sub: &mut Box<dyn Subscription>) -> u64 {
+        let delivery = tokio::time::timeout(Duration::from_secs(10), sub.next())
+            .await
+            .unwrap()
+            .unwrap();
+        let id = delivery.decode().unwrap().event_id;
+        delivery.ack().await.unwrap();
+        id
+    }
+
+    #[tokio::test]
+    async fn the_relay_publishes_in_order_then_empties_the_outbox() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = EmbeddedDb::open(&dir.path().join("svc.redb"), |_| Ok(())).unwrap();
+        let bus = InProcessBus::open(&dir.path().join("bus.redb")).unwrap();
+        let spec = QueueSpec {
+            name: "q".into(),
+            bindings: vec!["svc.*".into()],
+        };
+        let mut sub = bus.subscribe(&spec).await.unwrap();
+        stage(&db, &[1, 2]).await; // stored before the relay starts, as after a crash
+
+        let stop = CancellationToken::new();
+        let relay = tokio::spawn(run_relay(
+            "svc",
+            Arc::new(db.clone()),
+            Arc::new(bus),
+            stop.clone(),
+        ));
+        stage(&db, &[3]).await; // stored while it runs: the commit wakes it
+        let mut seen = Vec::new();
+        for _ in 0..3 {
+            seen.push(next_id(&mut sub).await);
+        }
+        assert_eq!(seen, vec![1, 2, 3]);
+        stop.cancel();
+        relay.await.unwrap();
+        assert!(db.pending(10).await.unwrap().is_empty());
+    }
+
+    /// A bus that refuses every publish while `down` is set, counting the refusals.
+    struct FlakyBus {
+        down: AtomicBool,
+        refused: AtomicU32,
+        inner: InProcessBus,
+    }
+
+    #[async_trait]
+    impl EventBus for FlakyBus {
+        async fn publish(&self, event: &Envelope) -> Result<(), BusError> {
+            if self.down.load(Ordering::SeqCst) {
+                self.refused.fetch_add(1, Ordering::SeqCst);
+                return Err(BusError::Closed);
+            }
+            self.inner.publish(event).await
+        }
+
+        async fn subscribe(&self, queue: &QueueSpec) -> Result<Box<dyn Subscription>, BusError> {
+            self.inner.subscribe(queue).await
+        }
+    }
+
+    #[tokio::test]
+    async fn events_stay_in_the_outbox_while_the_bus_is_down() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = EmbeddedDb::open(&dir.path().join("svc.redb"), |_| Ok(())).unwrap();
+        let bus = Arc::new(FlakyBus {
+            down: AtomicBool::new(true),
+            refused: AtomicU32::new(0),
+            inner: InProcessBus::open(&dir.path().join("bus.redb")).unwrap(),
+        });
+        let spec = QueueSpec {
+            name: "q".into(),
+            bindings: vec!["svc.*".into()],
+        };
+        let mut sub = bus.subscribe(&spec).await.unwrap();
+        stage(&db, &[1]).await;
+
+        let stop = CancellationToken::new();
+        let relay = tokio::spawn(run_relay(
+            "svc",
+            Arc::new(db.clone()),
+            bus.clone(),
+            stop.clone(),
+        ));
+        // However often publishing fails, the event is kept...
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while bus.refused.load(Ordering::SeqCst) < 2 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("the relay retried");
+        assert_eq!(db.pending(10).await.unwrap().len(), 1);
+        // ...and goes out once it is back.
+        bus.down.store(false, Ordering::SeqCst);
+        assert_eq!(next_id(&mut sub).await, 1);
+        stop.cancel();
+        relay.await.unwrap();
+        assert!(db.pending(10).await.unwrap().is_empty());
+    }
+}

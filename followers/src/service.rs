@@ -22,10 +22,15 @@ pub trait UserDirectory: Send + Sync {
     async fn exists(&self, user_id: u64) -> Result<bool, tonic::Status>;
 }
 
+/// How long a follow waits for the users service to answer.
+const USERS_DEADLINE: std::time::Duration = std::time::Duration::from_secs(2);
+
 #[async_trait]
 impl UserDirectory for UsersServiceClient<Channel> {
     async fn exists(&self, user_id: u64) -> Result<bool, tonic::Status> {
-        match self.clone().get_user(GetUserRequest { user_id }).await {
+        let mut request = tonic::Request::new(GetUserRequest { user_id });
+        request.set_timeout(USERS_DEADLINE);
+        match self.clone().get_user(request).await {
             Ok(_) => Ok(true),
             Err(status) if status.code() == tonic::Code::NotFound => Ok(false),
             Err(status) => Err(status),

@@ -1,9 +1,10 @@
-#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
-
 //! Black-box tests: the whole mesh on random loopback ports, driven over HTTP and gRPC the way
 //! a client would. One test binary (rather than one per file) keeps link time down.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
+
 mod crash;
+mod degraded;
 mod grpcurl;
 mod mesh;
 mod support;

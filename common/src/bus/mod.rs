@@ -214,7 +214,114 @@ pub async fn consume(
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
     use super::*;
+
+    /// Fails every event whose ID is in `poison`, and the first `flaky` deliveries of the rest;
+    /// records what it handled.
+    struct Handler {
+        poison: Vec<u64>,
+        flaky: AtomicU32,
+        calls: AtomicU32,
+        handled: std::sync::Mutex<Vec<u64>>,
+    }
+
+    #[async_trait]
+    impl EventHandler for Handler {
+        async fn handle(&self, event: &Envelope) -> Result<(), HandlerError> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            if self.poison.contains(&event.event_id) {
+                return Err("poison".into());
+            }
+            if self.flaky.load(Ordering::SeqCst) > 0 {
+                self.flaky.fetch_sub(1, Ordering::SeqCst);
+                return Err("transient".into());
+            }
+            self.handled.lock().unwrap().push(event.event_id);
+            Ok(())
+        }
+    }
+
+    const FAST: RetryPolicy = RetryPolicy {
+        max_attempts: 3,
+        base_backoff: Duration::from_millis(1),
+        max_backoff: Duration::from_millis(5),
+    };
+
+    async fn run(handler: Arc<Handler>, events: &[u64]) -> (InProcessBus, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let bus = InProcessBus::open(&dir.path().join("bus.redb")).unwrap();
+        let spec = QueueSpec {
+            name: "q".into(),
+            bindings: vec!["t.#".into()],
+        };
+        let subscription = bus.subscribe(&spec).await.unwrap();
+        for id in events {
+            bus.publish(&conformance::event(*id, "t.x")).await.unwrap();
+        }
+        let shutdown = CancellationToken::new();
+        let consumer = {
+            let (handler, shutdown) = (Arc::clone(&handler), shutdown.clone());
+            tokio::spawn(async move {
+                consume("q", subscription, handler.as_ref(), FAST, shutdown).await
+            })
+        };
+        let last = *events.last().unwrap();
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while !handler.handled.lock().unwrap().contains(&last) {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .expect("the last event was handled");
+        shutdown.cancel();
+        consumer.await.unwrap().unwrap();
+        (bus, dir)
+    }
+
+    fn handler(poison: Vec<u64>, flaky: u32) -> Arc<Handler> {
+        Arc::new(Handler {
+            poison,
+            flaky: AtomicU32::new(flaky),
+            calls: AtomicU32::new(0),
+            handled: std::sync::Mutex::new(Vec::new()),
+        })
+    }
+
+    #[tokio::test]
+    async fn transient_failures_are_retried_until_they_succeed() {
+        let h = handler(vec![], 2);
+        let (bus, _dir) = run(Arc::clone(&h), &[1, 2]).await;
+        assert_eq!(
+            *h.handled.lock().unwrap(),
+            vec![1, 2],
+            "in order, each once"
+        );
+        assert_eq!(
+            h.calls.load(Ordering::SeqCst),
+            4,
+            "two failed attempts, then two successes"
+        );
+        assert!(bus.dead_lettered("q").await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_message_that_keeps_failing_is_dead_lettered_and_the_queue_moves_on() {
+        let h = handler(vec![1], 0);
+        let (bus, _dir) = run(Arc::clone(&h), &[1, 2]).await;
+        assert_eq!(*h.handled.lock().unwrap(), vec![2]);
+        assert_eq!(h.calls.load(Ordering::SeqCst), FAST.max_attempts + 1);
+        let dead: Vec<u64> = bus
+            .dead_lettered("q")
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.event_id)
+            .collect();
+        assert_eq!(dead, vec![1]);
+    }
 
     #[test]
     fn topic_patterns_follow_amqp_rules() {

@@ -1,0 +1,80 @@
+//! The gateway with its services down: it stays alive, says it is not ready, and answers a
+//! retryable 503 in the usual error shape rather than a 500.
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use twtr_common::tokens::{TokenSecret, Tokens};
+use twtr_gateway::{GatewayDeps, UpstreamUrls};
+
+/// A loopback URL where nothing listens (the port was free a moment ago).
+async fn dead_url() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    format!("http://{}", listener.local_addr().unwrap())
+}
+
+#[tokio::test]
+async fn with_its_services_down_the_gateway_answers_503_not_500() {
+    let upstreams = UpstreamUrls {
+        users: dead_url().await,
+        tweets: dead_url().await,
+        followers: dead_url().await,
+        feeds: dead_url().await,
+    };
+    let secret = TokenSecret::new("a test secret of at least 32 bytes").unwrap();
+    let tokens = Tokens::new(&secret, Duration::from_secs(60));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let http = format!("http://{}", listener.local_addr().unwrap());
+    let shutdown = CancellationToken::new();
+    let gateway = tokio::spawn(twtr_gateway::serve(
+        GatewayDeps {
+            upstreams,
+            tokens: tokens.clone(),
+        },
+        listener,
+        shutdown.clone(),
+    ));
+    let client = reqwest::Client::new();
+
+    let live = client.get(format!("{http}/healthz")).send().await.unwrap();
+    assert_eq!(
+        live.status(),
+        StatusCode::OK,
+        "liveness does not depend on the services"
+    );
+
+    let ready = client.get(format!("{http}/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body: Value = ready.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "unavailable");
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains("users"),
+        "{body}"
+    );
+
+    let sign_up = client
+        .post(format!("{http}/v1/users"))
+        .json(&json!({ "username": "someone", "password": "password123" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sign_up.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body: Value = sign_up.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "unavailable");
+
+    // Authentication needs no service: a valid token still gets past it.
+    let token = tokens.issue(42).unwrap().token;
+    let feed = client
+        .get(format!("{http}/v1/feed"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(feed.status(), StatusCode::SERVICE_UNAVAILABLE);
+
+    shutdown.cancel();
+    gateway.await.unwrap().unwrap();
+}
