@@ -37,5 +37,26 @@ pub mod telemetry;
 pub mod tokens;
 
 pub use error::{ErrorCode, ServiceError};
+
+/// Generates one `#[tokio::test]` per check of a conformance suite. `$open` is an async function
+/// returning the backend under test and a guard kept alive while it runs; each `$check` is an
+/// async function of the suite module `$suite` taking that backend.
+///
+/// ```ignore
+/// twtr_common::conformance_tests!(open_embedded => crate::store::conformance: creates, reads);
+/// ```
+#[macro_export]
+macro_rules! conformance_tests {
+    ($open:path => $suite:path : $($check:ident),+ $(,)?) => {
+        use $suite as suite;
+        $(
+            #[tokio::test]
+            async fn $check() {
+                let (subject, _guard) = $open().await;
+                suite::$check(subject).await;
+            }
+        )+
+    };
+}
 pub use id::IdGenerator;
 pub use page::{Limit, Page, PageRequest};

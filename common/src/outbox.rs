@@ -26,6 +26,16 @@ pub trait Outbox: Send + Sync {
     async fn changed(&self);
 }
 
+/// The IDs of up to `max` stored events, oldest first (for operators and tests).
+pub async fn pending_ids(outbox: &dyn Outbox, max: usize) -> Result<Vec<u64>, StoreError> {
+    Ok(outbox
+        .pending(max)
+        .await?
+        .iter()
+        .map(|e| e.event_id)
+        .collect())
+}
+
 const BATCH: usize = 128;
 /// How often the relay looks at the outbox when nothing woke it (e.g. another process wrote).
 const IDLE_POLL: Duration = Duration::from_secs(1);

@@ -249,7 +249,7 @@ impl FeedStore for EmbeddedFeedStore {
 
 /// The behaviour every [`FeedStore`] backend must show. Backends invoke
 /// [`feed_store_conformance!`](crate::feed_store_conformance) with a function that opens a
-/// fresh store with the given limits.
+/// fresh store with [`conformance::LIMITS`].
 #[allow(clippy::unwrap_used, clippy::expect_used)] // a test suite: a panic is the failure report
 pub mod conformance {
     use twtr_common::Limit;
@@ -261,31 +261,12 @@ pub mod conformance {
         ($open:path) => {
             mod feed_store_conformance {
                 use super::*;
-                use $crate::store::conformance as suite;
-
-                #[tokio::test]
-                async fn feeds_are_idempotent_and_newest_first() {
-                    let (store, _guard) = $open(suite::LIMITS).await;
-                    suite::feeds_are_idempotent_and_newest_first(store).await;
-                }
-
-                #[tokio::test]
-                async fn feeds_are_capped() {
-                    let (store, _guard) = $open(suite::LIMITS).await;
-                    suite::feeds_are_capped(store).await;
-                }
-
-                #[tokio::test]
-                async fn recent_tweets_are_capped_newest_first() {
-                    let (store, _guard) = $open(suite::LIMITS).await;
-                    suite::recent_tweets_are_capped_newest_first(store).await;
-                }
-
-                #[tokio::test]
-                async fn follower_projection_and_author_removal() {
-                    let (store, _guard) = $open(suite::LIMITS).await;
-                    suite::follower_projection_and_author_removal(store).await;
-                }
+                twtr_common::conformance_tests!($open => $crate::store::conformance:
+                    feeds_are_idempotent_and_newest_first,
+                    feeds_are_capped,
+                    recent_tweets_are_capped_newest_first,
+                    follower_projection_and_author_removal,
+                );
             }
         };
     }
@@ -376,10 +357,11 @@ pub mod conformance {
 mod tests {
     use super::*;
 
-    async fn open_embedded(limits: FeedLimits) -> (Arc<dyn FeedStore>, tempfile::TempDir) {
+    /// An embedded store with the suite's small limits, so caps are reached quickly.
+    async fn open_embedded() -> (Arc<dyn FeedStore>, tempfile::TempDir) {
         let dir = tempfile::tempdir().expect("temp dir");
-        let store =
-            EmbeddedFeedStore::open(&dir.path().join("feeds.redb"), limits).expect("open store");
+        let path = dir.path().join("feeds.redb");
+        let store = EmbeddedFeedStore::open(&path, conformance::LIMITS).expect("open store");
         (Arc::new(store), dir)
     }
 

@@ -181,19 +181,10 @@ pub mod conformance {
         ($open:path) => {
             mod follow_store_conformance {
                 use super::*;
-                use $crate::store::conformance as suite;
-
-                #[tokio::test]
-                async fn follow_is_idempotent_and_counted_once() {
-                    let (store, _guard) = $open().await;
-                    suite::follow_is_idempotent_and_counted_once(store).await;
-                }
-
-                #[tokio::test]
-                async fn unfollow_is_idempotent_and_uncounted_once() {
-                    let (store, _guard) = $open().await;
-                    suite::unfollow_is_idempotent_and_uncounted_once(store).await;
-                }
+                twtr_common::conformance_tests!($open => $crate::store::conformance:
+                    follow_is_idempotent_and_counted_once,
+                    unfollow_is_idempotent_and_uncounted_once,
+                );
             }
         };
     }
@@ -207,14 +198,9 @@ pub mod conformance {
     }
 
     async fn staged(store: &Arc<dyn FollowStore>) -> Vec<u64> {
-        store
-            .outbox()
-            .pending(100)
+        twtr_common::outbox::pending_ids(store.outbox().as_ref(), 100)
             .await
             .unwrap()
-            .iter()
-            .map(|e| e.event_id)
-            .collect()
     }
 
     pub async fn follow_is_idempotent_and_counted_once(store: Arc<dyn FollowStore>) {

@@ -151,25 +151,11 @@ pub mod conformance {
         ($open:path) => {
             mod user_store_conformance {
                 use super::*;
-                use $crate::store::conformance as suite;
-
-                #[tokio::test]
-                async fn creates_and_reads_back() {
-                    let (store, _guard) = $open().await;
-                    suite::creates_and_reads_back(store).await;
-                }
-
-                #[tokio::test]
-                async fn usernames_are_unique_ignoring_case() {
-                    let (store, _guard) = $open().await;
-                    suite::usernames_are_unique_ignoring_case(store).await;
-                }
-
-                #[tokio::test]
-                async fn get_many_skips_unknown_ids() {
-                    let (store, _guard) = $open().await;
-                    suite::get_many_skips_unknown_ids(store).await;
-                }
+                twtr_common::conformance_tests!($open => $crate::store::conformance:
+                    creates_and_reads_back,
+                    usernames_are_unique_ignoring_case,
+                    get_many_skips_unknown_ids,
+                );
             }
         };
     }
@@ -204,14 +190,9 @@ pub mod conformance {
         assert_eq!(store.get_by_username("alice").await.unwrap(), Some(alice));
         assert_eq!(store.get(2).await.unwrap(), None);
         assert_eq!(store.get_by_username("bob").await.unwrap(), None);
-        let staged: Vec<u64> = store
-            .outbox()
-            .pending(10)
+        let staged = twtr_common::outbox::pending_ids(store.outbox().as_ref(), 10)
             .await
-            .unwrap()
-            .iter()
-            .map(|e| e.event_id)
-            .collect();
+            .unwrap();
         assert_eq!(staged, vec![11], "the event is stored with the user");
     }
 
@@ -227,14 +208,9 @@ pub mod conformance {
             None,
             "a refused user writes nothing"
         );
-        let staged: Vec<u64> = store
-            .outbox()
-            .pending(10)
+        let staged = twtr_common::outbox::pending_ids(store.outbox().as_ref(), 10)
             .await
-            .unwrap()
-            .iter()
-            .map(|e| e.event_id)
-            .collect();
+            .unwrap();
         assert_eq!(staged, vec![11], "a refused user stages no event");
     }
 

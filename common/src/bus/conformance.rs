@@ -18,37 +18,13 @@ macro_rules! event_bus_conformance {
     ($open:path) => {
         mod event_bus_conformance {
             use super::*;
-            use $crate::bus::conformance as suite;
-
-            #[tokio::test]
-            async fn routes_by_binding_pattern() {
-                let (bus, _guard) = $open().await;
-                suite::routes_by_binding_pattern(bus).await;
-            }
-
-            #[tokio::test]
-            async fn acked_messages_are_gone() {
-                let (bus, _guard) = $open().await;
-                suite::acked_messages_are_gone(bus).await;
-            }
-
-            #[tokio::test]
-            async fn unsettled_and_requeued_messages_come_back() {
-                let (bus, _guard) = $open().await;
-                suite::unsettled_and_requeued_messages_come_back(bus).await;
-            }
-
-            #[tokio::test]
-            async fn dead_lettered_messages_are_not_redelivered() {
-                let (bus, _guard) = $open().await;
-                suite::dead_lettered_messages_are_not_redelivered(bus).await;
-            }
-
-            #[tokio::test]
-            async fn competing_consumers_share_a_queue() {
-                let (bus, _guard) = $open().await;
-                suite::competing_consumers_share_a_queue(bus).await;
-            }
+            $crate::conformance_tests!($open => $crate::bus::conformance:
+                routes_by_binding_pattern,
+                acked_messages_are_gone,
+                unsettled_and_requeued_messages_come_back,
+                dead_lettered_messages_are_not_redelivered,
+                competing_consumers_share_a_queue,
+            );
         }
     };
 }
