@@ -19,6 +19,10 @@ pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
 
+    /// A file of `TWTR_NAME=value` lines, read before the environment (which wins over it).
+    #[arg(long, env = "TWTR_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
+
     #[command(flatten)]
     pub addrs: Addrs,
 

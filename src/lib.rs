@@ -124,6 +124,30 @@ fn local_url(listener: &TcpListener) -> anyhow::Result<String> {
     Ok(format!("http://{addr}"))
 }
 
+/// Loads the config file named by `--config <file>` (or `--config=<file>`) in `args`, else by
+/// `TWTR_CONFIG`: lines of `TWTR_NAME=value`, as in a `.env` file. A variable already set in the
+/// environment wins over the file, and a flag wins over both, so the precedence is defaults,
+/// then file, then environment, then flags. Call it before any other thread starts.
+pub fn load_config_file(
+    args: impl IntoIterator<Item = std::ffi::OsString>,
+) -> anyhow::Result<Option<PathBuf>> {
+    let mut args = args.into_iter();
+    let mut path = None;
+    while let Some(arg) = args.next() {
+        if arg == "--config" {
+            path = args.next().map(PathBuf::from);
+        } else if let Some(value) = arg.to_str().and_then(|a| a.strip_prefix("--config=")) {
+            path = Some(PathBuf::from(value));
+        }
+    }
+    let path = path.or_else(|| std::env::var_os("TWTR_CONFIG").map(PathBuf::from));
+    if let Some(path) = &path {
+        dotenvy::from_path(path)
+            .with_context(|| format!("failed to load the config file {}", path.display()))?;
+    }
+    Ok(path)
+}
+
 /// Runs what the command line asks for until SIGINT/SIGTERM.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let config = cli.config()?;

@@ -72,32 +72,45 @@ impl FeedsService {
     }
 
     /// Serves `GetFeed` and consumes events until `shutdown`; then stops taking requests and
-    /// deliveries, and finishes the ones in hand.
+    /// deliveries, and finishes the ones in hand. If the consumer fails (the bus is gone), the
+    /// whole service stops with its error rather than serving feeds that no longer update.
     pub async fn serve(
         self,
         listener: TcpListener,
         shutdown: CancellationToken,
     ) -> anyhow::Result<()> {
-        let consumer = {
+        let grpc_stop = shutdown.child_token();
+        let mut consumer = {
             let feeds = Arc::clone(&self.feeds);
             let shutdown = shutdown.clone();
             tokio::spawn(async move {
                 let queue = queue();
+                let policy = RetryPolicy::default();
                 bus::consume(
                     &queue.name,
                     self.subscription,
                     feeds.as_ref(),
-                    RetryPolicy::default(),
+                    policy,
                     shutdown,
                 )
                 .await
             })
         };
-        let served = grpc_server::serve(grpc::server(self.feeds), listener, shutdown).await;
-        consumer
-            .await
-            .context("feeds consumer panicked")?
-            .context("feeds consumer failed")?;
-        served
+        let grpc = grpc_server::serve(grpc::server(self.feeds), listener, grpc_stop.clone());
+        tokio::pin!(grpc);
+        tokio::select! {
+            served = &mut grpc => {
+                let consumed = consumer.await;
+                served?;
+                consumed.context("feeds consumer panicked")?.context("feeds consumer failed")
+            }
+            consumed = &mut consumer => {
+                grpc_stop.cancel();
+                let served = grpc.await;
+                consumed.context("feeds consumer panicked")?.context("feeds consumer failed")?;
+                anyhow::ensure!(shutdown.is_cancelled(), "feeds consumer stopped unexpectedly");
+                served
+            }
+        }
     }
 }

@@ -46,6 +46,7 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    let users = Users::new(deps.store.clone(), deps.ids, deps.tokens)?;
     let relay_stop = CancellationToken::new();
     let relay = tokio::spawn(outbox::run_relay(
         "users",
@@ -53,7 +54,6 @@ pub async fn serve(
         deps.bus,
         relay_stop.clone(),
     ));
-    let users = Users::new(deps.store, deps.ids, deps.tokens);
     let served = grpc_server::serve(grpc::server(users), listener, shutdown).await;
     // Requests have drained; whatever they stored goes out before the process ends.
     relay_stop.cancel();

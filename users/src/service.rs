@@ -75,15 +75,19 @@ pub struct Users {
 }
 
 impl Users {
-    pub fn new(store: Arc<dyn UserStore>, ids: Arc<IdGenerator>, tokens: Tokens) -> Self {
-        let decoy_hash =
-            hash_password("decoy password, never matches".to_owned()).unwrap_or_default();
-        Self {
+    /// Fails only if the password hasher cannot run at all.
+    pub fn new(
+        store: Arc<dyn UserStore>,
+        ids: Arc<IdGenerator>,
+        tokens: Tokens,
+    ) -> Result<Self, UsersError> {
+        let decoy_hash = hash_password("decoy password, never matches".to_owned())?;
+        Ok(Self {
             store,
             ids,
             tokens,
             decoy_hash,
-        }
+        })
     }
 
     pub async fn create_user(&self, request: SignUp) -> Result<UserRecord, UsersError> {
@@ -208,7 +212,8 @@ mod tests {
                 store,
                 Arc::new(IdGenerator::new(1).unwrap()),
                 tokens.clone(),
-            ),
+            )
+            .unwrap(),
             tokens,
         )
     }
