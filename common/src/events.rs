@@ -4,7 +4,7 @@
 use twtr_proto::events::v1::Envelope;
 use twtr_proto::events::v1::envelope::Payload;
 
-use crate::clock;
+use crate::{clock, context};
 
 /// The routing key (and `Envelope.type`) of a payload.
 pub fn routing_key(payload: &Payload) -> &'static str {
@@ -23,14 +23,37 @@ pub fn routing_key(payload: &Payload) -> &'static str {
     }
 }
 
-/// A new envelope, stamped now.
+/// A new envelope, stamped now, carrying the current request id (if any) in its headers.
 pub fn envelope(event_id: u64, aggregate_id: u64, payload: Payload) -> Envelope {
+    let headers = context::current()
+        .map(|id| (context::REQUEST_ID.to_owned(), id))
+        .into_iter()
+        .collect();
     Envelope {
         event_id,
         r#type: routing_key(&payload).to_owned(),
         occurred_at: Some(clock::to_timestamp(clock::now_millis())),
         aggregate_id,
-        headers: Default::default(),
+        headers,
         payload: Some(payload),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use twtr_proto::events::v1::UserDeleted;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn events_carry_the_request_id_that_caused_them() {
+        let payload = || Payload::UserDeleted(UserDeleted { user_id: 1 });
+        let event = context::scope("req-1".into(), async { envelope(9, 1, payload()) }).await;
+        assert_eq!(
+            event.headers.get(context::REQUEST_ID).map(String::as_str),
+            Some("req-1")
+        );
+        assert_eq!(event.r#type, "users.user_deleted");
+        assert!(envelope(9, 1, payload()).headers.is_empty());
     }
 }

@@ -2,6 +2,8 @@
 //! itself, `grpc.health.v1.Health` and server reflection (v1 and v1alpha: grpcurl 1.8 speaks only
 //! the latter), so `grpcurl` can list and call it with no `.proto` files at hand.
 //!
+//! Every request runs with the caller's request id (see [`crate::context`]).
+//!
 //! On shutdown, health turns NOT_SERVING first (so load balancers stop sending), then the server
 //! stops accepting and drains the requests in flight.
 
@@ -14,6 +16,8 @@ use tokio_util::sync::CancellationToken;
 use tonic::codegen::{Service, http};
 use tonic::server::NamedService;
 use tonic_health::ServingStatus;
+
+use crate::context::RequestIdLayer;
 
 const HEALTH_SERVICE: &str = "grpc.health.v1.Health";
 const REFLECTION_SERVICES: [&str; 2] = [
@@ -73,6 +77,7 @@ where
             .await;
     };
     tonic::transport::Server::builder()
+        .layer(RequestIdLayer)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

@@ -14,6 +14,7 @@
 //!   suite every backend must pass.
 //! - [`grpc`]: serving a tonic service with health, reflection and graceful shutdown.
 //! - [`tokens`]: signing and verifying the bearer tokens users log in with.
+//! - [`context`]: the request id that follows a request across services and events.
 //! - [`shutdown`], [`telemetry`]: process signals and structured logging.
 //!
 //! # How data flows
@@ -25,6 +26,7 @@
 
 pub mod bus;
 pub mod clock;
+pub mod context;
 pub mod embedded;
 pub mod error;
 pub mod events;

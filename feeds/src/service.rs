@@ -64,7 +64,14 @@ impl Feeds {
             .await?;
         let mut readers = self.store.followers(event.author_id).await?;
         readers.push(event.author_id);
-        self.store.fan_out(readers, entry).await
+        let count = readers.len();
+        self.store.fan_out(readers, entry).await?;
+        tracing::debug!(
+            tweet_id = event.tweet_id,
+            readers = count,
+            "tweet fanned out"
+        );
+        Ok(())
     }
 
     /// Following someone backfills their recent tweets into the follower's feed.

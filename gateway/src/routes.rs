@@ -3,18 +3,20 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::Response;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
+use tracing::Instrument as _;
 use twtr_common::tokens::Tokens;
-use twtr_common::{ErrorCode, clock};
+use twtr_common::{ErrorCode, clock, context};
 use twtr_proto::feeds::v1::GetFeedRequest;
 use twtr_proto::followers::v1::{FollowRequest, UnfollowRequest};
 use twtr_proto::tweets::v1::{
@@ -78,7 +80,38 @@ pub fn router(state: AppState) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(axum::middleware::from_fn(request_context))
         .with_state(state)
+}
+
+/// Gives every request an id (the caller's `x-request-id` when it is safe, else a fresh one),
+/// runs it with that id current (so every RPC and event it causes carries it), echoes the id in
+/// the response, and logs one line per request.
+async fn request_context(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let incoming = request
+        .headers()
+        .get(context::REQUEST_ID)
+        .and_then(|v| v.to_str().ok());
+    let id = context::accept(incoming);
+    let (method, path) = (request.method().clone(), request.uri().path().to_owned());
+    let span = tracing::info_span!("http", %method, %path, request_id = %id);
+    let started = Instant::now();
+    let mut response = context::scope(id.clone(), next.run(request).instrument(span.clone())).await;
+    let status = response.status().as_u16();
+    span.in_scope(|| {
+        tracing::info!(
+            status,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "request served"
+        );
+    });
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert(context::REQUEST_ID, value);
+    }
+    response
 }
 
 #[derive(Debug, Deserialize)]

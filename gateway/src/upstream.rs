@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use tonic::transport::{Channel, Endpoint};
 use tonic_health::pb::health_client::HealthClient;
+use twtr_common::context;
 use twtr_proto::feeds::v1::feeds_service_client::FeedsServiceClient;
 use twtr_proto::followers::v1::followers_service_client::FollowersServiceClient;
 use twtr_proto::tweets::v1::tweets_service_client::TweetsServiceClient;
@@ -67,9 +68,28 @@ impl Upstreams {
     }
 }
 
-/// Wraps a message in a request with the gateway's deadline.
+/// Wraps a message in a request with the gateway's deadline and the current request id.
 pub fn rpc<T>(message: T) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
     request.set_timeout(RPC_DEADLINE);
+    if let Some(id) = context::current().and_then(|id| id.parse().ok()) {
+        request.metadata_mut().insert(context::REQUEST_ID, id);
+    }
     request
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn calls_carry_the_request_id_and_a_deadline() {
+        let request = context::scope("req-7".into(), async { rpc(()) }).await;
+        let sent = request
+            .metadata()
+            .get(context::REQUEST_ID)
+            .and_then(|v| v.to_str().ok());
+        assert_eq!(sent, Some("req-7"));
+        assert!(request.metadata().get("grpc-timeout").is_some());
+    }
 }

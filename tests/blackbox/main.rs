@@ -3,8 +3,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
+mod binary;
 mod config;
-mod crash;
 mod degraded;
 mod grpcurl;
 mod mesh;

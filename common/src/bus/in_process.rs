@@ -92,7 +92,7 @@ impl InProcessBus {
         })
     }
 
-    /// Bodies of the messages dead-lettered from `queue`, oldest first (for operators and tests).
+    /// The messages dead-lettered from `queue`, oldest first (for operators and tests).
     pub async fn dead_lettered(&self, queue: &str) -> Result<Vec<Envelope>, BusError> {
         let queue = queue.to_owned();
         let bodies = self
@@ -111,7 +111,7 @@ impl InProcessBus {
     }
 }
 
-/// Reads the stored bindings synchronously; only called while opening, before any task runs.
+/// Reads the bindings declared in earlier runs; called once, while opening.
 fn load_bindings(db: &EmbeddedDb) -> Result<BTreeMap<String, Vec<String>>, StoreError> {
     db.read_blocking(|txn| {
         let table = txn.open_table(BINDINGS)?;

@@ -14,10 +14,12 @@ use std::time::Duration;
 use async_trait::async_trait;
 use prost::Message as _;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 use twtr_proto::events::v1::Envelope;
 
 pub use in_process::InProcessBus;
 
+use crate::context;
 use crate::error::error_chain;
 
 /// A consumer's durable queue and the routing-key patterns bound to it (`*` matches one
@@ -189,7 +191,16 @@ pub async fn consume(
                 continue;
             }
         };
-        match handler.handle(&event).await {
+        let request_id = event
+            .headers
+            .get(context::REQUEST_ID)
+            .cloned()
+            .unwrap_or_default();
+        let span = tracing::info_span!(
+            "event", queue, event_id = event.event_id, event_type = %event.r#type, %request_id
+        );
+        let handled = context::scope(request_id, handler.handle(&event).instrument(span)).await;
+        match handled {
             Ok(()) => delivery.ack().await?,
             Err(err) if delivery.attempt >= policy.max_attempts => {
                 tracing::error!(

@@ -1,8 +1,8 @@
-//! Crash safety of the real binary: an acknowledged write survives `kill -9`, and so does the
-//! event it produced (transactional outbox + durable bus), so the feed still converges.
+//! The real `twtr` binary as a child process: crash safety under `kill -9`, and the request id
+//! in its logs.
 
 use std::process::Stdio;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use reqwest::StatusCode;
 use serde_json::Value;
@@ -11,12 +11,21 @@ use tokio::process::{Child, Command};
 
 use crate::support::{CONVERGE, eventually, text};
 
-/// `twtr all` as a child process on random ports; returns it and the gateway URL it logged.
-async fn spawn_twtr(data_dir: &std::path::Path) -> (Child, String) {
+/// `twtr all` as a child process on random ports.
+struct Twtr {
+    /// Kept so the process dies with the test (`kill_on_drop`).
+    child: Child,
+    /// The gateway URL it logged at startup.
+    http: String,
+    /// Every log line it has written so far (JSON, one event per line).
+    logs: Arc<Mutex<Vec<String>>>,
+}
+
+async fn spawn_twtr(data_dir: &std::path::Path, log_filter: &str) -> Twtr {
     let mut child = Command::new(env!("CARGO_BIN_EXE_twtr"))
         .env("TWTR_DATA_DIR", data_dir)
         .env("TWTR_LOG_FORMAT", "json")
-        .env("TWTR_LOG", "info")
+        .env("TWTR_LOG", log_filter)
         .env("TWTR_HTTP_ADDR", "127.0.0.1:0")
         .env("TWTR_USERS_ADDR", "127.0.0.1:0")
         .env("TWTR_TWEETS_ADDR", "127.0.0.1:0")
@@ -42,8 +51,14 @@ async fn spawn_twtr(data_dir: &std::path::Path) -> (Child, String) {
         }
     };
     // Keep draining the log so the child never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (child, http)
+    let logs = Arc::new(Mutex::new(Vec::new()));
+    let sink = Arc::clone(&logs);
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            sink.lock().unwrap().push(line);
+        }
+    });
+    Twtr { child, http, logs }
 }
 
 async fn post(
@@ -65,7 +80,9 @@ async fn post(
 async fn acknowledged_writes_and_their_events_survive_kill_9() {
     let data_dir = Arc::new(tempfile::tempdir().expect("temp dir"));
     let client = reqwest::Client::new();
-    let (mut child, http) = spawn_twtr(data_dir.path()).await;
+    let Twtr {
+        mut child, http, ..
+    } = spawn_twtr(data_dir.path(), "info").await;
     let ready = || async {
         let ok = client
             .get(format!("{http}/readyz"))
@@ -103,7 +120,11 @@ async fn acknowledged_writes_and_their_events_survive_kill_9() {
     child.start_kill().expect("kill -9");
     child.wait().await.expect("reap");
 
-    let (_child, http) = spawn_twtr(data_dir.path()).await;
+    let Twtr {
+        child: _child,
+        http,
+        ..
+    } = spawn_twtr(data_dir.path(), "info").await;
     eventually("twtr to be ready again", CONVERGE, || async {
         let ok = client
             .get(format!("{http}/readyz"))
@@ -136,6 +157,61 @@ async fn acknowledged_writes_and_their_events_survive_kill_9() {
             let page: Value = response.json().await.ok()?;
             (crate::support::ids(&page) == [tweet_id.clone()]).then_some(())
         },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_request_id_follows_a_tweet_through_grpc_and_its_event() {
+    let data_dir = tempfile::tempdir().expect("temp dir");
+    let twtr = spawn_twtr(data_dir.path(), "info,twtr_feeds=debug").await;
+    let (client, http) = (reqwest::Client::new(), &twtr.http);
+    let body = serde_json::json!({ "username": "tracer", "password": "password123" });
+    let (status, _) = post(&client, format!("{http}/v1/users"), None, body.clone()).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (_, session) = post(&client, format!("{http}/v1/sessions"), None, body).await;
+
+    let response = client
+        .post(format!("{http}/v1/tweets"))
+        .bearer_auth(text(&session["token"]))
+        .header("x-request-id", "trace-me-42")
+        .json(&serde_json::json!({ "text": "follow my request id" }))
+        .send()
+        .await
+        .expect("post tweet");
+    assert_eq!(response.status(), StatusCode::CREATED);
+    assert_eq!(
+        response.headers()["x-request-id"],
+        "trace-me-42",
+        "the id is echoed"
+    );
+
+    // The tweets service logged the write under the id it got in gRPC metadata, and the feeds
+    // service logged the fan-out under the id it got in the event's headers.
+    let logged = |message: &'static str| {
+        let logs = Arc::clone(&twtr.logs);
+        move || {
+            let logs = Arc::clone(&logs);
+            async move {
+                let logs = logs.lock().unwrap();
+                logs.iter()
+                    .any(|line| {
+                        line.contains(message) && line.contains("\"request_id\":\"trace-me-42\"")
+                    })
+                    .then_some(())
+            }
+        }
+    };
+    eventually(
+        "the tweets service's log line",
+        CONVERGE,
+        logged("tweet created"),
+    )
+    .await;
+    eventually(
+        "the feeds consumer's log line",
+        CONVERGE,
+        logged("tweet fanned out"),
     )
     .await;
 }
