@@ -5,24 +5,30 @@ use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio_util::sync::CancellationToken;
 use twtr_common::tokens::{TokenSecret, Tokens};
 use twtr_gateway::{GatewayDeps, UpstreamUrls};
 
-/// A loopback URL where nothing listens (the port was free a moment ago).
-async fn dead_url() -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    format!("http://{}", listener.local_addr().unwrap())
+/// A loopback URL where connections are refused: the port is bound (so no other test can take
+/// it) but never listened on. Keep the socket alive while the URL is in use.
+fn dead_url() -> (String, TcpSocket) {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    (format!("http://{}", socket.local_addr().unwrap()), socket)
 }
 
 #[tokio::test]
 async fn with_its_services_down_the_gateway_answers_503_not_500() {
+    let (users, _users) = dead_url();
+    let (tweets, _tweets) = dead_url();
+    let (followers, _followers) = dead_url();
+    let (feeds, _feeds) = dead_url();
     let upstreams = UpstreamUrls {
-        users: dead_url().await,
-        tweets: dead_url().await,
-        followers: dead_url().await,
-        feeds: dead_url().await,
+        users,
+        tweets,
+        followers,
+        feeds,
     };
     let secret = TokenSecret::new("a test secret of at least 32 bytes").unwrap();
     let tokens = Tokens::new(&secret, Duration::from_secs(60));
