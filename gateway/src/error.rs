@@ -54,6 +54,18 @@ impl From<tonic::Status> for ApiError {
     }
 }
 
+/// 405 for a known route called with the wrong method, in the same JSON shape. HTTP-only: no
+/// service ever returns it, so it has no row in the error-code table.
+pub fn method_not_allowed() -> Response {
+    let body = Body {
+        error: Detail {
+            code: "method_not_allowed",
+            message: "this route does not accept that method",
+        },
+    };
+    (StatusCode::METHOD_NOT_ALLOWED, Json(body)).into_response()
+}
+
 #[derive(Serialize)]
 struct Body<'a> {
     error: Detail<'a>,

@@ -321,6 +321,9 @@ async fn unknown_and_malformed_ids() {
     assert_eq!(status, StatusCode::BAD_REQUEST, "{error}");
     let (status, _) = mesh.get("/v1/no/such/route", None).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, error) = mesh.call(Method::PUT, "/v1/feed", None, None).await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(error["error"]["code"], "method_not_allowed");
 }
 
 #[tokio::test]
