@@ -222,6 +222,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 
 type ServiceResult = (&'static str, anyhow::Result<()>);
 
+/// The error of a finished part of the mesh, if it failed or panicked.
+fn failure(ended: Result<ServiceResult, tokio::task::JoinError>) -> Option<anyhow::Error> {
+    match ended {
+        Ok((_, Ok(()))) => None,
+        Ok((name, Err(err))) => Some(err.context(format!("the {name} failed"))),
+        Err(join) => Some(anyhow::Error::new(join).context("a part of the mesh panicked")),
+    }
+}
+
 /// Runs the four services and the gateway in this process until `shutdown` (or until one of
 /// them fails, which brings the others down too).
 pub async fn run_all(
@@ -280,67 +289,51 @@ pub async fn run_all(
     let stop = services_stop.clone();
     services.spawn(async move {
         (
-            "users",
+            "users service",
             twtr_users::serve(users, listeners.users, stop).await,
         )
     });
     let stop = services_stop.clone();
     services.spawn(async move {
         (
-            "tweets",
+            "tweets service",
             twtr_tweets::serve(tweets, listeners.tweets, stop).await,
         )
     });
     let stop = services_stop.clone();
     services.spawn(async move {
         (
-            "followers",
+            "followers service",
             twtr_followers::serve(followers, listeners.followers, stop).await,
         )
     });
     let stop = services_stop.clone();
-    services.spawn(async move { ("feeds", feeds.serve(listeners.feeds, stop).await) });
-    let gateway = tokio::spawn(twtr_gateway::serve(
-        gateway,
-        listeners.http,
-        shutdown.clone(),
-    ));
+    services.spawn(async move { ("feeds service", feeds.serve(listeners.feeds, stop).await) });
+    let gateway_stop = shutdown.clone();
+    let gateway = tokio::spawn(async move {
+        let served = twtr_gateway::serve(gateway, listeners.http, gateway_stop).await;
+        ("gateway", served)
+    });
 
     let mut first_error: Option<anyhow::Error> = None;
     tokio::select! {
         () = shutdown.cancelled() => {}
-        ended = services.join_next() => {
+        Some(ended) = services.join_next() => {
             // A service ended on its own: that is a failure, whatever it returned.
-            let error = match ended {
-                Some(Ok((name, Ok(())))) => anyhow::anyhow!("the {name} service stopped unexpectedly"),
-                Some(Ok((name, Err(err)))) => err.context(format!("the {name} service failed")),
-                Some(Err(join)) => anyhow::Error::new(join).context("a service panicked"),
-                None => anyhow::anyhow!("no services running"),
-            };
+            let error = failure(ended)
+                .unwrap_or_else(|| anyhow::anyhow!("a service stopped unexpectedly"));
             tracing::error!(error = format!("{error:#}"), "shutting the mesh down");
             first_error = Some(error);
             shutdown.cancel();
         }
     }
-    match gateway.await {
-        Ok(Ok(())) => {}
-        Ok(Err(err)) => {
-            first_error.get_or_insert(err.context("the gateway failed"));
-        }
-        Err(join) => {
-            first_error.get_or_insert(anyhow::Error::new(join).context("the gateway panicked"));
-        }
+    if let Some(error) = failure(gateway.await) {
+        first_error.get_or_insert(error);
     }
     services_stop.cancel();
     while let Some(ended) = services.join_next().await {
-        match ended {
-            Ok((_, Ok(()))) => {}
-            Ok((name, Err(err))) => {
-                first_error.get_or_insert(err.context(format!("the {name} service failed")));
-            }
-            Err(join) => {
-                first_error.get_or_insert(anyhow::Error::new(join).context("a service panicked"));
-            }
+        if let Some(error) = failure(ended) {
+            first_error.get_or_insert(error);
         }
     }
     tracing::info!("twtr mesh stopped");

@@ -191,11 +191,9 @@ pub async fn consume(
                 continue;
             }
         };
-        let request_id = event
-            .headers
-            .get(context::REQUEST_ID)
-            .cloned()
-            .unwrap_or_default();
+        // Events from before request ids (or from elsewhere) get a fresh one, as requests do.
+        let incoming = event.headers.get(context::REQUEST_ID).map(String::as_str);
+        let request_id = context::accept(incoming);
         let span = tracing::info_span!(
             "event", queue, event_id = event.event_id, event_type = %event.r#type, %request_id
         );
