@@ -61,6 +61,15 @@ async fn spawn_twtr(data_dir: &std::path::Path, log_filter: &str) -> Twtr {
     Twtr { child, http, logs }
 }
 
+/// Waits until the gateway reports every service ready.
+async fn wait_ready(client: &reqwest::Client, http: &str) {
+    eventually("twtr to be ready", CONVERGE, || async {
+        let response = client.get(format!("{http}/readyz")).send().await.ok()?;
+        response.status().is_success().then_some(())
+    })
+    .await;
+}
+
 async fn post(
     client: &reqwest::Client,
     url: String,
@@ -83,15 +92,7 @@ async fn acknowledged_writes_and_their_events_survive_kill_9() {
     let Twtr {
         mut child, http, ..
     } = spawn_twtr(data_dir.path(), "info").await;
-    let ready = || async {
-        let ok = client
-            .get(format!("{http}/readyz"))
-            .send()
-            .await
-            .map(|r| r.status().is_success());
-        matches!(ok, Ok(true)).then_some(())
-    };
-    eventually("twtr to be ready", CONVERGE, ready).await;
+    wait_ready(&client, &http).await;
 
     let mut tokens = Vec::new();
     let mut ids = Vec::new();
@@ -125,15 +126,7 @@ async fn acknowledged_writes_and_their_events_survive_kill_9() {
         http,
         ..
     } = spawn_twtr(data_dir.path(), "info").await;
-    eventually("twtr to be ready again", CONVERGE, || async {
-        let ok = client
-            .get(format!("{http}/readyz"))
-            .send()
-            .await
-            .map(|r| r.status().is_success());
-        matches!(ok, Ok(true)).then_some(())
-    })
-    .await;
+    wait_ready(&client, &http).await;
     let tweet = client
         .get(format!("{http}/v1/tweets/{tweet_id}"))
         .send()

@@ -26,10 +26,8 @@ async fn a_followers_feed_shows_the_followees_tweet_through_events() {
     assert_eq!(item["author"]["username"], "bob");
     assert_eq!(feed["next"], serde_json::Value::Null);
     // The author sees their own tweet too.
-    eventually("bob's tweet in bob's feed", CONVERGE, || async {
-        (mesh.feed_ids(&bob).await == [tweet.clone()]).then_some(())
-    })
-    .await;
+    mesh.await_feed(&bob, &[&tweet], "bob's tweet in bob's feed")
+        .await;
     mesh.stop().await;
 }
 
@@ -40,10 +38,8 @@ async fn a_restart_on_the_same_data_dir_keeps_users_tweets_and_feeds() {
     let (bob_id, bob) = mesh.user("bob").await;
     mesh.follow(&alice, &bob_id).await;
     let tweet = mesh.tweet(&bob, "still here after a restart").await;
-    eventually("the tweet in alice's feed", CONVERGE, || async {
-        (mesh.feed_ids(&alice).await == [tweet.clone()]).then_some(())
-    })
-    .await;
+    mesh.await_feed(&alice, &[&tweet], "the tweet in alice's feed")
+        .await;
     let data_dir = mesh.stop().await;
     assert!(has_store_files(data_dir.path()));
 
@@ -201,10 +197,11 @@ async fn tweets_are_validated_and_bad_ones_write_nothing() {
     mesh.tweet(&alice, &"🦀".repeat(280)).await;
     let (_, me) = mesh.get("/v1/users/me", Some(&alice)).await;
     assert_eq!(me["tweets_count"], 1, "only the valid tweet was stored");
-    let (status, _) = mesh
+    let (status, tweets) = mesh
         .get(&format!("/v1/users/{alice_id}/tweets"), None)
         .await;
     assert_eq!(status, StatusCode::OK);
+    assert_eq!(ids(&tweets).len(), 1, "{tweets}");
 }
 
 #[tokio::test]
@@ -240,12 +237,8 @@ async fn following_is_idempotent_and_refuses_self_and_unknown_users() {
 
     // Unfollowing removes the followee's tweets from the feed, and is idempotent too.
     let tweet = mesh.tweet(&bob, "soon gone from alice's feed").await;
-    eventually(
-        "the tweet in alice's feed",
-        crate::support::CONVERGE,
-        || async { (mesh.feed_ids(&alice).await == [tweet.clone()]).then_some(()) },
-    )
-    .await;
+    mesh.await_feed(&alice, &[&tweet], "the tweet in alice's feed")
+        .await;
     for _ in 0..2 {
         let (status, _) = mesh
             .call(
@@ -257,12 +250,8 @@ async fn following_is_idempotent_and_refuses_self_and_unknown_users() {
             .await;
         assert_eq!(status, StatusCode::NO_CONTENT);
     }
-    eventually(
-        "the tweet gone from alice's feed",
-        crate::support::CONVERGE,
-        || async { mesh.feed_ids(&alice).await.is_empty().then_some(()) },
-    )
-    .await;
+    mesh.await_feed(&alice, &[], "the tweet gone from alice's feed")
+        .await;
     let (_, bob_profile) = mesh.get(&format!("/v1/users/{bob_id}"), None).await;
     assert_eq!(bob_profile["followers_count"], 0);
 }

@@ -185,6 +185,14 @@ impl TestMesh {
         text(&tweet["id"])
     }
 
+    /// Waits until the caller's home feed (first page) holds exactly `expected`, newest first.
+    pub async fn await_feed(&self, token: &str, expected: &[&str], what: &str) {
+        eventually(what, CONVERGE, || async {
+            (self.feed_ids(token).await == expected).then_some(())
+        })
+        .await;
+    }
+
     /// The tweet ids on the caller's home feed (first page).
     pub async fn feed_ids(&self, token: &str) -> Vec<String> {
         let (status, page) = self.get("/v1/feed", Some(token)).await;
