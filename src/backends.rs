@@ -2,10 +2,11 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use twtr_common::IdGenerator;
-use twtr_common::bus::{EventBus, InProcessBus};
+use twtr_common::bus::{EventBus, InProcessBus, QueueSpec, RabbitBus, RabbitConfig};
 use twtr_common::tokens::{TokenSecret, Tokens};
 use twtr_feeds::{EmbeddedFeedStore, FeedStore};
 use twtr_followers::{EmbeddedFollowStore, FollowStore};
@@ -56,39 +57,90 @@ pub fn feed_store(config: &Config) -> anyhow::Result<Arc<dyn FeedStore>> {
     Ok(Arc::new(store))
 }
 
-/// The event bus: RabbitMQ when `TWTR_AMQP_URL` is set, else the in-process bus. A service run
-/// on its own with the in-process bus can only reach consumers in its own process, which is
-/// worth a warning (`all_in_one` is false then).
-pub fn event_bus(config: &Config, all_in_one: bool) -> anyhow::Result<Arc<dyn EventBus>> {
-    if config.amqp_url.is_some() {
-        return Err(not_yet("the RabbitMQ event bus (TWTR_AMQP_URL)"));
+/// How a process runs the mesh: every part in one process, or one part alone (so whatever the
+/// parts share, such as the token secret, must come from configuration).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    AllInOne,
+    Alone,
+}
+
+/// The event bus a process uses, and the broker behind it when it is RabbitMQ.
+pub struct Events {
+    pub bus: Arc<dyn EventBus>,
+    broker: Option<RabbitBus>,
+}
+
+/// How long startup waits for the broker before going on without it (it keeps reconnecting;
+/// events wait in the outbox meanwhile).
+const BROKER_CONNECT_WAIT: Duration = Duration::from_secs(5);
+
+/// Every queue some consumer of the mesh reads. Each process declares them all on the broker,
+/// so an event published by one part reaches its consumers even before they first start.
+pub fn consumer_queues(config: &Config) -> Vec<QueueSpec> {
+    vec![twtr_feeds::queue(&config.consumer)]
+}
+
+/// The event bus: RabbitMQ when `TWTR_AMQP_URL` is set, else the in-process bus. A part run on
+/// its own with the in-process bus can only reach consumers in its own process, which is worth
+/// a warning.
+pub async fn event_bus(config: &Config, part: Part) -> anyhow::Result<Events> {
+    if let Some(amqp) = &config.amqp {
+        let rabbit = RabbitConfig {
+            url: amqp.url.clone(),
+            prefix: amqp.prefix.clone(),
+            queue_type: amqp.queue_type,
+            queue_expiry: amqp.queue_expiry,
+            connection_name: format!("twtr pid {}", std::process::id()),
+        };
+        let broker = RabbitBus::connect(rabbit, BROKER_CONNECT_WAIT).await;
+        broker
+            .declare(&consumer_queues(config))
+            .await
+            .context("failed to declare the event queues on RabbitMQ")?;
+        return Ok(Events {
+            bus: Arc::new(broker.clone()),
+            broker: Some(broker),
+        });
     }
-    if !all_in_one {
+    if part == Part::Alone {
         tracing::warn!("no TWTR_AMQP_URL: events stay on this process's in-process bus");
     }
     let path = config.data_dir.join("bus.redb");
     let bus =
         InProcessBus::open(&path).with_context(|| format!("failed to open {}", path.display()))?;
-    Ok(Arc::new(bus))
+    Ok(Events {
+        bus: Arc::new(bus),
+        broker: None,
+    })
 }
 
-/// One ID generator per process. Replicas must not share a worker number: set
-/// `TWTR_WORKER_ID` per replica, or accept the host-name hash (unique per pod name, but two
-/// names can collide).
-pub fn id_generator(config: &Config) -> anyhow::Result<Arc<IdGenerator>> {
-    let worker = match config.worker_id {
-        Some(worker) => worker,
-        None if matches!(config.storage, Storage::Embedded { .. }) => 0,
-        None => {
-            let host = std::env::var("HOSTNAME").unwrap_or_default();
-            let hash = host.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-                (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-            });
-            let worker = (hash % 1024) as u16;
+/// One ID generator per process, with a worker number no other live process uses: the
+/// configured one, else one leased from the RabbitMQ broker (held as long as this process is
+/// connected), else 0 for the all-in-one mesh (one process, one generator) and a hash of host
+/// name and process id for a part on its own (whose events stay in its process anyway).
+pub async fn id_generator(
+    config: &Config,
+    events: &Events,
+    part: Part,
+) -> anyhow::Result<Arc<IdGenerator>> {
+    let worker = match (config.worker_id, &events.broker, part) {
+        (Some(worker), _, _) => worker,
+        (None, Some(broker), _) => {
+            let start = (host_hash() % 1024) as u16;
+            let worker = broker
+                .lease_worker_id(start)
+                .await
+                .context("failed to lease a worker number from RabbitMQ")?;
+            tracing::info!(worker, "leased the ID worker number from the event broker");
+            worker
+        }
+        (None, None, Part::AllInOne) => 0,
+        (None, None, Part::Alone) => {
+            let worker = (host_hash() % 1024) as u16;
             tracing::info!(
                 worker,
-                host,
-                "derived the ID worker number from the host name"
+                "derived the ID worker number from the host name and pid"
             );
             worker
         }
@@ -96,16 +148,25 @@ pub fn id_generator(config: &Config) -> anyhow::Result<Arc<IdGenerator>> {
     Ok(Arc::new(IdGenerator::new(worker)?))
 }
 
-/// The token signer/verifier. With no configured secret, the embedded mode keeps a generated
-/// one in `<data dir>/token_secret`, so tokens survive a restart; a distributed deployment must
-/// configure one shared secret.
-pub fn tokens(config: &Config) -> anyhow::Result<Tokens> {
-    let secret = match &config.token_secret {
-        Some(secret) => secret.clone().into_bytes(),
-        None if matches!(config.storage, Storage::Embedded { .. }) => {
-            local_secret(&config.data_dir)?
-        }
-        None => anyhow::bail!("TWTR_TOKEN_SECRET must be set when the store is ScyllaDB"),
+/// FNV-1a of the host name and process id: a starting point that differs between processes.
+fn host_hash() -> u64 {
+    let host = std::env::var("HOSTNAME").unwrap_or_default();
+    let seed = format!("{host}/{}", std::process::id());
+    seed.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// The token signer/verifier. With no configured secret, the all-in-one mesh keeps a generated
+/// one in `<data dir>/token_secret`, so tokens survive a restart; parts run on their own must
+/// share one configured secret, or the gateway could not verify what the users service signs.
+pub fn tokens(config: &Config, part: Part) -> anyhow::Result<Tokens> {
+    let secret = match (&config.token_secret, part) {
+        (Some(secret), _) => secret.clone().into_bytes(),
+        (None, Part::AllInOne) => local_secret(&config.data_dir)?,
+        (None, Part::Alone) => anyhow::bail!(
+            "TWTR_TOKEN_SECRET must be set when a part runs on its own: the users service and the gateway must share it"
+        ),
     };
     let secret = TokenSecret::new(secret).context("invalid TWTR_TOKEN_SECRET")?;
     Ok(Tokens::new(&secret, config.token_ttl))

@@ -5,11 +5,12 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use twtr_common::bus::{ConsumerSettings, QueueType, RetryPolicy};
 use twtr_common::telemetry::LogFormat;
 use twtr_feeds::FeedLimits;
 use twtr_gateway::UpstreamUrls;
 
-use crate::{Config, Storage};
+use crate::{Amqp, Config, Storage};
 
 /// twtr: a Twitter-like backend built as a gRPC service mesh.
 #[derive(Debug, Parser)]
@@ -38,6 +39,38 @@ pub struct Cli {
     #[arg(long, env = "TWTR_AMQP_URL", hide_env_values = true, global = true)]
     pub amqp_url: Option<String>,
 
+    /// Prefix of every RabbitMQ exchange and queue (`<prefix>.events`, `<prefix>.feeds`, ...),
+    /// so several deployments can share one broker.
+    #[arg(long, env = "TWTR_AMQP_PREFIX", default_value = "twtr", global = true)]
+    pub amqp_prefix: String,
+
+    /// RabbitMQ queue type: quorum (replicated; production) or classic (brokers without quorum
+    /// queues).
+    #[arg(long, env = "TWTR_AMQP_QUEUE_TYPE", value_enum, default_value_t = QueueTypeArg::Quorum, global = true)]
+    pub amqp_queue_type: QueueTypeArg,
+
+    /// Delete RabbitMQ queues unused for this many seconds (x-expires): for throwaway
+    /// environments only. Unset in production.
+    #[arg(long, env = "TWTR_AMQP_QUEUE_EXPIRY_SECS", global = true)]
+    pub amqp_queue_expiry_secs: Option<u64>,
+
+    /// Deliveries a consumer holds unacknowledged at once (RabbitMQ prefetch).
+    #[arg(long, env = "TWTR_EVENT_PREFETCH", default_value_t = ConsumerSettings::default().prefetch, global = true)]
+    pub event_prefetch: u16,
+
+    /// Milliseconds a failed event waits in its retry queue before the next attempt.
+    #[arg(
+        long,
+        env = "TWTR_EVENT_RETRY_DELAY_MS",
+        default_value_t = 1000,
+        global = true
+    )]
+    pub event_retry_delay_ms: u64,
+
+    /// Deliveries of a failing event before it goes to the dead-letter queue.
+    #[arg(long, env = "TWTR_EVENT_MAX_ATTEMPTS", default_value_t = ConsumerSettings::default().retry.max_attempts, global = true)]
+    pub event_max_attempts: u32,
+
     /// Token signing secret (at least 32 bytes). Without it, the embedded mode generates one
     /// and keeps it in the data directory.
     #[arg(long, env = "TWTR_TOKEN_SECRET", hide_env_values = true, global = true)]
@@ -52,8 +85,9 @@ pub struct Cli {
     )]
     pub token_ttl_secs: u64,
 
-    /// Snowflake worker number (0..=1023), unique per running process. Defaults to 0 in `all`
-    /// and to a hash of the host name for a single service.
+    /// Snowflake worker number (0..=1023), unique per running process. When unset, a process on
+    /// RabbitMQ leases a free number from the broker; otherwise `all` uses 0 and a single
+    /// service a hash of the host name and process id.
     #[arg(long, env = "TWTR_WORKER_ID", global = true)]
     pub worker_id: Option<u16>,
 
@@ -142,6 +176,12 @@ pub struct Addrs {
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum QueueTypeArg {
+    Quorum,
+    Classic,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
 pub enum LogFormatArg {
     Text,
     Json,
@@ -165,10 +205,38 @@ impl Cli {
             }
         };
         anyhow::ensure!(self.feed_len > 0, "TWTR_FEED_LEN must be at least 1");
+        anyhow::ensure!(
+            self.event_prefetch > 0,
+            "TWTR_EVENT_PREFETCH must be at least 1"
+        );
+        anyhow::ensure!(
+            self.event_max_attempts > 0,
+            "TWTR_EVENT_MAX_ATTEMPTS must be at least 1"
+        );
+        let amqp = self
+            .amqp_url
+            .clone()
+            .filter(|url| !url.is_empty())
+            .map(|url| Amqp {
+                url,
+                prefix: self.amqp_prefix.clone(),
+                queue_type: match self.amqp_queue_type {
+                    QueueTypeArg::Quorum => QueueType::Quorum,
+                    QueueTypeArg::Classic => QueueType::Classic,
+                },
+                queue_expiry: self.amqp_queue_expiry_secs.map(Duration::from_secs),
+            });
         Ok(Config {
             storage,
             data_dir: self.data_dir.clone(),
-            amqp_url: self.amqp_url.clone().filter(|url| !url.is_empty()),
+            amqp,
+            consumer: ConsumerSettings {
+                prefetch: self.event_prefetch,
+                retry_delay: Duration::from_millis(self.event_retry_delay_ms),
+                retry: RetryPolicy {
+                    max_attempts: self.event_max_attempts,
+                },
+            },
             token_secret: self.token_secret.clone().filter(|s| !s.is_empty()),
             token_ttl: Duration::from_secs(self.token_ttl_secs),
             worker_id: self.worker_id,
@@ -224,7 +292,7 @@ mod tests {
         assert_eq!(cli.command, None);
         let config = cli.config().unwrap();
         assert!(matches!(config.storage, Storage::Embedded { .. }));
-        assert_eq!(config.amqp_url, None);
+        assert!(config.amqp.is_none());
         assert_eq!(cli.upstream_urls().feeds, "http://127.0.0.1:50054");
     }
 
@@ -264,5 +332,36 @@ mod tests {
         .unwrap();
         let config = cli.config().unwrap();
         assert!(!format!("{config:?}").contains("s3cr3t"));
+    }
+}
+
+#[cfg(test)]
+mod amqp_tests {
+    use super::*;
+
+    #[test]
+    fn an_amqp_url_selects_rabbitmq_with_its_settings() {
+        let cli = Cli::try_parse_from([
+            "twtr",
+            "feeds",
+            "--amqp-url",
+            "amqp://u:secret-pw@broker:5672/%2f",
+            "--amqp-prefix",
+            "staging",
+            "--amqp-queue-type",
+            "classic",
+            "--event-retry-delay-ms",
+            "250",
+        ])
+        .unwrap();
+        let config = cli.config().unwrap();
+        let amqp = config.amqp.as_ref().expect("RabbitMQ selected");
+        assert_eq!(amqp.prefix, "staging");
+        assert_eq!(amqp.queue_type, QueueType::Classic);
+        assert_eq!(config.consumer.retry_delay, Duration::from_millis(250));
+        assert!(
+            !format!("{config:?}").contains("secret-pw"),
+            "the broker password stays out of Debug output"
+        );
     }
 }

@@ -26,13 +26,15 @@ use anyhow::Context as _;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use twtr_common::IdGenerator;
+use twtr_common::bus::{ConsumerSettings, QueueType};
 use twtr_common::telemetry::{self, LogFormat};
 use twtr_feeds::FeedLimits;
 use twtr_gateway::UpstreamUrls;
 use twtr_proto::users::v1::users_service_client::UsersServiceClient;
 
 pub use cli::{Cli, Command};
+
+use crate::backends::Part;
 
 /// Storage engine behind every service's store trait.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,8 +51,10 @@ pub struct Config {
     pub storage: Storage,
     /// Where embedded files (store, in-process bus, generated token secret) live.
     pub data_dir: PathBuf,
-    /// RabbitMQ URL; `None` means the in-process bus.
-    pub amqp_url: Option<String>,
+    /// The RabbitMQ broker; `None` means the in-process bus.
+    pub amqp: Option<Amqp>,
+    /// How consumers take their deliveries (prefetch, retry delay, attempts).
+    pub consumer: ConsumerSettings,
     /// Token signing secret; `None` means generate one and keep it in the data directory.
     pub token_secret: Option<String>,
     pub token_ttl: Duration,
@@ -65,7 +69,8 @@ impl std::fmt::Debug for Config {
         f.debug_struct("Config")
             .field("storage", &self.storage)
             .field("data_dir", &self.data_dir)
-            .field("amqp_url", &self.amqp_url.as_ref().map(|_| "[set]"))
+            .field("amqp", &self.amqp)
+            .field("consumer", &self.consumer)
             .field(
                 "token_secret",
                 &self.token_secret.as_ref().map(|_| "[redacted]"),
@@ -86,13 +91,35 @@ impl Config {
                 data_dir: data_dir.clone(),
             },
             data_dir,
-            amqp_url: None,
+            amqp: None,
+            consumer: ConsumerSettings::default(),
             token_secret: None,
             token_ttl: Duration::from_secs(24 * 3600),
             worker_id: None,
             feed_limits: FeedLimits::default(),
             log_format: LogFormat::Text,
         }
+    }
+}
+
+/// Where the RabbitMQ event bus is and how its queues are named and made.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Amqp {
+    /// Holds the broker password: never in `Debug` output.
+    pub url: String,
+    pub prefix: String,
+    pub queue_type: QueueType,
+    pub queue_expiry: Option<Duration>,
+}
+
+impl std::fmt::Debug for Amqp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Amqp")
+            .field("url", &"[redacted]")
+            .field("prefix", &self.prefix)
+            .field("queue_type", &self.queue_type)
+            .field("queue_expiry", &self.queue_expiry)
+            .finish()
     }
 }
 
@@ -169,26 +196,28 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let listener = bind("gateway", &addrs.http_addr).await?;
             let deps = twtr_gateway::GatewayDeps {
                 upstreams: cli.upstream_urls(),
-                tokens: backends::tokens(&config)?,
+                tokens: backends::tokens(&config, Part::Alone)?,
             };
             twtr_gateway::serve(deps, listener, shutdown).await
         }
         Command::Users => {
             let listener = bind("users", &addrs.users_addr).await?;
+            let events = backends::event_bus(&config, Part::Alone).await?;
             let deps = twtr_users::UsersDeps {
                 store: backends::user_store(&config)?,
-                bus: backends::event_bus(&config, false)?,
-                ids: backends::id_generator(&config)?,
-                tokens: backends::tokens(&config)?,
+                ids: backends::id_generator(&config, &events, Part::Alone).await?,
+                bus: events.bus,
+                tokens: backends::tokens(&config, Part::Alone)?,
             };
             twtr_users::serve(deps, listener, shutdown).await
         }
         Command::Tweets => {
             let listener = bind("tweets", &addrs.tweets_addr).await?;
+            let events = backends::event_bus(&config, Part::Alone).await?;
             let deps = twtr_tweets::TweetsDeps {
                 store: backends::tweet_store(&config)?,
-                bus: backends::event_bus(&config, false)?,
-                ids: backends::id_generator(&config)?,
+                ids: backends::id_generator(&config, &events, Part::Alone).await?,
+                bus: events.bus,
             };
             twtr_tweets::serve(deps, listener, shutdown).await
         }
@@ -197,10 +226,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let users = UsersServiceClient::new(twtr_gateway::upstream::channel(
                 &cli.upstream_urls().users,
             )?);
+            let events = backends::event_bus(&config, Part::Alone).await?;
             let deps = twtr_followers::FollowersDeps {
                 store: backends::follow_store(&config)?,
-                bus: backends::event_bus(&config, false)?,
-                ids: backends::id_generator(&config)?,
+                ids: backends::id_generator(&config, &events, Part::Alone).await?,
+                bus: events.bus,
                 users: Arc::new(users),
             };
             twtr_followers::serve(deps, listener, shutdown).await
@@ -209,7 +239,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let listener = bind("feeds", &addrs.feeds_addr).await?;
             let deps = twtr_feeds::FeedsDeps {
                 store: backends::feed_store(&config)?,
-                bus: backends::event_bus(&config, false)?,
+                bus: backends::event_bus(&config, Part::Alone).await?.bus,
+                consumer: config.consumer,
             };
             twtr_feeds::FeedsService::build(deps)
                 .await?
@@ -244,14 +275,16 @@ pub async fn run_all(
         followers: local_url(&listeners.followers)?,
         feeds: local_url(&listeners.feeds)?,
     };
-    let ids: Arc<IdGenerator> = backends::id_generator(&config)?;
-    let bus = backends::event_bus(&config, true)?;
-    let tokens = backends::tokens(&config)?;
+    let events = backends::event_bus(&config, Part::AllInOne).await?;
+    let ids = backends::id_generator(&config, &events, Part::AllInOne).await?;
+    let bus = events.bus;
+    let tokens = backends::tokens(&config, Part::AllInOne)?;
 
     // Declare the feeds queue before anything can publish, so no event misses it.
     let feeds = twtr_feeds::FeedsService::build(twtr_feeds::FeedsDeps {
         store: backends::feed_store(&config)?,
         bus: Arc::clone(&bus),
+        consumer: config.consumer,
     })
     .await?;
     let users = twtr_users::UsersDeps {

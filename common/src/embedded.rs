@@ -20,27 +20,13 @@ use redb::{
 use tokio::sync::Notify;
 use twtr_proto::events::v1::Envelope;
 
-use crate::outbox::Outbox;
+use crate::outbox::{Outbox, PendingEvent};
 use crate::page::PageRequest;
+use crate::store::StoreError;
 
-/// Events waiting to be published, by event ID (so oldest first).
+/// Events waiting to be published, by a sequence assigned inside the transaction that stored
+/// them (redb serializes write transactions, so sequence order is commit order).
 const OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("outbox");
-
-/// A storage failure. Domain outcomes (a taken username, a missing row) are not errors: store
-/// methods return them as values.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("storage backend failed")]
-    Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
-    #[error("stored record is corrupt: {0}")]
-    Corrupt(String),
-}
-
-impl StoreError {
-    pub fn backend(err: impl std::error::Error + Send + Sync + 'static) -> Self {
-        Self::Backend(Box::new(err))
-    }
-}
 
 macro_rules! from_redb_errors {
     ($($ty:ty),*) => {$(
@@ -58,18 +44,6 @@ from_redb_errors!(
     redb::StorageError,
     redb::CommitError
 );
-
-impl From<prost::DecodeError> for StoreError {
-    fn from(err: prost::DecodeError) -> Self {
-        Self::Corrupt(err.to_string())
-    }
-}
-
-impl From<tokio::task::JoinError> for StoreError {
-    fn from(err: tokio::task::JoinError) -> Self {
-        Self::backend(err)
-    }
-}
 
 /// A handle to one redb database file; cheap to clone.
 #[derive(Clone)]
@@ -191,7 +165,8 @@ impl<'a> Tx<'a> {
     /// Stores `event` in the outbox; it commits (or not) with the rest of the transaction.
     pub fn stage_event(&self, event: &Envelope) -> Result<(), StoreError> {
         let mut outbox = self.txn.open_table(OUTBOX)?;
-        outbox.insert(event.event_id, event.encode_to_vec().as_slice())?;
+        let seq = outbox.last()?.map_or(1, |(seq, _)| seq.value() + 1);
+        outbox.insert(seq, event.encode_to_vec().as_slice())?;
         self.staged.set(self.staged.get() + 1);
         Ok(())
     }
@@ -199,24 +174,27 @@ impl<'a> Tx<'a> {
 
 #[async_trait]
 impl Outbox for EmbeddedDb {
-    async fn pending(&self, max: usize) -> Result<Vec<Envelope>, StoreError> {
+    async fn pending(&self, max: usize) -> Result<Vec<PendingEvent>, StoreError> {
         self.read(move |txn| {
             let outbox = txn.open_table(OUTBOX)?;
             let mut events = Vec::new();
             for row in outbox.iter()?.take(max) {
-                let (_, body) = row?;
-                events.push(Envelope::decode(body.value())?);
+                let (seq, body) = row?;
+                events.push(PendingEvent {
+                    seq: seq.value(),
+                    event: Envelope::decode(body.value())?,
+                });
             }
             Ok(events)
         })
         .await
     }
 
-    async fn remove(&self, event_ids: Vec<u64>) -> Result<(), StoreError> {
+    async fn remove(&self, seqs: Vec<u64>) -> Result<(), StoreError> {
         self.write(move |tx| {
             let mut outbox = tx.open_table(OUTBOX)?;
-            for id in event_ids {
-                outbox.remove(id)?;
+            for seq in seqs {
+                outbox.remove(seq)?;
             }
             Ok(())
         })
@@ -267,6 +245,7 @@ pub fn scan_page<V: redb::Value + 'static>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::outbox::pending_ids;
     use crate::page::{Limit, Page};
 
     const ITEMS: TableDefinition<(u64, u64), ()> = TableDefinition::new("items");
@@ -390,22 +369,12 @@ mod tests {
             .unwrap();
         }
         let db = EmbeddedDb::open(&path, |_| Ok(())).unwrap();
-        let ids: Vec<u64> = db
-            .pending(10)
+        let pending = db.pending(10).await.unwrap();
+        let ids: Vec<u64> = pending.iter().map(|p| p.event.event_id).collect();
+        assert_eq!(ids, vec![30, 10, 20], "in the order they were staged");
+        db.remove(vec![pending[0].seq, pending[2].seq])
             .await
-            .unwrap()
-            .iter()
-            .map(|e| e.event_id)
-            .collect();
-        assert_eq!(ids, vec![10, 20, 30]);
-        db.remove(vec![10, 30]).await.unwrap();
-        let ids: Vec<u64> = db
-            .pending(10)
-            .await
-            .unwrap()
-            .iter()
-            .map(|e| e.event_id)
-            .collect();
-        assert_eq!(ids, vec![20]);
+            .unwrap();
+        assert_eq!(pending_ids(&db, 10).await.unwrap(), vec![10]);
     }
 }

@@ -4,6 +4,9 @@
 //!
 //! Every request runs with the caller's request id (see [`crate::context`]).
 //!
+//! Health follows the service's [`Readiness`] (its event bus): NOT_SERVING while the broker is
+//! unreachable, though requests are still served (writes wait in the outbox).
+//!
 //! On shutdown, health turns NOT_SERVING first (so load balancers stop sending), then the server
 //! stops accepting and drains the requests in flight.
 
@@ -16,6 +19,9 @@ use tokio_util::sync::CancellationToken;
 use tonic::codegen::{Service, http};
 use tonic::server::NamedService;
 use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
+use crate::bus::Readiness;
 
 use crate::context::RequestIdLayer;
 
@@ -25,10 +31,12 @@ const REFLECTION_SERVICES: [&str; 2] = [
     "grpc.reflection.v1alpha.ServerReflection",
 ];
 
-/// Serves `service` on `listener` until `shutdown` is cancelled, then drains.
+/// Serves `service` on `listener` until `shutdown` is cancelled, then drains. Health reports
+/// SERVING only while `readiness` says ready.
 pub async fn serve<S>(
     service: S,
     listener: TcpListener,
+    readiness: Readiness,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()>
 where
@@ -47,7 +55,11 @@ where
         .local_addr()
         .context("failed to read the gRPC listen address")?;
     let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_serving::<S>().await;
+    let reporter = tokio::spawn(report_readiness::<S>(
+        health.clone(),
+        readiness,
+        shutdown.clone(),
+    ));
 
     let reflection = || {
         let mut builder = tonic_reflection::server::Builder::configure()
@@ -71,10 +83,8 @@ where
     let drained = async move {
         shutdown.cancelled().await;
         tracing::info!(service = S::NAME, "grpc server shutting down");
-        health.set_not_serving::<S>().await;
-        health
-            .set_service_status("", ServingStatus::NotServing)
-            .await;
+        let _ = reporter.await;
+        set_status::<S>(&health, ServingStatus::NotServing).await;
     };
     tonic::transport::Server::builder()
         .layer(RequestIdLayer)
@@ -85,4 +95,31 @@ where
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), drained)
         .await
         .with_context(|| format!("gRPC server for {} failed", S::NAME))
+}
+
+async fn set_status<S: NamedService>(health: &HealthReporter, status: ServingStatus) {
+    health.set_service_status(S::NAME, status).await;
+    health.set_service_status("", status).await;
+}
+
+/// Mirrors `readiness` into the health service until `shutdown`, logging each change.
+async fn report_readiness<S: NamedService>(
+    health: HealthReporter,
+    mut readiness: Readiness,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let ready = readiness.is_ready();
+        let status = if ready {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        set_status::<S>(&health, status).await;
+        tracing::debug!(service = S::NAME, ready, "health updated");
+        tokio::select! {
+            changed = readiness.changed() => if !changed { shutdown.cancelled().await; return },
+            () = shutdown.cancelled() => return,
+        }
+    }
 }

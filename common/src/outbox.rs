@@ -12,31 +12,41 @@ use tokio_util::sync::CancellationToken;
 use twtr_proto::events::v1::Envelope;
 
 use crate::bus::EventBus;
-use crate::embedded::StoreError;
 use crate::error::error_chain;
+use crate::store::StoreError;
+
+/// An event waiting in the outbox, with its place in commit order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PendingEvent {
+    /// Assigned inside the transaction that stored the event, so sequence order is commit
+    /// order (per outbox shard, for a backend that has several).
+    pub seq: u64,
+    pub event: Envelope,
+}
 
 /// The stored side of the outbox, implemented by each storage backend.
 #[async_trait]
 pub trait Outbox: Send + Sync {
-    /// Up to `max` stored events, oldest first.
-    async fn pending(&self, max: usize) -> Result<Vec<Envelope>, StoreError>;
-    /// Forgets events that the bus has confirmed.
-    async fn remove(&self, event_ids: Vec<u64>) -> Result<(), StoreError>;
+    /// Up to `max` stored events, in commit order.
+    async fn pending(&self, max: usize) -> Result<Vec<PendingEvent>, StoreError>;
+    /// Forgets events (by [`PendingEvent::seq`]) that the bus has confirmed.
+    async fn remove(&self, seqs: Vec<u64>) -> Result<(), StoreError>;
     /// Resolves when new events may have been stored since the last call.
     async fn changed(&self);
 }
 
-/// The IDs of up to `max` stored events, oldest first (for operators and tests).
+/// The IDs of up to `max` stored events, in commit order (for operators and tests).
 pub async fn pending_ids(outbox: &dyn Outbox, max: usize) -> Result<Vec<u64>, StoreError> {
     Ok(outbox
         .pending(max)
         .await?
         .iter()
-        .map(|e| e.event_id)
+        .map(|p| p.event.event_id)
         .collect())
 }
 
-const BATCH: usize = 128;
+/// Events published per round; all of a round are in flight at once.
+const BATCH: usize = 256;
 /// How often the relay looks at the outbox when nothing woke it (e.g. another process wrote).
 const IDLE_POLL: Duration = Duration::from_secs(1);
 const RETRY_BACKOFF: Duration = Duration::from_millis(500);
@@ -44,7 +54,10 @@ const RETRY_BACKOFF: Duration = Duration::from_millis(500);
 /// stored and go out at the next start).
 const FLUSH_DEADLINE: Duration = Duration::from_secs(5);
 
-/// Publishes stored events until `shutdown`, then flushes what is left.
+type RelayError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Publishes stored events until `shutdown`, then flushes what is left. A bus outage is logged
+/// when it starts and when it ends, not on every retry.
 pub async fn run_relay(
     service: &'static str,
     outbox: Arc<dyn Outbox>,
@@ -52,8 +65,24 @@ pub async fn run_relay(
     shutdown: CancellationToken,
 ) {
     tracing::debug!(service, "outbox relay started");
+    let mut failing = false;
     loop {
-        match relay_batch(outbox.as_ref(), bus.as_ref()).await {
+        let round = relay_batch(outbox.as_ref(), bus.as_ref()).await;
+        match (&round, failing) {
+            (Ok(_), true) => {
+                tracing::info!(service, "outbox relay publishing again");
+                failing = false;
+            }
+            (Err(err), false) => {
+                tracing::warn!(service, error = %error_chain(err.as_ref()), "outbox relay cannot publish; events stay in the outbox, retrying");
+                failing = true;
+            }
+            (Err(err), true) => {
+                tracing::debug!(service, error = %error_chain(err.as_ref()), "outbox relay still cannot publish");
+            }
+            (Ok(_), false) => {}
+        }
+        match round {
             Ok(0) => {
                 tokio::select! {
                     () = outbox.changed() => {}
@@ -62,8 +91,7 @@ pub async fn run_relay(
                 }
             }
             Ok(_) => {}
-            Err(err) => {
-                tracing::warn!(service, error = %error_chain(err.as_ref()), "outbox relay failed, retrying");
+            Err(_) => {
                 tokio::select! {
                     () = tokio::time::sleep(RETRY_BACKOFF) => {}
                     () = shutdown.cancelled() => break,
@@ -90,38 +118,81 @@ pub async fn run_relay(
     }
 }
 
-/// Publishes one batch; returns how many events went out.
-async fn relay_batch(
-    outbox: &dyn Outbox,
-    bus: &dyn EventBus,
-) -> Result<usize, Box<dyn std::error::Error + Send + Sync>> {
-    let events = outbox.pending(BATCH).await?;
-    if events.is_empty() {
+/// Serves a publishing service: runs `serve` (a gRPC server over `listener`, health following the
+/// bus's readiness) with a relay draining `outbox` onto `bus` beside it, and once the server has
+/// drained its requests, flushes what they stored. The one way every publishing service runs.
+pub async fn serve_with_relay<S>(
+    name: &'static str,
+    service: S,
+    listener: tokio::net::TcpListener,
+    outbox: Arc<dyn Outbox>,
+    bus: Arc<dyn EventBus>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()>
+where
+    S: tonic::codegen::Service<
+            tonic::codegen::http::Request<tonic::body::Body>,
+            Response = tonic::codegen::http::Response<tonic::body::Body>,
+            Error = std::convert::Infallible,
+        > + tonic::server::NamedService
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let relay_stop = CancellationToken::new();
+    let relay = tokio::spawn(run_relay(
+        name,
+        outbox,
+        Arc::clone(&bus),
+        relay_stop.clone(),
+    ));
+    let served = crate::grpc::serve(service, listener, bus.readiness(), shutdown).await;
+    // Requests have drained; whatever they stored goes out before the process ends.
+    relay_stop.cancel();
+    relay.await?;
+    served
+}
+
+/// Publishes one batch in commit order, with every publish in flight at once, and forgets
+/// exactly the events the bus confirmed. Returns how many went out.
+async fn relay_batch(outbox: &dyn Outbox, bus: &dyn EventBus) -> Result<usize, RelayError> {
+    let pending = outbox.pending(BATCH).await?;
+    if pending.is_empty() {
         return Ok(0);
     }
-    let mut published = Vec::with_capacity(events.len());
-    for event in &events {
-        if let Err(err) = bus.publish(event).await {
-            // Keep what did go out from being published again.
-            if !published.is_empty() {
-                outbox.remove(published).await?;
+    let events: Vec<Envelope> = pending.iter().map(|p| p.event.clone()).collect();
+    let results = bus.publish_batch(&events).await;
+    let mut confirmed = Vec::with_capacity(pending.len());
+    let mut first_error = None;
+    for (entry, result) in pending.iter().zip(results) {
+        match result {
+            Ok(()) => confirmed.push(entry.seq),
+            Err(err) => {
+                first_error.get_or_insert(err);
             }
-            return Err(err.into());
         }
-        published.push(event.event_id);
     }
-    let count = published.len();
-    outbox.remove(published).await?;
-    Ok(count)
+    let count = confirmed.len();
+    if !confirmed.is_empty() {
+        outbox.remove(confirmed).await?;
+    }
+    match first_error {
+        Some(err) => Err(err.into()),
+        None => Ok(count),
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+    use std::collections::HashSet;
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicU32, Ordering};
     use std::time::Duration;
 
     use super::*;
-    use crate::bus::{BusError, InProcessBus, QueueSpec, Subscription, conformance};
+    use crate::bus::{BusError, DeadLetter, InProcessBus, Subscription, conformance};
     use crate::embedded::EmbeddedDb;
 
     async fn stage(db: &EmbeddedDb, ids: &[u64]) {
@@ -150,16 +221,18 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_relay_publishes_in_order_then_empties_the_outbox() {
+    async fn the_relay_publishes_in_commit_order_then_empties_the_outbox() {
         let dir = tempfile::tempdir().unwrap();
         let db = EmbeddedDb::open(&dir.path().join("svc.redb"), |_| Ok(())).unwrap();
         let bus = InProcessBus::open(&dir.path().join("bus.redb")).unwrap();
-        let spec = QueueSpec {
-            name: "q".into(),
-            bindings: vec!["svc.*".into()],
-        };
-        let mut sub = bus.subscribe(&spec).await.unwrap();
-        stage(&db, &[1, 2]).await; // stored before the relay starts, as after a crash
+        let mut sub = bus
+            .subscribe(&conformance::spec("q", &["svc.*".into()]))
+            .await
+            .unwrap();
+        // Event IDs are minted before their transaction commits, so a later commit can carry a
+        // smaller ID: commit order, not ID order, is what goes out.
+        stage(&db, &[20]).await;
+        stage(&db, &[10]).await; // stored before the relay starts, as after a crash
 
         let stop = CancellationToken::new();
         let relay = tokio::spawn(run_relay(
@@ -168,54 +241,66 @@ mod tests {
             Arc::new(bus),
             stop.clone(),
         ));
-        stage(&db, &[3]).await; // stored while it runs: the commit wakes it
+        stage(&db, &[5]).await; // stored while it runs: the commit wakes it
         let mut seen = Vec::new();
         for _ in 0..3 {
             seen.push(next_id(&mut sub).await);
         }
-        assert_eq!(seen, vec![1, 2, 3]);
+        assert_eq!(seen, vec![20, 10, 5]);
         stop.cancel();
         relay.await.unwrap();
         assert!(db.pending(10).await.unwrap().is_empty());
     }
 
-    /// A bus that refuses every publish while `down` is set, counting the refusals.
+    /// A bus that refuses the events whose IDs are in `refuse`, counting the refusals, and
+    /// passes the rest to an in-process bus.
     struct FlakyBus {
-        down: AtomicBool,
+        refuse: Mutex<HashSet<u64>>,
         refused: AtomicU32,
         inner: InProcessBus,
     }
 
     #[async_trait]
     impl EventBus for FlakyBus {
-        async fn publish(&self, event: &Envelope) -> Result<(), BusError> {
-            if self.down.load(Ordering::SeqCst) {
-                self.refused.fetch_add(1, Ordering::SeqCst);
-                return Err(BusError::Closed);
+        async fn publish_batch(&self, events: &[Envelope]) -> Vec<Result<(), BusError>> {
+            let mut results = Vec::new();
+            for event in events {
+                if self.refuse.lock().unwrap().contains(&event.event_id) {
+                    self.refused.fetch_add(1, Ordering::SeqCst);
+                    results.push(Err(BusError::Unavailable));
+                } else {
+                    results.push(crate::bus::publish(&self.inner, event).await);
+                }
             }
-            self.inner.publish(event).await
+            results
         }
 
-        async fn subscribe(&self, queue: &QueueSpec) -> Result<Box<dyn Subscription>, BusError> {
+        async fn subscribe(
+            &self,
+            queue: &crate::bus::QueueSpec,
+        ) -> Result<Box<dyn Subscription>, BusError> {
             self.inner.subscribe(queue).await
+        }
+
+        async fn dead_letters(&self, queue: &str, max: usize) -> Result<Vec<DeadLetter>, BusError> {
+            self.inner.dead_letters(queue, max).await
         }
     }
 
     #[tokio::test]
-    async fn events_stay_in_the_outbox_while_the_bus_is_down() {
+    async fn only_confirmed_events_leave_the_outbox() {
         let dir = tempfile::tempdir().unwrap();
         let db = EmbeddedDb::open(&dir.path().join("svc.redb"), |_| Ok(())).unwrap();
         let bus = Arc::new(FlakyBus {
-            down: AtomicBool::new(true),
+            refuse: Mutex::new(HashSet::from([2])),
             refused: AtomicU32::new(0),
             inner: InProcessBus::open(&dir.path().join("bus.redb")).unwrap(),
         });
-        let spec = QueueSpec {
-            name: "q".into(),
-            bindings: vec!["svc.*".into()],
-        };
-        let mut sub = bus.subscribe(&spec).await.unwrap();
-        stage(&db, &[1]).await;
+        let mut sub = bus
+            .subscribe(&conformance::spec("q", &["svc.*".into()]))
+            .await
+            .unwrap();
+        stage(&db, &[1, 2, 3]).await;
 
         let stop = CancellationToken::new();
         let relay = tokio::spawn(run_relay(
@@ -224,7 +309,9 @@ mod tests {
             bus.clone(),
             stop.clone(),
         ));
-        // However often publishing fails, the event is kept...
+        // However often the broker refuses event 2, it is kept, and the others go out...
+        assert_eq!(next_id(&mut sub).await, 1);
+        assert_eq!(next_id(&mut sub).await, 3);
         tokio::time::timeout(Duration::from_secs(10), async {
             while bus.refused.load(Ordering::SeqCst) < 2 {
                 tokio::time::sleep(Duration::from_millis(10)).await;
@@ -232,10 +319,10 @@ mod tests {
         })
         .await
         .expect("the relay retried");
-        assert_eq!(db.pending(10).await.unwrap().len(), 1);
-        // ...and goes out once it is back.
-        bus.down.store(false, Ordering::SeqCst);
-        assert_eq!(next_id(&mut sub).await, 1);
+        assert_eq!(pending_ids(&db, 10).await.unwrap(), vec![2]);
+        // ...and it goes out once the broker takes it.
+        bus.refuse.lock().unwrap().clear();
+        assert_eq!(next_id(&mut sub).await, 2);
         stop.cancel();
         relay.await.unwrap();
         assert!(db.pending(10).await.unwrap().is_empty());

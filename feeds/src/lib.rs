@@ -25,30 +25,29 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use twtr_common::bus::{self, EventBus, QueueSpec, RetryPolicy, Subscription};
+use twtr_common::bus::{self, ConsumerSettings, EventBus, QueueSpec, Readiness, Subscription};
 use twtr_common::grpc as grpc_server;
 
 pub use service::{Feeds, FeedsError};
 pub use store::{EmbeddedFeedStore, FeedLimits, FeedStore};
 
 /// The feeds service's queue and the events it needs.
-pub fn queue() -> QueueSpec {
-    QueueSpec {
-        name: "feeds".to_owned(),
-        bindings: [
+pub fn queue(settings: &ConsumerSettings) -> QueueSpec {
+    settings.queue(
+        "feeds",
+        &[
             "tweets.tweet_created",
             "followers.user_followed",
             "followers.user_unfollowed",
-        ]
-        .map(str::to_owned)
-        .to_vec(),
-    }
+        ],
+    )
 }
 
 /// Everything the feeds service needs, built by the binary from configuration.
 pub struct FeedsDeps {
     pub store: Arc<dyn FeedStore>,
     pub bus: Arc<dyn EventBus>,
+    pub consumer: ConsumerSettings,
 }
 
 /// A feeds service whose queue is declared: events published from now on reach it, even
@@ -56,18 +55,22 @@ pub struct FeedsDeps {
 pub struct FeedsService {
     feeds: Arc<Feeds>,
     subscription: Box<dyn Subscription>,
+    readiness: Readiness,
+    consumer: ConsumerSettings,
 }
 
 impl FeedsService {
     pub async fn build(deps: FeedsDeps) -> anyhow::Result<Self> {
         let subscription = deps
             .bus
-            .subscribe(&queue())
+            .subscribe(&queue(&deps.consumer))
             .await
             .context("failed to declare the feeds queue")?;
         Ok(Self {
             feeds: Arc::new(Feeds::new(deps.store)),
             subscription,
+            readiness: deps.bus.readiness(),
+            consumer: deps.consumer,
         })
     }
 
@@ -83,20 +86,17 @@ impl FeedsService {
         let mut consumer = {
             let feeds = Arc::clone(&self.feeds);
             let shutdown = shutdown.clone();
+            let policy = self.consumer.retry;
             tokio::spawn(async move {
-                let queue = queue();
-                let policy = RetryPolicy::default();
-                bus::consume(
-                    &queue.name,
-                    self.subscription,
-                    feeds.as_ref(),
-                    policy,
-                    shutdown,
-                )
-                .await
+                bus::consume("feeds", self.subscription, feeds.as_ref(), policy, shutdown).await
             })
         };
-        let grpc = grpc_server::serve(grpc::server(self.feeds), listener, grpc_stop.clone());
+        let grpc = grpc_server::serve(
+            grpc::server(self.feeds),
+            listener,
+            self.readiness,
+            grpc_stop.clone(),
+        );
         tokio::pin!(grpc);
         tokio::select! {
             served = &mut grpc => {

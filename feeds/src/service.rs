@@ -4,8 +4,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use twtr_common::bus::{EventHandler, HandlerError};
-use twtr_common::embedded::StoreError;
 use twtr_common::page::InvalidLimit;
+use twtr_common::store::StoreError;
 use twtr_common::{ErrorCode, Page, PageRequest, ServiceError};
 use twtr_proto::events::v1::envelope::Payload;
 use twtr_proto::events::v1::{Envelope, TweetCreated, UserFollowed, UserUnfollowed};

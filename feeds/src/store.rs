@@ -9,7 +9,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use redb::{ReadableTable as _, TableDefinition};
-use twtr_common::embedded::{EmbeddedDb, StoreError, Tx, scan_page};
+use twtr_common::embedded::{EmbeddedDb, Tx, scan_page};
+use twtr_common::store::StoreError;
 use twtr_common::{Page, PageRequest};
 
 /// One item of a home feed.

@@ -23,7 +23,7 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use twtr_common::bus::EventBus;
-use twtr_common::{IdGenerator, grpc as grpc_server, outbox};
+use twtr_common::{IdGenerator, outbox};
 
 pub use service::{Followers, FollowersError, UserDirectory};
 pub use store::{EmbeddedFollowStore, FollowStore};
@@ -43,16 +43,15 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let relay_stop = CancellationToken::new();
-    let relay = tokio::spawn(outbox::run_relay(
-        "followers",
-        deps.store.outbox(),
-        deps.bus,
-        relay_stop.clone(),
-    ));
+    let outbox = deps.store.outbox();
     let followers = Followers::new(deps.store, deps.ids, deps.users);
-    let served = grpc_server::serve(grpc::server(followers), listener, shutdown).await;
-    relay_stop.cancel();
-    relay.await?;
-    served
+    outbox::serve_with_relay(
+        "followers",
+        grpc::server(followers),
+        listener,
+        outbox,
+        deps.bus,
+        shutdown,
+    )
+    .await
 }

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use tonic::transport::Channel;
-use twtr_common::embedded::StoreError;
+use twtr_common::store::StoreError;
 use twtr_common::{ErrorCode, IdGenerator, ServiceError, events};
 use twtr_proto::events::v1::envelope::Payload;
 use twtr_proto::events::v1::{UserFollowed, UserUnfollowed};

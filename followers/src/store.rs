@@ -6,8 +6,9 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use redb::{ReadableTable as _, TableDefinition};
-use twtr_common::embedded::{EmbeddedDb, StoreError, Tx};
+use twtr_common::embedded::{EmbeddedDb, Tx};
 use twtr_common::outbox::Outbox;
+use twtr_common::store::StoreError;
 use twtr_proto::events::v1::Envelope;
 
 /// Follower and following counts of one user.

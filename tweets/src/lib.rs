@@ -24,7 +24,7 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use twtr_common::bus::EventBus;
-use twtr_common::{IdGenerator, grpc as grpc_server, outbox};
+use twtr_common::{IdGenerator, outbox};
 
 pub use service::{Tweets, TweetsError};
 pub use store::{EmbeddedTweetStore, TweetStore};
@@ -43,16 +43,15 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let relay_stop = CancellationToken::new();
-    let relay = tokio::spawn(outbox::run_relay(
-        "tweets",
-        deps.store.outbox(),
-        deps.bus,
-        relay_stop.clone(),
-    ));
+    let outbox = deps.store.outbox();
     let tweets = Tweets::new(deps.store, deps.ids);
-    let served = grpc_server::serve(grpc::server(tweets), listener, shutdown).await;
-    relay_stop.cancel();
-    relay.await?;
-    served
+    outbox::serve_with_relay(
+        "tweets",
+        grpc::server(tweets),
+        listener,
+        outbox,
+        deps.bus,
+        shutdown,
+    )
+    .await
 }

@@ -2,8 +2,8 @@
 
 use std::sync::Arc;
 
-use twtr_common::embedded::StoreError;
 use twtr_common::page::InvalidLimit;
+use twtr_common::store::StoreError;
 use twtr_common::{ErrorCode, IdGenerator, Page, PageRequest, ServiceError, clock, events, id};
 use twtr_proto::events::v1::TweetCreated;
 use twtr_proto::events::v1::envelope::Payload;

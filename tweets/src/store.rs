@@ -7,8 +7,9 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use prost::Message as _;
 use redb::{ReadableTable as _, TableDefinition};
-use twtr_common::embedded::{EmbeddedDb, StoreError, scan_page};
+use twtr_common::embedded::{EmbeddedDb, scan_page};
 use twtr_common::outbox::Outbox;
+use twtr_common::store::StoreError;
 use twtr_common::{Page, PageRequest};
 use twtr_proto::events::v1::Envelope;
 

@@ -26,7 +26,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use twtr_common::bus::EventBus;
 use twtr_common::tokens::Tokens;
-use twtr_common::{IdGenerator, grpc as grpc_server, outbox};
+use twtr_common::{IdGenerator, outbox};
 
 pub use service::{Users, UsersError};
 pub use store::{EmbeddedUserStore, UserStore};
@@ -46,17 +46,15 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    let outbox = deps.store.outbox();
     let users = Users::new(deps.store.clone(), deps.ids, deps.tokens)?;
-    let relay_stop = CancellationToken::new();
-    let relay = tokio::spawn(outbox::run_relay(
+    outbox::serve_with_relay(
         "users",
-        deps.store.outbox(),
+        grpc::server(users),
+        listener,
+        outbox,
         deps.bus,
-        relay_stop.clone(),
-    ));
-    let served = grpc_server::serve(grpc::server(users), listener, shutdown).await;
-    // Requests have drained; whatever they stored goes out before the process ends.
-    relay_stop.cancel();
-    relay.await?;
-    served
+        shutdown,
+    )
+    .await
 }

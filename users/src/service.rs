@@ -5,7 +5,7 @@ use std::sync::Arc;
 use argon2::Argon2;
 use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::{PasswordHash, PasswordHasher as _, PasswordVerifier as _, SaltString};
-use twtr_common::embedded::StoreError;
+use twtr_common::store::StoreError;
 use twtr_common::tokens::{IssuedToken, TokenError, Tokens};
 use twtr_common::{ErrorCode, IdGenerator, ServiceError, clock, events};
 use twtr_proto::events::v1::UserCreated;

@@ -7,8 +7,9 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use prost::Message as _;
 use redb::{ReadableTable as _, TableDefinition};
-use twtr_common::embedded::{EmbeddedDb, StoreError};
+use twtr_common::embedded::EmbeddedDb;
 use twtr_common::outbox::Outbox;
+use twtr_common::store::StoreError;
 use twtr_proto::events::v1::Envelope;
 
 /// A stored user. Encoded with protobuf so fields can be added without a migration.

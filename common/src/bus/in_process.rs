@@ -1,33 +1,51 @@
 //! The in-process event bus, for the all-in-one mode: the same contract as RabbitMQ (durable
-//! queues bound by routing-key patterns, at-least-once delivery, manual ack, dead-lettering),
-//! kept in its own redb file so that published events survive a crash exactly like the outbox
-//! that feeds them.
+//! queues bound by routing-key patterns, at-least-once delivery, explicit settlement, a retry
+//! delay, dead-lettering), kept in its own redb file so that published events survive a crash
+//! exactly like the outbox that feeds them.
 //!
-//! Messages live in the `bus_messages` table keyed by `(queue, sequence)`; a delivery in a
-//! consumer's hands is tracked in memory only, so after a crash every unacknowledged message is
-//! simply delivered again.
+//! Messages live in the `bus_messages` table keyed by `(queue, sequence)`, with the number of
+//! failed attempts in front of the body. What is in memory only: which deliveries a consumer
+//! holds, and until when a retried message waits. After a crash every unacknowledged message is
+//! simply delivered again, and a waiting retry is due at once.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use prost::Message as _;
 use redb::{ReadableTable as _, TableDefinition};
 use tokio::sync::Notify;
+use tokio::time::Instant;
 use twtr_proto::events::v1::Envelope;
 
-use super::{Acker, BusError, Delivery, EventBus, QueueSpec, Subscription, topic_matches};
-use crate::embedded::{EmbeddedDb, StoreError};
+use super::{
+    Acker, BusError, DeadLetter, Delivery, EventBus, QueueSpec, Subscription, topic_matches,
+};
+use crate::embedded::EmbeddedDb;
+use crate::store::StoreError;
 
 /// Queue name -> its binding patterns, one per line.
 const BINDINGS: TableDefinition<&str, &str> = TableDefinition::new("bus_bindings");
 /// (queue, sequence) -> 4-byte little-endian count of failed deliveries, then the body.
 const MESSAGES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("bus_messages");
-/// (queue, sequence) -> body of a message that kept failing.
-const DEAD_LETTERS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("bus_dead_letters");
+/// (queue, sequence) -> a [`DeadLetterRecord`].
+const DEAD_LETTERS: TableDefinition<(&str, u64), &[u8]> =
+    TableDefinition::new("bus_dead_letters_v2");
 /// Counters; `next_seq` orders messages within each queue.
 const META: TableDefinition<&str, u64> = TableDefinition::new("bus_meta");
+
+/// A dead-lettered message as stored.
+#[derive(Clone, PartialEq, prost::Message)]
+struct DeadLetterRecord {
+    #[prost(uint32, tag = "1")]
+    attempts: u32,
+    #[prost(string, tag = "2")]
+    error: String,
+    #[prost(bytes = "vec", tag = "3")]
+    body: Vec<u8>,
+}
 
 /// A durable in-process bus; cheap to clone, share one per process.
 #[derive(Clone, Debug)]
@@ -51,8 +69,18 @@ struct State {
 struct QueueState {
     /// Sequences handed to a consumer and not yet settled.
     in_flight: HashSet<u64>,
+    /// Retried messages and when they are due again.
+    waiting: HashMap<u64, Instant>,
+    retry_delay: Duration,
     /// Wakes consumers of this queue when a message becomes available.
     ready: Arc<Notify>,
+}
+
+impl QueueState {
+    /// The earliest time a waiting message is due, if any is waiting.
+    fn next_due(&self) -> Option<Instant> {
+        self.waiting.values().min().copied()
+    }
 }
 
 impl Shared {
@@ -62,10 +90,19 @@ impl Shared {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn release(&self, queue: &str, seq: u64) {
+    /// The message is out of the consumer's hands; `due` says when it may be delivered again.
+    fn release(&self, queue: &str, seq: u64, due: Option<Instant>) {
         let mut state = self.state();
         let queue = state.queues.entry(queue.to_owned()).or_default();
         queue.in_flight.remove(&seq);
+        match due {
+            Some(due) => {
+                queue.waiting.insert(seq, due);
+            }
+            None => {
+                queue.waiting.remove(&seq);
+            }
+        }
         queue.ready.notify_waiters();
     }
 }
@@ -90,24 +127,6 @@ impl InProcessBus {
                 }),
             }),
         })
-    }
-
-    /// The messages dead-lettered from `queue`, oldest first (for operators and tests).
-    pub async fn dead_lettered(&self, queue: &str) -> Result<Vec<Envelope>, BusError> {
-        let queue = queue.to_owned();
-        let bodies = self
-            .shared
-            .db
-            .read(move |txn| {
-                let table = txn.open_table(DEAD_LETTERS)?;
-                let mut out = Vec::new();
-                for row in table.range((queue.as_str(), 0)..=(queue.as_str(), u64::MAX))? {
-                    out.push(Envelope::decode(row?.1.value())?);
-                }
-                Ok(out)
-            })
-            .await?;
-        Ok(bodies)
     }
 }
 
@@ -141,44 +160,68 @@ fn decode_message(value: &[u8]) -> Result<(u32, &[u8]), StoreError> {
 
 #[async_trait]
 impl EventBus for InProcessBus {
-    async fn publish(&self, event: &Envelope) -> Result<(), BusError> {
-        let queues: Vec<String> = self
-            .shared
-            .state()
-            .bindings
-            .iter()
-            .filter(|(_, patterns)| patterns.iter().any(|p| topic_matches(p, &event.r#type)))
-            .map(|(queue, _)| queue.clone())
-            .collect();
-        if queues.is_empty() {
+    /// Stores the whole batch in one transaction (one fsync), so every result is the same.
+    async fn publish_batch(&self, events: &[Envelope]) -> Vec<Result<(), BusError>> {
+        let routed: Vec<(Vec<String>, Vec<u8>)> = {
+            let state = self.shared.state();
+            events
+                .iter()
+                .map(|event| {
+                    let queues = state
+                        .bindings
+                        .iter()
+                        .filter(|(_, patterns)| {
+                            patterns.iter().any(|p| topic_matches(p, &event.r#type))
+                        })
+                        .map(|(queue, _)| queue.clone())
+                        .collect();
+                    (queues, encode_message(0, &event.encode_to_vec()))
+                })
+                .collect()
+        };
+        let touched: HashSet<String> = routed.iter().flat_map(|(q, _)| q.clone()).collect();
+        if touched.is_empty() {
             // Like an AMQP exchange: a message no queue is bound for goes nowhere.
-            return Ok(());
+            return events.iter().map(|_| Ok(())).collect();
         }
-        let value = encode_message(0, &event.encode_to_vec());
-        let targets = queues.clone();
-        self.shared
+        let stored = self
+            .shared
             .db
             .write(move |tx| {
                 let mut meta = tx.open_table(META)?;
-                let seq = meta.get("next_seq")?.map_or(1, |v| v.value());
-                meta.insert("next_seq", seq + 1)?;
+                let mut seq = meta.get("next_seq")?.map_or(1, |v| v.value());
                 let mut messages = tx.open_table(MESSAGES)?;
-                for queue in &targets {
-                    messages.insert((queue.as_str(), seq), value.as_slice())?;
+                for (queues, value) in &routed {
+                    for queue in queues {
+                        messages.insert((queue.as_str(), seq), value.as_slice())?;
+                    }
+                    seq += 1;
                 }
+                meta.insert("next_seq", seq)?;
                 Ok(())
             })
-            .await?;
-        let mut state = self.shared.state();
-        for queue in queues {
-            state
-                .queues
-                .entry(queue)
-                .or_default()
-                .ready
-                .notify_waiters();
+            .await;
+        match stored {
+            Ok(()) => {
+                let mut state = self.shared.state();
+                for queue in touched {
+                    state
+                        .queues
+                        .entry(queue)
+                        .or_default()
+                        .ready
+                        .notify_waiters();
+                }
+                events.iter().map(|_| Ok(())).collect()
+            }
+            Err(err) => {
+                let message = err.to_string();
+                events
+                    .iter()
+                    .map(|_| Err(BusError::backend(StoreError::Corrupt(message.clone()))))
+                    .collect()
+            }
         }
-        Ok(())
     }
 
     async fn subscribe(&self, spec: &QueueSpec) -> Result<Box<dyn Subscription>, BusError> {
@@ -201,14 +244,44 @@ impl EventBus for InProcessBus {
                 Ok(())
             })
             .await?;
-        self.shared
-            .state()
-            .bindings
-            .insert(spec.name.clone(), merged);
+        {
+            let mut state = self.shared.state();
+            state.bindings.insert(spec.name.clone(), merged);
+            state
+                .queues
+                .entry(spec.name.clone())
+                .or_default()
+                .retry_delay = spec.retry_delay;
+        }
         Ok(Box::new(InProcessSubscription {
             shared: Arc::clone(&self.shared),
             queue: spec.name.clone(),
         }))
+    }
+
+    async fn dead_letters(&self, queue: &str, max: usize) -> Result<Vec<DeadLetter>, BusError> {
+        let queue = queue.to_owned();
+        let dead = self
+            .shared
+            .db
+            .read(move |txn| {
+                let table = txn.open_table(DEAD_LETTERS)?;
+                let mut out = Vec::new();
+                for row in table
+                    .range((queue.as_str(), 0)..=(queue.as_str(), u64::MAX))?
+                    .take(max)
+                {
+                    let record = DeadLetterRecord::decode(row?.1.value())?;
+                    out.push(DeadLetter {
+                        body: record.body,
+                        attempts: record.attempts,
+                        error: record.error,
+                    });
+                }
+                Ok(out)
+            })
+            .await?;
+        Ok(dead)
     }
 }
 
@@ -218,10 +291,12 @@ struct InProcessSubscription {
 }
 
 impl InProcessSubscription {
-    /// Claims the oldest message of the queue that no consumer holds, if any.
+    /// Claims the oldest message of the queue that no consumer holds and that is not waiting
+    /// for a retry, if any.
     async fn try_claim(&self) -> Result<Option<Delivery>, BusError> {
         let shared = Arc::clone(&self.shared);
         let queue = self.queue.clone();
+        let now = Instant::now();
         let claimed = self
             .shared
             .db
@@ -230,13 +305,12 @@ impl InProcessSubscription {
                 for row in messages.range((queue.as_str(), 0)..=(queue.as_str(), u64::MAX))? {
                     let (key, value) = row?;
                     let seq = key.value().1;
-                    let newly_claimed = shared
-                        .state()
-                        .queues
-                        .entry(queue.clone())
-                        .or_default()
-                        .in_flight
-                        .insert(seq);
+                    let newly_claimed = {
+                        let mut state = shared.state();
+                        let q = state.queues.entry(queue.clone()).or_default();
+                        let waiting = q.waiting.get(&seq).is_some_and(|due| *due > now);
+                        !waiting && q.in_flight.insert(seq)
+                    };
                     if newly_claimed {
                         let (failures, body) = decode_message(value.value())?;
                         return Ok(Some((seq, failures, body.to_vec())));
@@ -250,7 +324,6 @@ impl InProcessSubscription {
                 shared: Arc::clone(&self.shared),
                 queue: self.queue.clone(),
                 seq,
-                failures,
                 body: body.clone(),
                 settled: false,
             };
@@ -279,7 +352,21 @@ impl Subscription for InProcessSubscription {
             if let Some(delivery) = self.try_claim().await? {
                 return Ok(delivery);
             }
-            notified.await;
+            let due = self
+                .shared
+                .state()
+                .queues
+                .get(&self.queue)
+                .and_then(QueueState::next_due);
+            match due {
+                Some(due) => {
+                    tokio::select! {
+                        () = notified => {}
+                        () = tokio::time::sleep_until(due) => {}
+                    }
+                }
+                None => notified.await,
+            }
         }
     }
 }
@@ -288,49 +375,71 @@ struct InProcessAcker {
     shared: Arc<Shared>,
     queue: String,
     seq: u64,
-    failures: u32,
     body: Vec<u8>,
     settled: bool,
 }
 
-impl InProcessAcker {
-    async fn settle(mut self: Box<Self>, outcome: Outcome) -> Result<(), BusError> {
-        let (queue, seq, failures) = (self.queue.clone(), self.seq, self.failures);
-        let body = std::mem::take(&mut self.body);
-        let result = self
-            .shared
-            .db
-            .write(move |tx| {
-                let mut messages = tx.open_table(MESSAGES)?;
-                let key = (queue.as_str(), seq);
-                match outcome {
-                    Outcome::Ack => {
-                        messages.remove(key)?;
-                    }
-                    Outcome::Requeue => {
-                        messages.insert(key, encode_message(failures + 1, &body).as_slice())?;
-                    }
-                    Outcome::DeadLetter => {
-                        messages.remove(key)?;
-                        tx.open_table(DEAD_LETTERS)?.insert(key, body.as_slice())?;
-                    }
-                }
-                Ok(())
-            })
-            .await;
-        // Settled or not, the message is no longer in this consumer's hands; if the write failed
-        // it is still stored and will be delivered again.
-        self.settled = true;
-        self.shared.release(&self.queue, self.seq);
-        Ok(result?)
-    }
-}
-
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 enum Outcome {
     Ack,
     Requeue,
-    DeadLetter,
+    Retry { failures: u32 },
+    DeadLetter { failures: u32, error: String },
+}
+
+impl InProcessAcker {
+    async fn settle(mut self: Box<Self>, outcome: Outcome) -> Result<(), BusError> {
+        let (queue, seq) = (self.queue.clone(), self.seq);
+        let body = std::mem::take(&mut self.body);
+        let due = match outcome {
+            Outcome::Retry { .. } => {
+                let delay = self
+                    .shared
+                    .state()
+                    .queues
+                    .get(&self.queue)
+                    .map_or(Duration::ZERO, |q| q.retry_delay);
+                Some(Instant::now() + delay)
+            }
+            _ => None,
+        };
+        let result = match outcome {
+            Outcome::Requeue => Ok(()),
+            outcome => {
+                self.shared
+                    .db
+                    .write(move |tx| {
+                        let mut messages = tx.open_table(MESSAGES)?;
+                        let key = (queue.as_str(), seq);
+                        match outcome {
+                            Outcome::Ack | Outcome::Requeue => {
+                                messages.remove(key)?;
+                            }
+                            Outcome::Retry { failures } => {
+                                messages.insert(key, encode_message(failures, &body).as_slice())?;
+                            }
+                            Outcome::DeadLetter { failures, error } => {
+                                messages.remove(key)?;
+                                let record = DeadLetterRecord {
+                                    attempts: failures,
+                                    error,
+                                    body,
+                                };
+                                tx.open_table(DEAD_LETTERS)?
+                                    .insert(key, record.encode_to_vec().as_slice())?;
+                            }
+                        }
+                        Ok(())
+                    })
+                    .await
+            }
+        };
+        // Settled or not, the message is no longer in this consumer's hands; if the write failed
+        // it is still stored and will be delivered again.
+        self.settled = true;
+        self.shared.release(&self.queue, self.seq, due);
+        Ok(result?)
+    }
 }
 
 #[async_trait]
@@ -339,20 +448,24 @@ impl Acker for InProcessAcker {
         self.settle(Outcome::Ack).await
     }
 
-    async fn nack(self: Box<Self>, requeue: bool) -> Result<(), BusError> {
-        self.settle(if requeue {
-            Outcome::Requeue
-        } else {
-            Outcome::DeadLetter
-        })
-        .await
+    async fn requeue(self: Box<Self>) -> Result<(), BusError> {
+        self.settle(Outcome::Requeue).await
+    }
+
+    async fn retry(self: Box<Self>, failures: u32, _error: &str) -> Result<(), BusError> {
+        self.settle(Outcome::Retry { failures }).await
+    }
+
+    async fn dead_letter(self: Box<Self>, failures: u32, error: &str) -> Result<(), BusError> {
+        let error = error.to_owned();
+        self.settle(Outcome::DeadLetter { failures, error }).await
     }
 }
 
 impl Drop for InProcessAcker {
     fn drop(&mut self) {
         if !self.settled {
-            self.shared.release(&self.queue, self.seq);
+            self.shared.release(&self.queue, self.seq, None);
         }
     }
 }
@@ -360,12 +473,12 @@ impl Drop for InProcessAcker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bus::conformance;
+    use crate::bus::{conformance, publish};
 
-    async fn open_bus() -> (Arc<dyn EventBus>, tempfile::TempDir) {
+    async fn open_bus() -> Option<(Arc<dyn EventBus>, tempfile::TempDir)> {
         let dir = tempfile::tempdir().expect("temp dir");
         let bus = InProcessBus::open(&dir.path().join("bus.redb")).expect("open bus");
-        (Arc::new(bus), dir)
+        Some((Arc::new(bus), dir))
     }
 
     crate::event_bus_conformance!(open_bus);
@@ -374,14 +487,11 @@ mod tests {
     async fn messages_and_bindings_survive_a_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("bus.redb");
-        let queue = QueueSpec {
-            name: "reopen".into(),
-            bindings: vec!["reopen.*".into()],
-        };
+        let queue = conformance::spec("reopen", &["reopen.*".into()]);
         {
             let bus = InProcessBus::open(&path).unwrap();
             drop(bus.subscribe(&queue).await.unwrap());
-            bus.publish(&conformance::event(1, "reopen.one"))
+            publish(&bus, &conformance::event(1, "reopen.one"))
                 .await
                 .unwrap();
             let mut sub = bus.subscribe(&queue).await.unwrap();
@@ -392,7 +502,7 @@ mod tests {
         }
         let bus = InProcessBus::open(&path).unwrap();
         // The binding is remembered: a publish before anyone subscribes still reaches the queue.
-        bus.publish(&conformance::event(2, "reopen.two"))
+        publish(&bus, &conformance::event(2, "reopen.two"))
             .await
             .unwrap();
         let mut sub = bus.subscribe(&queue).await.unwrap();
@@ -401,22 +511,5 @@ mod tests {
             assert_eq!(delivery.decode().unwrap().event_id, expected);
             delivery.ack().await.unwrap();
         }
-    }
-
-    #[tokio::test]
-    async fn dead_letters_are_kept_for_inspection() {
-        let dir = tempfile::tempdir().unwrap();
-        let bus = InProcessBus::open(&dir.path().join("bus.redb")).unwrap();
-        let queue = QueueSpec {
-            name: "dlq".into(),
-            bindings: vec!["dlq.#".into()],
-        };
-        let mut sub = bus.subscribe(&queue).await.unwrap();
-        bus.publish(&conformance::event(7, "dlq.poison"))
-            .await
-            .unwrap();
-        sub.next().await.unwrap().dead_letter().await.unwrap();
-        let dead = bus.dead_lettered("dlq").await.unwrap();
-        assert_eq!(dead.iter().map(|e| e.event_id).collect::<Vec<_>>(), vec![7]);
     }
 }

@@ -1,0 +1,829 @@
+//! The RabbitMQ event bus (through `lapin`), for the distributed deployment.
+//!
+//! # Topology (all durable; `<p>` is [`RabbitConfig::prefix`], `twtr` by default)
+//!
+//! | name | kind | what it is for |
+//! |---|---|---|
+//! | `<p>.events` | topic exchange | every domain event, routing key `<service>.<event>` |
+//! | `<p>.<queue>` | queue (quorum by default) | a consuming service's work queue, bound to the keys it handles; its replicas are competing consumers |
+//! | `<p>.<queue>.retry` | queue, message TTL = the retry delay | a failed message waits here, then dead-letters back into the work queue |
+//! | `<p>.<queue>.dead` | queue | messages that kept failing, with `x-twtr-last-error` and `x-twtr-failures` headers |
+//! | `<p>.unrouted` | classic queue, at most 100,000 messages | events that no queue was bound for (a mandatory publish came back); kept, not dropped |
+//! | `<p>.worker.<n>` | exclusive queue | the lease on Snowflake worker number `n` held by one live process |
+//!
+//! # Failure handling
+//!
+//! One connection per process. Publishing uses one confirm-mode channel with pipelined confirms;
+//! each subscription has its own channel with `basic.qos` set to its prefetch. A supervisor task
+//! watches the connection: when it drops, readiness turns false, the outage is logged once,
+//! and it reconnects with capped exponential backoff, re-declaring every known queue before
+//! anyone may publish. Subscriptions re-open their channel on the new connection; deliveries
+//! that were in flight are redelivered by the broker.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures_util::StreamExt as _;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicNackOptions, BasicPublishOptions,
+    BasicQosOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
+    QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{
+    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
+};
+use prost::Message as _;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use twtr_proto::events::v1::Envelope;
+
+use super::{Acker, BusError, DeadLetter, Delivery, EventBus, QueueSpec, Readiness, Subscription};
+use crate::error::error_chain;
+
+/// Header carrying how many deliveries of a message have failed so far.
+const FAILURES_HEADER: &str = "x-twtr-failures";
+/// Header carrying the error of a message's last failed delivery.
+const LAST_ERROR_HEADER: &str = "x-twtr-last-error";
+/// Header carrying the routing key a message was first published with.
+const ROUTING_KEY_HEADER: &str = "x-twtr-routing-key";
+/// Bound on the queue of unroutable events, so a forgotten binding cannot fill the broker.
+const UNROUTED_MAX: i64 = 100_000;
+const HEALTH_POLL: Duration = Duration::from_millis(250);
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// The queue type for work, retry and dead-letter queues.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueueType {
+    /// Replicated (Raft) queues: what production on a three-node cluster should use.
+    Quorum,
+    /// Classic queues, for brokers without quorum queues.
+    Classic,
+}
+
+impl QueueType {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Quorum => "quorum",
+            Self::Classic => "classic",
+        }
+    }
+}
+
+/// How to reach the broker and name things on it.
+#[derive(Clone)]
+pub struct RabbitConfig {
+    /// `amqp://user:password@host:5672/vhost`; it holds a password, so it never shows in `Debug`.
+    pub url: String,
+    /// Prefix of every exchange and queue name, so several deployments can share a broker.
+    pub prefix: String,
+    pub queue_type: QueueType,
+    /// Deletes queues unused for this long (`x-expires`): for throwaway environments such as
+    /// tests; `None` in production.
+    pub queue_expiry: Option<Duration>,
+    /// Shown in the broker's connection list.
+    pub connection_name: String,
+}
+
+impl std::fmt::Debug for RabbitConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RabbitConfig")
+            .field("url", &"[redacted]")
+            .field("prefix", &self.prefix)
+            .field("queue_type", &self.queue_type)
+            .field("queue_expiry", &self.queue_expiry)
+            .finish()
+    }
+}
+
+impl RabbitConfig {
+    fn exchange(&self) -> String {
+        format!("{}.events", self.prefix)
+    }
+
+    fn unrouted(&self) -> String {
+        format!("{}.unrouted", self.prefix)
+    }
+
+    fn work_queue(&self, queue: &str) -> String {
+        format!("{}.{queue}", self.prefix)
+    }
+
+    fn retry_queue(&self, queue: &str) -> String {
+        format!("{}.{queue}.retry", self.prefix)
+    }
+
+    fn dead_queue(&self, queue: &str) -> String {
+        format!("{}.{queue}.dead", self.prefix)
+    }
+
+    fn worker_queue(&self, worker: u16) -> String {
+        format!("{}.worker.{worker}", self.prefix)
+    }
+}
+
+/// The RabbitMQ bus; cheap to clone, share one per process.
+#[derive(Clone)]
+pub struct RabbitBus {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for RabbitBus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RabbitBus")
+            .field("config", &self.inner.config)
+            .finish()
+    }
+}
+
+struct Inner {
+    config: RabbitConfig,
+    /// The current connection, if it is up.
+    live: Mutex<Option<Live>>,
+    /// Every queue this process declared, re-declared on each new connection.
+    queues: Mutex<Vec<QueueSpec>>,
+    /// The worker number this process leases, re-claimed on each new connection.
+    worker: Mutex<Option<u16>>,
+    /// Routing keys already reported as unroutable (each is logged once).
+    unrouted_keys: Mutex<HashSet<String>>,
+    ready: watch::Sender<bool>,
+    /// Stops the supervisor when the last handle goes.
+    stop: CancellationToken,
+}
+
+#[derive(Clone)]
+struct Live {
+    connection: Arc<Connection>,
+    /// Confirm mode: every publish is acknowledged by the broker.
+    publisher: Channel,
+}
+
+impl Live {
+    fn is_up(&self) -> bool {
+        self.connection.status().connected() && self.publisher.status().connected()
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn bus_error(err: lapin::Error) -> BusError {
+    BusError::backend(err)
+}
+
+fn long_string(value: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(value))
+}
+
+impl RabbitBus {
+    /// A bus on the broker at `config.url`. It connects in the background: the first
+    /// connection attempt is awaited (up to `connect_timeout`), so a reachable broker is ready
+    /// when this returns, and an unreachable one is retried without holding up startup.
+    pub async fn connect(config: RabbitConfig, connect_timeout: Duration) -> Self {
+        let (ready, mut ready_rx) = watch::channel(false);
+        let inner = Arc::new(Inner {
+            config,
+            live: Mutex::new(None),
+            queues: Mutex::new(Vec::new()),
+            worker: Mutex::new(None),
+            unrouted_keys: Mutex::new(HashSet::new()),
+            ready,
+            stop: CancellationToken::new(),
+        });
+        tokio::spawn(supervise(Arc::downgrade(&inner), inner.stop.clone()));
+        let _ = tokio::time::timeout(connect_timeout, ready_rx.wait_for(|up| *up)).await;
+        Self { inner }
+    }
+
+    /// Declares `queues` (and their retry and dead-letter queues and bindings) now if connected,
+    /// and again on every reconnect, so events published from now on reach them even before
+    /// their consumers start.
+    pub async fn declare(&self, queues: &[QueueSpec]) -> Result<(), BusError> {
+        for spec in queues {
+            self.inner.remember(spec);
+        }
+        if let Some(live) = self.inner.live() {
+            let channel = live.connection.create_channel().await.map_err(bus_error)?;
+            for spec in queues {
+                declare_queue(&channel, &self.inner.config, spec).await?;
+            }
+            let _ = channel.close(200, "declared".into()).await;
+        }
+        Ok(())
+    }
+
+    /// Leases a Snowflake worker number no other live process on this broker holds: an
+    /// exclusive queue `<prefix>.worker.<n>`, which the broker deletes when this process's
+    /// connection ends. Waits for the broker if it is not reachable yet.
+    pub async fn lease_worker_id(&self, start: u16) -> Result<u16, BusError> {
+        let live = self.inner.wait_live().await?;
+        for offset in 0..=crate::id::MAX_WORKER {
+            let worker = (start + offset) % (crate::id::MAX_WORKER + 1);
+            match claim_worker(&live, &self.inner.config, worker).await {
+                Ok(true) => {
+                    *lock(&self.inner.worker) = Some(worker);
+                    return Ok(worker);
+                }
+                Ok(false) => continue,
+                Err(err) => return Err(err),
+            }
+        }
+        Err(BusError::backend(std::io::Error::other(
+            "every worker number is leased by another process",
+        )))
+    }
+
+    /// Waits until the bus is connected (for tests and tools).
+    pub async fn wait_ready(&self) {
+        let mut ready = self.inner.ready.subscribe();
+        let _ = ready.wait_for(|up| *up).await;
+    }
+}
+
+impl Inner {
+    fn live(&self) -> Option<Live> {
+        lock(&self.live).clone().filter(Live::is_up)
+    }
+
+    /// The live connection, waiting for the supervisor to establish one.
+    async fn wait_live(&self) -> Result<Live, BusError> {
+        let mut ready = self.ready.subscribe();
+        loop {
+            if let Some(live) = self.live() {
+                return Ok(live);
+            }
+            tokio::select! {
+                changed = ready.changed() => if changed.is_err() { return Err(BusError::Closed) },
+                () = tokio::time::sleep(HEALTH_POLL) => {}
+                () = self.stop.cancelled() => return Err(BusError::Closed),
+            }
+        }
+    }
+
+    fn remember(&self, spec: &QueueSpec) {
+        let mut queues = lock(&self.queues);
+        if !queues.iter().any(|known| known == spec) {
+            queues.push(spec.clone());
+        }
+    }
+
+    /// Opens a connection and declares everything this process relies on, before anyone may
+    /// use it.
+    async fn open(&self) -> Result<Live, BusError> {
+        let config = &self.config;
+        let properties = ConnectionProperties::default()
+            .with_connection_name(config.connection_name.as_str().into());
+        let connection = Arc::new(
+            Connection::connect(&config.url, properties)
+                .await
+                .map_err(bus_error)?,
+        );
+        let publisher = connection.create_channel().await.map_err(bus_error)?;
+        publisher
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(bus_error)?;
+        let durable = ExchangeDeclareOptions {
+            durable: true,
+            ..ExchangeDeclareOptions::default()
+        };
+        publisher
+            .exchange_declare(
+                config.exchange().into(),
+                ExchangeKind::Topic,
+                durable,
+                FieldTable::default(),
+            )
+            .await
+            .map_err(bus_error)?;
+        let mut unrouted_args = FieldTable::default();
+        unrouted_args.insert("x-queue-type".into(), long_string("classic"));
+        unrouted_args.insert("x-max-length".into(), AMQPValue::LongLongInt(UNROUTED_MAX));
+        publisher
+            .queue_declare(config.unrouted().into(), durable_queue(), unrouted_args)
+            .await
+            .map_err(bus_error)?;
+        let live = Live {
+            connection,
+            publisher,
+        };
+        let queues = lock(&self.queues).clone();
+        for spec in &queues {
+            declare_queue(&live.publisher, config, spec).await?;
+        }
+        let worker = *lock(&self.worker);
+        if let Some(worker) = worker
+            && !claim_worker(&live, config, worker).await?
+        {
+            // Another process took this number while we were disconnected: going on would
+            // let two processes mint the same IDs. Crash; the outbox keeps every event.
+            tracing::error!(
+                worker,
+                "lost the worker-number lease to another process while the broker was unreachable; exiting"
+            );
+            std::process::exit(70);
+        }
+        Ok(live)
+    }
+
+    /// Publishes `body` straight into `queue` (through the default exchange) and waits for the
+    /// broker's confirm.
+    async fn publish_to_queue(
+        &self,
+        queue: &str,
+        body: &[u8],
+        headers: FieldTable,
+    ) -> Result<(), BusError> {
+        let live = self.live().ok_or(BusError::Unavailable)?;
+        let properties = BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_content_type("application/x-protobuf".into())
+            .with_headers(headers);
+        let confirm = live
+            .publisher
+            .basic_publish(
+                "".into(),
+                queue.into(),
+                BasicPublishOptions::default(),
+                body,
+                properties,
+            )
+            .await
+            .map_err(bus_error)?
+            .await
+            .map_err(bus_error)?;
+        match confirm {
+            Confirmation::Ack(_) => Ok(()),
+            _ => Err(BusError::Refused),
+        }
+    }
+
+    /// Keeps an event that no queue was bound for in the unrouted queue, and says so once per
+    /// routing key.
+    async fn park_unrouted(&self, routing_key: &str, body: &[u8]) -> Result<(), BusError> {
+        if lock(&self.unrouted_keys).insert(routing_key.to_owned()) {
+            tracing::warn!(
+                routing_key,
+                queue = self.config.unrouted(),
+                "no queue is bound for this event type; keeping such events in the unrouted queue"
+            );
+        }
+        let mut headers = FieldTable::default();
+        headers.insert(ROUTING_KEY_HEADER.into(), long_string(routing_key));
+        self.publish_to_queue(&self.config.unrouted(), body, headers)
+            .await
+    }
+}
+
+fn durable_queue() -> QueueDeclareOptions {
+    QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    }
+}
+
+/// Declares `spec`'s work, retry and dead-letter queues and binds the work queue.
+async fn declare_queue(
+    channel: &Channel,
+    config: &RabbitConfig,
+    spec: &QueueSpec,
+) -> Result<(), BusError> {
+    let (work, retry, dead) = (
+        config.work_queue(&spec.name),
+        config.retry_queue(&spec.name),
+        config.dead_queue(&spec.name),
+    );
+    let base = || {
+        let mut args = FieldTable::default();
+        args.insert(
+            "x-queue-type".into(),
+            long_string(config.queue_type.as_str()),
+        );
+        if let Some(expiry) = config.queue_expiry {
+            let ms = i64::try_from(expiry.as_millis()).unwrap_or(i64::MAX);
+            args.insert("x-expires".into(), AMQPValue::LongLongInt(ms));
+        }
+        args
+    };
+    channel
+        .queue_declare(work.as_str().into(), durable_queue(), base())
+        .await
+        .map_err(bus_error)?;
+    let mut retry_args = base();
+    let delay = i64::try_from(spec.retry_delay.as_millis()).unwrap_or(i64::MAX);
+    retry_args.insert("x-message-ttl".into(), AMQPValue::LongLongInt(delay));
+    retry_args.insert("x-dead-letter-exchange".into(), long_string(""));
+    retry_args.insert("x-dead-letter-routing-key".into(), long_string(&work));
+    if config.queue_type == QueueType::Quorum {
+        // Without these, a quorum queue dead-letters at most once: a message could be lost
+        // between the retry queue and the work queue if a node fails at that moment.
+        retry_args.insert(
+            "x-dead-letter-strategy".into(),
+            long_string("at-least-once"),
+        );
+        retry_args.insert("x-overflow".into(), long_string("reject-publish"));
+    }
+    channel
+        .queue_declare(retry.as_str().into(), durable_queue(), retry_args)
+        .await
+        .map_err(bus_error)?;
+    channel
+        .queue_declare(dead.as_str().into(), durable_queue(), base())
+        .await
+        .map_err(bus_error)?;
+    for binding in &spec.bindings {
+        channel
+            .queue_bind(
+                work.as_str().into(),
+                config.exchange().into(),
+                binding.as_str().into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(bus_error)?;
+    }
+    Ok(())
+}
+
+/// Tries to take the lease on `worker`: true if this connection now holds it, false if another
+/// connection does.
+async fn claim_worker(live: &Live, config: &RabbitConfig, worker: u16) -> Result<bool, BusError> {
+    // A refused declare closes its channel, so each try gets a fresh one.
+    let channel = live.connection.create_channel().await.map_err(bus_error)?;
+    let options = QueueDeclareOptions {
+        exclusive: true,
+        auto_delete: true,
+        ..QueueDeclareOptions::default()
+    };
+    let claimed = channel
+        .queue_declare(
+            config.worker_queue(worker).into(),
+            options,
+            FieldTable::default(),
+        )
+        .await;
+    match claimed {
+        Ok(_) => {
+            let _ = channel.close(200, "leased".into()).await;
+            Ok(true)
+        }
+        // RESOURCE_LOCKED: another connection holds this exclusive queue.
+        Err(_) if live.connection.status().connected() => Ok(false),
+        Err(err) => Err(bus_error(err)),
+    }
+}
+
+/// Keeps the connection up: reconnects with backoff when it drops, and publishes readiness.
+/// Logs an outage once when it starts and once when it ends.
+async fn supervise(inner: std::sync::Weak<Inner>, stop: CancellationToken) {
+    let mut backoff = MIN_BACKOFF;
+    let mut outage_logged = false;
+    loop {
+        let Some(bus) = inner.upgrade() else { return };
+        if bus.live().is_some() {
+            bus.ready
+                .send_if_modified(|up| !std::mem::replace(up, true));
+            drop(bus);
+            tokio::select! {
+                () = tokio::time::sleep(HEALTH_POLL) => continue,
+                () = stop.cancelled() => return,
+            }
+        }
+        bus.ready
+            .send_if_modified(|up| std::mem::replace(up, false));
+        match bus.open().await {
+            Ok(live) => {
+                *lock(&bus.live) = Some(live);
+                bus.ready.send_replace(true);
+                if outage_logged {
+                    tracing::info!("event broker connection restored");
+                } else {
+                    tracing::info!(prefix = bus.config.prefix, "connected to the event broker");
+                }
+                outage_logged = false;
+                backoff = MIN_BACKOFF;
+            }
+            Err(err) => {
+                *lock(&bus.live) = None;
+                if !outage_logged {
+                    tracing::warn!(
+                        error = %error_chain(&err),
+                        "event broker unreachable; events wait in the outbox while reconnecting"
+                    );
+                    outage_logged = true;
+                } else {
+                    tracing::debug!(error = %error_chain(&err), "event broker still unreachable");
+                }
+                drop(bus);
+                tokio::select! {
+                    () = tokio::time::sleep(backoff) => {}
+                    () = stop.cancelled() => return,
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl EventBus for RabbitBus {
+    async fn publish_batch(&self, events: &[Envelope]) -> Vec<Result<(), BusError>> {
+        let Some(live) = self.inner.live() else {
+            return events.iter().map(|_| Err(BusError::Unavailable)).collect();
+        };
+        let exchange = self.inner.config.exchange();
+        let mandatory = BasicPublishOptions {
+            mandatory: true,
+            ..BasicPublishOptions::default()
+        };
+        // Send everything first, then collect the confirms: many events in flight at once.
+        let mut pending = Vec::with_capacity(events.len());
+        for event in events {
+            let properties = BasicProperties::default()
+                .with_delivery_mode(2)
+                .with_content_type("application/x-protobuf".into())
+                .with_message_id(event.event_id.to_string().into())
+                .with_type(event.r#type.as_str().into());
+            let body = event.encode_to_vec();
+            let sent = live
+                .publisher
+                .basic_publish(
+                    exchange.as_str().into(),
+                    event.r#type.as_str().into(),
+                    mandatory,
+                    &body,
+                    properties,
+                )
+                .await;
+            match sent {
+                Ok(confirm) => pending.push(Ok((confirm, body))),
+                Err(err) => {
+                    pending.push(Err(bus_error(err)));
+                    break;
+                }
+            }
+        }
+        let mut results = Vec::with_capacity(events.len());
+        for (event, sent) in events.iter().zip(pending) {
+            let result = match sent {
+                Err(err) => Err(err),
+                Ok((confirm, body)) => match confirm.await {
+                    Ok(Confirmation::Ack(None)) => Ok(()),
+                    Ok(Confirmation::Ack(Some(_returned))) => {
+                        self.inner.park_unrouted(&event.r#type, &body).await
+                    }
+                    Ok(_) => Err(BusError::Refused),
+                    Err(err) => Err(bus_error(err)),
+                },
+            };
+            results.push(result);
+        }
+        // Whatever was not even sent failed too.
+        results.resize_with(events.len(), || Err(BusError::Unavailable));
+        results
+    }
+
+    async fn subscribe(&self, spec: &QueueSpec) -> Result<Box<dyn Subscription>, BusError> {
+        self.declare(std::slice::from_ref(spec)).await?;
+        Ok(Box::new(RabbitSubscription {
+            inner: Arc::clone(&self.inner),
+            spec: spec.clone(),
+            consumer: None,
+        }))
+    }
+
+    async fn dead_letters(&self, queue: &str, max: usize) -> Result<Vec<DeadLetter>, BusError> {
+        let live = self.inner.live().ok_or(BusError::Unavailable)?;
+        let channel = live.connection.create_channel().await.map_err(bus_error)?;
+        let dead = self.inner.config.dead_queue(queue);
+        let mut out = Vec::new();
+        while out.len() < max {
+            let got = channel
+                .basic_get(dead.as_str().into(), BasicGetOptions { no_ack: false })
+                .await
+                .map_err(bus_error)?;
+            let Some(message) = got else { break };
+            let delivery = message.delivery;
+            out.push(DeadLetter {
+                attempts: failures_of(&delivery.properties),
+                error: header_string(&delivery.properties, LAST_ERROR_HEADER).unwrap_or_default(),
+                body: delivery.data,
+            });
+        }
+        // Closing the channel returns every message it got, unacknowledged, to the queue.
+        channel
+            .close(200, "peeked".into())
+            .await
+            .map_err(bus_error)?;
+        Ok(out)
+    }
+
+    fn readiness(&self) -> Readiness {
+        Readiness::new(self.inner.ready.subscribe())
+    }
+}
+
+fn header<'a>(properties: &'a BasicProperties, name: &str) -> Option<&'a AMQPValue> {
+    properties.headers().as_ref()?.inner().get(name)
+}
+
+fn header_string(properties: &BasicProperties, name: &str) -> Option<String> {
+    match header(properties, name)? {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
+        _ => None,
+    }
+}
+
+/// The failed deliveries recorded in a message's headers (0 when there are none).
+fn failures_of(properties: &BasicProperties) -> u32 {
+    let count = match header(properties, FAILURES_HEADER) {
+        Some(AMQPValue::LongLongInt(n)) => *n,
+        Some(AMQPValue::LongInt(n)) => i64::from(*n),
+        Some(AMQPValue::LongUInt(n)) => i64::from(*n),
+        _ => 0,
+    };
+    u32::try_from(count).unwrap_or(0)
+}
+
+struct RabbitSubscription {
+    inner: Arc<Inner>,
+    spec: QueueSpec,
+    /// The channel and consumer on the current connection, once opened.
+    consumer: Option<(Channel, lapin::Consumer)>,
+}
+
+impl RabbitSubscription {
+    async fn open(&self, live: &Live) -> Result<(Channel, lapin::Consumer), BusError> {
+        let channel = live.connection.create_channel().await.map_err(bus_error)?;
+        channel
+            .basic_qos(self.spec.prefetch, BasicQosOptions::default())
+            .await
+            .map_err(bus_error)?;
+        declare_queue(&channel, &self.inner.config, &self.spec).await?;
+        let consumer = channel
+            .basic_consume(
+                self.inner.config.work_queue(&self.spec.name).into(),
+                ShortString::from(""),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(bus_error)?;
+        Ok((channel, consumer))
+    }
+}
+
+#[async_trait]
+impl Subscription for RabbitSubscription {
+    async fn next(&mut self) -> Result<Delivery, BusError> {
+        let mut backoff = MIN_BACKOFF;
+        loop {
+            let Some((channel, consumer)) = self.consumer.as_mut() else {
+                let live = self.inner.wait_live().await?;
+                match self.open(&live).await {
+                    Ok(opened) => {
+                        self.consumer = Some(opened);
+                        backoff = MIN_BACKOFF;
+                    }
+                    // The connection is fine, so the broker refused the queue as declared (its
+                    // arguments differ from an existing queue's, or access is denied).
+                    Err(err) if live.is_up() => return Err(err),
+                    Err(_) => {
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(MAX_BACKOFF);
+                    }
+                }
+                continue;
+            };
+            match consumer.next().await {
+                Some(Ok(delivery)) => {
+                    let attempt = failures_of(&delivery.properties) + 1;
+                    let acker = RabbitAcker {
+                        inner: Arc::clone(&self.inner),
+                        _channel: channel.clone(),
+                        queue: self.spec.name.clone(),
+                        routing_key: header_string(&delivery.properties, ROUTING_KEY_HEADER)
+                            .unwrap_or_else(|| delivery.routing_key.as_str().to_owned()),
+                        body: delivery.data.clone(),
+                        acker: delivery.acker,
+                    };
+                    return Ok(Delivery::new(delivery.data, attempt, Box::new(acker)));
+                }
+                Some(Err(err)) => {
+                    tracing::debug!(queue = self.spec.name, error = %err, "consumer channel failed, reopening");
+                    self.consumer = None;
+                }
+                None => self.consumer = None,
+            }
+        }
+    }
+}
+
+struct RabbitAcker {
+    inner: Arc<Inner>,
+    /// Keeps the consumer's channel open while this delivery is unsettled.
+    _channel: Channel,
+    queue: String,
+    /// The key the message was first published with.
+    routing_key: String,
+    body: Vec<u8>,
+    acker: lapin::Acker,
+}
+
+impl RabbitAcker {
+    /// Re-publishes the message into `target` with its failure count and last error, then
+    /// acknowledges the original: a crash in between delivers it twice, never zero times.
+    async fn move_to(
+        self: Box<Self>,
+        target: String,
+        failures: u32,
+        error: &str,
+    ) -> Result<(), BusError> {
+        let mut headers = FieldTable::default();
+        headers.insert(
+            FAILURES_HEADER.into(),
+            AMQPValue::LongLongInt(i64::from(failures)),
+        );
+        headers.insert(LAST_ERROR_HEADER.into(), long_string(error));
+        headers.insert(ROUTING_KEY_HEADER.into(), long_string(&self.routing_key));
+        self.inner
+            .publish_to_queue(&target, &self.body, headers)
+            .await?;
+        self.acker
+            .ack(BasicAckOptions::default())
+            .await
+            .map_err(bus_error)?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Acker for RabbitAcker {
+    async fn ack(self: Box<Self>) -> Result<(), BusError> {
+        self.acker
+            .ack(BasicAckOptions::default())
+            .await
+            .map_err(bus_error)?;
+        Ok(())
+    }
+
+    async fn requeue(self: Box<Self>) -> Result<(), BusError> {
+        let options = BasicNackOptions {
+            multiple: false,
+            requeue: true,
+        };
+        self.acker.nack(options).await.map_err(bus_error)?;
+        Ok(())
+    }
+
+    async fn retry(self: Box<Self>, failures: u32, error: &str) -> Result<(), BusError> {
+        let target = self.inner.config.retry_queue(&self.queue);
+        self.move_to(target, failures, error).await
+    }
+
+    async fn dead_letter(self: Box<Self>, failures: u32, error: &str) -> Result<(), BusError> {
+        let target = self.inner.config.dead_queue(&self.queue);
+        self.move_to(target, failures, error).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bus::conformance;
+
+    /// The broker the tests use: `TWTR_TEST_AMQP_URL`, else a local RabbitMQ with its default
+    /// guest account. `None` (skip) when none answers, except in CI, where that is a failure.
+    pub async fn open_bus() -> Option<(Arc<dyn EventBus>, ())> {
+        let url = crate::testing::amqp_url()?;
+        let config = RabbitConfig {
+            url,
+            prefix: conformance::unique("twtr-conformance"),
+            queue_type: QueueType::Quorum,
+            queue_expiry: Some(Duration::from_secs(600)),
+            connection_name: "twtr conformance".into(),
+        };
+        let bus = RabbitBus::connect(config, Duration::from_secs(10)).await;
+        assert!(
+            bus.readiness().is_ready(),
+            "RabbitMQ did not accept a connection"
+        );
+        Some((Arc::new(bus), ()))
+    }
+
+    crate::event_bus_conformance!(open_bus);
+}

@@ -1,0 +1,165 @@
+//! The CQL backend's foundation, shared by every service's CQL store: configuration, the session,
+//! keyspace naming, statement preparation and schema migrations. Runs unchanged on ScyllaDB
+//! (production) and Apache Cassandra 5 (the test cluster `scripts/cassandra.sh` starts).
+//!
+//! # Layout
+//!
+//! - [`config`]: [`CqlConfig`], [`Replication`] (`simple:1`, `dc1:3,dc2:3`), consistency levels
+//!   and [`keyspace`] naming (`<prefix>_<service>`).
+//! - [`session`]: [`connect`] (token-aware, local-datacenter first, configured consistency) and
+//!   [`Keyspace`], which prepares a service's statements once at startup.
+//! - [`migrate`]: the numbered schema files under `cql/<service>/`, [`migrate()`] (what
+//!   `twtr migrate` runs) and [`ensure_current`] (what a service checks before serving).
+//! - [`CqlError`], this module's one error type, and the conversions that let store code use `?`
+//!   on driver errors to get a backend-neutral [`StoreError`].
+//!
+//! # Statements name their keyspace with `{ks}`
+//!
+//! Every statement, in code and in the schema files alike, names its tables `{ks}.<table>`;
+//! [`Keyspace::prepare`] and the migrator substitute the service's keyspace. Qualified names,
+//! rather than `USE <keyspace>`, because one session serves every service in the all-in-one
+//! process and `USE` would change it for all of them; and because a statement naming its
+//! keyspace is routed token-aware without further setup.
+
+pub mod config;
+pub mod migrate;
+pub mod session;
+
+pub use config::{
+    ConsistencySettings, CqlConfig, DEFAULT_KEYSPACE_PREFIX, Replication, keyspace,
+    parse_consistency, parse_serial_consistency,
+};
+pub use migrate::{Migration, MigrationReport, ensure_current, migrate, migrations};
+pub use session::{Keyspace, connect, lwt_applied, qualify};
+
+use scylla::deserialize::DeserializationError;
+use scylla::errors::{
+    ExecutionError, NewSessionError, PrepareError, PagerExecutionError, SchemaAgreementError,
+};
+use scylla::response::query_result::{
+    FirstRowError, IntoRowsResultError, MaybeFirstRowError, RowsError, SingleRowError,
+};
+
+use crate::store::StoreError;
+
+/// Outbox partitions per keyspace (the `shard` column of every `outbox` table): an event goes to
+/// shard `aggregate_id % OUTBOX_SHARDS`, so one aggregate's events stay in order in one shard,
+/// and up to this many relay replicas can drain a service's outbox in parallel. Changing it
+/// strands events in shards no relay reads any more: drain the outbox first.
+pub const OUTBOX_SHARDS: i32 = 16;
+
+/// What can go wrong talking to the cluster or managing its schema.
+#[derive(Debug, thiserror::Error)]
+pub enum CqlError {
+    /// A setting that cannot work (replication string, keyspace name, contact points).
+    #[error("{0}")]
+    InvalidConfig(String),
+    #[error("cannot connect to the CQL cluster")]
+    Connect(#[from] NewSessionError),
+    #[error("CQL statement failed")]
+    Execution(#[from] ExecutionError),
+    #[error("CQL query failed")]
+    Pager(#[from] PagerExecutionError),
+    #[error("cannot prepare CQL statement")]
+    Prepare(#[from] PrepareError),
+    #[error("CQL nodes did not agree on the schema")]
+    SchemaAgreement(#[from] SchemaAgreementError),
+    /// A result did not have the shape the statement promises.
+    #[error("unexpected CQL result: {0}")]
+    UnexpectedResult(String),
+    #[error("no CQL migrations for service {0:?}")]
+    UnknownService(String),
+    /// A schema file is not well-formed (an unterminated string or comment).
+    #[error("migration {file} is malformed: {reason}")]
+    MalformedMigration { file: String, reason: String },
+    /// A file that was applied has since been edited. Applied files are history: change the
+    /// schema with a new file instead.
+    #[error(
+        "migration {file} was changed after it was applied to keyspace {keyspace} \
+         (applied checksum {applied}, this build has {built}): \
+         restore the file and put the change in a new migration"
+    )]
+    ChecksumMismatch {
+        keyspace: String,
+        file: String,
+        applied: String,
+        built: String,
+    },
+    /// The keyspace lacks migrations this build relies on.
+    #[error(
+        "keyspace {keyspace} is at schema version {current}, this build needs {needed}: run `twtr migrate`"
+    )]
+    SchemaBehind {
+        keyspace: String,
+        current: u32,
+        needed: u32,
+    },
+    /// Another migrator held the keyspace's schema lease for the whole wait.
+    #[error(
+        "timed out after {waited_secs}s waiting for the schema lease of keyspace {keyspace} \
+         (held by {holder}); if no migration is running it expires by itself within a minute"
+    )]
+    LeaseTimeout {
+        keyspace: String,
+        holder: String,
+        waited_secs: u64,
+    },
+    /// The schema lease expired mid-run and someone else may be migrating.
+    #[error("lost the schema lease of keyspace {keyspace} while migrating; run `twtr migrate` again")]
+    LeaseLost { keyspace: String },
+}
+
+macro_rules! unexpected_result {
+    ($($err:ty),+) => {
+        $(
+            impl From<$err> for CqlError {
+                fn from(err: $err) -> Self {
+                    Self::UnexpectedResult(err.to_string())
+                }
+            }
+        )+
+    };
+}
+unexpected_result!(
+    IntoRowsResultError,
+    RowsError,
+    FirstRowError,
+    MaybeFirstRowError,
+    SingleRowError,
+    DeserializationError
+);
+
+impl From<CqlError> for StoreError {
+    fn from(err: CqlError) -> Self {
+        match err {
+            CqlError::UnexpectedResult(why) => Self::Corrupt(why),
+            other => Self::backend(other),
+        }
+    }
+}
+
+/// Driver failures are retryable backend failures; malformed results are corrupt records (the
+/// stored row does not have the shape the statement expects).
+macro_rules! store_error_from {
+    (backend: $($backend:ty),+; corrupt: $($corrupt:ty),+) => {
+        $(
+            impl From<$backend> for StoreError {
+                fn from(err: $backend) -> Self {
+                    Self::backend(err)
+                }
+            }
+        )+
+        $(
+            impl From<$corrupt> for StoreError {
+                fn from(err: $corrupt) -> Self {
+                    Self::Corrupt(err.to_string())
+                }
+            }
+        )+
+    };
+}
+store_error_from!(
+    backend: ExecutionError, PagerExecutionError, PrepareError, SchemaAgreementError;
+    corrupt: IntoRowsResultError, RowsError, FirstRowError, MaybeFirstRowError, SingleRowError,
+        DeserializationError
+);
