@@ -8,4 +8,6 @@ mod config;
 mod degraded;
 mod grpcurl;
 mod mesh;
+mod processes;
+mod rabbitmq;
 mod support;

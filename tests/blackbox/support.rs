@@ -18,15 +18,22 @@ use twtr::{Config, MeshListeners};
 /// How long `eventually` waits for the mesh to converge (events are asynchronous).
 pub const CONVERGE: Duration = Duration::from_secs(15);
 
-/// A running mesh. Dropping it without [`TestMesh::stop`] cancels it too.
-pub struct TestMesh {
+/// A client of a running gateway, with typed helpers for the HTTP API.
+#[derive(Clone)]
+pub struct Api {
     pub http: String,
+    client: reqwest::Client,
+}
+
+/// A running mesh. Dropping it without [`TestMesh::stop`] cancels it too. It derefs to its
+/// [`Api`].
+pub struct TestMesh {
+    pub api: Api,
     pub users: SocketAddr,
     pub tweets: SocketAddr,
     pub followers: SocketAddr,
     pub feeds: SocketAddr,
     pub data_dir: Arc<TempDir>,
-    client: reqwest::Client,
     shutdown: CancellationToken,
     handle: Option<JoinHandle<anyhow::Result<()>>>,
 }
@@ -45,6 +52,11 @@ impl TestMesh {
 
     /// The whole mesh on `data_dir` (e.g. one a previous mesh used).
     pub async fn start_in(data_dir: Arc<TempDir>) -> Self {
+        Self::start_with(Config::embedded(data_dir.path()), data_dir).await
+    }
+
+    /// The whole mesh with `config`, whose files live in `data_dir`.
+    pub async fn start_with(config: Config, data_dir: Arc<TempDir>) -> Self {
         let listeners = MeshListeners {
             http: loopback().await,
             users: loopback().await,
@@ -61,16 +73,14 @@ impl TestMesh {
             addr(&listeners.feeds),
         );
         let shutdown = CancellationToken::new();
-        let config = Config::embedded(data_dir.path());
         let handle = tokio::spawn(twtr::run_all(config, listeners, shutdown.clone()));
         Self {
-            http: format!("http://{http}"),
+            api: Api::new(format!("http://{http}")),
             users,
             tweets,
             followers,
             feeds,
             data_dir,
-            client: reqwest::Client::new(),
             shutdown,
             handle: Some(handle),
         }
@@ -86,6 +96,23 @@ impl TestMesh {
                 .expect("mesh stopped cleanly");
         }
         Arc::clone(&self.data_dir)
+    }
+}
+
+impl std::ops::Deref for TestMesh {
+    type Target = Api;
+
+    fn deref(&self) -> &Api {
+        &self.api
+    }
+}
+
+impl Api {
+    pub fn new(http: String) -> Self {
+        Self {
+            http,
+            client: reqwest::Client::new(),
+        }
     }
 
     /// Sends a request; returns the status and the JSON body (`Null` when empty).

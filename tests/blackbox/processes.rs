@@ -1,0 +1,338 @@
+//! The mesh as separate `twtr` processes, one per part, talking through a real RabbitMQ broker:
+//! the distributed deployment on one machine. Each part gets its own data directory, port 0,
+//! JSON logs (collected, so tests can read them) and the shared settings a deployment would give
+//! it: the broker URL, a queue prefix unique to the test, one token secret.
+
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::Value;
+use tempfile::TempDir;
+use tokio::io::{AsyncBufReadExt as _, BufReader};
+use tokio::process::{Child, Command};
+use twtr_common::bus::{EventBus as _, QueueType, RabbitBus, RabbitConfig};
+
+use crate::support::{Api, CONVERGE, eventually, text};
+
+/// How long a part may take to log its listen address.
+const START: Duration = Duration::from_secs(30);
+
+/// One running part.
+pub struct Part {
+    pub name: &'static str,
+    /// Kept so the process dies with the test (`kill_on_drop`).
+    child: Child,
+    /// `host:port` it listens on.
+    pub addr: String,
+    /// Every log line it has written so far (JSON, one event per line).
+    pub logs: Arc<Mutex<Vec<String>>>,
+}
+
+impl Part {
+    /// `kill -9`: no graceful anything.
+    pub async fn kill(&mut self) {
+        self.child.start_kill().expect("kill -9");
+        self.child.wait().await.expect("reap");
+    }
+
+    /// Whether any log line contains every one of `needles`.
+    pub fn logged(&self, needles: &[&str]) -> bool {
+        self.logs
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|line| needles.iter().all(|n| line.contains(n)))
+    }
+}
+
+/// Starts `twtr <command>` with `env`, and waits until it logs where it listens.
+pub async fn spawn_part(name: &'static str, command: &str, env: &[(String, String)]) -> Part {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_twtr"))
+        .arg(command)
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn twtr");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let logs = Arc::new(Mutex::new(Vec::new()));
+    let addr = tokio::time::timeout(START, async {
+        loop {
+            let line = lines
+                .next_line()
+                .await
+                .expect("read log")
+                .unwrap_or_else(|| panic!("twtr {command} exited before listening"));
+            logs.lock().unwrap().push(line.clone());
+            let Ok(event) = serde_json::from_str::<Value>(&line) else {
+                continue;
+            };
+            let message = &event["message"];
+            if message == "grpc server listening" || message == "http server listening" {
+                break text(&event["addr"]);
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("twtr {command} did not listen within {START:?}"));
+    // Keep draining the log so the child never blocks on a full pipe.
+    let sink = Arc::clone(&logs);
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            sink.lock().unwrap().push(line);
+        }
+    });
+    Part {
+        name,
+        child,
+        addr,
+        logs,
+    }
+}
+
+/// The four services and the gateway, each its own process, on one broker.
+pub struct Cluster {
+    pub api: Api,
+    pub amqp_url: String,
+    /// Unique to this cluster: its exchange and queues are `<prefix>.*`.
+    pub prefix: String,
+    pub users: Part,
+    pub tweets: Part,
+    pub followers: Part,
+    pub feeds: Part,
+    /// Held so the gateway process lives (and dies) with the cluster.
+    _gateway: Part,
+    /// Parent of every part's data directory.
+    root: TempDir,
+    extra_env: Vec<(String, String)>,
+}
+
+impl Cluster {
+    /// Starts every part against the broker at `amqp_url`, with `extra_env` on top of the
+    /// defaults. The feeds service starts first, as its queue must exist before tweets flow
+    /// (every part declares it too, so the order is a courtesy, not a requirement).
+    pub async fn start(amqp_url: &str, extra_env: &[(&str, &str)]) -> Self {
+        let root = tempfile::tempdir().expect("temp dir");
+        let prefix = twtr_common::bus::conformance::unique("twtr-bb");
+        let extra_env: Vec<(String, String)> = extra_env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        let mut cluster_env = Self::base_env(amqp_url, &prefix);
+        cluster_env.extend(extra_env.iter().cloned());
+        let env = |part: &str, more: &[(&str, String)]| {
+            let mut env = cluster_env.clone();
+            env.push((
+                "TWTR_DATA_DIR".into(),
+                root.path().join(part).display().to_string(),
+            ));
+            env.extend(more.iter().map(|(k, v)| ((*k).to_owned(), v.clone())));
+            env
+        };
+        let feeds = spawn_part("feeds", "feeds", &env("feeds", &[])).await;
+        let users = spawn_part("users", "users", &env("users", &[])).await;
+        let tweets = spawn_part("tweets", "tweets", &env("tweets", &[])).await;
+        let url = |part: &Part| format!("http://{}", part.addr);
+        let followers = spawn_part(
+            "followers",
+            "followers",
+            &env("followers", &[("TWTR_USERS_URL", url(&users))]),
+        )
+        .await;
+        let gateway = spawn_part(
+            "gateway",
+            "gateway",
+            &env(
+                "gateway",
+                &[
+                    ("TWTR_USERS_URL", url(&users)),
+                    ("TWTR_TWEETS_URL", url(&tweets)),
+                    ("TWTR_FOLLOWERS_URL", url(&followers)),
+                    ("TWTR_FEEDS_URL", url(&feeds)),
+                ],
+            ),
+        )
+        .await;
+        let cluster = Self {
+            api: Api::new(format!("http://{}", gateway.addr)),
+            amqp_url: amqp_url.to_owned(),
+            prefix,
+            users,
+            tweets,
+            followers,
+            feeds,
+            _gateway: gateway,
+            root,
+            extra_env,
+        };
+        cluster.await_ready().await;
+        cluster
+    }
+
+    fn base_env(amqp_url: &str, prefix: &str) -> Vec<(String, String)> {
+        [
+            ("TWTR_AMQP_URL", amqp_url),
+            ("TWTR_AMQP_PREFIX", prefix),
+            // The test's queues go away on their own once it is over.
+            ("TWTR_AMQP_QUEUE_EXPIRY_SECS", "600"),
+            ("TWTR_EVENT_RETRY_DELAY_MS", "200"),
+            (
+                "TWTR_TOKEN_SECRET",
+                "blackbox-shared-secret-blackbox-shared-secret",
+            ),
+            ("TWTR_LOG_FORMAT", "json"),
+            ("TWTR_LOG", "info,twtr_feeds=debug"),
+            ("TWTR_HTTP_ADDR", "127.0.0.1:0"),
+            ("TWTR_USERS_ADDR", "127.0.0.1:0"),
+            ("TWTR_TWEETS_ADDR", "127.0.0.1:0"),
+            ("TWTR_FOLLOWERS_ADDR", "127.0.0.1:0"),
+            ("TWTR_FEEDS_ADDR", "127.0.0.1:0"),
+        ]
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+    }
+
+    /// Waits until the gateway reports every service ready (connected to the broker).
+    pub async fn await_ready(&self) {
+        eventually("every part to be ready", CONVERGE, || async {
+            let (status, _) = self.api.get("/readyz", None).await;
+            status.is_success().then_some(())
+        })
+        .await;
+    }
+
+    /// Whether the gateway reports the mesh ready right now.
+    pub async fn is_ready(&self) -> bool {
+        self.api.get("/readyz", None).await.0.is_success()
+    }
+
+    /// Starts the feeds service again on its data directory and its old address (so the
+    /// gateway, which knows that address, reaches it), after [`Part::kill`].
+    pub async fn restart_feeds(&mut self) {
+        let mut env = Self::base_env(&self.amqp_url, &self.prefix);
+        env.extend(self.extra_env.iter().cloned());
+        env.push((
+            "TWTR_DATA_DIR".into(),
+            self.root.path().join("feeds").display().to_string(),
+        ));
+        env.push(("TWTR_FEEDS_ADDR".into(), self.feeds.addr.clone()));
+        self.feeds = spawn_part("feeds", "feeds", &env).await;
+    }
+
+    /// A bus client on this cluster's exchange and queues, for looking at them as an operator.
+    pub async fn broker(&self) -> RabbitBus {
+        let config = RabbitConfig {
+            url: self.amqp_url.clone(),
+            prefix: self.prefix.clone(),
+            queue_type: QueueType::Quorum,
+            queue_expiry: Some(Duration::from_secs(600)),
+            connection_name: "twtr black-box test".into(),
+        };
+        let bus = RabbitBus::connect(config, CONVERGE).await;
+        assert!(bus.readiness().is_ready(), "the test reaches the broker");
+        bus
+    }
+}
+
+/// A RabbitMQ node of the test's own (its own port, data and Erlang node name), so a test can
+/// stop and start a broker without touching the one other tests share.
+pub struct PrivateBroker {
+    node: String,
+    pub port: u16,
+    _dir: TempDir,
+}
+
+impl PrivateBroker {
+    pub async fn start() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let port = free_port();
+        let node = format!("twtrtest{}@localhost", std::process::id());
+        // The broker runs as the `rabbitmq` user on Debian: let it write here.
+        std::fs::write(dir.path().join("enabled_plugins"), "[].").expect("plugins file");
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o777),
+        )
+        .expect("chmod");
+        let path = |name: &str| dir.path().join(name).display().to_string();
+        let started = Command::new("rabbitmq-server")
+            .arg("-detached")
+            .env("RABBITMQ_NODENAME", &node)
+            .env("RABBITMQ_NODE_PORT", port.to_string())
+            .env("RABBITMQ_DIST_PORT", free_port().to_string())
+            .env("RABBITMQ_MNESIA_BASE", path("mnesia"))
+            .env("RABBITMQ_LOG_BASE", path("log"))
+            .env("RABBITMQ_PID_FILE", path("pid"))
+            .env("RABBITMQ_ENABLED_PLUGINS_FILE", path("enabled_plugins"))
+            .status()
+            .await
+            .expect("run rabbitmq-server (scripts/rabbitmq.sh installs it)");
+        assert!(started.success(), "rabbitmq-server -detached failed");
+        let broker = Self {
+            node,
+            port,
+            _dir: dir,
+        };
+        broker.await_port(true).await;
+        broker
+    }
+
+    pub fn url(&self) -> String {
+        format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
+    }
+
+    /// Stops the broker (the `rabbit` application: connections drop, the port closes).
+    pub async fn stop(&self) {
+        self.ctl("stop_app").await;
+        self.await_port(false).await;
+    }
+
+    pub async fn resume(&self) {
+        self.ctl("start_app").await;
+        self.await_port(true).await;
+    }
+
+    async fn ctl(&self, command: &str) {
+        let status = Command::new("rabbitmqctl")
+            .args(["-n", &self.node, "-q", command])
+            .status()
+            .await
+            .expect("run rabbitmqctl");
+        assert!(status.success(), "rabbitmqctl {command} failed");
+    }
+
+    async fn await_port(&self, open: bool) {
+        let port = self.port;
+        eventually(
+            "the private broker's port",
+            Duration::from_secs(60),
+            || async move {
+                let answers = tokio::net::TcpStream::connect(("127.0.0.1", port))
+                    .await
+                    .is_ok();
+                (answers == open).then_some(())
+            },
+        )
+        .await;
+    }
+}
+
+impl Drop for PrivateBroker {
+    fn drop(&mut self) {
+        // Stop the whole node (not just the app); best effort, and quick.
+        let _ = std::process::Command::new("rabbitmqctl")
+            .args(["-n", &self.node, "-q", "stop"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// A port nothing listens on right now.
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("addr").port()
+}
