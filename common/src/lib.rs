@@ -10,6 +10,7 @@
 //! - [`store`]: the vocabulary every storage backend shares ([`store::StoreError`]).
 //! - [`embedded`]: the embedded, durable storage engine (redb) that each service's embedded store
 //!   is built on, including the transactional outbox table.
+//! - [`cql`]: the ScyllaDB/Cassandra foundation: config, session, keyspaces and migrations.
 //! - [`outbox`]: the outbox trait and the relay that moves stored events onto the bus.
 //! - [`bus`]: the event-bus trait, its in-process backend, the consumer loop and the conformance
 //!   suite every backend must pass.
@@ -28,6 +29,7 @@
 pub mod bus;
 pub mod clock;
 pub mod context;
+pub mod cql;
 pub mod embedded;
 pub mod error;
 pub mod events;

@@ -49,3 +49,37 @@ fn answers(url: &str) -> bool {
         .and_then(|mut addrs| addrs.next())
         .is_some_and(|addr| TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_ok())
 }
+
+/// The CQL node tests use when `TWTR_TEST_SCYLLA_NODES` is not set (`scripts/cassandra.sh start`
+/// runs one there).
+pub const DEFAULT_TEST_CQL_NODES: &str = "127.0.0.1:9042";
+
+/// The CQL contact points for tests (`TWTR_TEST_SCYLLA_NODES`, comma-separated `host[:port]`),
+/// if the first one answers (see the module docs).
+pub fn cql_nodes() -> Option<Vec<String>> {
+    let configured = std::env::var("TWTR_TEST_SCYLLA_NODES")
+        .ok()
+        .filter(|n| !n.trim().is_empty())
+        .unwrap_or_else(|| DEFAULT_TEST_CQL_NODES.to_owned());
+    let nodes: Vec<String> = configured
+        .split(',')
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .map(str::to_owned)
+        .collect();
+    let first = nodes.first().cloned().unwrap_or_default();
+    let host_port = if first.contains(':') {
+        first.clone()
+    } else {
+        format!("{first}:9042")
+    };
+    if answers(&format!("cql://{host_port}")) {
+        return Some(nodes);
+    }
+    assert!(
+        !in_ci(),
+        "no CQL node answers at {host_port}, and CI may not skip tests (scripts/cassandra.sh start runs one)"
+    );
+    eprintln!("skipped: no CQL node answers at {host_port} (scripts/cassandra.sh start runs one)");
+    None
+}

@@ -116,9 +116,13 @@ pub fn parse_serial_consistency(s: &str) -> Result<SerialConsistency, CqlError> 
 /// (production). A datacenter literally named `simple` therefore cannot be configured alone.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Replication {
-    Simple { factor: u32 },
+    Simple {
+        factor: u32,
+    },
     /// Replicas per datacenter, in the order given.
-    NetworkTopology { dcs: Vec<(String, u32)> },
+    NetworkTopology {
+        dcs: Vec<(String, u32)>,
+    },
 }
 
 impl Default for Replication {
@@ -355,7 +359,10 @@ mod tests {
             ("dc1", "3"),
             ("dc2", "3")
         ])));
-        assert!(!nts.matches(&stored(&[("class", "NetworkTopologyStrategy"), ("dc1", "3")])));
+        assert!(!nts.matches(&stored(&[
+            ("class", "NetworkTopologyStrategy"),
+            ("dc1", "3")
+        ])));
     }
 
     #[test]
@@ -373,7 +380,10 @@ mod tests {
         ] {
             assert!(keyspace(prefix, service).is_err(), "{prefix:?} {service:?}");
         }
-        assert!(keyspace(&"x".repeat(42), "users").is_ok(), "48 characters fit");
+        assert!(
+            keyspace(&"x".repeat(42), "users").is_ok(),
+            "48 characters fit"
+        );
     }
 
     #[test]

@@ -8,7 +8,7 @@
 //!   and [`keyspace`] naming (`<prefix>_<service>`).
 //! - [`session`]: [`connect`] (token-aware, local-datacenter first, configured consistency) and
 //!   [`Keyspace`], which prepares a service's statements once at startup.
-//! - [`migrate`]: the numbered schema files under `cql/<service>/`, [`migrate()`] (what
+//! - [`migrate`](mod@migrate): the numbered schema files under `cql/<service>/`, [`migrate()`] (what
 //!   `twtr migrate` runs) and [`ensure_current`] (what a service checks before serving).
 //! - [`CqlError`], this module's one error type, and the conversions that let store code use `?`
 //!   on driver errors to get a backend-neutral [`StoreError`].
@@ -34,7 +34,7 @@ pub use session::{Keyspace, connect, lwt_applied, qualify};
 
 use scylla::deserialize::DeserializationError;
 use scylla::errors::{
-    ExecutionError, NewSessionError, PrepareError, PagerExecutionError, SchemaAgreementError,
+    ExecutionError, NewSessionError, PagerExecutionError, PrepareError, SchemaAgreementError,
 };
 use scylla::response::query_result::{
     FirstRowError, IntoRowsResultError, MaybeFirstRowError, RowsError, SingleRowError,
@@ -54,16 +54,17 @@ pub enum CqlError {
     /// A setting that cannot work (replication string, keyspace name, contact points).
     #[error("{0}")]
     InvalidConfig(String),
+    // Driver errors are boxed: they are large, and every `Result` here would carry their size.
     #[error("cannot connect to the CQL cluster")]
-    Connect(#[from] NewSessionError),
+    Connect(#[source] Box<NewSessionError>),
     #[error("CQL statement failed")]
-    Execution(#[from] ExecutionError),
+    Execution(#[source] Box<ExecutionError>),
     #[error("CQL query failed")]
-    Pager(#[from] PagerExecutionError),
+    Pager(#[source] Box<PagerExecutionError>),
     #[error("cannot prepare CQL statement")]
-    Prepare(#[from] PrepareError),
+    Prepare(#[source] Box<PrepareError>),
     #[error("CQL nodes did not agree on the schema")]
-    SchemaAgreement(#[from] SchemaAgreementError),
+    SchemaAgreement(#[source] Box<SchemaAgreementError>),
     /// A result did not have the shape the statement promises.
     #[error("unexpected CQL result: {0}")]
     UnexpectedResult(String),
@@ -105,9 +106,30 @@ pub enum CqlError {
         waited_secs: u64,
     },
     /// The schema lease expired mid-run and someone else may be migrating.
-    #[error("lost the schema lease of keyspace {keyspace} while migrating; run `twtr migrate` again")]
+    #[error(
+        "lost the schema lease of keyspace {keyspace} while migrating; run `twtr migrate` again"
+    )]
     LeaseLost { keyspace: String },
 }
+
+macro_rules! boxed_driver_error {
+    ($($variant:ident($err:ty)),+ $(,)?) => {
+        $(
+            impl From<$err> for CqlError {
+                fn from(err: $err) -> Self {
+                    Self::$variant(Box::new(err))
+                }
+            }
+        )+
+    };
+}
+boxed_driver_error!(
+    Connect(NewSessionError),
+    Execution(ExecutionError),
+    Pager(PagerExecutionError),
+    Prepare(PrepareError),
+    SchemaAgreement(SchemaAgreementError),
+);
 
 macro_rules! unexpected_result {
     ($($err:ty),+) => {

@@ -3,6 +3,7 @@
 //! statements (`{ks}` placeholders substituted, read or write consistency chosen); [`lwt_applied`]
 //! reads the outcome of a lightweight transaction.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use scylla::client::execution_profile::ExecutionProfile;
@@ -112,21 +113,26 @@ pub fn lwt_applied(result: QueryResult) -> Result<bool, CqlError> {
     Ok(lwt_outcome(result)?.0)
 }
 
-/// The `[applied]` column of a lightweight transaction's result and the whole row, for callers
-/// that need the values the condition saw (for example, who holds a lease).
-pub(crate) fn lwt_outcome(result: QueryResult) -> Result<(bool, Row), CqlError> {
+/// The `[applied]` column of a lightweight transaction's result, and the other columns by name:
+/// for callers that need the values the condition saw (for example, who holds a lease).
+pub(crate) fn lwt_outcome(
+    result: QueryResult,
+) -> Result<(bool, HashMap<String, Option<CqlValue>>), CqlError> {
     let rows = result.into_rows_result()?;
-    let index = rows
+    let names: Vec<String> = rows
         .column_specs()
-        .get_by_name("[applied]")
-        .map(|(index, _)| index)
-        .ok_or_else(|| {
-            CqlError::UnexpectedResult("no [applied] column: not a lightweight transaction".into())
-        })?;
+        .iter()
+        .map(|spec| spec.name().to_owned())
+        .collect();
     let row: Row = rows.first_row()?;
-    match row.columns.get(index) {
-        Some(Some(CqlValue::Boolean(applied))) => Ok((*applied, row)),
-        other => Err(CqlError::UnexpectedResult(format!(
+    let mut columns: HashMap<String, Option<CqlValue>> =
+        names.into_iter().zip(row.columns).collect();
+    match columns.remove("[applied]") {
+        Some(Some(CqlValue::Boolean(applied))) => Ok((applied, columns)),
+        None => Err(CqlError::UnexpectedResult(
+            "no [applied] column: not a lightweight transaction".to_owned(),
+        )),
+        Some(other) => Err(CqlError::UnexpectedResult(format!(
             "[applied] is {other:?}, not a boolean"
         ))),
     }
@@ -145,6 +151,9 @@ mod tests {
             ),
             "SELECT a FROM twtr_users.t WHERE k IN (SELECT 1 FROM twtr_users.u)"
         );
-        assert_eq!(qualify("SELECT now() FROM system.local", "x"), "SELECT now() FROM system.local");
+        assert_eq!(
+            qualify("SELECT now() FROM system.local", "x"),
+            "SELECT now() FROM system.local"
+        );
     }
 }
