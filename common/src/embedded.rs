@@ -20,7 +20,7 @@ use redb::{
 use tokio::sync::Notify;
 use twtr_proto::events::v1::Envelope;
 
-use crate::outbox::{Outbox, PendingEvent};
+use crate::outbox::{Outbox, OutboxKey, PendingEvent};
 use crate::page::PageRequest;
 use crate::store::StoreError;
 
@@ -181,7 +181,10 @@ impl Outbox for EmbeddedDb {
             for row in outbox.iter()?.take(max) {
                 let (seq, body) = row?;
                 events.push(PendingEvent {
-                    seq: seq.value(),
+                    key: OutboxKey {
+                        shard: 0,
+                        seq: seq.value(),
+                    },
                     event: Envelope::decode(body.value())?,
                 });
             }
@@ -190,11 +193,11 @@ impl Outbox for EmbeddedDb {
         .await
     }
 
-    async fn remove(&self, seqs: Vec<u64>) -> Result<(), StoreError> {
+    async fn remove(&self, keys: Vec<OutboxKey>) -> Result<(), StoreError> {
         self.write(move |tx| {
             let mut outbox = tx.open_table(OUTBOX)?;
-            for seq in seqs {
-                outbox.remove(seq)?;
+            for key in keys {
+                outbox.remove(key.seq)?;
             }
             Ok(())
         })
@@ -372,7 +375,7 @@ mod tests {
         let pending = db.pending(10).await.unwrap();
         let ids: Vec<u64> = pending.iter().map(|p| p.event.event_id).collect();
         assert_eq!(ids, vec![30, 10, 20], "in the order they were staged");
-        db.remove(vec![pending[0].seq, pending[2].seq])
+        db.remove(vec![pending[0].key, pending[2].key])
             .await
             .unwrap();
         assert_eq!(pending_ids(&db, 10).await.unwrap(), vec![10]);

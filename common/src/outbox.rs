@@ -15,12 +15,21 @@ use crate::bus::EventBus;
 use crate::error::error_chain;
 use crate::store::StoreError;
 
-/// An event waiting in the outbox, with its place in commit order.
+/// Where an event sits in the outbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct OutboxKey {
+    /// A backend may split its outbox into shards, so that several relays (one per replica)
+    /// share the work; a backend with one relay uses shard 0.
+    pub shard: u32,
+    /// Order within the shard: commit order where the backend knows it (embedded: a sequence
+    /// taken inside the write transaction), else the event's time-ordered ID.
+    pub seq: u64,
+}
+
+/// An event waiting in the outbox.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PendingEvent {
-    /// Assigned inside the transaction that stored the event, so sequence order is commit
-    /// order (per outbox shard, for a backend that has several).
-    pub seq: u64,
+    pub key: OutboxKey,
     pub event: Envelope,
 }
 
@@ -29,10 +38,12 @@ pub struct PendingEvent {
 pub trait Outbox: Send + Sync {
     /// Up to `max` stored events, in commit order.
     async fn pending(&self, max: usize) -> Result<Vec<PendingEvent>, StoreError>;
-    /// Forgets events (by [`PendingEvent::seq`]) that the bus has confirmed.
-    async fn remove(&self, seqs: Vec<u64>) -> Result<(), StoreError>;
+    /// Forgets events that the bus has confirmed.
+    async fn remove(&self, keys: Vec<OutboxKey>) -> Result<(), StoreError>;
     /// Resolves when new events may have been stored since the last call.
     async fn changed(&self);
+    /// Called once when the relay stops: give back whatever the relay held (leases).
+    async fn close(&self) {}
 }
 
 /// The IDs of up to `max` stored events, in commit order (for operators and tests).
@@ -109,6 +120,7 @@ pub async fn run_relay(
         }
     })
     .await;
+    outbox.close().await;
     match flushed {
         Ok(true) => tracing::debug!(service, "outbox flushed"),
         _ => tracing::warn!(
@@ -168,7 +180,7 @@ async fn relay_batch(outbox: &dyn Outbox, bus: &dyn EventBus) -> Result<usize, R
     let mut first_error = None;
     for (entry, result) in pending.iter().zip(results) {
         match result {
-            Ok(()) => confirmed.push(entry.seq),
+            Ok(()) => confirmed.push(entry.key),
             Err(err) => {
                 first_error.get_or_insert(err);
             }

@@ -8,6 +8,9 @@
 //!   and [`keyspace`] naming (`<prefix>_<service>`).
 //! - [`session`]: [`connect`] (token-aware, local-datacenter first, configured consistency) and
 //!   [`Keyspace`], which prepares a service's statements once at startup.
+//! - [`outbox`]: [`CqlOutbox`], the sharded transactional outbox with a lease per shard, so any
+//!   number of replicas relay a service's events.
+//! - [`testing`]: one migrated keyspace set per test process, for the CQL conformance suites.
 //! - [`migrate`](mod@migrate): the numbered schema files under `cql/<service>/`, [`migrate()`] (what
 //!   `twtr migrate` runs) and [`ensure_current`] (what a service checks before serving).
 //! - [`CqlError`], this module's one error type, and the conversions that let store code use `?`
@@ -23,13 +26,16 @@
 
 pub mod config;
 pub mod migrate;
+pub mod outbox;
 pub mod session;
+pub mod testing;
 
 pub use config::{
     ConsistencySettings, CqlConfig, DEFAULT_KEYSPACE_PREFIX, Replication, keyspace,
     parse_consistency, parse_serial_consistency,
 };
 pub use migrate::{Migration, MigrationReport, ensure_current, migrate, migrations};
+pub use outbox::{CqlOutbox, OutboxRow};
 pub use session::{Keyspace, connect, lwt_applied, qualify};
 
 use scylla::deserialize::DeserializationError;
