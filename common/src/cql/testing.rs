@@ -18,6 +18,9 @@ use super::{CqlConfig, CqlError, connect, migrate};
 /// Test keyspaces older than this are taken for leftovers of finished runs.
 const STALE_AFTER: Duration = Duration::from_secs(3600);
 
+/// Per service, the migration of its keyspace: done once, awaited by every test that needs it.
+type MigratedServices = HashMap<&'static str, Arc<OnceCell<()>>>;
+
 /// This process's keyspace prefix: `t<milliseconds>p<pid>`.
 fn prefix() -> &'static str {
     static PREFIX: OnceLock<String> = OnceLock::new();
@@ -27,8 +30,7 @@ fn prefix() -> &'static str {
 /// A session on the test cluster and a config whose keyspace for `service` is migrated, or
 /// `None` when no node answers outside CI (see [`crate::testing::cql_nodes`]).
 pub async fn keyspace_for(service: &'static str) -> Option<(Arc<Session>, CqlConfig)> {
-    static MIGRATED: OnceLock<std::sync::Mutex<HashMap<&'static str, Arc<OnceCell<()>>>>> =
-        OnceLock::new();
+    static MIGRATED: OnceLock<std::sync::Mutex<MigratedServices>> = OnceLock::new();
     let nodes = crate::testing::cql_nodes()?;
     let mut config = CqlConfig::new(nodes);
     config.keyspace_prefix = prefix().to_owned();
