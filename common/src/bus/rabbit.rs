@@ -826,4 +826,45 @@ mod tests {
     }
 
     crate::event_bus_conformance!(open_bus);
+
+    #[tokio::test]
+    async fn an_event_no_queue_is_bound_for_is_parked_not_dropped() {
+        let Some(url) = crate::testing::amqp_url() else {
+            return;
+        };
+        let config = RabbitConfig {
+            url,
+            prefix: conformance::unique("twtr-unrouted"),
+            queue_type: QueueType::Classic,
+            queue_expiry: Some(Duration::from_secs(600)),
+            connection_name: "twtr unrouted test".into(),
+        };
+        let bus = RabbitBus::connect(config.clone(), Duration::from_secs(10)).await;
+        let event = conformance::event(77, "nobody.listens");
+        crate::bus::publish(&bus, &event)
+            .await
+            .expect("a mandatory publish that comes back is still taken care of");
+
+        let live = bus.inner.live().expect("connected");
+        let channel = live.connection.create_channel().await.expect("channel");
+        let parked = channel
+            .basic_get(
+                config.unrouted().as_str().into(),
+                BasicGetOptions { no_ack: true },
+            )
+            .await
+            .expect("basic.get")
+            .expect("the event waits in the unrouted queue");
+        assert_eq!(
+            Envelope::decode(parked.delivery.data.as_slice())
+                .expect("decodes")
+                .event_id,
+            77
+        );
+        assert_eq!(
+            header_string(&parked.delivery.properties, ROUTING_KEY_HEADER).as_deref(),
+            Some("nobody.listens"),
+            "with the routing key it was published with"
+        );
+    }
 }
