@@ -44,12 +44,17 @@ pub trait Outbox: Send + Sync {
     async fn changed(&self);
     /// Called once when the relay stops: give back whatever the relay held (leases).
     async fn close(&self) {}
+    /// Up to `max` stored events whichever relay drains them, without taking anything (for
+    /// operators and tests). The same as [`Outbox::pending`] for a backend with one relay.
+    async fn peek(&self, max: usize) -> Result<Vec<PendingEvent>, StoreError> {
+        self.pending(max).await
+    }
 }
 
-/// The IDs of up to `max` stored events, in commit order (for operators and tests).
+/// The IDs of up to `max` stored events (for operators and tests; see [`Outbox::peek`]).
 pub async fn pending_ids(outbox: &dyn Outbox, max: usize) -> Result<Vec<u64>, StoreError> {
     Ok(outbox
-        .pending(max)
+        .peek(max)
         .await?
         .iter()
         .map(|p| p.event.event_id)

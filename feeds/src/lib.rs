@@ -4,7 +4,9 @@
 //! # Layout
 //!
 //! - [`store`]: the [`FeedStore`] trait (feeds, the service's own copy of the follow graph,
-//!   each author's recent tweets), its embedded backend and its conformance suite.
+//!   each author's recent tweets), its backends and its conformance suite.
+//!   - [`EmbeddedFeedStore`]: redb on local disk (the all-in-one default).
+//!   - [`CqlFeedStore`]: ScyllaDB / Cassandra, the `feeds` keyspace.
 //! - [`service`]: the domain logic ([`Feeds`]): apply an event, read a feed.
 //! - [`grpc`]: the thin tonic adapter for `twtr.feeds.v1.FeedsService`.
 //!
@@ -29,7 +31,7 @@ use twtr_common::bus::{self, ConsumerSettings, EventBus, QueueSpec, Readiness, S
 use twtr_common::grpc as grpc_server;
 
 pub use service::{Feeds, FeedsError};
-pub use store::{EmbeddedFeedStore, FeedLimits, FeedStore};
+pub use store::{CqlFeedStore, EmbeddedFeedStore, FeedLimits, FeedStore};
 
 /// The feeds service's queue and the events it needs.
 pub fn queue(settings: &ConsumerSettings) -> QueueSpec {

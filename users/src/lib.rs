@@ -4,8 +4,8 @@
 //!
 //! - [`domain`]: validated input types (`Username`, `Password`, ...); they can only hold valid
 //!   values, so everything past parsing works with known-good data.
-//! - [`store`]: the [`UserStore`] trait, its embedded backend and the conformance suite every
-//!   backend passes.
+//! - [`store`]: the [`UserStore`] trait, its backends ([`EmbeddedUserStore`] on redb,
+//!   [`CqlUserStore`] on ScyllaDB / Cassandra) and the conformance suite every backend passes.
 //! - [`service`]: the domain logic ([`Users`]): validate, store the user with its event, answer.
 //! - [`grpc`]: the thin tonic adapter for `twtr.users.v1.UsersService`.
 //!
@@ -29,7 +29,7 @@ use twtr_common::tokens::Tokens;
 use twtr_common::{IdGenerator, outbox};
 
 pub use service::{Users, UsersError};
-pub use store::{EmbeddedUserStore, UserStore};
+pub use store::{CqlUserStore, EmbeddedUserStore, UserStore};
 
 /// Everything the users service needs, built by the binary from configuration.
 pub struct UsersDeps {

@@ -181,16 +181,13 @@ impl CqlOutbox {
     }
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-#[async_trait]
-impl Outbox for CqlOutbox {
-    async fn pending(&self, max: usize) -> Result<Vec<PendingEvent>, StoreError> {
-        let shards = self.shards().await?;
+impl CqlOutbox {
+    /// Up to `max` events of `shards`, oldest first.
+    async fn read_shards(
+        &self,
+        shards: &[i32],
+        max: usize,
+    ) -> Result<Vec<PendingEvent>, StoreError> {
         let limit = i32::try_from(max).unwrap_or(i32::MAX);
         let session = self.ks.session();
         let reads = shards.iter().map(|shard| async move {
@@ -222,6 +219,25 @@ impl Outbox for CqlOutbox {
         pending.truncate(max);
         Ok(pending)
     }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+#[async_trait]
+impl Outbox for CqlOutbox {
+    async fn pending(&self, max: usize) -> Result<Vec<PendingEvent>, StoreError> {
+        let shards = self.shards().await?;
+        self.read_shards(&shards, max).await
+    }
+
+    async fn peek(&self, max: usize) -> Result<Vec<PendingEvent>, StoreError> {
+        let every_shard: Vec<i32> = (0..OUTBOX_SHARDS).collect();
+        self.read_shards(&every_shard, max).await
+    }
 
     async fn remove(&self, keys: Vec<OutboxKey>) -> Result<(), StoreError> {
         let session = self.ks.session();
@@ -242,7 +258,12 @@ impl Outbox for CqlOutbox {
     }
 
     async fn close(&self) {
-        let held = std::mem::take(&mut lock(&self.leases).held);
+        let held = {
+            let mut leases = lock(&self.leases);
+            // Look for free shards again at the next read, rather than idling a refresh period.
+            leases.refreshed = None;
+            std::mem::take(&mut leases.held)
+        };
         let session = self.ks.session();
         let releases = held
             .iter()

@@ -115,7 +115,7 @@ pub fn lwt_applied(result: QueryResult) -> Result<bool, CqlError> {
 
 /// The `[applied]` column of a lightweight transaction's result, and the other columns by name:
 /// for callers that need the values the condition saw (for example, who holds a lease).
-pub(crate) fn lwt_outcome(
+pub fn lwt_outcome(
     result: QueryResult,
 ) -> Result<(bool, HashMap<String, Option<CqlValue>>), CqlError> {
     let rows = result.into_rows_result()?;

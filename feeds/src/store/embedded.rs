@@ -1,11 +1,7 @@
-//! Feeds and the projections they are built from. Domain code sees only [`FeedStore`];
-//! [`EmbeddedFeedStore`] is the embedded backend (redb), and every backend must pass
-//! [`conformance`].
-//!
-//! Every method is idempotent, because every event may be delivered more than once.
+//! [`EmbeddedFeedStore`]: feeds in a redb file. Each write is one transaction; a length per
+//! feed is kept next to it so trimming to the cap never has to count.
 
 use std::path::Path;
-use std::sync::Arc;
 
 use async_trait::async_trait;
 use redb::{ReadableTable as _, TableDefinition};
@@ -13,53 +9,7 @@ use twtr_common::embedded::{EmbeddedDb, Tx, scan_page};
 use twtr_common::store::StoreError;
 use twtr_common::{Page, PageRequest};
 
-/// One item of a home feed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FeedEntry {
-    pub tweet_id: u64,
-    pub author_id: u64,
-    /// Who retweeted it into this feed, for retweets.
-    pub retweeted_by: Option<u64>,
-}
-
-/// Bounds that keep storage per user and per author fixed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FeedLimits {
-    /// Entries kept per home feed; the oldest fall off.
-    pub feed_len: usize,
-    /// Recent tweets remembered per author, for backfilling a new follower's feed.
-    pub recent_per_author: usize,
-}
-
-impl Default for FeedLimits {
-    fn default() -> Self {
-        Self {
-            feed_len: 800,
-            recent_per_author: 50,
-        }
-    }
-}
-
-#[async_trait]
-pub trait FeedStore: Send + Sync {
-    /// Remembers that `author` posted `tweet` (keeping only their most recent ones).
-    async fn record_tweet(&self, author: u64, tweet: u64) -> Result<(), StoreError>;
-    /// The author's remembered recent tweets, newest first.
-    async fn recent_tweets(&self, author: u64) -> Result<Vec<u64>, StoreError>;
-    /// Adds `follower` to this service's copy of `author`'s followers.
-    async fn add_follower(&self, author: u64, follower: u64) -> Result<(), StoreError>;
-    async fn remove_follower(&self, author: u64, follower: u64) -> Result<(), StoreError>;
-    /// Everyone following `author`, per this service's copy of the graph.
-    async fn followers(&self, author: u64) -> Result<Vec<u64>, StoreError>;
-    /// Puts `entries` into `user`'s feed, trimming it to its cap.
-    async fn insert_entries(&self, user: u64, entries: Vec<FeedEntry>) -> Result<(), StoreError>;
-    /// Puts `entry` into each of `users`' feeds.
-    async fn fan_out(&self, users: Vec<u64>, entry: FeedEntry) -> Result<(), StoreError>;
-    /// Removes every entry by `author` from `user`'s feed.
-    async fn remove_author(&self, user: u64, author: u64) -> Result<(), StoreError>;
-    /// One page of `user`'s feed, newest first.
-    async fn feed(&self, user: u64, page: PageRequest) -> Result<Page<FeedEntry>, StoreError>;
-}
+use super::{FeedEntry, FeedLimits, FeedStore};
 
 /// (user, tweet) -> (author, retweeted by or 0): home feeds.
 const FEEDS: TableDefinition<(u64, u64), (u64, u64)> = TableDefinition::new("feeds");
@@ -248,115 +198,12 @@ impl FeedStore for EmbeddedFeedStore {
     }
 }
 
-/// The behaviour every [`FeedStore`] backend must show. Backends invoke
-/// [`feed_store_conformance!`](crate::feed_store_conformance) with a function that opens a
-/// fresh store with [`conformance::LIMITS`].
-#[allow(clippy::unwrap_used, clippy::expect_used)] // a test suite: a panic is the failure report
-pub mod conformance {
-    use twtr_common::Limit;
-
-    use super::*;
-
-    #[macro_export]
-    macro_rules! feed_store_conformance {
-        ($open:path) => {
-            mod feed_store_conformance {
-                use super::*;
-                twtr_common::conformance_tests!($open => $crate::store::conformance:
-                    feeds_are_idempotent_and_newest_first,
-                    feeds_are_capped,
-                    recent_tweets_are_capped_newest_first,
-                    follower_projection_and_author_removal,
-                );
-            }
-        };
-    }
-
-    pub const LIMITS: FeedLimits = FeedLimits {
-        feed_len: 3,
-        recent_per_author: 2,
-    };
-
-    pub fn entry(tweet_id: u64, author_id: u64) -> FeedEntry {
-        FeedEntry {
-            tweet_id,
-            author_id,
-            retweeted_by: None,
-        }
-    }
-
-    async fn ids(store: &Arc<dyn FeedStore>, user: u64) -> Vec<u64> {
-        let page = store
-            .feed(user, PageRequest::first(Limit::DEFAULT))
-            .await
-            .unwrap();
-        page.items.iter().map(|e| e.tweet_id).collect()
-    }
-
-    pub async fn feeds_are_idempotent_and_newest_first(store: Arc<dyn FeedStore>) {
-        store.fan_out(vec![1, 2], entry(10, 9)).await.unwrap();
-        store.fan_out(vec![1, 2], entry(10, 9)).await.unwrap();
-        store
-            .insert_entries(1, vec![entry(11, 9), entry(11, 9)])
-            .await
-            .unwrap();
-        assert_eq!(ids(&store, 1).await, vec![11, 10]);
-        assert_eq!(ids(&store, 2).await, vec![10]);
-        let page = store
-            .feed(1, PageRequest::first(Limit::DEFAULT))
-            .await
-            .unwrap();
-        assert_eq!(page.items[0], entry(11, 9));
-    }
-
-    pub async fn feeds_are_capped(store: Arc<dyn FeedStore>) {
-        for tweet in [10, 11, 12, 13, 14] {
-            store.fan_out(vec![1], entry(tweet, 9)).await.unwrap();
-        }
-        // Re-delivering an entry that is still there must not push anything out.
-        store.fan_out(vec![1], entry(14, 9)).await.unwrap();
-        assert_eq!(ids(&store, 1).await, vec![14, 13, 12]);
-        // Removal keeps the length exact: the feed fills back up to the cap, not beyond.
-        store.remove_author(1, 9).await.unwrap();
-        for tweet in [20, 21, 22, 23] {
-            store.fan_out(vec![1], entry(tweet, 8)).await.unwrap();
-        }
-        assert_eq!(ids(&store, 1).await, vec![23, 22, 21]);
-    }
-
-    pub async fn recent_tweets_are_capped_newest_first(store: Arc<dyn FeedStore>) {
-        for tweet in [10, 11, 12] {
-            store.record_tweet(9, tweet).await.unwrap();
-        }
-        store.record_tweet(9, 12).await.unwrap();
-        store.record_tweet(8, 5).await.unwrap();
-        assert_eq!(store.recent_tweets(9).await.unwrap(), vec![12, 11]);
-        assert_eq!(store.recent_tweets(8).await.unwrap(), vec![5]);
-        assert!(store.recent_tweets(7).await.unwrap().is_empty());
-    }
-
-    pub async fn follower_projection_and_author_removal(store: Arc<dyn FeedStore>) {
-        store.add_follower(9, 1).await.unwrap();
-        store.add_follower(9, 1).await.unwrap();
-        store.add_follower(9, 2).await.unwrap();
-        assert_eq!(store.followers(9).await.unwrap(), vec![1, 2]);
-        store.remove_follower(9, 1).await.unwrap();
-        store.remove_follower(9, 1).await.unwrap();
-        assert_eq!(store.followers(9).await.unwrap(), vec![2]);
-
-        store
-            .insert_entries(1, vec![entry(10, 9), entry(11, 8), entry(12, 9)])
-            .await
-            .unwrap();
-        store.remove_author(1, 9).await.unwrap();
-        store.remove_author(1, 9).await.unwrap();
-        assert_eq!(ids(&store, 1).await, vec![11]);
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
+    use crate::store::conformance;
 
     /// An embedded store with the suite's small limits, so caps are reached quickly.
     async fn open_embedded() -> (Arc<dyn FeedStore>, tempfile::TempDir) {

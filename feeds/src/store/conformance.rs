@@ -1,0 +1,385 @@
+//! The behaviour every [`FeedStore`] backend must show. Backends invoke
+//! [`feed_store_conformance!`](crate::feed_store_conformance) with a function that opens a store
+//! with [`LIMITS`].
+//!
+//! The checks run on a shared store: every CQL check in a test process uses the same keyspace,
+//! at the same time. So a check uses only user, author and tweet IDs it minted with
+//! [`unique_ids`], never fixed ones, and never asks what else is stored.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test suite: a panic is the failure report
+
+use std::sync::{Arc, OnceLock};
+
+use twtr_common::{IdGenerator, Limit, PageRequest};
+
+use super::{FeedEntry, FeedLimits, FeedStore};
+
+/// Runs every check against the backend `$open` returns: `$open` is an async fn returning
+/// `(Arc<dyn FeedStore>, guard)`, or with `optional`, `Option<(Arc<dyn FeedStore>, guard)>`
+/// where `None` skips the check (a backend whose server this machine does not run).
+#[macro_export]
+macro_rules! feed_store_conformance {
+    (@suite [$($optional:ident)?] $open:path) => {
+        mod feed_store_conformance {
+            use super::*;
+            twtr_common::conformance_tests!($($optional)? $open => $crate::store::conformance:
+                feeds_are_idempotent_and_newest_first,
+                feeds_are_capped,
+                recent_tweets_are_capped_newest_first,
+                follower_projection_and_author_removal,
+                feed_pages_never_overlap_or_skip,
+                late_tweets_do_not_push_newer_ones_out,
+                retweets_keep_one_entry_per_tweet,
+                fan_out_reaches_every_user,
+                unfollowing_and_following_again,
+                removing_an_author_touches_one_feed,
+            );
+        }
+    };
+    (optional $open:path) => {
+        $crate::feed_store_conformance!(@suite [optional] $open);
+    };
+    ($open:path) => {
+        $crate::feed_store_conformance!(@suite [] $open);
+    };
+}
+
+/// Small limits, so that caps are reached in a few writes.
+pub const LIMITS: FeedLimits = FeedLimits {
+    feed_len: 3,
+    recent_per_author: 2,
+};
+
+/// An ID no other check in this process uses (nor, as far as the worker number goes, another
+/// test process on this machine). IDs minted later are larger, like tweet IDs.
+pub fn unique_id() -> u64 {
+    static IDS: OnceLock<IdGenerator> = OnceLock::new();
+    IDS.get_or_init(|| {
+        IdGenerator::new((std::process::id() % 1024) as u16).expect("a worker number below 1024")
+    })
+    .next_id()
+}
+
+/// `N` fresh IDs in ascending order.
+pub fn unique_ids<const N: usize>() -> [u64; N] {
+    std::array::from_fn(|_| unique_id())
+}
+
+pub fn entry(tweet_id: u64, author_id: u64) -> FeedEntry {
+    FeedEntry {
+        tweet_id,
+        author_id,
+        retweeted_by: None,
+    }
+}
+
+fn limit(n: u32) -> Limit {
+    Limit::parse(Some(n)).unwrap()
+}
+
+fn request(before: Option<u64>, since: Option<u64>, n: u32) -> PageRequest {
+    PageRequest {
+        before,
+        since,
+        limit: limit(n),
+    }
+}
+
+async fn ids(store: &Arc<dyn FeedStore>, user: u64) -> Vec<u64> {
+    let page = store
+        .feed(user, PageRequest::first(Limit::DEFAULT))
+        .await
+        .unwrap();
+    page.items.iter().map(|e| e.tweet_id).collect()
+}
+
+/// The tweet IDs of one page, and its `next` cursor.
+async fn page(
+    store: &Arc<dyn FeedStore>,
+    user: u64,
+    request: PageRequest,
+) -> (Vec<u64>, Option<u64>) {
+    let page = store.feed(user, request).await.unwrap();
+    (page.items.iter().map(|e| e.tweet_id).collect(), page.next)
+}
+
+pub async fn feeds_are_idempotent_and_newest_first(store: Arc<dyn FeedStore>) {
+    let [user1, user2, author, t10, t11] = unique_ids();
+    store
+        .fan_out(vec![user1, user2], entry(t10, author))
+        .await
+        .unwrap();
+    store
+        .fan_out(vec![user1, user2], entry(t10, author))
+        .await
+        .unwrap();
+    store
+        .insert_entries(user1, vec![entry(t11, author), entry(t11, author)])
+        .await
+        .unwrap();
+    assert_eq!(ids(&store, user1).await, vec![t11, t10]);
+    assert_eq!(ids(&store, user2).await, vec![t10]);
+    let page = store
+        .feed(user1, PageRequest::first(Limit::DEFAULT))
+        .await
+        .unwrap();
+    assert_eq!(page.items[0], entry(t11, author));
+}
+
+pub async fn feeds_are_capped(store: Arc<dyn FeedStore>) {
+    let [user, author9, author8] = unique_ids();
+    let tweets: [u64; 5] = unique_ids();
+    for tweet in tweets {
+        store
+            .fan_out(vec![user], entry(tweet, author9))
+            .await
+            .unwrap();
+    }
+    // Re-delivering an entry that is still there must not push anything out.
+    store
+        .fan_out(vec![user], entry(tweets[4], author9))
+        .await
+        .unwrap();
+    assert_eq!(
+        ids(&store, user).await,
+        vec![tweets[4], tweets[3], tweets[2]]
+    );
+    // Removal keeps the length exact: the feed fills back up to the cap, not beyond.
+    store.remove_author(user, author9).await.unwrap();
+    let later: [u64; 4] = unique_ids();
+    for tweet in later {
+        store
+            .fan_out(vec![user], entry(tweet, author8))
+            .await
+            .unwrap();
+    }
+    assert_eq!(ids(&store, user).await, vec![later[3], later[2], later[1]]);
+}
+
+pub async fn recent_tweets_are_capped_newest_first(store: Arc<dyn FeedStore>) {
+    let [author9, author8, author7, t5, t10, t11, t12] = unique_ids();
+    for tweet in [t10, t11, t12] {
+        store.record_tweet(author9, tweet).await.unwrap();
+    }
+    store.record_tweet(author9, t12).await.unwrap();
+    store.record_tweet(author8, t5).await.unwrap();
+    assert_eq!(store.recent_tweets(author9).await.unwrap(), vec![t12, t11]);
+    assert_eq!(store.recent_tweets(author8).await.unwrap(), vec![t5]);
+    assert!(store.recent_tweets(author7).await.unwrap().is_empty());
+}
+
+pub async fn follower_projection_and_author_removal(store: Arc<dyn FeedStore>) {
+    let [author9, author8, follower1, follower2, t10, t11, t12] = unique_ids();
+    store.add_follower(author9, follower1).await.unwrap();
+    store.add_follower(author9, follower1).await.unwrap();
+    store.add_follower(author9, follower2).await.unwrap();
+    assert_eq!(
+        store.followers(author9).await.unwrap(),
+        vec![follower1, follower2]
+    );
+    store.remove_follower(author9, follower1).await.unwrap();
+    store.remove_follower(author9, follower1).await.unwrap();
+    assert_eq!(store.followers(author9).await.unwrap(), vec![follower2]);
+
+    store
+        .insert_entries(
+            follower1,
+            vec![
+                entry(t10, author9),
+                entry(t11, author8),
+                entry(t12, author9),
+            ],
+        )
+        .await
+        .unwrap();
+    store.remove_author(follower1, author9).await.unwrap();
+    store.remove_author(follower1, author9).await.unwrap();
+    assert_eq!(ids(&store, follower1).await, vec![t11]);
+}
+
+/// Backward pages (`before`) and forward polling (`since`) split a feed without overlap or gap,
+/// and `next` is set exactly when an older page exists.
+pub async fn feed_pages_never_overlap_or_skip(store: Arc<dyn FeedStore>) {
+    let [user, neighbour, author, t1, t2, t3, t4] = unique_ids();
+    store
+        .insert_entries(
+            user,
+            vec![entry(t1, author), entry(t2, author), entry(t3, author)],
+        )
+        .await
+        .unwrap();
+    // Another feed's entries must never leak into this one's pages.
+    store
+        .insert_entries(neighbour, vec![entry(t4, author)])
+        .await
+        .unwrap();
+
+    assert_eq!(
+        page(&store, user, request(None, None, 2)).await,
+        (vec![t3, t2], Some(t2))
+    );
+    assert_eq!(
+        page(&store, user, request(Some(t2), None, 2)).await,
+        (vec![t1], None)
+    );
+    assert_eq!(
+        page(&store, user, request(None, None, 3)).await,
+        (vec![t3, t2, t1], None)
+    );
+    assert_eq!(
+        page(&store, user, request(Some(t1), None, 2)).await,
+        (vec![], None)
+    );
+    assert_eq!(
+        page(&store, user, request(Some(u64::MAX), None, 5)).await,
+        (vec![t3, t2, t1], None)
+    );
+
+    // Polling returns the oldest items newer than `since`, newest first, and no cursor.
+    assert_eq!(
+        page(&store, user, request(None, Some(t1), 1)).await,
+        (vec![t2], None)
+    );
+    assert_eq!(
+        page(&store, user, request(None, Some(t2), 5)).await,
+        (vec![t3], None)
+    );
+    assert_eq!(
+        page(&store, user, request(None, Some(t3), 5)).await,
+        (vec![], None)
+    );
+    assert_eq!(
+        page(&store, user, request(None, Some(0), 2)).await,
+        (vec![t2, t1], None)
+    );
+    assert_eq!(
+        page(&store, user, request(None, Some(u64::MAX), 5)).await,
+        (vec![], None)
+    );
+
+    // Both bounds: strictly between them.
+    assert_eq!(
+        page(&store, user, request(Some(t3), Some(t1), 5)).await,
+        (vec![t2], None)
+    );
+    assert_eq!(
+        page(&store, user, request(Some(t3), Some(t2), 5)).await,
+        (vec![], None)
+    );
+    assert_eq!(
+        page(&store, user, request(Some(t2), Some(t3), 5)).await,
+        (vec![], None)
+    );
+}
+
+/// A tweet older than everything in a full feed (a late or repeated delivery) falls off at once
+/// rather than pushing a newer one out; likewise for an author's recent tweets.
+pub async fn late_tweets_do_not_push_newer_ones_out(store: Arc<dyn FeedStore>) {
+    let [user, author, t1, t2, t3, t4] = unique_ids();
+    store
+        .insert_entries(
+            user,
+            vec![entry(t2, author), entry(t3, author), entry(t4, author)],
+        )
+        .await
+        .unwrap();
+    store.fan_out(vec![user], entry(t1, author)).await.unwrap();
+    assert_eq!(ids(&store, user).await, vec![t4, t3, t2]);
+    store
+        .insert_entries(user, vec![entry(t1, author)])
+        .await
+        .unwrap();
+    assert_eq!(ids(&store, user).await, vec![t4, t3, t2]);
+
+    for tweet in [t2, t3, t4] {
+        store.record_tweet(author, tweet).await.unwrap();
+    }
+    store.record_tweet(author, t1).await.unwrap();
+    store.record_tweet(author, t2).await.unwrap();
+    assert_eq!(store.recent_tweets(author).await.unwrap(), vec![t4, t3]);
+}
+
+/// A feed holds one entry per tweet: a retweet of a tweet already there updates who retweeted
+/// it, and a retweet reads back with its retweeter.
+pub async fn retweets_keep_one_entry_per_tweet(store: Arc<dyn FeedStore>) {
+    let [user, author, retweeter, t1, t2] = unique_ids();
+    let retweet = |tweet_id| FeedEntry {
+        tweet_id,
+        author_id: author,
+        retweeted_by: Some(retweeter),
+    };
+    store
+        .insert_entries(user, vec![entry(t1, author)])
+        .await
+        .unwrap();
+    store.fan_out(vec![user], retweet(t1)).await.unwrap();
+    store.fan_out(vec![user], retweet(t2)).await.unwrap();
+    let page = store
+        .feed(user, PageRequest::first(Limit::DEFAULT))
+        .await
+        .unwrap();
+    assert_eq!(page.items, vec![retweet(t2), retweet(t1)]);
+}
+
+/// Fan-out to more users than one round of concurrent writes reaches every one, once.
+pub async fn fan_out_reaches_every_user(store: Arc<dyn FeedStore>) {
+    let users: Vec<u64> = (0..150).map(|_| unique_id()).collect();
+    let [author, t1, t2] = unique_ids();
+    store
+        .fan_out(users.clone(), entry(t1, author))
+        .await
+        .unwrap();
+    store
+        .fan_out(users.clone(), entry(t2, author))
+        .await
+        .unwrap();
+    store
+        .fan_out(users.clone(), entry(t2, author))
+        .await
+        .unwrap();
+    for user in users {
+        assert_eq!(ids(&store, user).await, vec![t2, t1], "feed of user {user}");
+    }
+}
+
+/// Unfollowing someone who never followed is harmless, a stranger has no followers, and
+/// following again after unfollowing counts.
+pub async fn unfollowing_and_following_again(store: Arc<dyn FeedStore>) {
+    let [author, stranger, follower1, follower2, follower3] = unique_ids();
+    assert!(store.followers(stranger).await.unwrap().is_empty());
+    store.remove_follower(stranger, follower1).await.unwrap();
+    assert!(store.followers(stranger).await.unwrap().is_empty());
+
+    // Added out of order, listed in ascending order.
+    for follower in [follower3, follower1, follower2] {
+        store.add_follower(author, follower).await.unwrap();
+    }
+    store.remove_follower(author, follower2).await.unwrap();
+    assert_eq!(
+        store.followers(author).await.unwrap(),
+        vec![follower1, follower3]
+    );
+    store.add_follower(author, follower2).await.unwrap();
+    assert_eq!(
+        store.followers(author).await.unwrap(),
+        vec![follower1, follower2, follower3]
+    );
+}
+
+/// Removing an author from one feed leaves their entries in other feeds alone, and removing an
+/// author who is not in a feed changes nothing.
+pub async fn removing_an_author_touches_one_feed(store: Arc<dyn FeedStore>) {
+    let [user1, user2, author, other, t1, t2] = unique_ids();
+    store
+        .fan_out(vec![user1, user2], entry(t1, author))
+        .await
+        .unwrap();
+    store
+        .fan_out(vec![user1, user2], entry(t2, other))
+        .await
+        .unwrap();
+    store.remove_author(user1, author).await.unwrap();
+    assert_eq!(ids(&store, user1).await, vec![t2]);
+    assert_eq!(ids(&store, user2).await, vec![t2, t1]);
+    store.remove_author(user2, unique_id()).await.unwrap();
+    assert_eq!(ids(&store, user2).await, vec![t2, t1]);
+}

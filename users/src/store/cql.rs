@@ -1,0 +1,535 @@
+//! [`CqlUserStore`]: users on ScyllaDB / Cassandra, in the tables of `cql/users/001_init.cql`
+//! (`users` by ID, `usernames` as the case-insensitive uniqueness claim, and the outbox).
+//!
+//! # Layout
+//!
+//! - the statements, in one block below; [`CqlUserStore::new`] prepares each once.
+//! - [`UserStore::create`]: claim the name, then one logged batch (see below).
+//! - the reads: full partition keys only, so every one is routed token-aware; `get_many` asks
+//!   in `IN` lists of at most [`IN_CHUNK`] IDs and puts the answers back in the order asked.
+//!
+//! # Sign-up, and what a crash leaves
+//!
+//! 1. Claim the lowercase name: `INSERT INTO usernames ... IF NOT EXISTS`, a lightweight
+//!    transaction on the name's own partition, so only sign-ups for the same name contend.
+//! 2. One logged batch: the `users` row and the `UserCreated` outbox row, so both land or
+//!    neither does. (A conditional write cannot share a multi-partition batch, hence two steps.)
+//!
+//! A crash (or timeout) between 1 and 2 leaves a claim with no `users` row: the name is taken
+//! but nobody can log in with it. A retry of the same sign-up (same user ID) finds the claim its
+//! own and runs the batch, which is idempotent; if the batch had in fact run, the retry writes
+//! nothing and reports success. A sign-up under another ID takes an orphaned claim over (an
+//! `UPDATE ... IF user_id = <orphan>`, so only one taker wins) once it is [`ORPHAN_AFTER`] old
+//! and its owner has no live `users` row, so no name stays blocked forever.
+//!
+//! This store keeps no counts (they live with the services whose events move them), so the
+//! count-ledger pattern of the other keyspaces has no use here.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures_util::future::try_join_all;
+use scylla::client::session::Session;
+use scylla::errors::{DbError, ExecutionError, RequestAttemptError, WriteType};
+use scylla::response::query_result::QueryResult;
+use scylla::serialize::row::SerializeRow;
+use scylla::statement::batch::{Batch, BatchType};
+use scylla::statement::prepared::PreparedStatement;
+use scylla::value::{CqlTimestamp, CqlValue, Row};
+use twtr_common::clock;
+use twtr_common::cql::{CqlError, CqlOutbox, Keyspace};
+use twtr_common::outbox::Outbox;
+use twtr_common::store::StoreError;
+use twtr_proto::events::v1::Envelope;
+
+use super::{Created, UserRecord, UserStore};
+
+/// Step 1 of a sign-up: the lightweight transaction that makes names unique.
+const CLAIM_USERNAME: &str =
+    "INSERT INTO {ks}.usernames (username, user_id, claimed_at) VALUES (?, ?, ?) IF NOT EXISTS";
+/// Takes a claim over from a sign-up that never finished; `IF` so only one taker wins.
+const TAKE_OVER_CLAIM: &str =
+    "UPDATE {ks}.usernames SET user_id = ?, claimed_at = ? WHERE username = ? IF user_id = ?";
+/// Step 2 of a sign-up, in a logged batch with the outbox row. `deleted = false` is written
+/// so that the row always says which it is.
+const INSERT_USER: &str = "INSERT INTO {ks}.users \
+     (user_id, username, display_name, bio, password_hash, created_at, updated_at, deleted) \
+     VALUES (?, ?, ?, ?, ?, ?, ?, false)";
+const SELECT_CLAIM: &str = "SELECT user_id FROM {ks}.usernames WHERE username = ?";
+/// The columns of [`UserRow`], in its order.
+const SELECT_USER: &str = "SELECT user_id, username, display_name, bio, password_hash, \
+     created_at, deleted FROM {ks}.users WHERE user_id = ?";
+const SELECT_USERS: &str = "SELECT user_id, username, display_name, bio, password_hash, \
+     created_at, deleted FROM {ks}.users WHERE user_id IN ?";
+
+/// How old a claim without a `users` row must be before another sign-up may take it over: far
+/// longer than a sign-up's two steps take, even with retries, so a live sign-up is never robbed.
+pub const ORPHAN_AFTER: Duration = Duration::from_secs(300);
+/// The most IDs in one `IN` list: bigger lists make one coordinator wait on too many replicas.
+pub const IN_CHUNK: usize = 100;
+/// How many times a claim is tried when Paxos contention (or a lost reply) times it out. A
+/// retry is safe: a claim that did land shows up as this sign-up's own.
+const CLAIM_ATTEMPTS: u32 = 4;
+const CLAIM_BACKOFF: Duration = Duration::from_millis(25);
+
+/// A `users` row, as [`SELECT_USER`] reads it.
+type UserRow = (
+    i64,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<CqlTimestamp>,
+    Option<bool>,
+);
+
+/// Users in the `<prefix>_users` keyspace.
+pub struct CqlUserStore {
+    ks: Keyspace,
+    claim_username: PreparedStatement,
+    take_over_claim: PreparedStatement,
+    select_claim: PreparedStatement,
+    select_user: PreparedStatement,
+    select_users: PreparedStatement,
+    /// [`INSERT_USER`] and the outbox insert, logged: built once, bound per sign-up.
+    create_batch: Batch,
+    outbox: Arc<CqlOutbox>,
+}
+
+impl std::fmt::Debug for CqlUserStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CqlUserStore")
+            .field("keyspace", &self.ks.name())
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a lightweight transaction on `usernames` saw.
+struct ClaimSeen {
+    applied: bool,
+    /// When not applied: who holds the name (`None` if nobody does).
+    owner: Option<u64>,
+    claimed_at: Option<i64>,
+}
+
+/// Where step 1 of a sign-up left the name.
+enum Claim {
+    /// This sign-up holds it now.
+    Won,
+    /// This sign-up's user ID held it already: an earlier attempt of the same sign-up.
+    Ours,
+    Taken,
+}
+
+impl CqlUserStore {
+    /// Prepares every statement in `ks` (so a bad one fails the start, not a request) and the
+    /// keyspace's outbox.
+    pub async fn new(ks: Keyspace) -> Result<Self, CqlError> {
+        let outbox = Arc::new(CqlOutbox::new(ks.clone()).await?);
+        let insert_user = ks.prepare(INSERT_USER).await?;
+        let mut create_batch = Batch::new(BatchType::Logged);
+        // A batch has a consistency of its own: take the statement's rather than pick one.
+        if let Some(consistency) = insert_user.get_consistency() {
+            create_batch.set_consistency(consistency);
+        }
+        create_batch.append_statement(insert_user);
+        create_batch.append_statement(outbox.insert().clone());
+        Ok(Self {
+            claim_username: ks.prepare(CLAIM_USERNAME).await?,
+            take_over_claim: ks.prepare(TAKE_OVER_CLAIM).await?,
+            select_claim: ks.prepare(SELECT_CLAIM).await?,
+            select_user: ks.prepare(SELECT_USER).await?,
+            select_users: ks.prepare(SELECT_USERS).await?,
+            create_batch,
+            outbox,
+            ks,
+        })
+    }
+
+    fn session(&self) -> &Session {
+        self.ks.session()
+    }
+
+    /// Step 1 of a sign-up: claims `canonical` for `id`, or takes over a claim that a sign-up
+    /// abandoned (see the module docs).
+    async fn claim(&self, canonical: &str, id: u64) -> Result<Claim, StoreError> {
+        let now = CqlTimestamp(clock::now_millis());
+        let seen = self
+            .lwt(&self.claim_username, (canonical, key(id), now))
+            .await?;
+        if seen.applied {
+            return Ok(Claim::Won);
+        }
+        let Some(owner) = seen.owner else {
+            return Err(CqlError::UnexpectedResult(format!(
+                "username claim {canonical:?} refused without an owner"
+            ))
+            .into());
+        };
+        if owner == id {
+            return Ok(Claim::Ours);
+        }
+        let age = clock::now_millis() - seen.claimed_at.unwrap_or(i64::MIN / 2);
+        if age < ORPHAN_AFTER.as_millis() as i64 || self.get(owner).await?.is_some() {
+            return Ok(Claim::Taken);
+        }
+        let taken_over = self
+            .lwt(&self.take_over_claim, (key(id), now, canonical, key(owner)))
+            .await?;
+        if taken_over.applied {
+            tracing::info!(
+                user_id = id,
+                orphan = owner,
+                "took over a username claim whose sign-up never finished"
+            );
+            return Ok(Claim::Won);
+        }
+        // Another sign-up took it over first (or, after a lost reply, this one did).
+        Ok(if taken_over.owner == Some(id) {
+            Claim::Ours
+        } else {
+            Claim::Taken
+        })
+    }
+
+    /// Runs a lightweight transaction on `usernames`, trying again while Paxos contention or a
+    /// lost reply leaves its outcome unknown.
+    async fn lwt(
+        &self,
+        statement: &PreparedStatement,
+        values: impl SerializeRow,
+    ) -> Result<ClaimSeen, StoreError> {
+        let mut attempt = 1;
+        loop {
+            match self.session().execute_unpaged(statement, &values).await {
+                Ok(result) => return Ok(claim_seen(result)?),
+                Err(err) if attempt < CLAIM_ATTEMPTS && outcome_unknown(&err) => {
+                    tracing::debug!(attempt, error = %err, "username claim timed out, trying again");
+                    tokio::time::sleep(CLAIM_BACKOFF * attempt).await;
+                    attempt += 1;
+                }
+                Err(err) => return Err(err.into()),
+            }
+        }
+    }
+
+    /// The `users` row of `id`, deleted or not.
+    async fn user_row(&self, id: u64) -> Result<Option<UserRow>, StoreError> {
+        Ok(self
+            .session()
+            .execute_unpaged(&self.select_user, (key(id),))
+            .await?
+            .into_rows_result()?
+            .maybe_first_row::<UserRow>()?)
+    }
+
+    /// The `users` rows among `ids` (at most [`IN_CHUNK`]), in no particular order.
+    async fn user_rows(&self, ids: Vec<i64>) -> Result<Vec<UserRow>, StoreError> {
+        let rows = self
+            .session()
+            .execute_unpaged(&self.select_users, (ids,))
+            .await?
+            .into_rows_result()?;
+        let mut found = Vec::with_capacity(rows.rows_num());
+        for row in rows.rows::<UserRow>()? {
+            found.push(row?);
+        }
+        Ok(found)
+    }
+}
+
+#[async_trait]
+impl UserStore for CqlUserStore {
+    async fn create(&self, user: UserRecord, event: Envelope) -> Result<Created, StoreError> {
+        let canonical = user.username.to_ascii_lowercase();
+        match self.claim(&canonical, user.id).await? {
+            Claim::Won => {}
+            Claim::Ours => {
+                // An earlier attempt of this sign-up claimed the name. If its batch ran, the
+                // sign-up is done (writing again would stage its event twice); else finish it.
+                if self.user_row(user.id).await?.is_some() {
+                    return Ok(Created::Created);
+                }
+                tracing::info!(
+                    user_id = user.id,
+                    "finishing a sign-up that claimed its name but stored nothing"
+                );
+            }
+            Claim::Taken => return Ok(Created::UsernameTaken),
+        }
+        let created_at = CqlTimestamp(user.created_at_ms);
+        let row = (
+            key(user.id),
+            &user.username,
+            &user.display_name,
+            &user.bio,
+            &user.password_hash,
+            created_at,
+            created_at,
+        );
+        self.session()
+            .batch(&self.create_batch, (row, CqlOutbox::row(&event)))
+            .await?;
+        self.outbox.notify();
+        Ok(Created::Created)
+    }
+
+    async fn get(&self, id: u64) -> Result<Option<UserRecord>, StoreError> {
+        match self.user_row(id).await? {
+            Some(row) => record(row),
+            None => Ok(None),
+        }
+    }
+
+    async fn get_by_username(&self, canonical: &str) -> Result<Option<UserRecord>, StoreError> {
+        let claim = self
+            .session()
+            .execute_unpaged(&self.select_claim, (canonical,))
+            .await?
+            .into_rows_result()?
+            .maybe_first_row::<(Option<i64>,)>()?;
+        match claim {
+            // A claim whose sign-up is still running (or never finished) has no user yet.
+            Some((Some(owner),)) => self.get(from_key(owner)).await,
+            _ => Ok(None),
+        }
+    }
+
+    async fn get_many(&self, ids: Vec<u64>) -> Result<Vec<UserRecord>, StoreError> {
+        let mut keys: Vec<i64> = ids.iter().map(|id| key(*id)).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        let reads = keys
+            .chunks(IN_CHUNK)
+            .map(|chunk| self.user_rows(chunk.to_vec()));
+        let mut found = HashMap::with_capacity(keys.len());
+        for rows in try_join_all(reads).await? {
+            for row in rows {
+                if let Some(user) = record(row)? {
+                    found.insert(user.id, user);
+                }
+            }
+        }
+        // In the order asked, an ID asked twice answered twice, as the embedded store does.
+        Ok(ids.iter().filter_map(|id| found.get(id).cloned()).collect())
+    }
+
+    fn outbox(&self) -> Arc<dyn Outbox> {
+        self.outbox.clone()
+    }
+}
+
+/// IDs are `u64` here and `bigint` in CQL: stored bit for bit, so every ID round-trips.
+fn key(id: u64) -> i64 {
+    id as i64
+}
+
+fn from_key(key: i64) -> u64 {
+    key as u64
+}
+
+/// A `users` row as a record: `None` for a deleted account (the row stays, so that its ID is
+/// never reused).
+fn record(row: UserRow) -> Result<Option<UserRecord>, StoreError> {
+    let (id, username, display_name, bio, password_hash, created_at, deleted) = row;
+    if deleted == Some(true) {
+        return Ok(None);
+    }
+    let (Some(username), Some(password_hash), Some(created_at)) =
+        (username, password_hash, created_at)
+    else {
+        return Err(StoreError::Corrupt(format!(
+            "users row {} lacks its username, password hash or creation time",
+            from_key(id)
+        )));
+    };
+    Ok(Some(UserRecord {
+        id: from_key(id),
+        username,
+        display_name: display_name.unwrap_or_default(),
+        bio: bio.unwrap_or_default(),
+        password_hash,
+        created_at_ms: created_at.0,
+    }))
+}
+
+/// Reads the outcome of a lightweight transaction on `usernames`: `[applied]` and, when it was
+/// not, the current owner and claim time. By column name, because Cassandra and ScyllaDB return
+/// different column sets for it.
+fn claim_seen(result: QueryResult) -> Result<ClaimSeen, CqlError> {
+    let rows = result.into_rows_result()?;
+    let names: Vec<String> = rows
+        .column_specs()
+        .iter()
+        .map(|spec| spec.name().to_owned())
+        .collect();
+    let row: Row = rows.first_row()?;
+    let mut applied = None;
+    let mut seen = ClaimSeen {
+        applied: false,
+        owner: None,
+        claimed_at: None,
+    };
+    for (name, value) in names.iter().zip(row.columns) {
+        match (name.as_str(), value) {
+            ("[applied]", Some(CqlValue::Boolean(was))) => applied = Some(was),
+            ("user_id", Some(CqlValue::BigInt(owner))) => seen.owner = Some(from_key(owner)),
+            ("claimed_at", Some(CqlValue::Timestamp(at))) => seen.claimed_at = Some(at.0),
+            _ => {}
+        }
+    }
+    seen.applied = applied.ok_or_else(|| {
+        CqlError::UnexpectedResult("no [applied] column: not a lightweight transaction".to_owned())
+    })?;
+    Ok(seen)
+}
+
+/// Whether a lightweight transaction failed without telling whether it took effect: a write
+/// timeout in its Paxos round (contention, or a slow replica).
+fn outcome_unknown(err: &ExecutionError) -> bool {
+    matches!(
+        err,
+        ExecutionError::LastAttemptError(RequestAttemptError::DbError(
+            DbError::WriteTimeout {
+                write_type: WriteType::Cas,
+                ..
+            },
+            _,
+        ))
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use twtr_common::cql::testing::keyspace_for;
+
+    use super::*;
+    use crate::store::conformance::{event, fresh_user, staged, unique_id, user};
+
+    async fn open_store() -> Option<CqlUserStore> {
+        let (session, config) = keyspace_for("users").await?;
+        let ks = Keyspace::new(session, &config, "users").unwrap();
+        Some(CqlUserStore::new(ks).await.unwrap())
+    }
+
+    async fn open_cql() -> Option<(Arc<dyn UserStore>, ())> {
+        Some((Arc::new(open_store().await?), ()))
+    }
+
+    crate::user_store_conformance!(optional open_cql);
+
+    /// What a sign-up that died after step 1 leaves behind: a claim `claimed_ago` old.
+    async fn abandoned_claim(
+        store: &CqlUserStore,
+        canonical: &str,
+        id: u64,
+        claimed_ago: Duration,
+    ) {
+        let at = CqlTimestamp(clock::now_millis() - claimed_ago.as_millis() as i64);
+        let result = store
+            .session()
+            .execute_unpaged(&store.claim_username, (canonical, key(id), at))
+            .await
+            .unwrap();
+        assert!(claim_seen(result).unwrap().applied);
+    }
+
+    #[tokio::test]
+    async fn a_retry_finishes_a_sign_up_that_stopped_after_its_claim() {
+        let Some(store) = open_store().await else {
+            return;
+        };
+        let ada = fresh_user("Ada");
+        let canonical = ada.username.to_ascii_lowercase();
+        abandoned_claim(&store, &canonical, ada.id, Duration::ZERO).await;
+        assert_eq!(store.get_by_username(&canonical).await.unwrap(), None);
+
+        let created = event(&ada);
+        assert_eq!(
+            store.create(ada.clone(), created.clone()).await.unwrap(),
+            Created::Created
+        );
+        assert_eq!(store.get(ada.id).await.unwrap(), Some(ada.clone()));
+        assert_eq!(
+            store.get_by_username(&canonical).await.unwrap(),
+            Some(ada.clone())
+        );
+        // Once finished, the same sign-up again writes nothing more.
+        let again = event(&ada);
+        assert_eq!(
+            store.create(ada.clone(), again.clone()).await.unwrap(),
+            Created::Created
+        );
+        let staged = staged(&store).await;
+        assert!(
+            staged.contains(&created.event_id),
+            "the retry staged the event"
+        );
+        assert!(
+            !staged.contains(&again.event_id),
+            "a finished sign-up is not written twice"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_abandoned_claim_is_taken_over_once_it_is_old() {
+        let Some(store) = open_store().await else {
+            return;
+        };
+        let fresh = fresh_user("fresh");
+        let stale = fresh_user("stale");
+        abandoned_claim(
+            &store,
+            &fresh.username.to_ascii_lowercase(),
+            unique_id(),
+            Duration::ZERO,
+        )
+        .await;
+        abandoned_claim(
+            &store,
+            &stale.username.to_ascii_lowercase(),
+            unique_id(),
+            ORPHAN_AFTER + Duration::from_secs(60),
+        )
+        .await;
+        assert_eq!(
+            store.create(fresh.clone(), event(&fresh)).await.unwrap(),
+            Created::UsernameTaken,
+            "a recent claim may still be finishing"
+        );
+        let created = event(&stale);
+        assert_eq!(
+            store.create(stale.clone(), created.clone()).await.unwrap(),
+            Created::Created
+        );
+        assert_eq!(
+            store
+                .get_by_username(&stale.username.to_ascii_lowercase())
+                .await
+                .unwrap(),
+            Some(stale.clone())
+        );
+        // A live owner's claim is never taken over, however old.
+        let age = store
+            .ks
+            .prepare("UPDATE {ks}.usernames SET claimed_at = ? WHERE username = ?")
+            .await
+            .unwrap();
+        let long_ago = CqlTimestamp(clock::now_millis() - 2 * ORPHAN_AFTER.as_millis() as i64);
+        store
+            .session()
+            .execute_unpaged(&age, (long_ago, stale.username.to_ascii_lowercase()))
+            .await
+            .unwrap();
+        let rival = user(unique_id(), &stale.username.to_ascii_uppercase());
+        assert_eq!(
+            store.create(rival.clone(), event(&rival)).await.unwrap(),
+            Created::UsernameTaken
+        );
+        assert!(staged(&store).await.contains(&created.event_id));
+    }
+}
