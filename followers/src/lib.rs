@@ -2,7 +2,8 @@
 //!
 //! # Layout
 //!
-//! - [`store`]: the [`FollowStore`] trait, its embedded backend and its conformance suite.
+//! - [`store`]: the [`FollowStore`] trait, its backends ([`EmbeddedFollowStore`] in a redb file,
+//!   [`CqlFollowStore`] on ScyllaDB / Cassandra) and the conformance suite both pass.
 //! - [`service`]: the domain logic ([`Followers`]), and the [`service::UserDirectory`] it asks
 //!   whether a user exists (the users service, over gRPC).
 //! - [`grpc`]: the thin tonic adapter for `twtr.followers.v1.FollowersService`.
@@ -26,7 +27,7 @@ use twtr_common::bus::EventBus;
 use twtr_common::{IdGenerator, outbox};
 
 pub use service::{Followers, FollowersError, UserDirectory};
-pub use store::{EmbeddedFollowStore, FollowStore};
+pub use store::{CqlFollowStore, EmbeddedFollowStore, FollowStore};
 
 /// Everything the followers service needs, built by the binary from configuration.
 pub struct FollowersDeps {

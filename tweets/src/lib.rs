@@ -4,7 +4,8 @@
 //! # Layout
 //!
 //! - [`domain`]: [`domain::TweetText`], the only way to hold a valid tweet text.
-//! - [`store`]: the [`TweetStore`] trait, its embedded backend and its conformance suite.
+//! - [`store`]: the [`TweetStore`] trait, its backends ([`EmbeddedTweetStore`] on redb,
+//!   [`CqlTweetStore`] on ScyllaDB / Cassandra) and the conformance suite both pass.
 //! - [`service`]: the domain logic ([`Tweets`]).
 //! - [`grpc`]: the thin tonic adapter for `twtr.tweets.v1.TweetsService`.
 //!
@@ -27,7 +28,7 @@ use twtr_common::bus::EventBus;
 use twtr_common::{IdGenerator, outbox};
 
 pub use service::{Tweets, TweetsError};
-pub use store::{EmbeddedTweetStore, TweetStore};
+pub use store::{CqlTweetStore, EmbeddedTweetStore, TweetStore};
 
 /// Everything the tweets service needs, built by the binary from configuration.
 pub struct TweetsDeps {

@@ -1,0 +1,1016 @@
+//! [`CqlFollowStore`]: the follow graph on ScyllaDB / Cassandra, in the tables of
+//! `cql/followers/001_init.cql`: `follow_edges` (each edge's state and version), the lists
+//! `following` and `followers` (newest follow first), `follow_counts` (counts in static columns
+//! beside a ledger of the ops applied to them) and the outbox.
+//!
+//! # Layout
+//!
+//! - the statements, in one block below; [`CqlFollowStore::new`] prepares each once.
+//! - `Inner::change`: follow and unfollow, in the three steps below, after finishing whatever
+//!   the edge's last change left undone.
+//! - the reads: full partition keys only, so each is routed token-aware; `counts` asks in `IN`
+//!   lists of at most [`IN_CHUNK`] users and puts the answers back in the order asked.
+//!
+//! # A change of an edge
+//!
+//! 1. **Decide**, by a lightweight transaction on `follow_edges` in the follower's partition:
+//!    `INSERT ... IF NOT EXISTS` for a first follow, `UPDATE ... IF version = ?` after that. The
+//!    version goes up by one per change and exactly one caller makes each change. A follow's
+//!    `follow_id` is its event's ID; `followed_at` is when the current state was decided (the
+//!    follow, or the unfollow).
+//! 2. **Write** one logged batch: both list rows (inserted, or deleted by the follow ID the edge
+//!    keeps) and the outbox row. A conditional write cannot share a multi-partition batch, hence
+//!    a step of its own after 1.
+//! 3. **Count**, per user, by a conditional batch on that user's `follow_counts` partition: the
+//!    ledger row `follow:<follower>:<followee>:<version>` `IF NOT EXISTS` and the new count
+//!    `IF <count> = <count read>`, retried on contention. It moves a count once however often it
+//!    is tried, so anyone may try it.
+//!
+//! Once a change is decided, 2 and 3 run in a task of their own, so a caller that goes away (a
+//! deadline) does not leave the change half-done.
+//!
+//! # What a crash leaves, and how the next call on the edge finishes it
+//!
+//! Every follow and unfollow first looks at the edge's last change:
+//! - Its batch ran (the `following` list row agrees with the edge) but a count may not have: it
+//!   applies the count ops again, which the ledger turns into no-ops where they had landed. Only
+//!   within [`COUNT_REPAIR_WINDOW`]: ledger rows expire, after which a repeat would count twice.
+//! - Its batch did not run, and the change is younger than [`ABANDONED_AFTER`]: its caller is
+//!   taken to be at work still, so the call waits for it (up to [`MAX_WAIT`], then fails: try
+//!   again). A retry carrying the event that decided the change finishes it at once.
+//! - Its batch did not run and it is older: abandoned. An abandoned follow is finished with its
+//!   own event, rebuilt from the edge (its ID is the follow ID), so if its first caller wakes up
+//!   and writes too, both write one outbox row. An abandoned unfollow is finished by the next
+//!   unfollow, which takes it over (`UPDATE ... IF followed_at = ?`, so one caller does) and
+//!   stages its own event; or by the next follow, quietly, since the follow's event supersedes it.
+//!
+//! `is_following` reads an edge whose batch has not run as not (yet) followed, so the service's
+//! "already following?" check lets a retry through to finish it.
+//!
+//! A caller that stalls for longer than [`ABANDONED_AFTER`] between 1 and 2 and then goes on can
+//! still write after its change was finished for it: an unfollow's event twice, or list rows of
+//! a follow undone since. That is the price of never blocking an edge on a dead caller.
+
+use std::collections::HashMap;
+use std::hash::BuildHasher as _;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures_util::future::{try_join, try_join_all};
+use scylla::client::session::Session;
+use scylla::errors::{DbError, ExecutionError, RequestAttemptError, WriteType};
+use scylla::response::query_result::QueryResult;
+use scylla::serialize::batch::BatchValues;
+use scylla::serialize::row::SerializeRow;
+use scylla::statement::batch::{Batch, BatchType};
+use scylla::statement::prepared::PreparedStatement;
+use scylla::value::CqlTimestamp;
+use tokio::time::Instant;
+use twtr_common::clock;
+use twtr_common::cql::{CqlError, CqlOutbox, Keyspace, lwt_applied};
+use twtr_common::outbox::Outbox;
+use twtr_common::store::StoreError;
+use twtr_proto::events::v1::envelope::Payload;
+use twtr_proto::events::v1::{Envelope, UserFollowed};
+
+use super::{Counts, FollowStore};
+
+/// The state of one edge: serves `is_following` and starts every change.
+const SELECT_EDGE: &str = "SELECT following, version, follow_id, followed_at \
+     FROM {ks}.follow_edges WHERE follower_id = ? AND followee_id = ?";
+/// Step 1 of a first follow: version 1.
+const FIRST_FOLLOW: &str = "INSERT INTO {ks}.follow_edges \
+     (follower_id, followee_id, following, version, follow_id, followed_at) \
+     VALUES (?, ?, true, 1, ?, ?) IF NOT EXISTS";
+/// Step 1 of every later change: the next version, if nobody took it first.
+const CHANGE_EDGE: &str = "UPDATE {ks}.follow_edges \
+     SET following = ?, version = ?, follow_id = ?, followed_at = ? \
+     WHERE follower_id = ? AND followee_id = ? IF version = ?";
+/// Takes an abandoned unfollow over, so that one caller announces it.
+const TAKE_OVER: &str = "UPDATE {ks}.follow_edges SET followed_at = ? \
+     WHERE follower_id = ? AND followee_id = ? IF version = ? AND followed_at = ?";
+/// Whether step 2 of the edge's last change ran: its `following` row exists exactly when the
+/// edge is followed.
+const SELECT_LISTED: &str = "SELECT follow_id FROM {ks}.following \
+     WHERE follower_id = ? AND follow_id = ? AND followee_id = ?";
+/// Step 2 of a follow (with the outbox row).
+const INSERT_FOLLOWING: &str = "INSERT INTO {ks}.following \
+     (follower_id, follow_id, followee_id, followed_at) VALUES (?, ?, ?, ?)";
+const INSERT_FOLLOWER: &str = "INSERT INTO {ks}.followers \
+     (followee_id, follow_id, follower_id, followed_at) VALUES (?, ?, ?, ?)";
+/// Step 2 of an unfollow (with the outbox row, or without it when a follow finishes it).
+const DELETE_FOLLOWING: &str =
+    "DELETE FROM {ks}.following WHERE follower_id = ? AND follow_id = ? AND followee_id = ?";
+const DELETE_FOLLOWER: &str =
+    "DELETE FROM {ks}.followers WHERE followee_id = ? AND follow_id = ? AND follower_id = ?";
+/// Whether an op has moved a user's counts (while its ledger row lives).
+const SELECT_OP: &str = "SELECT op FROM {ks}.follow_counts WHERE user_id = ? AND op = ?";
+/// One user's counts: the static row only, never the ledger.
+const SELECT_COUNT: &str = "SELECT DISTINCT user_id, followers_count, following_count \
+     FROM {ks}.follow_counts WHERE user_id = ?";
+const SELECT_COUNTS: &str = "SELECT DISTINCT user_id, followers_count, following_count \
+     FROM {ks}.follow_counts WHERE user_id IN ?";
+/// Step 3, with one of the two `SET_*` statements in a conditional batch. Its TTL is
+/// [`LEDGER_TTL`].
+const RECORD_OP: &str = "INSERT INTO {ks}.follow_counts (user_id, op, applied_at) \
+     VALUES (?, ?, ?) IF NOT EXISTS USING TTL 259200";
+const SET_FOLLOWERS_COUNT: &str = "UPDATE {ks}.follow_counts SET followers_count = ? \
+     WHERE user_id = ? IF followers_count = ?";
+const SET_FOLLOWING_COUNT: &str = "UPDATE {ks}.follow_counts SET following_count = ? \
+     WHERE user_id = ? IF following_count = ?";
+
+/// How long a ledger row lives (the `USING TTL` of the ledger insert): longer than any retry.
+pub const LEDGER_TTL: Duration = Duration::from_secs(259_200);
+/// How old a change may be for its counts to be applied again: well inside [`LEDGER_TTL`], so a
+/// repeat always finds the ledger row of an op that landed.
+pub const COUNT_REPAIR_WINDOW: Duration = Duration::from_secs(2 * 24 * 3600);
+/// How old a decided change whose batch never ran must be before another call finishes it: far
+/// longer than steps 2 and 3 take, even with the driver's retries, so a live caller is not
+/// overtaken.
+pub const ABANDONED_AFTER: Duration = Duration::from_secs(30);
+/// How long a call waits for another caller's change of the same edge to be written.
+pub const MAX_WAIT: Duration = Duration::from_secs(2);
+/// How often a waiting call looks again.
+const WAIT_POLL: Duration = Duration::from_millis(10);
+/// The most IDs in one `IN` list: bigger lists make one coordinator wait on too many replicas.
+pub const IN_CHUNK: usize = 100;
+/// How many times a call tries to decide a change (each refusal means another caller changed
+/// the edge meanwhile, or Paxos contention left the outcome unknown).
+const DECIDE_ATTEMPTS: u32 = 64;
+/// How many times a count op is tried against concurrent ops on the same user.
+const COUNT_ATTEMPTS: u32 = 64;
+/// The ceiling of the random pause between attempts.
+const MAX_BACKOFF: Duration = Duration::from_millis(20);
+
+/// The follow graph in the `<prefix>_followers` keyspace.
+pub struct CqlFollowStore {
+    inner: Arc<Inner>,
+}
+
+/// What the store holds; shared with the tasks that finish changes.
+struct Inner {
+    ks: Keyspace,
+    select_edge: PreparedStatement,
+    first_follow: PreparedStatement,
+    change_edge: PreparedStatement,
+    take_over: PreparedStatement,
+    select_listed: PreparedStatement,
+    select_op: PreparedStatement,
+    select_count: PreparedStatement,
+    select_counts: PreparedStatement,
+    /// Step 2, logged: the two list inserts and the outbox row.
+    follow_batch: Batch,
+    /// Step 2, logged: the two list deletes and the outbox row.
+    unfollow_batch: Batch,
+    /// Step 2 of an abandoned unfollow that a follow finishes: the deletes alone.
+    quiet_unfollow_batch: Batch,
+    /// Step 3, conditional: the ledger insert and [`SET_FOLLOWERS_COUNT`].
+    count_followers: Batch,
+    /// Step 3, conditional: the ledger insert and [`SET_FOLLOWING_COUNT`].
+    count_following: Batch,
+    outbox: Arc<CqlOutbox>,
+}
+
+impl std::fmt::Debug for CqlFollowStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CqlFollowStore")
+            .field("keyspace", &self.inner.ks.name())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A logged batch of `statements`, at the consistency they were prepared with (a batch has a
+/// consistency of its own: take theirs rather than pick one).
+fn batch_of(statements: Vec<PreparedStatement>) -> Batch {
+    let mut batch = Batch::new(BatchType::Logged);
+    if let Some(first) = statements.first() {
+        if let Some(consistency) = first.get_consistency() {
+            batch.set_consistency(consistency);
+        }
+        batch.set_serial_consistency(first.get_serial_consistency());
+    }
+    for statement in statements {
+        batch.append_statement(statement);
+    }
+    batch
+}
+
+impl CqlFollowStore {
+    /// Prepares every statement in `ks` (so a bad one fails the start, not a request) and the
+    /// keyspace's outbox.
+    pub async fn new(ks: Keyspace) -> Result<Self, CqlError> {
+        let outbox = Arc::new(CqlOutbox::new(ks.clone()).await?);
+        let insert_following = ks.prepare(INSERT_FOLLOWING).await?;
+        let insert_follower = ks.prepare(INSERT_FOLLOWER).await?;
+        let delete_following = ks.prepare(DELETE_FOLLOWING).await?;
+        let delete_follower = ks.prepare(DELETE_FOLLOWER).await?;
+        let record_op = ks.prepare(RECORD_OP).await?;
+        let set_followers = ks.prepare(SET_FOLLOWERS_COUNT).await?;
+        let set_following = ks.prepare(SET_FOLLOWING_COUNT).await?;
+        let inner = Inner {
+            select_edge: ks.prepare(SELECT_EDGE).await?,
+            first_follow: ks.prepare(FIRST_FOLLOW).await?,
+            change_edge: ks.prepare(CHANGE_EDGE).await?,
+            take_over: ks.prepare(TAKE_OVER).await?,
+            select_listed: ks.prepare(SELECT_LISTED).await?,
+            select_op: ks.prepare(SELECT_OP).await?,
+            select_count: ks.prepare(SELECT_COUNT).await?,
+            select_counts: ks.prepare(SELECT_COUNTS).await?,
+            follow_batch: batch_of(vec![
+                insert_following,
+                insert_follower,
+                outbox.insert().clone(),
+            ]),
+            unfollow_batch: batch_of(vec![
+                delete_following.clone(),
+                delete_follower.clone(),
+                outbox.insert().clone(),
+            ]),
+            quiet_unfollow_batch: batch_of(vec![delete_following, delete_follower]),
+            count_followers: batch_of(vec![record_op.clone(), set_followers]),
+            count_following: batch_of(vec![record_op, set_following]),
+            outbox,
+            ks,
+        };
+        Ok(Self {
+            inner: Arc::new(inner),
+        })
+    }
+
+    /// Runs a change in a task of its own: once decided, it is written even if the caller goes
+    /// away.
+    async fn change(
+        &self,
+        follower: u64,
+        followee: u64,
+        follow: bool,
+        event: Envelope,
+    ) -> Result<bool, StoreError> {
+        let inner = Arc::clone(&self.inner);
+        let pair = Pair { follower, followee };
+        tokio::spawn(async move { inner.change(pair, follow, event).await }).await?
+    }
+}
+
+/// The two ends of an edge.
+#[derive(Debug, Clone, Copy)]
+struct Pair {
+    follower: u64,
+    followee: u64,
+}
+
+impl Pair {
+    fn keys(self) -> (i64, i64) {
+        (key(self.follower), key(self.followee))
+    }
+
+    /// The count op of `edge`'s last change (see `cql/tweets/001_init.cql`).
+    fn op(self, edge: &Edge) -> String {
+        format!(
+            "follow:{}:{}:{}",
+            self.follower, self.followee, edge.version
+        )
+    }
+}
+
+/// A `follow_edges` row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Edge {
+    following: bool,
+    version: i32,
+    /// The key of the edge's list rows: the ID of the event of the follow that made them.
+    follow_id: i64,
+    /// When the current state was decided (ms).
+    changed_at: i64,
+}
+
+impl Edge {
+    fn age(&self) -> Duration {
+        Duration::from_millis(u64::try_from(clock::now_millis() - self.changed_at).unwrap_or(0))
+    }
+}
+
+/// [`SELECT_EDGE`]'s columns.
+type EdgeRow = (Option<bool>, Option<i32>, Option<i64>, Option<CqlTimestamp>);
+
+/// [`SELECT_COUNT`]'s columns: user, followers, following.
+type CountRow = (i64, Option<i64>, Option<i64>);
+
+/// Which count of a user an op moves.
+#[derive(Debug, Clone, Copy)]
+enum Column {
+    Followers,
+    Following,
+}
+
+/// The outcome of a lightweight transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lwt {
+    Applied,
+    Refused,
+    /// It timed out: it may or may not have taken effect.
+    Unknown,
+}
+
+/// Too many attempts lost to other callers; the caller may try again.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}: too much contention, try again")]
+struct Contended(&'static str);
+
+impl Inner {
+    fn session(&self) -> &Session {
+        self.ks.session()
+    }
+
+    /// Follows (`follow`) or unfollows; true when this call made the change and staged `event`.
+    async fn change(&self, pair: Pair, follow: bool, event: Envelope) -> Result<bool, StoreError> {
+        let (follower, followee) = pair.keys();
+        let mine = key(event.event_id);
+        // Changes this call tried to decide without learning whether they landed.
+        let mut maybe_decided: Vec<Edge> = Vec::new();
+        // The other caller's change this call waits for, and since when.
+        let mut waiting: Option<(Edge, Instant)> = None;
+        let mut attempts = 0;
+        loop {
+            let Some(edge) = self.edge(pair).await? else {
+                if !follow {
+                    return Ok(false);
+                }
+                let first = Edge {
+                    following: true,
+                    version: 1,
+                    follow_id: mine,
+                    changed_at: clock::now_millis(),
+                };
+                let values = (follower, followee, mine, ts(first.changed_at));
+                match self.lwt(&self.first_follow, values).await? {
+                    Lwt::Applied => {
+                        self.write(pair, first, Some(&event)).await?;
+                        return Ok(true);
+                    }
+                    Lwt::Unknown => maybe_decided.push(first),
+                    Lwt::Refused => {}
+                }
+                retry(&mut attempts, DECIDE_ATTEMPTS, "follow edge").await?;
+                continue;
+            };
+            let written = self.is_listed(pair, &edge).await? == edge.following;
+            // This call's own change (a follow's ID is its event's, so a retry with the same
+            // event knows it too), decided after all.
+            if maybe_decided.contains(&edge) || (follow && edge.following && edge.follow_id == mine)
+            {
+                if written {
+                    // Finished for it meanwhile: a follow with its own event (rebuilt), an
+                    // unfollow by a caller that took it over and announced it.
+                    return Ok(edge.following);
+                }
+                self.write(pair, edge, Some(&event)).await?;
+                return Ok(true);
+            }
+            if written {
+                // A crash between steps 2 and 3 left a count unmoved: move it (a no-op where
+                // the ledger shows it moved).
+                if edge.age() < COUNT_REPAIR_WINDOW {
+                    self.count(pair, &edge).await?;
+                }
+            } else if edge.age() < ABANDONED_AFTER {
+                // Another caller is writing this change: wait for it.
+                let since = match waiting {
+                    Some((pending, since)) if pending == edge => since,
+                    _ => Instant::now(),
+                };
+                if since.elapsed() >= MAX_WAIT {
+                    return Err(StoreError::backend(Contended(
+                        "another change of this follow edge is still being written",
+                    )));
+                }
+                waiting = Some((edge, since));
+                tokio::time::sleep(WAIT_POLL).await;
+                continue;
+            } else if edge.following {
+                tracing::info!(
+                    pair.follower,
+                    pair.followee,
+                    version = edge.version,
+                    "finishing an abandoned follow"
+                );
+                self.write(pair, edge, Some(&rebuilt_follow(pair, &edge)))
+                    .await?;
+            } else if !follow {
+                // An abandoned unfollow, which this call asks for too: take it over, so that
+                // one caller announces it.
+                let taken = Edge {
+                    changed_at: clock::now_millis(),
+                    ..edge
+                };
+                let values = (
+                    ts(taken.changed_at),
+                    follower,
+                    followee,
+                    edge.version,
+                    ts(edge.changed_at),
+                );
+                match self.lwt(&self.take_over, values).await? {
+                    Lwt::Applied => {
+                        tracing::info!(
+                            pair.follower,
+                            pair.followee,
+                            version = edge.version,
+                            "took over an abandoned unfollow"
+                        );
+                        self.write(pair, taken, Some(&event)).await?;
+                        return Ok(true);
+                    }
+                    Lwt::Unknown => maybe_decided.push(taken),
+                    Lwt::Refused => {}
+                }
+                retry(&mut attempts, DECIDE_ATTEMPTS, "follow edge").await?;
+                continue;
+            } else {
+                // An abandoned unfollow, and this call follows: finish it without an event; the
+                // follow's own event supersedes it.
+                tracing::info!(
+                    pair.follower,
+                    pair.followee,
+                    version = edge.version,
+                    "finishing an abandoned unfollow"
+                );
+                self.write(pair, edge, None).await?;
+            }
+            if edge.following == follow {
+                return Ok(false);
+            }
+            let next = Edge {
+                following: follow,
+                version: edge.version + 1,
+                // An unfollow keeps the follow ID: its batch deletes the rows it keys.
+                follow_id: if follow { mine } else { edge.follow_id },
+                changed_at: clock::now_millis(),
+            };
+            let values = (
+                next.following,
+                next.version,
+                next.follow_id,
+                ts(next.changed_at),
+                follower,
+                followee,
+                edge.version,
+            );
+            match self.lwt(&self.change_edge, values).await? {
+                Lwt::Applied => {
+                    self.write(pair, next, Some(&event)).await?;
+                    return Ok(true);
+                }
+                Lwt::Unknown => maybe_decided.push(next),
+                Lwt::Refused => {}
+            }
+            retry(&mut attempts, DECIDE_ATTEMPTS, "follow edge").await?;
+        }
+    }
+
+    /// Steps 2 and 3 of the decided change `edge`: the logged batch of the list rows and the
+    /// event (none when a follow finishes an abandoned unfollow), then the counts. Idempotent.
+    async fn write(
+        &self,
+        pair: Pair,
+        edge: Edge,
+        event: Option<&Envelope>,
+    ) -> Result<(), StoreError> {
+        let (follower, followee) = pair.keys();
+        let id = edge.follow_id;
+        match (edge.following, event) {
+            (true, Some(event)) => {
+                let at = ts(edge.changed_at);
+                let rows = (
+                    (follower, id, followee, at),
+                    (followee, id, follower, at),
+                    CqlOutbox::row(event),
+                );
+                self.session().batch(&self.follow_batch, rows).await?;
+            }
+            (false, Some(event)) => {
+                let rows = (
+                    (follower, id, followee),
+                    (followee, id, follower),
+                    CqlOutbox::row(event),
+                );
+                self.session().batch(&self.unfollow_batch, rows).await?;
+            }
+            (false, None) => {
+                let rows = ((follower, id, followee), (followee, id, follower));
+                self.session()
+                    .batch(&self.quiet_unfollow_batch, rows)
+                    .await?;
+            }
+            (true, None) => {
+                return Err(StoreError::Corrupt(
+                    "a follow is always written with its event".to_owned(),
+                ));
+            }
+        }
+        if event.is_some() {
+            self.outbox.notify();
+        }
+        self.count(pair, &edge).await
+    }
+
+    /// Step 3: moves both users' counts by `edge`'s last change, once.
+    async fn count(&self, pair: Pair, edge: &Edge) -> Result<(), StoreError> {
+        let op = pair.op(edge);
+        let delta = if edge.following { 1 } else { -1 };
+        try_join(
+            self.count_op(key(pair.follower), Column::Following, delta, &op),
+            self.count_op(key(pair.followee), Column::Followers, delta, &op),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Moves one count of `user` by `delta` under the op key `op`, unless the ledger shows it
+    /// moved already. Compare-and-set, so a concurrent op on the same user is never lost.
+    async fn count_op(
+        &self,
+        user: i64,
+        column: Column,
+        delta: i64,
+        op: &str,
+    ) -> Result<(), StoreError> {
+        let batch = match column {
+            Column::Followers => &self.count_followers,
+            Column::Following => &self.count_following,
+        };
+        let mut attempts = 0;
+        loop {
+            let (applied, row) = try_join(self.op_applied(user, op), self.count_row(user)).await?;
+            if applied {
+                return Ok(());
+            }
+            let current = row.and_then(|(_, followers, following)| match column {
+                Column::Followers => followers,
+                Column::Following => following,
+            });
+            let next = current.unwrap_or(0) + delta;
+            let values = ((user, op, ts(clock::now_millis())), (next, user, current));
+            if self.lwt_batch(batch, values).await? == Lwt::Applied {
+                return Ok(());
+            }
+            retry(&mut attempts, COUNT_ATTEMPTS, "follow count").await?;
+        }
+    }
+
+    async fn edge(&self, pair: Pair) -> Result<Option<Edge>, StoreError> {
+        let row = self
+            .session()
+            .execute_unpaged(&self.select_edge, pair.keys())
+            .await?
+            .into_rows_result()?
+            .maybe_first_row::<EdgeRow>()?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let (Some(following), Some(version), Some(follow_id), Some(changed_at)) = row else {
+            return Err(StoreError::Corrupt(format!(
+                "follow edge {} -> {} lacks a column: {row:?}",
+                pair.follower, pair.followee
+            )));
+        };
+        Ok(Some(Edge {
+            following,
+            version,
+            follow_id,
+            changed_at: changed_at.0,
+        }))
+    }
+
+    /// Whether the `following` row of `edge`'s follow exists.
+    async fn is_listed(&self, pair: Pair, edge: &Edge) -> Result<bool, StoreError> {
+        let (follower, followee) = pair.keys();
+        Ok(self
+            .session()
+            .execute_unpaged(&self.select_listed, (follower, edge.follow_id, followee))
+            .await?
+            .into_rows_result()?
+            .rows_num()
+            > 0)
+    }
+
+    async fn op_applied(&self, user: i64, op: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .session()
+            .execute_unpaged(&self.select_op, (user, op))
+            .await?
+            .into_rows_result()?
+            .rows_num()
+            > 0)
+    }
+
+    async fn count_row(&self, user: i64) -> Result<Option<CountRow>, StoreError> {
+        Ok(self
+            .session()
+            .execute_unpaged(&self.select_count, (user,))
+            .await?
+            .into_rows_result()?
+            .maybe_first_row::<CountRow>()?)
+    }
+
+    /// The counts rows among `users` (at most [`IN_CHUNK`]), in no particular order.
+    async fn count_rows(&self, users: Vec<i64>) -> Result<Vec<CountRow>, StoreError> {
+        let rows = self
+            .session()
+            .execute_unpaged(&self.select_counts, (users,))
+            .await?
+            .into_rows_result()?;
+        let mut found = Vec::with_capacity(rows.rows_num());
+        for row in rows.rows::<CountRow>()? {
+            found.push(row?);
+        }
+        Ok(found)
+    }
+
+    async fn lwt(
+        &self,
+        statement: &PreparedStatement,
+        values: impl SerializeRow,
+    ) -> Result<Lwt, StoreError> {
+        lwt_outcome(self.session().execute_unpaged(statement, values).await)
+    }
+
+    async fn lwt_batch(&self, batch: &Batch, values: impl BatchValues) -> Result<Lwt, StoreError> {
+        lwt_outcome(self.session().batch(batch, values).await)
+    }
+}
+
+#[async_trait]
+impl FollowStore for CqlFollowStore {
+    async fn follow(
+        &self,
+        follower: u64,
+        followee: u64,
+        event: Envelope,
+    ) -> Result<bool, StoreError> {
+        self.change(follower, followee, true, event).await
+    }
+
+    async fn unfollow(
+        &self,
+        follower: u64,
+        followee: u64,
+        event: Envelope,
+    ) -> Result<bool, StoreError> {
+        self.change(follower, followee, false, event).await
+    }
+
+    async fn is_following(&self, follower: u64, followee: u64) -> Result<bool, StoreError> {
+        let pair = Pair { follower, followee };
+        match self.inner.edge(pair).await? {
+            // A follow is there once its lists are: until then it may still be abandoned.
+            Some(edge) if edge.following => self.inner.is_listed(pair, &edge).await,
+            _ => Ok(false),
+        }
+    }
+
+    async fn counts(&self, users: Vec<u64>) -> Result<Vec<Counts>, StoreError> {
+        let mut keys: Vec<i64> = users.iter().map(|user| key(*user)).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        let reads = keys
+            .chunks(IN_CHUNK)
+            .map(|chunk| self.inner.count_rows(chunk.to_vec()));
+        let mut found = HashMap::with_capacity(keys.len());
+        for rows in try_join_all(reads).await? {
+            for (user, followers, following) in rows {
+                found.insert(
+                    from_key(user),
+                    Counts {
+                        followers: count(followers),
+                        following: count(following),
+                    },
+                );
+            }
+        }
+        // In the order asked, a user asked twice answered twice, one never counted with zeros.
+        Ok(users
+            .iter()
+            .map(|user| found.get(user).copied().unwrap_or_default())
+            .collect())
+    }
+
+    fn outbox(&self) -> Arc<dyn Outbox> {
+        self.inner.outbox.clone()
+    }
+}
+
+/// IDs are `u64` here and `bigint` in CQL: stored bit for bit, so every ID round-trips.
+fn key(id: u64) -> i64 {
+    id as i64
+}
+
+fn from_key(key: i64) -> u64 {
+    key as u64
+}
+
+fn ts(millis: i64) -> CqlTimestamp {
+    CqlTimestamp(millis)
+}
+
+/// A stored count as a count: missing is zero, and so is the brief negative an unfollow's op
+/// can leave when it lands before its follow's.
+fn count(stored: Option<i64>) -> u64 {
+    stored.map_or(0, |n| u64::try_from(n).unwrap_or(0))
+}
+
+/// The `UserFollowed` event of an abandoned follow, as its caller built it: its ID is the
+/// follow ID, and the service makes the follower the aggregate, so it lands on the outbox row
+/// the first caller would have written.
+fn rebuilt_follow(pair: Pair, edge: &Edge) -> Envelope {
+    let payload = Payload::UserFollowed(UserFollowed {
+        follower_id: pair.follower,
+        followee_id: pair.followee,
+    });
+    let mut event = twtr_common::events::envelope(from_key(edge.follow_id), pair.follower, payload);
+    event.occurred_at = Some(clock::to_timestamp(edge.changed_at));
+    event
+}
+
+/// The outcome of a lightweight transaction (or conditional batch) from its result.
+fn lwt_outcome(result: Result<QueryResult, ExecutionError>) -> Result<Lwt, StoreError> {
+    match result {
+        Ok(result) => Ok(if lwt_applied(result)? {
+            Lwt::Applied
+        } else {
+            Lwt::Refused
+        }),
+        Err(err) if outcome_unknown(&err) => {
+            tracing::debug!(error = %err, "lightweight transaction timed out");
+            Ok(Lwt::Unknown)
+        }
+        Err(err) => Err(err.into()),
+    }
+}
+
+/// Whether a lightweight transaction failed without telling whether it took effect: a write
+/// timeout in its Paxos round (contention, or a slow replica), or no answer in time.
+fn outcome_unknown(err: &ExecutionError) -> bool {
+    matches!(
+        err,
+        ExecutionError::RequestTimeout(_)
+            | ExecutionError::LastAttemptError(RequestAttemptError::DbError(
+                DbError::WriteTimeout {
+                    write_type: WriteType::Cas,
+                    ..
+                },
+                _,
+            ))
+    )
+}
+
+/// Counts an attempt lost to a concurrent one and pauses a random moment, so that contenders
+/// spread out; fails once `max` attempts are spent.
+async fn retry(attempts: &mut u32, max: u32, what: &'static str) -> Result<(), StoreError> {
+    *attempts += 1;
+    if *attempts >= max {
+        return Err(StoreError::backend(Contended(what)));
+    }
+    let random = std::collections::hash_map::RandomState::new().hash_one(*attempts);
+    let pause = MAX_BACKOFF.as_micros() as u64;
+    tokio::time::sleep(Duration::from_micros(random % pause)).await;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use twtr_common::cql::testing::keyspace_for;
+
+    use super::*;
+    use crate::store::conformance::{followed, staged, unfollowed, users};
+
+    async fn open_store() -> Option<CqlFollowStore> {
+        let (session, config) = keyspace_for("followers").await?;
+        let ks = Keyspace::new(session, &config, "followers").unwrap();
+        Some(CqlFollowStore::new(ks).await.unwrap())
+    }
+
+    async fn open_cql() -> Option<(Arc<dyn FollowStore>, ())> {
+        Some((Arc::new(open_store().await?), ()))
+    }
+
+    crate::follow_store_conformance!(optional open_cql);
+
+    fn counts(followers: u64, following: u64) -> Counts {
+        Counts {
+            followers,
+            following,
+        }
+    }
+
+    /// What a follow that died right after step 1 leaves: the edge decided `ago`, nothing else.
+    async fn decided_follow(store: &CqlFollowStore, pair: Pair, event: &Envelope, ago: Duration) {
+        let (follower, followee) = pair.keys();
+        let at = ts(clock::now_millis() - ago.as_millis() as i64);
+        let values = (follower, followee, key(event.event_id), at);
+        let inner = &store.inner;
+        assert_eq!(
+            inner.lwt(&inner.first_follow, values).await.unwrap(),
+            Lwt::Applied
+        );
+    }
+
+    /// What an unfollow that died right after step 1 leaves, `ago`.
+    async fn decided_unfollow(store: &CqlFollowStore, pair: Pair, ago: Duration) {
+        let inner = &store.inner;
+        let edge = inner.edge(pair).await.unwrap().unwrap();
+        let (follower, followee) = pair.keys();
+        let at = ts(clock::now_millis() - ago.as_millis() as i64);
+        let values = (
+            false,
+            edge.version + 1,
+            edge.follow_id,
+            at,
+            follower,
+            followee,
+            edge.version,
+        );
+        assert_eq!(
+            inner.lwt(&inner.change_edge, values).await.unwrap(),
+            Lwt::Applied
+        );
+    }
+
+    fn long_ago() -> Duration {
+        ABANDONED_AFTER + Duration::from_secs(60)
+    }
+
+    #[tokio::test]
+    async fn an_abandoned_follow_is_finished_with_its_own_event() {
+        let Some(store) = open_store().await else {
+            return;
+        };
+        let [a, b] = users();
+        let pair = Pair {
+            follower: a,
+            followee: b,
+        };
+        let lost = followed(a, b);
+        decided_follow(&store, pair, &lost, long_ago()).await;
+        assert!(
+            !store.is_following(a, b).await.unwrap(),
+            "not followed until its lists are written"
+        );
+        let retry = followed(a, b);
+        assert!(
+            !store.follow(a, b, retry.clone()).await.unwrap(),
+            "the edge was decided before this call"
+        );
+        assert!(store.is_following(a, b).await.unwrap());
+        assert_eq!(
+            store.counts(vec![a, b]).await.unwrap(),
+            vec![counts(0, 1), counts(1, 0)]
+        );
+        let staged = staged(&(Arc::new(store) as Arc<dyn FollowStore>)).await;
+        assert!(
+            staged.contains(&lost.event_id),
+            "announced under its own ID"
+        );
+        assert!(!staged.contains(&retry.event_id));
+    }
+
+    #[tokio::test]
+    async fn a_change_in_flight_is_waited_for_and_its_own_retry_finishes_it() {
+        let Some(store) = open_store().await else {
+            return;
+        };
+        let [a, b] = users();
+        let pair = Pair {
+            follower: a,
+            followee: b,
+        };
+        let first = followed(a, b);
+        decided_follow(&store, pair, &first, Duration::ZERO).await;
+        // Another caller's fresh change: wait for it, then give up rather than take it over.
+        let started = Instant::now();
+        assert!(store.follow(a, b, followed(a, b)).await.is_err());
+        assert!(started.elapsed() >= MAX_WAIT);
+        assert!(!store.is_following(a, b).await.unwrap());
+        // The same follow again (same event): its own, finished at once.
+        assert!(store.follow(a, b, first.clone()).await.unwrap());
+        assert!(store.is_following(a, b).await.unwrap());
+        assert_eq!(
+            store.counts(vec![a, b]).await.unwrap(),
+            vec![counts(0, 1), counts(1, 0)]
+        );
+        let staged = staged(&(Arc::new(store) as Arc<dyn FollowStore>)).await;
+        assert!(staged.contains(&first.event_id));
+    }
+
+    #[tokio::test]
+    async fn an_abandoned_unfollow_is_taken_over_by_one_unfollow() {
+        let Some(store) = open_store().await else {
+            return;
+        };
+        let [a, b] = users();
+        let pair = Pair {
+            follower: a,
+            followee: b,
+        };
+        assert!(store.follow(a, b, followed(a, b)).await.unwrap());
+        decided_unfollow(&store, pair, long_ago()).await;
+        let store: Arc<dyn FollowStore> = Arc::new(store);
+        let retries: Vec<Envelope> = (0..4).map(|_| unfollowed(a, b)).collect();
+        let outcomes = futures_util::future::join_all(
+            retries
+                .iter()
+                .map(|event| store.unfollow(a, b, event.clone())),
+        )
+        .await;
+        let outcomes: Vec<bool> = outcomes.into_iter().map(Result::unwrap).collect();
+        assert_eq!(
+            outcomes.iter().filter(|taken| **taken).count(),
+            1,
+            "one retry announces it: {outcomes:?}"
+        );
+        assert!(!store.is_following(a, b).await.unwrap());
+        assert_eq!(
+            store.counts(vec![a, b]).await.unwrap(),
+            vec![Counts::default(); 2]
+        );
+        let staged = staged(&store).await;
+        for (event, taken) in retries.iter().zip(&outcomes) {
+            assert_eq!(staged.contains(&event.event_id), *taken);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_follow_finishes_an_abandoned_unfollow_and_announces_itself() {
+        let Some(store) = open_store().await else {
+            return;
+        };
+        let [a, b] = users();
+        let pair = Pair {
+            follower: a,
+            followee: b,
+        };
+        assert!(store.follow(a, b, followed(a, b)).await.unwrap());
+        decided_unfollow(&store, pair, long_ago()).await;
+        let again = followed(a, b);
+        assert!(store.follow(a, b, again.clone()).await.unwrap());
+        assert!(store.is_following(a, b).await.unwrap());
+        assert_eq!(
+            store.counts(vec![a, b]).await.unwrap(),
+            vec![counts(0, 1), counts(1, 0)]
+        );
+        let edge = store.inner.edge(pair).await.unwrap().unwrap();
+        assert_eq!(edge.version, 3, "followed, unfollowed, followed again");
+        let staged = staged(&(Arc::new(store) as Arc<dyn FollowStore>)).await;
+        assert!(staged.contains(&again.event_id));
+    }
+
+    #[tokio::test]
+    async fn counts_a_crash_left_unmoved_are_moved_by_the_next_call() {
+        let Some(store) = open_store().await else {
+            return;
+        };
+        let [a, b] = users();
+        let pair = Pair {
+            follower: a,
+            followee: b,
+        };
+        // Steps 1 and 2 of a follow, and no step 3.
+        let event = followed(a, b);
+        decided_follow(&store, pair, &event, Duration::ZERO).await;
+        let (follower, followee) = pair.keys();
+        let (id, at) = (key(event.event_id), ts(clock::now_millis()));
+        let rows = (
+            (follower, id, followee, at),
+            (followee, id, follower, at),
+            CqlOutbox::row(&event),
+        );
+        let inner = &store.inner;
+        inner
+            .session()
+            .batch(&inner.follow_batch, rows)
+            .await
+            .unwrap();
+        assert!(store.is_following(a, b).await.unwrap());
+        assert_eq!(
+            store.counts(vec![a, b]).await.unwrap(),
+            vec![Counts::default(); 2]
+        );
+        // A repeated follow changes nothing, but moves the counts; once only.
+        for _ in 0..2 {
+            assert!(!store.follow(a, b, followed(a, b)).await.unwrap());
+            assert_eq!(
+                store.counts(vec![a, b]).await.unwrap(),
+                vec![counts(0, 1), counts(1, 0)]
+            );
+        }
+    }
+
+    #[test]
+    fn the_ledger_ttl_is_the_one_the_statement_uses() {
+        assert!(RECORD_OP.contains(&format!("USING TTL {}", LEDGER_TTL.as_secs())));
+        assert!(COUNT_REPAIR_WINDOW < LEDGER_TTL);
+    }
+}

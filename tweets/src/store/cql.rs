@@ -1,0 +1,697 @@
+//! The CQL backend of [`TweetStore`]: tweets on ScyllaDB / Cassandra, in the tables of
+//! `cql/tweets/001_init.cql` (whose header explains the count ledger this module follows).
+//!
+//! # Layout
+//!
+//! - the statements, in one block below, each prepared once by [`CqlTweetStore::new`].
+//! - [`CqlTweetStore`]'s write path: [`TweetStore::create`] in three steps (claim, batch, count).
+//! - its reads: single rows by full primary key, several partitions by `IN` lists of at most
+//!   [`IN_CHUNK`] keys, put back in the order the trait promises.
+//!
+//! # How a create lands, and how a retry finishes one cut short
+//!
+//! 1. **Claim** the tweet ID: `INSERT INTO tweets ... IF NOT EXISTS`, a lightweight transaction
+//!    on the tweet's own partition, so it never contends with other tweets. It decides, once and
+//!    for all, which tweet owns the ID.
+//! 2. **Batch**: one logged batch with the author's timeline row, the public timeline row, its
+//!    hour in `timeline_buckets` (once per hour per process) and the `TweetCreated` outbox row.
+//!    All of them land or none does; the batch is plain upserts, so running it again is harmless.
+//! 3. **Count**: the op `tweet:<id>:created` applied to `author_counts` through its ledger
+//!    (conditional batch: ledger row `IF NOT EXISTS` + `SET tweet_count = ? IF tweet_count = ?`),
+//!    exactly once however often it is attempted.
+//!
+//! A crash (or a timeout) between the steps leaves the claim without its batch, or the batch
+//! without its count. The caller's retry of the same tweet finds the ID claimed, and then:
+//! if the batch's author-timeline row is missing, the batch never ran, so it runs it now, with
+//! the retry's own event (the tweet gets announced exactly when it exists: a claim whose batch
+//! never ran was never announced, and the retry's event describes the same tweet); if the row is
+//! there, the batch ran, event included, so it skips it, and stages no second event. Either way it
+//! applies the count op, which the ledger turns into a no-op if it was done. A create of another
+//! tweet under a taken ID (or of a tweet since deleted) changes nothing.
+//!
+//! The one race left: a retry that runs while the first attempt sits between its claim and its
+//! batch also finds the timeline row missing, and both attempts stage an event (with different
+//! event IDs) for the same tweet. Consumers take events at least once and key them by tweet ID,
+//! so a second announcement is harmless; a lost one would not be.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher as _, RandomState};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures_util::future::join_all;
+use scylla::errors::{DbError, ExecutionError, RequestAttemptError, WriteType};
+use scylla::response::query_result::QueryResult;
+use scylla::serialize::row::SerializeRow;
+use scylla::statement::batch::{Batch, BatchType};
+use scylla::statement::prepared::PreparedStatement;
+use scylla::value::{CqlTimestamp, CqlValue, Row};
+use twtr_common::cql::{CqlError, CqlOutbox, Keyspace, lwt_applied};
+use twtr_common::outbox::Outbox;
+use twtr_common::store::StoreError;
+use twtr_common::{Page, PageRequest, clock, id};
+use twtr_proto::events::v1::Envelope;
+
+use super::{TweetRecord, TweetStore};
+
+// Step 1 of a create: the claim.
+const CLAIM_TWEET: &str = "INSERT INTO {ks}.tweets (tweet_id, author_id, text, created_at, deleted) \
+     VALUES (?, ?, ?, ?, false) IF NOT EXISTS";
+// Step 2: the logged batch (with the outbox's own insert).
+const INSERT_AUTHOR_TWEET: &str =
+    "INSERT INTO {ks}.author_tweets (author_id, tweet_id) VALUES (?, ?)";
+const INSERT_TIMELINE: &str =
+    "INSERT INTO {ks}.timeline (bucket, tweet_id, author_id) VALUES (?, ?, ?)";
+const INSERT_TIMELINE_BUCKET: &str =
+    "INSERT INTO {ks}.timeline_buckets (scope, bucket) VALUES ('all', ?)";
+// What a retry reads to learn whether step 2 ran.
+const SELECT_AUTHOR_TWEET: &str =
+    "SELECT tweet_id FROM {ks}.author_tweets WHERE author_id = ? AND tweet_id = ?";
+// Step 3: the count op, one conditional batch on the author's partition.
+const INSERT_COUNT_OP: &str = "INSERT INTO {ks}.author_counts (author_id, op, applied_at) \
+     VALUES (?, ?, ?) IF NOT EXISTS USING TTL 259200";
+const SET_TWEET_COUNT: &str =
+    "UPDATE {ks}.author_counts SET tweet_count = ? WHERE author_id = ? IF tweet_count = ?";
+const SELECT_COUNT_OP: &str = "SELECT op FROM {ks}.author_counts WHERE author_id = ? AND op = ?";
+// Reads. DISTINCT reads a count partition's static row only, never its ledger.
+const SELECT_COUNT: &str =
+    "SELECT DISTINCT author_id, tweet_count FROM {ks}.author_counts WHERE author_id = ?";
+const SELECT_COUNTS: &str =
+    "SELECT DISTINCT author_id, tweet_count FROM {ks}.author_counts WHERE author_id IN ?";
+const SELECT_TWEET: &str =
+    "SELECT tweet_id, author_id, text, created_at, deleted FROM {ks}.tweets WHERE tweet_id = ?";
+const SELECT_TWEETS: &str =
+    "SELECT tweet_id, author_id, text, created_at, deleted FROM {ks}.tweets WHERE tweet_id IN ?";
+// Pages of an author's timeline, between inclusive bounds (see `PageBounds`).
+const PAGE_BACKWARD: &str = "SELECT tweet_id FROM {ks}.author_tweets \
+     WHERE author_id = ? AND tweet_id >= ? AND tweet_id <= ? ORDER BY tweet_id DESC LIMIT ?";
+const PAGE_FORWARD: &str = "SELECT tweet_id FROM {ks}.author_tweets \
+     WHERE author_id = ? AND tweet_id >= ? AND tweet_id <= ? ORDER BY tweet_id ASC LIMIT ?";
+
+/// The most keys one `IN` list carries: a longer list makes one coordinator wait on many
+/// partitions at once; shorter lists run in parallel instead.
+pub const IN_CHUNK: usize = 100;
+/// The public timeline's partitions are hours of tweet time.
+const BUCKET_MS: i64 = 3_600_000;
+/// How many times a count op is tried against concurrent updates of the same count before the
+/// create fails (and its retry tries again).
+const COUNT_ATTEMPTS: u32 = 50;
+
+/// Tweets in a CQL keyspace (see the [module docs](self)).
+pub struct CqlTweetStore {
+    ks: Keyspace,
+    outbox: Arc<CqlOutbox>,
+    claim_tweet: PreparedStatement,
+    insert_author_tweet: PreparedStatement,
+    insert_timeline: PreparedStatement,
+    insert_timeline_bucket: PreparedStatement,
+    select_author_tweet: PreparedStatement,
+    /// The two statements of a count op, as one conditional batch.
+    count_op: Batch,
+    select_count_op: PreparedStatement,
+    select_count: PreparedStatement,
+    select_counts: PreparedStatement,
+    select_tweet: PreparedStatement,
+    select_tweets: PreparedStatement,
+    page_backward: PreparedStatement,
+    page_forward: PreparedStatement,
+    /// The newest timeline hour this process has written to `timeline_buckets`, so a batch adds
+    /// that row once an hour rather than with every tweet (the partition is one hot row set).
+    bucket_written: Mutex<Option<i64>>,
+}
+
+impl std::fmt::Debug for CqlTweetStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CqlTweetStore")
+            .field("keyspace", &self.ks.name())
+            .finish_non_exhaustive()
+    }
+}
+
+impl CqlTweetStore {
+    /// Prepares every statement in `ks` (a typo fails the start, not a request) and the outbox.
+    pub async fn new(ks: Keyspace) -> Result<Self, CqlError> {
+        let mut count_op = Batch::new(BatchType::Logged);
+        count_op.append_statement(ks.prepare(INSERT_COUNT_OP).await?);
+        count_op.append_statement(ks.prepare(SET_TWEET_COUNT).await?);
+        Ok(Self {
+            outbox: Arc::new(CqlOutbox::new(ks.clone()).await?),
+            claim_tweet: ks.prepare(CLAIM_TWEET).await?,
+            insert_author_tweet: ks.prepare(INSERT_AUTHOR_TWEET).await?,
+            insert_timeline: ks.prepare(INSERT_TIMELINE).await?,
+            insert_timeline_bucket: ks.prepare(INSERT_TIMELINE_BUCKET).await?,
+            select_author_tweet: ks.prepare(SELECT_AUTHOR_TWEET).await?,
+            count_op,
+            select_count_op: ks.prepare(SELECT_COUNT_OP).await?,
+            select_count: ks.prepare(SELECT_COUNT).await?,
+            select_counts: ks.prepare(SELECT_COUNTS).await?,
+            select_tweet: ks.prepare(SELECT_TWEET).await?,
+            select_tweets: ks.prepare(SELECT_TWEETS).await?,
+            page_backward: ks.prepare(PAGE_BACKWARD).await?,
+            page_forward: ks.prepare(PAGE_FORWARD).await?,
+            bucket_written: Mutex::new(None),
+            ks,
+        })
+    }
+
+    /// Step 1: claims `tweet.id` for `tweet`. On a lost claim, the row that holds the ID.
+    async fn claim(&self, tweet: &TweetRecord) -> Result<Claim, StoreError> {
+        let values = (
+            to_cql(tweet.id)?,
+            to_cql(tweet.author_id)?,
+            &tweet.text,
+            CqlTimestamp(tweet.created_at_ms),
+        );
+        let result = self
+            .ks
+            .session()
+            .execute_unpaged(&self.claim_tweet, values)
+            .await?;
+        let (applied, holder) = lwt_with_row(result)?;
+        if applied {
+            return Ok(Claim::Won);
+        }
+        // A lost claim returns the row that won it.
+        let column = |name: &str| holder.get(name).cloned().flatten();
+        if let Some(CqlValue::Boolean(true)) = column("deleted") {
+            return Ok(Claim::Deleted);
+        }
+        let same = column("author_id") == Some(CqlValue::BigInt(to_cql(tweet.author_id)?))
+            && column("text") == Some(CqlValue::Text(tweet.text.clone()))
+            && column("created_at") == Some(CqlValue::Timestamp(CqlTimestamp(tweet.created_at_ms)));
+        Ok(if same {
+            Claim::HeldBySame
+        } else {
+            Claim::HeldByOther
+        })
+    }
+
+    /// Whether step 2 ran for `tweet`: its author-timeline row is the batch's first row, and a
+    /// logged batch lands whole.
+    async fn batch_ran(&self, tweet: &TweetRecord) -> Result<bool, StoreError> {
+        let values = (to_cql(tweet.author_id)?, to_cql(tweet.id)?);
+        let rows = self
+            .ks
+            .session()
+            .execute_unpaged(&self.select_author_tweet, values)
+            .await?
+            .into_rows_result()?;
+        Ok(rows.rows_num() > 0)
+    }
+
+    /// Step 2: the tweet's timeline rows and `event`, in one logged batch.
+    async fn write_batch(&self, tweet: &TweetRecord, event: &Envelope) -> Result<(), StoreError> {
+        let (id, author) = (to_cql(tweet.id)?, to_cql(tweet.author_id)?);
+        let bucket = id::millis_of(tweet.id) / BUCKET_MS;
+        let mut batch = Batch::new(BatchType::Logged);
+        let mut values: Vec<Box<dyn SerializeRow + Send + Sync>> = Vec::new();
+        batch.append_statement(self.insert_author_tweet.clone());
+        values.push(Box::new((author, id)));
+        batch.append_statement(self.insert_timeline.clone());
+        values.push(Box::new((bucket, id, author)));
+        let new_bucket = *lock(&self.bucket_written) != Some(bucket);
+        if new_bucket {
+            batch.append_statement(self.insert_timeline_bucket.clone());
+            values.push(Box::new((bucket,)));
+        }
+        batch.append_statement(self.outbox.insert().clone());
+        values.push(Box::new(CqlOutbox::row(event)));
+        self.ks.session().batch(&batch, values).await?;
+        self.outbox.notify();
+        if new_bucket {
+            // Remembered only once a batch that wrote it succeeded.
+            *lock(&self.bucket_written) = Some(bucket);
+        }
+        Ok(())
+    }
+
+    /// Step 3: applies the count op `op` (+1) to `author`'s tweet count, once. Reads the count,
+    /// then compares-and-sets it together with the op's ledger row; a lost race re-reads and
+    /// tries again, and a found ledger row means the op was applied already (by an earlier
+    /// attempt, maybe one whose outcome this process never learned).
+    async fn apply_count_op(&self, author: i64, op: &str) -> Result<(), StoreError> {
+        let session = self.ks.session();
+        for attempt in 0..COUNT_ATTEMPTS {
+            let current = self.read_count(author).await?;
+            let values = (
+                (author, op, CqlTimestamp(clock::now_millis())),
+                (current.unwrap_or(0) + 1, author, current),
+            );
+            match session.batch(&self.count_op, values).await {
+                Ok(result) => {
+                    if lwt_applied(result)? {
+                        return Ok(());
+                    }
+                }
+                // Paxos rounds that collide time out rather than fail: the outcome is unknown,
+                // which the ledger read below settles.
+                Err(err) if is_contention(&err) => {}
+                Err(err) => return Err(err.into()),
+            }
+            if self.count_op_applied(author, op).await? {
+                return Ok(());
+            }
+            tokio::time::sleep(backoff(attempt)).await;
+        }
+        Err(StoreError::backend(CountContended {
+            author_id: author,
+            attempts: COUNT_ATTEMPTS,
+        }))
+    }
+
+    async fn read_count(&self, author: i64) -> Result<Option<i64>, StoreError> {
+        let rows = self
+            .ks
+            .session()
+            .execute_unpaged(&self.select_count, (author,))
+            .await?
+            .into_rows_result()?;
+        Ok(rows
+            .maybe_first_row::<(i64, Option<i64>)>()?
+            .and_then(|(_, count)| count))
+    }
+
+    async fn count_op_applied(&self, author: i64, op: &str) -> Result<bool, StoreError> {
+        let rows = self
+            .ks
+            .session()
+            .execute_unpaged(&self.select_count_op, (author, op))
+            .await?
+            .into_rows_result()?;
+        Ok(rows.rows_num() > 0)
+    }
+
+    /// The live tweets among `ids` (each at most [`IN_CHUNK`] per query, queries in parallel),
+    /// in the order of `ids`, repeats included.
+    async fn fetch(&self, ids: &[u64]) -> Result<Vec<TweetRecord>, StoreError> {
+        let keys = distinct_keys(ids);
+        let session = self.ks.session();
+        let reads = keys.chunks(IN_CHUNK).map(|chunk| async move {
+            let rows = session
+                .execute_unpaged(&self.select_tweets, (chunk,))
+                .await?
+                .into_rows_result()?;
+            let mut found = Vec::new();
+            for row in rows.rows::<TweetRow>()? {
+                found.extend(record(row?)?);
+            }
+            Ok::<_, StoreError>(found)
+        });
+        let mut by_id = HashMap::new();
+        for found in join_all(reads).await {
+            by_id.extend(found?.into_iter().map(|t| (t.id, t)));
+        }
+        Ok(ids.iter().filter_map(|id| by_id.get(id).cloned()).collect())
+    }
+}
+
+/// Who holds a tweet ID after a claim.
+enum Claim {
+    /// This call claimed it: the rest of the create follows.
+    Won,
+    /// An earlier call with this very tweet did (a retry, or a concurrent duplicate).
+    HeldBySame,
+    /// A different tweet holds it.
+    HeldByOther,
+    /// The tweet was deleted; its row stays as a tombstone so that nothing brings it back.
+    Deleted,
+}
+
+/// Counting kept losing to concurrent updates of the same count.
+#[derive(Debug, thiserror::Error)]
+#[error("the tweet count of author {author_id} stayed contended for {attempts} attempts")]
+struct CountContended {
+    author_id: i64,
+    attempts: u32,
+}
+
+#[async_trait]
+impl TweetStore for CqlTweetStore {
+    async fn create(&self, tweet: TweetRecord, event: Envelope) -> Result<(), StoreError> {
+        match self.claim(&tweet).await? {
+            Claim::Won => self.write_batch(&tweet, &event).await?,
+            Claim::HeldBySame => {
+                if !self.batch_ran(&tweet).await? {
+                    tracing::info!(
+                        tweet_id = tweet.id,
+                        "finishing a create whose batch never ran"
+                    );
+                    self.write_batch(&tweet, &event).await?;
+                }
+            }
+            Claim::HeldByOther | Claim::Deleted => {
+                tracing::debug!(tweet_id = tweet.id, "tweet id taken; nothing to create");
+                return Ok(());
+            }
+        }
+        let op = format!("tweet:{}:created", tweet.id);
+        self.apply_count_op(to_cql(tweet.author_id)?, &op).await
+    }
+
+    async fn get(&self, id: u64) -> Result<Option<TweetRecord>, StoreError> {
+        let Ok(key) = i64::try_from(id) else {
+            return Ok(None);
+        };
+        let rows = self
+            .ks
+            .session()
+            .execute_unpaged(&self.select_tweet, (key,))
+            .await?
+            .into_rows_result()?;
+        match rows.maybe_first_row::<TweetRow>()? {
+            Some(row) => record(row),
+            None => Ok(None),
+        }
+    }
+
+    async fn get_many(&self, ids: Vec<u64>) -> Result<Vec<TweetRecord>, StoreError> {
+        self.fetch(&ids).await
+    }
+
+    async fn list_by_author(
+        &self,
+        author_id: u64,
+        page: PageRequest,
+    ) -> Result<Page<TweetRecord>, StoreError> {
+        let (Ok(author), Some(bounds)) = (i64::try_from(author_id), PageBounds::of(&page)) else {
+            return Ok(Page::from_scan(&page, Vec::new(), |t: &TweetRecord| t.id));
+        };
+        // Reads in the direction `scan_page` does, `limit + 1` IDs, for `Page::from_scan`.
+        let statement = if page.since.is_some() {
+            &self.page_forward
+        } else {
+            &self.page_backward
+        };
+        let take = i32::try_from(page.limit.get() + 1).unwrap_or(i32::MAX);
+        let rows = self
+            .ks
+            .session()
+            .execute_unpaged(statement, (author, bounds.low, bounds.high, take))
+            .await?
+            .into_rows_result()?;
+        let mut ids = Vec::new();
+        for row in rows.rows::<(i64,)>()? {
+            ids.push(from_cql(row?.0)?);
+        }
+        let tweets = self.fetch(&ids).await?;
+        Ok(Page::from_scan(&page, tweets, |t| t.id))
+    }
+
+    async fn count_by_authors(&self, author_ids: Vec<u64>) -> Result<Vec<u64>, StoreError> {
+        let keys = distinct_keys(&author_ids);
+        let session = self.ks.session();
+        let reads = keys.chunks(IN_CHUNK).map(|chunk| async move {
+            let rows = session
+                .execute_unpaged(&self.select_counts, (chunk,))
+                .await?
+                .into_rows_result()?;
+            let mut counts = Vec::new();
+            for row in rows.rows::<(i64, Option<i64>)>()? {
+                let (author, count) = row?;
+                // A count never goes below zero; clamp rather than wrap if one ever did.
+                counts.push((from_cql(author)?, count.unwrap_or(0).max(0) as u64));
+            }
+            Ok::<_, StoreError>(counts)
+        });
+        let mut by_author = HashMap::new();
+        for counts in join_all(reads).await {
+            by_author.extend(counts?);
+        }
+        Ok(author_ids
+            .iter()
+            .map(|id| by_author.get(id).copied().unwrap_or(0))
+            .collect())
+    }
+
+    fn outbox(&self) -> Arc<dyn Outbox> {
+        Arc::clone(&self.outbox) as Arc<dyn Outbox>
+    }
+}
+
+/// A `tweets` row: `(tweet_id, author_id, text, created_at, deleted)`.
+type TweetRow = (
+    i64,
+    Option<i64>,
+    Option<String>,
+    Option<CqlTimestamp>,
+    Option<bool>,
+);
+
+/// The record a `tweets` row holds, `None` for a deleted tweet's tombstone. Like and retweet
+/// counts start at zero and live in `tweet_counts`, which nothing in this store moves yet.
+fn record(row: TweetRow) -> Result<Option<TweetRecord>, StoreError> {
+    let (id, author_id, text, created_at, deleted) = row;
+    if deleted == Some(true) {
+        return Ok(None);
+    }
+    let (Some(author_id), Some(text), Some(created_at)) = (author_id, text, created_at) else {
+        return Err(StoreError::Corrupt(format!(
+            "tweet {id} lacks its author, text or time"
+        )));
+    };
+    Ok(Some(TweetRecord {
+        id: from_cql(id)?,
+        author_id: from_cql(author_id)?,
+        text,
+        created_at_ms: created_at.0,
+        like_count: 0,
+        retweet_count: 0,
+    }))
+}
+
+/// A page request as inclusive bounds on a `bigint` clustering key: `scan_page`'s half-open
+/// ranges (`since` < id < `before`), made to fit CQL's signed IDs.
+struct PageBounds {
+    low: i64,
+    high: i64,
+}
+
+impl PageBounds {
+    /// `None` when no ID can be in the page.
+    fn of(page: &PageRequest) -> Option<Self> {
+        let low = page.since.map_or(Some(0), |since| since.checked_add(1))?;
+        let high = match page.before {
+            Some(before) => before.checked_sub(1)?,
+            None => u64::MAX,
+        };
+        // IDs are below 2^63: an upper bound past that means "no upper bound".
+        let high = i64::try_from(high).unwrap_or(i64::MAX);
+        let low = i64::try_from(low).ok()?;
+        (low <= high).then_some(Self { low, high })
+    }
+}
+
+/// The IDs as CQL keys, each once. IDs past `bigint` cannot be stored, so they are not looked up.
+fn distinct_keys(ids: &[u64]) -> Vec<i64> {
+    let mut keys: Vec<i64> = ids
+        .iter()
+        .filter_map(|&id| i64::try_from(id).ok())
+        .collect();
+    keys.sort_unstable();
+    keys.dedup();
+    keys
+}
+
+/// An ID as the `bigint` that stores it. Snowflake IDs stay below 2^63 for decades.
+fn to_cql(id: u64) -> Result<i64, StoreError> {
+    i64::try_from(id).map_err(|_| StoreError::Corrupt(format!("id {id} does not fit a bigint")))
+}
+
+fn from_cql(id: i64) -> Result<u64, StoreError> {
+    u64::try_from(id).map_err(|_| StoreError::Corrupt(format!("negative id {id} stored")))
+}
+
+/// The `[applied]` column of a lightweight transaction's result, and the rest of its row by
+/// column name: when it did not apply, the values of the row that made it fail.
+fn lwt_with_row(
+    result: QueryResult,
+) -> Result<(bool, HashMap<String, Option<CqlValue>>), StoreError> {
+    let rows = result.into_rows_result()?;
+    let names: Vec<String> = rows
+        .column_specs()
+        .iter()
+        .map(|spec| spec.name().to_owned())
+        .collect();
+    let row: Row = rows.first_row()?;
+    let mut columns: HashMap<String, Option<CqlValue>> =
+        names.into_iter().zip(row.columns).collect();
+    match columns.remove("[applied]") {
+        Some(Some(CqlValue::Boolean(applied))) => Ok((applied, columns)),
+        other => Err(StoreError::Corrupt(format!(
+            "lightweight transaction answered [applied] = {other:?}"
+        ))),
+    }
+}
+
+/// Whether `err` is a compare-and-set that timed out competing with others (its outcome is
+/// unknown): worth another attempt, unlike an unreachable cluster.
+fn is_contention(err: &ExecutionError) -> bool {
+    matches!(
+        err,
+        ExecutionError::LastAttemptError(RequestAttemptError::DbError(
+            DbError::WriteTimeout {
+                write_type: WriteType::Cas,
+                ..
+            },
+            _,
+        ))
+    )
+}
+
+/// A random pause before the next count attempt, growing with `attempt` (up to 160 ms), so
+/// contenders stop colliding in step.
+fn backoff(attempt: u32) -> Duration {
+    let ceiling_ms = 5u64 << attempt.min(5);
+    let random = RandomState::new().hash_one(attempt);
+    Duration::from_millis(random % ceiling_ms + 1)
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use twtr_common::cql::testing::keyspace_for;
+
+    use super::*;
+    use crate::store::conformance::{self, event, staged_of, unique_id};
+
+    async fn open_cql() -> Option<(Arc<dyn TweetStore>, ())> {
+        let (session, config) = keyspace_for("tweets").await?;
+        let ks = Keyspace::new(session, &config, "tweets").expect("the tweets keyspace name");
+        let store = CqlTweetStore::new(ks)
+            .await
+            .expect("prepare the tweets statements");
+        Some((Arc::new(store), ()))
+    }
+
+    crate::tweet_store_conformance!(optional open_cql);
+
+    async fn cql_store() -> Option<CqlTweetStore> {
+        let (session, config) = keyspace_for("tweets").await?;
+        let ks = Keyspace::new(session, &config, "tweets").unwrap();
+        Some(CqlTweetStore::new(ks).await.unwrap())
+    }
+
+    /// Whether `query` (tables written `{ks}.<table>`) returns a row.
+    async fn has_row(store: &CqlTweetStore, query: &str, values: impl SerializeRow) -> bool {
+        let query = twtr_common::cql::qualify(query, store.ks.name());
+        let rows = store
+            .ks
+            .session()
+            .query_unpaged(query, values)
+            .await
+            .unwrap();
+        rows.into_rows_result().unwrap().rows_num() > 0
+    }
+
+    #[tokio::test]
+    async fn a_retry_finishes_a_create_whose_batch_never_ran() {
+        let Some(store) = cql_store().await else {
+            return;
+        };
+        let [author, id, retry_event] = [unique_id(), unique_id(), unique_id()];
+        let tweet = conformance::tweet(id, author);
+        // The first attempt died right after claiming the ID.
+        assert!(matches!(store.claim(&tweet).await.unwrap(), Claim::Won));
+        store
+            .create(tweet.clone(), event(retry_event))
+            .await
+            .unwrap();
+        let listed = store
+            .list_by_author(author, PageRequest::first(twtr_common::Limit::DEFAULT))
+            .await
+            .unwrap();
+        assert_eq!(listed.items, vec![tweet]);
+        assert_eq!(store.count_by_authors(vec![author]).await.unwrap(), vec![1]);
+        let bucket = id::millis_of(id) / BUCKET_MS;
+        assert!(
+            has_row(
+                &store,
+                "SELECT author_id FROM {ks}.timeline WHERE bucket = ? AND tweet_id = ?",
+                (bucket, id as i64),
+            )
+            .await
+        );
+        assert!(
+            has_row(
+                &store,
+                "SELECT bucket FROM {ks}.timeline_buckets WHERE scope = 'all' AND bucket = ?",
+                (bucket,),
+            )
+            .await
+        );
+        assert_eq!(staged_of(&store, &[retry_event]).await, vec![retry_event]);
+    }
+
+    #[tokio::test]
+    async fn a_retry_after_the_batch_counts_and_stages_nothing_more() {
+        let Some(store) = cql_store().await else {
+            return;
+        };
+        let [author, id, first_event, retry_event] =
+            [unique_id(), unique_id(), unique_id(), unique_id()];
+        let tweet = conformance::tweet(id, author);
+        // The first attempt died between its batch and its count.
+        assert!(matches!(store.claim(&tweet).await.unwrap(), Claim::Won));
+        store
+            .write_batch(&tweet, &event(first_event))
+            .await
+            .unwrap();
+        assert_eq!(store.count_by_authors(vec![author]).await.unwrap(), vec![0]);
+        store
+            .create(tweet.clone(), event(retry_event))
+            .await
+            .unwrap();
+        store.create(tweet, event(retry_event)).await.unwrap();
+        assert_eq!(store.count_by_authors(vec![author]).await.unwrap(), vec![1]);
+        // The op's ledger row expires once no redelivery can come any more.
+        let op = format!("tweet:{id}:created");
+        let query = twtr_common::cql::qualify(
+            "SELECT TTL(applied_at) FROM {ks}.author_counts WHERE author_id = ? AND op = ?",
+            store.ks.name(),
+        );
+        let (ttl,): (Option<i32>,) = store
+            .ks
+            .session()
+            .query_unpaged(query, (author as i64, op))
+            .await
+            .unwrap()
+            .into_rows_result()
+            .unwrap()
+            .single_row()
+            .unwrap();
+        assert!(ttl.is_some_and(|ttl| ttl > 259_000), "{ttl:?}");
+        assert_eq!(
+            staged_of(&store, &[first_event, retry_event]).await,
+            vec![first_event]
+        );
+    }
+
+    fn page(before: Option<u64>, since: Option<u64>) -> PageRequest {
+        PageRequest {
+            before,
+            since,
+            limit: twtr_common::Limit::DEFAULT,
+        }
+    }
+
+    #[test]
+    fn page_bounds_match_scan_page_ranges() {
+        let bounds = |before, since| PageBounds::of(&page(before, since)).map(|b| (b.low, b.high));
+        assert_eq!(bounds(None, None), Some((0, i64::MAX)));
+        assert_eq!(bounds(Some(10), None), Some((0, 9)));
+        assert_eq!(bounds(None, Some(10)), Some((11, i64::MAX)));
+        assert_eq!(bounds(Some(12), Some(10)), Some((11, 11)));
+        assert_eq!(bounds(Some(11), Some(10)), None);
+        assert_eq!(bounds(Some(0), None), None);
+        assert_eq!(bounds(None, Some(u64::MAX)), None);
+        assert_eq!(bounds(None, Some(i64::MAX as u64)), None);
+    }
+}
