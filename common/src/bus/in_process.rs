@@ -293,33 +293,49 @@ struct InProcessSubscription {
 impl InProcessSubscription {
     /// Claims the oldest message of the queue that no consumer holds and that is not waiting
     /// for a retry, if any.
+    ///
+    /// Cancellation-safe: the blocking read only looks; the claim itself (marking the message in
+    /// flight) happens after it, with no await before the delivery is returned. So a `next()`
+    /// dropped mid-way (by a `select!`) cannot leave a message claimed by nobody.
     async fn try_claim(&self) -> Result<Option<Delivery>, BusError> {
+        const LOOK_AHEAD: usize = 64;
         let shared = Arc::clone(&self.shared);
         let queue = self.queue.clone();
         let now = Instant::now();
-        let claimed = self
+        let candidates = self
             .shared
             .db
             .read(move |txn| {
                 let messages = txn.open_table(MESSAGES)?;
+                let mut found = Vec::new();
                 for row in messages.range((queue.as_str(), 0)..=(queue.as_str(), u64::MAX))? {
                     let (key, value) = row?;
                     let seq = key.value().1;
-                    let newly_claimed = {
-                        let mut state = shared.state();
-                        let q = state.queues.entry(queue.clone()).or_default();
-                        let waiting = q.waiting.get(&seq).is_some_and(|due| *due > now);
-                        !waiting && q.in_flight.insert(seq)
+                    let available = {
+                        let state = shared.state();
+                        state.queues.get(&queue).is_none_or(|q| {
+                            !q.in_flight.contains(&seq)
+                                && q.waiting.get(&seq).is_none_or(|due| *due <= now)
+                        })
                     };
-                    if newly_claimed {
+                    if available {
                         let (failures, body) = decode_message(value.value())?;
-                        return Ok(Some((seq, failures, body.to_vec())));
+                        found.push((seq, failures, body.to_vec()));
+                        if found.len() == LOOK_AHEAD {
+                            break;
+                        }
                     }
                 }
-                Ok(None)
+                Ok(found)
             })
             .await?;
-        Ok(claimed.map(|(seq, failures, body)| {
+        let mut state = self.shared.state();
+        let queue_state = state.queues.entry(self.queue.clone()).or_default();
+        for (seq, failures, body) in candidates {
+            let waiting = queue_state.waiting.get(&seq).is_some_and(|due| *due > now);
+            if waiting || !queue_state.in_flight.insert(seq) {
+                continue; // another consumer took it since the read
+            }
             let acker = InProcessAcker {
                 shared: Arc::clone(&self.shared),
                 queue: self.queue.clone(),
@@ -327,8 +343,9 @@ impl InProcessSubscription {
                 body: body.clone(),
                 settled: false,
             };
-            Delivery::new(body, failures + 1, Box::new(acker))
-        }))
+            return Ok(Some(Delivery::new(body, failures + 1, Box::new(acker))));
+        }
+        Ok(None)
     }
 }
 
