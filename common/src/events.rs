@@ -47,7 +47,12 @@ mod tests {
 
     #[tokio::test]
     async fn events_carry_the_request_id_that_caused_them() {
-        let payload = || Payload::UserDeleted(UserDeleted { user_id: 1 });
+        let payload = || {
+            Payload::UserDeleted(UserDeleted {
+                user_id: 1,
+                username: "gone".into(),
+            })
+        };
         let event = context::scope("req-1".into(), async { envelope(9, 1, payload()) }).await;
         assert_eq!(
             event.headers.get(context::REQUEST_ID).map(String::as_str),

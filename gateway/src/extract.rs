@@ -11,8 +11,10 @@ use twtr_common::{ErrorCode, Limit, PageRequest};
 use crate::error::ApiError;
 use crate::routes::AppState;
 
-/// The authenticated caller: the user ID in a valid, unexpired bearer token. The token is
-/// verified here, with no round trip to the users service.
+/// The authenticated caller: the user ID in a valid, unexpired bearer token. The signature is
+/// verified here, with no round trip; revocation (a deleted account, a changed password) is
+/// checked against the users service's answer of the last few seconds (see
+/// [`crate::revocation`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Caller(pub u64);
 
@@ -31,14 +33,12 @@ impl FromRequestParts<AppState> for Caller {
             .ok_or_else(|| {
                 ApiError::unauthenticated("Authorization header must be Bearer <token>")
             })?;
-        state
-            .tokens()
-            .verify(token)
-            .map(Caller)
-            .map_err(|err| match err {
-                TokenError::Expired => ApiError::unauthenticated("token has expired, log in again"),
-                _ => ApiError::unauthenticated("invalid token"),
-            })
+        let verified = state.tokens().verify(token).map_err(|err| match err {
+            TokenError::Expired => ApiError::unauthenticated("token has expired, log in again"),
+            _ => ApiError::unauthenticated("invalid token"),
+        })?;
+        state.revocations().check(verified).await?;
+        Ok(Caller(verified.user_id))
     }
 }
 

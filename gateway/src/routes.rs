@@ -15,7 +15,7 @@ use serde_json::json;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tracing::Instrument as _;
-use twtr_common::tokens::Tokens;
+use twtr_common::tokens::TokenVerifier;
 use twtr_common::{ErrorCode, clock, context};
 use twtr_proto::feeds::v1::GetFeedRequest;
 use twtr_proto::followers::v1::{FollowRequest, UnfollowRequest};
@@ -23,11 +23,13 @@ use twtr_proto::tweets::v1::{
     BatchGetTweetsRequest, CreateTweetRequest, GetTweetRequest, ListUserTweetsRequest,
 };
 use twtr_proto::users::v1::{
-    CreateUserRequest, GetUserByUsernameRequest, GetUserRequest, LoginRequest,
+    CreateUserRequest, DeleteUserRequest, GetUserByUsernameRequest, GetUserRequest, LoginRequest,
+    UpdateUserRequest,
 };
 
 use crate::error::ApiError;
 use crate::extract::{Caller, JsonBody, PageParams, parse_id};
+use crate::revocation::Revocations;
 use crate::upstream::{Upstreams, rpc};
 use crate::views::{self, PageView, SessionView, TweetView, UserView};
 
@@ -41,16 +43,26 @@ pub struct AppState(Arc<Inner>);
 
 struct Inner {
     upstreams: Upstreams,
-    tokens: Tokens,
+    tokens: TokenVerifier,
+    revocations: Revocations,
 }
 
 impl AppState {
-    pub fn new(upstreams: Upstreams, tokens: Tokens) -> Self {
-        Self(Arc::new(Inner { upstreams, tokens }))
+    pub fn new(upstreams: Upstreams, tokens: TokenVerifier) -> Self {
+        let revocations = Revocations::new(upstreams.users.clone());
+        Self(Arc::new(Inner {
+            upstreams,
+            tokens,
+            revocations,
+        }))
     }
 
-    pub fn tokens(&self) -> &Tokens {
+    pub fn tokens(&self) -> &TokenVerifier {
         &self.0.tokens
+    }
+
+    pub fn revocations(&self) -> &Revocations {
+        &self.0.revocations
     }
 
     fn up(&self) -> &Upstreams {
@@ -62,7 +74,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/v1/users", post(create_user))
         .route("/v1/sessions", post(create_session))
-        .route("/v1/users/me", get(me))
+        .route("/v1/users/me", get(me).patch(update_me).delete(delete_me))
         .route("/v1/users/by-username/{username}", get(user_by_username))
         .route("/v1/users/{id}", get(user_by_id))
         .route("/v1/users/{id}/follow", post(follow).delete(unfollow))
@@ -197,6 +209,51 @@ async fn me(State(state): State<AppState>, Caller(me): Caller) -> Result<Json<Us
         }
         other => other.map(Json),
     }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpdateMeBody {
+    display_name: Option<String>,
+    bio: Option<String>,
+    password: Option<String>,
+    current_password: Option<String>,
+}
+
+async fn update_me(
+    State(state): State<AppState>,
+    Caller(me): Caller,
+    JsonBody(body): JsonBody<UpdateMeBody>,
+) -> Result<Json<UserView>, ApiError> {
+    let password_changes = body.password.is_some();
+    let request = UpdateUserRequest {
+        user_id: me,
+        display_name: body.display_name,
+        bio: body.bio,
+        password: body.password,
+        current_password: body.current_password,
+    };
+    let user = state
+        .up()
+        .users
+        .clone()
+        .update_user(rpc(request))
+        .await?
+        .into_inner();
+    if password_changes {
+        state.revocations().forget(me);
+    }
+    Ok(Json(one(views::users(state.up(), vec![user]).await?)?))
+}
+
+async fn delete_me(
+    State(state): State<AppState>,
+    Caller(me): Caller,
+) -> Result<StatusCode, ApiError> {
+    let request = DeleteUserRequest { user_id: me };
+    state.up().users.clone().delete_user(rpc(request)).await?;
+    state.revocations().forget(me);
+    Ok(StatusCode::NO_CONTENT)
 }
 
 async fn user_by_id(

@@ -98,6 +98,15 @@ impl DisplayName {
         profile_text("display_name", raw, Self::MAX).map(Self)
     }
 
+    /// The display name, or `username` when it is empty.
+    pub fn or(self, username: &str) -> String {
+        if self.0.is_empty() {
+            username.to_owned()
+        } else {
+            self.0
+        }
+    }
+
     /// The display name, or the username when none was given.
     pub fn or_username(self, username: &Username) -> String {
         if self.0.is_empty() {

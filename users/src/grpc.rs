@@ -8,7 +8,7 @@ use twtr_common::{ServiceError as _, clock};
 use twtr_proto::users::v1 as pb;
 use twtr_proto::users::v1::users_service_server::{UsersService, UsersServiceServer};
 
-use crate::service::{SignUp, Users};
+use crate::service::{ProfileUpdate, SignUp, Users};
 use crate::store::UserRecord;
 
 pub fn server(users: Users) -> UsersServiceServer<UsersGrpc> {
@@ -104,6 +104,57 @@ impl UsersService for UsersGrpc {
             .map_err(|e| e.to_status())?;
         Ok(Response::new(pb::BatchGetUsersResponse {
             users: users.into_iter().map(to_pb).collect(),
+        }))
+    }
+
+    async fn update_user(
+        &self,
+        request: Request<pb::UpdateUserRequest>,
+    ) -> Result<Response<pb::User>, Status> {
+        let r = request.into_inner();
+        let update = ProfileUpdate {
+            display_name: r.display_name,
+            bio: r.bio,
+            password: r.password,
+            current_password: r.current_password,
+        };
+        let user = self
+            .users
+            .update_user(r.user_id, update)
+            .await
+            .map_err(|e| e.to_status())?;
+        Ok(Response::new(to_pb(user)))
+    }
+
+    async fn delete_user(
+        &self,
+        request: Request<pb::DeleteUserRequest>,
+    ) -> Result<Response<pb::DeleteUserResponse>, Status> {
+        self.users
+            .delete_user(request.into_inner().user_id)
+            .await
+            .map_err(|e| e.to_status())?;
+        Ok(Response::new(pb::DeleteUserResponse {}))
+    }
+
+    async fn get_token_states(
+        &self,
+        request: Request<pb::GetTokenStatesRequest>,
+    ) -> Result<Response<pb::GetTokenStatesResponse>, Status> {
+        let states = self
+            .users
+            .token_states(request.into_inner().user_ids)
+            .await
+            .map_err(|e| e.to_status())?;
+        Ok(Response::new(pb::GetTokenStatesResponse {
+            states: states
+                .into_iter()
+                .map(|s| pb::TokenState {
+                    user_id: s.user_id,
+                    active: s.active,
+                    generation: s.generation,
+                })
+                .collect(),
         }))
     }
 }

@@ -25,7 +25,7 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use twtr_common::bus::EventBus;
-use twtr_common::tokens::Tokens;
+use twtr_common::tokens::TokenSigner;
 use twtr_common::{IdGenerator, outbox};
 
 pub use service::{Users, UsersError};
@@ -36,7 +36,7 @@ pub struct UsersDeps {
     pub store: Arc<dyn UserStore>,
     pub bus: Arc<dyn EventBus>,
     pub ids: Arc<IdGenerator>,
-    pub tokens: Tokens,
+    pub tokens: TokenSigner,
 }
 
 /// Serves the users service on `listener` until `shutdown`, then drains requests and flushes

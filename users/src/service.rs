@@ -6,13 +6,13 @@ use argon2::Argon2;
 use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::{PasswordHash, PasswordHasher as _, PasswordVerifier as _, SaltString};
 use twtr_common::store::StoreError;
-use twtr_common::tokens::{IssuedToken, TokenError, Tokens};
+use twtr_common::tokens::{IssuedToken, TokenError, TokenSigner};
 use twtr_common::{ErrorCode, IdGenerator, ServiceError, clock, events};
-use twtr_proto::events::v1::UserCreated;
 use twtr_proto::events::v1::envelope::Payload;
+use twtr_proto::events::v1::{UserCreated, UserDeleted, UserUpdated};
 
 use crate::domain::{Bio, DisplayName, InvalidInput, Password, Username};
-use crate::store::{Created, UserRecord, UserStore};
+use crate::store::{Created, ProfileChanges, UserRecord, UserStore};
 
 /// The most IDs one batch lookup may ask for.
 pub const MAX_BATCH: usize = 500;
@@ -25,6 +25,12 @@ pub enum UsersError {
     UsernameTaken,
     #[error("wrong username or password")]
     WrongCredentials,
+    #[error("the current password is wrong")]
+    WrongCurrentPassword,
+    #[error("current_password is required to change the password")]
+    CurrentPasswordRequired,
+    #[error("too many logins and sign-ups at once; try again shortly")]
+    Overloaded,
     #[error("user not found")]
     NotFound,
     #[error("at most {MAX_BATCH} IDs per batch")]
@@ -40,9 +46,12 @@ pub enum UsersError {
 impl ServiceError for UsersError {
     fn error_code(&self) -> ErrorCode {
         match self {
-            Self::Invalid(_) | Self::BatchTooLarge => ErrorCode::InvalidArgument,
+            Self::Invalid(_) | Self::BatchTooLarge | Self::CurrentPasswordRequired => {
+                ErrorCode::InvalidArgument
+            }
             Self::UsernameTaken => ErrorCode::AlreadyExists,
-            Self::WrongCredentials => ErrorCode::Unauthenticated,
+            Self::WrongCredentials | Self::WrongCurrentPassword => ErrorCode::Unauthenticated,
+            Self::Overloaded => ErrorCode::Unavailable,
             Self::NotFound => ErrorCode::NotFound,
             Self::Store(_) | Self::Hashing(_) | Self::Token(_) => ErrorCode::Internal,
         }
@@ -58,6 +67,37 @@ pub struct SignUp {
     pub bio: String,
 }
 
+/// A profile change, as received; `None` leaves a field as it is.
+#[derive(Clone, Default)]
+pub struct ProfileUpdate {
+    pub display_name: Option<String>,
+    pub bio: Option<String>,
+    pub password: Option<String>,
+    pub current_password: Option<String>,
+}
+
+impl std::fmt::Debug for ProfileUpdate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let secret = |value: &Option<String>| value.as_ref().map(|_| "[redacted]");
+        f.debug_struct("ProfileUpdate")
+            .field("display_name", &self.display_name)
+            .field("bio", &self.bio)
+            .field("password", &secret(&self.password))
+            .field("current_password", &secret(&self.current_password))
+            .finish()
+    }
+}
+
+/// Whether an account can use its tokens, as verifiers see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenState {
+    pub user_id: u64,
+    /// False for a deleted or unknown account.
+    pub active: bool,
+    /// Tokens with a lower generation were revoked.
+    pub generation: u64,
+}
+
 /// A successful login.
 #[derive(Debug, Clone)]
 pub struct Session {
@@ -68,7 +108,10 @@ pub struct Session {
 pub struct Users {
     store: Arc<dyn UserStore>,
     ids: Arc<IdGenerator>,
-    tokens: Tokens,
+    tokens: TokenSigner,
+    /// Bounds the password hashes computed at once (each takes ~19 MiB and a core for a while),
+    /// so a burst of logins cannot exhaust memory.
+    hashing: Hashing,
     /// A real hash of a random password, verified against when the username is unknown so a
     /// failed login takes the same time whether or not the account exists.
     decoy_hash: String,
@@ -79,13 +122,14 @@ impl Users {
     pub fn new(
         store: Arc<dyn UserStore>,
         ids: Arc<IdGenerator>,
-        tokens: Tokens,
+        tokens: TokenSigner,
     ) -> Result<Self, UsersError> {
         let decoy_hash = hash_password("decoy password, never matches".to_owned())?;
         Ok(Self {
             store,
             ids,
             tokens,
+            hashing: Hashing::default(),
             decoy_hash,
         })
     }
@@ -96,15 +140,18 @@ impl Users {
         let display_name = DisplayName::parse(&request.display_name)?.or_username(&username);
         let bio = Bio::parse(&request.bio)?.into_inner();
 
-        let password_hash = hash_password_off_thread(password).await?;
+        let password_hash = self.hashing.hash(password).await?;
         let id = self.ids.next_id();
+        let now = clock::now_millis();
         let user = UserRecord {
             id,
             username: username.as_str().to_owned(),
             display_name: display_name.clone(),
             bio,
             password_hash,
-            created_at_ms: clock::now_millis(),
+            created_at_ms: now,
+            token_generation: 0,
+            updated_at_ms: now,
         };
         let event = events::envelope(
             self.ids.next_id(),
@@ -132,10 +179,10 @@ impl Users {
         let hash = user
             .as_ref()
             .map_or_else(|| self.decoy_hash.clone(), |u| u.password_hash.clone());
-        let matches = verify_password_off_thread(password.to_owned(), hash).await?;
+        let matches = self.hashing.verify(password.to_owned(), hash).await?;
         match user {
             Some(user) if matches => Ok(Session {
-                token: self.tokens.issue(user.id)?,
+                token: self.tokens.issue(user.id, user.token_generation)?,
                 user,
             }),
             _ => Err(UsersError::WrongCredentials),
@@ -153,6 +200,110 @@ impl Users {
             .get_by_username(&username.canonical())
             .await?
             .ok_or(UsersError::NotFound)
+    }
+
+    /// Changes the profile of `user_id`, who the caller (the gateway) has authenticated. A new
+    /// password needs the current one, and raises the token generation so every token issued
+    /// before stops working.
+    pub async fn update_user(
+        &self,
+        user_id: u64,
+        update: ProfileUpdate,
+    ) -> Result<UserRecord, UsersError> {
+        let display_name = update
+            .display_name
+            .as_deref()
+            .map(DisplayName::parse)
+            .transpose()?;
+        let bio = update
+            .bio
+            .as_deref()
+            .map(Bio::parse)
+            .transpose()?
+            .map(Bio::into_inner);
+        let new_password = update
+            .password
+            .as_deref()
+            .map(Password::parse)
+            .transpose()?;
+        let user = self.get_user(user_id).await?;
+        let display_name = display_name.map(|name| name.or(&user.username));
+        let password = match new_password {
+            None => None,
+            Some(password) => {
+                let current = update
+                    .current_password
+                    .ok_or(UsersError::CurrentPasswordRequired)?;
+                let matches = self
+                    .hashing
+                    .verify(current, user.password_hash.clone())
+                    .await?;
+                if !matches {
+                    return Err(UsersError::WrongCurrentPassword);
+                }
+                // A generation from the ID clock is higher than any issued before it.
+                Some((self.hashing.hash(password).await?, self.ids.next_id()))
+            }
+        };
+        let changes = ProfileChanges {
+            display_name: display_name.clone(),
+            bio: bio.clone(),
+            password,
+            updated_at_ms: clock::now_millis(),
+        };
+        let event = events::envelope(
+            self.ids.next_id(),
+            user_id,
+            Payload::UserUpdated(UserUpdated {
+                user_id,
+                display_name: display_name.unwrap_or_else(|| user.display_name.clone()),
+                bio: bio.unwrap_or_else(|| user.bio.clone()),
+            }),
+        );
+        let password_changed = changes.password.is_some();
+        if !self.store.update(user_id, changes, event).await? {
+            return Err(UsersError::NotFound);
+        }
+        tracing::info!(user_id, password_changed, "user updated");
+        self.get_user(user_id).await
+    }
+
+    /// Deletes the account of `user_id`, who the caller has authenticated.
+    pub async fn delete_user(&self, user_id: u64) -> Result<(), UsersError> {
+        let user = self.get_user(user_id).await?;
+        let event = events::envelope(
+            self.ids.next_id(),
+            user_id,
+            Payload::UserDeleted(UserDeleted {
+                user_id,
+                username: user.username,
+            }),
+        );
+        if !self
+            .store
+            .delete(user_id, clock::now_millis(), event)
+            .await?
+        {
+            return Err(UsersError::NotFound);
+        }
+        tracing::info!(user_id, "user deleted");
+        Ok(())
+    }
+
+    /// For token verifiers: each account's liveness and token generation.
+    pub async fn token_states(&self, ids: Vec<u64>) -> Result<Vec<TokenState>, UsersError> {
+        let live = self.batch_get_users(ids.clone()).await?;
+        Ok(ids
+            .into_iter()
+            .map(|user_id| {
+                let user = live.iter().find(|u| u.id == user_id);
+                TokenState {
+                    user_id,
+                    active: user.is_some(),
+                    generation: user.map_or(0, |u| u.token_generation),
+                }
+            })
+            .collect())
     }
 
     pub async fn batch_get_users(&self, ids: Vec<u64>) -> Result<Vec<UserRecord>, UsersError> {
@@ -174,48 +325,71 @@ fn hash_password(password: String) -> Result<String, UsersError> {
         .map_err(|err| UsersError::Hashing(err.to_string()))
 }
 
-/// Argon2 is deliberately slow; keep it off the async workers.
-async fn hash_password_off_thread(password: Password) -> Result<String, UsersError> {
-    let password = password.expose().to_owned();
-    tokio::task::spawn_blocking(move || hash_password(password))
-        .await
-        .map_err(|err| UsersError::Hashing(err.to_string()))?
+/// Password hashing off the async workers, at most [`Hashing::CONCURRENCY`] at a time; a caller
+/// that cannot get a turn within [`Hashing::WAIT`] is told the service is overloaded (503).
+struct Hashing {
+    permits: tokio::sync::Semaphore,
 }
 
-async fn verify_password_off_thread(password: String, hash: String) -> Result<bool, UsersError> {
-    tokio::task::spawn_blocking(move || {
-        let parsed =
-            PasswordHash::new(&hash).map_err(|err| UsersError::Hashing(err.to_string()))?;
-        Ok(Argon2::default()
-            .verify_password(password.as_bytes(), &parsed)
-            .is_ok())
-    })
-    .await
-    .map_err(|err| UsersError::Hashing(err.to_string()))?
+impl Default for Hashing {
+    fn default() -> Self {
+        Self {
+            permits: tokio::sync::Semaphore::new(Self::CONCURRENCY),
+        }
+    }
+}
+
+impl Hashing {
+    /// Argon2id with its default parameters needs ~19 MiB a hash: four at once stay under
+    /// 80 MiB, and keep two cores busy without starving everything else.
+    const CONCURRENCY: usize = 4;
+    const WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+    async fn run<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> Result<T, UsersError> + Send + 'static,
+    ) -> Result<T, UsersError> {
+        let _permit = tokio::time::timeout(Self::WAIT, self.permits.acquire())
+            .await
+            .map_err(|_| UsersError::Overloaded)?
+            .map_err(|_| UsersError::Overloaded)?;
+        tokio::task::spawn_blocking(work)
+            .await
+            .map_err(|err| UsersError::Hashing(err.to_string()))?
+    }
+
+    async fn hash(&self, password: Password) -> Result<String, UsersError> {
+        let password = password.expose().to_owned();
+        self.run(move || hash_password(password)).await
+    }
+
+    async fn verify(&self, password: String, hash: String) -> Result<bool, UsersError> {
+        self.run(move || {
+            let parsed =
+                PasswordHash::new(&hash).map_err(|err| UsersError::Hashing(err.to_string()))?;
+            Ok(Argon2::default()
+                .verify_password(password.as_bytes(), &parsed)
+                .is_ok())
+        })
+        .await
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
 
-    use twtr_common::tokens::TokenSecret;
+    use twtr_common::tokens::{TokenVerifier, generate_key_pair};
 
     use super::*;
     use crate::store::EmbeddedUserStore;
 
-    fn users(dir: &std::path::Path) -> (Users, Tokens) {
+    fn users(dir: &std::path::Path) -> (Users, TokenVerifier) {
         let store = Arc::new(EmbeddedUserStore::open(&dir.join("users.redb")).unwrap());
-        let secret = TokenSecret::new("0123456789abcdef0123456789abcdef").unwrap();
-        let tokens = Tokens::new(&secret, Duration::from_secs(60));
-        (
-            Users::new(
-                store,
-                Arc::new(IdGenerator::new(1).unwrap()),
-                tokens.clone(),
-            )
-            .unwrap(),
-            tokens,
-        )
+        let (private, public) = generate_key_pair().unwrap();
+        let signer = TokenSigner::from_pem(&private, Duration::from_secs(60)).unwrap();
+        let users = Users::new(store, Arc::new(IdGenerator::new(1).unwrap()), signer).unwrap();
+        (users, TokenVerifier::from_pems(&[public]).unwrap())
     }
 
     fn sign_up(username: &str, password: &str) -> SignUp {
@@ -239,7 +413,10 @@ mod tests {
         assert_ne!(created.password_hash, "correct horse");
         let session = users.login("ada", "correct horse").await.unwrap();
         assert_eq!(session.user.id, created.id);
-        assert_eq!(tokens.verify(&session.token.token), Ok(created.id));
+        assert_eq!(
+            tokens.verify(&session.token.token).map(|v| v.user_id),
+            Ok(created.id)
+        );
     }
 
     #[tokio::test]

@@ -7,14 +7,13 @@
 //! what else is there.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test suite: a panic is the failure report
 
-use std::collections::HashSet;
 use std::sync::{Arc, OnceLock};
 
 use futures_util::future::join_all;
 use twtr_common::IdGenerator;
 use twtr_proto::events::v1::Envelope;
 
-use super::{Created, UserRecord, UserStore};
+use super::{Created, ProfileChanges, UserRecord, UserStore};
 
 /// Runs every check against the backend `$open` returns: `$open` is an async fn returning
 /// `(Arc<dyn UserStore>, guard)`, or with `optional`, `Option<(Arc<dyn UserStore>, guard)>`
@@ -30,6 +29,12 @@ macro_rules! user_store_conformance {
                 get_many_skips_unknown_ids,
                 get_many_keeps_the_order_given_past_one_round_trip,
                 concurrent_sign_ups_for_one_name_have_one_winner,
+                update_changes_only_the_fields_given,
+                update_of_an_unknown_or_deleted_user_writes_nothing,
+                a_password_change_stores_the_hash_and_generation,
+                delete_removes_the_user_and_frees_the_name,
+                deleting_twice_or_replaying_the_sign_up_changes_nothing,
+                debug_output_hides_password_hashes,
             );
         }
     };
@@ -42,6 +47,12 @@ macro_rules! user_store_conformance {
                 get_many_skips_unknown_ids,
                 get_many_keeps_the_order_given_past_one_round_trip,
                 concurrent_sign_ups_for_one_name_have_one_winner,
+                update_changes_only_the_fields_given,
+                update_of_an_unknown_or_deleted_user_writes_nothing,
+                a_password_change_stores_the_hash_and_generation,
+                delete_removes_the_user_and_frees_the_name,
+                deleting_twice_or_replaying_the_sign_up_changes_nothing,
+                debug_output_hides_password_hashes,
             );
         }
     };
@@ -70,6 +81,8 @@ pub fn user(id: u64, username: &str) -> UserRecord {
         bio: "bio".to_owned(),
         password_hash: "$argon2id$fake".to_owned(),
         created_at_ms: 1_700_000_000_000,
+        token_generation: 1,
+        updated_at_ms: 1_700_000_000_000,
     }
 }
 
@@ -88,11 +101,35 @@ pub fn event(user: &UserRecord) -> Envelope {
     }
 }
 
+/// A profile event (update or deletion) of `user_id`, with a fresh event ID.
+pub fn event_of(user_id: u64, r#type: &str) -> Envelope {
+    Envelope {
+        event_id: unique_id(),
+        r#type: r#type.to_owned(),
+        aggregate_id: user_id,
+        ..Envelope::default()
+    }
+}
+
+/// The IDs of the events staged in an outbox, as many times as each is there.
+#[derive(Debug)]
+pub struct Staged(Vec<u64>);
+
+impl Staged {
+    pub fn contains(&self, event_id: &u64) -> bool {
+        self.0.contains(event_id)
+    }
+
+    pub fn count(&self, event_id: u64) -> usize {
+        self.0.iter().filter(|id| **id == event_id).count()
+    }
+}
+
 /// The IDs of every event staged in `store`'s outbox, this check's and others'. Call it once
 /// per check: a CQL outbox lets one relay at a time read a shard (a lease), and every check in
 /// the process shares one keyspace, so checks read one at a time and give the leases back
 /// afterwards (after which that outbox is closed).
-pub async fn staged(store: &dyn UserStore) -> HashSet<u64> {
+pub async fn staged(store: &dyn UserStore) -> Staged {
     static ONE_READER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
     let _reading = ONE_READER.lock().await;
     let outbox = store.outbox();
@@ -100,7 +137,35 @@ pub async fn staged(store: &dyn UserStore) -> HashSet<u64> {
         .await
         .unwrap();
     outbox.close().await;
-    ids.into_iter().collect()
+    Staged(ids)
+}
+
+/// Creates `user`, which must succeed.
+async fn sign_up(store: &dyn UserStore, user: &UserRecord) -> Envelope {
+    let created = event(user);
+    assert_eq!(
+        store.create(user.clone(), created.clone()).await.unwrap(),
+        Created::Created
+    );
+    created
+}
+
+/// Whether `user` is absent from every read: by ID, by name and among many.
+async fn assert_absent(store: &dyn UserStore, user: &UserRecord) {
+    assert_eq!(store.get(user.id).await.unwrap(), None, "absent by ID");
+    assert_ne!(
+        store
+            .get_by_username(&user.username.to_ascii_lowercase())
+            .await
+            .unwrap()
+            .map(|found| found.id),
+        Some(user.id),
+        "absent by name"
+    );
+    assert!(
+        store.get_many(vec![user.id]).await.unwrap().is_empty(),
+        "absent among many"
+    );
 }
 
 pub async fn creates_and_reads_back(store: Arc<dyn UserStore>) {
@@ -298,4 +363,296 @@ pub async fn concurrent_sign_ups_for_one_name_have_one_winner(store: Arc<dyn Use
             "only the winner's event is staged (contender {i})"
         );
     }
+}
+
+/// Each update writes the fields it names and the update time, nothing else, and stages its
+/// event; every read sees the result.
+pub async fn update_changes_only_the_fields_given(store: Arc<dyn UserStore>) {
+    let ada = fresh_user("Ada");
+    sign_up(store.as_ref(), &ada).await;
+
+    let renamed = event_of(ada.id, "users.user_updated");
+    let changes = ProfileChanges {
+        display_name: Some("Countess".to_owned()),
+        updated_at_ms: ada.created_at_ms + 1_000,
+        ..ProfileChanges::default()
+    };
+    assert!(
+        store
+            .update(ada.id, changes, renamed.clone())
+            .await
+            .unwrap()
+    );
+    let expected = UserRecord {
+        display_name: "Countess".to_owned(),
+        updated_at_ms: ada.created_at_ms + 1_000,
+        ..ada.clone()
+    };
+    assert_eq!(store.get(ada.id).await.unwrap(), Some(expected.clone()));
+
+    // An empty bio is a change too (to empty), unlike no bio.
+    let cleared = event_of(ada.id, "users.user_updated");
+    let changes = ProfileChanges {
+        bio: Some(String::new()),
+        updated_at_ms: ada.created_at_ms + 2_000,
+        ..ProfileChanges::default()
+    };
+    assert!(
+        store
+            .update(ada.id, changes, cleared.clone())
+            .await
+            .unwrap()
+    );
+    let expected = UserRecord {
+        bio: String::new(),
+        updated_at_ms: ada.created_at_ms + 2_000,
+        ..expected
+    };
+    assert_eq!(store.get(ada.id).await.unwrap(), Some(expected.clone()));
+    assert_eq!(
+        store
+            .get_by_username(&ada.username.to_ascii_lowercase())
+            .await
+            .unwrap(),
+        Some(expected.clone())
+    );
+    assert_eq!(store.get_many(vec![ada.id]).await.unwrap(), vec![expected]);
+    let staged = staged(store.as_ref()).await;
+    assert_eq!(
+        staged.count(renamed.event_id),
+        1,
+        "the first update's event"
+    );
+    assert_eq!(
+        staged.count(cleared.event_id),
+        1,
+        "the second update's event"
+    );
+}
+
+/// An update of nobody, or of a deleted user, answers false, stages nothing and brings
+/// nobody back.
+pub async fn update_of_an_unknown_or_deleted_user_writes_nothing(store: Arc<dyn UserStore>) {
+    let nobody = unique_id();
+    let changes = ProfileChanges {
+        display_name: Some("ghost".to_owned()),
+        bio: Some("boo".to_owned()),
+        password: Some(("$argon2id$ghost".to_owned(), 9)),
+        updated_at_ms: 1_800_000_000_000,
+    };
+    let unknown = event_of(nobody, "users.user_updated");
+    assert!(
+        !store
+            .update(nobody, changes.clone(), unknown.clone())
+            .await
+            .unwrap()
+    );
+    assert_eq!(store.get(nobody).await.unwrap(), None);
+
+    let gone = fresh_user("gone");
+    sign_up(store.as_ref(), &gone).await;
+    let deleted = event_of(gone.id, "users.user_deleted");
+    assert!(
+        store
+            .delete(gone.id, 1_800_000_000_000, deleted)
+            .await
+            .unwrap()
+    );
+    let late = event_of(gone.id, "users.user_updated");
+    assert!(!store.update(gone.id, changes, late.clone()).await.unwrap());
+    assert_absent(store.as_ref(), &gone).await;
+
+    let staged = staged(store.as_ref()).await;
+    assert!(!staged.contains(&unknown.event_id), "no event for nobody");
+    assert!(
+        !staged.contains(&late.event_id),
+        "no event for a deleted user"
+    );
+}
+
+/// A password change stores the new hash and token generation; a later profile change keeps
+/// them.
+pub async fn a_password_change_stores_the_hash_and_generation(store: Arc<dyn UserStore>) {
+    let ada = fresh_user("Ada");
+    sign_up(store.as_ref(), &ada).await;
+
+    let changed = event_of(ada.id, "users.password_changed");
+    let changes = ProfileChanges {
+        password: Some(("$argon2id$new".to_owned(), 7)),
+        updated_at_ms: ada.created_at_ms + 1_000,
+        ..ProfileChanges::default()
+    };
+    assert!(
+        store
+            .update(ada.id, changes, changed.clone())
+            .await
+            .unwrap()
+    );
+    let expected = UserRecord {
+        password_hash: "$argon2id$new".to_owned(),
+        token_generation: 7,
+        updated_at_ms: ada.created_at_ms + 1_000,
+        ..ada.clone()
+    };
+    assert_eq!(store.get(ada.id).await.unwrap(), Some(expected.clone()));
+    assert_eq!(
+        store.get_many(vec![ada.id]).await.unwrap(),
+        vec![expected.clone()]
+    );
+
+    let changes = ProfileChanges {
+        bio: Some("new bio".to_owned()),
+        updated_at_ms: ada.created_at_ms + 2_000,
+        ..ProfileChanges::default()
+    };
+    let bio = event_of(ada.id, "users.user_updated");
+    assert!(store.update(ada.id, changes, bio).await.unwrap());
+    assert_eq!(
+        store
+            .get_by_username(&ada.username.to_ascii_lowercase())
+            .await
+            .unwrap(),
+        Some(UserRecord {
+            bio: "new bio".to_owned(),
+            updated_at_ms: ada.created_at_ms + 2_000,
+            ..expected
+        }),
+        "a profile change keeps the password and generation"
+    );
+    assert_eq!(staged(store.as_ref()).await.count(changed.event_id), 1);
+}
+
+/// A deleted user is absent from every read, its name is free at once (in any case), and its
+/// event is staged once.
+pub async fn delete_removes_the_user_and_frees_the_name(store: Arc<dyn UserStore>) {
+    let ada = fresh_user("Ada");
+    sign_up(store.as_ref(), &ada).await;
+    let bob = fresh_user("Bob");
+    sign_up(store.as_ref(), &bob).await;
+
+    let deleted = event_of(ada.id, "users.user_deleted");
+    assert!(
+        store
+            .delete(ada.id, 1_800_000_000_000, deleted.clone())
+            .await
+            .unwrap()
+    );
+    assert_absent(store.as_ref(), &ada).await;
+    assert_eq!(
+        store.get_many(vec![ada.id, bob.id]).await.unwrap(),
+        vec![bob.clone()],
+        "others stay"
+    );
+
+    // The name is free for a new sign-up, in another case, under a new ID.
+    let heir = user(unique_id(), &ada.username.to_ascii_uppercase());
+    let heir_created = sign_up(store.as_ref(), &heir).await;
+    assert_eq!(
+        store
+            .get_by_username(&ada.username.to_ascii_lowercase())
+            .await
+            .unwrap(),
+        Some(heir.clone())
+    );
+    assert_eq!(
+        store.get(ada.id).await.unwrap(),
+        None,
+        "the old ID stays gone"
+    );
+
+    let staged = staged(store.as_ref()).await;
+    assert_eq!(
+        staged.count(deleted.event_id),
+        1,
+        "the deletion's event, once"
+    );
+    assert!(staged.contains(&heir_created.event_id));
+}
+
+/// A second deletion answers false and stages nothing; a replay of the deleted user's sign-up
+/// neither brings the account back nor takes its name.
+pub async fn deleting_twice_or_replaying_the_sign_up_changes_nothing(store: Arc<dyn UserStore>) {
+    let ada = fresh_user("Ada");
+    let created = sign_up(store.as_ref(), &ada).await;
+    let first = event_of(ada.id, "users.user_deleted");
+    assert!(
+        store
+            .delete(ada.id, 1_800_000_000_000, first.clone())
+            .await
+            .unwrap()
+    );
+    let second = event_of(ada.id, "users.user_deleted");
+    assert!(
+        !store
+            .delete(ada.id, 1_800_000_000_001, second.clone())
+            .await
+            .unwrap()
+    );
+    let nobody = event_of(unique_id(), "users.user_deleted");
+    assert!(
+        !store
+            .delete(nobody.aggregate_id, 1_800_000_000_000, nobody.clone())
+            .await
+            .unwrap(),
+        "deleting nobody"
+    );
+
+    let replay = event(&ada);
+    assert_eq!(
+        store.create(ada.clone(), replay.clone()).await.unwrap(),
+        Created::Created,
+        "a replayed sign-up is taken for done"
+    );
+    assert_absent(store.as_ref(), &ada).await;
+    let heir = user(unique_id(), &ada.username);
+    sign_up(store.as_ref(), &heir).await;
+
+    let staged = staged(store.as_ref()).await;
+    assert_eq!(staged.count(created.event_id), 1);
+    assert_eq!(staged.count(first.event_id), 1);
+    assert!(
+        !staged.contains(&second.event_id),
+        "a second deletion stages nothing"
+    );
+    assert!(!staged.contains(&nobody.event_id));
+    assert!(
+        !staged.contains(&replay.event_id),
+        "a replay stages nothing"
+    );
+}
+
+/// Records as the store hands them out, and changes as callers pass them in, print without
+/// their password hash.
+pub async fn debug_output_hides_password_hashes(store: Arc<dyn UserStore>) {
+    let hash = format!("$argon2id$v=19$m=19456,t=2,p=1$secret{}", unique_id());
+    let ada = UserRecord {
+        password_hash: hash.clone(),
+        ..fresh_user("Ada")
+    };
+    sign_up(store.as_ref(), &ada).await;
+    let stored = store.get(ada.id).await.unwrap().unwrap();
+    assert_eq!(stored.password_hash, hash);
+    for shown in [
+        format!("{stored:?}"),
+        format!("{:#?}", store.get_many(vec![ada.id]).await.unwrap()),
+    ] {
+        assert!(!shown.contains(&hash), "{shown}");
+        assert!(shown.contains(&ada.username), "{shown}");
+    }
+
+    let new_hash = format!("$argon2id$v=19$m=19456,t=2,p=1$other{}", unique_id());
+    let changes = ProfileChanges {
+        password: Some((new_hash.clone(), 2)),
+        ..ProfileChanges::default()
+    };
+    let shown = format!("{changes:?}");
+    assert!(!shown.contains(&new_hash), "{shown}");
+    assert!(
+        store
+            .update(ada.id, changes, event_of(ada.id, "users.password_changed"))
+            .await
+            .unwrap()
+    );
+    let shown = format!("{:?}", store.get(ada.id).await.unwrap());
+    assert!(!shown.contains(&new_hash), "{shown}");
 }

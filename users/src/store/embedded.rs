@@ -1,6 +1,7 @@
-//! [`EmbeddedUserStore`]: users in a redb file. A sign-up is one write transaction that checks
-//! the username claim, stores the claim, the user and its `UserCreated` event, so it is all or
-//! nothing.
+//! [`EmbeddedUserStore`]: users in a redb file. Every write is one transaction with its event:
+//! a sign-up checks the username claim and stores the claim, the user and its `UserCreated`
+//! event; an update rewrites the record; a deletion removes the record and the claim (so the
+//! name is free at once) and keeps the ID in `deleted_users`, so it is never used again.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -13,11 +14,13 @@ use twtr_common::outbox::Outbox;
 use twtr_common::store::StoreError;
 use twtr_proto::events::v1::Envelope;
 
-use super::{Created, UserRecord, UserStore};
+use super::{Created, ProfileChanges, UserRecord, UserStore};
 
 const USERS: TableDefinition<u64, &[u8]> = TableDefinition::new("users");
 /// Lowercase username -> user ID: the uniqueness claim.
 const USERNAMES: TableDefinition<&str, u64> = TableDefinition::new("usernames");
+/// User ID -> when it was deleted: tombstones, so a deleted ID is never stored again.
+const DELETED_USERS: TableDefinition<u64, i64> = TableDefinition::new("deleted_users");
 
 /// Users in a redb file (`users.redb` under the data directory).
 #[derive(Debug, Clone)]
@@ -30,6 +33,7 @@ impl EmbeddedUserStore {
         let db = EmbeddedDb::open(path, |tx| {
             tx.open_table(USERS)?;
             tx.open_table(USERNAMES)?;
+            tx.open_table(DELETED_USERS)?;
             Ok(())
         })?;
         Ok(Self { db })
@@ -45,6 +49,12 @@ impl UserStore for EmbeddedUserStore {
     async fn create(&self, user: UserRecord, event: Envelope) -> Result<Created, StoreError> {
         self.db
             .write(move |tx| {
+                // This ID is stored already (a retry of this sign-up), or was and is deleted.
+                if tx.open_table(USERS)?.get(user.id)?.is_some()
+                    || tx.open_table(DELETED_USERS)?.get(user.id)?.is_some()
+                {
+                    return Ok(Created::Created);
+                }
                 let canonical = user.username.to_ascii_lowercase();
                 let mut usernames = tx.open_table(USERNAMES)?;
                 if usernames.get(canonical.as_str())?.is_some() {
@@ -95,6 +105,60 @@ impl UserStore for EmbeddedUserStore {
                     }
                 }
                 Ok(found)
+            })
+            .await
+    }
+
+    async fn update(
+        &self,
+        user_id: u64,
+        changes: ProfileChanges,
+        event: Envelope,
+    ) -> Result<bool, StoreError> {
+        self.db
+            .write(move |tx| {
+                let mut users = tx.open_table(USERS)?;
+                let Some(mut user) = users
+                    .get(user_id)?
+                    .map(|row| decode(row.value()))
+                    .transpose()?
+                else {
+                    return Ok(false);
+                };
+                changes.apply_to(&mut user);
+                users.insert(user_id, user.encode_to_vec().as_slice())?;
+                tx.stage_event(&event)?;
+                Ok(true)
+            })
+            .await
+    }
+
+    async fn delete(
+        &self,
+        user_id: u64,
+        deleted_at_ms: i64,
+        event: Envelope,
+    ) -> Result<bool, StoreError> {
+        self.db
+            .write(move |tx| {
+                let mut users = tx.open_table(USERS)?;
+                let Some(user) = users
+                    .remove(user_id)?
+                    .map(|row| decode(row.value()))
+                    .transpose()?
+                else {
+                    return Ok(false);
+                };
+                let canonical = user.username.to_ascii_lowercase();
+                let mut usernames = tx.open_table(USERNAMES)?;
+                let owner = usernames.get(canonical.as_str())?.map(|id| id.value());
+                if owner == Some(user_id) {
+                    usernames.remove(canonical.as_str())?;
+                }
+                tx.open_table(DELETED_USERS)?
+                    .insert(user_id, deleted_at_ms)?;
+                tx.stage_event(&event)?;
+                Ok(true)
             })
             .await
     }

@@ -6,7 +6,8 @@
 //! - this module: the [`UserStore`] trait and the records it stores.
 //! - [`embedded`]: [`EmbeddedUserStore`], users in a redb file (one transaction per write).
 //! - [`cql`]: [`CqlUserStore`], users on ScyllaDB / Cassandra (a username claim by lightweight
-//!   transaction, then one logged batch for the row and its event).
+//!   transaction, then one logged batch for the row and its event; a deletion frees the name
+//!   by lightweight transaction after its batch).
 //! - [`conformance`]: the suite both backends pass, and its macro
 //!   [`user_store_conformance!`](crate::user_store_conformance).
 
@@ -24,8 +25,10 @@ use twtr_proto::events::v1::Envelope;
 pub use cql::CqlUserStore;
 pub use embedded::EmbeddedUserStore;
 
-/// A stored user. Encoded with protobuf so fields can be added without a migration.
+/// A stored user. Encoded with protobuf so fields can be added without a migration. Its
+/// `Debug` leaves the password hash out.
 #[derive(Clone, PartialEq, prost::Message)]
+#[prost(skip_debug)]
 pub struct UserRecord {
     #[prost(uint64, tag = "1")]
     pub id: u64,
@@ -36,11 +39,77 @@ pub struct UserRecord {
     pub display_name: String,
     #[prost(string, tag = "4")]
     pub bio: String,
-    /// PHC string (argon2id).
+    /// PHC string (argon2id). Never logged.
     #[prost(string, tag = "5")]
     pub password_hash: String,
     #[prost(int64, tag = "6")]
     pub created_at_ms: i64,
+    /// Tokens issued under a lower generation are revoked; a password change raises it.
+    #[prost(uint64, tag = "7")]
+    pub token_generation: u64,
+    /// When the profile or password last changed (the creation time until then).
+    #[prost(int64, tag = "8")]
+    pub updated_at_ms: i64,
+}
+
+/// What `Debug` prints instead of a password hash.
+const REDACTED: &str = "[redacted]";
+
+impl std::fmt::Debug for UserRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UserRecord")
+            .field("id", &self.id)
+            .field("username", &self.username)
+            .field("display_name", &self.display_name)
+            .field("bio", &self.bio)
+            .field("password_hash", &REDACTED)
+            .field("created_at_ms", &self.created_at_ms)
+            .field("token_generation", &self.token_generation)
+            .field("updated_at_ms", &self.updated_at_ms)
+            .finish()
+    }
+}
+
+/// Changes to a profile; `None` leaves a field as it is.
+#[derive(Clone, Default)]
+pub struct ProfileChanges {
+    pub display_name: Option<String>,
+    pub bio: Option<String>,
+    /// A new password hash, and the token generation that revokes every token issued before.
+    pub password: Option<(String, u64)>,
+    pub updated_at_ms: i64,
+}
+
+impl std::fmt::Debug for ProfileChanges {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let password = self
+            .password
+            .as_ref()
+            .map(|(_, generation)| (REDACTED, generation));
+        f.debug_struct("ProfileChanges")
+            .field("display_name", &self.display_name)
+            .field("bio", &self.bio)
+            .field("password", &password)
+            .field("updated_at_ms", &self.updated_at_ms)
+            .finish()
+    }
+}
+
+impl ProfileChanges {
+    /// `user` with these changes made.
+    pub fn apply_to(self, user: &mut UserRecord) {
+        if let Some(display_name) = self.display_name {
+            user.display_name = display_name;
+        }
+        if let Some(bio) = self.bio {
+            user.bio = bio;
+        }
+        if let Some((password_hash, token_generation)) = self.password {
+            user.password_hash = password_hash;
+            user.token_generation = token_generation;
+        }
+        user.updated_at_ms = self.updated_at_ms;
+    }
 }
 
 /// The outcome of [`UserStore::create`].
@@ -53,13 +122,103 @@ pub enum Created {
 
 #[async_trait]
 pub trait UserStore: Send + Sync {
-    /// Stores `user` and `event` atomically, unless the username is taken (ignoring case).
+    /// Stores `user` and `event` atomically, unless the username is taken (ignoring case). A
+    /// user ID that is already stored, live or deleted, is taken for a retry of that sign-up:
+    /// nothing is written and the answer is `Created` (so a late replay cannot bring a deleted
+    /// account back).
     async fn create(&self, user: UserRecord, event: Envelope) -> Result<Created, StoreError>;
     async fn get(&self, id: u64) -> Result<Option<UserRecord>, StoreError>;
     /// Looks a user up by the lowercase form of their username.
     async fn get_by_username(&self, canonical: &str) -> Result<Option<UserRecord>, StoreError>;
     /// The users that exist among `ids`, in the order given.
     async fn get_many(&self, ids: Vec<u64>) -> Result<Vec<UserRecord>, StoreError>;
-    /// The outbox that `create` stages events into.
+    /// Applies `changes` to a live user and stages `event`, atomically. Returns false (writing
+    /// nothing) when there is no such live user.
+    async fn update(
+        &self,
+        user_id: u64,
+        changes: ProfileChanges,
+        event: Envelope,
+    ) -> Result<bool, StoreError>;
+    /// Deletes a live user: the profile and credentials go, the username is free again at once,
+    /// the ID is kept as a tombstone (never reused; a late write cannot bring the account back),
+    /// and `event` is staged, atomically where the backend allows. Returns false when there is
+    /// no live user (deleting twice is harmless). A deleted user is absent from get,
+    /// get_by_username and get_many.
+    async fn delete(
+        &self,
+        user_id: u64,
+        deleted_at_ms: i64,
+        event: Envelope,
+    ) -> Result<bool, StoreError>;
+    /// The outbox that `create`, `update` and `delete` stage events into.
     fn outbox(&self) -> Arc<dyn Outbox>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA";
+
+    #[test]
+    fn debug_hides_the_password_hash() {
+        let user = UserRecord {
+            id: 7,
+            username: "ada".to_owned(),
+            password_hash: HASH.to_owned(),
+            token_generation: 3,
+            ..UserRecord::default()
+        };
+        let shown = format!("{user:?}");
+        assert!(!shown.contains(HASH), "{shown}");
+        assert!(
+            shown.contains("[redacted]") && shown.contains("ada"),
+            "{shown}"
+        );
+        let shown = format!("{user:#?}");
+        assert!(!shown.contains(HASH), "{shown}");
+
+        let changes = ProfileChanges {
+            bio: Some("hi".to_owned()),
+            password: Some((HASH.to_owned(), 4)),
+            ..ProfileChanges::default()
+        };
+        let shown = format!("{changes:?}");
+        assert!(!shown.contains(HASH), "{shown}");
+        assert!(
+            shown.contains("[redacted]") && shown.contains('4'),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn changes_touch_only_the_fields_given() {
+        let mut user = UserRecord {
+            display_name: "Ada".to_owned(),
+            bio: "old".to_owned(),
+            password_hash: HASH.to_owned(),
+            token_generation: 1,
+            updated_at_ms: 10,
+            ..UserRecord::default()
+        };
+        ProfileChanges {
+            bio: Some(String::new()),
+            updated_at_ms: 20,
+            ..ProfileChanges::default()
+        }
+        .apply_to(&mut user);
+        assert_eq!(
+            (
+                user.display_name.as_str(),
+                user.bio.as_str(),
+                user.updated_at_ms
+            ),
+            ("Ada", "", 20)
+        );
+        assert_eq!(
+            (user.password_hash.as_str(), user.token_generation),
+            (HASH, 1)
+        );
+    }
 }
