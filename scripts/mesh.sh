@@ -34,14 +34,15 @@ start() {
     fi
     scripts/rabbitmq.sh start
     mkdir -p "$MESH_DIR/logs" "$MESH_DIR/pids"
-    # One secret shared by the users service (which signs tokens) and the gateway (which checks
-    # them), kept across restarts.
-    if [[ -z ${TWTR_TOKEN_SECRET:-} ]]; then
-        if [[ ! -f $MESH_DIR/token_secret ]]; then
-            (umask 077 && head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$MESH_DIR/token_secret")
+    # The token key pair: the users service signs with the private key, the gateway verifies
+    # with the public one. Made once (as openssl makes them) and kept across restarts.
+    if [[ -z ${TWTR_TOKEN_PRIVATE_KEY:-} ]]; then
+        if [[ ! -f $MESH_DIR/token_private.pem ]]; then
+            (umask 077 && openssl genpkey -algorithm ed25519 -out "$MESH_DIR/token_private.pem")
+            openssl pkey -in "$MESH_DIR/token_private.pem" -pubout -out "$MESH_DIR/token_public.pem"
         fi
-        TWTR_TOKEN_SECRET="$(cat "$MESH_DIR/token_secret")"
-        export TWTR_TOKEN_SECRET
+        export TWTR_TOKEN_PRIVATE_KEY="$MESH_DIR/token_private.pem"
+        export TWTR_TOKEN_PUBLIC_KEYS="${TWTR_TOKEN_PUBLIC_KEYS:-$MESH_DIR/token_public.pem}"
     fi
     for part in "${PARTS[@]}"; do
         if pid="$(pid_of "$part")"; then

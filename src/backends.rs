@@ -1,60 +1,134 @@
 //! The one place where configuration picks backends. Domain code only ever sees the traits.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use scylla::client::session::Session;
 use twtr_common::IdGenerator;
 use twtr_common::bus::{EventBus, InProcessBus, QueueSpec, RabbitBus, RabbitConfig};
-use twtr_common::tokens::{TokenSecret, Tokens};
-use twtr_feeds::{EmbeddedFeedStore, FeedStore};
-use twtr_followers::{EmbeddedFollowStore, FollowStore};
-use twtr_tweets::{EmbeddedTweetStore, TweetStore};
-use twtr_users::{EmbeddedUserStore, UserStore};
+use twtr_common::cql::{self, CqlConfig, Keyspace};
+use twtr_common::tokens::{self, TokenSigner, TokenVerifier};
+use twtr_feeds::{CqlFeedStore, EmbeddedFeedStore, FeedLimits, FeedStore};
+use twtr_followers::{CqlFollowStore, EmbeddedFollowStore, FollowStore};
+use twtr_tweets::{CqlTweetStore, EmbeddedTweetStore, TweetStore};
+use twtr_users::{CqlUserStore, EmbeddedUserStore, UserStore};
 
 use crate::{Config, Storage};
 
-/// Refuses a backend this build cannot drive yet, naming what to use instead.
-fn not_yet(what: &str) -> anyhow::Error {
-    anyhow::anyhow!(
-        "{what} is not available in this version of twtr yet; unset it to use the embedded default"
-    )
+/// Where this process keeps its rows: the embedded files, or one session on the CQL cluster
+/// shared by every service the process runs. Opened once per process by [`storage`].
+pub enum StorageBackend {
+    Embedded {
+        data_dir: PathBuf,
+    },
+    Cql {
+        session: Arc<Session>,
+        config: CqlConfig,
+    },
 }
 
-fn embedded_dir(config: &Config) -> anyhow::Result<&Path> {
+/// Opens the configured storage: for CQL, connects once.
+pub async fn storage(config: &Config) -> anyhow::Result<StorageBackend> {
     match &config.storage {
-        Storage::Embedded { data_dir } => Ok(data_dir),
-        Storage::Scylla { .. } => Err(not_yet("the ScyllaDB store (TWTR_SCYLLA_NODES)")),
+        Storage::Embedded { data_dir } => Ok(StorageBackend::Embedded {
+            data_dir: data_dir.clone(),
+        }),
+        Storage::Cql(cql) => {
+            let session = cql::connect(cql).await.with_context(|| {
+                format!("failed to connect to the CQL cluster at {:?}", cql.nodes)
+            })?;
+            Ok(StorageBackend::Cql {
+                session,
+                config: cql.clone(),
+            })
+        }
     }
 }
 
-pub fn user_store(config: &Config) -> anyhow::Result<Arc<dyn UserStore>> {
-    let path = embedded_dir(config)?.join("users.redb");
-    let store = EmbeddedUserStore::open(&path)
-        .with_context(|| format!("failed to open {}", path.display()))?;
-    Ok(Arc::new(store))
-}
+impl StorageBackend {
+    /// `service`'s keyspace, after checking its schema is current (a service refuses to serve
+    /// on a keyspace that is behind, and says what to run).
+    async fn keyspace(&self, service: &str) -> anyhow::Result<Keyspace> {
+        let StorageBackend::Cql { session, config } = self else {
+            anyhow::bail!("not a CQL backend");
+        };
+        cql::ensure_current(session, config, service).await?;
+        Ok(Keyspace::new(Arc::clone(session), config, service)?)
+    }
 
-pub fn tweet_store(config: &Config) -> anyhow::Result<Arc<dyn TweetStore>> {
-    let path = embedded_dir(config)?.join("tweets.redb");
-    let store = EmbeddedTweetStore::open(&path)
-        .with_context(|| format!("failed to open {}", path.display()))?;
-    Ok(Arc::new(store))
-}
+    fn embedded_file(data_dir: &Path, name: &str) -> PathBuf {
+        data_dir.join(name)
+    }
 
-pub fn follow_store(config: &Config) -> anyhow::Result<Arc<dyn FollowStore>> {
-    let path = embedded_dir(config)?.join("followers.redb");
-    let store = EmbeddedFollowStore::open(&path)
-        .with_context(|| format!("failed to open {}", path.display()))?;
-    Ok(Arc::new(store))
-}
+    pub async fn user_store(&self) -> anyhow::Result<Arc<dyn UserStore>> {
+        Ok(match self {
+            Self::Embedded { data_dir } => {
+                let path = Self::embedded_file(data_dir, "users.redb");
+                Arc::new(
+                    EmbeddedUserStore::open(&path)
+                        .with_context(|| format!("failed to open {}", path.display()))?,
+                )
+            }
+            Self::Cql { .. } => Arc::new(
+                CqlUserStore::new(self.keyspace("users").await?)
+                    .await
+                    .context("failed to prepare the users statements")?,
+            ),
+        })
+    }
 
-pub fn feed_store(config: &Config) -> anyhow::Result<Arc<dyn FeedStore>> {
-    let path = embedded_dir(config)?.join("feeds.redb");
-    let store = EmbeddedFeedStore::open(&path, config.feed_limits)
-        .with_context(|| format!("failed to open {}", path.display()))?;
-    Ok(Arc::new(store))
+    pub async fn tweet_store(&self) -> anyhow::Result<Arc<dyn TweetStore>> {
+        Ok(match self {
+            Self::Embedded { data_dir } => {
+                let path = Self::embedded_file(data_dir, "tweets.redb");
+                Arc::new(
+                    EmbeddedTweetStore::open(&path)
+                        .with_context(|| format!("failed to open {}", path.display()))?,
+                )
+            }
+            Self::Cql { .. } => Arc::new(
+                CqlTweetStore::new(self.keyspace("tweets").await?)
+                    .await
+                    .context("failed to prepare the tweets statements")?,
+            ),
+        })
+    }
+
+    pub async fn follow_store(&self) -> anyhow::Result<Arc<dyn FollowStore>> {
+        Ok(match self {
+            Self::Embedded { data_dir } => {
+                let path = Self::embedded_file(data_dir, "followers.redb");
+                Arc::new(
+                    EmbeddedFollowStore::open(&path)
+                        .with_context(|| format!("failed to open {}", path.display()))?,
+                )
+            }
+            Self::Cql { .. } => Arc::new(
+                CqlFollowStore::new(self.keyspace("followers").await?)
+                    .await
+                    .context("failed to prepare the followers statements")?,
+            ),
+        })
+    }
+
+    pub async fn feed_store(&self, limits: FeedLimits) -> anyhow::Result<Arc<dyn FeedStore>> {
+        Ok(match self {
+            Self::Embedded { data_dir } => {
+                let path = Self::embedded_file(data_dir, "feeds.redb");
+                Arc::new(
+                    EmbeddedFeedStore::open(&path, limits)
+                        .with_context(|| format!("failed to open {}", path.display()))?,
+                )
+            }
+            Self::Cql { .. } => Arc::new(
+                CqlFeedStore::new(self.keyspace("feeds").await?, limits)
+                    .await
+                    .context("failed to prepare the feeds statements")?,
+            ),
+        })
+    }
 }
 
 /// How a process runs the mesh: every part in one process, or one part alone (so whatever the
@@ -157,36 +231,81 @@ fn host_hash() -> u64 {
     })
 }
 
-/// The token signer/verifier. With no configured secret, the all-in-one mesh keeps a generated
-/// one in `<data dir>/token_secret`, so tokens survive a restart; parts run on their own must
-/// share one configured secret, or the gateway could not verify what the users service signs.
-pub fn tokens(config: &Config, part: Part) -> anyhow::Result<Tokens> {
-    let secret = match (&config.token_secret, part) {
-        (Some(secret), _) => secret.clone().into_bytes(),
-        (None, Part::AllInOne) => local_secret(&config.data_dir)?,
+/// The private key that signs tokens (the users service's): the configured PEM file, or in
+/// `all` with none configured, a key pair generated once into the data directory
+/// (`token_private.pem`, mode 0600, and `token_public.pem`), so tokens survive a restart. A part
+/// alone refuses to start without its key.
+pub fn token_signer(config: &Config, part: Part) -> anyhow::Result<TokenSigner> {
+    warn_about_retired_secret();
+    let pem = match (&config.token_private_key, part) {
+        (Some(path), _) => read_key(path)?,
+        (None, Part::AllInOne) => local_key_pair(&config.data_dir)?.0,
         (None, Part::Alone) => anyhow::bail!(
-            "TWTR_TOKEN_SECRET must be set when a part runs on its own: the users service and the gateway must share it"
+            "TWTR_TOKEN_PRIVATE_KEY must name the PEM file of the Ed25519 key that signs tokens \
+             (openssl genpkey -algorithm ed25519 -out token_private.pem)"
         ),
     };
-    let secret = TokenSecret::new(secret).context("invalid TWTR_TOKEN_SECRET")?;
-    Ok(Tokens::new(&secret, config.token_ttl))
+    TokenSigner::from_pem(&pem, config.token_ttl).context("invalid TWTR_TOKEN_PRIVATE_KEY")
 }
 
-fn local_secret(data_dir: &Path) -> anyhow::Result<Vec<u8>> {
-    let path = data_dir.join("token_secret");
-    if let Ok(existing) = std::fs::read(&path) {
-        return Ok(existing);
+/// The public keys that verify tokens (every verifier's): the configured PEM files, or in `all`
+/// with none configured, the public half of the key the users service signs with.
+pub fn token_verifier(config: &Config, part: Part) -> anyhow::Result<TokenVerifier> {
+    warn_about_retired_secret();
+    let pems = match (config.token_public_keys.is_empty(), part) {
+        (false, _) => config
+            .token_public_keys
+            .iter()
+            .map(|path| read_key(path))
+            .collect::<anyhow::Result<Vec<_>>>()?,
+        (true, Part::AllInOne) => match &config.token_private_key {
+            Some(path) => vec![
+                tokens::public_key_of(&read_key(path)?)
+                    .context("invalid TWTR_TOKEN_PRIVATE_KEY")?,
+            ],
+            None => vec![local_key_pair(&config.data_dir)?.1],
+        },
+        (true, Part::Alone) => anyhow::bail!(
+            "TWTR_TOKEN_PUBLIC_KEYS must name the PEM file(s) of the public key(s) that verify tokens \
+             (openssl pkey -in token_private.pem -pubout -out token_public.pem)"
+        ),
+    };
+    TokenVerifier::from_pems(&pems).context("invalid TWTR_TOKEN_PUBLIC_KEYS")
+}
+
+fn warn_about_retired_secret() {
+    if std::env::var_os("TWTR_TOKEN_SECRET").is_some() {
+        tracing::warn!(
+            "TWTR_TOKEN_SECRET is no longer used: tokens are signed with an Ed25519 key \
+             (TWTR_TOKEN_PRIVATE_KEY) and verified with its public key (TWTR_TOKEN_PUBLIC_KEYS)"
+        );
+    }
+}
+
+fn read_key(path: &Path) -> anyhow::Result<String> {
+    std::fs::read_to_string(path)
+        .with_context(|| format!("failed to read the key file {}", path.display()))
+}
+
+/// The all-in-one key pair in `data_dir`, generated on first use: (private PEM, public PEM).
+fn local_key_pair(data_dir: &Path) -> anyhow::Result<(String, String)> {
+    let private_path = data_dir.join("token_private.pem");
+    let public_path = data_dir.join("token_public.pem");
+    if let Ok(private) = std::fs::read_to_string(&private_path) {
+        let public = tokens::public_key_of(&private)
+            .with_context(|| format!("invalid key in {}", private_path.display()))?;
+        return Ok((private, public));
     }
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("failed to create {}", data_dir.display()))?;
-    let mut bytes = [0u8; 32];
-    getrandom::fill(&mut bytes)
-        .map_err(|err| anyhow::anyhow!("failed to generate a token secret: {err}"))?;
-    let secret: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    write_private(&path, secret.as_bytes())
-        .with_context(|| format!("failed to write {}", path.display()))?;
-    tracing::info!(path = %path.display(), "generated a token secret");
-    Ok(secret.into_bytes())
+    let (private, public) =
+        tokens::generate_key_pair().context("failed to generate a token key")?;
+    write_private(&private_path, private.as_bytes())
+        .with_context(|| format!("failed to write {}", private_path.display()))?;
+    std::fs::write(&public_path, &public)
+        .with_context(|| format!("failed to write {}", public_path.display()))?;
+    tracing::info!(path = %private_path.display(), "generated the token signing key");
+    Ok((private, public))
 }
 
 #[cfg(unix)]
@@ -207,14 +326,35 @@ fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     std::fs::write(path, contents)
 }
 
-/// `twtr migrate`: the embedded store creates its tables when it opens, so there is nothing to
-/// apply; ScyllaDB migrations arrive with the ScyllaDB backend.
-pub fn migrate(config: &Config) -> anyhow::Result<()> {
+/// `twtr migrate`: on CQL, creates each service's keyspace and applies its pending schema files
+/// (idempotent; safe to run from several places at once); on RabbitMQ, declares every consumer
+/// queue. The embedded store creates its tables when it opens, so there it has nothing to do.
+pub async fn migrate(config: &Config) -> anyhow::Result<()> {
     match &config.storage {
         Storage::Embedded { data_dir } => {
             tracing::info!(data_dir = %data_dir.display(), "embedded store: tables are created on open, nothing to migrate");
-            Ok(())
         }
-        Storage::Scylla { .. } => Err(not_yet("ScyllaDB migrations (TWTR_SCYLLA_NODES)")),
+        Storage::Cql(cql) => {
+            let session = cql::connect(cql).await.with_context(|| {
+                format!("failed to connect to the CQL cluster at {:?}", cql.nodes)
+            })?;
+            for service in cql::migrate::SERVICES {
+                let report = cql::migrate(&session, cql, service)
+                    .await
+                    .with_context(|| format!("failed to migrate the {service} keyspace"))?;
+                tracing::info!(
+                    keyspace = report.keyspace,
+                    applied = ?report.applied,
+                    version = report.version,
+                    "keyspace migrated"
+                );
+            }
+        }
     }
+    if config.amqp.is_some() {
+        let events = event_bus(config, Part::Alone).await?;
+        drop(events);
+        tracing::info!("event queues declared");
+    }
+    Ok(())
 }

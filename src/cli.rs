@@ -4,8 +4,12 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use twtr_common::bus::{ConsumerSettings, QueueType, RetryPolicy};
+use twtr_common::cql::{
+    ConsistencySettings, CqlConfig, parse_consistency, parse_serial_consistency,
+};
 use twtr_common::telemetry::LogFormat;
 use twtr_feeds::FeedLimits;
 use twtr_gateway::UpstreamUrls;
@@ -31,9 +35,62 @@ pub struct Cli {
     #[arg(long, env = "TWTR_DATA_DIR", default_value = "./data", global = true)]
     pub data_dir: PathBuf,
 
-    /// Comma-separated ScyllaDB contact points; when set, ScyllaDB is the store.
+    /// Comma-separated ScyllaDB/Cassandra contact points (`host` or `host:port`); when set, the
+    /// CQL backend is the store of every service.
     #[arg(long, env = "TWTR_SCYLLA_NODES", value_delimiter = ',', global = true)]
     pub scylla_nodes: Vec<String>,
+
+    /// Keyspaces are `<prefix>_users`, `<prefix>_tweets`, ... so several deployments can share
+    /// a cluster.
+    #[arg(
+        long,
+        env = "TWTR_SCYLLA_KEYSPACE_PREFIX",
+        default_value = "twtr",
+        global = true
+    )]
+    pub scylla_keyspace_prefix: String,
+
+    /// Replication of the keyspaces `twtr migrate` creates: `simple:<factor>` (one datacenter)
+    /// or `<dc>:<factor>,<dc>:<factor>` (NetworkTopologyStrategy, production).
+    #[arg(
+        long,
+        env = "TWTR_SCYLLA_REPLICATION",
+        default_value = "simple:1",
+        global = true
+    )]
+    pub scylla_replication: String,
+
+    /// This process's datacenter: requests go to its replicas first (what makes LOCAL_*
+    /// consistency local).
+    #[arg(long, env = "TWTR_SCYLLA_LOCAL_DC", global = true)]
+    pub scylla_local_dc: Option<String>,
+
+    /// Consistency of reads.
+    #[arg(
+        long,
+        env = "TWTR_SCYLLA_READ_CONSISTENCY",
+        default_value = "local_quorum",
+        global = true
+    )]
+    pub scylla_read_consistency: String,
+
+    /// Consistency of writes.
+    #[arg(
+        long,
+        env = "TWTR_SCYLLA_WRITE_CONSISTENCY",
+        default_value = "local_quorum",
+        global = true
+    )]
+    pub scylla_write_consistency: String,
+
+    /// Serial consistency of lightweight transactions (`local_serial` or `serial`).
+    #[arg(
+        long,
+        env = "TWTR_SCYLLA_SERIAL_CONSISTENCY",
+        default_value = "local_serial",
+        global = true
+    )]
+    pub scylla_serial_consistency: String,
 
     /// RabbitMQ URL (amqp://user:pass@host:5672/vhost); when set, RabbitMQ is the event bus.
     #[arg(long, env = "TWTR_AMQP_URL", hide_env_values = true, global = true)]
@@ -71,10 +128,21 @@ pub struct Cli {
     #[arg(long, env = "TWTR_EVENT_MAX_ATTEMPTS", default_value_t = ConsumerSettings::default().retry.max_attempts, global = true)]
     pub event_max_attempts: u32,
 
-    /// Token signing secret (at least 32 bytes). Without it, the embedded mode generates one
-    /// and keeps it in the data directory.
-    #[arg(long, env = "TWTR_TOKEN_SECRET", hide_env_values = true, global = true)]
-    pub token_secret: Option<String>,
+    /// PEM file of the Ed25519 private key that signs tokens (the users service's; as
+    /// `openssl genpkey -algorithm ed25519` writes it). `all` generates a key pair into the data
+    /// directory when no key is given.
+    #[arg(long, env = "TWTR_TOKEN_PRIVATE_KEY", global = true)]
+    pub token_private_key: Option<PathBuf>,
+
+    /// Comma-separated PEM files of the public keys that verify tokens (every verifier: the
+    /// gateway); two during a key rotation.
+    #[arg(
+        long,
+        env = "TWTR_TOKEN_PUBLIC_KEYS",
+        value_delimiter = ',',
+        global = true
+    )]
+    pub token_public_keys: Vec<PathBuf>,
 
     /// How long a login token stays valid, in seconds.
     #[arg(
@@ -195,14 +263,36 @@ fn url_for(addr: &str) -> String {
 
 impl Cli {
     pub fn config(&self) -> anyhow::Result<Config> {
-        let storage = if self.scylla_nodes.is_empty() {
+        let nodes: Vec<String> = self
+            .scylla_nodes
+            .iter()
+            .map(|n| n.trim().to_owned())
+            .filter(|n| !n.is_empty())
+            .collect();
+        let storage = if nodes.is_empty() {
             Storage::Embedded {
                 data_dir: self.data_dir.clone(),
             }
         } else {
-            Storage::Scylla {
-                nodes: self.scylla_nodes.clone(),
-            }
+            let mut cql = CqlConfig::new(nodes);
+            cql.keyspace_prefix = self.scylla_keyspace_prefix.clone();
+            cql.replication = self
+                .scylla_replication
+                .parse()
+                .context("invalid TWTR_SCYLLA_REPLICATION")?;
+            cql.local_dc = self.scylla_local_dc.clone().filter(|dc| !dc.is_empty());
+            cql.consistency = ConsistencySettings {
+                reads: parse_consistency(&self.scylla_read_consistency)
+                    .context("invalid TWTR_SCYLLA_READ_CONSISTENCY")?,
+                writes: parse_consistency(&self.scylla_write_consistency)
+                    .context("invalid TWTR_SCYLLA_WRITE_CONSISTENCY")?,
+                serial: parse_serial_consistency(&self.scylla_serial_consistency)
+                    .context("invalid TWTR_SCYLLA_SERIAL_CONSISTENCY")?,
+            };
+            // Fails on a bad prefix now rather than at the first keyspace.
+            cql.keyspace("users")
+                .context("invalid TWTR_SCYLLA_KEYSPACE_PREFIX")?;
+            Storage::Cql(cql)
         };
         anyhow::ensure!(self.feed_len > 0, "TWTR_FEED_LEN must be at least 1");
         anyhow::ensure!(
@@ -237,7 +327,16 @@ impl Cli {
                     max_attempts: self.event_max_attempts,
                 },
             },
-            token_secret: self.token_secret.clone().filter(|s| !s.is_empty()),
+            token_private_key: self
+                .token_private_key
+                .clone()
+                .filter(|p| !p.as_os_str().is_empty()),
+            token_public_keys: self
+                .token_public_keys
+                .iter()
+                .filter(|p| !p.as_os_str().is_empty())
+                .cloned()
+                .collect(),
             token_ttl: Duration::from_secs(self.token_ttl_secs),
             worker_id: self.worker_id,
             feed_limits: FeedLimits {
@@ -311,27 +410,34 @@ mod tests {
         .unwrap();
         assert_eq!(cli.command, Some(Command::Gateway));
         let config = cli.config().unwrap();
-        assert_eq!(
-            config.storage,
-            Storage::Scylla {
-                nodes: vec!["a:9042".into(), "b:9042".into()]
-            }
-        );
+        let Storage::Cql(cql) = &config.storage else {
+            panic!("TWTR_SCYLLA_NODES selects the CQL store");
+        };
+        assert_eq!(cql.nodes, vec!["a:9042".to_owned(), "b:9042".to_owned()]);
+        assert_eq!(cql.keyspace("users").unwrap(), "twtr_users");
         let urls = cli.upstream_urls();
         assert_eq!(urls.users, "http://users:50051");
         assert_eq!(urls.tweets, "http://127.0.0.1:7000");
     }
 
     #[test]
-    fn secrets_do_not_show_in_debug_output() {
+    fn key_files_are_read_from_flags_and_lists() {
         let cli = Cli::try_parse_from([
             "twtr",
-            "--token-secret",
-            "s3cr3t-s3cr3t-s3cr3t-s3cr3t-s3cr3t",
+            "gateway",
+            "--token-public-keys",
+            "/keys/old.pem,/keys/new.pem",
         ])
         .unwrap();
         let config = cli.config().unwrap();
-        assert!(!format!("{config:?}").contains("s3cr3t"));
+        assert_eq!(
+            config.token_public_keys,
+            vec![
+                PathBuf::from("/keys/old.pem"),
+                PathBuf::from("/keys/new.pem")
+            ]
+        );
+        assert_eq!(config.token_private_key, None);
     }
 }
 
@@ -363,5 +469,47 @@ mod amqp_tests {
             !format!("{config:?}").contains("secret-pw"),
             "the broker password stays out of Debug output"
         );
+    }
+}
+
+#[cfg(test)]
+mod cql_tests {
+    use super::*;
+
+    #[test]
+    fn cql_settings_are_read_and_checked() {
+        let cli = Cli::try_parse_from([
+            "twtr",
+            "migrate",
+            "--scylla-nodes",
+            "db1,db2:9043",
+            "--scylla-keyspace-prefix",
+            "staging",
+            "--scylla-replication",
+            "eu:3,us:3",
+            "--scylla-local-dc",
+            "eu",
+            "--scylla-read-consistency",
+            "one",
+        ])
+        .unwrap();
+        let config = cli.config().unwrap();
+        let Storage::Cql(cql) = &config.storage else {
+            panic!("CQL selected");
+        };
+        assert_eq!(cql.keyspace("feeds").unwrap(), "staging_feeds");
+        assert_eq!(cql.local_dc.as_deref(), Some("eu"));
+        assert!(cql.replication.to_cql().contains("NetworkTopologyStrategy"));
+        assert_eq!(cql.consistency.reads, scylla::statement::Consistency::One);
+
+        for bad in [
+            ["--scylla-replication", "lots"],
+            ["--scylla-keyspace-prefix", "Bad-Prefix"],
+            ["--scylla-write-consistency", "most"],
+        ] {
+            let cli = Cli::try_parse_from(["twtr", "--scylla-nodes", "db1"].into_iter().chain(bad))
+                .unwrap();
+            assert!(cli.config().is_err(), "{bad:?} is refused");
+        }
     }
 }

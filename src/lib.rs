@@ -27,6 +27,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use twtr_common::bus::{ConsumerSettings, QueueType};
+use twtr_common::cql::CqlConfig;
 use twtr_common::telemetry::{self, LogFormat};
 use twtr_feeds::FeedLimits;
 use twtr_gateway::UpstreamUrls;
@@ -41,8 +42,8 @@ use crate::backends::Part;
 pub enum Storage {
     /// redb files under this directory.
     Embedded { data_dir: PathBuf },
-    /// A ScyllaDB cluster reached through these contact points.
-    Scylla { nodes: Vec<String> },
+    /// A ScyllaDB or Cassandra cluster (`TWTR_SCYLLA_NODES`).
+    Cql(CqlConfig),
 }
 
 /// Everything configurable, after defaults, environment and flags are applied.
@@ -55,8 +56,11 @@ pub struct Config {
     pub amqp: Option<Amqp>,
     /// How consumers take their deliveries (prefetch, retry delay, attempts).
     pub consumer: ConsumerSettings,
-    /// Token signing secret; `None` means generate one and keep it in the data directory.
-    pub token_secret: Option<String>,
+    /// PEM file of the token signing key (users service); `None` in `all` means generate a key
+    /// pair into the data directory.
+    pub token_private_key: Option<PathBuf>,
+    /// PEM files of the token verification keys (gateway).
+    pub token_public_keys: Vec<PathBuf>,
     pub token_ttl: Duration,
     /// This process's Snowflake worker number; `None` means derive one.
     pub worker_id: Option<u16>,
@@ -71,10 +75,8 @@ impl std::fmt::Debug for Config {
             .field("data_dir", &self.data_dir)
             .field("amqp", &self.amqp)
             .field("consumer", &self.consumer)
-            .field(
-                "token_secret",
-                &self.token_secret.as_ref().map(|_| "[redacted]"),
-            )
+            .field("token_private_key", &self.token_private_key)
+            .field("token_public_keys", &self.token_public_keys)
             .field("token_ttl", &self.token_ttl)
             .field("worker_id", &self.worker_id)
             .field("feed_limits", &self.feed_limits)
@@ -93,7 +95,8 @@ impl Config {
             data_dir,
             amqp: None,
             consumer: ConsumerSettings::default(),
-            token_secret: None,
+            token_private_key: None,
+            token_public_keys: Vec::new(),
             token_ttl: Duration::from_secs(24 * 3600),
             worker_id: None,
             feed_limits: FeedLimits::default(),
@@ -196,7 +199,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let listener = bind("gateway", &addrs.http_addr).await?;
             let deps = twtr_gateway::GatewayDeps {
                 upstreams: cli.upstream_urls(),
-                tokens: backends::tokens(&config, Part::Alone)?,
+                tokens: backends::token_verifier(&config, Part::Alone)?,
             };
             twtr_gateway::serve(deps, listener, shutdown).await
         }
@@ -204,10 +207,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let listener = bind("users", &addrs.users_addr).await?;
             let events = backends::event_bus(&config, Part::Alone).await?;
             let deps = twtr_users::UsersDeps {
-                store: backends::user_store(&config)?,
+                store: backends::storage(&config).await?.user_store().await?,
                 ids: backends::id_generator(&config, &events, Part::Alone).await?,
                 bus: events.bus,
-                tokens: backends::tokens(&config, Part::Alone)?,
+                tokens: backends::token_signer(&config, Part::Alone)?,
             };
             twtr_users::serve(deps, listener, shutdown).await
         }
@@ -215,7 +218,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let listener = bind("tweets", &addrs.tweets_addr).await?;
             let events = backends::event_bus(&config, Part::Alone).await?;
             let deps = twtr_tweets::TweetsDeps {
-                store: backends::tweet_store(&config)?,
+                store: backends::storage(&config).await?.tweet_store().await?,
                 ids: backends::id_generator(&config, &events, Part::Alone).await?,
                 bus: events.bus,
             };
@@ -228,7 +231,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             )?);
             let events = backends::event_bus(&config, Part::Alone).await?;
             let deps = twtr_followers::FollowersDeps {
-                store: backends::follow_store(&config)?,
+                store: backends::storage(&config).await?.follow_store().await?,
                 ids: backends::id_generator(&config, &events, Part::Alone).await?,
                 bus: events.bus,
                 users: Arc::new(users),
@@ -238,7 +241,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Feeds => {
             let listener = bind("feeds", &addrs.feeds_addr).await?;
             let deps = twtr_feeds::FeedsDeps {
-                store: backends::feed_store(&config)?,
+                store: backends::storage(&config)
+                    .await?
+                    .feed_store(config.feed_limits)
+                    .await?,
                 bus: backends::event_bus(&config, Part::Alone).await?.bus,
                 consumer: config.consumer,
             };
@@ -247,7 +253,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 .serve(listener, shutdown)
                 .await
         }
-        Command::Migrate => backends::migrate(&config),
+        Command::Migrate => backends::migrate(&config).await,
     }
 }
 
@@ -275,31 +281,33 @@ pub async fn run_all(
         followers: local_url(&listeners.followers)?,
         feeds: local_url(&listeners.feeds)?,
     };
+    let storage = backends::storage(&config).await?;
     let events = backends::event_bus(&config, Part::AllInOne).await?;
     let ids = backends::id_generator(&config, &events, Part::AllInOne).await?;
     let bus = events.bus;
-    let tokens = backends::tokens(&config, Part::AllInOne)?;
+    let signer = backends::token_signer(&config, Part::AllInOne)?;
+    let verifier = backends::token_verifier(&config, Part::AllInOne)?;
 
     // Declare the feeds queue before anything can publish, so no event misses it.
     let feeds = twtr_feeds::FeedsService::build(twtr_feeds::FeedsDeps {
-        store: backends::feed_store(&config)?,
+        store: storage.feed_store(config.feed_limits).await?,
         bus: Arc::clone(&bus),
         consumer: config.consumer,
     })
     .await?;
     let users = twtr_users::UsersDeps {
-        store: backends::user_store(&config)?,
+        store: storage.user_store().await?,
         bus: Arc::clone(&bus),
         ids: Arc::clone(&ids),
-        tokens: tokens.clone(),
+        tokens: signer,
     };
     let tweets = twtr_tweets::TweetsDeps {
-        store: backends::tweet_store(&config)?,
+        store: storage.tweet_store().await?,
         bus: Arc::clone(&bus),
         ids: Arc::clone(&ids),
     };
     let followers = twtr_followers::FollowersDeps {
-        store: backends::follow_store(&config)?,
+        store: storage.follow_store().await?,
         bus: Arc::clone(&bus),
         ids: Arc::clone(&ids),
         users: Arc::new(UsersServiceClient::new(twtr_gateway::upstream::channel(
@@ -308,7 +316,7 @@ pub async fn run_all(
     };
     let gateway = twtr_gateway::GatewayDeps {
         upstreams: urls.clone(),
-        tokens,
+        tokens: verifier,
     };
 
     tracing::info!(

@@ -208,3 +208,53 @@ async fn a_request_id_follows_a_tweet_through_grpc_and_its_event() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn passwords_and_their_hashes_never_reach_the_logs() {
+    let data_dir = tempfile::tempdir().expect("temp dir");
+    // Everything twtr itself logs, at the most detailed level.
+    let mut twtr = spawn_twtr(data_dir.path(), "debug").await;
+    let (client, http) = (reqwest::Client::new(), twtr.http.clone());
+    wait_ready(&client, &http).await;
+    let password = "correct-horse-battery-7731";
+    let changed = "staple-horse-battery-9917";
+    let body = serde_json::json!({ "username": "secretive", "password": password });
+    let (status, user) = post(&client, format!("{http}/v1/users"), None, body.clone()).await;
+    assert_eq!(status, StatusCode::CREATED, "{user}");
+    let (_, session) = post(&client, format!("{http}/v1/sessions"), None, body).await;
+    let token = text(&session["token"]);
+    let wrong = serde_json::json!({ "username": "secretive", "password": "wrong-guess-for-logs" });
+    let (status, _) = post(&client, format!("{http}/v1/sessions"), None, wrong).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let response = client
+        .patch(format!("{http}/v1/users/me"))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({ "password": changed, "current_password": password }))
+        .send()
+        .await
+        .expect("change password");
+    assert_eq!(response.status(), StatusCode::OK);
+
+    twtr.child.start_kill().expect("kill");
+    twtr.child.wait().await.expect("reap");
+    let store = twtr_users::EmbeddedUserStore::open(&data_dir.path().join("users.redb"))
+        .expect("open the users store");
+    let stored = twtr_users::UserStore::get_by_username(&store, "secretive")
+        .await
+        .expect("read")
+        .expect("the user");
+    let logs = twtr.logs.lock().unwrap().join("\n");
+    assert!(logs.contains("user updated"), "the run was logged at all");
+    for secret in [
+        password,
+        changed,
+        "wrong-guess-for-logs",
+        stored.password_hash.as_str(),
+        token.as_str(),
+    ] {
+        assert!(
+            !logs.contains(secret),
+            "a secret reached the logs: {secret}"
+        );
+    }
+}

@@ -7,7 +7,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tokio::net::{TcpListener, TcpSocket};
 use tokio_util::sync::CancellationToken;
-use twtr_common::tokens::{TokenSecret, Tokens};
+use twtr_common::tokens::{TokenSigner, TokenVerifier, generate_key_pair};
 use twtr_gateway::{GatewayDeps, UpstreamUrls};
 
 /// A loopback URL where connections are refused: the port is bound (so no other test can take
@@ -30,15 +30,15 @@ async fn with_its_services_down_the_gateway_answers_503_not_500() {
         followers,
         feeds,
     };
-    let secret = TokenSecret::new("a test secret of at least 32 bytes").unwrap();
-    let tokens = Tokens::new(&secret, Duration::from_secs(60));
+    let (private, public) = generate_key_pair().unwrap();
+    let signer = TokenSigner::from_pem(&private, Duration::from_secs(60)).unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let http = format!("http://{}", listener.local_addr().unwrap());
     let shutdown = CancellationToken::new();
     let gateway = tokio::spawn(twtr_gateway::serve(
         GatewayDeps {
             upstreams,
-            tokens: tokens.clone(),
+            tokens: TokenVerifier::from_pems(&[public]).unwrap(),
         },
         listener,
         shutdown.clone(),
@@ -72,7 +72,7 @@ async fn with_its_services_down_the_gateway_answers_503_not_500() {
     assert_eq!(body["error"]["code"], "unavailable");
 
     // Authentication needs no service: a valid token still gets past it.
-    let token = tokens.issue(42).unwrap().token;
+    let token = signer.issue(42, 0).unwrap().token;
     let feed = client
         .get(format!("{http}/v1/feed"))
         .bearer_auth(token)

@@ -3,8 +3,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
+mod accounts;
 mod binary;
 mod config;
+mod cql;
 mod degraded;
 mod grpcurl;
 mod mesh;

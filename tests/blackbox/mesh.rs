@@ -44,7 +44,7 @@ async fn a_restart_on_the_same_data_dir_keeps_users_tweets_and_feeds() {
     assert!(has_store_files(data_dir.path()));
 
     let mesh = TestMesh::start_in(data_dir).await;
-    // Tokens issued before the restart are still valid (the secret is kept in the data dir).
+    // Tokens issued before the restart are still valid (the key pair is kept in the data dir).
     assert_eq!(
         mesh.feed_ids(&alice).await,
         std::slice::from_ref(&tweet),

@@ -36,6 +36,22 @@ impl Part {
         self.child.wait().await.expect("reap");
     }
 
+    /// SIGTERM, as a deployment stops a part, and waits for a clean exit.
+    pub async fn terminate(&mut self) {
+        let pid = self.child.id().expect("still running");
+        let sent = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .await
+            .expect("run kill");
+        assert!(sent.success(), "kill -TERM {pid}");
+        let status = tokio::time::timeout(CONVERGE, self.child.wait())
+            .await
+            .unwrap_or_else(|_| panic!("{} did not stop within {CONVERGE:?}", self.name))
+            .expect("reap");
+        assert!(status.success(), "{} stopped cleanly: {status}", self.name);
+    }
+
     /// Whether any log line contains every one of `needles`.
     pub fn logged(&self, needles: &[&str]) -> bool {
         self.logs
@@ -92,6 +108,55 @@ pub async fn spawn_part(name: &'static str, command: &str, env: &[(String, Strin
     }
 }
 
+/// Token key files every cluster of this test process shares (a deployment's Secret): the users
+/// service signs with the private key, the gateway verifies with the public one.
+pub fn test_keys() -> (String, String) {
+    static KEYS: std::sync::OnceLock<(TempDir, String, String)> = std::sync::OnceLock::new();
+    let (_, private, public) = KEYS.get_or_init(|| {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (private_pem, public_pem) =
+            twtr_common::tokens::generate_key_pair().expect("generate keys");
+        let private = dir.path().join("token_private.pem");
+        let public = dir.path().join("token_public.pem");
+        std::fs::write(&private, private_pem).expect("write key");
+        std::fs::write(&public, public_pem).expect("write key");
+        (
+            dir,
+            private.display().to_string(),
+            public.display().to_string(),
+        )
+    });
+    (private.clone(), public.clone())
+}
+
+/// Runs `twtr migrate` with `env` to completion; returns whether it succeeded and its log.
+pub async fn run_migrate(env: &[(String, String)]) -> (bool, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_twtr"))
+        .arg("migrate")
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .output()
+        .await
+        .expect("run twtr migrate");
+    let log = String::from_utf8_lossy(&output.stdout).into_owned()
+        + &String::from_utf8_lossy(&output.stderr);
+    (output.status.success(), log)
+}
+
+/// The environment that puts a part on the CQL cluster `nodes` under keyspace prefix `prefix`.
+pub fn cql_env(nodes: &[String], prefix: &str) -> Vec<(String, String)> {
+    vec![
+        ("TWTR_SCYLLA_NODES".to_owned(), nodes.join(",")),
+        ("TWTR_SCYLLA_KEYSPACE_PREFIX".to_owned(), prefix.to_owned()),
+    ]
+}
+
+/// A keyspace prefix no other test (or earlier run) uses.
+pub fn unique_keyspace_prefix() -> String {
+    let name = twtr_common::bus::conformance::unique("bb");
+    // `bb-<id>` -> `bb<id>`: keyspace names allow letters, digits and underscores only.
+    name.replace('-', "")
+}
+
 /// The four services and the gateway, each its own process, on one broker.
 pub struct Cluster {
     pub api: Api,
@@ -102,8 +167,9 @@ pub struct Cluster {
     pub tweets: Part,
     pub followers: Part,
     pub feeds: Part,
-    /// Held so the gateway process lives (and dies) with the cluster.
-    _gateway: Part,
+    /// More replicas of the feeds service, on the same queue (and the same CQL store).
+    pub feeds_replicas: Vec<Part>,
+    pub gateway: Part,
     /// Parent of every part's data directory.
     root: TempDir,
     extra_env: Vec<(String, String)>,
@@ -114,12 +180,23 @@ impl Cluster {
     /// defaults. The feeds service starts first, as its queue must exist before tweets flow
     /// (every part declares it too, so the order is a courtesy, not a requirement).
     pub async fn start(amqp_url: &str, extra_env: &[(&str, &str)]) -> Self {
-        let root = tempfile::tempdir().expect("temp dir");
-        let prefix = twtr_common::bus::conformance::unique("twtr-bb");
         let extra_env: Vec<(String, String)> = extra_env
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect();
+        let root = tempfile::tempdir().expect("temp dir");
+        let prefix = twtr_common::bus::conformance::unique("twtr-bb");
+        Self::start_in(amqp_url, root, prefix, extra_env).await
+    }
+
+    /// Starts the cluster on `root` (the parts' data directories) and broker `prefix`, e.g. those
+    /// of a cluster that was [`Cluster::stop`]ped.
+    pub async fn start_in(
+        amqp_url: &str,
+        root: TempDir,
+        prefix: String,
+        extra_env: Vec<(String, String)>,
+    ) -> Self {
         let mut cluster_env = Self::base_env(amqp_url, &prefix);
         cluster_env.extend(extra_env.iter().cloned());
         let env = |part: &str, more: &[(&str, String)]| {
@@ -163,7 +240,8 @@ impl Cluster {
             tweets,
             followers,
             feeds,
-            _gateway: gateway,
+            feeds_replicas: Vec::new(),
+            gateway,
             root,
             extra_env,
         };
@@ -172,16 +250,15 @@ impl Cluster {
     }
 
     fn base_env(amqp_url: &str, prefix: &str) -> Vec<(String, String)> {
+        let (private, public) = test_keys();
         [
+            ("TWTR_TOKEN_PRIVATE_KEY", private.as_str()),
+            ("TWTR_TOKEN_PUBLIC_KEYS", public.as_str()),
             ("TWTR_AMQP_URL", amqp_url),
             ("TWTR_AMQP_PREFIX", prefix),
             // The test's queues go away on their own once it is over.
             ("TWTR_AMQP_QUEUE_EXPIRY_SECS", "600"),
             ("TWTR_EVENT_RETRY_DELAY_MS", "200"),
-            (
-                "TWTR_TOKEN_SECRET",
-                "blackbox-shared-secret-blackbox-shared-secret",
-            ),
             ("TWTR_LOG_FORMAT", "json"),
             ("TWTR_LOG", "info,twtr_feeds=debug"),
             ("TWTR_HTTP_ADDR", "127.0.0.1:0"),
@@ -207,6 +284,43 @@ impl Cluster {
     /// Whether the gateway reports the mesh ready right now.
     pub async fn is_ready(&self) -> bool {
         self.api.get("/readyz", None).await.0.is_success()
+    }
+
+    /// Stops every part gracefully (SIGTERM, gateway first) and hands back what a restart needs:
+    /// the data directories, the broker prefix and the extra environment.
+    pub async fn stop(mut self) -> (TempDir, String, Vec<(String, String)>) {
+        self.gateway.terminate().await;
+        for replica in &mut self.feeds_replicas {
+            replica.terminate().await;
+        }
+        for part in [
+            &mut self.feeds,
+            &mut self.followers,
+            &mut self.tweets,
+            &mut self.users,
+        ] {
+            part.terminate().await;
+        }
+        (self.root, self.prefix, self.extra_env)
+    }
+
+    /// Starts one more feeds process on the same queue: a competing consumer. (With the embedded
+    /// store it would have rows of its own; give the cluster a CQL store to share.)
+    pub async fn add_feeds_replica(&mut self) -> &Part {
+        let n = self.feeds_replicas.len() + 2;
+        let mut env = Self::base_env(&self.amqp_url, &self.prefix);
+        env.extend(self.extra_env.iter().cloned());
+        env.push((
+            "TWTR_DATA_DIR".into(),
+            self.root
+                .path()
+                .join(format!("feeds{n}"))
+                .display()
+                .to_string(),
+        ));
+        let replica = spawn_part("feeds replica", "feeds", &env).await;
+        self.feeds_replicas.push(replica);
+        self.feeds_replicas.last().expect("just pushed")
     }
 
     /// Starts the feeds service again on its data directory and its old address (so the

@@ -55,6 +55,21 @@ impl TestMesh {
         Self::start_with(Config::embedded(data_dir.path()), data_dir).await
     }
 
+    /// The whole mesh on the CQL backend (keyspaces of its own, migrated first), or `None` when
+    /// no CQL node answers outside CI.
+    pub async fn start_cql() -> Option<Self> {
+        let nodes = twtr_common::testing::cql_nodes()?;
+        let data_dir = Arc::new(tempfile::tempdir().expect("temp dir"));
+        let mut config = Config::embedded(data_dir.path());
+        let mut cql = twtr_common::cql::CqlConfig::new(nodes);
+        cql.keyspace_prefix = crate::processes::unique_keyspace_prefix();
+        config.storage = twtr::Storage::Cql(cql);
+        twtr::backends::migrate(&config)
+            .await
+            .expect("migrate the test keyspaces");
+        Some(Self::start_with(config, data_dir).await)
+    }
+
     /// The whole mesh with `config`, whose files live in `data_dir`.
     pub async fn start_with(config: Config, data_dir: Arc<TempDir>) -> Self {
         let listeners = MeshListeners {
@@ -147,6 +162,35 @@ impl Api {
 
     pub async fn post(&self, path: &str, token: Option<&str>, body: Value) -> (StatusCode, Value) {
         self.call(Method::POST, path, token, Some(body)).await
+    }
+
+    pub async fn patch(&self, path: &str, token: Option<&str>, body: Value) -> (StatusCode, Value) {
+        self.call(Method::PATCH, path, token, Some(body)).await
+    }
+
+    pub async fn delete(&self, path: &str, token: Option<&str>) -> (StatusCode, Value) {
+        self.call(Method::DELETE, path, token, None).await
+    }
+
+    /// A raw request with a literal JSON body, for malformed input.
+    pub async fn send_raw(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: &'static str,
+    ) -> (StatusCode, Value) {
+        let mut request = self
+            .client
+            .request(method, format!("{}{path}", self.http))
+            .header("content-type", "application/json")
+            .body(body);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.expect("HTTP request");
+        let status = response.status();
+        (status, response.json().await.unwrap_or(Value::Null))
     }
 
     /// A raw request with a literal body, for malformed input.
