@@ -317,26 +317,29 @@ async fn keyspace_options(session: &Session) -> Result<&'static str, CqlError> {
 /// once (the Helm hook Job does) rather than from many processes at once.
 async fn ensure_bookkeeping(session: &Session, keyspace: &str) -> Result<(), CqlError> {
     let tables = table_names(session, keyspace).await?;
-    let mut created = false;
     if !tables.contains("schema_migrations") {
         let create = format!(
             "CREATE TABLE IF NOT EXISTS {keyspace}.schema_migrations \
              (version int PRIMARY KEY, name text, checksum text, applied_at timestamp)"
         );
         session.query_unpaged(create, ()).await?;
-        created = true;
     }
     if !tables.contains("schema_lock") {
         let create = format!(
             "CREATE TABLE IF NOT EXISTS {keyspace}.schema_lock (id text PRIMARY KEY, owner text)"
         );
         session.query_unpaged(create, ()).await?;
-        created = true;
     }
-    if created {
-        session.await_schema_agreement().await?;
-    }
+    // Even when another process created them, wait until every node agrees on them.
+    session.await_schema_agreement().await?;
     Ok(())
+}
+
+/// Whether `err` says a table is unknown: a table another process just created can show in
+/// `system_schema` a moment before the node serves it, so the caller waits and asks again.
+fn table_not_there_yet(err: &scylla::errors::ExecutionError) -> bool {
+    let message = err.to_string();
+    message.contains("does not exist") || message.contains("unconfigured table")
 }
 
 /// The keyspace's replication map, or `None` when there is no such keyspace.
@@ -441,9 +444,18 @@ async fn acquire_lease(session: &Session, keyspace: &str, owner: &str) -> Result
     let mut backoff = LEASE_BACKOFF_FIRST;
     let mut logged = false;
     loop {
-        let result = session
+        let result = match session
             .query_unpaged(insert.as_str(), (LEASE_ID, owner))
-            .await?;
+            .await
+        {
+            Ok(result) => result,
+            Err(err) if table_not_there_yet(&err) && started.elapsed() < LEASE_WAIT => {
+                tracing::debug!(keyspace, "schema_lock not served yet; asking again");
+                tokio::time::sleep(backoff).await;
+                continue;
+            }
+            Err(err) => return Err(err.into()),
+        };
         let (applied, row) = lwt_outcome(result)?;
         if applied {
             tracing::debug!(keyspace, owner, "took schema lease");
