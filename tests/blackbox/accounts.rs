@@ -43,6 +43,7 @@ on_both_backends! {
     deletion => a_deleted_account_is_gone_and_its_token_is_refused_everywhere,
     bad_tokens => forged_expired_and_wrong_key_tokens_are_refused,
     concurrent_sign_ups => eight_concurrent_sign_ups_of_one_name_give_one_account,
+    sign_up_validation => bad_sign_ups_are_400s_or_409s_that_write_nothing,
 }
 
 async fn me(mesh: &TestMesh, token: &str) -> (StatusCode, Value) {
@@ -309,4 +310,73 @@ pub async fn eight_concurrent_sign_ups_of_one_name_give_one_account(mesh: &TestM
     assert_eq!((created, conflicts), (1, 7), "{statuses:?}");
     let (status, _) = mesh.get("/v1/users/by-username/grace", None).await;
     assert_eq!(status, StatusCode::OK);
+}
+
+pub async fn bad_sign_ups_are_400s_or_409s_that_write_nothing(mesh: &TestMesh) {
+    mesh.user("henry").await;
+    let cases = [
+        (
+            json!({ "username": "hi", "password": "long-enough-pw" }),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            json!({ "username": "a_very_long_name", "password": "long-enough-pw" }),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            json!({ "username": "bad-name", "password": "long-enough-pw" }),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            json!({ "username": "ivy", "password": "7-chars" }),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            json!({ "username": "ivy", "password": "p".repeat(129) }),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            json!({ "username": "ivy", "password": "long-enough-pw", "admin": true }),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            json!({ "username": "HENRY", "password": "long-enough-pw" }),
+            StatusCode::CONFLICT,
+        ),
+    ];
+    for (body, expected) in cases {
+        let (status, error) = mesh.post("/v1/users", None, body.clone()).await;
+        assert_eq!(status, expected, "{body}: {error}");
+        assert!(
+            error["error"]["code"].is_string(),
+            "one error shape: {error}"
+        );
+    }
+    let (status, _) = mesh
+        .send_raw(Method::POST, "/v1/users", None, "{\"username\": \"ivy\"")
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "malformed JSON");
+    // Nothing was written: ivy does not exist, and henry is still the one henry.
+    assert_eq!(
+        mesh.get("/v1/users/by-username/ivy", None).await.0,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        log_in(mesh, "henry", "henry-password").await,
+        StatusCode::OK
+    );
+    // The limits themselves are fine: 3 and 15 characters, 8 and 128 for passwords.
+    for (name, password) in [
+        ("ivy", "8-chars!".to_owned()),
+        ("fifteen_chars_x", "q".repeat(128)),
+    ] {
+        let (status, body) = mesh
+            .post(
+                "/v1/users",
+                None,
+                json!({ "username": name, "password": password }),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{name}: {body}");
+    }
 }

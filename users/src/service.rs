@@ -470,4 +470,38 @@ mod tests {
             .unwrap_err();
         assert_eq!(err.error_code(), ErrorCode::AlreadyExists);
     }
+
+    /// Time-based, so on paused tokio time: with every hashing permit taken, a caller waits
+    /// `Hashing::WAIT` and then hears "overloaded" (a 503), instead of queueing without bound.
+    #[tokio::test(start_paused = true)]
+    async fn hashing_is_bounded_and_overload_is_unavailable() {
+        let hashing = Hashing::default();
+        let held = hashing
+            .permits
+            .acquire_many(Hashing::CONCURRENCY as u32)
+            .await
+            .unwrap();
+        let started = tokio::time::Instant::now();
+        let err = hashing
+            .verify("password".into(), "$argon2id$not-checked".into())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, UsersError::Overloaded), "{err:?}");
+        assert_eq!(err.error_code(), ErrorCode::Unavailable);
+        assert!(
+            started.elapsed() >= Hashing::WAIT,
+            "it waited its turn first"
+        );
+        drop(held);
+        let hash = hashing
+            .hash(Password::parse("a-fine-password").unwrap())
+            .await
+            .unwrap();
+        assert!(
+            hashing
+                .verify("a-fine-password".into(), hash)
+                .await
+                .unwrap()
+        );
+    }
 }
