@@ -12,7 +12,7 @@
 # Environment (all optional):
 #   TWTR_CASSANDRA_PORT          CQL (native transport) port on 127.0.0.1     (default 9042)
 #   TWTR_CASSANDRA_STORAGE_PORT  inter-node port, only bound on 127.0.0.1     (default CQL port + 10000)
-#   TWTR_CASSANDRA_HEAP          JVM heap, used for -Xms and -Xmx              (default 1g)
+#   TWTR_CASSANDRA_HEAP          JVM heap, used for -Xms and -Xmx              (default 2g)
 #   TWTR_CASSANDRA_DIR           jars, config, data and logs                   (default <repo>/.cassandra)
 #   TWTR_CASSANDRA_START_TIMEOUT seconds to wait for CQL to answer on start    (default 180)
 #   TWTR_CASSANDRA_JVM_OPTS      extra JVM options, whitespace-separated       (default none)
@@ -31,7 +31,7 @@ CASS_DIR="${TWTR_CASSANDRA_DIR:-$REPO_ROOT/.cassandra}"
 HOST=127.0.0.1
 PORT="${TWTR_CASSANDRA_PORT:-9042}"
 STORAGE_PORT="${TWTR_CASSANDRA_STORAGE_PORT:-$((PORT + 10000))}"
-HEAP="${TWTR_CASSANDRA_HEAP:-1g}"
+HEAP="${TWTR_CASSANDRA_HEAP:-2g}"
 START_TIMEOUT="${TWTR_CASSANDRA_START_TIMEOUT:-180}"
 
 LIB_DIR="$CASS_DIR/lib"

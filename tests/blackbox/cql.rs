@@ -7,7 +7,9 @@ use std::collections::{HashMap, HashSet};
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::processes::{Cluster, cql_env, run_migrate, unique_keyspace_prefix};
+use twtr_common::cql::testing::KeyspaceSet;
+
+use crate::processes::{Cluster, cql_env, fresh_keyspaces, run_migrate};
 use crate::support::{Api, CONVERGE, eventually, ids};
 
 /// The broker and the CQL nodes, or `None` to skip (never in CI).
@@ -18,14 +20,19 @@ fn servers() -> Option<(String, Vec<String>)> {
     ))
 }
 
-/// A cluster on freshly migrated keyspaces of its own.
-async fn cql_cluster(amqp: &str, nodes: &[String], more_env: &[(&str, &str)]) -> Cluster {
-    let env = cql_env(nodes, &unique_keyspace_prefix());
+/// A cluster on freshly migrated keyspaces of its own (dropped with the returned guard).
+async fn cql_cluster(
+    amqp: &str,
+    nodes: &[String],
+    more_env: &[(&str, &str)],
+) -> (Cluster, KeyspaceSet) {
+    let keyspaces = fresh_keyspaces(nodes).await;
+    let env = cql_env(nodes, &keyspaces.prefix);
     let (migrated, log) = run_migrate(&env).await;
     assert!(migrated, "twtr migrate failed:\n{log}");
     let mut extra: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     extra.extend_from_slice(more_env);
-    Cluster::start(amqp, &extra).await
+    (Cluster::start(amqp, &extra).await, keyspaces)
 }
 
 async fn profile(api: &Api, user_id: &str) -> serde_json::Value {
@@ -39,7 +46,7 @@ async fn the_mesh_on_cassandra_and_rabbitmq_keeps_everything_across_a_restart() 
     let Some((amqp, nodes)) = servers() else {
         return;
     };
-    let cluster = cql_cluster(&amqp, &nodes, &[]).await;
+    let (cluster, _keyspaces) = cql_cluster(&amqp, &nodes, &[]).await;
     let api = cluster.api.clone();
     let (alice_id, alice) = api.user("alice").await;
     let (bob_id, bob) = api.user("bob").await;
@@ -97,7 +104,8 @@ async fn two_feeds_replicas_share_the_queue_and_build_the_same_feeds() {
         return;
     };
     // Prefetch 1: the broker hands each replica one event at a time, round robin.
-    let mut cluster = cql_cluster(&amqp, &nodes, &[("TWTR_EVENT_PREFETCH", "1")]).await;
+    let (mut cluster, _keyspaces) =
+        cql_cluster(&amqp, &nodes, &[("TWTR_EVENT_PREFETCH", "1")]).await;
     cluster.add_feeds_replica().await;
     let api = cluster.api.clone();
 
@@ -157,7 +165,8 @@ async fn two_feeds_replicas_share_the_queue_and_build_the_same_feeds() {
 #[tokio::test]
 async fn a_service_refuses_a_keyspace_that_is_behind_and_says_what_to_run() {
     let Some((_, nodes)) = servers() else { return };
-    let env = cql_env(&nodes, &unique_keyspace_prefix());
+    let keyspaces = fresh_keyspaces(&nodes).await;
+    let env = cql_env(&nodes, &keyspaces.prefix);
     let data_dir = tempfile::tempdir().expect("temp dir");
     let output = tokio::time::timeout(
         CONVERGE,
@@ -184,7 +193,8 @@ async fn a_service_refuses_a_keyspace_that_is_behind_and_says_what_to_run() {
 #[tokio::test]
 async fn migrate_is_idempotent_and_two_runs_at_once_both_succeed() {
     let Some((_, nodes)) = servers() else { return };
-    let mut env = cql_env(&nodes, &unique_keyspace_prefix());
+    let keyspaces = fresh_keyspaces(&nodes).await;
+    let mut env = cql_env(&nodes, &keyspaces.prefix);
     env.push(("TWTR_LOG_FORMAT".into(), "json".into()));
     let (a, b) = tokio::join!(run_migrate(&env), run_migrate(&env));
     assert!(a.0, "first concurrent migrate failed:\n{}", a.1);

@@ -150,6 +150,24 @@ pub fn cql_env(nodes: &[String], prefix: &str) -> Vec<(String, String)> {
     ]
 }
 
+/// A keyspace set of the test's own (its prefix unique), dropped when the returned guard is; the
+/// first call of the process also sweeps away what finished runs left behind.
+pub async fn fresh_keyspaces(nodes: &[String]) -> twtr_common::cql::testing::KeyspaceSet {
+    static SWEPT: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+    SWEPT
+        .get_or_init(|| async {
+            let config = twtr_common::cql::CqlConfig::new(nodes.to_vec());
+            if let Ok(session) = twtr_common::cql::connect(&config).await {
+                twtr_common::cql::testing::drop_stale_keyspaces(&session).await;
+            }
+        })
+        .await;
+    twtr_common::cql::testing::KeyspaceSet {
+        nodes: nodes.to_vec(),
+        prefix: unique_keyspace_prefix(),
+    }
+}
+
 /// A keyspace prefix no other test (or earlier run) uses.
 pub fn unique_keyspace_prefix() -> String {
     let name = twtr_common::bus::conformance::unique("bb");

@@ -34,6 +34,8 @@ pub struct TestMesh {
     pub followers: SocketAddr,
     pub feeds: SocketAddr,
     pub data_dir: Arc<TempDir>,
+    /// The CQL keyspaces of a CQL mesh, dropped after the mesh.
+    keyspaces: Option<twtr_common::cql::testing::KeyspaceSet>,
     shutdown: CancellationToken,
     handle: Option<JoinHandle<anyhow::Result<()>>>,
 }
@@ -59,15 +61,18 @@ impl TestMesh {
     /// no CQL node answers outside CI.
     pub async fn start_cql() -> Option<Self> {
         let nodes = twtr_common::testing::cql_nodes()?;
+        let keyspaces = crate::processes::fresh_keyspaces(&nodes).await;
         let data_dir = Arc::new(tempfile::tempdir().expect("temp dir"));
         let mut config = Config::embedded(data_dir.path());
         let mut cql = twtr_common::cql::CqlConfig::new(nodes);
-        cql.keyspace_prefix = crate::processes::unique_keyspace_prefix();
+        cql.keyspace_prefix = keyspaces.prefix.clone();
         config.storage = twtr::Storage::Cql(cql);
         twtr::backends::migrate(&config)
             .await
             .expect("migrate the test keyspaces");
-        Some(Self::start_with(config, data_dir).await)
+        let mut mesh = Self::start_with(config, data_dir).await;
+        mesh.keyspaces = Some(keyspaces);
+        Some(mesh)
     }
 
     /// The whole mesh with `config`, whose files live in `data_dir`.
@@ -96,12 +101,14 @@ impl TestMesh {
             followers,
             feeds,
             data_dir,
+            keyspaces: None,
             shutdown,
             handle: Some(handle),
         }
     }
 
-    /// Shuts the mesh down gracefully and returns its data directory.
+    /// Shuts the mesh down gracefully and returns its data directory (and drops its CQL
+    /// keyspaces, if it had any).
     pub async fn stop(mut self) -> Arc<TempDir> {
         self.shutdown.cancel();
         if let Some(handle) = self.handle.take() {
