@@ -36,7 +36,7 @@ pub use config::{
 };
 pub use migrate::{Migration, MigrationReport, ensure_current, migrate, migrations};
 pub use outbox::{CqlOutbox, OutboxRow};
-pub use session::{Keyspace, connect, lwt_applied, lwt_outcome, qualify};
+pub use session::{Keyspace, cas_outcome_unknown, connect, lwt_applied, lwt_outcome, qualify};
 
 use scylla::deserialize::DeserializationError;
 use scylla::errors::{

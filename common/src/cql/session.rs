@@ -9,6 +9,7 @@ use std::sync::Arc;
 use scylla::client::execution_profile::ExecutionProfile;
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
+use scylla::errors::{DbError, ExecutionError, RequestAttemptError, WriteType};
 use scylla::policies::load_balancing::DefaultPolicy;
 use scylla::response::query_result::QueryResult;
 use scylla::statement::prepared::PreparedStatement;
@@ -105,6 +106,23 @@ impl Keyspace {
         statement.set_serial_consistency(Some(self.consistency.serial));
         Ok(statement)
     }
+}
+
+/// Whether a lightweight transaction failed without telling whether it took effect: a write
+/// timeout in its Paxos round (contention, or a slow replica), or no answer in time. The caller
+/// reads back what is there and tries again; anything else is a real failure.
+pub fn cas_outcome_unknown(err: &ExecutionError) -> bool {
+    matches!(
+        err,
+        ExecutionError::RequestTimeout(_)
+            | ExecutionError::LastAttemptError(RequestAttemptError::DbError(
+                DbError::WriteTimeout {
+                    write_type: WriteType::Cas,
+                    ..
+                },
+                _,
+            ))
+    )
 }
 
 /// Whether a lightweight transaction (`... IF ...`) took effect: the `[applied]` column of its

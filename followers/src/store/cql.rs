@@ -59,7 +59,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures_util::future::{try_join, try_join_all};
 use scylla::client::session::Session;
-use scylla::errors::{DbError, ExecutionError, RequestAttemptError, WriteType};
+use scylla::errors::ExecutionError;
 use scylla::response::query_result::QueryResult;
 use scylla::serialize::batch::BatchValues;
 use scylla::serialize::row::SerializeRow;
@@ -68,7 +68,7 @@ use scylla::statement::prepared::PreparedStatement;
 use scylla::value::CqlTimestamp;
 use tokio::time::Instant;
 use twtr_common::clock;
-use twtr_common::cql::{CqlError, CqlOutbox, Keyspace, lwt_applied};
+use twtr_common::cql::{CqlError, CqlOutbox, Keyspace, cas_outcome_unknown, lwt_applied};
 use twtr_common::outbox::Outbox;
 use twtr_common::store::StoreError;
 use twtr_proto::events::v1::envelope::Payload;
@@ -741,28 +741,12 @@ fn lwt_outcome(result: Result<QueryResult, ExecutionError>) -> Result<Lwt, Store
         } else {
             Lwt::Refused
         }),
-        Err(err) if outcome_unknown(&err) => {
+        Err(err) if cas_outcome_unknown(&err) => {
             tracing::debug!(error = %err, "lightweight transaction timed out");
             Ok(Lwt::Unknown)
         }
         Err(err) => Err(err.into()),
     }
-}
-
-/// Whether a lightweight transaction failed without telling whether it took effect: a write
-/// timeout in its Paxos round (contention, or a slow replica), or no answer in time.
-fn outcome_unknown(err: &ExecutionError) -> bool {
-    matches!(
-        err,
-        ExecutionError::RequestTimeout(_)
-            | ExecutionError::LastAttemptError(RequestAttemptError::DbError(
-                DbError::WriteTimeout {
-                    write_type: WriteType::Cas,
-                    ..
-                },
-                _,
-            ))
-    )
 }
 
 /// Counts an attempt lost to a concurrent one and pauses a random moment, so that contenders

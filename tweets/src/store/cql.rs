@@ -41,13 +41,13 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures_util::future::join_all;
-use scylla::errors::{DbError, ExecutionError, RequestAttemptError, WriteType};
-use scylla::response::query_result::QueryResult;
 use scylla::serialize::row::SerializeRow;
 use scylla::statement::batch::{Batch, BatchType};
 use scylla::statement::prepared::PreparedStatement;
-use scylla::value::{CqlTimestamp, CqlValue, Row};
-use twtr_common::cql::{CqlError, CqlOutbox, Keyspace, lwt_applied};
+use scylla::value::{CqlTimestamp, CqlValue};
+use twtr_common::cql::{
+    CqlError, CqlOutbox, Keyspace, cas_outcome_unknown, lwt_applied, lwt_outcome,
+};
 use twtr_common::outbox::Outbox;
 use twtr_common::store::StoreError;
 use twtr_common::{Page, PageRequest, clock, id};
@@ -168,7 +168,7 @@ impl CqlTweetStore {
             .session()
             .execute_unpaged(&self.claim_tweet, values)
             .await?;
-        let (applied, holder) = lwt_with_row(result)?;
+        let (applied, holder) = lwt_outcome(result)?;
         if applied {
             return Ok(Claim::Won);
         }
@@ -246,7 +246,7 @@ impl CqlTweetStore {
                 }
                 // Paxos rounds that collide time out rather than fail: the outcome is unknown,
                 // which the ledger read below settles.
-                Err(err) if is_contention(&err) => {}
+                Err(err) if cas_outcome_unknown(&err) => {}
                 Err(err) => return Err(err.into()),
             }
             if self.count_op_applied(author, op).await? {
@@ -500,43 +500,6 @@ fn to_cql(id: u64) -> Result<i64, StoreError> {
 
 fn from_cql(id: i64) -> Result<u64, StoreError> {
     u64::try_from(id).map_err(|_| StoreError::Corrupt(format!("negative id {id} stored")))
-}
-
-/// The `[applied]` column of a lightweight transaction's result, and the rest of its row by
-/// column name: when it did not apply, the values of the row that made it fail.
-fn lwt_with_row(
-    result: QueryResult,
-) -> Result<(bool, HashMap<String, Option<CqlValue>>), StoreError> {
-    let rows = result.into_rows_result()?;
-    let names: Vec<String> = rows
-        .column_specs()
-        .iter()
-        .map(|spec| spec.name().to_owned())
-        .collect();
-    let row: Row = rows.first_row()?;
-    let mut columns: HashMap<String, Option<CqlValue>> =
-        names.into_iter().zip(row.columns).collect();
-    match columns.remove("[applied]") {
-        Some(Some(CqlValue::Boolean(applied))) => Ok((applied, columns)),
-        other => Err(StoreError::Corrupt(format!(
-            "lightweight transaction answered [applied] = {other:?}"
-        ))),
-    }
-}
-
-/// Whether `err` is a compare-and-set that timed out competing with others (its outcome is
-/// unknown): worth another attempt, unlike an unreachable cluster.
-fn is_contention(err: &ExecutionError) -> bool {
-    matches!(
-        err,
-        ExecutionError::LastAttemptError(RequestAttemptError::DbError(
-            DbError::WriteTimeout {
-                write_type: WriteType::Cas,
-                ..
-            },
-            _,
-        ))
-    )
 }
 
 /// A random pause before the next count attempt, growing with `attempt` (up to 160 ms), so

@@ -59,14 +59,13 @@ use async_trait::async_trait;
 use futures_util::future::{try_join, try_join_all};
 use scylla::DeserializeRow;
 use scylla::client::session::Session;
-use scylla::errors::{DbError, ExecutionError, RequestAttemptError, WriteType};
 use scylla::response::query_result::QueryResult;
 use scylla::serialize::row::SerializeRow;
 use scylla::statement::batch::{Batch, BatchType};
 use scylla::statement::prepared::PreparedStatement;
-use scylla::value::{CqlTimestamp, CqlValue, MaybeUnset, Row};
+use scylla::value::{CqlTimestamp, CqlValue, MaybeUnset};
 use twtr_common::clock;
-use twtr_common::cql::{CqlError, CqlOutbox, Keyspace};
+use twtr_common::cql::{CqlError, CqlOutbox, Keyspace, cas_outcome_unknown, lwt_outcome};
 use twtr_common::outbox::Outbox;
 use twtr_common::store::StoreError;
 use twtr_proto::events::v1::Envelope;
@@ -286,7 +285,7 @@ impl CqlUserStore {
         loop {
             match self.session().execute_unpaged(statement, &values).await {
                 Ok(result) => return Ok(claim_seen(result)?),
-                Err(err) if attempt < CLAIM_ATTEMPTS && outcome_unknown(&err) => {
+                Err(err) if attempt < CLAIM_ATTEMPTS && cas_outcome_unknown(&err) => {
                     tracing::debug!(attempt, error = %err, "username claim timed out, trying again");
                     tokio::time::sleep(CLAIM_BACKOFF * attempt).await;
                     attempt += 1;
@@ -615,46 +614,20 @@ fn record(row: UserRow, token_generation: Option<i64>) -> Result<Option<UserReco
 /// not, the current owner and claim time. By column name, because Cassandra and ScyllaDB return
 /// different column sets for it.
 fn claim_seen(result: QueryResult) -> Result<ClaimSeen, CqlError> {
-    let rows = result.into_rows_result()?;
-    let names: Vec<String> = rows
-        .column_specs()
-        .iter()
-        .map(|spec| spec.name().to_owned())
-        .collect();
-    let row: Row = rows.first_row()?;
-    let mut applied = None;
-    let mut seen = ClaimSeen {
-        applied: false,
-        owner: None,
-        claimed_at: None,
+    let (applied, columns) = lwt_outcome(result)?;
+    let owner = match columns.get("user_id") {
+        Some(Some(CqlValue::BigInt(owner))) => Some(from_key(*owner)),
+        _ => None,
     };
-    for (name, value) in names.iter().zip(row.columns) {
-        match (name.as_str(), value) {
-            ("[applied]", Some(CqlValue::Boolean(was))) => applied = Some(was),
-            ("user_id", Some(CqlValue::BigInt(owner))) => seen.owner = Some(from_key(owner)),
-            ("claimed_at", Some(CqlValue::Timestamp(at))) => seen.claimed_at = Some(at.0),
-            _ => {}
-        }
-    }
-    seen.applied = applied.ok_or_else(|| {
-        CqlError::UnexpectedResult("no [applied] column: not a lightweight transaction".to_owned())
-    })?;
-    Ok(seen)
-}
-
-/// Whether a lightweight transaction failed without telling whether it took effect: a write
-/// timeout in its Paxos round (contention, or a slow replica).
-fn outcome_unknown(err: &ExecutionError) -> bool {
-    matches!(
-        err,
-        ExecutionError::LastAttemptError(RequestAttemptError::DbError(
-            DbError::WriteTimeout {
-                write_type: WriteType::Cas,
-                ..
-            },
-            _,
-        ))
-    )
+    let claimed_at = match columns.get("claimed_at") {
+        Some(Some(CqlValue::Timestamp(at))) => Some(at.0),
+        _ => None,
+    };
+    Ok(ClaimSeen {
+        applied,
+        owner,
+        claimed_at,
+    })
 }
 
 #[cfg(test)]
