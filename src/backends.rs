@@ -58,14 +58,10 @@ impl StorageBackend {
         Ok(Keyspace::new(Arc::clone(session), config, service)?)
     }
 
-    fn embedded_file(data_dir: &Path, name: &str) -> PathBuf {
-        data_dir.join(name)
-    }
-
     pub async fn user_store(&self) -> anyhow::Result<Arc<dyn UserStore>> {
         Ok(match self {
             Self::Embedded { data_dir } => {
-                let path = Self::embedded_file(data_dir, "users.redb");
+                let path = data_dir.join("users.redb");
                 Arc::new(
                     EmbeddedUserStore::open(&path)
                         .with_context(|| format!("failed to open {}", path.display()))?,
@@ -82,7 +78,7 @@ impl StorageBackend {
     pub async fn tweet_store(&self) -> anyhow::Result<Arc<dyn TweetStore>> {
         Ok(match self {
             Self::Embedded { data_dir } => {
-                let path = Self::embedded_file(data_dir, "tweets.redb");
+                let path = data_dir.join("tweets.redb");
                 Arc::new(
                     EmbeddedTweetStore::open(&path)
                         .with_context(|| format!("failed to open {}", path.display()))?,
@@ -99,7 +95,7 @@ impl StorageBackend {
     pub async fn follow_store(&self) -> anyhow::Result<Arc<dyn FollowStore>> {
         Ok(match self {
             Self::Embedded { data_dir } => {
-                let path = Self::embedded_file(data_dir, "followers.redb");
+                let path = data_dir.join("followers.redb");
                 Arc::new(
                     EmbeddedFollowStore::open(&path)
                         .with_context(|| format!("failed to open {}", path.display()))?,
@@ -116,7 +112,7 @@ impl StorageBackend {
     pub async fn feed_store(&self, limits: FeedLimits) -> anyhow::Result<Arc<dyn FeedStore>> {
         Ok(match self {
             Self::Embedded { data_dir } => {
-                let path = Self::embedded_file(data_dir, "feeds.redb");
+                let path = data_dir.join("feeds.redb");
                 Arc::new(
                     EmbeddedFeedStore::open(&path, limits)
                         .with_context(|| format!("failed to open {}", path.display()))?,
