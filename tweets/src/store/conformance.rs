@@ -30,6 +30,13 @@ macro_rules! tweet_store_conformance {
                 batch_reads_keep_the_order_given,
                 concurrent_creates_are_all_counted,
                 concurrent_retries_of_one_create_count_once,
+                likes_and_retweets_count_once,
+                concurrent_likes_are_all_counted,
+                reacting_to_missing_or_deleted_tweets_is_none,
+                liked_and_retweeted_keep_the_order_given,
+                deleting_removes_a_tweet_everywhere_once,
+                public_timeline_pages_newest_first,
+                public_timeline_spans_hours,
             );
         }
     };
@@ -318,4 +325,375 @@ pub async fn concurrent_retries_of_one_create_count_once(store: Arc<dyn TweetSto
         .unwrap();
     assert_eq!(ids_of(&listed.items), vec![id]);
     assert!(!staged_of(store.as_ref(), &events).await.is_empty());
+}
+
+/// `tweet(id, author)` with the counts a read should show.
+fn counted(id: u64, author_id: u64, like_count: u64, retweet_count: u64) -> TweetRecord {
+    TweetRecord {
+        like_count,
+        retweet_count,
+        ..tweet(id, author_id)
+    }
+}
+
+pub async fn likes_and_retweets_count_once(store: Arc<dyn TweetStore>) {
+    let [author, user, id] = [unique_id(), unique_id(), unique_id()];
+    store
+        .create(tweet(id, author), event(unique_id()))
+        .await
+        .unwrap();
+    let e = unique_ids(10);
+    assert_eq!(store.like(user, id, event(e[0])).await.unwrap(), Some(true));
+    assert_eq!(
+        store.like(user, id, event(e[1])).await.unwrap(),
+        Some(false)
+    );
+    assert_eq!(
+        store.get(id).await.unwrap(),
+        Some(counted(id, author, 1, 0))
+    );
+    assert_eq!(
+        store.retweet(user, id, event(e[2])).await.unwrap(),
+        Some(true)
+    );
+    assert_eq!(
+        store.retweet(user, id, event(e[3])).await.unwrap(),
+        Some(false)
+    );
+    assert_eq!(
+        store.get(id).await.unwrap(),
+        Some(counted(id, author, 1, 1))
+    );
+    assert_eq!(
+        store.unlike(user, id, event(e[4])).await.unwrap(),
+        Some(true)
+    );
+    assert_eq!(
+        store.unlike(user, id, event(e[5])).await.unwrap(),
+        Some(false)
+    );
+    assert_eq!(
+        store.get(id).await.unwrap(),
+        Some(counted(id, author, 0, 1))
+    );
+    // Liking again after unliking counts again.
+    assert_eq!(store.like(user, id, event(e[6])).await.unwrap(), Some(true));
+    assert_eq!(
+        store.unretweet(user, id, event(e[7])).await.unwrap(),
+        Some(true)
+    );
+    assert_eq!(
+        store.unretweet(user, id, event(e[8])).await.unwrap(),
+        Some(false)
+    );
+    // Never liked: nothing to take back.
+    assert_eq!(
+        store.unlike(unique_id(), id, event(e[9])).await.unwrap(),
+        Some(false)
+    );
+    let expected = counted(id, author, 1, 0);
+    assert_eq!(store.get(id).await.unwrap(), Some(expected.clone()));
+    assert_eq!(
+        store.get_many(vec![id]).await.unwrap(),
+        vec![expected.clone()]
+    );
+    let listed = store
+        .list_by_author(author, PageRequest::first(Limit::DEFAULT))
+        .await
+        .unwrap();
+    assert_eq!(listed.items, vec![expected]);
+    assert_eq!(
+        store.liked_and_retweeted(user, vec![id]).await.unwrap(),
+        vec![(true, false)]
+    );
+    assert_eq!(
+        staged_of(store.as_ref(), &e).await,
+        vec![e[0], e[2], e[4], e[6], e[7]]
+    );
+}
+
+pub async fn concurrent_likes_are_all_counted(store: Arc<dyn TweetStore>) {
+    const N: usize = 20;
+    let [author, id] = [unique_id(), unique_id()];
+    store
+        .create(tweet(id, author), event(unique_id()))
+        .await
+        .unwrap();
+    let users = unique_ids(N);
+    let results = join_all(users.iter().map(|&user| {
+        let store = Arc::clone(&store);
+        async move { store.like(user, id, event(unique_id())).await }
+    }))
+    .await;
+    for result in results {
+        assert_eq!(result.unwrap(), Some(true));
+    }
+    assert_eq!(
+        store.get(id).await.unwrap().map(|t| t.like_count),
+        Some(N as u64)
+    );
+}
+
+pub async fn reacting_to_missing_or_deleted_tweets_is_none(store: Arc<dyn TweetStore>) {
+    let [author, user, missing, deleted] = [unique_id(), unique_id(), unique_id(), unique_id()];
+    store
+        .create(tweet(deleted, author), event(unique_id()))
+        .await
+        .unwrap();
+    assert!(store.delete(deleted, event(unique_id())).await.unwrap());
+    let e = unique_ids(8);
+    for (i, id) in [missing, deleted].into_iter().enumerate() {
+        let e = &e[i * 4..];
+        assert_eq!(store.like(user, id, event(e[0])).await.unwrap(), None);
+        assert_eq!(store.unlike(user, id, event(e[1])).await.unwrap(), None);
+        assert_eq!(store.retweet(user, id, event(e[2])).await.unwrap(), None);
+        assert_eq!(store.unretweet(user, id, event(e[3])).await.unwrap(), None);
+    }
+    assert_eq!(
+        store
+            .liked_and_retweeted(user, vec![missing, deleted])
+            .await
+            .unwrap(),
+        vec![(false, false); 2]
+    );
+    assert!(staged_of(store.as_ref(), &e).await.is_empty());
+}
+
+/// More tweets than one CQL `IN` list holds, most of them never reacted to.
+pub async fn liked_and_retweeted_keep_the_order_given(store: Arc<dyn TweetStore>) {
+    let [author, user, other_user] = [unique_id(), unique_id(), unique_id()];
+    let t = unique_ids(4);
+    for &id in &t {
+        store
+            .create(tweet(id, author), event(unique_id()))
+            .await
+            .unwrap();
+    }
+    store.like(user, t[0], event(unique_id())).await.unwrap();
+    store.retweet(user, t[1], event(unique_id())).await.unwrap();
+    store.like(user, t[2], event(unique_id())).await.unwrap();
+    store.retweet(user, t[2], event(unique_id())).await.unwrap();
+    // Someone else's reactions are not `user`'s.
+    store
+        .like(other_user, t[3], event(unique_id()))
+        .await
+        .unwrap();
+    store
+        .retweet(other_user, t[3], event(unique_id()))
+        .await
+        .unwrap();
+    let mut asked = unique_ids(120);
+    let mut expected = vec![(false, false); asked.len()];
+    for (at, id, flags) in [
+        (0, t[2], (true, true)),
+        (50, t[0], (true, false)),
+        (101, t[3], (false, false)),
+        (110, t[1], (false, true)),
+        (115, t[0], (true, false)),
+    ] {
+        asked.insert(at, id);
+        expected.insert(at, flags);
+    }
+    assert_eq!(
+        store.liked_and_retweeted(user, asked).await.unwrap(),
+        expected
+    );
+    assert!(
+        store
+            .liked_and_retweeted(user, Vec::new())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+pub async fn deleting_removes_a_tweet_everywhere_once(store: Arc<dyn TweetStore>) {
+    let [author, user] = [unique_id(), unique_id()];
+    let t = unique_ids(3);
+    for &id in &t {
+        store
+            .create(tweet(id, author), event(unique_id()))
+            .await
+            .unwrap();
+    }
+    store.like(user, t[1], event(unique_id())).await.unwrap();
+    let e = unique_ids(4);
+    assert!(store.delete(t[1], event(e[0])).await.unwrap());
+    assert!(!store.delete(t[1], event(e[1])).await.unwrap());
+    assert!(!store.delete(unique_id(), event(e[2])).await.unwrap());
+    // Creating it again (a retried create) does not bring it back.
+    store
+        .create(tweet(t[1], author), event(e[3]))
+        .await
+        .unwrap();
+
+    assert_eq!(store.get(t[1]).await.unwrap(), None);
+    assert_eq!(
+        ids_of(&store.get_many(t.clone()).await.unwrap()),
+        vec![t[0], t[2]]
+    );
+    let listed = store
+        .list_by_author(author, PageRequest::first(Limit::DEFAULT))
+        .await
+        .unwrap();
+    assert_eq!(ids_of(&listed.items), vec![t[2], t[0]]);
+    let around = PageRequest {
+        before: Some(t[2] + 1),
+        since: Some(t[0] - 1),
+        limit: Limit::parse(Some(Limit::MAX)).unwrap(),
+    };
+    let public = store.public_timeline(around).await.unwrap();
+    let mine: Vec<u64> = ids_of(&public.items)
+        .into_iter()
+        .filter(|id| t.contains(id))
+        .collect();
+    assert_eq!(mine, vec![t[2], t[0]]);
+    assert_eq!(store.count_by_authors(vec![author]).await.unwrap(), vec![2]);
+    assert_eq!(staged_of(store.as_ref(), &e).await, vec![e[0]]);
+}
+
+/// Everyone's tweets, walked page by page backwards and polled forwards: every page newest
+/// first, no tweet twice, none skipped. Other checks' tweets may interleave (a shared store),
+/// so the check looks at its own tweets' order and completeness.
+pub async fn public_timeline_pages_newest_first(store: Arc<dyn TweetStore>) {
+    let authors = unique_ids(3);
+    let t = unique_ids(7);
+    for (i, &id) in t.iter().enumerate() {
+        store
+            .create(tweet(id, authors[i % 3]), event(unique_id()))
+            .await
+            .unwrap();
+    }
+    let mine =
+        |ids: Vec<u64>| -> Vec<u64> { ids.into_iter().filter(|id| t.contains(id)).collect() };
+    let limit = Limit::parse(Some(2)).unwrap();
+    let mut request = PageRequest {
+        before: Some(t[6] + 1),
+        since: None,
+        limit,
+    };
+    let mut seen: Vec<u64> = Vec::new();
+    let mut pages = 0;
+    loop {
+        let page = store.public_timeline(request).await.unwrap();
+        assert!(page.items.len() <= 2);
+        pages += 1;
+        seen.extend(ids_of(&page.items));
+        match page.next {
+            Some(next) if next > t[0] => request.before = Some(next),
+            _ => break,
+        }
+    }
+    assert!(pages >= 3, "{pages} pages");
+    assert!(
+        seen.windows(2).all(|w| w[0] > w[1]),
+        "pages overlap: {seen:?}"
+    );
+    let expected: Vec<u64> = t.iter().rev().copied().collect();
+    assert_eq!(mine(seen), expected);
+    let first = store
+        .public_timeline(PageRequest::first(limit))
+        .await
+        .unwrap();
+    assert_eq!(first.items.len(), 2);
+    assert!(first.items[0].id > first.items[1].id);
+
+    // Polling forwards from the oldest: the oldest `limit` newer ones each time.
+    let mut since = t[0];
+    let mut polled: Vec<u64> = Vec::new();
+    while since < t[6] {
+        let page = store
+            .public_timeline(PageRequest {
+                before: None,
+                since: Some(since),
+                limit,
+            })
+            .await
+            .unwrap();
+        let ids = ids_of(&page.items);
+        assert!(ids.windows(2).all(|w| w[0] > w[1]), "newest first: {ids:?}");
+        since = *ids.first().expect("tweets newer than `since`");
+        polled.extend(ids.into_iter().rev());
+    }
+    assert!(
+        polled.windows(2).all(|w| w[0] < w[1]),
+        "polls overlap: {polled:?}"
+    );
+    assert_eq!(mine(polled), t[1..].to_vec());
+    let found = store.get(t[3]).await.unwrap();
+    assert_eq!(found, Some(tweet(t[3], authors[0])));
+}
+
+/// A fresh ID from `hours` hours ago (Snowflake IDs keep their millisecond in their top bits),
+/// for tweets spread over many hours.
+fn id_hours_ago(hours: u64) -> u64 {
+    unique_id() - ((hours * 3_600_000) << 22)
+}
+
+/// Tweets over more hours than one read of the CQL backend's hour list returns, some hours
+/// empty: pages cross hours, backwards and forwards, and skip none.
+pub async fn public_timeline_spans_hours(store: Arc<dyn TweetStore>) {
+    let author = unique_id();
+    // Oldest first: one tweet an hour for 30 hours, from 40 hours ago, then two in this hour.
+    let mut t: Vec<u64> = (0..30).map(|k| id_hours_ago(40 - k)).collect();
+    t.extend(unique_ids(2));
+    assert!(t.windows(2).all(|w| w[0] < w[1]));
+    for &id in &t {
+        store
+            .create(tweet(id, author), event(unique_id()))
+            .await
+            .unwrap();
+    }
+    let limit = Limit::parse(Some(7)).unwrap();
+    let mut request = PageRequest {
+        before: Some(t[31] + 1),
+        since: None,
+        limit,
+    };
+    let mut seen = Vec::new();
+    loop {
+        let page = store.public_timeline(request).await.unwrap();
+        seen.extend(ids_of(&page.items));
+        match page.next {
+            Some(next) if next > t[0] => request.before = Some(next),
+            _ => break,
+        }
+    }
+    let mine: Vec<u64> = seen.iter().copied().filter(|id| t.contains(id)).collect();
+    assert_eq!(mine, t.iter().rev().copied().collect::<Vec<_>>());
+    let mut since = t[0];
+    let mut polled = Vec::new();
+    while since < t[31] {
+        let page = store
+            .public_timeline(PageRequest {
+                before: None,
+                since: Some(since),
+                limit,
+            })
+            .await
+            .unwrap();
+        since = page.items.first().expect("tweets newer than `since`").id;
+        polled.extend(ids_of(&page.items).into_iter().rev());
+    }
+    let mine: Vec<u64> = polled.into_iter().filter(|id| t.contains(id)).collect();
+    assert_eq!(mine, t[1..].to_vec());
+    // One page over all 30 past hours (no other check writes there), both ways.
+    let past = t[..30].to_vec();
+    let newest_first: Vec<u64> = past.iter().rev().copied().collect();
+    for since in [None, Some(t[0] - 1)] {
+        let page = store
+            .public_timeline(PageRequest {
+                before: Some(t[29] + 1),
+                since,
+                limit: Limit::parse(Some(Limit::MAX)).unwrap(),
+            })
+            .await
+            .unwrap();
+        assert_eq!(ids_of(&page.items), newest_first, "since {since:?}");
+        assert_eq!(page.next, None);
+    }
+    assert_eq!(
+        store.count_by_authors(vec![author]).await.unwrap(),
+        vec![32]
+    );
 }

@@ -4,9 +4,18 @@
 //! # Layout
 //!
 //! - the statements, in one block below, each prepared once by [`CqlTweetStore::new`].
-//! - [`CqlTweetStore`]'s write path: [`TweetStore::create`] in three steps (claim, batch, count).
+//! - [`CqlTweetStore`]'s write paths, each in three steps (decide, batch, count):
+//!   [`TweetStore::create`] (below), likes and retweets (`CqlTweetStore::react`) and deletions
+//!   ([`TweetStore::delete`]), the last two as the schema's header describes: a lightweight
+//!   transaction on the row that owns the state, a logged batch with the outbox row, then the
+//!   count op through its ledger (`like:<user>:<version>`, `retweet:<user>:<version>`,
+//!   `tweet:<id>:deleted`), each applied by `Counter`'s conditional batch.
 //! - its reads: single rows by full primary key, several partitions by `IN` lists of at most
-//!   [`IN_CHUNK`] keys, put back in the order the trait promises.
+//!   [`IN_CHUNK`] keys, put back in the order the trait promises. Every hydrated tweet carries
+//!   its like and retweet counts, read from `tweet_counts`' static columns in the same chunks.
+//!   The public timeline reads the hours listed in `timeline_buckets` newest first (oldest
+//!   first when polling), `BUCKETS_PER_READ` at a time, and each hour's partition of
+//!   `timeline` until the page is full: never a table scan.
 //!
 //! # How a create lands, and how a retry finishes one cut short
 //!
@@ -40,7 +49,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use futures_util::future::join_all;
+use futures_util::future::{join_all, try_join};
 use scylla::serialize::row::SerializeRow;
 use scylla::statement::batch::{Batch, BatchType};
 use scylla::statement::prepared::PreparedStatement;
@@ -53,7 +62,7 @@ use twtr_common::store::StoreError;
 use twtr_common::{Page, PageRequest, clock, id};
 use twtr_proto::events::v1::Envelope;
 
-use super::{TweetRecord, TweetStore};
+use super::{Reaction, TweetRecord, TweetStore};
 
 // Step 1 of a create: the claim.
 const CLAIM_TWEET: &str = "INSERT INTO {ks}.tweets (tweet_id, author_id, text, created_at, deleted) \
@@ -79,10 +88,28 @@ const SELECT_COUNT: &str =
     "SELECT DISTINCT author_id, tweet_count FROM {ks}.author_counts WHERE author_id = ?";
 const SELECT_COUNTS: &str =
     "SELECT DISTINCT author_id, tweet_count FROM {ks}.author_counts WHERE author_id IN ?";
-const SELECT_TWEET: &str =
-    "SELECT tweet_id, author_id, text, created_at, deleted FROM {ks}.tweets WHERE tweet_id = ?";
 const SELECT_TWEETS: &str =
     "SELECT tweet_id, author_id, text, created_at, deleted FROM {ks}.tweets WHERE tweet_id IN ?";
+const SELECT_TWEET_COUNTS: &str = "SELECT DISTINCT tweet_id, like_count, retweet_count \
+     FROM {ks}.tweet_counts WHERE tweet_id IN ?";
+// A deletion: decided on the tweet's own row, then one logged batch with the outbox row, then
+// the author's count op `tweet:<id>:deleted`.
+const SELECT_TWEET_STATE: &str =
+    "SELECT author_id, deleted, deleted_at FROM {ks}.tweets WHERE tweet_id = ?";
+const DELETE_TWEET: &str = "UPDATE {ks}.tweets SET deleted = true, deleted_at = ?, text = null \
+     WHERE tweet_id = ? IF deleted = false";
+const DELETE_AUTHOR_TWEET: &str =
+    "DELETE FROM {ks}.author_tweets WHERE author_id = ? AND tweet_id = ?";
+const DELETE_TIMELINE: &str = "DELETE FROM {ks}.timeline WHERE bucket = ? AND tweet_id = ?";
+// The public timeline: its hours newest (or, polling, oldest) first, then each hour's tweets.
+const BUCKETS_BACKWARD: &str = "SELECT bucket FROM {ks}.timeline_buckets \
+     WHERE scope = 'all' AND bucket >= ? AND bucket <= ? ORDER BY bucket DESC LIMIT ?";
+const BUCKETS_FORWARD: &str = "SELECT bucket FROM {ks}.timeline_buckets \
+     WHERE scope = 'all' AND bucket >= ? AND bucket <= ? ORDER BY bucket ASC LIMIT ?";
+const TIMELINE_BACKWARD: &str = "SELECT tweet_id FROM {ks}.timeline \
+     WHERE bucket = ? AND tweet_id >= ? AND tweet_id <= ? ORDER BY tweet_id DESC LIMIT ?";
+const TIMELINE_FORWARD: &str = "SELECT tweet_id FROM {ks}.timeline \
+     WHERE bucket = ? AND tweet_id >= ? AND tweet_id <= ? ORDER BY tweet_id ASC LIMIT ?";
 // Pages of an author's timeline, between inclusive bounds (see `PageBounds`).
 const PAGE_BACKWARD: &str = "SELECT tweet_id FROM {ks}.author_tweets \
      WHERE author_id = ? AND tweet_id >= ? AND tweet_id <= ? ORDER BY tweet_id DESC LIMIT ?";
@@ -97,6 +124,14 @@ const BUCKET_MS: i64 = 3_600_000;
 /// How many times a count op is tried against concurrent updates of the same count before the
 /// create fails (and its retry tries again).
 const COUNT_ATTEMPTS: u32 = 50;
+/// How many times a like, retweet or deletion is tried against concurrent changes of the same
+/// row before it fails (and its caller may try again).
+const DECIDE_ATTEMPTS: u32 = 20;
+/// How long after a change a repeat of it still makes sure the change's count op was applied:
+/// well within the three days ledger rows live, after which a repeat would count twice.
+const REPAIR_WINDOW_MS: i64 = 24 * 3_600_000;
+/// How many timeline hours one read of `timeline_buckets` returns.
+const BUCKETS_PER_READ: i32 = 24;
 
 /// Tweets in a CQL keyspace (see the [module docs](self)).
 pub struct CqlTweetStore {
@@ -107,15 +142,23 @@ pub struct CqlTweetStore {
     insert_timeline: PreparedStatement,
     insert_timeline_bucket: PreparedStatement,
     select_author_tweet: PreparedStatement,
-    /// The two statements of a count op, as one conditional batch.
-    count_op: Batch,
-    select_count_op: PreparedStatement,
-    select_count: PreparedStatement,
     select_counts: PreparedStatement,
-    select_tweet: PreparedStatement,
     select_tweets: PreparedStatement,
     page_backward: PreparedStatement,
     page_forward: PreparedStatement,
+    select_tweet_counts: PreparedStatement,
+    /// The authors' tweet counts in `author_counts`.
+    authors: Counter,
+    likes: ReactionStatements,
+    retweets: ReactionStatements,
+    select_tweet_state: PreparedStatement,
+    delete_tweet: PreparedStatement,
+    delete_author_tweet: PreparedStatement,
+    delete_timeline: PreparedStatement,
+    buckets_backward: PreparedStatement,
+    buckets_forward: PreparedStatement,
+    timeline_backward: PreparedStatement,
+    timeline_forward: PreparedStatement,
     /// The newest timeline hour this process has written to `timeline_buckets`, so a batch adds
     /// that row once an hour rather than with every tweet (the partition is one hot row set).
     bucket_written: Mutex<Option<i64>>,
@@ -135,18 +178,32 @@ impl CqlTweetStore {
         let mut count_op = Batch::new(BatchType::Logged);
         count_op.append_statement(ks.prepare(INSERT_COUNT_OP).await?);
         count_op.append_statement(ks.prepare(SET_TWEET_COUNT).await?);
+        let authors = Counter {
+            what: "tweet count of author",
+            op: count_op,
+            read: ks.prepare(SELECT_COUNT).await?,
+            select_op: ks.prepare(SELECT_COUNT_OP).await?,
+        };
         Ok(Self {
+            select_tweet_counts: ks.prepare(SELECT_TWEET_COUNTS).await?,
+            authors,
+            likes: ReactionStatements::new(&ks, Reaction::Like).await?,
+            retweets: ReactionStatements::new(&ks, Reaction::Retweet).await?,
+            select_tweet_state: ks.prepare(SELECT_TWEET_STATE).await?,
+            delete_tweet: ks.prepare(DELETE_TWEET).await?,
+            delete_author_tweet: ks.prepare(DELETE_AUTHOR_TWEET).await?,
+            delete_timeline: ks.prepare(DELETE_TIMELINE).await?,
+            buckets_backward: ks.prepare(BUCKETS_BACKWARD).await?,
+            buckets_forward: ks.prepare(BUCKETS_FORWARD).await?,
+            timeline_backward: ks.prepare(TIMELINE_BACKWARD).await?,
+            timeline_forward: ks.prepare(TIMELINE_FORWARD).await?,
             outbox: Arc::new(CqlOutbox::new(ks.clone()).await?),
             claim_tweet: ks.prepare(CLAIM_TWEET).await?,
             insert_author_tweet: ks.prepare(INSERT_AUTHOR_TWEET).await?,
             insert_timeline: ks.prepare(INSERT_TIMELINE).await?,
             insert_timeline_bucket: ks.prepare(INSERT_TIMELINE_BUCKET).await?,
             select_author_tweet: ks.prepare(SELECT_AUTHOR_TWEET).await?,
-            count_op,
-            select_count_op: ks.prepare(SELECT_COUNT_OP).await?,
-            select_count: ks.prepare(SELECT_COUNT).await?,
             select_counts: ks.prepare(SELECT_COUNTS).await?,
-            select_tweet: ks.prepare(SELECT_TWEET).await?,
             select_tweets: ks.prepare(SELECT_TWEETS).await?,
             page_backward: ks.prepare(PAGE_BACKWARD).await?,
             page_forward: ks.prepare(PAGE_FORWARD).await?,
@@ -226,19 +283,30 @@ impl CqlTweetStore {
         Ok(())
     }
 
-    /// Step 3: applies the count op `op` (+1) to `author`'s tweet count, once. Reads the count,
+    /// Step 3: applies the count op `op` (+1) to `author`'s tweet count, once.
+    async fn apply_count_op(&self, author: i64, op: &str) -> Result<(), StoreError> {
+        self.apply_op(&self.authors, author, op, 1).await
+    }
+
+    /// Moves `counter`'s count of `key` by `delta` under the op key `op`, once. Reads the count,
     /// then compares-and-sets it together with the op's ledger row; a lost race re-reads and
     /// tries again, and a found ledger row means the op was applied already (by an earlier
     /// attempt, maybe one whose outcome this process never learned).
-    async fn apply_count_op(&self, author: i64, op: &str) -> Result<(), StoreError> {
+    async fn apply_op(
+        &self,
+        counter: &Counter,
+        key: i64,
+        op: &str,
+        delta: i64,
+    ) -> Result<(), StoreError> {
         let session = self.ks.session();
         for attempt in 0..COUNT_ATTEMPTS {
-            let current = self.read_count(author).await?;
+            let current = self.read_count(counter, key).await?;
             let values = (
-                (author, op, CqlTimestamp(clock::now_millis())),
-                (current.unwrap_or(0) + 1, author, current),
+                (key, op, CqlTimestamp(clock::now_millis())),
+                (current.unwrap_or(0) + delta, key, current),
             );
-            match session.batch(&self.count_op, values).await {
+            match session.batch(&counter.op, values).await {
                 Ok(result) => {
                     if lwt_applied(result)? {
                         return Ok(());
@@ -249,22 +317,23 @@ impl CqlTweetStore {
                 Err(err) if cas_outcome_unknown(&err) => {}
                 Err(err) => return Err(err.into()),
             }
-            if self.count_op_applied(author, op).await? {
+            if self.op_applied(counter, key, op).await? {
                 return Ok(());
             }
             tokio::time::sleep(backoff(attempt)).await;
         }
         Err(StoreError::backend(CountContended {
-            author_id: author,
+            what: counter.what,
+            key,
             attempts: COUNT_ATTEMPTS,
         }))
     }
 
-    async fn read_count(&self, author: i64) -> Result<Option<i64>, StoreError> {
+    async fn read_count(&self, counter: &Counter, key: i64) -> Result<Option<i64>, StoreError> {
         let rows = self
             .ks
             .session()
-            .execute_unpaged(&self.select_count, (author,))
+            .execute_unpaged(&counter.read, (key,))
             .await?
             .into_rows_result()?;
         Ok(rows
@@ -272,29 +341,51 @@ impl CqlTweetStore {
             .and_then(|(_, count)| count))
     }
 
-    async fn count_op_applied(&self, author: i64, op: &str) -> Result<bool, StoreError> {
+    async fn op_applied(&self, counter: &Counter, key: i64, op: &str) -> Result<bool, StoreError> {
         let rows = self
             .ks
             .session()
-            .execute_unpaged(&self.select_count_op, (author, op))
+            .execute_unpaged(&counter.select_op, (key, op))
             .await?
             .into_rows_result()?;
         Ok(rows.rows_num() > 0)
     }
 
     /// The live tweets among `ids` (each at most [`IN_CHUNK`] per query, queries in parallel),
-    /// in the order of `ids`, repeats included.
+    /// in the order of `ids`, repeats included, with their like and retweet counts.
     async fn fetch(&self, ids: &[u64]) -> Result<Vec<TweetRecord>, StoreError> {
         let keys = distinct_keys(ids);
         let session = self.ks.session();
         let reads = keys.chunks(IN_CHUNK).map(|chunk| async move {
-            let rows = session
-                .execute_unpaged(&self.select_tweets, (chunk,))
-                .await?
-                .into_rows_result()?;
-            let mut found = Vec::new();
-            for row in rows.rows::<TweetRow>()? {
-                found.extend(record(row?)?);
+            let tweets = async {
+                let rows = session
+                    .execute_unpaged(&self.select_tweets, (chunk,))
+                    .await?
+                    .into_rows_result()?;
+                let mut found = Vec::new();
+                for row in rows.rows::<TweetRow>()? {
+                    found.extend(record(row?)?);
+                }
+                Ok::<_, StoreError>(found)
+            };
+            let counts = async {
+                let rows = session
+                    .execute_unpaged(&self.select_tweet_counts, (chunk,))
+                    .await?
+                    .into_rows_result()?;
+                let mut counts = HashMap::new();
+                for row in rows.rows::<(i64, Option<i64>, Option<i64>)>()? {
+                    let (id, likes, retweets) = row?;
+                    counts.insert(from_cql(id)?, (count(likes), count(retweets)));
+                }
+                Ok::<_, StoreError>(counts)
+            };
+            let (mut found, counts) = try_join(tweets, counts).await?;
+            for tweet in &mut found {
+                if let Some(&(likes, retweets)) = counts.get(&tweet.id) {
+                    tweet.like_count = likes;
+                    tweet.retweet_count = retweets;
+                }
             }
             Ok::<_, StoreError>(found)
         });
@@ -304,6 +395,283 @@ impl CqlTweetStore {
         }
         Ok(ids.iter().filter_map(|id| by_id.get(id).cloned()).collect())
     }
+
+    fn reaction(&self, reaction: Reaction) -> &ReactionStatements {
+        match reaction {
+            Reaction::Like => &self.likes,
+            Reaction::Retweet => &self.retweets,
+        }
+    }
+
+    /// Whether `tweet` exists and is not deleted.
+    async fn is_live(&self, tweet: i64) -> Result<bool, StoreError> {
+        Ok(matches!(
+            self.tweet_state(tweet).await?,
+            Some((_, false, _))
+        ))
+    }
+
+    /// A tweet's author, whether it is deleted, and when; `None` when no such tweet.
+    async fn tweet_state(
+        &self,
+        tweet: i64,
+    ) -> Result<Option<(i64, bool, Option<CqlTimestamp>)>, StoreError> {
+        let rows = self
+            .ks
+            .session()
+            .execute_unpaged(&self.select_tweet_state, (tweet,))
+            .await?
+            .into_rows_result()?;
+        let row = rows.maybe_first_row::<(Option<i64>, Option<bool>, Option<CqlTimestamp>)>()?;
+        Ok(row.and_then(|(author, deleted, at)| Some((author?, deleted == Some(true), at))))
+    }
+
+    /// Likes or retweets (`on`), or takes one back: step 1 decides the change on the user's own
+    /// row (a lightweight transaction that never contends with other users), step 2 writes the
+    /// mirror row and the event in one logged batch, step 3 moves the count through its ledger
+    /// under the op key `<like|retweet>:<user>:<version>`.
+    ///
+    /// A repeat that finds the change made already returns `Some(false)`; if the change is
+    /// recent, it first makes sure the change's count op was applied (a no-op when it was), so a
+    /// retry after a crash between steps 2 and 3 finishes the count. Two calls of the same user
+    /// racing with the same change, whose lightweight transactions both time out, may both take
+    /// it for their own and stage an event each; the count still moves once.
+    async fn react(
+        &self,
+        reaction: Reaction,
+        user: u64,
+        tweet: u64,
+        on: bool,
+        event: Envelope,
+    ) -> Result<Option<bool>, StoreError> {
+        let (Ok(user_key), Ok(tweet_key)) = (i64::try_from(user), i64::try_from(tweet)) else {
+            return Ok(None);
+        };
+        if !self.is_live(tweet_key).await? {
+            return Ok(None);
+        }
+        let statements = self.reaction(reaction);
+        let session = self.ks.session();
+        let delta = if on { 1 } else { -1 };
+        // The version this call tried to decide without learning whether it did.
+        let mut maybe_decided: Option<i32> = None;
+        for attempt in 0..DECIDE_ATTEMPTS {
+            let rows = session
+                .execute_unpaged(&statements.select, (user_key, tweet_key))
+                .await?
+                .into_rows_result()?;
+            let state = match rows.maybe_first_row::<ReactionRow>()? {
+                Some((flag, Some(version), at)) => Some((flag == Some(true), version, at)),
+                Some((_, None, _)) => {
+                    return Err(StoreError::Corrupt(format!(
+                        "{} of user {user} on tweet {tweet} has no version",
+                        statements.name
+                    )));
+                }
+                None => None,
+            };
+            let next = match state {
+                Some((flag, version, _)) if flag == on && maybe_decided == Some(version) => {
+                    // This call's own change, decided after all.
+                    self.write_reaction(statements, user, tweet, on, version, &event)
+                        .await?;
+                    return Ok(Some(true));
+                }
+                Some((flag, version, at)) if flag == on => {
+                    let age = clock::now_millis() - at.map_or(0, |at| at.0);
+                    let op = reaction_op(statements, user, version);
+                    if age < REPAIR_WINDOW_MS
+                        && !self.op_applied(&statements.counter, tweet_key, &op).await?
+                    {
+                        self.apply_op(&statements.counter, tweet_key, &op, delta)
+                            .await?;
+                    }
+                    return Ok(Some(false));
+                }
+                None if !on => return Ok(Some(false)),
+                None => 1,
+                Some((_, version, _)) => version + 1,
+            };
+            let now = CqlTimestamp(clock::now_millis());
+            let result = match state {
+                None => {
+                    session
+                        .execute_unpaged(&statements.first, (user_key, tweet_key, now))
+                        .await
+                }
+                Some((_, version, _)) => {
+                    let values = (on, next, now, user_key, tweet_key, version);
+                    session.execute_unpaged(&statements.change, values).await
+                }
+            };
+            match result {
+                Ok(result) => {
+                    if lwt_applied(result)? {
+                        self.write_reaction(statements, user, tweet, on, next, &event)
+                            .await?;
+                        return Ok(Some(true));
+                    }
+                }
+                Err(err) if cas_outcome_unknown(&err) => maybe_decided = Some(next),
+                Err(err) => return Err(err.into()),
+            }
+            tokio::time::sleep(backoff(attempt)).await;
+        }
+        Err(StoreError::backend(Contended(statements.name)))
+    }
+
+    /// Steps 2 and 3 of a decided like or retweet (or its undoing) at `version`. Idempotent.
+    async fn write_reaction(
+        &self,
+        statements: &ReactionStatements,
+        user: u64,
+        tweet: u64,
+        on: bool,
+        version: i32,
+        event: &Envelope,
+    ) -> Result<(), StoreError> {
+        let (user_key, tweet_key) = (to_cql(user)?, to_cql(tweet)?);
+        let mut batch = Batch::new(BatchType::Logged);
+        let mut values: Vec<Box<dyn SerializeRow + Send + Sync>> = Vec::new();
+        if on {
+            batch.append_statement(statements.insert_mirror.clone());
+            let at = CqlTimestamp(clock::now_millis());
+            values.push(Box::new((tweet_key, user_key, version, at)));
+        } else {
+            batch.append_statement(statements.delete_mirror.clone());
+            values.push(Box::new((tweet_key, user_key)));
+        }
+        batch.append_statement(self.outbox.insert().clone());
+        values.push(Box::new(CqlOutbox::row(event)));
+        self.ks.session().batch(&batch, values).await?;
+        self.outbox.notify();
+        let op = reaction_op(statements, user, version);
+        let delta = if on { 1 } else { -1 };
+        self.apply_op(&statements.counter, tweet_key, &op, delta)
+            .await
+    }
+
+    /// Which of `tweets` `user` has the reaction on, as a set of keys.
+    async fn reacted(
+        &self,
+        statements: &ReactionStatements,
+        user: i64,
+        keys: &[i64],
+    ) -> Result<std::collections::HashSet<u64>, StoreError> {
+        let session = self.ks.session();
+        let reads = keys.chunks(IN_CHUNK).map(|chunk| async move {
+            let rows = session
+                .execute_unpaged(&statements.select_flags, (user, chunk))
+                .await?
+                .into_rows_result()?;
+            let mut on = Vec::new();
+            for row in rows.rows::<(i64, Option<bool>)>()? {
+                let (tweet, flag) = row?;
+                if flag == Some(true) {
+                    on.push(from_cql(tweet)?);
+                }
+            }
+            Ok::<_, StoreError>(on)
+        });
+        let mut on = std::collections::HashSet::new();
+        for found in join_all(reads).await {
+            on.extend(found?);
+        }
+        Ok(on)
+    }
+
+    /// Steps 2 and 3 of a decided deletion: the removal of its timeline rows (with `event`,
+    /// if any) in one logged batch, then the author's count. The count op `tweet:<id>:created`
+    /// is applied first (a no-op when its create did so), so that the deletion never takes
+    /// back a count that a create cut short never added; the two cancel out either way.
+    async fn write_deletion(
+        &self,
+        tweet: i64,
+        author: i64,
+        event: Option<&Envelope>,
+    ) -> Result<(), StoreError> {
+        if let Some(event) = event {
+            let bucket = id::millis_of(from_cql(tweet)?) / BUCKET_MS;
+            let mut batch = Batch::new(BatchType::Logged);
+            batch.append_statement(self.delete_author_tweet.clone());
+            batch.append_statement(self.delete_timeline.clone());
+            batch.append_statement(self.outbox.insert().clone());
+            let values = ((author, tweet), (bucket, tweet), CqlOutbox::row(event));
+            self.ks.session().batch(&batch, values).await?;
+            self.outbox.notify();
+        }
+        let created = format!("tweet:{tweet}:created");
+        let deleted = format!("tweet:{tweet}:deleted");
+        let age = clock::now_millis() - id::millis_of(from_cql(tweet)?);
+        // Past the ledger's lifetime the created op may have expired from it: it was applied
+        // long ago (a create finishes within seconds), and applying it again would count twice.
+        if age < REPAIR_WINDOW_MS && !self.op_applied(&self.authors, author, &created).await? {
+            self.apply_op(&self.authors, author, &created, 1).await?;
+        }
+        self.apply_op(&self.authors, author, &deleted, -1).await
+    }
+
+    /// Up to `take` IDs of the public timeline within `bounds`, in the direction of `page`,
+    /// read hour by hour from the hours `timeline_buckets` lists.
+    async fn scan_timeline(
+        &self,
+        page: &PageRequest,
+        bounds: &PageBounds,
+        take: usize,
+    ) -> Result<Vec<u64>, StoreError> {
+        let forward = page.since.is_some();
+        let (buckets, timeline) = if forward {
+            (&self.buckets_forward, &self.timeline_forward)
+        } else {
+            (&self.buckets_backward, &self.timeline_backward)
+        };
+        let bucket_of =
+            |key: i64| -> Result<i64, StoreError> { Ok(id::millis_of(from_cql(key)?) / BUCKET_MS) };
+        let (mut low, mut high) = (bucket_of(bounds.low)?, bucket_of(bounds.high)?);
+        let session = self.ks.session();
+        let mut ids = Vec::new();
+        while low <= high {
+            let rows = session
+                .execute_unpaged(buckets, (low, high, BUCKETS_PER_READ))
+                .await?
+                .into_rows_result()?;
+            let mut read = 0;
+            for row in rows.rows::<(i64,)>()? {
+                let (bucket,) = row?;
+                read += 1;
+                let left = i32::try_from(take - ids.len()).unwrap_or(i32::MAX);
+                let rows = session
+                    .execute_unpaged(timeline, (bucket, bounds.low, bounds.high, left))
+                    .await?
+                    .into_rows_result()?;
+                for row in rows.rows::<(i64,)>()? {
+                    ids.push(from_cql(row?.0)?);
+                }
+                if ids.len() >= take {
+                    return Ok(ids);
+                }
+                if forward {
+                    low = bucket + 1;
+                } else {
+                    high = bucket - 1;
+                }
+            }
+            if read < BUCKETS_PER_READ {
+                break;
+            }
+        }
+        Ok(ids)
+    }
+}
+
+/// The count op key of a like's or retweet's change to `version`.
+fn reaction_op(statements: &ReactionStatements, user: u64, version: i32) -> String {
+    format!("{}:{user}:{version}", statements.name)
+}
+
+/// A stored count; never below zero (clamped rather than wrapped if one ever were).
+fn count(stored: Option<i64>) -> u64 {
+    stored.unwrap_or(0).max(0) as u64
 }
 
 /// Who holds a tweet ID after a claim.
@@ -320,11 +688,142 @@ enum Claim {
 
 /// Counting kept losing to concurrent updates of the same count.
 #[derive(Debug, thiserror::Error)]
-#[error("the tweet count of author {author_id} stayed contended for {attempts} attempts")]
+#[error("the {what} {key} stayed contended for {attempts} attempts")]
 struct CountContended {
-    author_id: i64,
+    what: &'static str,
+    key: i64,
     attempts: u32,
 }
+
+/// A change of a like, a retweet or a deletion kept losing to concurrent changes of its row.
+#[derive(Debug, thiserror::Error)]
+#[error("{0} stayed contended; try again")]
+struct Contended(&'static str);
+
+/// A count in static columns beside its ledger of applied ops (see the schema's header): the
+/// conditional batch that applies an op, and the reads that learn the count and the ledger.
+struct Counter {
+    /// What is counted, for errors.
+    what: &'static str,
+    /// Ledger row `IF NOT EXISTS` + `SET <count> = ? IF <count> = ?`.
+    op: Batch,
+    /// `SELECT DISTINCT <key>, <count> ... WHERE <key> = ?`.
+    read: PreparedStatement,
+    /// `SELECT op ... WHERE <key> = ? AND op = ?`.
+    select_op: PreparedStatement,
+}
+
+/// The statements of likes or of retweets, which live in tables of the same shape.
+struct ReactionStatements {
+    /// The op key prefix: `like` or `retweet`.
+    name: &'static str,
+    /// `SELECT <flag>, version, <at>` of one (user, tweet) row.
+    select: PreparedStatement,
+    /// The first change of a (user, tweet): version 1, `IF NOT EXISTS`.
+    first: PreparedStatement,
+    /// Every later change: the next version, `IF version = ?`.
+    change: PreparedStatement,
+    insert_mirror: PreparedStatement,
+    delete_mirror: PreparedStatement,
+    /// `SELECT tweet_id, <flag> ... WHERE user_id = ? AND tweet_id IN ?`.
+    select_flags: PreparedStatement,
+    counter: Counter,
+}
+
+impl ReactionStatements {
+    async fn new(ks: &Keyspace, reaction: Reaction) -> Result<Self, CqlError> {
+        let (name, by_user, by_tweet, flag, at, count) = match reaction {
+            Reaction::Like => (
+                "like",
+                "user_likes",
+                "tweet_likes",
+                "liked",
+                "liked_at",
+                "like_count",
+            ),
+            Reaction::Retweet => (
+                "retweet",
+                "user_retweets",
+                "tweet_retweets",
+                "retweeted",
+                "retweeted_at",
+                "retweet_count",
+            ),
+        };
+        let mut op = Batch::new(BatchType::Logged);
+        op.append_statement(
+            ks.prepare(
+                "INSERT INTO {ks}.tweet_counts (tweet_id, op, applied_at) VALUES (?, ?, ?) \
+                 IF NOT EXISTS USING TTL 259200",
+            )
+            .await?,
+        );
+        op.append_statement(
+            ks.prepare(&format!(
+                "UPDATE {{ks}}.tweet_counts SET {count} = ? WHERE tweet_id = ? IF {count} = ?"
+            ))
+            .await?,
+        );
+        let counter = Counter {
+            what: match reaction {
+                Reaction::Like => "like count of tweet",
+                Reaction::Retweet => "retweet count of tweet",
+            },
+            op,
+            read: ks
+                .prepare(&format!(
+                    "SELECT DISTINCT tweet_id, {count} FROM {{ks}}.tweet_counts WHERE tweet_id = ?"
+                ))
+                .await?,
+            select_op: ks
+                .prepare("SELECT op FROM {ks}.tweet_counts WHERE tweet_id = ? AND op = ?")
+                .await?,
+        };
+        Ok(Self {
+            name,
+            select: ks
+                .prepare(&format!(
+                    "SELECT {flag}, version, {at} FROM {{ks}}.{by_user} \
+                     WHERE user_id = ? AND tweet_id = ?"
+                ))
+                .await?,
+            first: ks
+                .prepare(&format!(
+                    "INSERT INTO {{ks}}.{by_user} (user_id, tweet_id, {flag}, version, {at}) \
+                     VALUES (?, ?, true, 1, ?) IF NOT EXISTS"
+                ))
+                .await?,
+            change: ks
+                .prepare(&format!(
+                    "UPDATE {{ks}}.{by_user} SET {flag} = ?, version = ?, {at} = ? \
+                     WHERE user_id = ? AND tweet_id = ? IF version = ?"
+                ))
+                .await?,
+            insert_mirror: ks
+                .prepare(&format!(
+                    "INSERT INTO {{ks}}.{by_tweet} (tweet_id, user_id, version, {at}) \
+                     VALUES (?, ?, ?, ?)"
+                ))
+                .await?,
+            delete_mirror: ks
+                .prepare(&format!(
+                    "DELETE FROM {{ks}}.{by_tweet} WHERE tweet_id = ? AND user_id = ?"
+                ))
+                .await?,
+            select_flags: ks
+                .prepare(&format!(
+                    "SELECT tweet_id, {flag} FROM {{ks}}.{by_user} \
+                     WHERE user_id = ? AND tweet_id IN ?"
+                ))
+                .await?,
+            counter,
+        })
+    }
+}
+
+/// A (user, tweet) row of `user_likes` or `user_retweets`: whether it is on, its version, and
+/// when its last change was decided.
+type ReactionRow = (Option<bool>, Option<i32>, Option<CqlTimestamp>);
 
 #[async_trait]
 impl TweetStore for CqlTweetStore {
@@ -350,19 +849,7 @@ impl TweetStore for CqlTweetStore {
     }
 
     async fn get(&self, id: u64) -> Result<Option<TweetRecord>, StoreError> {
-        let Ok(key) = i64::try_from(id) else {
-            return Ok(None);
-        };
-        let rows = self
-            .ks
-            .session()
-            .execute_unpaged(&self.select_tweet, (key,))
-            .await?
-            .into_rows_result()?;
-        match rows.maybe_first_row::<TweetRow>()? {
-            Some(row) => record(row),
-            None => Ok(None),
-        }
+        Ok(self.fetch(&[id]).await?.pop())
     }
 
     async fn get_many(&self, ids: Vec<u64>) -> Result<Vec<TweetRecord>, StoreError> {
@@ -424,6 +911,121 @@ impl TweetStore for CqlTweetStore {
             .collect())
     }
 
+    async fn like(
+        &self,
+        user: u64,
+        tweet: u64,
+        event: Envelope,
+    ) -> Result<Option<bool>, StoreError> {
+        self.react(Reaction::Like, user, tweet, true, event).await
+    }
+
+    async fn unlike(
+        &self,
+        user: u64,
+        tweet: u64,
+        event: Envelope,
+    ) -> Result<Option<bool>, StoreError> {
+        self.react(Reaction::Like, user, tweet, false, event).await
+    }
+
+    async fn retweet(
+        &self,
+        user: u64,
+        tweet: u64,
+        event: Envelope,
+    ) -> Result<Option<bool>, StoreError> {
+        self.react(Reaction::Retweet, user, tweet, true, event)
+            .await
+    }
+
+    async fn unretweet(
+        &self,
+        user: u64,
+        tweet: u64,
+        event: Envelope,
+    ) -> Result<Option<bool>, StoreError> {
+        self.react(Reaction::Retweet, user, tweet, false, event)
+            .await
+    }
+
+    async fn liked_and_retweeted(
+        &self,
+        user: u64,
+        tweets: Vec<u64>,
+    ) -> Result<Vec<(bool, bool)>, StoreError> {
+        let Ok(user_key) = i64::try_from(user) else {
+            return Ok(vec![(false, false); tweets.len()]);
+        };
+        let keys = distinct_keys(&tweets);
+        let (liked, retweeted) = try_join(
+            self.reacted(&self.likes, user_key, &keys),
+            self.reacted(&self.retweets, user_key, &keys),
+        )
+        .await?;
+        Ok(tweets
+            .iter()
+            .map(|id| (liked.contains(id), retweeted.contains(id)))
+            .collect())
+    }
+
+    /// Step 1 decides the deletion on the tweet's own row (`IF deleted = false`, so one call
+    /// does); steps 2 and 3 are `CqlTweetStore::write_deletion`. A repeat finds the tweet
+    /// deleted and returns false; if the deletion is recent, it first makes sure the author's
+    /// count moved (a no-op when it did). A deletion whose batch never ran (a crash) leaves
+    /// timeline rows behind, which every read skips, as they lead to a deleted tweet.
+    async fn delete(&self, id: u64, event: Envelope) -> Result<bool, StoreError> {
+        let Ok(tweet) = i64::try_from(id) else {
+            return Ok(false);
+        };
+        let mut maybe_decided = false;
+        for attempt in 0..DECIDE_ATTEMPTS {
+            let Some((author, deleted, deleted_at)) = self.tweet_state(tweet).await? else {
+                return Ok(false);
+            };
+            if deleted {
+                if maybe_decided {
+                    self.write_deletion(tweet, author, Some(&event)).await?;
+                    return Ok(true);
+                }
+                let age = clock::now_millis() - deleted_at.map_or(0, |at| at.0);
+                if age < REPAIR_WINDOW_MS {
+                    self.write_deletion(tweet, author, None).await?;
+                }
+                return Ok(false);
+            }
+            let now = CqlTimestamp(clock::now_millis());
+            match self
+                .ks
+                .session()
+                .execute_unpaged(&self.delete_tweet, (now, tweet))
+                .await
+            {
+                Ok(result) => {
+                    if lwt_applied(result)? {
+                        self.write_deletion(tweet, author, Some(&event)).await?;
+                        return Ok(true);
+                    }
+                }
+                Err(err) if cas_outcome_unknown(&err) => maybe_decided = true,
+                Err(err) => return Err(err.into()),
+            }
+            tokio::time::sleep(backoff(attempt)).await;
+        }
+        Err(StoreError::backend(Contended("tweet deletion")))
+    }
+
+    async fn public_timeline(&self, page: PageRequest) -> Result<Page<TweetRecord>, StoreError> {
+        let Some(bounds) = PageBounds::of(&page) else {
+            return Ok(Page::from_scan(&page, Vec::new(), |t: &TweetRecord| t.id));
+        };
+        let ids = self
+            .scan_timeline(&page, &bounds, page.limit.get() + 1)
+            .await?;
+        let tweets = self.fetch(&ids).await?;
+        Ok(Page::from_scan(&page, tweets, |t| t.id))
+    }
+
     fn outbox(&self) -> Arc<dyn Outbox> {
         Arc::clone(&self.outbox) as Arc<dyn Outbox>
     }
@@ -439,7 +1041,7 @@ type TweetRow = (
 );
 
 /// The record a `tweets` row holds, `None` for a deleted tweet's tombstone. Like and retweet
-/// counts start at zero and live in `tweet_counts`, which nothing in this store moves yet.
+/// counts are zero here: they live in `tweet_counts`, which `fetch` reads alongside.
 fn record(row: TweetRow) -> Result<Option<TweetRecord>, StoreError> {
     let (id, author_id, text, created_at, deleted) = row;
     if deleted == Some(true) {

@@ -1,5 +1,6 @@
 //! The embedded backend of [`TweetStore`]: tweets in a redb file, each write one transaction
-//! (the tweet, the author's timeline entry, the author's count and the outbox event together).
+//! (the tweet, the author's timeline entry, the author's count and the outbox event together;
+//! a like, its count and its event; a deletion, its removals, the count and the event).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -13,13 +14,40 @@ use twtr_common::store::StoreError;
 use twtr_common::{Page, PageRequest};
 use twtr_proto::events::v1::Envelope;
 
-use super::{TweetRecord, TweetStore};
+use super::{Reaction, TweetRecord, TweetStore};
 
 const TWEETS: TableDefinition<u64, &[u8]> = TableDefinition::new("tweets");
 /// (author, tweet) -> (): each author's timeline, scanned newest first.
 const AUTHOR_TWEETS: TableDefinition<(u64, u64), ()> = TableDefinition::new("author_tweets");
 /// Author -> number of tweets.
 const TWEET_COUNTS: TableDefinition<u64, u64> = TableDefinition::new("tweet_counts");
+/// (0, tweet) -> (): everyone's live tweets, the public timeline, scanned newest first.
+const PUBLIC_TIMELINE: TableDefinition<(u64, u64), ()> = TableDefinition::new("public_timeline");
+/// Deleted tweets. Their `TWEETS` rows stay, so that re-creating a deleted ID changes nothing.
+const DELETED: TableDefinition<u64, ()> = TableDefinition::new("deleted");
+/// (user, tweet) -> (): who likes what.
+const LIKES: TableDefinition<(u64, u64), ()> = TableDefinition::new("likes");
+/// (user, tweet) -> (): who retweeted what.
+const RETWEETS: TableDefinition<(u64, u64), ()> = TableDefinition::new("retweets");
+/// Tweet -> number of likes.
+const LIKE_COUNTS: TableDefinition<u64, u64> = TableDefinition::new("like_counts");
+/// Tweet -> number of retweets.
+const RETWEET_COUNTS: TableDefinition<u64, u64> = TableDefinition::new("retweet_counts");
+/// The public timeline's one partition.
+const EVERYONE: u64 = 0;
+
+/// A reaction's edge table and its count table.
+fn tables_of(
+    reaction: Reaction,
+) -> (
+    TableDefinition<'static, (u64, u64), ()>,
+    TableDefinition<'static, u64, u64>,
+) {
+    match reaction {
+        Reaction::Like => (LIKES, LIKE_COUNTS),
+        Reaction::Retweet => (RETWEETS, RETWEET_COUNTS),
+    }
+}
 
 /// Tweets in a redb file (`tweets.redb` under the data directory).
 #[derive(Debug, Clone)]
@@ -33,21 +61,80 @@ impl EmbeddedTweetStore {
             tx.open_table(TWEETS)?;
             tx.open_table(AUTHOR_TWEETS)?;
             tx.open_table(TWEET_COUNTS)?;
+            tx.open_table(PUBLIC_TIMELINE)?;
+            tx.open_table(DELETED)?;
+            for reaction in [Reaction::Like, Reaction::Retweet] {
+                let (edges, counts) = tables_of(reaction);
+                tx.open_table(edges)?;
+                tx.open_table(counts)?;
+            }
             Ok(())
         })?;
         Ok(Self { db })
     }
+
+    /// Likes or retweets (`on`), or takes the like or retweet back, in one transaction.
+    async fn react(
+        &self,
+        reaction: Reaction,
+        user: u64,
+        tweet: u64,
+        on: bool,
+        event: Envelope,
+    ) -> Result<Option<bool>, StoreError> {
+        self.db
+            .write(move |tx| {
+                let live = tx.open_table(TWEETS)?.get(tweet)?.is_some()
+                    && tx.open_table(DELETED)?.get(tweet)?.is_none();
+                if !live {
+                    return Ok(None);
+                }
+                let (edges, counts) = tables_of(reaction);
+                let mut edges = tx.open_table(edges)?;
+                if edges.get((user, tweet))?.is_some() == on {
+                    return Ok(Some(false));
+                }
+                if on {
+                    edges.insert((user, tweet), ())?;
+                } else {
+                    edges.remove((user, tweet))?;
+                }
+                let mut counts = tx.open_table(counts)?;
+                let count = counts.get(tweet)?.map_or(0, |c| c.value());
+                let count = if on {
+                    count + 1
+                } else {
+                    count.saturating_sub(1)
+                };
+                counts.insert(tweet, count)?;
+                tx.stage_event(&event)?;
+                Ok(Some(true))
+            })
+            .await
+    }
 }
 
+/// The live tweets among `ids`, in the order given, with their like and retweet counts.
 fn read_many(
-    tweets: &impl redb::ReadableTable<u64, &'static [u8]>,
+    txn: &redb::ReadTransaction,
     ids: impl IntoIterator<Item = u64>,
 ) -> Result<Vec<TweetRecord>, StoreError> {
+    let tweets = txn.open_table(TWEETS)?;
+    let deleted = txn.open_table(DELETED)?;
+    let likes = txn.open_table(LIKE_COUNTS)?;
+    let retweets = txn.open_table(RETWEET_COUNTS)?;
     let mut found = Vec::new();
     for id in ids {
-        if let Some(row) = tweets.get(id)? {
-            found.push(TweetRecord::decode(row.value())?);
+        let Some(row) = tweets.get(id)? else {
+            continue;
+        };
+        if deleted.get(id)?.is_some() {
+            continue;
         }
+        let mut tweet = TweetRecord::decode(row.value())?;
+        tweet.like_count = likes.get(id)?.map_or(0, |c| c.value());
+        tweet.retweet_count = retweets.get(id)?.map_or(0, |c| c.value());
+        found.push(tweet);
     }
     Ok(found)
 }
@@ -64,6 +151,8 @@ impl TweetStore for EmbeddedTweetStore {
                 tweets.insert(tweet.id, tweet.encode_to_vec().as_slice())?;
                 tx.open_table(AUTHOR_TWEETS)?
                     .insert((tweet.author_id, tweet.id), ())?;
+                tx.open_table(PUBLIC_TIMELINE)?
+                    .insert((EVERYONE, tweet.id), ())?;
                 let mut counts = tx.open_table(TWEET_COUNTS)?;
                 let count = counts.get(tweet.author_id)?.map_or(0, |c| c.value());
                 counts.insert(tweet.author_id, count + 1)?;
@@ -75,14 +164,12 @@ impl TweetStore for EmbeddedTweetStore {
 
     async fn get(&self, id: u64) -> Result<Option<TweetRecord>, StoreError> {
         self.db
-            .read(move |txn| Ok(read_many(&txn.open_table(TWEETS)?, [id])?.pop()))
+            .read(move |txn| Ok(read_many(txn, [id])?.pop()))
             .await
     }
 
     async fn get_many(&self, ids: Vec<u64>) -> Result<Vec<TweetRecord>, StoreError> {
-        self.db
-            .read(move |txn| read_many(&txn.open_table(TWEETS)?, ids))
-            .await
+        self.db.read(move |txn| read_many(txn, ids)).await
     }
 
     async fn list_by_author(
@@ -93,7 +180,7 @@ impl TweetStore for EmbeddedTweetStore {
         self.db
             .read(move |txn| {
                 let ids = scan_page(&txn.open_table(AUTHOR_TWEETS)?, author_id, &page)?;
-                let tweets = read_many(&txn.open_table(TWEETS)?, ids)?;
+                let tweets = read_many(txn, ids)?;
                 Ok(Page::from_scan(&page, tweets, |t| t.id))
             })
             .await
@@ -107,6 +194,100 @@ impl TweetStore for EmbeddedTweetStore {
                     .into_iter()
                     .map(|id| Ok(counts.get(id)?.map_or(0, |c| c.value())))
                     .collect()
+            })
+            .await
+    }
+
+    async fn like(
+        &self,
+        user: u64,
+        tweet: u64,
+        event: Envelope,
+    ) -> Result<Option<bool>, StoreError> {
+        self.react(Reaction::Like, user, tweet, true, event).await
+    }
+
+    async fn unlike(
+        &self,
+        user: u64,
+        tweet: u64,
+        event: Envelope,
+    ) -> Result<Option<bool>, StoreError> {
+        self.react(Reaction::Like, user, tweet, false, event).await
+    }
+
+    async fn retweet(
+        &self,
+        user: u64,
+        tweet: u64,
+        event: Envelope,
+    ) -> Result<Option<bool>, StoreError> {
+        self.react(Reaction::Retweet, user, tweet, true, event)
+            .await
+    }
+
+    async fn unretweet(
+        &self,
+        user: u64,
+        tweet: u64,
+        event: Envelope,
+    ) -> Result<Option<bool>, StoreError> {
+        self.react(Reaction::Retweet, user, tweet, false, event)
+            .await
+    }
+
+    async fn liked_and_retweeted(
+        &self,
+        user: u64,
+        tweets: Vec<u64>,
+    ) -> Result<Vec<(bool, bool)>, StoreError> {
+        self.db
+            .read(move |txn| {
+                let likes = txn.open_table(LIKES)?;
+                let retweets = txn.open_table(RETWEETS)?;
+                tweets
+                    .into_iter()
+                    .map(|tweet| {
+                        Ok((
+                            likes.get((user, tweet))?.is_some(),
+                            retweets.get((user, tweet))?.is_some(),
+                        ))
+                    })
+                    .collect()
+            })
+            .await
+    }
+
+    async fn delete(&self, id: u64, event: Envelope) -> Result<bool, StoreError> {
+        self.db
+            .write(move |tx| {
+                let tweet = match tx.open_table(TWEETS)?.get(id)? {
+                    Some(row) => TweetRecord::decode(row.value())?,
+                    None => return Ok(false),
+                };
+                let mut deleted = tx.open_table(DELETED)?;
+                if deleted.get(id)?.is_some() {
+                    return Ok(false);
+                }
+                deleted.insert(id, ())?;
+                tx.open_table(AUTHOR_TWEETS)?
+                    .remove((tweet.author_id, id))?;
+                tx.open_table(PUBLIC_TIMELINE)?.remove((EVERYONE, id))?;
+                let mut counts = tx.open_table(TWEET_COUNTS)?;
+                let count = counts.get(tweet.author_id)?.map_or(0, |c| c.value());
+                counts.insert(tweet.author_id, count.saturating_sub(1))?;
+                tx.stage_event(&event)?;
+                Ok(true)
+            })
+            .await
+    }
+
+    async fn public_timeline(&self, page: PageRequest) -> Result<Page<TweetRecord>, StoreError> {
+        self.db
+            .read(move |txn| {
+                let ids = scan_page(&txn.open_table(PUBLIC_TIMELINE)?, EVERYONE, &page)?;
+                let tweets = read_many(txn, ids)?;
+                Ok(Page::from_scan(&page, tweets, |t| t.id))
             })
             .await
     }

@@ -7,7 +7,8 @@
 //! - [`embedded`]: [`EmbeddedTweetStore`], tweets in a redb file (one transaction per write).
 //! - [`cql`]: [`CqlTweetStore`], tweets on ScyllaDB / Cassandra (the tweet ID claimed by a
 //!   lightweight transaction, then one logged batch for its timeline rows and its event, then the
-//!   author's count moved once through a ledger).
+//!   author's count moved once through a ledger; likes, retweets and deletions likewise: decided
+//!   by a lightweight transaction, then a batch, then a count op).
 //! - [`conformance`]: the suite both backends pass, and its macro
 //!   [`tweet_store_conformance!`](crate::tweet_store_conformance).
 
@@ -25,6 +26,13 @@ use twtr_proto::events::v1::Envelope;
 
 pub use cql::CqlTweetStore;
 pub use embedded::EmbeddedTweetStore;
+
+/// Likes or retweets: the two ways a user reacts to a tweet, stored alike.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Reaction {
+    Like,
+    Retweet,
+}
 
 /// A stored tweet. Encoded with protobuf so fields can be added without a migration.
 #[derive(Clone, PartialEq, prost::Message)]
@@ -59,6 +67,47 @@ pub trait TweetStore: Send + Sync {
     ) -> Result<Page<TweetRecord>, StoreError>;
     /// How many tweets each author has (0 for unknown authors), in the order given.
     async fn count_by_authors(&self, author_ids: Vec<u64>) -> Result<Vec<u64>, StoreError>;
+    /// `user` likes `tweet`: `Some(true)` when this call made the like (`like_count` moves by
+    /// one, once, and `event` is staged), `Some(false)` when it was liked already (nothing
+    /// written), `None` when the tweet does not exist or is deleted (nothing written).
+    async fn like(
+        &self,
+        user: u64,
+        tweet: u64,
+        event: Envelope,
+    ) -> Result<Option<bool>, StoreError>;
+    /// The mirror of [`TweetStore::like`]: `Some(true)` when this call removed the like.
+    async fn unlike(
+        &self,
+        user: u64,
+        tweet: u64,
+        event: Envelope,
+    ) -> Result<Option<bool>, StoreError>;
+    /// [`TweetStore::like`] for retweets (`retweet_count`).
+    async fn retweet(
+        &self,
+        user: u64,
+        tweet: u64,
+        event: Envelope,
+    ) -> Result<Option<bool>, StoreError>;
+    /// [`TweetStore::unlike`] for retweets.
+    async fn unretweet(
+        &self,
+        user: u64,
+        tweet: u64,
+        event: Envelope,
+    ) -> Result<Option<bool>, StoreError>;
+    /// Whether `user` likes and whether they retweeted each of `tweets`, in the order given.
+    async fn liked_and_retweeted(
+        &self,
+        user: u64,
+        tweets: Vec<u64>,
+    ) -> Result<Vec<(bool, bool)>, StoreError>;
+    /// Deletes a live tweet: it then reads as absent everywhere, its author's count drops by
+    /// one (once) and `event` is staged. `false` (nothing written) when no live tweet has `id`.
+    async fn delete(&self, id: u64, event: Envelope) -> Result<bool, StoreError>;
+    /// One page of everyone's live tweets, newest first.
+    async fn public_timeline(&self, page: PageRequest) -> Result<Page<TweetRecord>, StoreError>;
     /// The outbox that `create` stages events into.
     fn outbox(&self) -> Arc<dyn Outbox>;
 }
