@@ -42,6 +42,24 @@ impl FromRequestParts<AppState> for Caller {
     }
 }
 
+/// The caller when the request carries a token (which must then be valid), `None` when it
+/// carries none: for public routes that show more to a known caller (`liked_by_me`, ...).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MaybeCaller(pub Option<u64>);
+
+impl FromRequestParts<AppState> for MaybeCaller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        if parts.headers.contains_key(AUTHORIZATION) {
+            let Caller(me) = Caller::from_request_parts(parts, state).await?;
+            Ok(Self(Some(me)))
+        } else {
+            Ok(Self(None))
+        }
+    }
+}
+
 /// A JSON request body. Malformed JSON, a wrong shape or unknown fields are a 400 that says what
 /// is wrong; a body over the size limit is a 413.
 #[derive(Debug, Clone)]

@@ -20,7 +20,8 @@ use twtr_common::{ErrorCode, clock, context};
 use twtr_proto::feeds::v1::GetFeedRequest;
 use twtr_proto::followers::v1::{FollowRequest, UnfollowRequest};
 use twtr_proto::tweets::v1::{
-    BatchGetTweetsRequest, CreateTweetRequest, GetTweetRequest, ListUserTweetsRequest,
+    BatchGetTweetsRequest, CreateTweetRequest, DeleteTweetRequest, GetPublicTimelineRequest,
+    GetTweetRequest, ListUserTweetsRequest, TweetActionRequest,
 };
 use twtr_proto::users::v1::{
     CreateUserRequest, DeleteUserRequest, GetUserByUsernameRequest, GetUserRequest, LoginRequest,
@@ -28,7 +29,7 @@ use twtr_proto::users::v1::{
 };
 
 use crate::error::ApiError;
-use crate::extract::{Caller, JsonBody, PageParams, parse_id};
+use crate::extract::{Caller, JsonBody, MaybeCaller, PageParams, parse_id};
 use crate::revocation::Revocations;
 use crate::upstream::{Upstreams, rpc};
 use crate::views::{self, PageView, SessionView, TweetView, UserView};
@@ -80,7 +81,10 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/users/{id}/follow", post(follow).delete(unfollow))
         .route("/v1/users/{id}/tweets", get(user_tweets))
         .route("/v1/tweets", post(create_tweet))
-        .route("/v1/tweets/{id}", get(tweet_by_id))
+        .route("/v1/tweets/{id}", get(tweet_by_id).delete(delete_tweet))
+        .route("/v1/tweets/{id}/like", post(like).delete(unlike))
+        .route("/v1/tweets/{id}/retweet", post(retweet).delete(unretweet))
+        .route("/v1/timeline", get(timeline))
         .route("/v1/feed", get(feed))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -345,12 +349,13 @@ async fn create_tweet(
         .create_tweet(rpc(request))
         .await?
         .into_inner();
-    let view = one(views::tweets(state.up(), vec![(tweet, None)]).await?)?;
+    let view = one(views::tweets(state.up(), Some(me), vec![(tweet, None)]).await?)?;
     Ok((StatusCode::CREATED, Json(view)))
 }
 
 async fn tweet_by_id(
     State(state): State<AppState>,
+    MaybeCaller(viewer): MaybeCaller,
     Path(id): Path<String>,
 ) -> Result<Json<TweetView>, ApiError> {
     let tweet_id = parse_id(&id, "tweet id")?;
@@ -361,7 +366,7 @@ async fn tweet_by_id(
         .get_tweet(rpc(GetTweetRequest { tweet_id }))
         .await?
         .into_inner();
-    let view = views::tweets(state.up(), vec![(tweet, None)]).await?;
+    let view = views::tweets(state.up(), viewer, vec![(tweet, None)]).await?;
     // A tweet whose author is gone is gone too.
     one(view)
         .map(Json)
@@ -370,6 +375,7 @@ async fn tweet_by_id(
 
 async fn user_tweets(
     State(state): State<AppState>,
+    MaybeCaller(viewer): MaybeCaller,
     Path(id): Path<String>,
     PageParams(page): PageParams,
 ) -> Result<Json<PageView<TweetView>>, ApiError> {
@@ -388,9 +394,106 @@ async fn user_tweets(
     let page = page.into_inner();
     let items = page.tweets.into_iter().map(|t| (t, None)).collect();
     Ok(Json(PageView::new(
-        views::tweets(state.up(), items).await?,
+        views::tweets(state.up(), viewer, items).await?,
         page.next,
     )))
+}
+
+async fn timeline(
+    State(state): State<AppState>,
+    MaybeCaller(viewer): MaybeCaller,
+    PageParams(page): PageParams,
+) -> Result<Json<PageView<TweetView>>, ApiError> {
+    let request = GetPublicTimelineRequest {
+        before: page.before,
+        since: page.since,
+        limit: page.limit.get() as u32,
+    };
+    let page = state
+        .up()
+        .tweets
+        .clone()
+        .get_public_timeline(rpc(request))
+        .await?
+        .into_inner();
+    let items = page.tweets.into_iter().map(|t| (t, None)).collect();
+    Ok(Json(PageView::new(
+        views::tweets(state.up(), viewer, items).await?,
+        page.next,
+    )))
+}
+
+async fn delete_tweet(
+    State(state): State<AppState>,
+    Caller(me): Caller,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let tweet_id = parse_id(&id, "tweet id")?;
+    let request = DeleteTweetRequest {
+        tweet_id,
+        caller_id: me,
+    };
+    state.up().tweets.clone().delete_tweet(rpc(request)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// What a caller does to someone's tweet.
+#[derive(Debug, Clone, Copy)]
+enum Act {
+    Like,
+    Unlike,
+    Retweet,
+    Unretweet,
+}
+
+/// Like, unlike, retweet or unretweet: 204 whether or not the call changed anything (each is
+/// idempotent); 404 for an unknown or deleted tweet.
+async fn act(state: &AppState, me: u64, id: &str, act: Act) -> Result<StatusCode, ApiError> {
+    let tweet_id = parse_id(id, "tweet id")?;
+    let request = rpc(TweetActionRequest {
+        tweet_id,
+        user_id: me,
+    });
+    let mut tweets = state.up().tweets.clone();
+    match act {
+        Act::Like => tweets.like_tweet(request).await?,
+        Act::Unlike => tweets.unlike_tweet(request).await?,
+        Act::Retweet => tweets.retweet(request).await?,
+        Act::Unretweet => tweets.unretweet(request).await?,
+    };
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn like(
+    State(state): State<AppState>,
+    Caller(me): Caller,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    act(&state, me, &id, Act::Like).await
+}
+
+async fn unlike(
+    State(state): State<AppState>,
+    Caller(me): Caller,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    act(&state, me, &id, Act::Unlike).await
+}
+
+async fn retweet(
+    State(state): State<AppState>,
+    Caller(me): Caller,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    act(&state, me, &id, Act::Retweet).await
+}
+
+async fn unretweet(
+    State(state): State<AppState>,
+    Caller(me): Caller,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    act(&state, me, &id, Act::Unretweet).await
 }
 
 async fn feed(
@@ -430,7 +533,7 @@ async fn feed(
         .filter_map(|e| tweets.remove(&e.tweet_id).map(|t| (t, e.retweeted_by)))
         .collect();
     Ok(Json(PageView::new(
-        views::tweets(state.up(), items).await?,
+        views::tweets(state.up(), Some(me), items).await?,
         feed.next,
     )))
 }

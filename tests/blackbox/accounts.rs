@@ -8,33 +8,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use twtr_common::tokens::{TokenSigner, generate_key_pair};
 
-use crate::support::{CONVERGE, TestMesh, eventually, text};
-
-/// Runs `check` on the embedded mesh, then on the CQL mesh.
-macro_rules! on_both_backends {
-    ($($name:ident => $check:ident),+ $(,)?) => {
-        mod embedded {
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    let mesh = crate::support::TestMesh::start().await;
-                    super::$check(&mesh).await;
-                    mesh.stop().await;
-                }
-            )+
-        }
-        mod cql {
-            $(
-                #[tokio::test]
-                async fn $name() {
-                    let Some(mesh) = crate::support::TestMesh::start_cql().await else { return };
-                    super::$check(&mesh).await;
-                    mesh.stop().await;
-                }
-            )+
-        }
-    };
-}
+use crate::support::{CONVERGE, TestMesh, eventually, on_both_backends, text};
 
 on_both_backends! {
     profile_updates => profile_updates_change_only_what_they_name,

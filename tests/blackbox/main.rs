@@ -13,3 +13,4 @@ mod mesh;
 mod processes;
 mod rabbitmq;
 mod support;
+mod tweets;

@@ -336,3 +336,32 @@ pub fn has_store_files(dir: &Path) -> bool {
     .iter()
     .all(|f| dir.join(f).exists())
 }
+
+/// Generates, for each `name => check`, a test that runs `check(&TestMesh)` on the embedded mesh
+/// (`embedded::name`) and one on the CQL mesh (`cql::name`, skipped outside CI when no CQL node
+/// answers). The checks live in the invoking module.
+macro_rules! on_both_backends {
+    ($($name:ident => $check:ident),+ $(,)?) => {
+        mod embedded {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let mesh = crate::support::TestMesh::start().await;
+                    super::$check(&mesh).await;
+                    mesh.stop().await;
+                }
+            )+
+        }
+        mod cql {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let Some(mesh) = crate::support::TestMesh::start_cql().await else { return };
+                    super::$check(&mesh).await;
+                    mesh.stop().await;
+                }
+            )+
+        }
+    };
+}
+pub(crate) use on_both_backends;

@@ -7,7 +7,7 @@ use twtr_common::{Limit, PageRequest, ServiceError as _, clock};
 use twtr_proto::tweets::v1 as pb;
 use twtr_proto::tweets::v1::tweets_service_server::{TweetsService, TweetsServiceServer};
 
-use crate::service::{Tweets, TweetsError};
+use crate::service::{Action, Tweets, TweetsError};
 use crate::store::TweetRecord;
 
 pub fn server(tweets: Tweets) -> TweetsServiceServer<TweetsGrpc> {
@@ -112,5 +112,107 @@ impl TweetsService for TweetsGrpc {
                 })
                 .collect(),
         }))
+    }
+
+    async fn delete_tweet(
+        &self,
+        request: Request<pb::DeleteTweetRequest>,
+    ) -> Result<Response<pb::DeleteTweetResponse>, Status> {
+        let r = request.into_inner();
+        self.tweets
+            .delete_tweet(r.caller_id, r.tweet_id)
+            .await
+            .map_err(|e| e.to_status())?;
+        Ok(Response::new(pb::DeleteTweetResponse {}))
+    }
+
+    async fn like_tweet(
+        &self,
+        request: Request<pb::TweetActionRequest>,
+    ) -> Result<Response<pb::TweetActionResponse>, Status> {
+        self.act(Action::Like, request).await
+    }
+
+    async fn unlike_tweet(
+        &self,
+        request: Request<pb::TweetActionRequest>,
+    ) -> Result<Response<pb::TweetActionResponse>, Status> {
+        self.act(Action::Unlike, request).await
+    }
+
+    async fn retweet(
+        &self,
+        request: Request<pb::TweetActionRequest>,
+    ) -> Result<Response<pb::TweetActionResponse>, Status> {
+        self.act(Action::Retweet, request).await
+    }
+
+    async fn unretweet(
+        &self,
+        request: Request<pb::TweetActionRequest>,
+    ) -> Result<Response<pb::TweetActionResponse>, Status> {
+        self.act(Action::Unretweet, request).await
+    }
+
+    async fn batch_get_viewer_flags(
+        &self,
+        request: Request<pb::BatchGetViewerFlagsRequest>,
+    ) -> Result<Response<pb::BatchGetViewerFlagsResponse>, Status> {
+        let r = request.into_inner();
+        let flags = self
+            .tweets
+            .viewer_flags(r.user_id, r.tweet_ids.clone())
+            .await
+            .map_err(|e| e.to_status())?;
+        Ok(Response::new(pb::BatchGetViewerFlagsResponse {
+            flags: r
+                .tweet_ids
+                .into_iter()
+                .zip(flags)
+                .map(|(tweet_id, (liked, retweeted))| pb::ViewerFlags {
+                    tweet_id,
+                    liked,
+                    retweeted,
+                })
+                .collect(),
+        }))
+    }
+
+    async fn get_public_timeline(
+        &self,
+        request: Request<pb::GetPublicTimelineRequest>,
+    ) -> Result<Response<pb::TweetPage>, Status> {
+        let r = request.into_inner();
+        let limit = Limit::parse(Some(r.limit)).map_err(|e| TweetsError::from(e).to_status())?;
+        let page = PageRequest {
+            before: r.before,
+            since: r.since,
+            limit,
+        };
+        let page = self
+            .tweets
+            .public_timeline(page)
+            .await
+            .map_err(|e| e.to_status())?;
+        Ok(Response::new(pb::TweetPage {
+            tweets: page.items.into_iter().map(to_pb).collect(),
+            next: page.next,
+        }))
+    }
+}
+
+impl TweetsGrpc {
+    async fn act(
+        &self,
+        action: Action,
+        request: Request<pb::TweetActionRequest>,
+    ) -> Result<Response<pb::TweetActionResponse>, Status> {
+        let r = request.into_inner();
+        let changed = self
+            .tweets
+            .act(action, r.user_id, r.tweet_id)
+            .await
+            .map_err(|e| e.to_status())?;
+        Ok(Response::new(pb::TweetActionResponse { changed }))
     }
 }

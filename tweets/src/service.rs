@@ -5,8 +5,10 @@ use std::sync::Arc;
 use twtr_common::page::InvalidLimit;
 use twtr_common::store::StoreError;
 use twtr_common::{ErrorCode, IdGenerator, Page, PageRequest, ServiceError, clock, events, id};
-use twtr_proto::events::v1::TweetCreated;
 use twtr_proto::events::v1::envelope::Payload;
+use twtr_proto::events::v1::{
+    Retweeted, TweetCreated, TweetDeleted, TweetLiked, TweetUnliked, Unretweeted,
+};
 
 use crate::domain::{InvalidText, TweetText};
 use crate::store::{TweetRecord, TweetStore};
@@ -24,6 +26,10 @@ pub enum TweetsError {
     MissingAuthor,
     #[error("tweet not found")]
     NotFound,
+    #[error("only its author can delete a tweet")]
+    NotAuthor,
+    #[error("user_id is required")]
+    MissingUser,
     #[error("at most {MAX_BATCH} IDs per batch")]
     BatchTooLarge,
     #[error("storage failed")]
@@ -36,11 +42,22 @@ impl ServiceError for TweetsError {
             Self::InvalidText(_)
             | Self::InvalidLimit(_)
             | Self::MissingAuthor
-            | Self::BatchTooLarge => ErrorCode::InvalidArgument,
+            | Self::BatchTooLarge
+            | Self::MissingUser => ErrorCode::InvalidArgument,
             Self::NotFound => ErrorCode::NotFound,
+            Self::NotAuthor => ErrorCode::PermissionDenied,
             Self::Store(_) => ErrorCode::Internal,
         }
     }
+}
+
+/// Something a user does to a tweet that is not theirs to change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Like,
+    Unlike,
+    Retweet,
+    Unretweet,
 }
 
 pub struct Tweets {
@@ -110,6 +127,98 @@ impl Tweets {
         page: PageRequest,
     ) -> Result<Page<TweetRecord>, TweetsError> {
         Ok(self.store.list_by_author(author_id, page).await?)
+    }
+
+    /// Deletes `id` as `caller`, who must be its author.
+    pub async fn delete_tweet(&self, caller: u64, id: u64) -> Result<(), TweetsError> {
+        if caller == 0 {
+            return Err(TweetsError::MissingUser);
+        }
+        let tweet = self.get_tweet(id).await?;
+        if tweet.author_id != caller {
+            return Err(TweetsError::NotAuthor);
+        }
+        let event = events::envelope(
+            self.ids.next_id(),
+            id,
+            Payload::TweetDeleted(TweetDeleted {
+                tweet_id: id,
+                author_id: tweet.author_id,
+            }),
+        );
+        if !self.store.delete(id, event).await? {
+            return Err(TweetsError::NotFound);
+        }
+        tracing::info!(tweet_id = id, "tweet deleted");
+        Ok(())
+    }
+
+    /// Likes, unlikes, retweets or unretweets `tweet` as `user`; idempotent. Returns whether
+    /// this call changed anything.
+    pub async fn act(&self, action: Action, user: u64, tweet: u64) -> Result<bool, TweetsError> {
+        if user == 0 {
+            return Err(TweetsError::MissingUser);
+        }
+        // The author rides along in the event, so consumers need not call back.
+        let author_id = self.get_tweet(tweet).await?.author_id;
+        let (tweet_id, user_id) = (tweet, user);
+        let payload = match action {
+            Action::Like => Payload::TweetLiked(TweetLiked {
+                tweet_id,
+                author_id,
+                user_id,
+            }),
+            Action::Unlike => Payload::TweetUnliked(TweetUnliked {
+                tweet_id,
+                author_id,
+                user_id,
+            }),
+            Action::Retweet => Payload::Retweeted(Retweeted {
+                tweet_id,
+                author_id,
+                user_id,
+            }),
+            Action::Unretweet => Payload::Unretweeted(Unretweeted {
+                tweet_id,
+                author_id,
+                user_id,
+            }),
+        };
+        let event = events::envelope(self.ids.next_id(), tweet, payload);
+        let outcome = match action {
+            Action::Like => self.store.like(user, tweet, event).await?,
+            Action::Unlike => self.store.unlike(user, tweet, event).await?,
+            Action::Retweet => self.store.retweet(user, tweet, event).await?,
+            Action::Unretweet => self.store.unretweet(user, tweet, event).await?,
+        };
+        let changed = outcome.ok_or(TweetsError::NotFound)?;
+        tracing::debug!(
+            tweet_id = tweet,
+            user_id = user,
+            ?action,
+            changed,
+            "tweet action"
+        );
+        Ok(changed)
+    }
+
+    /// Whether `user` likes and retweeted each of `tweets`, in the order given.
+    pub async fn viewer_flags(
+        &self,
+        user: u64,
+        tweets: Vec<u64>,
+    ) -> Result<Vec<(bool, bool)>, TweetsError> {
+        if tweets.len() > MAX_BATCH {
+            return Err(TweetsError::BatchTooLarge);
+        }
+        Ok(self.store.liked_and_retweeted(user, tweets).await?)
+    }
+
+    pub async fn public_timeline(
+        &self,
+        page: PageRequest,
+    ) -> Result<Page<TweetRecord>, TweetsError> {
+        Ok(self.store.public_timeline(page).await?)
     }
 
     pub async fn tweet_counts(&self, author_ids: Vec<u64>) -> Result<Vec<(u64, u64)>, TweetsError> {
