@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
-use twtr_common::{Limit, PageRequest, ServiceError as _, clock};
+use twtr_common::{Limit, Page, PageRequest, ServiceError as _, clock};
 use twtr_proto::tweets::v1 as pb;
 use twtr_proto::tweets::v1::tweets_service_server::{TweetsService, TweetsServiceServer};
 
@@ -29,6 +29,27 @@ fn to_pb(tweet: TweetRecord) -> pb::Tweet {
         like_count: tweet.like_count,
         retweet_count: tweet.retweet_count,
     }
+}
+
+fn to_pb_page(page: Page<TweetRecord>) -> pb::TweetPage {
+    pb::TweetPage {
+        tweets: page.items.into_iter().map(to_pb).collect(),
+        next: page.next,
+    }
+}
+
+/// A page request from its wire form (limit 0 means the default).
+fn page_request(
+    before: Option<u64>,
+    since: Option<u64>,
+    limit: u32,
+) -> Result<PageRequest, Status> {
+    let limit = Limit::parse(Some(limit)).map_err(|e| TweetsError::from(e).to_status())?;
+    Ok(PageRequest {
+        before,
+        since,
+        limit,
+    })
 }
 
 #[tonic::async_trait]
@@ -77,21 +98,13 @@ impl TweetsService for TweetsGrpc {
         request: Request<pb::ListUserTweetsRequest>,
     ) -> Result<Response<pb::TweetPage>, Status> {
         let r = request.into_inner();
-        let limit = Limit::parse(Some(r.limit)).map_err(|e| TweetsError::from(e).to_status())?;
-        let page = PageRequest {
-            before: r.before,
-            since: r.since,
-            limit,
-        };
+        let page = page_request(r.before, r.since, r.limit)?;
         let page = self
             .tweets
             .list_user_tweets(r.author_id, page)
             .await
             .map_err(|e| e.to_status())?;
-        Ok(Response::new(pb::TweetPage {
-            tweets: page.items.into_iter().map(to_pb).collect(),
-            next: page.next,
-        }))
+        Ok(Response::new(to_pb_page(page)))
     }
 
     async fn batch_get_tweet_counts(
@@ -183,21 +196,13 @@ impl TweetsService for TweetsGrpc {
         request: Request<pb::GetPublicTimelineRequest>,
     ) -> Result<Response<pb::TweetPage>, Status> {
         let r = request.into_inner();
-        let limit = Limit::parse(Some(r.limit)).map_err(|e| TweetsError::from(e).to_status())?;
-        let page = PageRequest {
-            before: r.before,
-            since: r.since,
-            limit,
-        };
+        let page = page_request(r.before, r.since, r.limit)?;
         let page = self
             .tweets
             .public_timeline(page)
             .await
             .map_err(|e| e.to_status())?;
-        Ok(Response::new(pb::TweetPage {
-            tweets: page.items.into_iter().map(to_pb).collect(),
-            next: page.next,
-        }))
+        Ok(Response::new(to_pb_page(page)))
     }
 }
 

@@ -28,7 +28,7 @@ use twtr_common::bus::EventBus;
 use twtr_common::{IdGenerator, outbox};
 
 pub use service::{Tweets, TweetsError};
-pub use store::{CqlTweetStore, EmbeddedTweetStore, TweetStore};
+pub use store::{CqlTweetStore, EmbeddedTweetStore, Reaction, TweetStore};
 
 /// Everything the tweets service needs, built by the binary from configuration.
 pub struct TweetsDeps {

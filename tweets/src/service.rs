@@ -11,7 +11,7 @@ use twtr_proto::events::v1::{
 };
 
 use crate::domain::{InvalidText, TweetText};
-use crate::store::{TweetRecord, TweetStore};
+use crate::store::{Reaction, TweetRecord, TweetStore};
 
 /// The most IDs one batch lookup may ask for.
 pub const MAX_BATCH: usize = 500;
@@ -185,12 +185,13 @@ impl Tweets {
             }),
         };
         let event = events::envelope(self.ids.next_id(), tweet, payload);
-        let outcome = match action {
-            Action::Like => self.store.like(user, tweet, event).await?,
-            Action::Unlike => self.store.unlike(user, tweet, event).await?,
-            Action::Retweet => self.store.retweet(user, tweet, event).await?,
-            Action::Unretweet => self.store.unretweet(user, tweet, event).await?,
+        let (reaction, on) = match action {
+            Action::Like => (Reaction::Like, true),
+            Action::Unlike => (Reaction::Like, false),
+            Action::Retweet => (Reaction::Retweet, true),
+            Action::Unretweet => (Reaction::Retweet, false),
         };
+        let outcome = self.store.react(reaction, user, tweet, on, event).await?;
         let changed = outcome.ok_or(TweetsError::NotFound)?;
         tracing::debug!(
             tweet_id = tweet,

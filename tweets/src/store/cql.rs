@@ -426,100 +426,6 @@ impl CqlTweetStore {
         Ok(row.and_then(|(author, deleted, at)| Some((author?, deleted == Some(true), at))))
     }
 
-    /// Likes or retweets (`on`), or takes one back: step 1 decides the change on the user's own
-    /// row (a lightweight transaction that never contends with other users), step 2 writes the
-    /// mirror row and the event in one logged batch, step 3 moves the count through its ledger
-    /// under the op key `<like|retweet>:<user>:<version>`.
-    ///
-    /// A repeat that finds the change made already returns `Some(false)`; if the change is
-    /// recent, it first makes sure the change's count op was applied (a no-op when it was), so a
-    /// retry after a crash between steps 2 and 3 finishes the count. Two calls of the same user
-    /// racing with the same change, whose lightweight transactions both time out, may both take
-    /// it for their own and stage an event each; the count still moves once.
-    async fn react(
-        &self,
-        reaction: Reaction,
-        user: u64,
-        tweet: u64,
-        on: bool,
-        event: Envelope,
-    ) -> Result<Option<bool>, StoreError> {
-        let (Ok(user_key), Ok(tweet_key)) = (i64::try_from(user), i64::try_from(tweet)) else {
-            return Ok(None);
-        };
-        if !self.is_live(tweet_key).await? {
-            return Ok(None);
-        }
-        let statements = self.reaction(reaction);
-        let session = self.ks.session();
-        let delta = if on { 1 } else { -1 };
-        // The version this call tried to decide without learning whether it did.
-        let mut maybe_decided: Option<i32> = None;
-        for attempt in 0..DECIDE_ATTEMPTS {
-            let rows = session
-                .execute_unpaged(&statements.select, (user_key, tweet_key))
-                .await?
-                .into_rows_result()?;
-            let state = match rows.maybe_first_row::<ReactionRow>()? {
-                Some((flag, Some(version), at)) => Some((flag == Some(true), version, at)),
-                Some((_, None, _)) => {
-                    return Err(StoreError::Corrupt(format!(
-                        "{} of user {user} on tweet {tweet} has no version",
-                        statements.name
-                    )));
-                }
-                None => None,
-            };
-            let next = match state {
-                Some((flag, version, _)) if flag == on && maybe_decided == Some(version) => {
-                    // This call's own change, decided after all.
-                    self.write_reaction(statements, user, tweet, on, version, &event)
-                        .await?;
-                    return Ok(Some(true));
-                }
-                Some((flag, version, at)) if flag == on => {
-                    let age = clock::now_millis() - at.map_or(0, |at| at.0);
-                    let op = reaction_op(statements, user, version);
-                    if age < REPAIR_WINDOW_MS
-                        && !self.op_applied(&statements.counter, tweet_key, &op).await?
-                    {
-                        self.apply_op(&statements.counter, tweet_key, &op, delta)
-                            .await?;
-                    }
-                    return Ok(Some(false));
-                }
-                None if !on => return Ok(Some(false)),
-                None => 1,
-                Some((_, version, _)) => version + 1,
-            };
-            let now = CqlTimestamp(clock::now_millis());
-            let result = match state {
-                None => {
-                    session
-                        .execute_unpaged(&statements.first, (user_key, tweet_key, now))
-                        .await
-                }
-                Some((_, version, _)) => {
-                    let values = (on, next, now, user_key, tweet_key, version);
-                    session.execute_unpaged(&statements.change, values).await
-                }
-            };
-            match result {
-                Ok(result) => {
-                    if lwt_applied(result)? {
-                        self.write_reaction(statements, user, tweet, on, next, &event)
-                            .await?;
-                        return Ok(Some(true));
-                    }
-                }
-                Err(err) if cas_outcome_unknown(&err) => maybe_decided = Some(next),
-                Err(err) => return Err(err.into()),
-            }
-            tokio::time::sleep(backoff(attempt)).await;
-        }
-        Err(StoreError::backend(Contended(statements.name)))
-    }
-
     /// Steps 2 and 3 of a decided like or retweet (or its undoing) at `version`. Idempotent.
     async fn write_reaction(
         &self,
@@ -911,42 +817,98 @@ impl TweetStore for CqlTweetStore {
             .collect())
     }
 
-    async fn like(
+    /// Likes or retweets (`on`), or takes one back: step 1 decides the change on the user's own
+    /// row (a lightweight transaction that never contends with other users), step 2 writes the
+    /// mirror row and the event in one logged batch, step 3 moves the count through its ledger
+    /// under the op key `<like|retweet>:<user>:<version>`.
+    ///
+    /// A repeat that finds the change made already returns `Some(false)`; if the change is
+    /// recent, it first makes sure the change's count op was applied (a no-op when it was), so a
+    /// retry after a crash between steps 2 and 3 finishes the count. Two calls of the same user
+    /// racing with the same change, whose lightweight transactions both time out, may both take
+    /// it for their own and stage an event each; the count still moves once.
+    async fn react(
         &self,
+        reaction: Reaction,
         user: u64,
         tweet: u64,
+        on: bool,
         event: Envelope,
     ) -> Result<Option<bool>, StoreError> {
-        self.react(Reaction::Like, user, tweet, true, event).await
-    }
-
-    async fn unlike(
-        &self,
-        user: u64,
-        tweet: u64,
-        event: Envelope,
-    ) -> Result<Option<bool>, StoreError> {
-        self.react(Reaction::Like, user, tweet, false, event).await
-    }
-
-    async fn retweet(
-        &self,
-        user: u64,
-        tweet: u64,
-        event: Envelope,
-    ) -> Result<Option<bool>, StoreError> {
-        self.react(Reaction::Retweet, user, tweet, true, event)
-            .await
-    }
-
-    async fn unretweet(
-        &self,
-        user: u64,
-        tweet: u64,
-        event: Envelope,
-    ) -> Result<Option<bool>, StoreError> {
-        self.react(Reaction::Retweet, user, tweet, false, event)
-            .await
+        let (Ok(user_key), Ok(tweet_key)) = (i64::try_from(user), i64::try_from(tweet)) else {
+            return Ok(None);
+        };
+        if !self.is_live(tweet_key).await? {
+            return Ok(None);
+        }
+        let statements = self.reaction(reaction);
+        let session = self.ks.session();
+        let delta = if on { 1 } else { -1 };
+        // The version this call tried to decide without learning whether it did.
+        let mut maybe_decided: Option<i32> = None;
+        for attempt in 0..DECIDE_ATTEMPTS {
+            let rows = session
+                .execute_unpaged(&statements.select, (user_key, tweet_key))
+                .await?
+                .into_rows_result()?;
+            let state = match rows.maybe_first_row::<ReactionRow>()? {
+                Some((flag, Some(version), at)) => Some((flag == Some(true), version, at)),
+                Some((_, None, _)) => {
+                    return Err(StoreError::Corrupt(format!(
+                        "{} of user {user} on tweet {tweet} has no version",
+                        statements.name
+                    )));
+                }
+                None => None,
+            };
+            let next = match state {
+                Some((flag, version, _)) if flag == on && maybe_decided == Some(version) => {
+                    // This call's own change, decided after all.
+                    self.write_reaction(statements, user, tweet, on, version, &event)
+                        .await?;
+                    return Ok(Some(true));
+                }
+                Some((flag, version, at)) if flag == on => {
+                    let age = clock::now_millis() - at.map_or(0, |at| at.0);
+                    let op = reaction_op(statements, user, version);
+                    if age < REPAIR_WINDOW_MS
+                        && !self.op_applied(&statements.counter, tweet_key, &op).await?
+                    {
+                        self.apply_op(&statements.counter, tweet_key, &op, delta)
+                            .await?;
+                    }
+                    return Ok(Some(false));
+                }
+                None if !on => return Ok(Some(false)),
+                None => 1,
+                Some((_, version, _)) => version + 1,
+            };
+            let now = CqlTimestamp(clock::now_millis());
+            let result = match state {
+                None => {
+                    session
+                        .execute_unpaged(&statements.first, (user_key, tweet_key, now))
+                        .await
+                }
+                Some((_, version, _)) => {
+                    let values = (on, next, now, user_key, tweet_key, version);
+                    session.execute_unpaged(&statements.change, values).await
+                }
+            };
+            match result {
+                Ok(result) => {
+                    if lwt_applied(result)? {
+                        self.write_reaction(statements, user, tweet, on, next, &event)
+                            .await?;
+                        return Ok(Some(true));
+                    }
+                }
+                Err(err) if cas_outcome_unknown(&err) => maybe_decided = Some(next),
+                Err(err) => return Err(err.into()),
+            }
+            tokio::time::sleep(backoff(attempt)).await;
+        }
+        Err(StoreError::backend(Contended(statements.name)))
     }
 
     async fn liked_and_retweeted(

@@ -72,46 +72,6 @@ impl EmbeddedTweetStore {
         })?;
         Ok(Self { db })
     }
-
-    /// Likes or retweets (`on`), or takes the like or retweet back, in one transaction.
-    async fn react(
-        &self,
-        reaction: Reaction,
-        user: u64,
-        tweet: u64,
-        on: bool,
-        event: Envelope,
-    ) -> Result<Option<bool>, StoreError> {
-        self.db
-            .write(move |tx| {
-                let live = tx.open_table(TWEETS)?.get(tweet)?.is_some()
-                    && tx.open_table(DELETED)?.get(tweet)?.is_none();
-                if !live {
-                    return Ok(None);
-                }
-                let (edges, counts) = tables_of(reaction);
-                let mut edges = tx.open_table(edges)?;
-                if edges.get((user, tweet))?.is_some() == on {
-                    return Ok(Some(false));
-                }
-                if on {
-                    edges.insert((user, tweet), ())?;
-                } else {
-                    edges.remove((user, tweet))?;
-                }
-                let mut counts = tx.open_table(counts)?;
-                let count = counts.get(tweet)?.map_or(0, |c| c.value());
-                let count = if on {
-                    count + 1
-                } else {
-                    count.saturating_sub(1)
-                };
-                counts.insert(tweet, count)?;
-                tx.stage_event(&event)?;
-                Ok(Some(true))
-            })
-            .await
-    }
 }
 
 /// The live tweets among `ids`, in the order given, with their like and retweet counts.
@@ -198,41 +158,43 @@ impl TweetStore for EmbeddedTweetStore {
             .await
     }
 
-    async fn like(
+    /// Likes or retweets (`on`), or takes the like or retweet back, in one transaction.
+    async fn react(
         &self,
+        reaction: Reaction,
         user: u64,
         tweet: u64,
+        on: bool,
         event: Envelope,
     ) -> Result<Option<bool>, StoreError> {
-        self.react(Reaction::Like, user, tweet, true, event).await
-    }
-
-    async fn unlike(
-        &self,
-        user: u64,
-        tweet: u64,
-        event: Envelope,
-    ) -> Result<Option<bool>, StoreError> {
-        self.react(Reaction::Like, user, tweet, false, event).await
-    }
-
-    async fn retweet(
-        &self,
-        user: u64,
-        tweet: u64,
-        event: Envelope,
-    ) -> Result<Option<bool>, StoreError> {
-        self.react(Reaction::Retweet, user, tweet, true, event)
-            .await
-    }
-
-    async fn unretweet(
-        &self,
-        user: u64,
-        tweet: u64,
-        event: Envelope,
-    ) -> Result<Option<bool>, StoreError> {
-        self.react(Reaction::Retweet, user, tweet, false, event)
+        self.db
+            .write(move |tx| {
+                let live = tx.open_table(TWEETS)?.get(tweet)?.is_some()
+                    && tx.open_table(DELETED)?.get(tweet)?.is_none();
+                if !live {
+                    return Ok(None);
+                }
+                let (edges, counts) = tables_of(reaction);
+                let mut edges = tx.open_table(edges)?;
+                if edges.get((user, tweet))?.is_some() == on {
+                    return Ok(Some(false));
+                }
+                if on {
+                    edges.insert((user, tweet), ())?;
+                } else {
+                    edges.remove((user, tweet))?;
+                }
+                let mut counts = tx.open_table(counts)?;
+                let count = counts.get(tweet)?.map_or(0, |c| c.value());
+                let count = if on {
+                    count + 1
+                } else {
+                    count.saturating_sub(1)
+                };
+                counts.insert(tweet, count)?;
+                tx.stage_event(&event)?;
+                Ok(Some(true))
+            })
             .await
     }
 

@@ -29,7 +29,7 @@ pub use embedded::EmbeddedTweetStore;
 
 /// Likes or retweets: the two ways a user reacts to a tweet, stored alike.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Reaction {
+pub enum Reaction {
     Like,
     Retweet,
 }
@@ -67,36 +67,56 @@ pub trait TweetStore: Send + Sync {
     ) -> Result<Page<TweetRecord>, StoreError>;
     /// How many tweets each author has (0 for unknown authors), in the order given.
     async fn count_by_authors(&self, author_ids: Vec<u64>) -> Result<Vec<u64>, StoreError>;
-    /// `user` likes `tweet`: `Some(true)` when this call made the like (`like_count` moves by
-    /// one, once, and `event` is staged), `Some(false)` when it was liked already (nothing
-    /// written), `None` when the tweet does not exist or is deleted (nothing written).
+    /// `user` reacts to `tweet` (`on`: likes or retweets it; off: takes that back):
+    /// `Some(true)` when this call changed it (the count moves by one, once, and `event` is
+    /// staged), `Some(false)` when it was so already (nothing written), `None` when the tweet does
+    /// not exist or is deleted (nothing written).
+    async fn react(
+        &self,
+        reaction: Reaction,
+        user: u64,
+        tweet: u64,
+        on: bool,
+        event: Envelope,
+    ) -> Result<Option<bool>, StoreError>;
+    /// [`TweetStore::react`] with a like.
     async fn like(
         &self,
         user: u64,
         tweet: u64,
         event: Envelope,
-    ) -> Result<Option<bool>, StoreError>;
-    /// The mirror of [`TweetStore::like`]: `Some(true)` when this call removed the like.
+    ) -> Result<Option<bool>, StoreError> {
+        self.react(Reaction::Like, user, tweet, true, event).await
+    }
+    /// [`TweetStore::react`] taking a like back.
     async fn unlike(
         &self,
         user: u64,
         tweet: u64,
         event: Envelope,
-    ) -> Result<Option<bool>, StoreError>;
-    /// [`TweetStore::like`] for retweets (`retweet_count`).
+    ) -> Result<Option<bool>, StoreError> {
+        self.react(Reaction::Like, user, tweet, false, event).await
+    }
+    /// [`TweetStore::react`] with a retweet.
     async fn retweet(
         &self,
         user: u64,
         tweet: u64,
         event: Envelope,
-    ) -> Result<Option<bool>, StoreError>;
-    /// [`TweetStore::unlike`] for retweets.
+    ) -> Result<Option<bool>, StoreError> {
+        self.react(Reaction::Retweet, user, tweet, true, event)
+            .await
+    }
+    /// [`TweetStore::react`] taking a retweet back.
     async fn unretweet(
         &self,
         user: u64,
         tweet: u64,
         event: Envelope,
-    ) -> Result<Option<bool>, StoreError>;
+    ) -> Result<Option<bool>, StoreError> {
+        self.react(Reaction::Retweet, user, tweet, false, event)
+            .await
+    }
     /// Whether `user` likes and whether they retweeted each of `tweets`, in the order given.
     async fn liked_and_retweeted(
         &self,
