@@ -148,7 +148,12 @@ const BROKER_CONNECT_WAIT: Duration = Duration::from_secs(5);
 /// Every queue some consumer of the mesh reads. Each process declares them all on the broker,
 /// so an event published by one part reaches its consumers even before they first start.
 pub fn consumer_queues(config: &Config) -> Vec<QueueSpec> {
-    vec![twtr_feeds::queue(&config.consumer)]
+    // The CQL tweet store finishes its writes from its own events (TweetStore::settles_events).
+    let tweets_settle = matches!(config.storage, Storage::Cql(_));
+    vec![
+        twtr_feeds::queue(&config.consumer),
+        twtr_tweets::queue(&config.consumer, tweets_settle),
+    ]
 }
 
 /// The event bus: RabbitMQ when `TWTR_AMQP_URL` is set, else the in-process bus. A part run on

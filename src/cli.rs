@@ -163,6 +163,10 @@ pub struct Cli {
     #[arg(long, env = "TWTR_FEED_LEN", default_value_t = FeedLimits::default().feed_len, global = true)]
     pub feed_len: usize,
 
+    /// Seconds an `Idempotency-Key` on `POST /v1/tweets` keeps returning its first tweet.
+    #[arg(long, env = "TWTR_IDEMPOTENCY_WINDOW_SECS", default_value_t = twtr_tweets::DEFAULT_IDEMPOTENCY_WINDOW.as_secs(), global = true)]
+    pub idempotency_window_secs: u64,
+
     /// Log format.
     #[arg(long, env = "TWTR_LOG_FORMAT", value_enum, default_value_t = LogFormatArg::Text, global = true)]
     pub log_format: LogFormatArg,
@@ -296,6 +300,10 @@ impl Cli {
         };
         anyhow::ensure!(self.feed_len > 0, "TWTR_FEED_LEN must be at least 1");
         anyhow::ensure!(
+            self.idempotency_window_secs > 0,
+            "TWTR_IDEMPOTENCY_WINDOW_SECS must be at least 1"
+        );
+        anyhow::ensure!(
             self.event_prefetch > 0,
             "TWTR_EVENT_PREFETCH must be at least 1"
         );
@@ -343,6 +351,7 @@ impl Cli {
                 feed_len: self.feed_len,
                 ..FeedLimits::default()
             },
+            idempotency_window: Duration::from_secs(self.idempotency_window_secs),
             log_format: match self.log_format {
                 LogFormatArg::Text => LogFormat::Text,
                 LogFormatArg::Json => LogFormat::Json,

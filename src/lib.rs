@@ -65,6 +65,8 @@ pub struct Config {
     /// This process's Snowflake worker number; `None` means derive one.
     pub worker_id: Option<u16>,
     pub feed_limits: FeedLimits,
+    /// How long an `Idempotency-Key` keeps returning its first tweet.
+    pub idempotency_window: Duration,
     pub log_format: LogFormat,
 }
 
@@ -80,6 +82,7 @@ impl std::fmt::Debug for Config {
             .field("token_ttl", &self.token_ttl)
             .field("worker_id", &self.worker_id)
             .field("feed_limits", &self.feed_limits)
+            .field("idempotency_window", &self.idempotency_window)
             .finish()
     }
 }
@@ -100,6 +103,7 @@ impl Config {
             token_ttl: Duration::from_secs(24 * 3600),
             worker_id: None,
             feed_limits: FeedLimits::default(),
+            idempotency_window: twtr_tweets::DEFAULT_IDEMPOTENCY_WINDOW,
             log_format: LogFormat::Text,
         }
     }
@@ -221,8 +225,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 store: backends::storage(&config).await?.tweet_store().await?,
                 ids: backends::id_generator(&config, &events, Part::Alone).await?,
                 bus: events.bus,
+                consumer: config.consumer,
+                idempotency_window: config.idempotency_window,
             };
-            twtr_tweets::serve(deps, listener, shutdown).await
+            twtr_tweets::TweetsService::build(deps)
+                .await?
+                .serve(listener, shutdown)
+                .await
         }
         Command::Followers => {
             let listener = bind("followers", &addrs.followers_addr).await?;
@@ -288,7 +297,7 @@ pub async fn run_all(
     let signer = backends::token_signer(&config, Part::AllInOne)?;
     let verifier = backends::token_verifier(&config, Part::AllInOne)?;
 
-    // Declare the feeds queue before anything can publish, so no event misses it.
+    // Declare the consumers' queues before anything can publish, so no event misses them.
     let feeds = twtr_feeds::FeedsService::build(twtr_feeds::FeedsDeps {
         store: storage.feed_store(config.feed_limits).await?,
         bus: Arc::clone(&bus),
@@ -301,11 +310,14 @@ pub async fn run_all(
         ids: Arc::clone(&ids),
         tokens: signer,
     };
-    let tweets = twtr_tweets::TweetsDeps {
+    let tweets = twtr_tweets::TweetsService::build(twtr_tweets::TweetsDeps {
         store: storage.tweet_store().await?,
         bus: Arc::clone(&bus),
         ids: Arc::clone(&ids),
-    };
+        consumer: config.consumer,
+        idempotency_window: config.idempotency_window,
+    })
+    .await?;
     let followers = twtr_followers::FollowersDeps {
         store: storage.follow_store().await?,
         bus: Arc::clone(&bus),
@@ -335,12 +347,7 @@ pub async fn run_all(
         )
     });
     let stop = services_stop.clone();
-    services.spawn(async move {
-        (
-            "tweets service",
-            twtr_tweets::serve(tweets, listeners.tweets, stop).await,
-        )
-    });
+    services.spawn(async move { ("tweets service", tweets.serve(listeners.tweets, stop).await) });
     let stop = services_stop.clone();
     services.spawn(async move {
         (

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::http::{HeaderValue, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -333,14 +333,30 @@ struct CreateTweetBody {
     text: String,
 }
 
+/// The header that makes a post safe to retry (the tweets service keeps the key's first tweet).
+const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
 async fn create_tweet(
     State(state): State<AppState>,
     Caller(me): Caller,
+    headers: HeaderMap,
     JsonBody(body): JsonBody<CreateTweetBody>,
 ) -> Result<(StatusCode, Json<TweetView>), ApiError> {
+    let idempotency_key = match headers.get(IDEMPOTENCY_KEY) {
+        None => String::new(),
+        Some(value) => value
+            .to_str()
+            .ok()
+            .filter(|key| !key.is_empty())
+            .ok_or_else(|| {
+                ApiError::invalid("Idempotency-Key must be 1 to 255 visible ASCII characters")
+            })?
+            .to_owned(),
+    };
     let request = CreateTweetRequest {
         author_id: me,
         text: body.text,
+        idempotency_key,
     };
     let tweet = state
         .up()

@@ -57,8 +57,9 @@ impl TestMesh {
         Self::start_with(Config::embedded(data_dir.path()), data_dir).await
     }
 
-    /// The whole mesh on the CQL backend (keyspaces of its own, migrated first), or `None` when
-    /// no CQL node answers outside CI.
+    /// The whole mesh as production runs it: the CQL backend (keyspaces of its own, migrated
+    /// first) and RabbitMQ (exchange and queues of its own), or `None` when no CQL node answers
+    /// outside CI. Without a broker (outside CI only), events go through the in-process bus.
     pub async fn start_cql() -> Option<Self> {
         let nodes = twtr_common::testing::cql_nodes()?;
         let keyspaces = crate::processes::fresh_keyspaces(&nodes).await;
@@ -67,6 +68,12 @@ impl TestMesh {
         let mut cql = twtr_common::cql::CqlConfig::new(nodes);
         cql.keyspace_prefix = keyspaces.prefix.clone();
         config.storage = twtr::Storage::Cql(cql);
+        config.amqp = twtr_common::testing::amqp_url().map(|url| twtr::Amqp {
+            url,
+            prefix: twtr_common::bus::conformance::unique("twtr-cql"),
+            queue_type: twtr_common::bus::QueueType::Quorum,
+            queue_expiry: Some(Duration::from_secs(600)),
+        });
         twtr::backends::migrate(&config)
             .await
             .expect("migrate the test keyspaces");

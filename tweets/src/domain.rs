@@ -35,9 +35,47 @@ pub enum InvalidText {
     TooLong(usize),
 }
 
+/// An `Idempotency-Key`: 1 to 255 visible ASCII characters, as clients generate them (UUIDs,
+/// random tokens). Compared exactly.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyKey(String);
+
+impl IdempotencyKey {
+    pub const MAX: usize = 255;
+
+    pub fn parse(raw: &str) -> Result<Self, InvalidKey> {
+        if raw.is_empty() || raw.len() > Self::MAX || !raw.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(InvalidKey);
+        }
+        Ok(Self(raw.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("an idempotency key is 1 to 255 visible ASCII characters")]
+pub struct InvalidKey;
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn idempotency_keys_are_short_visible_ascii() {
+        for good in [
+            "a",
+            "0f8fad5b-d9cb-469f-a165-70867728950e",
+            &"k".repeat(255),
+        ] {
+            assert_eq!(IdempotencyKey::parse(good).unwrap().as_str(), good);
+        }
+        for bad in ["", "has space", "tab\t", "é", &"k".repeat(256)] {
+            assert_eq!(IdempotencyKey::parse(bad), Err(InvalidKey), "{bad:?}");
+        }
+    }
 
     #[test]
     fn accepts_one_to_280_characters() {

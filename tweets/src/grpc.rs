@@ -10,10 +10,8 @@ use twtr_proto::tweets::v1::tweets_service_server::{TweetsService, TweetsService
 use crate::service::{Action, Tweets, TweetsError};
 use crate::store::TweetRecord;
 
-pub fn server(tweets: Tweets) -> TweetsServiceServer<TweetsGrpc> {
-    TweetsServiceServer::new(TweetsGrpc {
-        tweets: Arc::new(tweets),
-    })
+pub fn server(tweets: Arc<Tweets>) -> TweetsServiceServer<TweetsGrpc> {
+    TweetsServiceServer::new(TweetsGrpc { tweets })
 }
 
 pub struct TweetsGrpc {
@@ -61,7 +59,11 @@ impl TweetsService for TweetsGrpc {
         let r = request.into_inner();
         let tweet = self
             .tweets
-            .create_tweet(r.author_id, &r.text)
+            .create_tweet(
+                r.author_id,
+                &r.text,
+                Some(r.idempotency_key.as_str()).filter(|key| !key.is_empty()),
+            )
             .await
             .map_err(|e| e.to_status())?;
         Ok(Response::new(to_pb(tweet)))

@@ -1,5 +1,5 @@
-//! The tweets service: tweets and per-author timelines (likes, retweets and the public
-//! timeline arrive in later steps). Owns the `tweets` keyspace.
+//! The tweets service: tweets, per-author timelines, likes, retweets and the public timeline.
+//! Owns the `tweets` keyspace.
 //!
 //! # Layout
 //!
@@ -14,6 +14,11 @@
 //! `CreateTweet` validates the text, then stores the tweet, its entry in the author's timeline,
 //! the author's new tweet count and a `TweetCreated` event in one transaction. The outbox relay
 //! publishes the event; the feeds service fans it out to followers' home feeds.
+//!
+//! The service consumes one queue of its own, `tweets`: the users service's `UserDeleted` (the
+//! account's tweets, likes and retweets are then removed by a background purge, in batches, so a
+//! prolific account never stalls the queue) and, on a backend whose writes are not one
+//! transaction (CQL), its own events, to finish a write whose process died half-way.
 
 pub mod domain;
 pub mod grpc;
@@ -21,38 +26,186 @@ pub mod service;
 pub mod store;
 
 use std::sync::Arc;
+use std::time::Duration;
 
+use anyhow::Context as _;
+use async_trait::async_trait;
 use tokio::net::TcpListener;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
-use twtr_common::bus::EventBus;
-use twtr_common::{IdGenerator, outbox};
+use twtr_common::IdGenerator;
+use twtr_common::bus::{
+    self, ConsumerSettings, EventBus, EventHandler, HandlerError, QueueSpec, Subscription,
+};
+use twtr_common::outbox::{self, Outbox};
+use twtr_proto::events::v1::Envelope;
+use twtr_proto::events::v1::envelope::Payload;
 
-pub use service::{Tweets, TweetsError};
+pub use service::{DEFAULT_IDEMPOTENCY_WINDOW, Tweets, TweetsError};
 pub use store::{CqlTweetStore, EmbeddedTweetStore, Reaction, TweetStore};
+
+/// How often the purge looks for work it was not told about (a purge left by a crash, or
+/// taken over from another replica).
+const PURGE_POLL: Duration = Duration::from_secs(60);
+/// How long the purge waits after a failure before it tries again.
+const PURGE_RETRY: Duration = Duration::from_secs(5);
+
+/// The tweets service's queue: `UserDeleted`, and with `settles` (a store that finishes its
+/// writes from its own events, [`TweetStore::settles_events`]) every event of its own.
+pub fn queue(settings: &ConsumerSettings, settles: bool) -> QueueSpec {
+    let mut bindings = vec!["users.user_deleted"];
+    if settles {
+        bindings.push("tweets.*");
+    }
+    settings.queue("tweets", &bindings)
+}
 
 /// Everything the tweets service needs, built by the binary from configuration.
 pub struct TweetsDeps {
     pub store: Arc<dyn TweetStore>,
     pub bus: Arc<dyn EventBus>,
     pub ids: Arc<IdGenerator>,
+    pub consumer: ConsumerSettings,
+    /// How long an `Idempotency-Key` keeps returning its first tweet.
+    pub idempotency_window: Duration,
 }
 
-/// Serves the tweets service on `listener` until `shutdown`, then drains requests and flushes
-/// the outbox.
-pub async fn serve(
-    deps: TweetsDeps,
-    listener: TcpListener,
-    shutdown: CancellationToken,
-) -> anyhow::Result<()> {
-    let outbox = deps.store.outbox();
-    let tweets = Tweets::new(deps.store, deps.ids);
-    outbox::serve_with_relay(
-        "tweets",
-        grpc::server(tweets),
-        listener,
-        outbox,
-        deps.bus,
-        shutdown,
-    )
-    .await
+/// A tweets service whose queue is declared: events published from now on reach it, even
+/// before [`TweetsService::serve`] runs.
+pub struct TweetsService {
+    tweets: Arc<Tweets>,
+    outbox: Arc<dyn Outbox>,
+    bus: Arc<dyn EventBus>,
+    subscription: Box<dyn Subscription>,
+    consumer: ConsumerSettings,
+}
+
+impl TweetsService {
+    pub async fn build(deps: TweetsDeps) -> anyhow::Result<Self> {
+        let queue = queue(&deps.consumer, deps.store.settles_events());
+        let subscription = deps
+            .bus
+            .subscribe(&queue)
+            .await
+            .context("failed to declare the tweets queue")?;
+        let outbox = deps.store.outbox();
+        let tweets =
+            Tweets::new(deps.store, deps.ids).with_idempotency_window(deps.idempotency_window);
+        Ok(Self {
+            tweets: Arc::new(tweets),
+            outbox,
+            bus: deps.bus,
+            subscription,
+            consumer: deps.consumer,
+        })
+    }
+
+    /// Serves the gRPC API (with the outbox relay), consumes the queue and runs the purge of
+    /// deleted accounts until `shutdown`; then drains requests and flushes the outbox. If the
+    /// consumer fails (the bus is gone), the whole service stops with its error.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<()> {
+        let grpc_stop = shutdown.child_token();
+        let purge = Arc::new(Notify::new());
+        let purge_stop = shutdown.child_token();
+        let purger = tokio::spawn(run_purge(
+            Arc::clone(&self.tweets),
+            Arc::clone(&purge),
+            purge_stop.clone(),
+        ));
+        let mut consumer = {
+            let handler = TweetsEvents {
+                tweets: Arc::clone(&self.tweets),
+                purge,
+            };
+            let (subscription, policy) = (self.subscription, self.consumer.retry);
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                bus::consume("tweets", subscription, &handler, policy, shutdown).await
+            })
+        };
+        let grpc = outbox::serve_with_relay(
+            "tweets",
+            grpc::server(self.tweets),
+            listener,
+            self.outbox,
+            self.bus,
+            grpc_stop.clone(),
+        );
+        tokio::pin!(grpc);
+        let result = tokio::select! {
+            served = &mut grpc => {
+                let consumed = consumer.await;
+                served.and(
+                    consumed.context("tweets consumer panicked")?.context("tweets consumer failed"),
+                )
+            }
+            consumed = &mut consumer => {
+                grpc_stop.cancel();
+                let served = grpc.await;
+                consumed.context("tweets consumer panicked")?.context("tweets consumer failed")?;
+                anyhow::ensure!(shutdown.is_cancelled(), "tweets consumer stopped unexpectedly");
+                served
+            }
+        };
+        purge_stop.cancel();
+        purger.await.context("the purge panicked")?;
+        result
+    }
+}
+
+/// Purges deleted accounts when told to, every [`PURGE_POLL`] anyway, until `shutdown`.
+async fn run_purge(tweets: Arc<Tweets>, wake: Arc<Notify>, shutdown: CancellationToken) {
+    loop {
+        let wait = tokio::select! {
+            () = shutdown.cancelled() => return,
+            purged = tweets.purge_pending() => match purged {
+                Ok(0) => PURGE_POLL,
+                Ok(removed) => {
+                    tracing::info!(removed, "purged deleted accounts");
+                    PURGE_POLL
+                }
+                Err(err) => {
+                    tracing::warn!(error = %anyhow::Error::new(err), "purge failed; will retry");
+                    PURGE_RETRY
+                }
+            },
+        };
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = wake.notified() => {}
+            () = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+/// What the tweets service does with the events of its queue.
+struct TweetsEvents {
+    tweets: Arc<Tweets>,
+    purge: Arc<Notify>,
+}
+
+#[async_trait]
+impl EventHandler for TweetsEvents {
+    async fn handle(&self, event: &Envelope) -> Result<(), HandlerError> {
+        match &event.payload {
+            Some(Payload::UserDeleted(deleted)) => {
+                self.tweets.forget_user(deleted.user_id).await?;
+                self.purge.notify_one();
+            }
+            Some(
+                Payload::TweetCreated(_)
+                | Payload::TweetDeleted(_)
+                | Payload::TweetLiked(_)
+                | Payload::TweetUnliked(_)
+                | Payload::Retweeted(_)
+                | Payload::Unretweeted(_),
+            ) => self.tweets.settle(event).await?,
+            _ => {}
+        }
+        Ok(())
+    }
 }

@@ -1,20 +1,29 @@
 //! The tweets domain: each operation validates, then stores, then answers.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use twtr_common::page::InvalidLimit;
 use twtr_common::store::StoreError;
-use twtr_common::{ErrorCode, IdGenerator, Page, PageRequest, ServiceError, clock, events, id};
+use twtr_common::{
+    ErrorCode, IdGenerator, Limit, Page, PageRequest, ServiceError, clock, events, id,
+};
+use twtr_proto::events::v1::Envelope;
 use twtr_proto::events::v1::envelope::Payload;
 use twtr_proto::events::v1::{
     Retweeted, TweetCreated, TweetDeleted, TweetLiked, TweetUnliked, Unretweeted,
 };
 
-use crate::domain::{InvalidText, TweetText};
-use crate::store::{Reaction, TweetRecord, TweetStore};
+use crate::domain::{IdempotencyKey, InvalidKey, InvalidText, TweetText};
+use crate::store::{KeyClaim, Reaction, TweetRecord, TweetStore};
 
 /// The most IDs one batch lookup may ask for.
 pub const MAX_BATCH: usize = 500;
+/// How long an idempotency key keeps returning its first tweet, unless configured.
+pub const DEFAULT_IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(24 * 3600);
+/// How many tweets (or likes, or retweets) of a deleted account one purge step removes before
+/// it reads the next batch.
+pub const PURGE_BATCH: usize = 100;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TweetsError {
@@ -32,6 +41,12 @@ pub enum TweetsError {
     MissingUser,
     #[error("at most {MAX_BATCH} IDs per batch")]
     BatchTooLarge,
+    #[error(transparent)]
+    InvalidKey(#[from] InvalidKey),
+    #[error("this Idempotency-Key was used for a different tweet")]
+    KeyReused,
+    #[error("the account is deleted")]
+    AccountGone,
     #[error("storage failed")]
     Store(#[from] StoreError),
 }
@@ -43,8 +58,10 @@ impl ServiceError for TweetsError {
             | Self::InvalidLimit(_)
             | Self::MissingAuthor
             | Self::BatchTooLarge
-            | Self::MissingUser => ErrorCode::InvalidArgument,
-            Self::NotFound => ErrorCode::NotFound,
+            | Self::MissingUser
+            | Self::InvalidKey(_)
+            | Self::KeyReused => ErrorCode::InvalidArgument,
+            Self::NotFound | Self::AccountGone => ErrorCode::NotFound,
             Self::NotAuthor => ErrorCode::PermissionDenied,
             Self::Store(_) => ErrorCode::Internal,
         }
@@ -63,24 +80,72 @@ pub enum Action {
 pub struct Tweets {
     store: Arc<dyn TweetStore>,
     ids: Arc<IdGenerator>,
+    idempotency_window: Duration,
 }
 
 impl Tweets {
     pub fn new(store: Arc<dyn TweetStore>, ids: Arc<IdGenerator>) -> Self {
-        Self { store, ids }
+        Self {
+            store,
+            ids,
+            idempotency_window: DEFAULT_IDEMPOTENCY_WINDOW,
+        }
     }
 
-    /// Posts `text` as `author_id`, who the caller (the gateway) has authenticated.
+    /// How long an idempotency key keeps returning its first tweet.
+    pub fn with_idempotency_window(mut self, window: Duration) -> Self {
+        self.idempotency_window = window;
+        self
+    }
+
+    /// Posts `text` as `author_id`, who the caller (the gateway) has authenticated. With `key`,
+    /// a repeat of the request (same author, key and text) within the idempotency window
+    /// returns the first tweet and creates nothing, also when the first attempt's caller never
+    /// saw its answer; reusing the key for another text is refused.
     pub async fn create_tweet(
         &self,
         author_id: u64,
         text: &str,
+        key: Option<&str>,
     ) -> Result<TweetRecord, TweetsError> {
         if author_id == 0 {
             return Err(TweetsError::MissingAuthor);
         }
         let text = TweetText::parse(text)?.into_inner();
+        let key = key.map(IdempotencyKey::parse).transpose()?;
         let id = self.ids.next_id();
+        if let Some(key) = key {
+            let window = self.idempotency_window;
+            match self
+                .store
+                .claim_key(author_id, key.as_str(), id, &text, window)
+                .await?
+            {
+                KeyClaim::Won => {}
+                KeyClaim::Held { text: first, .. } if first != text => {
+                    return Err(TweetsError::KeyReused);
+                }
+                KeyClaim::Held { tweet_id, .. } => {
+                    // The first attempt may have died before storing the tweet, or be storing
+                    // it now: creating is idempotent by ID, so finish it, then answer as it.
+                    self.store_tweet(tweet_id, author_id, text).await?;
+                    tracing::info!(tweet_id, author_id, "repeated post answered by its key");
+                    return self.get_tweet(tweet_id).await;
+                }
+            }
+        }
+        let tweet = self.store_tweet(id, author_id, text).await?;
+        tracing::info!(tweet_id = id, author_id, "tweet created");
+        Ok(tweet)
+    }
+
+    /// Stores the tweet `id` (a no-op when it exists) with its `TweetCreated` event.
+    async fn store_tweet(
+        &self,
+        id: u64,
+        author_id: u64,
+        text: String,
+    ) -> Result<TweetRecord, TweetsError> {
         let tweet = TweetRecord {
             id,
             author_id,
@@ -99,8 +164,9 @@ impl Tweets {
                 created_at: Some(clock::to_timestamp(tweet.created_at_ms)),
             }),
         );
-        self.store.create(tweet.clone(), event).await?;
-        tracing::info!(tweet_id = id, author_id, "tweet created");
+        if !self.store.create(tweet.clone(), event).await? {
+            return Err(TweetsError::AccountGone);
+        }
         Ok(tweet)
     }
 
@@ -138,19 +204,25 @@ impl Tweets {
         if tweet.author_id != caller {
             return Err(TweetsError::NotAuthor);
         }
+        if !self.remove_tweet(id, tweet.author_id).await? {
+            return Err(TweetsError::NotFound);
+        }
+        tracing::info!(tweet_id = id, "tweet deleted");
+        Ok(())
+    }
+
+    /// Deletes the tweet `id` by `author_id` with its `TweetDeleted` event; `false` when it
+    /// was gone already.
+    async fn remove_tweet(&self, id: u64, author_id: u64) -> Result<bool, TweetsError> {
         let event = events::envelope(
             self.ids.next_id(),
             id,
             Payload::TweetDeleted(TweetDeleted {
                 tweet_id: id,
-                author_id: tweet.author_id,
+                author_id,
             }),
         );
-        if !self.store.delete(id, event).await? {
-            return Err(TweetsError::NotFound);
-        }
-        tracing::info!(tweet_id = id, "tweet deleted");
-        Ok(())
+        Ok(self.store.delete(id, event).await?)
     }
 
     /// Likes, unlikes, retweets or unretweets `tweet` as `user`; idempotent. Returns whether
@@ -159,6 +231,15 @@ impl Tweets {
         if user == 0 {
             return Err(TweetsError::MissingUser);
         }
+        if self.store.author_gone(user).await? {
+            return Err(TweetsError::AccountGone);
+        }
+        self.react(action, user, tweet).await
+    }
+
+    /// [`Tweets::act`] without the check that the account exists, for the purge of one that
+    /// does not.
+    async fn react(&self, action: Action, user: u64, tweet: u64) -> Result<bool, TweetsError> {
         // The author rides along in the event, so consumers need not call back.
         let author_id = self.get_tweet(tweet).await?.author_id;
         let (tweet_id, user_id) = (tweet, user);
@@ -203,6 +284,104 @@ impl Tweets {
         Ok(changed)
     }
 
+    /// The users service deleted `user`'s account (its `UserDeleted` event): from now on they
+    /// can neither post nor react, and their tweets, likes and retweets are due for
+    /// [`Tweets::purge_pending`]. Idempotent.
+    pub async fn forget_user(&self, user: u64) -> Result<(), TweetsError> {
+        self.store.forget_author(user).await?;
+        tracing::info!(
+            user_id = user,
+            "account deleted; its tweets are due for removal"
+        );
+        Ok(())
+    }
+
+    /// Removes what deleted accounts left (their tweets, likes and retweets, each with its
+    /// event and counts), [`PURGE_BATCH`] at a time, until no purge is pending. Returns how
+    /// many things it removed. Safe to run in several replicas at once: every removal is
+    /// decided once by the store.
+    pub async fn purge_pending(&self) -> Result<usize, TweetsError> {
+        let mut removed = 0;
+        loop {
+            let users = self.store.pending_purges(16).await?;
+            if users.is_empty() {
+                return Ok(removed);
+            }
+            for user in users {
+                removed += self.purge(user).await?;
+                self.store.purge_done(user).await?;
+                tracing::info!(user_id = user, "deleted account purged");
+            }
+        }
+    }
+
+    async fn purge(&self, user: u64) -> Result<usize, TweetsError> {
+        let mut removed = 0;
+        let batch = Limit::parse(Some(Limit::MAX)).map_err(TweetsError::from)?;
+        let mut page = PageRequest::first(batch);
+        loop {
+            let tweets = self.store.list_by_author(user, page).await?;
+            for tweet in &tweets.items {
+                removed += usize::from(self.remove_tweet(tweet.id, user).await?);
+            }
+            match tweets.next {
+                Some(next) => page.before = Some(next),
+                None => break,
+            }
+            tokio::task::yield_now().await;
+        }
+        for (reaction, undo) in [
+            (Reaction::Like, Action::Unlike),
+            (Reaction::Retweet, Action::Unretweet),
+        ] {
+            let mut before = None;
+            loop {
+                let batch = self
+                    .store
+                    .reacted(reaction, user, before, PURGE_BATCH)
+                    .await?;
+                for tweet in batch.tweets {
+                    match self.react(undo, user, tweet).await {
+                        Ok(changed) => removed += usize::from(changed),
+                        // Deleted meanwhile: nothing left to take back.
+                        Err(TweetsError::NotFound) => {}
+                        Err(err) => return Err(err),
+                    }
+                }
+                match batch.next {
+                    Some(next) => before = Some(next),
+                    None => break,
+                }
+                tokio::task::yield_now().await;
+            }
+        }
+        Ok(removed)
+    }
+
+    /// One of this service's own events, consumed back: finishes the write behind it if its
+    /// process died half-way (on backends that need it), and removes a tweet whose author's
+    /// account went while it was being stored.
+    pub async fn settle(&self, event: &Envelope) -> Result<(), TweetsError> {
+        self.store.settle(event).await?;
+        if let Some(Payload::TweetCreated(created)) = &event.payload
+            && self.store.author_gone(created.author_id).await?
+            && self
+                .remove_tweet(created.tweet_id, created.author_id)
+                .await?
+        {
+            tracing::info!(
+                tweet_id = created.tweet_id,
+                "removed a tweet stored as its author's account went"
+            );
+        }
+        Ok(())
+    }
+
+    /// Whether the store needs this service's own events back ([`Tweets::settle`]).
+    pub fn settles_events(&self) -> bool {
+        self.store.settles_events()
+    }
+
     /// Whether `user` likes and retweeted each of `tweets`, in the order given.
     pub async fn viewer_flags(
         &self,
@@ -245,7 +424,10 @@ mod tests {
     async fn a_posted_tweet_can_be_read_back_with_normalized_text() {
         let dir = tempfile::tempdir().unwrap();
         let tweets = tweets(dir.path());
-        let posted = tweets.create_tweet(7, "  cafe\u{301}  ").await.unwrap();
+        let posted = tweets
+            .create_tweet(7, "  cafe\u{301}  ", None)
+            .await
+            .unwrap();
         assert_eq!(posted.text, "café");
         assert_eq!(tweets.get_tweet(posted.id).await.unwrap(), posted);
         assert_eq!(tweets.tweet_counts(vec![7]).await.unwrap(), vec![(7, 1)]);
@@ -256,22 +438,66 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let tweets = tweets(dir.path());
         for text in ["", "   ", &"x".repeat(281)] {
-            let err = tweets.create_tweet(7, text).await.unwrap_err();
+            let err = tweets.create_tweet(7, text, None).await.unwrap_err();
             assert_eq!(err.error_code(), ErrorCode::InvalidArgument, "{text:?}");
         }
         assert!(matches!(
-            tweets.create_tweet(0, "hi").await,
+            tweets.create_tweet(0, "hi", None).await,
             Err(TweetsError::MissingAuthor)
         ));
         assert_eq!(tweets.tweet_counts(vec![7]).await.unwrap(), vec![(7, 0)]);
     }
 
     #[tokio::test]
+    async fn a_deleted_accounts_purge_removes_everything_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let tweets = tweets(dir.path());
+        let (gone, other) = (7, 8);
+        let first = tweets.create_tweet(gone, "a", None).await.unwrap().id;
+        let second = tweets.create_tweet(gone, "b", None).await.unwrap().id;
+        let kept = tweets.create_tweet(other, "c", None).await.unwrap().id;
+        for action in [Action::Like, Action::Retweet] {
+            tweets.act(action, gone, kept).await.unwrap();
+        }
+        tweets.act(Action::Like, other, first).await.unwrap();
+        // UserDeleted, delivered twice.
+        tweets.forget_user(gone).await.unwrap();
+        tweets.forget_user(gone).await.unwrap();
+        assert_eq!(
+            tweets.purge_pending().await.unwrap(),
+            4,
+            "two tweets, a like, a retweet"
+        );
+        tweets.forget_user(gone).await.unwrap();
+        assert_eq!(tweets.purge_pending().await.unwrap(), 0, "nothing twice");
+        for id in [first, second] {
+            assert!(matches!(
+                tweets.get_tweet(id).await,
+                Err(TweetsError::NotFound)
+            ));
+        }
+        let kept = tweets.get_tweet(kept).await.unwrap();
+        assert_eq!((kept.like_count, kept.retweet_count), (0, 0));
+        assert_eq!(
+            tweets.tweet_counts(vec![gone]).await.unwrap(),
+            vec![(gone, 0)]
+        );
+        assert!(matches!(
+            tweets.create_tweet(gone, "again", None).await,
+            Err(TweetsError::AccountGone)
+        ));
+        assert!(matches!(
+            tweets.act(Action::Like, gone, kept.id).await,
+            Err(TweetsError::AccountGone)
+        ));
+    }
+
+    #[tokio::test]
     async fn batches_come_back_newest_first_without_duplicates() {
         let dir = tempfile::tempdir().unwrap();
         let tweets = tweets(dir.path());
-        let a = tweets.create_tweet(7, "a").await.unwrap().id;
-        let b = tweets.create_tweet(8, "b").await.unwrap().id;
+        let a = tweets.create_tweet(7, "a", None).await.unwrap().id;
+        let b = tweets.create_tweet(8, "b", None).await.unwrap().id;
         let got: Vec<u64> = tweets
             .batch_get_tweets(vec![a, b, a, 12345])
             .await

@@ -13,7 +13,13 @@ use futures_util::future::join_all;
 use twtr_common::{IdGenerator, Limit, PageRequest};
 use twtr_proto::events::v1::Envelope;
 
-use super::{TweetRecord, TweetStore};
+use std::time::Duration;
+
+use twtr_common::clock;
+use twtr_proto::events::v1::envelope::Payload;
+use twtr_proto::events::v1::{TweetCreated, TweetDeleted, TweetLiked, Unretweeted};
+
+use super::{KeyClaim, Reacted, Reaction, TweetRecord, TweetStore};
 
 /// Runs the suite against a backend: `$open` is an async function returning
 /// `(Arc<dyn TweetStore>, guard)`; with `optional`, it returns an `Option` of that, and `None`
@@ -37,6 +43,11 @@ macro_rules! tweet_store_conformance {
                 deleting_removes_a_tweet_everywhere_once,
                 public_timeline_pages_newest_first,
                 public_timeline_spans_hours,
+                idempotency_keys_hold_per_author,
+                idempotency_keys_expire_after_their_window,
+                a_gone_author_cannot_post_and_is_purged_once,
+                reacted_walks_every_reaction_in_batches,
+                settling_finished_writes_changes_nothing,
             );
         }
     };
@@ -84,22 +95,22 @@ pub fn event(id: u64) -> Envelope {
 }
 
 /// Which of `mine` the store's outbox holds, in the outbox's order. Backends' own tests use it
-/// too, to take their turn with the suite's checks.
-///
-/// Reading an outbox is what a relay does, and a sharded outbox (CQL) lets one relay at a time
-/// hold each shard: so the checks of this process take turns, and each gives its shards back when
-/// it has read. A CQL relay that gave its shards back waits before taking them again, so a check
-/// reads its store's outbox once, at its end.
+/// too. It peeks, as an operator would, so it takes no relay's lease and waits for none.
 pub async fn staged_of(store: &dyn TweetStore, mine: &[u64]) -> Vec<u64> {
-    static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-    let _turn = TURN.lock().await;
-    let outbox = store.outbox();
-    let pending = twtr_common::outbox::pending_ids(outbox.as_ref(), 10_000).await;
-    outbox.close().await;
+    staged_events_of(store, mine)
+        .await
+        .iter()
+        .map(|e| e.event_id)
+        .collect()
+}
+
+/// The events of [`staged_of`], whole.
+pub async fn staged_events_of(store: &dyn TweetStore, mine: &[u64]) -> Vec<Envelope> {
+    let pending = store.outbox().peek(100_000).await.unwrap();
     pending
-        .unwrap()
         .into_iter()
-        .filter(|id| mine.contains(id))
+        .map(|p| p.event)
+        .filter(|e| mine.contains(&e.event_id))
         .collect()
 }
 
@@ -250,7 +261,7 @@ pub async fn batch_reads_keep_the_order_given(store: Arc<dyn TweetStore>) {
     }))
     .await
     .into_iter()
-    .collect::<Result<Vec<()>, _>>()
+    .collect::<Result<Vec<bool>, _>>()
     .unwrap();
     // Oldest and newest interleaved, an unknown ID in the middle, one ID asked for twice.
     let missing = unique_id();
@@ -696,4 +707,236 @@ pub async fn public_timeline_spans_hours(store: Arc<dyn TweetStore>) {
         store.count_by_authors(vec![author]).await.unwrap(),
         vec![32]
     );
+}
+
+const HOUR: Duration = Duration::from_secs(3600);
+
+pub async fn idempotency_keys_hold_per_author(store: Arc<dyn TweetStore>) {
+    let [author, other, first, second, third] = [(); 5].map(|()| unique_id());
+    let key = format!("key-{first}");
+    assert_eq!(
+        store
+            .claim_key(author, &key, first, "hello", HOUR)
+            .await
+            .unwrap(),
+        KeyClaim::Won
+    );
+    let held = KeyClaim::Held {
+        tweet_id: first,
+        text: "hello".to_owned(),
+    };
+    // A retry, and a reuse of the key for another text, both find the first claim.
+    assert_eq!(
+        store
+            .claim_key(author, &key, second, "hello", HOUR)
+            .await
+            .unwrap(),
+        held
+    );
+    assert_eq!(
+        store
+            .claim_key(author, &key, second, "other", HOUR)
+            .await
+            .unwrap(),
+        held
+    );
+    // Another author's key of the same name is theirs.
+    assert_eq!(
+        store
+            .claim_key(other, &key, third, "hello", HOUR)
+            .await
+            .unwrap(),
+        KeyClaim::Won
+    );
+    assert_eq!(
+        store
+            .claim_key(other, &key, second, "hello", HOUR)
+            .await
+            .unwrap(),
+        KeyClaim::Held {
+            tweet_id: third,
+            text: "hello".to_owned()
+        }
+    );
+}
+
+/// A claim outlives its window by at most the backend's granularity (CQL TTLs count seconds).
+pub async fn idempotency_keys_expire_after_their_window(store: Arc<dyn TweetStore>) {
+    let [author, first, second] = [(); 3].map(|()| unique_id());
+    let window = Duration::from_secs(1);
+    let key = "short-lived";
+    assert_eq!(
+        store
+            .claim_key(author, key, first, "a", window)
+            .await
+            .unwrap(),
+        KeyClaim::Won
+    );
+    tokio::time::sleep(Duration::from_millis(2_100)).await;
+    assert_eq!(
+        store
+            .claim_key(author, key, second, "b", window)
+            .await
+            .unwrap(),
+        KeyClaim::Won,
+        "the window passed"
+    );
+}
+
+pub async fn a_gone_author_cannot_post_and_is_purged_once(store: Arc<dyn TweetStore>) {
+    let [author, posted, refused] = [(); 3].map(|()| unique_id());
+    assert!(!store.author_gone(author).await.unwrap());
+    assert!(
+        store
+            .create(tweet(posted, author), event(unique_id()))
+            .await
+            .unwrap()
+    );
+    store.forget_author(author).await.unwrap();
+    store.forget_author(author).await.unwrap();
+    assert!(store.author_gone(author).await.unwrap());
+    let refused_event = unique_id();
+    assert!(
+        !store
+            .create(tweet(refused, author), event(refused_event))
+            .await
+            .unwrap(),
+        "a gone author cannot post"
+    );
+    assert_eq!(store.get(refused).await.unwrap(), None);
+    assert!(staged_of(store.as_ref(), &[refused_event]).await.is_empty());
+    // The tweet posted before stays until the purge removes it: forgetting removes nothing.
+    assert!(store.get(posted).await.unwrap().is_some());
+    assert!(
+        store
+            .pending_purges(100_000)
+            .await
+            .unwrap()
+            .contains(&author)
+    );
+    store.purge_done(author).await.unwrap();
+    assert!(
+        !store
+            .pending_purges(100_000)
+            .await
+            .unwrap()
+            .contains(&author)
+    );
+    store.forget_author(author).await.unwrap();
+    assert!(
+        !store
+            .pending_purges(100_000)
+            .await
+            .unwrap()
+            .contains(&author),
+        "a purge done is not pending again"
+    );
+    assert!(store.author_gone(author).await.unwrap());
+}
+
+pub async fn reacted_walks_every_reaction_in_batches(store: Arc<dyn TweetStore>) {
+    let [author, user] = [unique_id(), unique_id()];
+    let t = unique_ids(5);
+    for &id in &t {
+        store
+            .create(tweet(id, author), event(unique_id()))
+            .await
+            .unwrap();
+        store.like(user, id, event(unique_id())).await.unwrap();
+    }
+    store.unlike(user, t[2], event(unique_id())).await.unwrap();
+    store.retweet(user, t[0], event(unique_id())).await.unwrap();
+    store.retweet(user, t[3], event(unique_id())).await.unwrap();
+    let walk = |reaction| {
+        let store = Arc::clone(&store);
+        async move {
+            let (mut all, mut before, mut batches) = (Vec::new(), None, 0);
+            loop {
+                let Reacted { tweets, next } =
+                    store.reacted(reaction, user, before, 2).await.unwrap();
+                assert!(tweets.len() <= 2, "a batch holds at most what was asked");
+                all.extend(tweets);
+                batches += 1;
+                match next {
+                    Some(next) => before = Some(next),
+                    None => return (all, batches),
+                }
+            }
+        }
+    };
+    let (liked, batches) = walk(Reaction::Like).await;
+    assert_eq!(liked, vec![t[4], t[3], t[1], t[0]]);
+    assert!(batches >= 2, "walked in batches, not at once");
+    assert_eq!(walk(Reaction::Retweet).await.0, vec![t[3], t[0]]);
+    let nobody = store
+        .reacted(Reaction::Like, unique_id(), None, 10)
+        .await
+        .unwrap();
+    assert_eq!(nobody, Reacted::default());
+}
+
+/// Settling the events of writes that finished (each settled twice, as a redelivery would)
+/// moves no count.
+pub async fn settling_finished_writes_changes_nothing(store: Arc<dyn TweetStore>) {
+    let [author, user, id, gone] = [(); 4].map(|()| unique_id());
+    let e = unique_ids(5);
+    let now = Some(clock::to_timestamp(clock::now_millis()));
+    let with = |event_id: u64, payload: Payload| Envelope {
+        event_id,
+        r#type: twtr_common::events::routing_key(&payload).to_owned(),
+        aggregate_id: id,
+        occurred_at: now,
+        payload: Some(payload),
+        ..Envelope::default()
+    };
+    let created = |tweet_id| {
+        Payload::TweetCreated(TweetCreated {
+            tweet_id,
+            author_id: author,
+            text: format!("tweet {tweet_id}"),
+            created_at: now,
+        })
+    };
+    store
+        .create(tweet(id, author), with(e[0], created(id)))
+        .await
+        .unwrap();
+    store
+        .create(tweet(gone, author), with(e[1], created(gone)))
+        .await
+        .unwrap();
+    let reaction = |tweet_id| TweetLiked {
+        tweet_id,
+        author_id: author,
+        user_id: user,
+    };
+    store
+        .like(user, id, with(e[2], Payload::TweetLiked(reaction(id))))
+        .await
+        .unwrap();
+    store.retweet(user, id, event(unique_id())).await.unwrap();
+    let unretweeted = Payload::Unretweeted(Unretweeted {
+        tweet_id: id,
+        author_id: author,
+        user_id: user,
+    });
+    store
+        .unretweet(user, id, with(e[3], unretweeted))
+        .await
+        .unwrap();
+    let deleted = Payload::TweetDeleted(TweetDeleted {
+        tweet_id: gone,
+        author_id: author,
+    });
+    store.delete(gone, with(e[4], deleted)).await.unwrap();
+    let staged = staged_events_of(store.as_ref(), &e).await;
+    assert_eq!(staged.len(), e.len(), "every write staged its event");
+    for event in staged.iter().chain(&staged) {
+        store.settle(event).await.unwrap();
+    }
+    assert_eq!(
+        store.get(id).await.unwrap(),
+        Some(counted(id, author, 1, 0))
+    );
+    assert_eq!(store.count_by_authors(vec![author]).await.unwrap(), vec![1]);
 }

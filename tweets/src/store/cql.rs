@@ -61,8 +61,9 @@ use twtr_common::outbox::Outbox;
 use twtr_common::store::StoreError;
 use twtr_common::{Page, PageRequest, clock, id};
 use twtr_proto::events::v1::Envelope;
+use twtr_proto::events::v1::envelope::Payload;
 
-use super::{Reaction, TweetRecord, TweetStore};
+use super::{KeyClaim, Reacted, Reaction, TweetRecord, TweetStore};
 
 // Step 1 of a create: the claim.
 const CLAIM_TWEET: &str = "INSERT INTO {ks}.tweets (tweet_id, author_id, text, created_at, deleted) \
@@ -101,6 +102,19 @@ const DELETE_TWEET: &str = "UPDATE {ks}.tweets SET deleted = true, deleted_at = 
 const DELETE_AUTHOR_TWEET: &str =
     "DELETE FROM {ks}.author_tweets WHERE author_id = ? AND tweet_id = ?";
 const DELETE_TIMELINE: &str = "DELETE FROM {ks}.timeline WHERE bucket = ? AND tweet_id = ?";
+// Deleted authors and their purges (`002_authors_and_post_keys.cql`).
+const SELECT_GONE: &str = "SELECT author_id FROM {ks}.gone_authors WHERE author_id = ?";
+const INSERT_GONE: &str = "INSERT INTO {ks}.gone_authors (author_id, gone_at) VALUES (?, ?)";
+const INSERT_PURGE: &str =
+    "INSERT INTO {ks}.author_purges (scope, author_id) VALUES ('pending', ?)";
+const SELECT_PURGES: &str =
+    "SELECT author_id FROM {ks}.author_purges WHERE scope = 'pending' LIMIT ?";
+const DELETE_PURGE: &str =
+    "DELETE FROM {ks}.author_purges WHERE scope = 'pending' AND author_id = ?";
+// An idempotency key, claimed for the window by its TTL.
+const CLAIM_KEY: &str = "INSERT INTO {ks}.post_keys \
+     (author_id, idempotency_key, tweet_id, text, claimed_at) VALUES (?, ?, ?, ?, ?) \
+     IF NOT EXISTS USING TTL ?";
 // The public timeline: its hours newest (or, polling, oldest) first, then each hour's tweets.
 const BUCKETS_BACKWARD: &str = "SELECT bucket FROM {ks}.timeline_buckets \
      WHERE scope = 'all' AND bucket >= ? AND bucket <= ? ORDER BY bucket DESC LIMIT ?";
@@ -130,6 +144,11 @@ const DECIDE_ATTEMPTS: u32 = 20;
 /// How long after a change a repeat of it still makes sure the change's count op was applied:
 /// well within the three days ledger rows live, after which a repeat would count twice.
 const REPAIR_WINDOW_MS: i64 = 24 * 3_600_000;
+/// The header of a like's or retweet's event that names its count op, so the service can apply
+/// the op again when it consumes the event back ([`TweetStore::settle`]).
+pub const COUNT_OP_HEADER: &str = "x-twtr-count-op";
+/// The longest TTL CQL accepts (20 years), the cap of an idempotency window.
+const MAX_TTL_SECS: u64 = 630_720_000;
 /// How many timeline hours one read of `timeline_buckets` returns.
 const BUCKETS_PER_READ: i32 = 24;
 
@@ -155,6 +174,11 @@ pub struct CqlTweetStore {
     delete_tweet: PreparedStatement,
     delete_author_tweet: PreparedStatement,
     delete_timeline: PreparedStatement,
+    select_gone: PreparedStatement,
+    forget: Batch,
+    select_purges: PreparedStatement,
+    delete_purge: PreparedStatement,
+    claim_key: PreparedStatement,
     buckets_backward: PreparedStatement,
     buckets_forward: PreparedStatement,
     timeline_backward: PreparedStatement,
@@ -184,7 +208,15 @@ impl CqlTweetStore {
             read: ks.prepare(SELECT_COUNT).await?,
             select_op: ks.prepare(SELECT_COUNT_OP).await?,
         };
+        let mut forget = Batch::new(BatchType::Logged);
+        forget.append_statement(ks.prepare(INSERT_GONE).await?);
+        forget.append_statement(ks.prepare(INSERT_PURGE).await?);
         Ok(Self {
+            select_gone: ks.prepare(SELECT_GONE).await?,
+            forget,
+            select_purges: ks.prepare(SELECT_PURGES).await?,
+            delete_purge: ks.prepare(DELETE_PURGE).await?,
+            claim_key: ks.prepare(CLAIM_KEY).await?,
             select_tweet_counts: ks.prepare(SELECT_TWEET_COUNTS).await?,
             authors,
             likes: ReactionStatements::new(&ks, Reaction::Like).await?,
@@ -437,6 +469,9 @@ impl CqlTweetStore {
         event: &Envelope,
     ) -> Result<(), StoreError> {
         let (user_key, tweet_key) = (to_cql(user)?, to_cql(tweet)?);
+        let op = reaction_op(statements, user, version);
+        let mut event = event.clone();
+        event.headers.insert(COUNT_OP_HEADER.to_owned(), op.clone());
         let mut batch = Batch::new(BatchType::Logged);
         let mut values: Vec<Box<dyn SerializeRow + Send + Sync>> = Vec::new();
         if on {
@@ -448,10 +483,9 @@ impl CqlTweetStore {
             values.push(Box::new((tweet_key, user_key)));
         }
         batch.append_statement(self.outbox.insert().clone());
-        values.push(Box::new(CqlOutbox::row(event)));
+        values.push(Box::new(CqlOutbox::row(&event)));
         self.ks.session().batch(&batch, values).await?;
         self.outbox.notify();
-        let op = reaction_op(statements, user, version);
         let delta = if on { 1 } else { -1 };
         self.apply_op(&statements.counter, tweet_key, &op, delta)
             .await
@@ -633,6 +667,8 @@ struct ReactionStatements {
     delete_mirror: PreparedStatement,
     /// `SELECT tweet_id, <flag> ... WHERE user_id = ? AND tweet_id IN ?`.
     select_flags: PreparedStatement,
+    /// `SELECT tweet_id, <flag> ... WHERE user_id = ? AND tweet_id < ? LIMIT ?`, newest first.
+    scan: PreparedStatement,
     counter: Counter,
 }
 
@@ -722,6 +758,12 @@ impl ReactionStatements {
                      WHERE user_id = ? AND tweet_id IN ?"
                 ))
                 .await?,
+            scan: ks
+                .prepare(&format!(
+                    "SELECT tweet_id, {flag} FROM {{ks}}.{by_user} \
+                     WHERE user_id = ? AND tweet_id < ? LIMIT ?"
+                ))
+                .await?,
             counter,
         })
     }
@@ -733,7 +775,10 @@ type ReactionRow = (Option<bool>, Option<i32>, Option<CqlTimestamp>);
 
 #[async_trait]
 impl TweetStore for CqlTweetStore {
-    async fn create(&self, tweet: TweetRecord, event: Envelope) -> Result<(), StoreError> {
+    async fn create(&self, tweet: TweetRecord, event: Envelope) -> Result<bool, StoreError> {
+        if self.author_gone(tweet.author_id).await? {
+            return Ok(false);
+        }
         match self.claim(&tweet).await? {
             Claim::Won => self.write_batch(&tweet, &event).await?,
             Claim::HeldBySame => {
@@ -747,11 +792,173 @@ impl TweetStore for CqlTweetStore {
             }
             Claim::HeldByOther | Claim::Deleted => {
                 tracing::debug!(tweet_id = tweet.id, "tweet id taken; nothing to create");
-                return Ok(());
+                return Ok(true);
             }
         }
         let op = format!("tweet:{}:created", tweet.id);
-        self.apply_count_op(to_cql(tweet.author_id)?, &op).await
+        self.apply_count_op(to_cql(tweet.author_id)?, &op).await?;
+        Ok(true)
+    }
+
+    async fn claim_key(
+        &self,
+        author: u64,
+        key: &str,
+        tweet_id: u64,
+        text: &str,
+        window: Duration,
+    ) -> Result<KeyClaim, StoreError> {
+        let ttl = i32::try_from(window.as_secs().clamp(1, MAX_TTL_SECS)).unwrap_or(i32::MAX);
+        let values = (
+            to_cql(author)?,
+            key,
+            to_cql(tweet_id)?,
+            text,
+            CqlTimestamp(clock::now_millis()),
+            ttl,
+        );
+        let result = self
+            .ks
+            .session()
+            .execute_unpaged(&self.claim_key, values)
+            .await?;
+        let (applied, holder) = lwt_outcome(result)?;
+        if applied {
+            return Ok(KeyClaim::Won);
+        }
+        match (
+            holder.get("tweet_id").cloned().flatten(),
+            holder.get("text").cloned().flatten(),
+        ) {
+            (Some(CqlValue::BigInt(id)), Some(CqlValue::Text(text))) => Ok(KeyClaim::Held {
+                tweet_id: from_cql(id)?,
+                text,
+            }),
+            _ => Err(StoreError::Corrupt(format!(
+                "the idempotency key {key:?} of author {author} holds no tweet"
+            ))),
+        }
+    }
+
+    async fn forget_author(&self, user: u64) -> Result<(), StoreError> {
+        if self.author_gone(user).await? {
+            return Ok(());
+        }
+        let user = to_cql(user)?;
+        let values = ((user, CqlTimestamp(clock::now_millis())), (user,));
+        self.ks.session().batch(&self.forget, values).await?;
+        Ok(())
+    }
+
+    async fn author_gone(&self, user: u64) -> Result<bool, StoreError> {
+        let Ok(user) = i64::try_from(user) else {
+            return Ok(false);
+        };
+        let rows = self
+            .ks
+            .session()
+            .execute_unpaged(&self.select_gone, (user,))
+            .await?
+            .into_rows_result()?;
+        Ok(rows.rows_num() > 0)
+    }
+
+    async fn pending_purges(&self, max: usize) -> Result<Vec<u64>, StoreError> {
+        let take = i32::try_from(max).unwrap_or(i32::MAX);
+        let rows = self
+            .ks
+            .session()
+            .execute_unpaged(&self.select_purges, (take,))
+            .await?
+            .into_rows_result()?;
+        let mut users = Vec::new();
+        for row in rows.rows::<(i64,)>()? {
+            users.push(from_cql(row?.0)?);
+        }
+        Ok(users)
+    }
+
+    async fn purge_done(&self, user: u64) -> Result<(), StoreError> {
+        self.ks
+            .session()
+            .execute_unpaged(&self.delete_purge, (to_cql(user)?,))
+            .await?;
+        Ok(())
+    }
+
+    async fn reacted(
+        &self,
+        reaction: Reaction,
+        user: u64,
+        before: Option<u64>,
+        max: usize,
+    ) -> Result<Reacted, StoreError> {
+        let (Ok(user), Ok(before)) = (
+            i64::try_from(user),
+            i64::try_from(before.unwrap_or(i64::MAX as u64)),
+        ) else {
+            return Ok(Reacted::default());
+        };
+        // One row more than asked, to learn whether another batch follows.
+        let take = i32::try_from(max + 1).unwrap_or(i32::MAX);
+        let rows = self
+            .ks
+            .session()
+            .execute_unpaged(&self.reaction(reaction).scan, (user, before, take))
+            .await?
+            .into_rows_result()?;
+        let mut scanned = Vec::new();
+        for row in rows.rows::<(i64, Option<bool>)>()? {
+            let (tweet, on) = row?;
+            scanned.push((from_cql(tweet)?, on == Some(true)));
+        }
+        let next = if scanned.len() > max {
+            scanned.truncate(max);
+            scanned.last().map(|(tweet, _)| *tweet)
+        } else {
+            None
+        };
+        let tweets = scanned
+            .into_iter()
+            .filter_map(|(tweet, on)| on.then_some(tweet))
+            .collect();
+        Ok(Reacted { tweets, next })
+    }
+
+    fn settles_events(&self) -> bool {
+        true
+    }
+
+    /// Applies the count op of the write `event` announces (a no-op when it was), within the
+    /// window the ledger remembers ops: its batch ran (the event exists), but its process may
+    /// have died before the count moved.
+    async fn settle(&self, event: &Envelope) -> Result<(), StoreError> {
+        let occurred = event.occurred_at.as_ref().map_or(0, clock::from_timestamp);
+        if clock::now_millis() - occurred >= REPAIR_WINDOW_MS {
+            return Ok(());
+        }
+        let (reaction, tweet, delta) = match &event.payload {
+            Some(Payload::TweetCreated(created)) => {
+                let op = format!("tweet:{}:created", created.tweet_id);
+                return self
+                    .apply_op(&self.authors, to_cql(created.author_id)?, &op, 1)
+                    .await;
+            }
+            Some(Payload::TweetDeleted(deleted)) => {
+                let (tweet, author) = (to_cql(deleted.tweet_id)?, to_cql(deleted.author_id)?);
+                return self.write_deletion(tweet, author, None).await;
+            }
+            Some(Payload::TweetLiked(e)) => (Reaction::Like, e.tweet_id, 1),
+            Some(Payload::TweetUnliked(e)) => (Reaction::Like, e.tweet_id, -1),
+            Some(Payload::Retweeted(e)) => (Reaction::Retweet, e.tweet_id, 1),
+            Some(Payload::Unretweeted(e)) => (Reaction::Retweet, e.tweet_id, -1),
+            _ => return Ok(()),
+        };
+        let Some(op) = event.headers.get(COUNT_OP_HEADER) else {
+            return Ok(());
+        };
+        let counter = &self.reaction(reaction).counter;
+        self.apply_op(counter, to_cql(tweet)?, op, delta).await
     }
 
     async fn get(&self, id: u64) -> Result<Option<TweetRecord>, StoreError> {
@@ -1116,6 +1323,60 @@ mod tests {
             .await
             .unwrap();
         rows.into_rows_result().unwrap().rows_num() > 0
+    }
+
+    /// The crash gap of the count ledger: a process that dies after a write's batch (its event
+    /// staged) but before its count op leaves the count behind, until the service consumes the
+    /// event back and settles it.
+    #[tokio::test]
+    async fn settling_its_event_finishes_writes_cut_short_before_their_counts() {
+        let Some(store) = cql_store().await else {
+            return;
+        };
+        let [author, user, id] = [unique_id(), unique_id(), unique_id()];
+        let tweet = conformance::tweet(id, author);
+        let now = Some(clock::to_timestamp(clock::now_millis()));
+        let announce = |payload: Payload| Envelope {
+            event_id: unique_id(),
+            r#type: twtr_common::events::routing_key(&payload).to_owned(),
+            occurred_at: now,
+            payload: Some(payload),
+            ..Envelope::default()
+        };
+        let created = announce(Payload::TweetCreated(
+            twtr_proto::events::v1::TweetCreated {
+                tweet_id: id,
+                author_id: author,
+                text: tweet.text.clone(),
+                created_at: now,
+            },
+        ));
+        assert!(matches!(store.claim(&tweet).await.unwrap(), Claim::Won));
+        store.write_batch(&tweet, &created).await.unwrap();
+        assert_eq!(store.count_by_authors(vec![author]).await.unwrap(), vec![0]);
+        // A like decided, its mirror row and event written, its count never moved.
+        let (user_key, tweet_key) = (to_cql(user).unwrap(), to_cql(id).unwrap());
+        let at = CqlTimestamp(clock::now_millis());
+        store
+            .ks
+            .session()
+            .execute_unpaged(&store.likes.first, (user_key, tweet_key, at))
+            .await
+            .unwrap();
+        let op = reaction_op(&store.likes, user, 1);
+        let mut liked = announce(Payload::TweetLiked(twtr_proto::events::v1::TweetLiked {
+            tweet_id: id,
+            author_id: author,
+            user_id: user,
+        }));
+        liked.headers.insert(COUNT_OP_HEADER.to_owned(), op);
+        assert_eq!(store.get(id).await.unwrap().unwrap().like_count, 0);
+        // Delivered twice, as at-least-once delivery may.
+        for event in [&created, &liked, &created, &liked] {
+            store.settle(event).await.unwrap();
+        }
+        assert_eq!(store.count_by_authors(vec![author]).await.unwrap(), vec![1]);
+        assert_eq!(store.get(id).await.unwrap().unwrap().like_count, 1);
     }
 
     #[tokio::test]

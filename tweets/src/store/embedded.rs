@@ -4,6 +4,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use prost::Message as _;
@@ -11,10 +12,21 @@ use redb::{ReadableTable as _, TableDefinition};
 use twtr_common::embedded::{EmbeddedDb, scan_page};
 use twtr_common::outbox::Outbox;
 use twtr_common::store::StoreError;
-use twtr_common::{Page, PageRequest};
+use twtr_common::{Page, PageRequest, clock};
 use twtr_proto::events::v1::Envelope;
 
-use super::{Reaction, TweetRecord, TweetStore};
+use super::{KeyClaim, Reacted, Reaction, TweetRecord, TweetStore};
+
+/// A claimed idempotency key.
+#[derive(Clone, PartialEq, prost::Message)]
+struct KeyRecord {
+    #[prost(uint64, tag = "1")]
+    tweet_id: u64,
+    #[prost(int64, tag = "2")]
+    claimed_at_ms: i64,
+    #[prost(string, tag = "3")]
+    text: String,
+}
 
 const TWEETS: TableDefinition<u64, &[u8]> = TableDefinition::new("tweets");
 /// (author, tweet) -> (): each author's timeline, scanned newest first.
@@ -33,6 +45,17 @@ const RETWEETS: TableDefinition<(u64, u64), ()> = TableDefinition::new("retweets
 const LIKE_COUNTS: TableDefinition<u64, u64> = TableDefinition::new("like_counts");
 /// Tweet -> number of retweets.
 const RETWEET_COUNTS: TableDefinition<u64, u64> = TableDefinition::new("retweet_counts");
+/// Deleted accounts: no longer authors.
+const GONE_AUTHORS: TableDefinition<u64, ()> = TableDefinition::new("gone_authors");
+/// Deleted accounts whose purge is not done.
+const PURGES: TableDefinition<u64, ()> = TableDefinition::new("purges");
+/// (author, idempotency key) -> an encoded [`KeyRecord`].
+const KEYS: TableDefinition<(u64, &str), &[u8]> = TableDefinition::new("idempotency_keys");
+/// (claimed at ms, author, key) -> (): the claims oldest first, for expiring them.
+const KEYS_BY_AGE: TableDefinition<(i64, u64, &str), ()> =
+    TableDefinition::new("idempotency_keys_by_age");
+/// How many expired claims one claim sweeps away.
+const EXPIRE_PER_CLAIM: usize = 8;
 /// The public timeline's one partition.
 const EVERYONE: u64 = 0;
 
@@ -63,6 +86,10 @@ impl EmbeddedTweetStore {
             tx.open_table(TWEET_COUNTS)?;
             tx.open_table(PUBLIC_TIMELINE)?;
             tx.open_table(DELETED)?;
+            tx.open_table(GONE_AUTHORS)?;
+            tx.open_table(PURGES)?;
+            tx.open_table(KEYS)?;
+            tx.open_table(KEYS_BY_AGE)?;
             for reaction in [Reaction::Like, Reaction::Retweet] {
                 let (edges, counts) = tables_of(reaction);
                 tx.open_table(edges)?;
@@ -101,12 +128,15 @@ fn read_many(
 
 #[async_trait]
 impl TweetStore for EmbeddedTweetStore {
-    async fn create(&self, tweet: TweetRecord, event: Envelope) -> Result<(), StoreError> {
+    async fn create(&self, tweet: TweetRecord, event: Envelope) -> Result<bool, StoreError> {
         self.db
             .write(move |tx| {
+                if tx.open_table(GONE_AUTHORS)?.get(tweet.author_id)?.is_some() {
+                    return Ok(false);
+                }
                 let mut tweets = tx.open_table(TWEETS)?;
                 if tweets.get(tweet.id)?.is_some() {
-                    return Ok(());
+                    return Ok(true);
                 }
                 tweets.insert(tweet.id, tweet.encode_to_vec().as_slice())?;
                 tx.open_table(AUTHOR_TWEETS)?
@@ -117,7 +147,130 @@ impl TweetStore for EmbeddedTweetStore {
                 let count = counts.get(tweet.author_id)?.map_or(0, |c| c.value());
                 counts.insert(tweet.author_id, count + 1)?;
                 tx.stage_event(&event)?;
+                Ok(true)
+            })
+            .await
+    }
+
+    async fn claim_key(
+        &self,
+        author: u64,
+        key: &str,
+        tweet_id: u64,
+        text: &str,
+        window: Duration,
+    ) -> Result<KeyClaim, StoreError> {
+        let (key, text) = (key.to_owned(), text.to_owned());
+        let window_ms = i64::try_from(window.as_millis()).unwrap_or(i64::MAX);
+        self.db
+            .write(move |tx| {
+                let now = clock::now_millis();
+                let oldest_live = now.saturating_sub(window_ms);
+                let mut keys = tx.open_table(KEYS)?;
+                let mut by_age = tx.open_table(KEYS_BY_AGE)?;
+                if let Some(row) = keys.get((author, key.as_str()))? {
+                    let held = KeyRecord::decode(row.value())?;
+                    if held.claimed_at_ms >= oldest_live {
+                        return Ok(KeyClaim::Held {
+                            tweet_id: held.tweet_id,
+                            text: held.text,
+                        });
+                    }
+                }
+                // Expire a few claims past the window, oldest first.
+                let expired: Vec<(i64, u64, String)> = by_age
+                    .range((i64::MIN, 0, "")..(oldest_live, 0, ""))?
+                    .take(EXPIRE_PER_CLAIM)
+                    .map(|entry| {
+                        let (key, _) = entry?;
+                        let (at, who, what) = key.value();
+                        Ok((at, who, what.to_owned()))
+                    })
+                    .collect::<Result<_, StoreError>>()?;
+                for (at, who, what) in expired {
+                    by_age.remove((at, who, what.as_str()))?;
+                    let stale = match keys.get((who, what.as_str()))? {
+                        Some(row) => KeyRecord::decode(row.value())?.claimed_at_ms == at,
+                        None => false,
+                    };
+                    if stale {
+                        keys.remove((who, what.as_str()))?;
+                    }
+                }
+                let record = KeyRecord {
+                    tweet_id,
+                    claimed_at_ms: now,
+                    text,
+                };
+                keys.insert((author, key.as_str()), record.encode_to_vec().as_slice())?;
+                by_age.insert((now, author, key.as_str()), ())?;
+                Ok(KeyClaim::Won)
+            })
+            .await
+    }
+
+    async fn forget_author(&self, user: u64) -> Result<(), StoreError> {
+        self.db
+            .write(move |tx| {
+                let mut gone = tx.open_table(GONE_AUTHORS)?;
+                if gone.get(user)?.is_none() {
+                    gone.insert(user, ())?;
+                    tx.open_table(PURGES)?.insert(user, ())?;
+                }
                 Ok(())
+            })
+            .await
+    }
+
+    async fn author_gone(&self, user: u64) -> Result<bool, StoreError> {
+        self.db
+            .read(move |txn| Ok(txn.open_table(GONE_AUTHORS)?.get(user)?.is_some()))
+            .await
+    }
+
+    async fn pending_purges(&self, max: usize) -> Result<Vec<u64>, StoreError> {
+        self.db
+            .read(move |txn| {
+                txn.open_table(PURGES)?
+                    .iter()?
+                    .take(max)
+                    .map(|entry| Ok(entry?.0.value()))
+                    .collect()
+            })
+            .await
+    }
+
+    async fn purge_done(&self, user: u64) -> Result<(), StoreError> {
+        self.db
+            .write(move |tx| {
+                tx.open_table(PURGES)?.remove(user)?;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn reacted(
+        &self,
+        reaction: Reaction,
+        user: u64,
+        before: Option<u64>,
+        max: usize,
+    ) -> Result<Reacted, StoreError> {
+        self.db
+            .read(move |txn| {
+                let edges = txn.open_table(tables_of(reaction).0)?;
+                let end = before.unwrap_or(u64::MAX);
+                let mut tweets = Vec::new();
+                for entry in edges.range((user, 0)..(user, end))?.rev().take(max + 1) {
+                    tweets.push(entry?.0.value().1);
+                }
+                let next = if tweets.len() > max {
+                    tweets.truncate(max);
+                    tweets.last().copied()
+                } else {
+                    None
+                };
+                Ok(Reacted { tweets, next })
             })
             .await
     }

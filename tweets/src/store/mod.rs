@@ -51,11 +51,69 @@ pub struct TweetRecord {
     pub retweet_count: u64,
 }
 
+/// Who holds an author's idempotency key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyClaim {
+    /// Nobody within the window did: the key is now this call's, for this tweet ID.
+    Won,
+    /// An earlier request did, for the tweet `tweet_id` with the (normalized) text `text`.
+    Held { tweet_id: u64, text: String },
+}
+
+/// One batch of the tweets a user has a reaction on, for walking them all.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Reacted {
+    /// Tweet IDs the reaction is on, newest first.
+    pub tweets: Vec<u64>,
+    /// Where the next batch starts (`before`), or `None` when this was the last.
+    pub next: Option<u64>,
+}
+
 #[async_trait]
 pub trait TweetStore: Send + Sync {
     /// Stores the tweet, its place in the author's timeline, the author's tweet count and
-    /// `event`, atomically. Storing the same tweet ID again changes nothing.
-    async fn create(&self, tweet: TweetRecord, event: Envelope) -> Result<(), StoreError>;
+    /// `event`, atomically. Storing the same tweet ID again changes nothing. Returns `false`,
+    /// writing nothing, when the author is gone ([`TweetStore::forget_author`]).
+    async fn create(&self, tweet: TweetRecord, event: Envelope) -> Result<bool, StoreError>;
+    /// Claims `key` for `author`'s post of `tweet_id` with `text`, unless a claim of it younger
+    /// than `window` exists, which it returns instead. A claim lasts at least `window`.
+    async fn claim_key(
+        &self,
+        author: u64,
+        key: &str,
+        tweet_id: u64,
+        text: &str,
+        window: std::time::Duration,
+    ) -> Result<KeyClaim, StoreError>;
+    /// Records that the account `user` was deleted (the users service's `UserDeleted`): from now
+    /// on [`TweetStore::create`] refuses them as an author, [`TweetStore::author_gone`] says so,
+    /// and they are among [`TweetStore::pending_purges`] until [`TweetStore::purge_done`].
+    /// Idempotent; a purge already done is not pending again.
+    async fn forget_author(&self, user: u64) -> Result<(), StoreError>;
+    /// Whether `user`'s account was deleted.
+    async fn author_gone(&self, user: u64) -> Result<bool, StoreError>;
+    /// Deleted accounts whose tweets, likes and retweets may remain, at most `max`.
+    async fn pending_purges(&self, max: usize) -> Result<Vec<u64>, StoreError>;
+    /// `user`'s purge is complete.
+    async fn purge_done(&self, user: u64) -> Result<(), StoreError>;
+    /// Up to `max` tweets older than `before` that `user` has `reaction` on, newest first.
+    async fn reacted(
+        &self,
+        reaction: Reaction,
+        user: u64,
+        before: Option<u64>,
+        max: usize,
+    ) -> Result<Reacted, StoreError>;
+    /// Whether this backend needs [`TweetStore::settle`] called with each of its own events once
+    /// published (a backend whose writes are not one transaction finishes them there).
+    fn settles_events(&self) -> bool {
+        false
+    }
+    /// Finishes what the write behind `event` (one of this store's own events) left undone if
+    /// its process died half-way: on the CQL backend, the count ops. Idempotent.
+    async fn settle(&self, _event: &Envelope) -> Result<(), StoreError> {
+        Ok(())
+    }
     async fn get(&self, id: u64) -> Result<Option<TweetRecord>, StoreError>;
     /// The tweets that exist among `ids`, in the order given.
     async fn get_many(&self, ids: Vec<u64>) -> Result<Vec<TweetRecord>, StoreError>;
