@@ -11,7 +11,9 @@
 #   - a Cassandra node for the CQL backend (scripts/cassandra.sh, Cassandra 5 from Maven
 #     Central), unless TWTR_SCYLLA_NODES names a cluster (ScyllaDB or Cassandra) to use instead,
 #   - formatting and clippy checks (set TWTR_SKIP_LINT=1 to skip them locally),
-#   - cargo test for the whole workspace: unit tests, conformance suites, black-box mesh tests.
+#   - cargo test for the whole workspace: unit tests, conformance suites, black-box mesh tests,
+#   - the deployment checks (scripts/chart.sh check): the Helm chart linted, rendered and
+#     validated offline, checked against the binary cargo test built; the Dockerfile linted.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -71,3 +73,13 @@ fi
 
 echo "test.sh: cargo test" >&2
 cargo test --workspace
+
+# Deployment files. After cargo test, which built the twtr binary the chart is checked against
+# (its --help is the truth about subcommands and TWTR_* variables). Installs helm,
+# kubernetes-validate and hadolint into .tools on first use; outside CI a tool that cannot be
+# installed is reported as NOT RUN.
+check_deployment() {
+    echo "test.sh: scripts/chart.sh check" >&2
+    scripts/chart.sh check
+}
+check_deployment

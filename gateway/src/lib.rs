@@ -20,6 +20,7 @@
 //! and its revocation against a cache refreshed every two seconds per user) and parse the input; the handler calls the owning service(s) over gRPC, passing the
 //! caller's ID explicitly; views hydrate the result and render JSON.
 
+pub mod balance;
 pub mod error;
 pub mod extract;
 pub mod revocation;

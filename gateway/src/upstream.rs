@@ -1,6 +1,7 @@
 //! gRPC clients for the four services. Channels connect lazily and reconnect on their own, so
 //! the gateway starts even while a service is still coming up; every call carries a deadline
-//! that the service honors.
+//! that the service honors. A URL whose host is a name (a headless Kubernetes Service) gets a
+//! channel balanced per request across every address the name resolves to ([`crate::balance`]).
 
 use std::time::Duration;
 
@@ -12,6 +13,8 @@ use twtr_proto::feeds::v1::feeds_service_client::FeedsServiceClient;
 use twtr_proto::followers::v1::followers_service_client::FollowersServiceClient;
 use twtr_proto::tweets::v1::tweets_service_client::TweetsServiceClient;
 use twtr_proto::users::v1::users_service_client::UsersServiceClient;
+
+use crate::balance;
 
 /// The deadline of each RPC the gateway makes.
 pub const RPC_DEADLINE: Duration = Duration::from_secs(5);
@@ -36,13 +39,20 @@ pub struct Upstreams {
     pub health: Vec<(&'static str, HealthClient<Channel>)>,
 }
 
-/// A lazily connected channel to `url`.
+/// A lazily connected channel to `url`: to the one server of an IP literal (or `localhost`), or
+/// balanced across the addresses a host name resolves to. Must be called within a tokio runtime.
 pub fn channel(url: &str) -> anyhow::Result<Channel> {
     let endpoint = Endpoint::from_shared(url.to_owned())
-        .with_context(|| format!("invalid service URL {url:?}"))?
-        .connect_timeout(CONNECT_TIMEOUT)
-        .tcp_nodelay(true);
-    Ok(endpoint.connect_lazy())
+        .with_context(|| format!("invalid service URL {url:?}"))?;
+    Ok(match balance::host_to_balance(endpoint.uri()) {
+        Some(host) => balance::balanced_channel(endpoint, host, connection_options),
+        None => connection_options(endpoint).connect_lazy(),
+    })
+}
+
+/// The options of every connection to a service.
+fn connection_options(endpoint: Endpoint) -> Endpoint {
+    endpoint.connect_timeout(CONNECT_TIMEOUT).tcp_nodelay(true)
 }
 
 impl Upstreams {

@@ -1,0 +1,253 @@
+{{/*
+The chart's names, labels, and the pieces every part's manifests share.
+*/}}
+
+{{- define "twtr.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Release-scoped name; each part appends "-<part>" (so keep room for "-followers"). */}}
+{{- define "twtr.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 50 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 50 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 50 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "twtr.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* The gRPC services, in the order the docs list them. */}}
+{{- define "twtr.services" -}}
+users tweets followers feeds
+{{- end }}
+
+{{/* Every long-running part. */}}
+{{- define "twtr.parts" -}}
+gateway users tweets followers feeds
+{{- end }}
+
+{{/* Usage: include "twtr.labels" (dict "root" $ "part" "users") */}}
+{{- define "twtr.labels" -}}
+helm.sh/chart: {{ include "twtr.chart" .root }}
+{{ include "twtr.selectorLabels" . }}
+app.kubernetes.io/version: {{ .root.Values.image.tag | default .root.Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .root.Release.Service }}
+app.kubernetes.io/part-of: twtr
+{{- end }}
+
+{{- define "twtr.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "twtr.name" .root }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/component: {{ .part }}
+{{- end }}
+
+{{/* Name of a part's Deployment and Service. */}}
+{{- define "twtr.partName" -}}
+{{- printf "%s-%s" (include "twtr.fullname" .root) .part }}
+{{- end }}
+
+{{- define "twtr.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "twtr.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "twtr.image" -}}
+{{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) }}
+{{- end }}
+
+{{/* The gRPC service name each part registers with grpc.health.v1 (common/src/grpc.rs). */}}
+{{- define "twtr.healthService" -}}
+{{- $names := dict "users" "twtr.users.v1.UsersService" "tweets" "twtr.tweets.v1.TweetsService" "followers" "twtr.followers.v1.FollowersService" "feeds" "twtr.feeds.v1.FeedsService" }}
+{{- get $names . }}
+{{- end }}
+
+{{/* The variable that sets a gRPC service's listen address. */}}
+{{- define "twtr.addrVar" -}}
+{{- printf "TWTR_%s_ADDR" (upper .) }}
+{{- end }}
+
+{{/* Where callers reach a service: its headless Service, balanced per request by the caller. */}}
+{{- define "twtr.serviceUrl" -}}
+{{- printf "http://%s:%v" (include "twtr.partName" .) (get .root.Values .part).port }}
+{{- end }}
+
+{{/* Secret holding the chart-made credentials (when no existing Secrets are named). */}}
+{{- define "twtr.secretName" -}}
+{{- printf "%s-credentials" (include "twtr.fullname" .) }}
+{{- end }}
+
+{{- define "twtr.amqpSecretName" -}}
+{{- .Values.rabbitmq.existingSecret | default (include "twtr.secretName" .) }}
+{{- end }}
+
+{{- define "twtr.tokensSecretName" -}}
+{{- .Values.tokens.existingSecret | default (include "twtr.secretName" .) }}
+{{- end }}
+
+{{/* Fails with a clear message when the deployment's required settings are missing. */}}
+{{- define "twtr.validate" -}}
+{{- $_ := required "scylla.nodes is required: the ScyllaDB contact points (host or host:port). The embedded store cannot be shared between pods, so the chart always runs on ScyllaDB." (join "," .Values.scylla.nodes) }}
+{{- if not .Values.rabbitmq.existingSecret }}
+{{- $_ := required "rabbitmq.url (or rabbitmq.existingSecret) is required: the RabbitMQ broker every part publishes and consumes events through (TWTR_AMQP_URL)." .Values.rabbitmq.url }}
+{{- end }}
+{{- if not .Values.tokens.existingSecret }}
+{{- $_ := required "tokens.existingSecret (or tokens.privateKey and tokens.publicKey) is required: the Ed25519 key pair that signs and verifies tokens." .Values.tokens.privateKey }}
+{{- $_ := required "tokens.publicKey is required with tokens.privateKey (or name tokens.existingSecret)." .Values.tokens.publicKey }}
+{{- end }}
+{{- end }}
+
+{{/* Where the token key files are mounted. */}}
+{{- define "twtr.keysDir" -}}
+/etc/twtr/keys
+{{- end }}
+
+{{/* Environment of the ScyllaDB backend. */}}
+{{- define "twtr.env.scylla" -}}
+- name: TWTR_SCYLLA_NODES
+  value: {{ join "," .Values.scylla.nodes | quote }}
+- name: TWTR_SCYLLA_KEYSPACE_PREFIX
+  value: {{ .Values.scylla.keyspacePrefix | quote }}
+{{- with .Values.scylla.localDc }}
+- name: TWTR_SCYLLA_LOCAL_DC
+  value: {{ . | quote }}
+{{- end }}
+{{- with .Values.scylla.readConsistency }}
+- name: TWTR_SCYLLA_READ_CONSISTENCY
+  value: {{ . | quote }}
+{{- end }}
+{{- with .Values.scylla.writeConsistency }}
+- name: TWTR_SCYLLA_WRITE_CONSISTENCY
+  value: {{ . | quote }}
+{{- end }}
+{{- with .Values.scylla.serialConsistency }}
+- name: TWTR_SCYLLA_SERIAL_CONSISTENCY
+  value: {{ . | quote }}
+{{- end }}
+{{- end }}
+
+{{/* Environment of the RabbitMQ event bus (the URL from its Secret). */}}
+{{- define "twtr.env.amqp" -}}
+{{- $key := "amqp-url" }}
+{{- if .Values.rabbitmq.existingSecret }}
+{{- $key = .Values.rabbitmq.existingSecretKey }}
+{{- end -}}
+- name: TWTR_AMQP_URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "twtr.amqpSecretName" . }}
+      key: {{ $key }}
+- name: TWTR_AMQP_PREFIX
+  value: {{ .Values.rabbitmq.prefix | quote }}
+- name: TWTR_AMQP_QUEUE_TYPE
+  value: {{ .Values.rabbitmq.queueType | quote }}
+{{- with .Values.events.prefetch }}
+- name: TWTR_EVENT_PREFETCH
+  value: {{ . | quote }}
+{{- end }}
+{{- with .Values.events.retryDelayMs }}
+- name: TWTR_EVENT_RETRY_DELAY_MS
+  value: {{ . | quote }}
+{{- end }}
+{{- with .Values.events.maxAttempts }}
+- name: TWTR_EVENT_MAX_ATTEMPTS
+  value: {{ . | quote }}
+{{- end }}
+{{- end }}
+
+{{/* Environment every process gets. */}}
+{{- define "twtr.env.common" -}}
+- name: TWTR_DATA_DIR
+  value: {{ .Values.dataDir | quote }}
+- name: TWTR_LOG_FORMAT
+  value: {{ .Values.logFormat | quote }}
+{{- end }}
+
+{{/*
+A part's environment. Usage: include "twtr.env" (dict "root" $ "part" "users")
+The gateway needs no store or broker: it reaches the services and verifies tokens.
+*/}}
+{{- define "twtr.env" -}}
+{{- $root := .root }}
+{{- $values := get $root.Values .part }}
+{{ include "twtr.env.common" $root }}
+{{- if eq .part "gateway" }}
+- name: TWTR_HTTP_ADDR
+  value: {{ printf "0.0.0.0:%v" $values.port | quote }}
+{{- range $service := splitList " " (include "twtr.services" $root) }}
+- name: {{ printf "TWTR_%s_URL" (upper $service) }}
+  value: {{ include "twtr.serviceUrl" (dict "root" $root "part" $service) | quote }}
+{{- end }}
+- name: TWTR_TOKEN_PUBLIC_KEYS
+  value: {{ include "twtr.publicKeyFiles" $root | quote }}
+{{- else }}
+- name: {{ include "twtr.addrVar" .part }}
+  value: {{ printf "0.0.0.0:%v" $values.port | quote }}
+{{ include "twtr.env.scylla" $root }}
+{{ include "twtr.env.amqp" $root }}
+{{- end }}
+{{- if eq .part "users" }}
+- name: TWTR_TOKEN_PRIVATE_KEY
+  value: {{ printf "%s/%s" (include "twtr.keysDir" $root) $root.Values.tokens.privateKeyName | quote }}
+{{- with $root.Values.tokens.ttlSeconds }}
+- name: TWTR_TOKEN_TTL_SECS
+  value: {{ . | quote }}
+{{- end }}
+{{- end }}
+{{- if eq .part "followers" }}
+- name: TWTR_USERS_URL
+  value: {{ include "twtr.serviceUrl" (dict "root" $root "part" "users") | quote }}
+{{- end }}
+{{- if eq .part "feeds" }}
+{{- with $values.feedLen }}
+- name: TWTR_FEED_LEN
+  value: {{ . | quote }}
+{{- end }}
+{{- end }}
+{{- with $values.extraEnv }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* TWTR_TOKEN_PUBLIC_KEYS: the mounted public key files, comma-separated. */}}
+{{- define "twtr.publicKeyFiles" -}}
+{{- $dir := include "twtr.keysDir" . }}
+{{- $files := list }}
+{{- range .Values.tokens.publicKeyNames }}
+{{- $files = append $files (printf "%s/%s" $dir .) }}
+{{- end }}
+{{- join "," $files }}
+{{- end }}
+
+{{/* The key files a part mounts: the private key for users, the public keys for the gateway. */}}
+{{- define "twtr.keyItems" -}}
+{{- if eq .part "users" }}
+- key: {{ .root.Values.tokens.privateKeyName }}
+  path: {{ .root.Values.tokens.privateKeyName }}
+{{- else if eq .part "gateway" }}
+{{- range .root.Values.tokens.publicKeyNames }}
+- key: {{ . }}
+  path: {{ . }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* Native `sleep` preStop (no shell in the image), on clusters that have it (1.30+). */}}
+{{- define "twtr.lifecycle" -}}
+{{- if and (gt (int .Values.shutdown.preStopSleepSeconds) 0) (semverCompare ">=1.30-0" .Capabilities.KubeVersion.Version) }}
+lifecycle:
+  preStop:
+    sleep:
+      seconds: {{ int .Values.shutdown.preStopSleepSeconds }}
+{{- end }}
+{{- end }}

@@ -1,0 +1,268 @@
+#!/usr/bin/env python3
+"""Checks rendered deployment manifests against the twtr binary itself.
+
+Usage: check_chart.py --bin target/debug/twtr [--compose docker-compose.yml] RENDERED.yaml...
+
+The truth comes from the built binary, never from a list kept here: `twtr --help` names the
+subcommands, and `twtr <subcommand> --help` prints `[env: TWTR_X=...]` for every variable that
+subcommand reads. Then, for every container that runs the twtr image in the rendered Helm
+manifests (and every twtr service in the compose file):
+
+  - it runs a subcommand the binary has (the first argument; the image's entrypoint is twtr),
+  - every TWTR_* variable it sets is one that subcommand reads,
+  - it runs as non-root with a read-only root filesystem, no privilege escalation, no
+    capabilities and the RuntimeDefault seccomp profile (Helm manifests only),
+  - a gRPC part's readiness probe is a native gRPC health check on its own port, for a service
+    name of that part's package that the binary contains (tonic-health answers NOT_FOUND for a
+    name nobody registered, and the probe would never pass).
+
+Custom resources have no schema in kubernetes-validate; the two kinds the chart renders are
+checked here against the fields GKE and the Prometheus Operator document (a structural check,
+not the real CRD schema). Any other kind is an error.
+
+Needs PyYAML (scripts/chart.sh puts it on PYTHONPATH with kubernetes-validate).
+"""
+
+import argparse
+import mmap
+import re
+import subprocess
+import sys
+
+import yaml
+
+# Kinds without a schema in kubernetes-validate, and the fields this check requires of them.
+CUSTOM_KINDS = {
+    ("cloud.google.com/v1", "BackendConfig"),
+    ("monitoring.coreos.com/v1", "ServiceMonitor"),
+}
+WORKLOAD_KINDS = {"Deployment", "Job", "StatefulSet", "DaemonSet"}
+ENV_PATTERN = re.compile(r"\[env: (TWTR_[A-Z0-9_]+)")
+
+
+class Failures:
+    def __init__(self):
+        self.items = []
+
+    def add(self, where, message):
+        self.items.append(f"{where}: {message}")
+
+
+def help_text(binary, *args):
+    done = subprocess.run(
+        [binary, *args, "--help"], capture_output=True, text=True, check=True, timeout=30
+    )
+    return done.stdout
+
+
+def subcommands(root_help):
+    """The names under `Commands:` in clap's help, without clap's own `help`."""
+    names, inside = [], False
+    for line in root_help.splitlines():
+        if line.strip() == "Commands:":
+            inside = True
+            continue
+        if inside:
+            if not line.startswith("  "):
+                break
+            name = line.split()[0]
+            if name != "help":
+                names.append(name)
+    return names
+
+
+def binary_truth(binary):
+    """{subcommand: set of TWTR_* variables it reads}, from the binary's own help."""
+    commands = subcommands(help_text(binary))
+    if not commands:
+        sys.exit(f"check_chart: {binary} --help lists no subcommands")
+    truth = {}
+    for command in commands:
+        truth[command] = set(ENV_PATTERN.findall(help_text(binary, command)))
+        if not truth[command]:
+            sys.exit(f"check_chart: {binary} {command} --help lists no TWTR_* variables")
+    return truth
+
+
+def pod_spec(doc):
+    kind = doc.get("kind")
+    if kind in WORKLOAD_KINDS:
+        return doc["spec"]["template"]["spec"]
+    if kind == "Pod":
+        return doc["spec"]
+    return None
+
+
+def name_of(doc):
+    return f"{doc.get('kind')}/{doc.get('metadata', {}).get('name')}"
+
+
+def check_command(where, args, env_names, truth, failures):
+    if not args:
+        failures.add(where, "runs no subcommand (twtr would run `all`, the embedded mesh)")
+        return None
+    command = args[0]
+    if command not in truth:
+        failures.add(where, f"runs `twtr {command}`, a subcommand the binary does not have "
+                            f"(it has: {', '.join(sorted(truth))})")
+        return None
+    for name in env_names:
+        if name.startswith("TWTR_") and name not in truth[command]:
+            failures.add(where, f"sets {name}, which `twtr {command} --help` does not list "
+                                "as a variable it reads")
+    return command
+
+
+def check_security(where, pod, container, failures):
+    pod_sc = pod.get("securityContext") or {}
+    sc = container.get("securityContext") or {}
+    if not (sc.get("runAsNonRoot") or pod_sc.get("runAsNonRoot")):
+        failures.add(where, "may run as root (runAsNonRoot is not set)")
+    if sc.get("readOnlyRootFilesystem") is not True:
+        failures.add(where, "root filesystem is writable")
+    if sc.get("allowPrivilegeEscalation") is not False:
+        failures.add(where, "allowPrivilegeEscalation is not false")
+    if "ALL" not in ((sc.get("capabilities") or {}).get("drop") or []):
+        failures.add(where, "does not drop ALL capabilities")
+    seccomp = (sc.get("seccompProfile") or pod_sc.get("seccompProfile") or {}).get("type")
+    if seccomp != "RuntimeDefault":
+        failures.add(where, "seccomp profile is not RuntimeDefault")
+
+
+class BinaryStrings:
+    """Whether a string occurs in the binary (the names services register are literals in it)."""
+
+    def __init__(self, binary):
+        self.binary = binary
+        self.cache = {}
+
+    def __contains__(self, text):
+        if text not in self.cache:
+            with open(self.binary, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+                self.cache[text] = m.find(text.encode()) != -1
+        return self.cache[text]
+
+
+def check_probes(where, command, container, strings, failures):
+    if command not in {"users", "tweets", "followers", "feeds"}:
+        return
+    probe = (container.get("readinessProbe") or {}).get("grpc")
+    if not probe:
+        failures.add(where, "readiness is not a native gRPC health probe")
+        return
+    ports = {p.get("containerPort") for p in container.get("ports") or []}
+    if probe.get("port") not in ports:
+        failures.add(where, f"gRPC probe port {probe.get('port')} is not a container port")
+    service = probe.get("service", "")
+    if not service.startswith(f"twtr.{command}.v1."):
+        failures.add(where, f"gRPC probe asks for {service!r}, not the {command} service")
+    elif service not in strings:
+        failures.add(where, f"gRPC probe asks for {service!r}, which the binary does not contain")
+
+
+def check_custom(doc, failures):
+    where = name_of(doc)
+    spec = doc.get("spec") or {}
+    if doc["kind"] == "BackendConfig":
+        check = spec.get("healthCheck") or {}
+        if check.get("type") not in {"HTTP", "HTTPS", "HTTP2"}:
+            failures.add(where, "healthCheck.type must be HTTP, HTTPS or HTTP2")
+        if not str(check.get("requestPath", "")).startswith("/"):
+            failures.add(where, "healthCheck.requestPath must be a path")
+        for field in ("port", "checkIntervalSec", "timeoutSec", "healthyThreshold",
+                      "unhealthyThreshold"):
+            if field in check and not isinstance(check[field], int):
+                failures.add(where, f"healthCheck.{field} must be an integer")
+        draining = (spec.get("connectionDraining") or {}).get("drainingTimeoutSec", 0)
+        if not isinstance(draining, int):
+            failures.add(where, "connectionDraining.drainingTimeoutSec must be an integer")
+        unknown = set(spec) - {"healthCheck", "connectionDraining", "timeoutSec", "cdn",
+                               "iap", "securityPolicy", "sessionAffinity", "logging",
+                               "customRequestHeaders", "customResponseHeaders"}
+        if unknown:
+            failures.add(where, f"unknown spec fields {sorted(unknown)}")
+    elif doc["kind"] == "ServiceMonitor":
+        if not (spec.get("selector") or {}).get("matchLabels"):
+            failures.add(where, "spec.selector.matchLabels is required")
+        endpoints = spec.get("endpoints") or []
+        if not endpoints or not all(isinstance(e, dict) and e.get("port") for e in endpoints):
+            failures.add(where, "every endpoint needs a named port")
+
+
+def check_manifests(path, truth, strings, failures):
+    with open(path) as f:
+        docs = [d for d in yaml.safe_load_all(f) if d]
+    seen_custom, containers = set(), 0
+    for doc in docs:
+        kind = (doc.get("apiVersion"), doc.get("kind"))
+        if kind in CUSTOM_KINDS:
+            seen_custom.add(kind[1])
+            check_custom(doc, failures)
+            continue
+        pod = pod_spec(doc)
+        if pod is None:
+            continue
+        for container in (pod.get("initContainers") or []) + pod["containers"]:
+            containers += 1
+            where = f"{path}: {name_of(doc)} container {container['name']}"
+            if container.get("command"):
+                failures.add(where, "overrides the image's entrypoint (twtr)")
+            env_names = [e["name"] for e in container.get("env") or []]
+            command = check_command(where, container.get("args"), env_names, truth, failures)
+            check_security(where, pod, container, failures)
+            check_probes(where, command, container, strings, failures)
+    if containers == 0:
+        failures.add(path, "renders no containers")
+    return containers, seen_custom
+
+
+def check_compose(path, truth, failures):
+    with open(path) as f:
+        compose = yaml.safe_load(f)
+    services = compose.get("services") or {}
+    count = 0
+    for name, service in services.items():
+        if not str(service.get("image", "")).startswith("${TWTR_IMAGE") and "build" not in service:
+            continue  # ScyllaDB, RabbitMQ
+        count += 1
+        where = f"{path}: service {name}"
+        command = service.get("command")
+        args = command.split() if isinstance(command, str) else list(command or [])
+        env = service.get("environment") or {}
+        names = list(env) if isinstance(env, dict) else [e.split("=", 1)[0] for e in env]
+        check_command(where, args, names, truth, failures)
+        for dependency in service.get("depends_on") or {}:
+            if dependency not in services:
+                failures.add(where, f"depends on {dependency!r}, which is not a service")
+    if count == 0:
+        failures.add(path, "has no twtr service")
+    return count
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--bin", required=True, help="the built twtr binary")
+    parser.add_argument("--compose", help="a docker-compose.yml to check as well")
+    parser.add_argument("manifests", nargs="+", help="rendered manifests (helm template)")
+    args = parser.parse_args()
+
+    truth = binary_truth(args.bin)
+    strings = BinaryStrings(args.bin)
+    failures = Failures()
+    for path in args.manifests:
+        containers, custom = check_manifests(path, truth, strings, failures)
+        extra = ""
+        if custom:
+            extra = f"; custom kinds checked structurally: {', '.join(sorted(custom))}"
+        print(f"check_chart: {path}: {containers} containers checked against `twtr --help`{extra}")
+    if args.compose:
+        count = check_compose(args.compose, truth, failures)
+        print(f"check_chart: {args.compose}: {count} twtr services checked against `twtr --help`")
+    if failures.items:
+        for item in failures.items:
+            print(f"check_chart: FAIL {item}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
