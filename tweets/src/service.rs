@@ -248,21 +248,25 @@ impl Tweets {
                 tweet_id,
                 author_id,
                 user_id,
+                version: 0, // the store stamps the pair's version
             }),
             Action::Unlike => Payload::TweetUnliked(TweetUnliked {
                 tweet_id,
                 author_id,
                 user_id,
+                version: 0, // the store stamps the pair's version
             }),
             Action::Retweet => Payload::Retweeted(Retweeted {
                 tweet_id,
                 author_id,
                 user_id,
+                version: 0, // the store stamps the pair's version
             }),
             Action::Unretweet => Payload::Unretweeted(Unretweeted {
                 tweet_id,
                 author_id,
                 user_id,
+                version: 0, // the store stamps the pair's version
             }),
         };
         let event = events::envelope(self.ids.next_id(), tweet, payload);

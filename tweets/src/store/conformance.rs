@@ -48,6 +48,7 @@ macro_rules! tweet_store_conformance {
                 a_gone_author_cannot_post_and_is_purged_once,
                 reacted_walks_every_reaction_in_batches,
                 settling_finished_writes_changes_nothing,
+                reaction_events_carry_the_pairs_version,
             );
         }
     };
@@ -909,6 +910,7 @@ pub async fn settling_finished_writes_changes_nothing(store: Arc<dyn TweetStore>
         tweet_id,
         author_id: author,
         user_id: user,
+        version: 0,
     };
     store
         .like(user, id, with(e[2], Payload::TweetLiked(reaction(id))))
@@ -919,6 +921,7 @@ pub async fn settling_finished_writes_changes_nothing(store: Arc<dyn TweetStore>
         tweet_id: id,
         author_id: author,
         user_id: user,
+        version: 0,
     });
     store
         .unretweet(user, id, with(e[3], unretweeted))
@@ -939,4 +942,77 @@ pub async fn settling_finished_writes_changes_nothing(store: Arc<dyn TweetStore>
         Some(counted(id, author, 1, 0))
     );
     assert_eq!(store.count_by_authors(vec![author]).await.unwrap(), vec![1]);
+}
+
+/// Each change of a (user, tweet) pair's like or retweet stamps the pair's next version into its
+/// event, so consumers can keep the latest whatever order events arrive in.
+pub async fn reaction_events_carry_the_pairs_version(store: Arc<dyn TweetStore>) {
+    let [author, user, id] = [(); 3].map(|()| unique_id());
+    store
+        .create(tweet(id, author), event(unique_id()))
+        .await
+        .unwrap();
+    let e = unique_ids(5);
+    let pair = |tweet_id| TweetLiked {
+        tweet_id,
+        author_id: author,
+        user_id: user,
+        version: 0,
+    };
+    let liked = |event_id| Envelope {
+        event_id,
+        payload: Some(Payload::TweetLiked(pair(id))),
+        ..Envelope::default()
+    };
+    let unliked = |event_id| Envelope {
+        event_id,
+        payload: Some(Payload::TweetUnliked(
+            twtr_proto::events::v1::TweetUnliked {
+                tweet_id: id,
+                author_id: author,
+                user_id: user,
+                version: 0,
+            },
+        )),
+        ..Envelope::default()
+    };
+    assert_eq!(store.like(user, id, liked(e[0])).await.unwrap(), Some(true));
+    assert_eq!(
+        store.like(user, id, liked(e[1])).await.unwrap(),
+        Some(false)
+    );
+    assert_eq!(
+        store.unlike(user, id, unliked(e[2])).await.unwrap(),
+        Some(true)
+    );
+    assert_eq!(store.like(user, id, liked(e[3])).await.unwrap(), Some(true));
+    let retweeted = Envelope {
+        event_id: e[4],
+        payload: Some(Payload::Retweeted(twtr_proto::events::v1::Retweeted {
+            tweet_id: id,
+            author_id: author,
+            user_id: user,
+            version: 0,
+        })),
+        ..Envelope::default()
+    };
+    assert_eq!(
+        store.retweet(user, id, retweeted).await.unwrap(),
+        Some(true)
+    );
+    let versions: Vec<(u64, u64)> = staged_events_of(store.as_ref(), &e)
+        .await
+        .into_iter()
+        .map(|event| {
+            let version = match event.payload {
+                Some(Payload::TweetLiked(e)) => e.version,
+                Some(Payload::TweetUnliked(e)) => e.version,
+                Some(Payload::Retweeted(e)) => e.version,
+                other => panic!("unexpected payload {other:?}"),
+            };
+            (event.event_id, version)
+        })
+        .collect();
+    // The repeat staged nothing; likes count 1, 2, 3; the retweet is its own pair.
+    assert_eq!(versions, vec![(e[0], 1), (e[2], 2), (e[3], 3), (e[4], 1)]);
 }

@@ -472,6 +472,7 @@ impl CqlTweetStore {
         let op = reaction_op(statements, user, version);
         let mut event = event.clone();
         event.headers.insert(COUNT_OP_HEADER.to_owned(), op.clone());
+        super::stamp_reaction_version(&mut event, u64::try_from(version).unwrap_or(0));
         let mut batch = Batch::new(BatchType::Logged);
         let mut values: Vec<Box<dyn SerializeRow + Send + Sync>> = Vec::new();
         if on {
@@ -1368,6 +1369,7 @@ mod tests {
             tweet_id: id,
             author_id: author,
             user_id: user,
+            version: 1,
         }));
         liked.headers.insert(COUNT_OP_HEADER.to_owned(), op);
         assert_eq!(store.get(id).await.unwrap().unwrap().like_count, 0);

@@ -41,6 +41,9 @@ const DELETED: TableDefinition<u64, ()> = TableDefinition::new("deleted");
 const LIKES: TableDefinition<(u64, u64), ()> = TableDefinition::new("likes");
 /// (user, tweet) -> (): who retweeted what.
 const RETWEETS: TableDefinition<(u64, u64), ()> = TableDefinition::new("retweets");
+/// (reaction, user, tweet) -> the pair's version: one more per change, kept when undone.
+const REACTION_VERSIONS: TableDefinition<(u8, u64, u64), u64> =
+    TableDefinition::new("reaction_versions");
 /// Tweet -> number of likes.
 const LIKE_COUNTS: TableDefinition<u64, u64> = TableDefinition::new("like_counts");
 /// Tweet -> number of retweets.
@@ -90,6 +93,7 @@ impl EmbeddedTweetStore {
             tx.open_table(PURGES)?;
             tx.open_table(KEYS)?;
             tx.open_table(KEYS_BY_AGE)?;
+            tx.open_table(REACTION_VERSIONS)?;
             for reaction in [Reaction::Like, Reaction::Retweet] {
                 let (edges, counts) = tables_of(reaction);
                 tx.open_table(edges)?;
@@ -345,6 +349,12 @@ impl TweetStore for EmbeddedTweetStore {
                     count.saturating_sub(1)
                 };
                 counts.insert(tweet, count)?;
+                let mut versions = tx.open_table(REACTION_VERSIONS)?;
+                let pair = (reaction as u8, user, tweet);
+                let version = versions.get(pair)?.map_or(0, |v| v.value()) + 1;
+                versions.insert(pair, version)?;
+                let mut event = event;
+                super::stamp_reaction_version(&mut event, version);
                 tx.stage_event(&event)?;
                 Ok(Some(true))
             })

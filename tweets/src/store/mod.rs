@@ -34,6 +34,19 @@ pub enum Reaction {
     Retweet,
 }
 
+/// Writes the (user, tweet) pair's new `version` into a like's or retweet's event (or its
+/// undoing): the store decides the version, in the same write that stages the event.
+pub fn stamp_reaction_version(event: &mut Envelope, version: u64) {
+    use twtr_proto::events::v1::envelope::Payload;
+    match &mut event.payload {
+        Some(Payload::TweetLiked(e)) => e.version = version,
+        Some(Payload::TweetUnliked(e)) => e.version = version,
+        Some(Payload::Retweeted(e)) => e.version = version,
+        Some(Payload::Unretweeted(e)) => e.version = version,
+        _ => {}
+    }
+}
+
 /// A stored tweet. Encoded with protobuf so fields can be added without a migration.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct TweetRecord {
