@@ -20,9 +20,14 @@ pub enum ErrorCode {
     NotFound,
     /// A uniqueness rule was hit (username taken).
     AlreadyExists,
-    /// The request body is over the size limit.
+    /// The request body is over the size limit. Edge-only: the gateway answers it before any
+    /// service sees the request; a service never returns it.
     PayloadTooLarge,
-    /// A dependency (another service, the store, the bus) is down or overloaded; retry later.
+    /// The caller sent too many requests; retry after a while (`Retry-After` over HTTP). Over
+    /// gRPC it is `RESOURCE_EXHAUSTED`.
+    RateLimited,
+    /// A dependency (another service, the store, the bus) is down, or this process is
+    /// overloaded and shed the request; retry later.
     Unavailable,
     /// The caller's deadline passed before the work finished.
     DeadlineExceeded,
@@ -39,7 +44,9 @@ impl ErrorCode {
             Self::PermissionDenied => Code::PermissionDenied,
             Self::NotFound => Code::NotFound,
             Self::AlreadyExists => Code::AlreadyExists,
-            Self::PayloadTooLarge => Code::ResourceExhausted,
+            // A service that gets an over-large message refuses it as an invalid argument.
+            Self::PayloadTooLarge => Code::InvalidArgument,
+            Self::RateLimited => Code::ResourceExhausted,
             Self::Unavailable => Code::Unavailable,
             Self::DeadlineExceeded => Code::DeadlineExceeded,
             Self::Internal => Code::Internal,
@@ -55,6 +62,7 @@ impl ErrorCode {
             Self::NotFound => 404,
             Self::AlreadyExists => 409,
             Self::PayloadTooLarge => 413,
+            Self::RateLimited => 429,
             Self::Unavailable => 503,
             Self::DeadlineExceeded => 504,
             Self::Internal => 500,
@@ -70,6 +78,7 @@ impl ErrorCode {
             Self::NotFound => "not_found",
             Self::AlreadyExists => "already_exists",
             Self::PayloadTooLarge => "payload_too_large",
+            Self::RateLimited => "rate_limited",
             Self::Unavailable => "unavailable",
             Self::DeadlineExceeded => "deadline_exceeded",
             Self::Internal => "internal",
@@ -86,7 +95,8 @@ impl ErrorCode {
             Code::PermissionDenied => Self::PermissionDenied,
             Code::NotFound => Self::NotFound,
             Code::AlreadyExists => Self::AlreadyExists,
-            Code::ResourceExhausted => Self::PayloadTooLarge,
+            // A quota or a limit of the callee (not a body size: that never leaves the edge).
+            Code::ResourceExhausted => Self::RateLimited,
             Code::Unavailable | Code::Aborted => Self::Unavailable,
             Code::DeadlineExceeded | Code::Cancelled => Self::DeadlineExceeded,
             Code::Ok | Code::Unknown | Code::Unimplemented | Code::Internal | Code::DataLoss => {
@@ -95,14 +105,20 @@ impl ErrorCode {
         }
     }
 
+    /// Codes only the gateway answers with, which no gRPC status reads back into.
+    pub const fn edge_only(self) -> bool {
+        matches!(self, Self::PayloadTooLarge)
+    }
+
     /// Every code, for exhaustive tests.
-    pub const ALL: [Self; 9] = [
+    pub const ALL: [Self; 10] = [
         Self::InvalidArgument,
         Self::Unauthenticated,
         Self::PermissionDenied,
         Self::NotFound,
         Self::AlreadyExists,
         Self::PayloadTooLarge,
+        Self::RateLimited,
         Self::Unavailable,
         Self::DeadlineExceeded,
         Self::Internal,
@@ -143,8 +159,31 @@ mod tests {
 
     #[test]
     fn every_code_survives_a_grpc_round_trip() {
-        for code in ErrorCode::ALL {
+        for code in ErrorCode::ALL.into_iter().filter(|c| !c.edge_only()) {
             assert_eq!(ErrorCode::from_grpc(code.grpc_code()), code, "{code:?}");
+        }
+    }
+
+    #[test]
+    fn exhaustion_means_retry_later_never_a_body_size() {
+        assert_eq!(
+            ErrorCode::from_grpc(Code::ResourceExhausted),
+            ErrorCode::RateLimited
+        );
+        assert_eq!(ErrorCode::RateLimited.http_status(), 429);
+        assert_eq!(ErrorCode::Unavailable.http_status(), 503);
+        // Every gRPC code reads into a code a service can return.
+        let every_grpc_code = (0..=16).map(Code::from_i32);
+        for grpc in every_grpc_code {
+            assert!(!ErrorCode::from_grpc(grpc).edge_only(), "{grpc:?}");
+        }
+    }
+
+    #[test]
+    fn json_codes_are_distinct() {
+        let mut seen = std::collections::HashSet::new();
+        for code in ErrorCode::ALL {
+            assert!(seen.insert(code.as_str()), "{code:?}");
         }
     }
 

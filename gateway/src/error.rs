@@ -2,7 +2,8 @@
 //! status that the shared [`ErrorCode`] table gives.
 
 use axum::Json;
-use axum::http::StatusCode;
+use axum::http::header::RETRY_AFTER;
+use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use twtr_common::ErrorCode;
@@ -11,13 +12,27 @@ use twtr_common::ErrorCode;
 pub struct ApiError {
     pub code: ErrorCode,
     pub message: String,
+    /// Seconds the caller should wait before retrying (`Retry-After`); always set on a 429.
+    pub retry_after: Option<u64>,
 }
+
+/// What a 429 says to wait when the limit that was hit does not know better.
+const DEFAULT_RETRY_AFTER_SECS: u64 = 1;
 
 impl ApiError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         Self {
             code,
             message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    /// A 429: the caller may try again after `retry_after_secs` (at least one second).
+    pub fn rate_limited(message: impl Into<String>, retry_after_secs: u64) -> Self {
+        Self {
+            retry_after: Some(retry_after_secs.max(1)),
+            ..Self::new(ErrorCode::RateLimited, message)
         }
     }
 
@@ -50,7 +65,7 @@ impl From<tonic::Status> for ApiError {
             }
             _ => status.message().to_owned(),
         };
-        Self { code, message }
+        Self::new(code, message)
     }
 }
 
@@ -87,7 +102,18 @@ impl IntoResponse for ApiError {
                 message: &self.message,
             },
         };
-        (status, Json(body)).into_response()
+        let retry_after = match (self.retry_after, self.code) {
+            (Some(secs), _) => Some(secs),
+            (None, ErrorCode::RateLimited) => Some(DEFAULT_RETRY_AFTER_SECS),
+            (None, _) => None,
+        };
+        let mut response = (status, Json(body)).into_response();
+        if let Some(secs) = retry_after {
+            response
+                .headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from(secs));
+        }
+        response
     }
 }
 
@@ -103,13 +129,27 @@ mod tests {
             (tonic::Code::PermissionDenied, 403),
             (tonic::Code::NotFound, 404),
             (tonic::Code::AlreadyExists, 409),
+            (tonic::Code::ResourceExhausted, 429),
             (tonic::Code::Unavailable, 503),
+            (tonic::Code::DeadlineExceeded, 504),
+            (tonic::Code::Cancelled, 504),
             (tonic::Code::Internal, 500),
         ];
         for (grpc, http) in cases {
             let response = ApiError::from(tonic::Status::new(grpc, "m")).into_response();
             assert_eq!(response.status().as_u16(), http, "{grpc:?}");
         }
+    }
+
+    #[test]
+    fn a_429_always_says_when_to_retry() {
+        let upstream = ApiError::from(tonic::Status::resource_exhausted("quota")).into_response();
+        assert_eq!(upstream.status().as_u16(), 429);
+        assert_eq!(upstream.headers()[RETRY_AFTER], "1");
+        let limited = ApiError::rate_limited("slow down", 7).into_response();
+        assert_eq!(limited.headers()[RETRY_AFTER], "7");
+        let other = ApiError::not_found("gone").into_response();
+        assert!(other.headers().get(RETRY_AFTER).is_none());
     }
 
     #[test]
