@@ -148,11 +148,13 @@ const BROKER_CONNECT_WAIT: Duration = Duration::from_secs(5);
 /// Every queue some consumer of the mesh reads. Each process declares them all on the broker,
 /// so an event published by one part reaches its consumers even before they first start.
 pub fn consumer_queues(config: &Config) -> Vec<QueueSpec> {
-    // The CQL tweet store finishes its writes from its own events (TweetStore::settles_events).
-    let tweets_settle = matches!(config.storage, Storage::Cql(_));
+    // The CQL tweet store finishes its writes from its own events (TweetStore::settles_events);
+    // the CQL follow store's follows can race a deletion (FollowStore::follow_races_deletion).
+    let cql = matches!(config.storage, Storage::Cql(_));
     vec![
         twtr_feeds::queue(&config.consumer),
-        twtr_tweets::queue(&config.consumer, tweets_settle),
+        twtr_tweets::queue(&config.consumer, cql),
+        twtr_followers::queue(&config.consumer, cql),
     ]
 }
 

@@ -244,8 +244,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 ids: backends::id_generator(&config, &events, Part::Alone).await?,
                 bus: events.bus,
                 users: Arc::new(users),
+                consumer: config.consumer,
             };
-            twtr_followers::serve(deps, listener, shutdown).await
+            twtr_followers::FollowersService::build(deps)
+                .await?
+                .serve(listener, shutdown)
+                .await
         }
         Command::Feeds => {
             let listener = bind("feeds", &addrs.feeds_addr).await?;
@@ -318,14 +322,16 @@ pub async fn run_all(
         idempotency_window: config.idempotency_window,
     })
     .await?;
-    let followers = twtr_followers::FollowersDeps {
+    let followers = twtr_followers::FollowersService::build(twtr_followers::FollowersDeps {
         store: storage.follow_store().await?,
         bus: Arc::clone(&bus),
         ids: Arc::clone(&ids),
         users: Arc::new(UsersServiceClient::new(twtr_gateway::upstream::channel(
             &urls.users,
         )?)),
-    };
+        consumer: config.consumer,
+    })
+    .await?;
     let gateway = twtr_gateway::GatewayDeps {
         upstreams: urls.clone(),
         tokens: verifier,
@@ -352,7 +358,7 @@ pub async fn run_all(
     services.spawn(async move {
         (
             "followers service",
-            twtr_followers::serve(followers, listeners.followers, stop).await,
+            followers.serve(listeners.followers, stop).await,
         )
     });
     let stop = services_stop.clone();

@@ -49,6 +49,19 @@ impl PageRequest {
             limit,
         }
     }
+
+    /// A page request from its gRPC form, where a limit of 0 means the default.
+    pub fn from_wire(
+        before: Option<u64>,
+        since: Option<u64>,
+        limit: u32,
+    ) -> Result<Self, InvalidLimit> {
+        Ok(Self {
+            before,
+            since,
+            limit: Limit::parse(Some(limit))?,
+        })
+    }
 }
 
 /// One page of a list, newest first.

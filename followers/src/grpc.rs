@@ -3,22 +3,49 @@
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
-use twtr_common::ServiceError as _;
+use twtr_common::auth::acting_as;
+use twtr_common::{PageRequest, ServiceError as _};
 use twtr_proto::followers::v1 as pb;
 use twtr_proto::followers::v1::followers_service_server::{
     FollowersService, FollowersServiceServer,
 };
 
-use crate::service::Followers;
+use crate::service::{Followers, FollowersError};
+use crate::store::Direction;
 
-pub fn server(followers: Followers) -> FollowersServiceServer<FollowersGrpc> {
-    FollowersServiceServer::new(FollowersGrpc {
-        followers: Arc::new(followers),
-    })
+pub fn server(followers: Arc<Followers>) -> FollowersServiceServer<FollowersGrpc> {
+    FollowersServiceServer::new(FollowersGrpc { followers })
 }
 
 pub struct FollowersGrpc {
     followers: Arc<Followers>,
+}
+
+impl FollowersGrpc {
+    async fn list(
+        &self,
+        request: pb::ListFollowsRequest,
+        direction: Direction,
+    ) -> Result<Response<pb::ListFollowsResponse>, Status> {
+        let page = PageRequest::from_wire(request.before, request.since, request.limit)
+            .map_err(|e| FollowersError::from(e).to_status())?;
+        let page = self
+            .followers
+            .list(request.user_id, direction, page)
+            .await
+            .map_err(|e| e.to_status())?;
+        Ok(Response::new(pb::ListFollowsResponse {
+            entries: page
+                .items
+                .into_iter()
+                .map(|entry| pb::FollowEntry {
+                    user_id: entry.user_id,
+                    follow_id: entry.follow_id,
+                })
+                .collect(),
+            next: page.next,
+        }))
+    }
 }
 
 #[tonic::async_trait]
@@ -27,6 +54,7 @@ impl FollowersService for FollowersGrpc {
         &self,
         request: Request<pb::FollowRequest>,
     ) -> Result<Response<pb::FollowResponse>, Status> {
+        acting_as(&request, request.get_ref().follower_id)?;
         let r = request.into_inner();
         let created = self
             .followers
@@ -40,6 +68,7 @@ impl FollowersService for FollowersGrpc {
         &self,
         request: Request<pb::UnfollowRequest>,
     ) -> Result<Response<pb::UnfollowResponse>, Status> {
+        acting_as(&request, request.get_ref().follower_id)?;
         let r = request.into_inner();
         let removed = self
             .followers
@@ -68,5 +97,19 @@ impl FollowersService for FollowersGrpc {
                 })
                 .collect(),
         }))
+    }
+
+    async fn list_followers(
+        &self,
+        request: Request<pb::ListFollowsRequest>,
+    ) -> Result<Response<pb::ListFollowsResponse>, Status> {
+        self.list(request.into_inner(), Direction::Followers).await
+    }
+
+    async fn list_following(
+        &self,
+        request: Request<pb::ListFollowsRequest>,
+    ) -> Result<Response<pb::ListFollowsResponse>, Status> {
+        self.list(request.into_inner(), Direction::Following).await
     }
 }

@@ -1,4 +1,5 @@
-//! The followers service: the follow graph and its counts. Owns the `followers` keyspace.
+//! The followers service: the follow graph, its lists and its counts. Owns the `followers`
+//! keyspace.
 //!
 //! # Layout
 //!
@@ -10,24 +11,56 @@
 //!
 //! # How data flows
 //!
-//! `Follow` checks the rules (no self-follow, the followee exists), then stores both directions
-//! of the edge, both users' new counts and a `UserFollowed` event in one transaction. Following
-//! twice changes nothing and publishes nothing. The feeds service keeps its own copy of the
-//! graph from these events.
+//! `Follow` checks the rules (no self-follow, the followee exists, neither account deleted),
+//! then stores the edge's new state and version, both lists, both users' new counts and a
+//! `UserFollowed` event carrying the version, in one transaction. Following twice changes
+//! nothing and publishes nothing. The feeds service keeps its own copy of the graph from these
+//! events, keeping the highest version per edge.
+//!
+//! The service consumes one queue of its own, `followers`: the users service's `UserDeleted`
+//! (the account is recorded as gone, then a background purge unfollows each of its edges, a
+//! batch at a time, so an account with many followers never stalls the queue) and, on a
+//! backend whose follow is not one transaction with its check (CQL), its own `UserFollowed`, to
+//! take back an edge that landed as its account was being deleted.
 
 pub mod grpc;
 pub mod service;
 pub mod store;
 
 use std::sync::Arc;
+use std::time::Duration;
 
+use anyhow::Context as _;
+use async_trait::async_trait;
 use tokio::net::TcpListener;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
-use twtr_common::bus::EventBus;
-use twtr_common::{IdGenerator, outbox};
+use twtr_common::IdGenerator;
+use twtr_common::bus::{
+    self, ConsumerSettings, EventBus, EventHandler, HandlerError, QueueSpec, Subscription,
+};
+use twtr_common::outbox::{self, Outbox};
+use twtr_proto::events::v1::Envelope;
+use twtr_proto::events::v1::envelope::Payload;
 
 pub use service::{Followers, FollowersError, UserDirectory};
 pub use store::{CqlFollowStore, EmbeddedFollowStore, FollowStore};
+
+/// How often the purge looks for work it was not told about (a purge left by a crash, or
+/// taken over from another replica).
+const PURGE_POLL: Duration = Duration::from_secs(60);
+/// How long the purge waits after a failure before it tries again.
+const PURGE_RETRY: Duration = Duration::from_secs(5);
+
+/// The followers service's queue: `UserDeleted`, and with `settles` (a store whose follow can
+/// race a deletion, [`FollowStore::follow_races_deletion`]) its own `UserFollowed`.
+pub fn queue(settings: &ConsumerSettings, settles: bool) -> QueueSpec {
+    let mut bindings = vec!["users.user_deleted"];
+    if settles {
+        bindings.push("followers.user_followed");
+    }
+    settings.queue("followers", &bindings)
+}
 
 /// Everything the followers service needs, built by the binary from configuration.
 pub struct FollowersDeps {
@@ -35,24 +68,141 @@ pub struct FollowersDeps {
     pub bus: Arc<dyn EventBus>,
     pub ids: Arc<IdGenerator>,
     pub users: Arc<dyn UserDirectory>,
+    pub consumer: ConsumerSettings,
 }
 
-/// Serves the followers service on `listener` until `shutdown`, then drains requests and
-/// flushes the outbox.
-pub async fn serve(
-    deps: FollowersDeps,
-    listener: TcpListener,
-    shutdown: CancellationToken,
-) -> anyhow::Result<()> {
-    let outbox = deps.store.outbox();
-    let followers = Followers::new(deps.store, deps.ids, deps.users);
-    outbox::serve_with_relay(
-        "followers",
-        grpc::server(followers),
-        listener,
-        outbox,
-        deps.bus,
-        shutdown,
-    )
-    .await
+/// A followers service whose queue is declared: events published from now on reach it, even
+/// before [`FollowersService::serve`] runs.
+pub struct FollowersService {
+    followers: Arc<Followers>,
+    outbox: Arc<dyn Outbox>,
+    bus: Arc<dyn EventBus>,
+    subscription: Box<dyn Subscription>,
+    consumer: ConsumerSettings,
+}
+
+impl FollowersService {
+    pub async fn build(deps: FollowersDeps) -> anyhow::Result<Self> {
+        let queue = queue(&deps.consumer, deps.store.follow_races_deletion());
+        let subscription = deps
+            .bus
+            .subscribe(&queue)
+            .await
+            .context("failed to declare the followers queue")?;
+        let outbox = deps.store.outbox();
+        let followers = Followers::new(deps.store, deps.ids, deps.users);
+        Ok(Self {
+            followers: Arc::new(followers),
+            outbox,
+            bus: deps.bus,
+            subscription,
+            consumer: deps.consumer,
+        })
+    }
+
+    /// Serves the gRPC API (with the outbox relay), consumes the queue and runs the purge of
+    /// deleted accounts until `shutdown`; then drains requests and flushes the outbox. If the
+    /// consumer fails (the bus is gone), the whole service stops with its error.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<()> {
+        let grpc_stop = shutdown.child_token();
+        let purge = Arc::new(Notify::new());
+        let purge_stop = shutdown.child_token();
+        let purger = tokio::spawn(run_purge(
+            Arc::clone(&self.followers),
+            Arc::clone(&purge),
+            purge_stop.clone(),
+        ));
+        let mut consumer = {
+            let handler = FollowersEvents {
+                followers: Arc::clone(&self.followers),
+                purge,
+            };
+            let (subscription, policy) = (self.subscription, self.consumer.retry);
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                bus::consume("followers", subscription, &handler, policy, shutdown).await
+            })
+        };
+        let grpc = outbox::serve_with_relay(
+            "followers",
+            grpc::server(self.followers),
+            listener,
+            self.outbox,
+            self.bus,
+            grpc_stop.clone(),
+        );
+        tokio::pin!(grpc);
+        let result = tokio::select! {
+            served = &mut grpc => {
+                let consumed = consumer.await;
+                served.and(
+                    consumed
+                        .context("followers consumer panicked")?
+                        .context("followers consumer failed"),
+                )
+            }
+            consumed = &mut consumer => {
+                grpc_stop.cancel();
+                let served = grpc.await;
+                consumed
+                    .context("followers consumer panicked")?
+                    .context("followers consumer failed")?;
+                anyhow::ensure!(shutdown.is_cancelled(), "followers consumer stopped unexpectedly");
+                served
+            }
+        };
+        purge_stop.cancel();
+        purger.await.context("the purge panicked")?;
+        result
+    }
+}
+
+/// Purges deleted accounts when told to, every [`PURGE_POLL`] anyway, until `shutdown`.
+async fn run_purge(followers: Arc<Followers>, wake: Arc<Notify>, shutdown: CancellationToken) {
+    loop {
+        let wait = tokio::select! {
+            () = shutdown.cancelled() => return,
+            purged = followers.purge_pending() => match purged {
+                Ok(0) => PURGE_POLL,
+                Ok(removed) => {
+                    tracing::info!(removed, "purged the follows of deleted accounts");
+                    PURGE_POLL
+                }
+                Err(err) => {
+                    tracing::warn!(error = %anyhow::Error::new(err), "purge failed; will retry");
+                    PURGE_RETRY
+                }
+            },
+        };
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = wake.notified() => {}
+            () = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+/// What the followers service does with the events of its queue.
+struct FollowersEvents {
+    followers: Arc<Followers>,
+    purge: Arc<Notify>,
+}
+
+#[async_trait]
+impl EventHandler for FollowersEvents {
+    async fn handle(&self, event: &Envelope) -> Result<(), HandlerError> {
+        match &event.payload {
+            Some(Payload::UserDeleted(deleted)) => {
+                self.followers.forget_user(deleted.user_id).await?;
+                self.purge.notify_one();
+            }
+            Some(Payload::UserFollowed(_)) => self.followers.settle(event).await?,
+            _ => {}
+        }
+        Ok(())
+    }
 }

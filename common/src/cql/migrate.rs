@@ -89,7 +89,10 @@ static TWEETS: &[Migration] = &[
     migration!("tweets", 1, "001_init.cql"),
     migration!("tweets", 2, "002_authors_and_post_keys.cql"),
 ];
-static FOLLOWERS: &[Migration] = &[migration!("followers", 1, "001_init.cql")];
+static FOLLOWERS: &[Migration] = &[
+    migration!("followers", 1, "001_init.cql"),
+    migration!("followers", 2, "002_gone_users.cql"),
+];
 static FEEDS: &[Migration] = &[migration!("feeds", 1, "001_init.cql")];
 
 /// The schema files of `service`'s keyspace, in version order (empty for an unknown service).

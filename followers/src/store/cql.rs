@@ -9,7 +9,10 @@
 //! - `Inner::change`: follow and unfollow, in the three steps below, after finishing whatever
 //!   the edge's last change left undone.
 //! - the reads: full partition keys only, so each is routed token-aware; `counts` asks in `IN`
-//!   lists of at most [`IN_CHUNK`] users and puts the answers back in the order asked.
+//!   lists of at most [`IN_CHUNK`] users and puts the answers back in the order asked; a list
+//!   page is one slice of a user's `following` or `followers` partition by follow ID.
+//! - deleted accounts (`cql/followers/002_gone_users.cql`): `gone_users`, which a follow reads
+//!   before deciding, and `user_purges`, the accounts whose edges the service still removes.
 //!
 //! # A change of an edge
 //!
@@ -19,8 +22,9 @@
 //!    `follow_id` is its event's ID; `followed_at` is when the current state was decided (the
 //!    follow, or the unfollow).
 //! 2. **Write** one logged batch: both list rows (inserted, or deleted by the follow ID the edge
-//!    keeps) and the outbox row. A conditional write cannot share a multi-partition batch, hence
-//!    a step of its own after 1.
+//!    keeps) and the outbox row, its event carrying the version decided in 1 (whoever writes
+//!    it: a retry, or a call finishing an abandoned change, writes the same version). A
+//!    conditional write cannot share a multi-partition batch, hence a step of its own after 1.
 //! 3. **Count**, per user, by a conditional batch on that user's `follow_counts` partition: the
 //!    ledger row `follow:<follower>:<followee>:<version>` `IF NOT EXISTS` and the new count
 //!    `IF <count> = <count read>`, retried on contention. It moves a count once however often it
@@ -47,6 +51,15 @@
 //! `is_following` reads an edge whose batch has not run as not (yet) followed, so the service's
 //! "already following?" check lets a retry through to finish it.
 //!
+//! # Deleted accounts
+//!
+//! A follow reads `gone_users` for both ends before deciding, but that read is not part of the
+//! change: an account deleted in between can still get the edge. So this store answers true to
+//! [`FollowStore::follow_races_deletion`], and the service looks again after each follow (and
+//! when it consumes the follow's event back), unfollowing what landed. That closes the race:
+//! the purge lists an account's edges only after its deletion is recorded, so an edge written
+//! too late for the purge to see is one whose follow, looking afterwards, sees the deletion.
+//!
 //! A caller that stalls for longer than [`ABANDONED_AFTER`] between 1 and 2 and then goes on can
 //! still write after its change was finished for it: an unfollow's event twice, or list rows of
 //! a follow undone since. That is the price of never blocking an edge on a dead caller.
@@ -71,10 +84,11 @@ use twtr_common::clock;
 use twtr_common::cql::{CqlError, CqlOutbox, Keyspace, cas_outcome_unknown, lwt_applied};
 use twtr_common::outbox::Outbox;
 use twtr_common::store::StoreError;
+use twtr_common::{Page, PageRequest};
 use twtr_proto::events::v1::envelope::Payload;
 use twtr_proto::events::v1::{Envelope, UserFollowed};
 
-use super::{Counts, FollowStore};
+use super::{Counts, Direction, FollowEntry, FollowOutcome, FollowStore, stamp_version};
 
 /// The state of one edge: serves `is_following` and starts every change.
 const SELECT_EDGE: &str = "SELECT following, version, follow_id, followed_at \
@@ -119,6 +133,22 @@ const SET_FOLLOWERS_COUNT: &str = "UPDATE {ks}.follow_counts SET followers_count
      WHERE user_id = ? IF followers_count = ?";
 const SET_FOLLOWING_COUNT: &str = "UPDATE {ks}.follow_counts SET following_count = ? \
      WHERE user_id = ? IF following_count = ?";
+/// A page of a list, newest follow first, between exclusive follow-ID bounds.
+const FOLLOWING_PAGE: &str = "SELECT follow_id, followee_id FROM {ks}.following \
+     WHERE follower_id = ? AND follow_id > ? AND follow_id < ? ORDER BY follow_id DESC LIMIT ?";
+const FOLLOWERS_PAGE: &str = "SELECT follow_id, follower_id FROM {ks}.followers \
+     WHERE followee_id = ? AND follow_id > ? AND follow_id < ? ORDER BY follow_id DESC LIMIT ?";
+/// A page read oldest first, for polling (`since`).
+const FOLLOWING_PAGE_FORWARD: &str = "SELECT follow_id, followee_id FROM {ks}.following \
+     WHERE follower_id = ? AND follow_id > ? AND follow_id < ? ORDER BY follow_id ASC LIMIT ?";
+const FOLLOWERS_PAGE_FORWARD: &str = "SELECT follow_id, follower_id FROM {ks}.followers \
+     WHERE followee_id = ? AND follow_id > ? AND follow_id < ? ORDER BY follow_id ASC LIMIT ?";
+/// Deleted accounts and their purges.
+const SELECT_GONE: &str = "SELECT user_id FROM {ks}.gone_users WHERE user_id = ?";
+const INSERT_GONE: &str = "INSERT INTO {ks}.gone_users (user_id, gone_at) VALUES (?, ?)";
+const INSERT_PURGE: &str = "INSERT INTO {ks}.user_purges (scope, user_id) VALUES ('pending', ?)";
+const SELECT_PURGES: &str = "SELECT user_id FROM {ks}.user_purges WHERE scope = 'pending' LIMIT ?";
+const DELETE_PURGE: &str = "DELETE FROM {ks}.user_purges WHERE scope = 'pending' AND user_id = ?";
 
 /// How long a ledger row lives (the `USING TTL` of the ledger insert): longer than any retry.
 pub const LEDGER_TTL: Duration = Duration::from_secs(259_200);
@@ -169,6 +199,15 @@ struct Inner {
     count_followers: Batch,
     /// Step 3, conditional: the ledger insert and [`SET_FOLLOWING_COUNT`].
     count_following: Batch,
+    following_page: PreparedStatement,
+    followers_page: PreparedStatement,
+    following_page_forward: PreparedStatement,
+    followers_page_forward: PreparedStatement,
+    select_gone: PreparedStatement,
+    /// Logged: [`INSERT_GONE`] and [`INSERT_PURGE`].
+    forget: Batch,
+    select_purges: PreparedStatement,
+    delete_purge: PreparedStatement,
     outbox: Arc<CqlOutbox>,
 }
 
@@ -230,6 +269,17 @@ impl CqlFollowStore {
             quiet_unfollow_batch: batch_of(vec![delete_following, delete_follower]),
             count_followers: batch_of(vec![record_op.clone(), set_followers]),
             count_following: batch_of(vec![record_op, set_following]),
+            following_page: ks.prepare(FOLLOWING_PAGE).await?,
+            followers_page: ks.prepare(FOLLOWERS_PAGE).await?,
+            following_page_forward: ks.prepare(FOLLOWING_PAGE_FORWARD).await?,
+            followers_page_forward: ks.prepare(FOLLOWERS_PAGE_FORWARD).await?,
+            select_gone: ks.prepare(SELECT_GONE).await?,
+            forget: batch_of(vec![
+                ks.prepare(INSERT_GONE).await?,
+                ks.prepare(INSERT_PURGE).await?,
+            ]),
+            select_purges: ks.prepare(SELECT_PURGES).await?,
+            delete_purge: ks.prepare(DELETE_PURGE).await?,
             outbox,
             ks,
         };
@@ -286,6 +336,11 @@ struct Edge {
 }
 
 impl Edge {
+    /// The version as events carry it.
+    fn version_number(&self) -> u64 {
+        u64::try_from(self.version).unwrap_or(0)
+    }
+
     fn age(&self) -> Duration {
         Duration::from_millis(u64::try_from(clock::now_millis() - self.changed_at).unwrap_or(0))
     }
@@ -479,7 +534,14 @@ impl Inner {
     ) -> Result<(), StoreError> {
         let (follower, followee) = pair.keys();
         let id = edge.follow_id;
-        match (edge.following, event) {
+        // The event says which version of the edge it announces: the one decided in step 1,
+        // whoever writes it.
+        let event = event.map(|event| {
+            let mut event = event.clone();
+            stamp_version(&mut event, edge.version_number());
+            event
+        });
+        match (edge.following, event.as_ref()) {
             (true, Some(event)) => {
                 let at = ts(edge.changed_at);
                 let rows = (
@@ -648,8 +710,17 @@ impl FollowStore for CqlFollowStore {
         follower: u64,
         followee: u64,
         event: Envelope,
-    ) -> Result<bool, StoreError> {
-        self.change(follower, followee, true, event).await
+    ) -> Result<FollowOutcome, StoreError> {
+        let (follower_gone, followee_gone) =
+            try_join(self.user_gone(follower), self.user_gone(followee)).await?;
+        if follower_gone || followee_gone {
+            return Ok(FollowOutcome::AccountGone);
+        }
+        Ok(if self.change(follower, followee, true, event).await? {
+            FollowOutcome::Followed
+        } else {
+            FollowOutcome::AlreadyFollowing
+        })
     }
 
     async fn unfollow(
@@ -696,6 +767,101 @@ impl FollowStore for CqlFollowStore {
             .collect())
     }
 
+    async fn list(
+        &self,
+        user: u64,
+        direction: Direction,
+        page: PageRequest,
+    ) -> Result<Page<FollowEntry>, StoreError> {
+        // Exclusive bounds; IDs are below 2^63, so a larger cursor is "no bound" (before) or
+        // "nothing newer" (since).
+        let upper = page
+            .before
+            .map_or(i64::MAX, |before| i64::try_from(before).unwrap_or(i64::MAX));
+        let lower = match page.since.map(i64::try_from) {
+            None => i64::MIN,
+            Some(Ok(since)) => since,
+            Some(Err(_)) => return Ok(Page::from_scan(&page, Vec::new(), |e| e.follow_id)),
+        };
+        if lower >= upper {
+            return Ok(Page::from_scan(&page, Vec::new(), |e| e.follow_id));
+        }
+        let inner = &self.inner;
+        let statement = match (direction, page.since.is_some()) {
+            (Direction::Following, false) => &inner.following_page,
+            (Direction::Followers, false) => &inner.followers_page,
+            (Direction::Following, true) => &inner.following_page_forward,
+            (Direction::Followers, true) => &inner.followers_page_forward,
+        };
+        // One row more than asked, to learn whether another page follows.
+        let take = i32::try_from(page.limit.get() + 1).unwrap_or(i32::MAX);
+        let rows = inner
+            .session()
+            .execute_unpaged(statement, (key(user), lower, upper, take))
+            .await?
+            .into_rows_result()?;
+        let mut scanned = Vec::with_capacity(rows.rows_num());
+        for row in rows.rows::<(i64, i64)>()? {
+            let (follow_id, other) = row?;
+            scanned.push(FollowEntry {
+                user_id: from_key(other),
+                follow_id: from_key(follow_id),
+            });
+        }
+        Ok(Page::from_scan(&page, scanned, |e| e.follow_id))
+    }
+
+    async fn forget_user(&self, user: u64) -> Result<(), StoreError> {
+        if self.user_gone(user).await? {
+            return Ok(());
+        }
+        let user = key(user);
+        let values = ((user, ts(clock::now_millis())), (user,));
+        self.inner
+            .session()
+            .batch(&self.inner.forget, values)
+            .await?;
+        Ok(())
+    }
+
+    async fn user_gone(&self, user: u64) -> Result<bool, StoreError> {
+        Ok(self
+            .inner
+            .session()
+            .execute_unpaged(&self.inner.select_gone, (key(user),))
+            .await?
+            .into_rows_result()?
+            .rows_num()
+            > 0)
+    }
+
+    async fn pending_purges(&self, max: usize) -> Result<Vec<u64>, StoreError> {
+        let take = i32::try_from(max).unwrap_or(i32::MAX);
+        let rows = self
+            .inner
+            .session()
+            .execute_unpaged(&self.inner.select_purges, (take,))
+            .await?
+            .into_rows_result()?;
+        let mut users = Vec::with_capacity(rows.rows_num());
+        for row in rows.rows::<(i64,)>()? {
+            users.push(from_key(row?.0));
+        }
+        Ok(users)
+    }
+
+    async fn purge_done(&self, user: u64) -> Result<(), StoreError> {
+        self.inner
+            .session()
+            .execute_unpaged(&self.inner.delete_purge, (key(user),))
+            .await?;
+        Ok(())
+    }
+
+    fn follow_races_deletion(&self) -> bool {
+        true
+    }
+
     fn outbox(&self) -> Arc<dyn Outbox> {
         self.inner.outbox.clone()
     }
@@ -727,6 +893,7 @@ fn rebuilt_follow(pair: Pair, edge: &Edge) -> Envelope {
     let payload = Payload::UserFollowed(UserFollowed {
         follower_id: pair.follower,
         followee_id: pair.followee,
+        version: edge.version_number(),
     });
     let mut event = twtr_common::events::envelope(from_key(edge.follow_id), pair.follower, payload);
     event.occurred_at = Some(clock::to_timestamp(edge.changed_at));
@@ -769,7 +936,7 @@ mod tests {
     use twtr_common::cql::testing::keyspace_for;
 
     use super::*;
-    use crate::store::conformance::{followed, staged, unfollowed, users};
+    use crate::store::conformance::{followed, staged_events, unfollowed, users, version_of};
 
     async fn open_store() -> Option<CqlFollowStore> {
         let (session, config) = keyspace_for("followers").await?;
@@ -844,8 +1011,9 @@ mod tests {
             "not followed until its lists are written"
         );
         let retry = followed(a, b);
-        assert!(
-            !store.follow(a, b, retry.clone()).await.unwrap(),
+        assert_eq!(
+            store.follow(a, b, retry.clone()).await.unwrap(),
+            FollowOutcome::AlreadyFollowing,
             "the edge was decided before this call"
         );
         assert!(store.is_following(a, b).await.unwrap());
@@ -853,12 +1021,12 @@ mod tests {
             store.counts(vec![a, b]).await.unwrap(),
             vec![counts(0, 1), counts(1, 0)]
         );
-        let staged = staged(&(Arc::new(store) as Arc<dyn FollowStore>)).await;
-        assert!(
-            staged.contains(&lost.event_id),
-            "announced under its own ID"
-        );
-        assert!(!staged.contains(&retry.event_id));
+        let staged = staged_events(&(Arc::new(store) as Arc<dyn FollowStore>)).await;
+        let announced = staged
+            .get(&lost.event_id)
+            .expect("announced under its own ID");
+        assert_eq!(version_of(announced), 1);
+        assert!(!staged.contains_key(&retry.event_id));
     }
 
     #[tokio::test]
@@ -879,14 +1047,17 @@ mod tests {
         assert!(started.elapsed() >= MAX_WAIT);
         assert!(!store.is_following(a, b).await.unwrap());
         // The same follow again (same event): its own, finished at once.
-        assert!(store.follow(a, b, first.clone()).await.unwrap());
+        assert_eq!(
+            store.follow(a, b, first.clone()).await.unwrap(),
+            FollowOutcome::Followed
+        );
         assert!(store.is_following(a, b).await.unwrap());
         assert_eq!(
             store.counts(vec![a, b]).await.unwrap(),
             vec![counts(0, 1), counts(1, 0)]
         );
-        let staged = staged(&(Arc::new(store) as Arc<dyn FollowStore>)).await;
-        assert!(staged.contains(&first.event_id));
+        let staged = staged_events(&(Arc::new(store) as Arc<dyn FollowStore>)).await;
+        assert_eq!(staged.get(&first.event_id).map(version_of), Some(1));
     }
 
     #[tokio::test]
@@ -899,7 +1070,10 @@ mod tests {
             follower: a,
             followee: b,
         };
-        assert!(store.follow(a, b, followed(a, b)).await.unwrap());
+        assert_eq!(
+            store.follow(a, b, followed(a, b)).await.unwrap(),
+            FollowOutcome::Followed
+        );
         decided_unfollow(&store, pair, long_ago()).await;
         let store: Arc<dyn FollowStore> = Arc::new(store);
         let retries: Vec<Envelope> = (0..4).map(|_| unfollowed(a, b)).collect();
@@ -920,9 +1094,17 @@ mod tests {
             store.counts(vec![a, b]).await.unwrap(),
             vec![Counts::default(); 2]
         );
-        let staged = staged(&store).await;
+        let staged = staged_events(&store).await;
         for (event, taken) in retries.iter().zip(&outcomes) {
-            assert_eq!(staged.contains(&event.event_id), *taken);
+            let announced = staged.get(&event.event_id);
+            assert_eq!(announced.is_some(), *taken);
+            if let Some(announced) = announced {
+                assert_eq!(
+                    version_of(announced),
+                    2,
+                    "the version decided before the crash"
+                );
+            }
         }
     }
 
@@ -936,10 +1118,16 @@ mod tests {
             follower: a,
             followee: b,
         };
-        assert!(store.follow(a, b, followed(a, b)).await.unwrap());
+        assert_eq!(
+            store.follow(a, b, followed(a, b)).await.unwrap(),
+            FollowOutcome::Followed
+        );
         decided_unfollow(&store, pair, long_ago()).await;
         let again = followed(a, b);
-        assert!(store.follow(a, b, again.clone()).await.unwrap());
+        assert_eq!(
+            store.follow(a, b, again.clone()).await.unwrap(),
+            FollowOutcome::Followed
+        );
         assert!(store.is_following(a, b).await.unwrap());
         assert_eq!(
             store.counts(vec![a, b]).await.unwrap(),
@@ -947,8 +1135,8 @@ mod tests {
         );
         let edge = store.inner.edge(pair).await.unwrap().unwrap();
         assert_eq!(edge.version, 3, "followed, unfollowed, followed again");
-        let staged = staged(&(Arc::new(store) as Arc<dyn FollowStore>)).await;
-        assert!(staged.contains(&again.event_id));
+        let staged = staged_events(&(Arc::new(store) as Arc<dyn FollowStore>)).await;
+        assert_eq!(staged.get(&again.event_id).map(version_of), Some(3));
     }
 
     #[tokio::test]
@@ -984,7 +1172,10 @@ mod tests {
         );
         // A repeated follow changes nothing, but moves the counts; once only.
         for _ in 0..2 {
-            assert!(!store.follow(a, b, followed(a, b)).await.unwrap());
+            assert_eq!(
+                store.follow(a, b, followed(a, b)).await.unwrap(),
+                FollowOutcome::AlreadyFollowing
+            );
             assert_eq!(
                 store.counts(vec![a, b]).await.unwrap(),
                 vec![counts(0, 1), counts(1, 0)]

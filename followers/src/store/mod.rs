@@ -3,9 +3,10 @@
 //!
 //! # Layout
 //!
-//! - this module: the [`FollowStore`] trait and [`Counts`].
+//! - this module: the [`FollowStore`] trait, what it answers ([`Counts`], [`FollowOutcome`],
+//!   [`FollowEntry`]) and [`stamp_version`].
 //! - [`embedded`]: [`EmbeddedFollowStore`], the graph in a redb file (one transaction per
-//!   change: both directions of the edge, both counts and the event).
+//!   change: the edge's state and version, both lists, both counts and the event).
 //! - [`cql`]: [`CqlFollowStore`], the graph on ScyllaDB / Cassandra (a change decided by a
 //!   lightweight transaction on the edge, then one logged batch for the lists and the event,
 //!   then each count moved once through a ledger).
@@ -21,7 +22,9 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use twtr_common::outbox::Outbox;
 use twtr_common::store::StoreError;
+use twtr_common::{Page, PageRequest};
 use twtr_proto::events::v1::Envelope;
+use twtr_proto::events::v1::envelope::Payload;
 
 pub use cql::CqlFollowStore;
 pub use embedded::EmbeddedFollowStore;
@@ -33,18 +36,63 @@ pub struct Counts {
     pub following: u64,
 }
 
+/// What [`FollowStore::follow`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FollowOutcome {
+    /// This call made the edge and staged its event.
+    Followed,
+    /// The edge was there already: nothing written.
+    AlreadyFollowing,
+    /// One of the two accounts is deleted ([`FollowStore::forget_user`]): nothing written.
+    AccountGone,
+}
+
+/// One edge in a user's follower or following list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FollowEntry {
+    /// The other end of the edge: the follower in a followers list, the followee in a
+    /// following list.
+    pub user_id: u64,
+    /// The ID of the follow that made the edge (its `UserFollowed` event's ID): the list's order
+    /// and its cursor.
+    pub follow_id: u64,
+}
+
+/// Which list of a user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// Who follows the user.
+    Followers,
+    /// Whom the user follows.
+    Following,
+}
+
+/// Sets the edge version into a `UserFollowed` or `UserUnfollowed` event (any other event is
+/// left as it is). Stores call it once they know the version their change makes.
+pub fn stamp_version(event: &mut Envelope, version: u64) {
+    match &mut event.payload {
+        Some(Payload::UserFollowed(followed)) => followed.version = version,
+        Some(Payload::UserUnfollowed(unfollowed)) => unfollowed.version = version,
+        _ => {}
+    }
+}
+
 #[async_trait]
 pub trait FollowStore: Send + Sync {
-    /// Adds the edge, updates both counts and stages `event`, atomically. Returns false (and
-    /// writes nothing) when the edge already exists.
+    /// Adds the edge, moves both counts and stages `event` (a `UserFollowed`, into which it sets
+    /// the edge's new version), atomically. The edge's version goes up by one per change of the
+    /// pair, starting at 1; the edge's follow ID becomes `event`'s ID, which puts it on top of
+    /// both lists. Writes nothing when the edge exists or either account is gone.
     async fn follow(
         &self,
         follower: u64,
         followee: u64,
         event: Envelope,
-    ) -> Result<bool, StoreError>;
-    /// Removes the edge, updates both counts and stages `event`, atomically. Returns false (and
-    /// writes nothing) when there was no edge.
+    ) -> Result<FollowOutcome, StoreError>;
+    /// Removes the edge from both lists, moves both counts and stages `event` (a
+    /// `UserUnfollowed`, into which it sets the edge's new version), atomically. Returns false
+    /// (and writes nothing) when there was no edge. Works whether or not the accounts are gone:
+    /// the purge of a deleted account unfollows with it.
     async fn unfollow(
         &self,
         follower: u64,
@@ -54,5 +102,30 @@ pub trait FollowStore: Send + Sync {
     async fn is_following(&self, follower: u64, followee: u64) -> Result<bool, StoreError>;
     /// Counts for each user, in the order given.
     async fn counts(&self, users: Vec<u64>) -> Result<Vec<Counts>, StoreError>;
+    /// One page of `user`'s followers or following list, newest follow first; cursors are
+    /// follow IDs.
+    async fn list(
+        &self,
+        user: u64,
+        direction: Direction,
+        page: PageRequest,
+    ) -> Result<Page<FollowEntry>, StoreError>;
+    /// Records that the account `user` was deleted (the users service's `UserDeleted`): from
+    /// now on [`FollowStore::follow`] refuses them on either end, [`FollowStore::user_gone`]
+    /// says so, and they are among [`FollowStore::pending_purges`] until
+    /// [`FollowStore::purge_done`]. Idempotent; a purge already done is not pending again.
+    async fn forget_user(&self, user: u64) -> Result<(), StoreError>;
+    /// Whether `user`'s account was deleted.
+    async fn user_gone(&self, user: u64) -> Result<bool, StoreError>;
+    /// Deleted accounts whose edges may remain, at most `max`.
+    async fn pending_purges(&self, max: usize) -> Result<Vec<u64>, StoreError>;
+    /// `user`'s purge is complete.
+    async fn purge_done(&self, user: u64) -> Result<(), StoreError>;
+    /// Whether a follow can land after a deletion of one of its users was recorded (a backend
+    /// whose follow does not check and write in one transaction): the service then checks
+    /// again after each follow, and when it consumes its own `UserFollowed` back.
+    fn follow_races_deletion(&self) -> bool {
+        false
+    }
     fn outbox(&self) -> Arc<dyn Outbox>;
 }
