@@ -12,11 +12,15 @@
 //!
 //! # How data flows
 //!
-//! The service consumes `tweets.tweet_created`, `followers.user_followed` and
-//! `followers.user_unfollowed` from its own durable queue. A new tweet is fanned out on write
-//! into the feed of each follower (and the author); following someone backfills their recent
-//! tweets; unfollowing removes them. Every handler is idempotent, and a delivery is acknowledged
-//! only after its effect is stored.
+//! The service consumes, from its own durable queue, `TweetCreated`, `TweetDeleted`,
+//! `Retweeted`, `Unretweeted`, `UserFollowed`, `UserUnfollowed` and `UserDeleted`. It keeps its
+//! own projections (the follow graph with a version per edge, deleted tweets, standing retweets
+//! with a version per pair, each author's recent tweets and retweets) and writes a feed entry
+//! only as they imply it ([`service::Feeds`] says exactly what a feed holds): a new tweet is
+//! fanned out on write in chunks, following backfills, unfollowing and deleting remove, a
+//! retweet reaches the retweeter's followers once. Every handler is idempotent and re-checks
+//! what a concurrent one could change, so feeds converge whatever the delivery order; a
+//! delivery is acknowledged only after its effect is stored.
 
 pub mod grpc;
 pub mod service;
@@ -39,8 +43,12 @@ pub fn queue(settings: &ConsumerSettings) -> QueueSpec {
         "feeds",
         &[
             "tweets.tweet_created",
+            "tweets.tweet_deleted",
+            "tweets.retweeted",
+            "tweets.unretweeted",
             "followers.user_followed",
             "followers.user_unfollowed",
+            "users.user_deleted",
         ],
     )
 }

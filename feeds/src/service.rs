@@ -8,7 +8,9 @@ use twtr_common::page::InvalidLimit;
 use twtr_common::store::StoreError;
 use twtr_common::{ErrorCode, Page, PageRequest, ServiceError};
 use twtr_proto::events::v1::envelope::Payload;
-use twtr_proto::events::v1::{Envelope, TweetCreated, UserFollowed, UserUnfollowed};
+use twtr_proto::events::v1::{
+    Envelope, TweetCreated, TweetDeleted, UserDeleted, UserFollowed, UserUnfollowed,
+};
 
 use crate::store::{FeedEntry, FeedStore};
 
@@ -31,6 +33,22 @@ impl ServiceError for FeedsError {
     }
 }
 
+/// Followers written per step of a fan-out: one author with many followers never holds one
+/// giant transaction, and other events interleave between the steps.
+pub const FAN_OUT_CHUNK: usize = 500;
+/// Retweeters of one tweet considered when choosing whose retweet brought it into a feed.
+pub const RETWEETERS_CONSIDERED: usize = 100;
+
+/// The feeds domain. Every handler is idempotent and commutes with the others: an entry is
+/// written only as the service's projections (the follow graph at its latest versions, deleted
+/// tweets, standing retweets) imply it, and each handler re-reads what a concurrent handler
+/// could have changed after it wrote, so the feeds converge on what the final projections imply
+/// whatever order, repetition or concurrency the events arrive with.
+///
+/// What a feed holds, per user U: a tweet T by author A, not deleted, when U is A or follows A
+/// (then `retweeted_by` is empty), or else when U follows someone whose retweet of T stands
+/// (then `retweeted_by` is the smallest such ID among the first [`RETWEETERS_CONSIDERED`]
+/// retweeters); newest tweet first, capped at the feed length.
 pub struct Feeds {
     store: Arc<dyn FeedStore>,
 }
@@ -47,56 +65,236 @@ impl Feeds {
         Ok(self.store.feed(user, page).await?)
     }
 
-    /// Fan-out on write: the tweet goes into the author's own feed and every follower's.
-    ///
-    /// The tweet is recorded as the author's recent tweet *before* the followers are read, and
-    /// a follow is recorded *before* the author's recent tweets are read (see
-    /// [`Feeds::on_user_followed`]). So when a tweet and a follow are handled concurrently, at
-    /// least one of the two handlers sees the other's write, and the follower gets the tweet.
-    async fn on_tweet_created(&self, event: &TweetCreated) -> Result<(), StoreError> {
-        let entry = FeedEntry {
-            tweet_id: event.tweet_id,
-            author_id: event.author_id,
-            retweeted_by: None,
-        };
-        self.store
-            .record_tweet(event.author_id, event.tweet_id)
-            .await?;
-        let mut readers = self.store.followers(event.author_id).await?;
-        readers.push(event.author_id);
-        let count = readers.len();
-        self.store.fan_out(readers, entry).await?;
-        tracing::debug!(
-            tweet_id = event.tweet_id,
-            readers = count,
-            "tweet fanned out"
-        );
+    /// What each of `users`' feeds should hold for `tweet` by `author`, per the projections now.
+    async fn resolve(
+        &self,
+        users: &[u64],
+        tweet: u64,
+        author: u64,
+    ) -> Result<Vec<Option<FeedEntry>>, StoreError> {
+        if self.store.deleted(vec![tweet]).await?[0] {
+            return Ok(vec![None; users.len()]);
+        }
+        let retweeters = self.store.retweeters(tweet, RETWEETERS_CONSIDERED).await?;
+        let sources: Vec<u64> = std::iter::once(author).chain(retweeters).collect();
+        let pairs = users
+            .iter()
+            .flat_map(|&user| sources.iter().map(move |&source| (user, source)))
+            .collect();
+        let live = self.store.edges(pairs).await?;
+        Ok(users
+            .iter()
+            .zip(live.chunks(sources.len()))
+            .map(|(&user, live)| {
+                let via = |source: &u64, live: &bool| *live && *source != user;
+                if user == author || live[0] {
+                    Some(None)
+                } else {
+                    // Retweeters come in ascending order: the first followed one is the smallest.
+                    sources[1..]
+                        .iter()
+                        .zip(&live[1..])
+                        .find(|(source, live)| via(source, live))
+                        .map(|(source, _)| Some(*source))
+                }
+                .map(|retweeted_by| FeedEntry {
+                    tweet_id: tweet,
+                    author_id: author,
+                    retweeted_by,
+                })
+            })
+            .collect())
+    }
+
+    /// Makes each of `users`' entry for `tweet` what the projections imply.
+    async fn settle(&self, users: &[u64], tweet: u64, author: u64) -> Result<(), StoreError> {
+        for (&user, entry) in users.iter().zip(self.resolve(users, tweet, author).await?) {
+            match entry {
+                Some(entry) => self.store.insert_entries(user, vec![entry]).await?,
+                None => self.store.remove_entries(user, vec![tweet]).await?,
+            }
+        }
         Ok(())
     }
 
-    /// Following someone backfills their recent tweets into the follower's feed.
-    async fn on_user_followed(&self, event: &UserFollowed) -> Result<(), StoreError> {
-        let (follower, author) = (event.follower_id, event.followee_id);
-        self.store.add_follower(author, follower).await?;
-        let entries = self
-            .store
-            .recent_tweets(author)
-            .await?
-            .into_iter()
-            .map(|tweet_id| FeedEntry {
-                tweet_id,
-                author_id: author,
-                retweeted_by: None,
-            })
-            .collect();
-        self.store.insert_entries(follower, entries).await
+    /// Runs `step` over `author`'s followers, [`FAN_OUT_CHUNK`] at a time.
+    async fn for_followers<F, Fut>(&self, author: u64, mut step: F) -> Result<(), StoreError>
+    where
+        F: FnMut(Vec<u64>) -> Fut,
+        Fut: std::future::Future<Output = Result<(), StoreError>>,
+    {
+        let mut after = None;
+        loop {
+            let chunk = self.store.followers(author, after, FAN_OUT_CHUNK).await?;
+            let Some(&last) = chunk.last() else {
+                return Ok(());
+            };
+            let full = chunk.len() == FAN_OUT_CHUNK;
+            step(chunk).await?;
+            if !full {
+                return Ok(());
+            }
+            after = Some(last);
+        }
     }
 
-    /// Unfollowing someone removes their tweets from the follower's feed.
+    /// Fan-out on write: the tweet goes into the author's own feed and every follower's, a
+    /// chunk at a time.
+    ///
+    /// The tweet is recorded as the author's recent tweet *before* the followers are read, and
+    /// a follow is recorded *before* the author's recent tweets are read (see
+    /// [`Feeds::on_user_followed`]), so of a tweet and a follow handled concurrently at least one
+    /// handler sees the other's write. After writing a chunk it re-reads the chunk's edges (an
+    /// unfollow recorded meanwhile may have cleaned that feed before this write) and, at the
+    /// end, whether the tweet was deleted meanwhile.
+    async fn on_tweet_created(&self, event: &TweetCreated) -> Result<(), StoreError> {
+        let (tweet, author) = (event.tweet_id, event.author_id);
+        if !self.store.record_tweet(author, tweet).await? {
+            return Ok(()); // deleted already: a late or repeated announcement
+        }
+        let entry = FeedEntry {
+            tweet_id: tweet,
+            author_id: author,
+            retweeted_by: None,
+        };
+        self.store.fan_out(vec![author], entry).await?;
+        let readers = std::sync::atomic::AtomicUsize::new(1);
+        let readers = &readers;
+        self.for_followers(author, |chunk| async move {
+            readers.fetch_add(chunk.len(), std::sync::atomic::Ordering::Relaxed);
+            self.store.fan_out(chunk.clone(), entry).await?;
+            let pairs = chunk.iter().map(|&f| (f, author)).collect();
+            let live = self.store.edges(pairs).await?;
+            let gone: Vec<u64> = chunk
+                .iter()
+                .zip(live)
+                .filter_map(|(&f, live)| (!live).then_some(f))
+                .collect();
+            if !gone.is_empty() {
+                self.settle(&gone, tweet, author).await?;
+            }
+            Ok(())
+        })
+        .await?;
+        let readers = readers.load(std::sync::atomic::Ordering::Relaxed);
+        if self.store.deleted(vec![tweet]).await?[0] {
+            self.remove_everywhere(tweet, author).await?;
+        }
+        tracing::debug!(tweet_id = tweet, readers, "tweet fanned out");
+        Ok(())
+    }
+
+    /// Removes `tweet` from every feed it can be in: its author's, their followers', and the
+    /// followers' of everyone who retweeted it.
+    async fn remove_everywhere(&self, tweet: u64, author: u64) -> Result<(), StoreError> {
+        self.store.remove_entries(author, vec![tweet]).await?;
+        let mut sources = vec![author];
+        sources.extend(self.store.retweeters(tweet, usize::MAX).await?);
+        for source in sources {
+            self.for_followers(source, |chunk| async move {
+                for user in chunk {
+                    self.store.remove_entries(user, vec![tweet]).await?;
+                }
+                Ok(())
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    async fn on_tweet_deleted(&self, event: &TweetDeleted) -> Result<(), StoreError> {
+        self.store
+            .delete_tweet(event.author_id, event.tweet_id)
+            .await?;
+        self.remove_everywhere(event.tweet_id, event.author_id)
+            .await
+    }
+
+    /// Following someone backfills their recent tweets and retweets into the follower's feed,
+    /// unless a newer change of the edge is recorded.
+    async fn on_user_followed(&self, event: &UserFollowed) -> Result<(), StoreError> {
+        let (follower, author) = (event.follower_id, event.followee_id);
+        if !self
+            .store
+            .set_edge(follower, author, true, event.version)
+            .await?
+        {
+            return Ok(());
+        }
+        let tweets = self.store.recent_tweets(author).await?;
+        let deleted = self.store.deleted(tweets.clone()).await?;
+        let entries = tweets
+            .into_iter()
+            .zip(deleted)
+            .filter_map(|(tweet_id, deleted)| {
+                (!deleted).then_some(FeedEntry {
+                    tweet_id,
+                    author_id: author,
+                    retweeted_by: None,
+                })
+            })
+            .collect();
+        self.store.insert_entries(follower, entries).await?;
+        for retweet in self.store.recent_retweets(author).await? {
+            self.settle(&[follower], retweet.tweet_id, retweet.author_id)
+                .await?;
+        }
+        // An unfollow recorded meanwhile may have cleaned this feed before the backfill landed.
+        if !self.store.edges(vec![(follower, author)]).await?[0] {
+            self.clean_after_unfollow(follower, author).await?;
+        }
+        Ok(())
+    }
+
+    /// Unfollowing someone takes what they brought out of the follower's feed (a tweet they
+    /// wrote or retweeted stays if another followed retweeter brought it too).
     async fn on_user_unfollowed(&self, event: &UserUnfollowed) -> Result<(), StoreError> {
         let (follower, author) = (event.follower_id, event.followee_id);
-        self.store.remove_follower(author, follower).await?;
-        self.store.remove_author(follower, author).await
+        if self
+            .store
+            .set_edge(follower, author, false, event.version)
+            .await?
+        {
+            self.clean_after_unfollow(follower, author).await?;
+        }
+        Ok(())
+    }
+
+    async fn clean_after_unfollow(&self, follower: u64, author: u64) -> Result<(), StoreError> {
+        for entry in self.store.entries_via(follower, author).await? {
+            self.settle(&[follower], entry.tweet_id, entry.author_id)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// A retweet (or its undoing) changes what the retweeter's followers' feeds hold for it.
+    async fn on_retweet(
+        &self,
+        user: u64,
+        tweet: u64,
+        author: u64,
+        standing: bool,
+        version: u64,
+    ) -> Result<(), StoreError> {
+        if !self
+            .store
+            .set_retweet(user, tweet, author, standing, version)
+            .await?
+        {
+            return Ok(());
+        }
+        self.for_followers(user, |chunk| async move {
+            self.settle(&chunk, tweet, author).await
+        })
+        .await
+    }
+
+    /// An account was deleted: its own feed goes. (Its tweets, retweets and edges leave the
+    /// other feeds through the TweetDeleted, Unretweeted and UserUnfollowed events the tweets
+    /// and followers services emit as they purge it.)
+    async fn on_user_deleted(&self, event: &UserDeleted) -> Result<(), StoreError> {
+        self.store.drop_feed(event.user_id).await
     }
 }
 
@@ -105,8 +303,18 @@ impl EventHandler for Feeds {
     async fn handle(&self, event: &Envelope) -> Result<(), HandlerError> {
         match &event.payload {
             Some(Payload::TweetCreated(e)) => self.on_tweet_created(e).await?,
+            Some(Payload::TweetDeleted(e)) => self.on_tweet_deleted(e).await?,
             Some(Payload::UserFollowed(e)) => self.on_user_followed(e).await?,
             Some(Payload::UserUnfollowed(e)) => self.on_user_unfollowed(e).await?,
+            Some(Payload::Retweeted(e)) => {
+                self.on_retweet(e.user_id, e.tweet_id, e.author_id, true, e.version)
+                    .await?;
+            }
+            Some(Payload::Unretweeted(e)) => {
+                self.on_retweet(e.user_id, e.tweet_id, e.author_id, false, e.version)
+                    .await?;
+            }
+            Some(Payload::UserDeleted(e)) => self.on_user_deleted(e).await?,
             // Events this service is not bound to (or a newer publisher's payloads) need no work.
             _ => tracing::debug!(event_type = %event.r#type, "ignoring event"),
         }
@@ -116,48 +324,94 @@ impl EventHandler for Feeds {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+    use proptest::prelude::*;
     use twtr_common::Limit;
+    use twtr_proto::events::v1::{Retweeted, Unretweeted};
 
     use super::*;
     use crate::store::{EmbeddedFeedStore, FeedLimits};
 
+    fn envelope(payload: Payload) -> Envelope {
+        twtr_common::events::envelope(1, 1, payload)
+    }
+
     fn tweet(tweet_id: u64, author_id: u64) -> Envelope {
-        let payload = Payload::TweetCreated(TweetCreated {
+        envelope(Payload::TweetCreated(TweetCreated {
             tweet_id,
             author_id,
             ..Default::default()
-        });
-        twtr_common::events::envelope(tweet_id + 1000, tweet_id, payload)
+        }))
     }
 
-    fn follow(follower_id: u64, followee_id: u64) -> Envelope {
-        let payload = Payload::UserFollowed(UserFollowed {
-            follower_id,
-            followee_id,
-        });
-        twtr_common::events::envelope(1, follower_id, payload)
+    fn deleted(tweet_id: u64, author_id: u64) -> Envelope {
+        envelope(Payload::TweetDeleted(TweetDeleted {
+            tweet_id,
+            author_id,
+        }))
     }
 
-    fn unfollow(follower_id: u64, followee_id: u64) -> Envelope {
-        let payload = Payload::UserUnfollowed(UserUnfollowed {
+    fn follow(follower_id: u64, followee_id: u64, version: u64) -> Envelope {
+        envelope(Payload::UserFollowed(UserFollowed {
             follower_id,
             followee_id,
-        });
-        twtr_common::events::envelope(2, follower_id, payload)
+            version,
+        }))
+    }
+
+    fn unfollow(follower_id: u64, followee_id: u64, version: u64) -> Envelope {
+        envelope(Payload::UserUnfollowed(UserUnfollowed {
+            follower_id,
+            followee_id,
+            version,
+        }))
+    }
+
+    fn retweet(user_id: u64, tweet_id: u64, author_id: u64, on: bool, version: u64) -> Envelope {
+        envelope(if on {
+            Payload::Retweeted(Retweeted {
+                tweet_id,
+                author_id,
+                user_id,
+                version,
+            })
+        } else {
+            Payload::Unretweeted(Unretweeted {
+                tweet_id,
+                author_id,
+                user_id,
+                version,
+            })
+        })
+    }
+
+    async fn feed_of(feeds: &Feeds, user: u64) -> Vec<FeedEntry> {
+        let page = feeds
+            .feed(
+                user,
+                PageRequest::first(Limit::parse(Some(Limit::MAX)).unwrap()),
+            )
+            .await
+            .unwrap();
+        page.items
     }
 
     async fn feed_ids(feeds: &Feeds, user: u64) -> Vec<u64> {
-        let page = feeds
-            .feed(user, PageRequest::first(Limit::DEFAULT))
+        feed_of(feeds, user)
             .await
-            .unwrap();
-        page.items.iter().map(|e| e.tweet_id).collect()
+            .iter()
+            .map(|e| e.tweet_id)
+            .collect()
+    }
+
+    fn feeds_with(dir: &std::path::Path, limits: FeedLimits) -> Feeds {
+        let store = EmbeddedFeedStore::open(&dir.join("feeds.redb"), limits).unwrap();
+        Feeds::new(Arc::new(store))
     }
 
     fn feeds(dir: &std::path::Path) -> Feeds {
-        let store =
-            EmbeddedFeedStore::open(&dir.join("feeds.redb"), FeedLimits::default()).unwrap();
-        Feeds::new(Arc::new(store))
+        feeds_with(dir, FeedLimits::default())
     }
 
     /// Applies `events` in order, each delivered twice, as at-least-once delivery may.
@@ -172,8 +426,8 @@ mod tests {
     async fn follow_then_tweet_and_tweet_then_follow_end_the_same() {
         let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         let (first, second) = (feeds(a.path()), feeds(b.path()));
-        apply(&first, &[follow(1, 2), tweet(50, 2)]).await;
-        apply(&second, &[tweet(50, 2), follow(1, 2)]).await;
+        apply(&first, &[follow(1, 2, 1), tweet(50, 2)]).await;
+        apply(&second, &[tweet(50, 2), follow(1, 2, 1)]).await;
         assert_eq!(feed_ids(&first, 1).await, vec![50]);
         assert_eq!(feed_ids(&second, 1).await, vec![50]);
         // The author sees their own tweet.
@@ -184,32 +438,302 @@ mod tests {
     async fn only_followers_get_a_tweet() {
         let dir = tempfile::tempdir().unwrap();
         let feeds = feeds(dir.path());
-        apply(&feeds, &[follow(1, 2), tweet(50, 2), tweet(51, 3)]).await;
+        apply(&feeds, &[follow(1, 2, 1), tweet(50, 2), tweet(51, 3)]).await;
         assert_eq!(feed_ids(&feeds, 1).await, vec![50]);
         assert!(feed_ids(&feeds, 4).await.is_empty());
     }
 
     #[tokio::test]
-    async fn unfollow_removes_the_authors_tweets() {
+    async fn unfollow_removes_the_authors_tweets_and_a_stale_follow_does_not_return_them() {
         let dir = tempfile::tempdir().unwrap();
         let feeds = feeds(dir.path());
         apply(
             &feeds,
             &[
-                follow(1, 2),
-                follow(1, 3),
+                follow(1, 2, 1),
+                follow(1, 3, 1),
                 tweet(50, 2),
                 tweet(51, 3),
-                unfollow(1, 2),
+                unfollow(1, 2, 2),
             ],
         )
         .await;
         assert_eq!(feed_ids(&feeds, 1).await, vec![51]);
-        apply(&feeds, &[tweet(52, 2)]).await;
+        apply(&feeds, &[tweet(52, 2), follow(1, 2, 1)]).await;
         assert_eq!(
             feed_ids(&feeds, 1).await,
             vec![51],
-            "no new tweets after unfollowing"
+            "no new tweets after unfollowing, and the replayed follow is stale"
         );
+    }
+
+    #[tokio::test]
+    async fn a_deleted_tweet_leaves_every_feed_and_never_comes_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let feeds = feeds(dir.path());
+        apply(
+            &feeds,
+            &[
+                follow(1, 2, 1),
+                follow(3, 4, 1),
+                tweet(50, 2),
+                retweet(4, 50, 2, true, 1),
+            ],
+        )
+        .await;
+        assert_eq!(feed_ids(&feeds, 3).await, vec![50], "through the retweet");
+        apply(&feeds, &[deleted(50, 2)]).await;
+        // A late announcement and a backfill cannot bring it back.
+        apply(&feeds, &[tweet(50, 2), follow(5, 2, 1)]).await;
+        for user in [1, 2, 3, 5] {
+            assert!(feed_ids(&feeds, user).await.is_empty(), "feed of {user}");
+        }
+    }
+
+    #[tokio::test]
+    async fn retweets_reach_the_retweeters_followers_once_marked() {
+        let dir = tempfile::tempdir().unwrap();
+        let feeds = feeds(dir.path());
+        // 1 follows 3 and 4, not the author 2; 5 follows the author 2 and the retweeter 3.
+        apply(
+            &feeds,
+            &[
+                follow(1, 3, 1),
+                follow(1, 4, 1),
+                follow(5, 2, 1),
+                follow(5, 3, 1),
+                tweet(50, 2),
+                retweet(4, 50, 2, true, 1),
+                retweet(3, 50, 2, true, 1),
+            ],
+        )
+        .await;
+        let marked = |by| FeedEntry {
+            tweet_id: 50,
+            author_id: 2,
+            retweeted_by: by,
+        };
+        assert_eq!(feed_of(&feeds, 1).await, vec![marked(Some(3))], "one entry");
+        assert_eq!(
+            feed_of(&feeds, 5).await,
+            vec![marked(None)],
+            "follows the author"
+        );
+        apply(&feeds, &[retweet(3, 50, 2, false, 2)]).await;
+        assert_eq!(feed_of(&feeds, 1).await, vec![marked(Some(4))]);
+        assert_eq!(feed_of(&feeds, 5).await, vec![marked(None)]);
+        apply(&feeds, &[retweet(4, 50, 2, false, 2)]).await;
+        assert!(feed_of(&feeds, 1).await.is_empty());
+        // Following a retweeter later backfills their standing retweets.
+        apply(&feeds, &[retweet(4, 50, 2, true, 3), follow(6, 4, 1)]).await;
+        assert_eq!(feed_of(&feeds, 6).await, vec![marked(Some(4))]);
+    }
+
+    #[tokio::test]
+    async fn fan_out_goes_in_chunks_and_reaches_every_follower() {
+        let dir = tempfile::tempdir().unwrap();
+        let feeds = feeds(dir.path());
+        let followers: Vec<u64> = (1_000..1_000 + 2 * FAN_OUT_CHUNK as u64 + 7).collect();
+        for &f in &followers {
+            feeds.handle(&follow(f, 2, 1)).await.unwrap();
+        }
+        feeds.handle(&tweet(50, 2)).await.unwrap();
+        for &f in [
+            followers[0],
+            followers[FAN_OUT_CHUNK],
+            *followers.last().unwrap(),
+        ]
+        .iter()
+        {
+            assert_eq!(feed_ids(&feeds, f).await, vec![50], "follower {f}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_deleted_account_loses_its_feed() {
+        let dir = tempfile::tempdir().unwrap();
+        let feeds = feeds(dir.path());
+        apply(&feeds, &[follow(1, 2, 1), tweet(50, 2)]).await;
+        let gone = envelope(Payload::UserDeleted(UserDeleted {
+            user_id: 1,
+            username: "gone".into(),
+        }));
+        apply(&feeds, &[gone]).await;
+        assert!(feed_ids(&feeds, 1).await.is_empty());
+        assert_eq!(feed_ids(&feeds, 2).await, vec![50]);
+    }
+
+    // ---- The convergence property --------------------------------------------------------
+
+    const USERS: u64 = 4;
+
+    /// One step of a generated history, as the services would decide it.
+    #[derive(Debug, Clone)]
+    enum Step {
+        Follow {
+            follower: u64,
+            followee: u64,
+            on: bool,
+        },
+        Post {
+            author: u64,
+        },
+        Delete {
+            nth: usize,
+        },
+        Retweet {
+            user: u64,
+            nth: usize,
+            on: bool,
+        },
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        let user = 1..=USERS;
+        prop_oneof![
+            3 => (user.clone(), user.clone(), any::<bool>())
+                .prop_map(|(follower, followee, on)| Step::Follow { follower, followee, on }),
+            3 => user.clone().prop_map(|author| Step::Post { author }),
+            1 => (0..12usize).prop_map(|nth| Step::Delete { nth }),
+            2 => (user, 0..12usize, any::<bool>())
+                .prop_map(|(user, nth, on)| Step::Retweet { user, nth, on }),
+        ]
+    }
+
+    /// The events a history makes (each a real change, versioned as the services do), and the
+    /// final state they imply.
+    #[derive(Default)]
+    struct History {
+        events: Vec<Envelope>,
+        edges: HashMap<(u64, u64), (bool, u64)>,
+        tweets: Vec<(u64, u64, bool)>,
+        retweets: HashMap<(u64, u64), (bool, u64)>,
+    }
+
+    impl History {
+        fn of(steps: &[Step]) -> Self {
+            let mut h = Self::default();
+            for step in steps {
+                match *step {
+                    Step::Follow {
+                        follower,
+                        followee,
+                        on,
+                    } if follower != followee => {
+                        let (live, version) = h.edges.entry((follower, followee)).or_default();
+                        if *live != on {
+                            *live = on;
+                            *version += 1;
+                            h.events.push(if on {
+                                follow(follower, followee, *version)
+                            } else {
+                                unfollow(follower, followee, *version)
+                            });
+                        }
+                    }
+                    Step::Follow { .. } => {}
+                    Step::Post { author } => {
+                        let id = 100 + h.tweets.len() as u64;
+                        h.tweets.push((id, author, true));
+                        h.events.push(tweet(id, author));
+                    }
+                    Step::Delete { nth } => {
+                        if let Some((id, author, live)) = h.tweets.get_mut(nth)
+                            && *live
+                        {
+                            *live = false;
+                            h.events.push(deleted(*id, *author));
+                        }
+                    }
+                    Step::Retweet { user, nth, on } => {
+                        // The tweets service refuses retweets of deleted tweets.
+                        let Some(&(id, author, true)) = h.tweets.get(nth) else {
+                            continue;
+                        };
+                        let (standing, version) = h.retweets.entry((user, id)).or_default();
+                        if *standing != on {
+                            *standing = on;
+                            *version += 1;
+                            h.events.push(retweet(user, id, author, on, *version));
+                        }
+                    }
+                }
+            }
+            h
+        }
+
+        fn follows(&self, follower: u64, followee: u64) -> bool {
+            self.edges.get(&(follower, followee)).is_some_and(|e| e.0)
+        }
+
+        /// The feed the final state implies for `user`, newest first.
+        fn feed(&self, user: u64) -> Vec<FeedEntry> {
+            let mut feed = BTreeMap::new();
+            for &(tweet_id, author_id, live) in &self.tweets {
+                if !live {
+                    continue;
+                }
+                let retweeted_by = if user == author_id || self.follows(user, author_id) {
+                    Some(None)
+                } else {
+                    let retweeters: BTreeSet<u64> = self
+                        .retweets
+                        .iter()
+                        .filter(|&(&(r, t), &(standing, _))| {
+                            t == tweet_id && standing && r != user && self.follows(user, r)
+                        })
+                        .map(|(&(r, _), _)| r)
+                        .collect();
+                    retweeters.first().map(|&r| Some(r))
+                };
+                if let Some(retweeted_by) = retweeted_by {
+                    feed.insert(
+                        tweet_id,
+                        FeedEntry {
+                            tweet_id,
+                            author_id,
+                            retweeted_by,
+                        },
+                    );
+                }
+            }
+            feed.into_values().rev().collect()
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+        /// Any interleaving, duplication and reordering of a history's events yields exactly
+        /// the feeds its final follow graph, live tweets and standing retweets imply.
+        #[test]
+        fn feeds_converge_whatever_the_delivery_order(
+            steps in prop::collection::vec(step(), 1..40),
+            keys in prop::collection::vec(any::<u32>(), 80),
+        ) {
+            let history = History::of(&steps);
+            let n = history.events.len();
+            // Every event once, some twice, in the order of random keys.
+            let mut deliveries: Vec<(u32, usize)> = (0..n).map(|i| (keys[i % keys.len()], i)).collect();
+            for (i, &key) in keys.iter().enumerate().take(n) {
+                if key % 3 == 0 {
+                    deliveries.push((key.rotate_left(7), i));
+                }
+            }
+            deliveries.sort_unstable();
+            let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            let dir = tempfile::tempdir().unwrap();
+            let limits = FeedLimits { feed_len: 1_000, recent_per_author: 1_000 };
+            let feeds = feeds_with(dir.path(), limits);
+            runtime.block_on(async {
+                for (_, i) in &deliveries {
+                    feeds.handle(&history.events[*i]).await.unwrap();
+                }
+                for user in 1..=USERS {
+                    prop_assert_eq!(feed_of(&feeds, user).await, history.feed(user), "user {}", user);
+                }
+                Ok(())
+            })?;
+        }
     }
 }

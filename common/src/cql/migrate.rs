@@ -93,7 +93,10 @@ static FOLLOWERS: &[Migration] = &[
     migration!("followers", 1, "001_init.cql"),
     migration!("followers", 2, "002_gone_users.cql"),
 ];
-static FEEDS: &[Migration] = &[migration!("feeds", 1, "001_init.cql")];
+static FEEDS: &[Migration] = &[
+    migration!("feeds", 1, "001_init.cql"),
+    migration!("feeds", 2, "002_retweets.cql"),
+];
 
 /// The schema files of `service`'s keyspace, in version order (empty for an unknown service).
 pub fn migrations(service: &str) -> &'static [Migration] {

@@ -32,6 +32,11 @@ macro_rules! feed_store_conformance {
                 fan_out_reaches_every_user,
                 unfollowing_and_following_again,
                 removing_an_author_touches_one_feed,
+                edges_keep_their_latest_version,
+                followers_page_past_unfollowed_edges,
+                deleted_tweets_stay_deleted,
+                retweets_keep_their_latest_version,
+                entries_via_and_dropping_a_feed,
             );
         }
     };
@@ -144,7 +149,7 @@ pub async fn feeds_are_capped(store: Arc<dyn FeedStore>) {
         vec![tweets[4], tweets[3], tweets[2]]
     );
     // Removal keeps the length exact: the feed fills back up to the cap, not beyond.
-    store.remove_author(user, author9).await.unwrap();
+    remove_author(&store, user, author9).await;
     let later: [u64; 4] = unique_ids();
     for tweet in later {
         store
@@ -169,16 +174,27 @@ pub async fn recent_tweets_are_capped_newest_first(store: Arc<dyn FeedStore>) {
 
 pub async fn follower_projection_and_author_removal(store: Arc<dyn FeedStore>) {
     let [author9, author8, follower1, follower2, t10, t11, t12] = unique_ids();
-    store.add_follower(author9, follower1).await.unwrap();
-    store.add_follower(author9, follower1).await.unwrap();
-    store.add_follower(author9, follower2).await.unwrap();
-    assert_eq!(
-        store.followers(author9).await.unwrap(),
-        vec![follower1, follower2]
+    assert!(store.set_edge(follower1, author9, true, 1).await.unwrap());
+    assert!(
+        store.set_edge(follower1, author9, true, 1).await.unwrap(),
+        "a repeat is latest"
     );
-    store.remove_follower(author9, follower1).await.unwrap();
-    store.remove_follower(author9, follower1).await.unwrap();
-    assert_eq!(store.followers(author9).await.unwrap(), vec![follower2]);
+    assert!(store.set_edge(follower2, author9, true, 1).await.unwrap());
+    assert_eq!(followers(&store, author9).await, vec![follower1, follower2]);
+    assert!(store.set_edge(follower1, author9, false, 2).await.unwrap());
+    assert!(store.set_edge(follower1, author9, false, 2).await.unwrap());
+    assert_eq!(followers(&store, author9).await, vec![follower2]);
+    assert_eq!(
+        store
+            .edges(vec![
+                (follower1, author9),
+                (follower2, author9),
+                (author9, follower2)
+            ])
+            .await
+            .unwrap(),
+        vec![false, true, false]
+    );
 
     store
         .insert_entries(
@@ -191,9 +207,169 @@ pub async fn follower_projection_and_author_removal(store: Arc<dyn FeedStore>) {
         )
         .await
         .unwrap();
-    store.remove_author(follower1, author9).await.unwrap();
-    store.remove_author(follower1, author9).await.unwrap();
+    remove_author(&store, follower1, author9).await;
+    remove_author(&store, follower1, author9).await;
     assert_eq!(ids(&store, follower1).await, vec![t11]);
+}
+
+/// Edge changes apply by version, whatever order they arrive in: an older one is refused.
+pub async fn edges_keep_their_latest_version(store: Arc<dyn FeedStore>) {
+    let [author, follower] = unique_ids();
+    // Followed (v1), unfollowed (v2), followed again (v3): delivered 3, 1, 2.
+    assert!(store.set_edge(follower, author, true, 3).await.unwrap());
+    assert!(!store.set_edge(follower, author, true, 1).await.unwrap());
+    assert!(!store.set_edge(follower, author, false, 2).await.unwrap());
+    assert_eq!(followers(&store, author).await, vec![follower]);
+    // Unfollowed at v4, then the v3 follow redelivered.
+    assert!(store.set_edge(follower, author, false, 4).await.unwrap());
+    assert!(!store.set_edge(follower, author, true, 3).await.unwrap());
+    assert!(followers(&store, author).await.is_empty());
+    assert_eq!(
+        store.edges(vec![(follower, author)]).await.unwrap(),
+        vec![false]
+    );
+}
+
+/// Followers come a chunk at a time past unfollowed edges, in ascending order.
+pub async fn followers_page_past_unfollowed_edges(store: Arc<dyn FeedStore>) {
+    let author = unique_id();
+    let followers_: Vec<u64> = (0..230).map(|_| unique_id()).collect();
+    for (i, &follower) in followers_.iter().enumerate() {
+        store.set_edge(follower, author, true, 1).await.unwrap();
+        if i % 3 == 0 {
+            store.set_edge(follower, author, false, 2).await.unwrap();
+        }
+    }
+    let live: Vec<u64> = followers_
+        .iter()
+        .enumerate()
+        .filter_map(|(i, &f)| (i % 3 != 0).then_some(f))
+        .collect();
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let chunk = store.followers(author, after, 40).await.unwrap();
+        assert!(chunk.len() <= 40);
+        let Some(&last) = chunk.last() else { break };
+        seen.extend(chunk);
+        after = Some(last);
+    }
+    assert_eq!(seen, live);
+}
+
+/// A deleted tweet stays deleted: recording it again is refused and it leaves the author's
+/// recent tweets.
+pub async fn deleted_tweets_stay_deleted(store: Arc<dyn FeedStore>) {
+    let [author, t1, t2, never] = unique_ids();
+    assert!(store.record_tweet(author, t1).await.unwrap());
+    assert!(store.record_tweet(author, t2).await.unwrap());
+    store.delete_tweet(author, t2).await.unwrap();
+    store.delete_tweet(author, t2).await.unwrap();
+    assert!(
+        !store.record_tweet(author, t2).await.unwrap(),
+        "a late announcement"
+    );
+    assert_eq!(store.recent_tweets(author).await.unwrap(), vec![t1]);
+    assert_eq!(
+        store.deleted(vec![t1, t2, never]).await.unwrap(),
+        vec![false, true, false]
+    );
+}
+
+/// Retweets apply by version like edges, and are listed by tweet and by retweeter.
+pub async fn retweets_keep_their_latest_version(store: Arc<dyn FeedStore>) {
+    let [author, user1, user2, user3, t1, t2, t3] = unique_ids();
+    assert!(store.set_retweet(user2, t1, author, true, 1).await.unwrap());
+    assert!(store.set_retweet(user1, t1, author, true, 1).await.unwrap());
+    assert!(store.set_retweet(user3, t1, author, true, 1).await.unwrap());
+    assert_eq!(
+        store.retweeters(t1, 10).await.unwrap(),
+        vec![user1, user2, user3]
+    );
+    assert_eq!(store.retweeters(t1, 2).await.unwrap(), vec![user1, user2]);
+    // Undone at v2; the v1 retweet redelivered loses.
+    assert!(
+        store
+            .set_retweet(user2, t1, author, false, 2)
+            .await
+            .unwrap()
+    );
+    assert!(!store.set_retweet(user2, t1, author, true, 1).await.unwrap());
+    assert_eq!(store.retweeters(t1, 10).await.unwrap(), vec![user1, user3]);
+    for tweet in [t1, t2, t3] {
+        store
+            .set_retweet(user1, tweet, author, true, 1)
+            .await
+            .unwrap();
+    }
+    let retweet = |tweet_id| FeedEntry {
+        tweet_id,
+        author_id: author,
+        retweeted_by: Some(user1),
+    };
+    // Newest first, at most `recent_per_author` of them.
+    assert_eq!(
+        store.recent_retweets(user1).await.unwrap(),
+        vec![retweet(t3), retweet(t2)]
+    );
+    assert!(store.recent_retweets(user2).await.unwrap().is_empty());
+}
+
+/// `entries_via` finds what someone wrote or retweeted into a feed; dropping a feed empties it
+/// and no other.
+pub async fn entries_via_and_dropping_a_feed(store: Arc<dyn FeedStore>) {
+    let [user, other_user, author, retweeter, t1, t2] = unique_ids();
+    let retweet = FeedEntry {
+        tweet_id: t2,
+        author_id: unique_id(),
+        retweeted_by: Some(retweeter),
+    };
+    store
+        .insert_entries(user, vec![entry(t1, author), retweet])
+        .await
+        .unwrap();
+    store
+        .insert_entries(other_user, vec![entry(t1, author)])
+        .await
+        .unwrap();
+    assert_eq!(
+        store.entries_via(user, author).await.unwrap(),
+        vec![entry(t1, author)]
+    );
+    assert_eq!(
+        store.entries_via(user, retweeter).await.unwrap(),
+        vec![retweet]
+    );
+    store.drop_feed(user).await.unwrap();
+    assert!(ids(&store, user).await.is_empty());
+    assert_eq!(ids(&store, other_user).await, vec![t1]);
+    // The length bookkeeping survives: the feed fills to its cap again, not beyond.
+    let later: [u64; 4] = unique_ids();
+    for tweet in later {
+        store
+            .fan_out(vec![user], entry(tweet, author))
+            .await
+            .unwrap();
+    }
+    assert_eq!(ids(&store, user).await, vec![later[3], later[2], later[1]]);
+}
+
+/// Every follower of `author` (the first thousand).
+async fn followers(store: &Arc<dyn FeedStore>, author: u64) -> Vec<u64> {
+    store.followers(author, None, 1000).await.unwrap()
+}
+
+/// Removes every entry `author` wrote from `user`'s feed.
+async fn remove_author(store: &Arc<dyn FeedStore>, user: u64, author: u64) {
+    let doomed = store
+        .entries_via(user, author)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.author_id == author)
+        .map(|e| e.tweet_id)
+        .collect();
+    store.remove_entries(user, doomed).await.unwrap();
 }
 
 /// Backward pages (`before`) and forward polling (`since`) split a feed without overlap or gap,
@@ -345,22 +521,19 @@ pub async fn fan_out_reaches_every_user(store: Arc<dyn FeedStore>) {
 /// following again after unfollowing counts.
 pub async fn unfollowing_and_following_again(store: Arc<dyn FeedStore>) {
     let [author, stranger, follower1, follower2, follower3] = unique_ids();
-    assert!(store.followers(stranger).await.unwrap().is_empty());
-    store.remove_follower(stranger, follower1).await.unwrap();
-    assert!(store.followers(stranger).await.unwrap().is_empty());
+    assert!(followers(&store, stranger).await.is_empty());
+    store.set_edge(follower1, stranger, false, 1).await.unwrap();
+    assert!(followers(&store, stranger).await.is_empty());
 
     // Added out of order, listed in ascending order.
     for follower in [follower3, follower1, follower2] {
-        store.add_follower(author, follower).await.unwrap();
+        store.set_edge(follower, author, true, 1).await.unwrap();
     }
-    store.remove_follower(author, follower2).await.unwrap();
+    store.set_edge(follower2, author, false, 2).await.unwrap();
+    assert_eq!(followers(&store, author).await, vec![follower1, follower3]);
+    store.set_edge(follower2, author, true, 3).await.unwrap();
     assert_eq!(
-        store.followers(author).await.unwrap(),
-        vec![follower1, follower3]
-    );
-    store.add_follower(author, follower2).await.unwrap();
-    assert_eq!(
-        store.followers(author).await.unwrap(),
+        followers(&store, author).await,
         vec![follower1, follower2, follower3]
     );
 }
@@ -377,9 +550,9 @@ pub async fn removing_an_author_touches_one_feed(store: Arc<dyn FeedStore>) {
         .fan_out(vec![user1, user2], entry(t2, other))
         .await
         .unwrap();
-    store.remove_author(user1, author).await.unwrap();
+    remove_author(&store, user1, author).await;
     assert_eq!(ids(&store, user1).await, vec![t2]);
     assert_eq!(ids(&store, user2).await, vec![t2, t1]);
-    store.remove_author(user2, unique_id()).await.unwrap();
+    remove_author(&store, user2, unique_id()).await;
     assert_eq!(ids(&store, user2).await, vec![t2, t1]);
 }

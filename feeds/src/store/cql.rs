@@ -1,5 +1,5 @@
-//! [`CqlFeedStore`]: feeds on ScyllaDB / Cassandra, in the `feeds`, `recent_tweets` and
-//! `author_followers` tables of `cql/feeds/001_init.cql`.
+//! [`CqlFeedStore`]: feeds on ScyllaDB / Cassandra, in the tables of `cql/feeds/001_init.cql`
+//! and `002_retweets.cql`.
 //!
 //! The feeds store consumes events and publishes none, and nothing in it needs a check-and-set:
 //! every write is an upsert or a delete keyed by IDs, so repeating it is harmless, and no
@@ -14,20 +14,28 @@
 //!   (a no-op) and runs (2), and so does any later insert into that feed.
 //! - [`FeedStore::record_tweet`]: the same two steps on the author's `recent_tweets` partition,
 //!   with `recent_per_author`.
-//! - [`FeedStore::add_follower`] / [`FeedStore::remove_follower`]: one upsert of `followed` (true
-//!   or false; the false row is the tombstone). A single statement: nothing to finish.
-//! - [`FeedStore::remove_author`]: (1) read the user's feed partition (small: the cap bounds it);
-//!   (2) delete the author's rows, one single-partition batch per 100. A crash before (2) is
-//!   finished by the retry, which reads what is left and deletes it.
+//! - [`FeedStore::set_edge`] / [`FeedStore::set_retweet`]: one upsert (a logged batch of two for
+//!   a retweet) written `USING TIMESTAMP <version>`, so the highest version wins without a read
+//!   or a lightweight transaction, then a read of the row's version to learn whether this one is
+//!   the latest. Nothing to finish after a crash: the redelivered event writes the same cells.
+//! - [`FeedStore::remove_entries`] / [`FeedStore::entries_via`]: deletes by key, and a read of
+//!   the user's feed partition (small: the cap bounds it).
+//! - [`FeedStore::delete_tweet`]: the tombstone row in `deleted_tweets`, then the recent-tweets
+//!   row; [`FeedStore::record_tweet`] reads the tombstone first (and the service re-checks after
+//!   its fan-out, closing the race between the two).
 //!
 //! Every read names its whole partition key, so the driver sends it straight to a replica.
 
+use std::collections::{HashMap, HashSet};
+
 use async_trait::async_trait;
+use futures_util::future::join_all;
 use futures_util::{StreamExt as _, TryStreamExt as _, stream};
 use scylla::deserialize::row::DeserializeRow;
 use scylla::serialize::row::SerializeRow;
 use scylla::statement::batch::{Batch, BatchType};
 use scylla::statement::prepared::PreparedStatement;
+use scylla::value::CqlTimestamp;
 use twtr_common::cql::{CqlError, Keyspace};
 use twtr_common::store::StoreError;
 use twtr_common::{Page, PageRequest};
@@ -41,9 +49,6 @@ const DELETE_ENTRY: &str = "DELETE FROM {ks}.feeds WHERE user_id = ? AND tweet_i
 const NEWEST_IN_FEED: &str = "SELECT tweet_id FROM {ks}.feeds WHERE user_id = ? LIMIT ?";
 /// Everything at or below the oldest tweet past the cap, as one range tombstone.
 const TRIM_FEED: &str = "DELETE FROM {ks}.feeds WHERE user_id = ? AND tweet_id <= ?";
-/// Who wrote each entry of a feed, for removing one author's entries.
-const FEED_AUTHORS: &str = "SELECT tweet_id, author_id FROM {ks}.feeds WHERE user_id = ?";
-
 // Feed pages, one statement per combination of bounds. They mirror `embedded::scan_page`: a
 // backward page reads newest first below `before`, a forward (polling) page reads oldest first
 // above `since`; both fetch `limit + 1` rows, so `Page::from_scan` can tell whether more exist.
@@ -61,12 +66,33 @@ const INSERT_RECENT: &str = "INSERT INTO {ks}.recent_tweets (author_id, tweet_id
 const NEWEST_RECENT: &str = "SELECT tweet_id FROM {ks}.recent_tweets WHERE author_id = ? LIMIT ?";
 const TRIM_RECENT: &str = "DELETE FROM {ks}.recent_tweets WHERE author_id = ? AND tweet_id <= ?";
 
-/// Follow and unfollow alike: unfollowing writes `followed = false` instead of deleting, so the
-/// row stays as the edge's tombstone (see the schema file).
-const SET_FOLLOWED: &str =
-    "INSERT INTO {ks}.author_followers (author_id, follower_id, followed) VALUES (?, ?, ?)";
-const FOLLOWERS: &str =
-    "SELECT follower_id, followed FROM {ks}.author_followers WHERE author_id = ?";
+/// Follow and unfollow alike, last writer wins by the edge version as the write timestamp:
+/// unfollowing writes `followed = false` instead of deleting, so the row stays as the edge's
+/// tombstone (see the schema file).
+const SET_FOLLOWED: &str = "INSERT INTO {ks}.author_followers \
+     (author_id, follower_id, followed, version) VALUES (?, ?, ?, ?) USING TIMESTAMP ?";
+const EDGE: &str = "SELECT follower_id, followed, version FROM {ks}.author_followers \
+     WHERE author_id = ? AND follower_id IN ?";
+const FOLLOWERS_AFTER: &str = "SELECT follower_id, followed FROM {ks}.author_followers \
+     WHERE author_id = ? AND follower_id > ? LIMIT ?";
+const DELETE_TWEET: &str =
+    "INSERT INTO {ks}.deleted_tweets (tweet_id, author_id, deleted_at) VALUES (?, ?, ?)";
+const DELETED_TWEETS: &str = "SELECT tweet_id FROM {ks}.deleted_tweets WHERE tweet_id IN ?";
+const FORGET_RECENT: &str = "DELETE FROM {ks}.recent_tweets WHERE author_id = ? AND tweet_id = ?";
+/// A retweet (or its undoing) in both of its tables, versioned like the edges.
+const SET_RETWEET: &str = "INSERT INTO {ks}.retweets \
+     (user_id, tweet_id, author_id, standing, version) VALUES (?, ?, ?, ?, ?) USING TIMESTAMP ?";
+const SET_RETWEETER: &str = "INSERT INTO {ks}.tweet_retweeters (tweet_id, user_id, standing) \
+     VALUES (?, ?, ?) USING TIMESTAMP ?";
+const RETWEET_VERSION: &str =
+    "SELECT version FROM {ks}.retweets WHERE user_id = ? AND tweet_id = ?";
+const RETWEETERS_AFTER: &str = "SELECT user_id, standing FROM {ks}.tweet_retweeters \
+     WHERE tweet_id = ? AND user_id > ? LIMIT ?";
+const RECENT_RETWEETS: &str =
+    "SELECT tweet_id, author_id, standing FROM {ks}.retweets WHERE user_id = ? LIMIT ?";
+const FEED_ROWS: &str =
+    "SELECT tweet_id, author_id, retweeted_by FROM {ks}.feeds WHERE user_id = ?";
+const DROP_FEED: &str = "DELETE FROM {ks}.feeds WHERE user_id = ?";
 
 /// Statements per batch: keeps a batch well under the size at which the cluster warns.
 const BATCH_ROWS: usize = 100;
@@ -82,7 +108,6 @@ pub struct CqlFeedStore {
     delete_entry: PreparedStatement,
     newest_in_feed: PreparedStatement,
     trim_feed: PreparedStatement,
-    feed_authors: PreparedStatement,
     page_first: PreparedStatement,
     page_before: PreparedStatement,
     page_since: PreparedStatement,
@@ -91,7 +116,17 @@ pub struct CqlFeedStore {
     newest_recent: PreparedStatement,
     trim_recent: PreparedStatement,
     set_followed: PreparedStatement,
-    followers: PreparedStatement,
+    edge: PreparedStatement,
+    followers_after: PreparedStatement,
+    delete_tweet: PreparedStatement,
+    deleted_tweets: PreparedStatement,
+    forget_recent: PreparedStatement,
+    set_retweet: Batch,
+    retweet_version: PreparedStatement,
+    retweeters_after: PreparedStatement,
+    recent_retweets: PreparedStatement,
+    feed_rows: PreparedStatement,
+    drop_feed: PreparedStatement,
 }
 
 impl std::fmt::Debug for CqlFeedStore {
@@ -106,12 +141,14 @@ impl std::fmt::Debug for CqlFeedStore {
 impl CqlFeedStore {
     /// Prepares every statement in `ks` (whose schema must be current).
     pub async fn new(ks: Keyspace, limits: FeedLimits) -> Result<Self, CqlError> {
+        let mut set_retweet = Batch::new(BatchType::Logged);
+        set_retweet.append_statement(ks.prepare(SET_RETWEET).await?);
+        set_retweet.append_statement(ks.prepare(SET_RETWEETER).await?);
         Ok(Self {
             insert_entry: ks.prepare(INSERT_ENTRY).await?,
             delete_entry: ks.prepare(DELETE_ENTRY).await?,
             newest_in_feed: ks.prepare(NEWEST_IN_FEED).await?,
             trim_feed: ks.prepare(TRIM_FEED).await?,
-            feed_authors: ks.prepare(FEED_AUTHORS).await?,
             page_first: ks.prepare(PAGE_FIRST).await?,
             page_before: ks.prepare(PAGE_BEFORE).await?,
             page_since: ks.prepare(PAGE_SINCE).await?,
@@ -120,7 +157,17 @@ impl CqlFeedStore {
             newest_recent: ks.prepare(NEWEST_RECENT).await?,
             trim_recent: ks.prepare(TRIM_RECENT).await?,
             set_followed: ks.prepare(SET_FOLLOWED).await?,
-            followers: ks.prepare(FOLLOWERS).await?,
+            edge: ks.prepare(EDGE).await?,
+            followers_after: ks.prepare(FOLLOWERS_AFTER).await?,
+            delete_tweet: ks.prepare(DELETE_TWEET).await?,
+            deleted_tweets: ks.prepare(DELETED_TWEETS).await?,
+            forget_recent: ks.prepare(FORGET_RECENT).await?,
+            set_retweet,
+            retweet_version: ks.prepare(RETWEET_VERSION).await?,
+            retweeters_after: ks.prepare(RETWEETERS_AFTER).await?,
+            recent_retweets: ks.prepare(RECENT_RETWEETS).await?,
+            feed_rows: ks.prepare(FEED_ROWS).await?,
+            drop_feed: ks.prepare(DROP_FEED).await?,
             ks,
             limits,
         })
@@ -237,26 +284,254 @@ impl CqlFeedStore {
         .await
     }
 
-    async fn set_followed(
+    /// Up to `max` keys of a partition clustered ascending, above `after`, whose flag is set:
+    /// reads [`BATCH_ROWS`]-row pages past the unset ones until it has `max` or the partition
+    /// ends.
+    async fn flagged_after(
         &self,
-        author: u64,
-        follower: u64,
-        followed: bool,
-    ) -> Result<(), StoreError> {
-        self.ks
-            .session()
-            .execute_unpaged(
-                &self.set_followed,
-                (to_cql(author)?, to_cql(follower)?, followed),
-            )
-            .await?;
-        Ok(())
+        statement: &PreparedStatement,
+        partition: i64,
+        after: Option<u64>,
+        max: usize,
+    ) -> Result<Vec<u64>, StoreError> {
+        let mut cursor = match after {
+            None => -1,
+            Some(after) => match i64::try_from(after) {
+                Ok(after) => after,
+                Err(_) => return Ok(Vec::new()),
+            },
+        };
+        let mut found = Vec::new();
+        while found.len() < max {
+            let rows = self
+                .ks
+                .session()
+                .execute_unpaged(statement, (partition, cursor, cql_limit(BATCH_ROWS)))
+                .await?
+                .into_rows_result()?;
+            let mut read = 0;
+            for row in rows.rows::<(i64, Option<bool>)>()? {
+                let (key, flag) = row?;
+                read += 1;
+                cursor = key;
+                if flag == Some(true) && found.len() < max {
+                    found.push(from_cql(key)?);
+                }
+            }
+            if read < BATCH_ROWS {
+                break;
+            }
+        }
+        Ok(found)
     }
 }
 
 #[async_trait]
 impl FeedStore for CqlFeedStore {
-    async fn record_tweet(&self, author: u64, tweet: u64) -> Result<(), StoreError> {
+    async fn set_edge(
+        &self,
+        follower: u64,
+        followee: u64,
+        following: bool,
+        version: u64,
+    ) -> Result<bool, StoreError> {
+        let (author, follower) = (to_cql(followee)?, to_cql(follower)?);
+        let Ok(stamp) = i64::try_from(version) else {
+            return Err(StoreError::backend(IdOutOfRange(version)));
+        };
+        let values = (
+            author,
+            follower,
+            following,
+            i32::try_from(version).unwrap_or(i32::MAX),
+            stamp,
+        );
+        self.ks
+            .session()
+            .execute_unpaged(&self.set_followed, values)
+            .await?;
+        let rows = self
+            .ks
+            .session()
+            .execute_unpaged(&self.edge, (author, vec![follower]))
+            .await?
+            .into_rows_result()?;
+        let latest = rows
+            .maybe_first_row::<(i64, Option<bool>, Option<i32>)>()?
+            .and_then(|(_, _, version)| version);
+        Ok(latest.and_then(|v| u64::try_from(v).ok()) == Some(version.min(i32::MAX as u64)))
+    }
+
+    async fn edges(&self, pairs: Vec<(u64, u64)>) -> Result<Vec<bool>, StoreError> {
+        let mut by_followee: HashMap<i64, Vec<i64>> = HashMap::new();
+        for &(follower, followee) in &pairs {
+            by_followee
+                .entry(to_cql(followee)?)
+                .or_default()
+                .push(to_cql(follower)?);
+        }
+        let session = self.ks.session();
+        let reads = by_followee.iter().flat_map(|(&author, followers)| {
+            followers.chunks(BATCH_ROWS).map(move |chunk| async move {
+                let rows = session
+                    .execute_unpaged(&self.edge, (author, chunk))
+                    .await?
+                    .into_rows_result()?;
+                let mut live = Vec::new();
+                for row in rows.rows::<(i64, Option<bool>, Option<i32>)>()? {
+                    let (follower, followed, _) = row?;
+                    if followed == Some(true) {
+                        live.push((follower, author));
+                    }
+                }
+                Ok::<_, StoreError>(live)
+            })
+        });
+        let mut live = HashSet::new();
+        for found in join_all(reads).await {
+            live.extend(found?);
+        }
+        pairs
+            .iter()
+            .map(|&(follower, followee)| Ok(live.contains(&(to_cql(follower)?, to_cql(followee)?))))
+            .collect()
+    }
+
+    async fn followers(
+        &self,
+        author: u64,
+        after: Option<u64>,
+        max: usize,
+    ) -> Result<Vec<u64>, StoreError> {
+        self.flagged_after(&self.followers_after, to_cql(author)?, after, max)
+            .await
+    }
+
+    async fn delete_tweet(&self, author: u64, tweet: u64) -> Result<(), StoreError> {
+        let (author, tweet) = (to_cql(author)?, to_cql(tweet)?);
+        let session = self.ks.session();
+        let now = CqlTimestamp(twtr_common::clock::now_millis());
+        session
+            .execute_unpaged(&self.delete_tweet, (tweet, author, now))
+            .await?;
+        session
+            .execute_unpaged(&self.forget_recent, (author, tweet))
+            .await?;
+        Ok(())
+    }
+
+    async fn deleted(&self, tweets: Vec<u64>) -> Result<Vec<bool>, StoreError> {
+        let keys = tweets
+            .iter()
+            .map(|&t| to_cql(t))
+            .collect::<Result<Vec<_>, _>>()?;
+        let session = self.ks.session();
+        let reads = keys.chunks(BATCH_ROWS).map(|chunk| async move {
+            let rows = session
+                .execute_unpaged(&self.deleted_tweets, (chunk,))
+                .await?
+                .into_rows_result()?;
+            rows.rows::<(i64,)>()?
+                .map(|row| Ok(row?.0))
+                .collect::<Result<Vec<_>, StoreError>>()
+        });
+        let mut deleted = HashSet::new();
+        for found in join_all(reads).await {
+            deleted.extend(found?);
+        }
+        Ok(keys.iter().map(|key| deleted.contains(key)).collect())
+    }
+
+    async fn set_retweet(
+        &self,
+        user: u64,
+        tweet: u64,
+        author: u64,
+        active: bool,
+        version: u64,
+    ) -> Result<bool, StoreError> {
+        let (user, tweet, author) = (to_cql(user)?, to_cql(tweet)?, to_cql(author)?);
+        let stamp = to_cql(version)?;
+        let values = (
+            (user, tweet, author, active, stamp, stamp),
+            (tweet, user, active, stamp),
+        );
+        self.ks.session().batch(&self.set_retweet, values).await?;
+        let rows = self
+            .ks
+            .session()
+            .execute_unpaged(&self.retweet_version, (user, tweet))
+            .await?
+            .into_rows_result()?;
+        let latest = rows
+            .maybe_first_row::<(Option<i64>,)>()?
+            .and_then(|(version,)| version);
+        Ok(latest == Some(stamp))
+    }
+
+    async fn retweeters(&self, tweet: u64, max: usize) -> Result<Vec<u64>, StoreError> {
+        self.flagged_after(&self.retweeters_after, to_cql(tweet)?, None, max)
+            .await
+    }
+
+    async fn recent_retweets(&self, user: u64) -> Result<Vec<FeedEntry>, StoreError> {
+        let keep = self.limits.recent_per_author;
+        let rows = self
+            .ks
+            .session()
+            .execute_unpaged(&self.recent_retweets, (to_cql(user)?, cql_limit(keep)))
+            .await?
+            .into_rows_result()?;
+        let mut entries = Vec::new();
+        for row in rows.rows::<(i64, Option<i64>, Option<bool>)>()? {
+            if let (tweet, Some(author), Some(true)) = row? {
+                entries.push(FeedEntry {
+                    tweet_id: from_cql(tweet)?,
+                    author_id: from_cql(author)?,
+                    retweeted_by: Some(user),
+                });
+            }
+        }
+        Ok(entries)
+    }
+
+    async fn remove_entries(&self, user: u64, tweets: Vec<u64>) -> Result<(), StoreError> {
+        let user = to_cql(user)?;
+        let rows = tweets
+            .into_iter()
+            .map(|tweet| Ok((user, to_cql(tweet)?)))
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        self.write_partition(&self.delete_entry, rows).await
+    }
+
+    async fn entries_via(&self, user: u64, who: u64) -> Result<Vec<FeedEntry>, StoreError> {
+        let rows: Vec<(i64, i64, Option<i64>)> =
+            self.read_partition(&self.feed_rows, to_cql(user)?).await?;
+        let who = to_cql(who)?;
+        rows.into_iter()
+            .filter(|&(_, author, by)| author == who || by == Some(who))
+            .map(|(tweet, author, by)| {
+                Ok(FeedEntry {
+                    tweet_id: from_cql(tweet)?,
+                    author_id: from_cql(author)?,
+                    retweeted_by: by.filter(|&by| by != 0).map(from_cql).transpose()?,
+                })
+            })
+            .collect()
+    }
+
+    async fn drop_feed(&self, user: u64) -> Result<(), StoreError> {
+        self.ks
+            .session()
+            .execute_unpaged(&self.drop_feed, (to_cql(user)?,))
+            .await?;
+        Ok(())
+    }
+
+    async fn record_tweet(&self, author: u64, tweet: u64) -> Result<bool, StoreError> {
+        if self.deleted(vec![tweet]).await?[0] {
+            return Ok(false);
+        }
         let author = to_cql(author)?;
         self.ks
             .session()
@@ -268,7 +543,8 @@ impl FeedStore for CqlFeedStore {
             author,
             self.limits.recent_per_author,
         )
-        .await
+        .await?;
+        Ok(true)
     }
 
     async fn recent_tweets(&self, author: u64) -> Result<Vec<u64>, StoreError> {
@@ -281,25 +557,6 @@ impl FeedStore for CqlFeedStore {
             .await?
             .into_iter()
             .map(from_cql)
-            .collect()
-    }
-
-    async fn add_follower(&self, author: u64, follower: u64) -> Result<(), StoreError> {
-        self.set_followed(author, follower, true).await
-    }
-
-    async fn remove_follower(&self, author: u64, follower: u64) -> Result<(), StoreError> {
-        self.set_followed(author, follower, false).await
-    }
-
-    async fn followers(&self, author: u64) -> Result<Vec<u64>, StoreError> {
-        // Clustered by follower_id ascending: the order the trait promises.
-        let rows: Vec<(i64, Option<bool>)> = self
-            .read_partition(&self.followers, to_cql(author)?)
-            .await?;
-        rows.into_iter()
-            .filter(|(_, followed)| *followed == Some(true))
-            .map(|(follower, _)| from_cql(follower))
             .collect()
     }
 
@@ -316,18 +573,6 @@ impl FeedStore for CqlFeedStore {
             inserted?;
         }
         Ok(())
-    }
-
-    async fn remove_author(&self, user: u64, author: u64) -> Result<(), StoreError> {
-        let user = to_cql(user)?;
-        let author = to_cql(author)?;
-        let rows: Vec<(i64, i64)> = self.read_partition(&self.feed_authors, user).await?;
-        let doomed: Vec<(i64, i64)> = rows
-            .into_iter()
-            .filter(|&(_, by)| by == author)
-            .map(|(tweet, _)| (user, tweet))
-            .collect();
-        self.write_partition(&self.delete_entry, doomed).await
     }
 
     async fn feed(&self, user: u64, page: PageRequest) -> Result<Page<FeedEntry>, StoreError> {

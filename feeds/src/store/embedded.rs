@@ -15,10 +15,20 @@ use super::{FeedEntry, FeedLimits, FeedStore};
 const FEEDS: TableDefinition<(u64, u64), (u64, u64)> = TableDefinition::new("feeds");
 /// User -> number of entries in their feed, to trim without counting.
 const FEED_LENGTHS: TableDefinition<u64, u64> = TableDefinition::new("feed_lengths");
-/// (author, follower) -> (): this service's copy of the follow graph.
+/// (followee, follower) -> (following, version): every edge ever seen, its latest version.
+const EDGES: TableDefinition<(u64, u64), (bool, u64)> = TableDefinition::new("edges");
+/// (author, follower) -> (): the live edges, for fan-out.
 const FOLLOWERS: TableDefinition<(u64, u64), ()> = TableDefinition::new("followers");
 /// (author, tweet) -> (): each author's recent tweets.
 const RECENT: TableDefinition<(u64, u64), ()> = TableDefinition::new("recent_tweets");
+/// Tweet -> author: deleted tweets, for good.
+const DELETED: TableDefinition<u64, u64> = TableDefinition::new("deleted_tweets");
+/// (user, tweet) -> (standing, version, author): every retweet ever seen, its latest version.
+const RETWEETS: TableDefinition<(u64, u64), (bool, u64, u64)> = TableDefinition::new("retweets");
+/// (tweet, user) -> (): the standing retweets of each tweet.
+const RETWEETERS: TableDefinition<(u64, u64), ()> = TableDefinition::new("retweeters");
+/// (user, tweet) -> author: each user's most recent standing retweets, for backfill.
+const RECENT_RETWEETS: TableDefinition<(u64, u64), u64> = TableDefinition::new("recent_retweets");
 
 /// Feeds in a redb file (`feeds.redb` under the data directory).
 #[derive(Debug, Clone)]
@@ -32,15 +42,21 @@ impl EmbeddedFeedStore {
         let db = EmbeddedDb::open(path, |tx| {
             tx.open_table(FEEDS)?;
             tx.open_table(FEED_LENGTHS)?;
+            tx.open_table(EDGES)?;
             tx.open_table(FOLLOWERS)?;
             tx.open_table(RECENT)?;
+            tx.open_table(DELETED)?;
+            tx.open_table(RETWEETS)?;
+            tx.open_table(RETWEETERS)?;
+            tx.open_table(RECENT_RETWEETS)?;
             Ok(())
         })?;
         Ok(Self { db, limits })
     }
 }
 
-/// Inserts into one feed and trims it to `cap`, keeping the length counter exact.
+/// Inserts into one feed (replacing an entry of the same tweet) and trims it to `cap`, keeping
+/// the length counter exact.
 fn insert_into_feed(
     tx: &Tx<'_>,
     user: u64,
@@ -66,8 +82,23 @@ fn insert_into_feed(
     Ok(())
 }
 
-fn keys_in(
-    table: &impl redb::ReadableTable<(u64, u64), ()>,
+/// Removes `tweets` from one feed, keeping the length counter exact.
+fn remove_from_feed(tx: &Tx<'_>, user: u64, tweets: &[u64]) -> Result<(), StoreError> {
+    let mut feeds = tx.open_table(FEEDS)?;
+    let mut removed = 0;
+    for &tweet in tweets {
+        removed += u64::from(feeds.remove((user, tweet))?.is_some());
+    }
+    if removed > 0 {
+        let mut lengths = tx.open_table(FEED_LENGTHS)?;
+        let len = lengths.get(user)?.map_or(0, |l| l.value());
+        lengths.insert(user, len.saturating_sub(removed))?;
+    }
+    Ok(())
+}
+
+fn keys_in<V: redb::Value + 'static>(
+    table: &impl redb::ReadableTable<(u64, u64), V>,
     partition: u64,
 ) -> Result<Vec<u64>, StoreError> {
     table
@@ -76,19 +107,94 @@ fn keys_in(
         .collect()
 }
 
+/// Keeps the newest `keep` rows of `partition` in `table`.
+fn trim<V: redb::Value + 'static>(
+    table: &mut redb::Table<(u64, u64), V>,
+    partition: u64,
+    keep: usize,
+) -> Result<(), StoreError> {
+    let ids = keys_in(table, partition)?;
+    for old in ids.iter().take(ids.len().saturating_sub(keep)) {
+        table.remove((partition, *old))?;
+    }
+    Ok(())
+}
+
 #[async_trait]
 impl FeedStore for EmbeddedFeedStore {
-    async fn record_tweet(&self, author: u64, tweet: u64) -> Result<(), StoreError> {
+    async fn set_edge(
+        &self,
+        follower: u64,
+        followee: u64,
+        following: bool,
+        version: u64,
+    ) -> Result<bool, StoreError> {
+        self.db
+            .write(move |tx| {
+                let mut edges = tx.open_table(EDGES)?;
+                if let Some(stored) = edges.get((followee, follower))? {
+                    let (_, latest) = stored.value();
+                    if latest > version {
+                        return Ok(false);
+                    }
+                }
+                edges.insert((followee, follower), (following, version))?;
+                let mut followers = tx.open_table(FOLLOWERS)?;
+                if following {
+                    followers.insert((followee, follower), ())?;
+                } else {
+                    followers.remove((followee, follower))?;
+                }
+                Ok(true)
+            })
+            .await
+    }
+
+    async fn edges(&self, pairs: Vec<(u64, u64)>) -> Result<Vec<bool>, StoreError> {
+        self.db
+            .read(move |txn| {
+                let followers = txn.open_table(FOLLOWERS)?;
+                pairs
+                    .into_iter()
+                    .map(|(follower, followee)| Ok(followers.get((followee, follower))?.is_some()))
+                    .collect()
+            })
+            .await
+    }
+
+    async fn followers(
+        &self,
+        author: u64,
+        after: Option<u64>,
+        max: usize,
+    ) -> Result<Vec<u64>, StoreError> {
+        self.db
+            .read(move |txn| {
+                let followers = txn.open_table(FOLLOWERS)?;
+                let from = after.map_or(0, |a| a.saturating_add(1));
+                if after == Some(u64::MAX) {
+                    return Ok(Vec::new());
+                }
+                followers
+                    .range((author, from)..=(author, u64::MAX))?
+                    .take(max)
+                    .map(|row| Ok(row?.0.value().1))
+                    .collect()
+            })
+            .await
+    }
+
+    async fn record_tweet(&self, author: u64, tweet: u64) -> Result<bool, StoreError> {
         let keep = self.limits.recent_per_author;
         self.db
             .write(move |tx| {
+                if tx.open_table(DELETED)?.get(tweet)?.is_some() {
+                    return Ok(false);
+                }
                 let mut recent = tx.open_table(RECENT)?;
                 recent.insert((author, tweet), ())?;
-                let ids = keys_in(&recent, author)?;
-                for old in ids.iter().take(ids.len().saturating_sub(keep)) {
-                    recent.remove((author, *old))?;
-                }
-                Ok(())
+                trim(&mut recent, author, keep)?;
+                Ok(true)
             })
             .await
     }
@@ -103,27 +209,87 @@ impl FeedStore for EmbeddedFeedStore {
             .await
     }
 
-    async fn add_follower(&self, author: u64, follower: u64) -> Result<(), StoreError> {
+    async fn delete_tweet(&self, author: u64, tweet: u64) -> Result<(), StoreError> {
         self.db
             .write(move |tx| {
-                tx.open_table(FOLLOWERS)?.insert((author, follower), ())?;
+                tx.open_table(DELETED)?.insert(tweet, author)?;
+                tx.open_table(RECENT)?.remove((author, tweet))?;
                 Ok(())
             })
             .await
     }
 
-    async fn remove_follower(&self, author: u64, follower: u64) -> Result<(), StoreError> {
+    async fn deleted(&self, tweets: Vec<u64>) -> Result<Vec<bool>, StoreError> {
         self.db
-            .write(move |tx| {
-                tx.open_table(FOLLOWERS)?.remove((author, follower))?;
-                Ok(())
+            .read(move |txn| {
+                let deleted = txn.open_table(DELETED)?;
+                tweets
+                    .into_iter()
+                    .map(|tweet| Ok(deleted.get(tweet)?.is_some()))
+                    .collect()
             })
             .await
     }
 
-    async fn followers(&self, author: u64) -> Result<Vec<u64>, StoreError> {
+    async fn set_retweet(
+        &self,
+        user: u64,
+        tweet: u64,
+        author: u64,
+        active: bool,
+        version: u64,
+    ) -> Result<bool, StoreError> {
+        let keep = self.limits.recent_per_author;
         self.db
-            .read(move |txn| keys_in(&txn.open_table(FOLLOWERS)?, author))
+            .write(move |tx| {
+                let mut retweets = tx.open_table(RETWEETS)?;
+                if let Some(stored) = retweets.get((user, tweet))? {
+                    let (_, latest, _) = stored.value();
+                    if latest > version {
+                        return Ok(false);
+                    }
+                }
+                retweets.insert((user, tweet), (active, version, author))?;
+                let mut retweeters = tx.open_table(RETWEETERS)?;
+                let mut recent = tx.open_table(RECENT_RETWEETS)?;
+                if active {
+                    retweeters.insert((tweet, user), ())?;
+                    recent.insert((user, tweet), author)?;
+                    trim(&mut recent, user, keep)?;
+                } else {
+                    retweeters.remove((tweet, user))?;
+                    recent.remove((user, tweet))?;
+                }
+                Ok(true)
+            })
+            .await
+    }
+
+    async fn retweeters(&self, tweet: u64, max: usize) -> Result<Vec<u64>, StoreError> {
+        self.db
+            .read(move |txn| {
+                let mut users = keys_in(&txn.open_table(RETWEETERS)?, tweet)?;
+                users.truncate(max);
+                Ok(users)
+            })
+            .await
+    }
+
+    async fn recent_retweets(&self, user: u64) -> Result<Vec<FeedEntry>, StoreError> {
+        self.db
+            .read(move |txn| {
+                let recent = txn.open_table(RECENT_RETWEETS)?;
+                let mut entries = Vec::new();
+                for row in recent.range((user, 0)..=(user, u64::MAX))?.rev() {
+                    let (key, author) = row?;
+                    entries.push(FeedEntry {
+                        tweet_id: key.value().1,
+                        author_id: author.value(),
+                        retweeted_by: Some(user),
+                    });
+                }
+                Ok(entries)
+            })
             .await
     }
 
@@ -151,27 +317,41 @@ impl FeedStore for EmbeddedFeedStore {
             .await
     }
 
-    async fn remove_author(&self, user: u64, author: u64) -> Result<(), StoreError> {
+    async fn remove_entries(&self, user: u64, tweets: Vec<u64>) -> Result<(), StoreError> {
+        if tweets.is_empty() {
+            return Ok(());
+        }
+        self.db
+            .write(move |tx| remove_from_feed(tx, user, &tweets))
+            .await
+    }
+
+    async fn entries_via(&self, user: u64, who: u64) -> Result<Vec<FeedEntry>, StoreError> {
+        self.db
+            .read(move |txn| {
+                let feeds = txn.open_table(FEEDS)?;
+                let mut found = Vec::new();
+                for row in feeds.range((user, 0)..=(user, u64::MAX))? {
+                    let (key, value) = row?;
+                    let (author_id, retweeted_by) = value.value();
+                    if author_id == who || retweeted_by == who {
+                        found.push(FeedEntry {
+                            tweet_id: key.value().1,
+                            author_id,
+                            retweeted_by: (retweeted_by != 0).then_some(retweeted_by),
+                        });
+                    }
+                }
+                Ok(found)
+            })
+            .await
+    }
+
+    async fn drop_feed(&self, user: u64) -> Result<(), StoreError> {
         self.db
             .write(move |tx| {
-                let mut feeds = tx.open_table(FEEDS)?;
-                let doomed: Vec<u64> = feeds
-                    .range((user, 0)..=(user, u64::MAX))?
-                    .filter_map(|row| match row {
-                        Ok((key, value)) => (value.value().0 == author).then(|| Ok(key.value().1)),
-                        Err(err) => Some(Err(err)),
-                    })
-                    .collect::<Result<_, _>>()?;
-                if doomed.is_empty() {
-                    return Ok(());
-                }
-                for tweet in &doomed {
-                    feeds.remove((user, *tweet))?;
-                }
-                let mut lengths = tx.open_table(FEED_LENGTHS)?;
-                let len = lengths.get(user)?.map_or(0, |l| l.value());
-                lengths.insert(user, len.saturating_sub(doomed.len() as u64))?;
-                Ok(())
+                let tweets = keys_in(&tx.open_table(FEEDS)?, user)?;
+                remove_from_feed(tx, user, &tweets)
             })
             .await
     }

@@ -53,21 +53,70 @@ impl Default for FeedLimits {
 
 #[async_trait]
 pub trait FeedStore: Send + Sync {
-    /// Remembers that `author` posted `tweet` (keeping only their most recent ones).
-    async fn record_tweet(&self, author: u64, tweet: u64) -> Result<(), StoreError>;
+    // --- The follow graph, as this service learned it from events ------------------------------
+
+    /// Records that `follower` follows `followee` (or, with `following` false, does not) as of
+    /// the edge's `version`, unless a higher version is recorded. Returns whether `version` is
+    /// the edge's latest after the call (a repeat of the latest included): then its effects on
+    /// feeds are due; otherwise the event is stale and has none.
+    async fn set_edge(
+        &self,
+        follower: u64,
+        followee: u64,
+        following: bool,
+        version: u64,
+    ) -> Result<bool, StoreError>;
+    /// Whether each `(follower, followee)` pair is a live edge, in the order given.
+    async fn edges(&self, pairs: Vec<(u64, u64)>) -> Result<Vec<bool>, StoreError>;
+    /// Up to `max` of `author`'s followers with IDs above `after`, in ascending ID order.
+    async fn followers(
+        &self,
+        author: u64,
+        after: Option<u64>,
+        max: usize,
+    ) -> Result<Vec<u64>, StoreError>;
+
+    // --- Tweets and retweets -------------------------------------------------------------------
+
+    /// Remembers `tweet` as one of `author`'s recent tweets (keeping only the most recent),
+    /// unless it was deleted: then returns `false` and remembers nothing.
+    async fn record_tweet(&self, author: u64, tweet: u64) -> Result<bool, StoreError>;
     /// The author's remembered recent tweets, newest first.
     async fn recent_tweets(&self, author: u64) -> Result<Vec<u64>, StoreError>;
-    /// Adds `follower` to this service's copy of `author`'s followers.
-    async fn add_follower(&self, author: u64, follower: u64) -> Result<(), StoreError>;
-    async fn remove_follower(&self, author: u64, follower: u64) -> Result<(), StoreError>;
-    /// Everyone following `author`, per this service's copy of the graph, in ascending ID order.
-    async fn followers(&self, author: u64) -> Result<Vec<u64>, StoreError>;
-    /// Puts `entries` into `user`'s feed, trimming it to its cap.
+    /// Marks `tweet` deleted for good (nothing records it again) and forgets it as recent.
+    async fn delete_tweet(&self, author: u64, tweet: u64) -> Result<(), StoreError>;
+    /// Whether each of `tweets` is deleted, in the order given.
+    async fn deleted(&self, tweets: Vec<u64>) -> Result<Vec<bool>, StoreError>;
+    /// Records that `user` retweeted `tweet` by `author` (or, with `active` false, took it
+    /// back) as of the pair's `version`, as [`FeedStore::set_edge`] does for edges; keeps
+    /// [`FeedStore::retweeters`] and [`FeedStore::recent_retweets`] in step.
+    async fn set_retweet(
+        &self,
+        user: u64,
+        tweet: u64,
+        author: u64,
+        active: bool,
+        version: u64,
+    ) -> Result<bool, StoreError>;
+    /// Up to `max` users whose retweet of `tweet` stands, in ascending ID order.
+    async fn retweeters(&self, tweet: u64, max: usize) -> Result<Vec<u64>, StoreError>;
+    /// `user`'s most recent standing retweets (as the entries they put in a follower's feed),
+    /// newest tweet first.
+    async fn recent_retweets(&self, user: u64) -> Result<Vec<FeedEntry>, StoreError>;
+
+    // --- Feeds ---------------------------------------------------------------------------------
+
+    /// Puts `entries` into `user`'s feed (replacing an entry of the same tweet), trimming it to
+    /// its cap.
     async fn insert_entries(&self, user: u64, entries: Vec<FeedEntry>) -> Result<(), StoreError>;
-    /// Puts `entry` into each of `users`' feeds.
+    /// Puts `entry` into each of `users`' feeds, as [`FeedStore::insert_entries`].
     async fn fan_out(&self, users: Vec<u64>, entry: FeedEntry) -> Result<(), StoreError>;
-    /// Removes every entry by `author` from `user`'s feed.
-    async fn remove_author(&self, user: u64, author: u64) -> Result<(), StoreError>;
+    /// Removes `tweets` from `user`'s feed (absent ones are fine).
+    async fn remove_entries(&self, user: u64, tweets: Vec<u64>) -> Result<(), StoreError>;
+    /// The entries of `user`'s feed that `who` wrote or retweeted.
+    async fn entries_via(&self, user: u64, who: u64) -> Result<Vec<FeedEntry>, StoreError>;
+    /// Empties `user`'s feed.
+    async fn drop_feed(&self, user: u64) -> Result<(), StoreError>;
     /// One page of `user`'s feed, newest first.
     async fn feed(&self, user: u64, page: PageRequest) -> Result<Page<FeedEntry>, StoreError>;
 }
