@@ -142,6 +142,36 @@ pub async fn users(up: &Upstreams, users: Vec<users_pb::User>) -> Result<Vec<Use
         .collect())
 }
 
+/// The users of one page of `owner`'s follower or following list, hydrated and in the list's
+/// order: one users batch (which asks for `owner` too, to tell an unknown or deleted owner,
+/// `None`, from an empty list), then [`users`]'s two count RPCs. A listed user whose account is
+/// gone (its edges are purged in the background) is left out.
+pub async fn listed_users(
+    up: &Upstreams,
+    owner: u64,
+    listed: Vec<u64>,
+) -> Result<Option<Vec<UserView>>, ApiError> {
+    let mut ids = listed.clone();
+    ids.push(owner);
+    ids.sort_unstable();
+    ids.dedup();
+    let mut found: HashMap<u64, users_pb::User> = up
+        .users
+        .clone()
+        .batch_get_users(rpc(BatchGetUsersRequest { user_ids: ids }))
+        .await?
+        .into_inner()
+        .users
+        .into_iter()
+        .map(|u| (u.id, u))
+        .collect();
+    if found.remove(&owner).is_none() {
+        return Ok(None);
+    }
+    let in_order = listed.iter().filter_map(|id| found.remove(id)).collect();
+    users(up, in_order).await.map(Some)
+}
+
 /// Adds author profiles (and, for a known `viewer`, whether they like and retweeted each one)
 /// to tweets, keeping their order: at most two RPCs, in parallel, whatever the page size. A
 /// tweet whose author no longer exists is left out.
