@@ -268,10 +268,18 @@ pub fn token_verifier(config: &Config, part: Part) -> anyhow::Result<TokenVerifi
             ],
             None => vec![local_key_pair(&config.data_dir)?.1],
         },
-        (true, Part::Alone) => anyhow::bail!(
-            "TWTR_TOKEN_PUBLIC_KEYS must name the PEM file(s) of the public key(s) that verify tokens \
-             (openssl pkey -in token_private.pem -pubout -out token_public.pem)"
-        ),
+        // The users service alone may verify with the public half of its signing key.
+        (true, Part::Alone) => match &config.token_private_key {
+            Some(path) => vec![
+                tokens::public_key_of(&read_key(path)?)
+                    .context("invalid TWTR_TOKEN_PRIVATE_KEY")?,
+            ],
+            None => anyhow::bail!(
+                "TWTR_TOKEN_PUBLIC_KEYS must name the PEM file(s) of the public key(s) that verify \
+                 tokens: the gateway checks its callers with them, and every service checks who \
+                 acts (openssl pkey -in token_private.pem -pubout -out token_public.pem)"
+            ),
+        },
     };
     TokenVerifier::from_pems(&pems).context("invalid TWTR_TOKEN_PUBLIC_KEYS")
 }

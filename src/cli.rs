@@ -31,6 +31,9 @@ pub struct Cli {
     #[command(flatten)]
     pub addrs: Addrs,
 
+    #[command(flatten)]
+    pub edge: crate::edge::EdgeArgs,
+
     /// Directory for the embedded store, the in-process bus and a generated token secret.
     #[arg(long, env = "TWTR_DATA_DIR", default_value = "./data", global = true)]
     pub data_dir: PathBuf,
@@ -188,6 +191,9 @@ pub enum Command {
     Feeds,
     /// Apply storage schema migrations, then exit.
     Migrate,
+    /// Print a token that acts as a user, for calling services with grpcurl (signed with
+    /// TWTR_TOKEN_PRIVATE_KEY, or the all-in-one key in TWTR_DATA_DIR).
+    Token(crate::edge::TokenArgs),
 }
 
 /// Where each part listens, and where the others reach it.
@@ -352,6 +358,9 @@ impl Cli {
                 ..FeedLimits::default()
             },
             idempotency_window: Duration::from_secs(self.idempotency_window_secs),
+            edge: self.edge.limits()?,
+            metrics_addr: self.edge.metrics_addr.clone().filter(|a| !a.is_empty()),
+            otlp_endpoint: self.edge.otlp_endpoint(),
             log_format: match self.log_format {
                 LogFormatArg::Text => LogFormat::Text,
                 LogFormatArg::Json => LogFormat::Json,

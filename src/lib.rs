@@ -16,6 +16,7 @@
 
 pub mod backends;
 mod cli;
+mod edge;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -26,6 +27,7 @@ use anyhow::Context as _;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use twtr_common::auth;
 use twtr_common::bus::{ConsumerSettings, QueueType};
 use twtr_common::cql::CqlConfig;
 use twtr_common::telemetry::{self, LogFormat};
@@ -67,6 +69,12 @@ pub struct Config {
     pub feed_limits: FeedLimits,
     /// How long an `Idempotency-Key` keeps returning its first tweet.
     pub idempotency_window: Duration,
+    /// The gateway's limits: body size, deadline, concurrency, rate limits, CORS.
+    pub edge: twtr_gateway::EdgeLimits,
+    /// Where this process serves Prometheus metrics, besides the gateway's `/metrics`.
+    pub metrics_addr: Option<String>,
+    /// Where traces are exported (OTLP over gRPC); `None`: not exported.
+    pub otlp_endpoint: Option<String>,
     pub log_format: LogFormat,
 }
 
@@ -83,6 +91,9 @@ impl std::fmt::Debug for Config {
             .field("worker_id", &self.worker_id)
             .field("feed_limits", &self.feed_limits)
             .field("idempotency_window", &self.idempotency_window)
+            .field("edge", &self.edge)
+            .field("metrics_addr", &self.metrics_addr)
+            .field("otlp_endpoint", &self.otlp_endpoint)
             .finish()
     }
 }
@@ -104,6 +115,9 @@ impl Config {
             worker_id: None,
             feed_limits: FeedLimits::default(),
             idempotency_window: twtr_tweets::DEFAULT_IDEMPOTENCY_WINDOW,
+            edge: twtr_gateway::EdgeLimits::default(),
+            metrics_addr: None,
+            otlp_endpoint: None,
             log_format: LogFormat::Text,
         }
     }
@@ -185,10 +199,47 @@ pub fn load_config_file(
 /// Runs what the command line asks for until SIGINT/SIGTERM.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let config = cli.config()?;
+    let command = cli.command.unwrap_or(Command::All);
+    if let Command::Token(args) = command {
+        // Nothing but the token on stdout, so `$(twtr token ...)` works.
+        return print_token(&config, args);
+    }
     telemetry::init(config.log_format);
+    match command {
+        // A service alone checks its callers' tokens with the deployment's public keys.
+        Command::Users | Command::Tweets | Command::Followers | Command::Feeds => {
+            let keys = backends::token_verifier(&config, Part::Alone)?;
+            twtr_common::auth::scope(keys, run_part(&cli, config, command)).await
+        }
+        _ => run_part(&cli, config, command).await,
+    }
+}
+
+/// `twtr token`: a token acting as a user, signed with the configured key (or the all-in-one
+/// mesh's, which must exist already).
+fn print_token(config: &Config, args: edge::TokenArgs) -> anyhow::Result<()> {
+    let local = config.data_dir.join("token_private.pem");
+    anyhow::ensure!(
+        config.token_private_key.is_some() || local.exists(),
+        "no signing key: set TWTR_TOKEN_PRIVATE_KEY, or TWTR_DATA_DIR to the data directory of \
+         an all-in-one mesh that has run (it holds token_private.pem)"
+    );
+    let mut config = config.clone();
+    config.token_ttl = Duration::from_secs(args.ttl);
+    let signer = backends::token_signer(&config, Part::AllInOne)?;
+    let issued = signer
+        .issue(args.user, 0)
+        .context("failed to sign the token")?;
+    println!("{}", issued.token);
+    Ok(())
+}
+
+/// Runs one part of the mesh (or all of it) until SIGINT/SIGTERM.
+async fn run_part(cli: &Cli, config: Config, command: Command) -> anyhow::Result<()> {
     let shutdown = twtr_common::shutdown::on_signal();
     let addrs = &cli.addrs;
-    match cli.command.unwrap_or(Command::All) {
+    match command {
+        Command::Token(args) => print_token(&config, args),
         Command::All => {
             let listeners = MeshListeners {
                 http: bind("gateway", &addrs.http_addr).await?,
@@ -204,6 +255,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let deps = twtr_gateway::GatewayDeps {
                 upstreams: cli.upstream_urls(),
                 tokens: backends::token_verifier(&config, Part::Alone)?,
+                limits: config.edge.clone(),
             };
             twtr_gateway::serve(deps, listener, shutdown).await
         }
@@ -334,7 +386,8 @@ pub async fn run_all(
     .await?;
     let gateway = twtr_gateway::GatewayDeps {
         upstreams: urls.clone(),
-        tokens: verifier,
+        tokens: verifier.clone(),
+        limits: config.edge.clone(),
     };
 
     tracing::info!(
@@ -345,24 +398,30 @@ pub async fn run_all(
     // The services stop only after the gateway has drained.
     let services_stop = CancellationToken::new();
     let mut services: JoinSet<ServiceResult> = JoinSet::new();
+    // Each service checks its callers' tokens with the mesh's key (see twtr_common::auth).
+    let keys = || verifier.clone();
     let stop = services_stop.clone();
-    services.spawn(async move {
+    services.spawn(auth::scope(keys(), async move {
         (
             "users service",
             twtr_users::serve(users, listeners.users, stop).await,
         )
-    });
+    }));
     let stop = services_stop.clone();
-    services.spawn(async move { ("tweets service", tweets.serve(listeners.tweets, stop).await) });
+    services.spawn(auth::scope(keys(), async move {
+        ("tweets service", tweets.serve(listeners.tweets, stop).await)
+    }));
     let stop = services_stop.clone();
-    services.spawn(async move {
+    services.spawn(auth::scope(keys(), async move {
         (
             "followers service",
             followers.serve(listeners.followers, stop).await,
         )
-    });
+    }));
     let stop = services_stop.clone();
-    services.spawn(async move { ("feeds service", feeds.serve(listeners.feeds, stop).await) });
+    services.spawn(auth::scope(keys(), async move {
+        ("feeds service", feeds.serve(listeners.feeds, stop).await)
+    }));
     let gateway_stop = shutdown.clone();
     let gateway = tokio::spawn(async move {
         let served = twtr_gateway::serve(gateway, listeners.http, gateway_stop).await;

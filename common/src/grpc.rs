@@ -2,7 +2,11 @@
 //! itself, `grpc.health.v1.Health` and server reflection (v1 and v1alpha: grpcurl 1.8 speaks only
 //! the latter), so `grpcurl` can list and call it with no `.proto` files at hand.
 //!
-//! Every request runs with the caller's request id (see [`crate::context`]).
+//! Every request runs with the caller's request id (see [`crate::context`]), and with its caller
+//! checked: a bearer token in the metadata is verified with the keys of the surrounding
+//! [`auth::scope`] and the [`auth::Caller`] recorded for the service's [`auth::acting_as`].
+//! The deadline a caller sets (`grpc-timeout`) is honored by tonic itself: when it passes, the
+//! handler's future is dropped (the work stops) and the caller gets `CANCELLED`.
 //!
 //! Health follows the service's [`Readiness`] (its event bus): NOT_SERVING while the broker is
 //! unreachable, though requests are still served (writes wait in the outbox).
@@ -21,8 +25,8 @@ use tonic::server::NamedService;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
+use crate::auth::{self, CallerLayer};
 use crate::bus::Readiness;
-
 use crate::context::RequestIdLayer;
 
 const HEALTH_SERVICE: &str = "grpc.health.v1.Health";
@@ -86,8 +90,16 @@ where
         let _ = reporter.await;
         set_status::<S>(&health, ServingStatus::NotServing).await;
     };
+    let callers = CallerLayer::new(auth::scoped_keys());
+    if auth::scoped_keys().is_none() {
+        tracing::warn!(
+            service = S::NAME,
+            "no keys to verify callers with: every call that acts as a user is refused"
+        );
+    }
     tonic::transport::Server::builder()
         .layer(RequestIdLayer)
+        .layer(callers)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -121,5 +133,105 @@ async fn report_readiness<S: NamedService>(
             changed = readiness.changed() => if !changed { shutdown.cancelled().await; return },
             () = shutdown.cancelled() => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::task::{Context, Poll};
+    use std::time::Duration;
+
+    use super::*;
+
+    /// A service whose one method never finishes, recording when its work starts and when it is
+    /// dropped (abandoned).
+    #[derive(Clone, Default)]
+    struct Stuck {
+        started: Arc<AtomicBool>,
+        dropped: Arc<AtomicBool>,
+    }
+
+    impl NamedService for Stuck {
+        const NAME: &'static str = "test.Stuck";
+    }
+
+    struct SetOnDrop(Arc<AtomicBool>);
+
+    impl Drop for SetOnDrop {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+
+    impl Service<http::Request<tonic::body::Body>> for Stuck {
+        type Response = http::Response<tonic::body::Body>;
+        type Error = Infallible;
+        type Future = std::pin::Pin<
+            Box<dyn std::future::Future<Output = Result<Self::Response, Infallible>> + Send>,
+        >;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, _: http::Request<tonic::body::Body>) -> Self::Future {
+            let (started, guard) = (
+                Arc::clone(&self.started),
+                SetOnDrop(Arc::clone(&self.dropped)),
+            );
+            Box::pin(async move {
+                let _guard = guard;
+                started.store(true, Ordering::SeqCst);
+                std::future::pending::<()>().await;
+                unreachable!()
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_call_past_its_deadline_is_cancelled_and_its_work_dropped() {
+        let stuck = Stuck::default();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let server = tokio::spawn(serve(
+            stuck.clone(),
+            listener,
+            Readiness::always(),
+            shutdown.clone(),
+        ));
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut client = tonic::client::Grpc::new(channel);
+        client.ready().await.unwrap();
+        let mut request = tonic::Request::new(());
+        request.set_timeout(Duration::from_millis(100));
+        let path = http::uri::PathAndQuery::from_static("/test.Stuck/Wait");
+        let codec = tonic_prost::ProstCodec::<(), ()>::default();
+        let answered = tokio::time::timeout(
+            Duration::from_secs(5),
+            client.unary(request, path, codec),
+        )
+        .await
+        .expect("the server answered when the deadline passed");
+        let status = answered.unwrap_err();
+
+        assert_eq!(status.code(), tonic::Code::Cancelled, "{status:?}");
+        assert!(stuck.started.load(Ordering::SeqCst), "the work had begun");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while !stuck.dropped.load(Ordering::SeqCst) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the server kept working past the deadline"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        shutdown.cancel();
+        server.await.unwrap().unwrap();
     }
 }

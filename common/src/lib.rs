@@ -16,6 +16,8 @@
 //!   suite every backend must pass.
 //! - [`grpc`]: serving a tonic service with health, reflection and graceful shutdown.
 //! - [`tokens`]: signing and verifying the bearer tokens users log in with.
+//! - [`auth`]: the internal boundary: every gRPC server checks the caller's forwarded token, and
+//!   a call that acts as a user needs that user's token.
 //! - [`context`]: the request id that follows a request across services and events.
 //! - [`shutdown`], [`telemetry`]: process signals and structured logging.
 //!
@@ -26,6 +28,7 @@
 //! [`bus::EventBus`] and deletes them once the bus confirms. Consumers run [`bus::consume`], which
 //! hands each delivery to an idempotent handler and acknowledges only after the effect is stored.
 
+pub mod auth;
 pub mod bus;
 pub mod clock;
 pub mod context;

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
+use twtr_common::auth::acting_as;
 use twtr_common::{Limit, PageRequest, ServiceError as _};
 use twtr_proto::feeds::v1 as pb;
 use twtr_proto::feeds::v1::feeds_service_server::{FeedsService, FeedsServiceServer};
@@ -23,6 +24,8 @@ impl FeedsService for FeedsGrpc {
         &self,
         request: Request<pb::GetFeedRequest>,
     ) -> Result<Response<pb::GetFeedResponse>, Status> {
+        // A home feed is private to its owner.
+        acting_as(&request, request.get_ref().user_id)?;
         let r = request.into_inner();
         let limit = Limit::parse(Some(r.limit)).map_err(|e| FeedsError::from(e).to_status())?;
         let page = PageRequest {

@@ -38,6 +38,8 @@ impl FromRequestParts<AppState> for Caller {
             _ => ApiError::unauthenticated("invalid token"),
         })?;
         state.revocations().check(verified).await?;
+        // The services check who acts from this same token (see `twtr_common::auth`).
+        crate::upstream::forward_token(token);
         Ok(Caller(verified.user_id))
     }
 }
@@ -65,15 +67,15 @@ impl FromRequestParts<AppState> for MaybeCaller {
 #[derive(Debug, Clone)]
 pub struct JsonBody<T>(pub T);
 
-impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
+impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
     type Rejection = ApiError;
 
-    async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
+    async fn from_request(request: Request, state: &AppState) -> Result<Self, ApiError> {
         match axum::Json::<T>::from_request(request, state).await {
             Ok(axum::Json(value)) => Ok(Self(value)),
             Err(rejection) if rejection.status().as_u16() == 413 => Err(ApiError::new(
                 ErrorCode::PayloadTooLarge,
-                format!("request body is over {} bytes", crate::routes::BODY_LIMIT),
+                format!("request body is over {} bytes", state.body_limit()),
             )),
             Err(rejection) => Err(ApiError::invalid(rejection.body_text())),
         }

@@ -13,6 +13,9 @@
 //! - [`views`]: the JSON bodies of the public API, and the batched hydration that builds them
 //!   (one RPC per kind of data per response, never one per item).
 //! - [`routes`]: one handler per route, each a straight run: parse, call, respond.
+//! - [`limits`]: the edge's limits (body size, rate limits, deadline, load shedding, CORS).
+//! - [`app`]: the whole application: the routes inside the limits, next to health and
+//!   readiness, every request with an id and a deadline.
 //!
 //! # How a request flows
 //!
@@ -20,13 +23,18 @@
 //! and its revocation against a cache refreshed every two seconds per user) and parse the input; the handler calls the owning service(s) over gRPC, passing the
 //! caller's ID explicitly; views hydrate the result and render JSON.
 
+pub mod app;
 pub mod balance;
 pub mod error;
 pub mod extract;
+pub mod limits;
 pub mod revocation;
 pub mod routes;
 pub mod upstream;
 pub mod views;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
 
 use anyhow::Context as _;
 use tokio::net::TcpListener;
@@ -34,12 +42,14 @@ use tokio_util::sync::CancellationToken;
 use twtr_common::tokens::TokenVerifier;
 
 pub use error::ApiError;
+pub use limits::{EdgeLimits, RateLimits};
 pub use upstream::{UpstreamUrls, Upstreams};
 
 /// Everything the gateway needs, built by the binary from configuration.
 pub struct GatewayDeps {
     pub upstreams: UpstreamUrls,
     pub tokens: TokenVerifier,
+    pub limits: EdgeLimits,
 }
 
 /// Serves the HTTP API on `listener` until `shutdown`, then drains requests in flight.
@@ -52,13 +62,20 @@ pub async fn serve(
         .local_addr()
         .context("failed to read the HTTP listen address")?;
     let upstreams = Upstreams::connect(&deps.upstreams)?;
-    let app = routes::router(routes::AppState::new(upstreams, deps.tokens));
+    let rate_limiter = Arc::new(limits::RateLimiter::new(&deps.limits, deps.tokens.clone()));
+    let state = routes::AppState::new(upstreams, deps.tokens, deps.limits.body_limit);
+    let app = app::router(state, &deps.limits, Arc::clone(&rate_limiter));
+    tokio::spawn(limits::forget_idle_keys(rate_limiter, shutdown.clone()));
     tracing::info!(service = "gateway", %addr, "http server listening");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            shutdown.cancelled().await;
-            tracing::info!(service = "gateway", "http server shutting down");
-        })
-        .await
-        .context("HTTP server failed")
+    // The peer address is the client's (or the last proxy's) for the per-IP limits.
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
+        shutdown.cancelled().await;
+        tracing::info!(service = "gateway", "http server shutting down");
+    })
+    .await
+    .context("HTTP server failed")
 }

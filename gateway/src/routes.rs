@@ -3,22 +3,16 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
-use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
-use axum::response::Response;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
-use serde_json::json;
-use tonic_health::pb::HealthCheckRequest;
-use tonic_health::pb::health_check_response::ServingStatus;
-use tracing::Instrument as _;
 use twtr_common::tokens::TokenVerifier;
-use twtr_common::{ErrorCode, clock, context};
+use twtr_common::{ErrorCode, clock};
 use twtr_proto::feeds::v1::GetFeedRequest;
-use twtr_proto::followers::v1::{FollowRequest, ListFollowsRequest, UnfollowRequest};
+use twtr_proto::followers::v1::{FollowRequest, UnfollowRequest};
 use twtr_proto::tweets::v1::{
     BatchGetTweetsRequest, CreateTweetRequest, DeleteTweetRequest, GetPublicTimelineRequest,
     GetTweetRequest, ListUserTweetsRequest, TweetActionRequest,
@@ -34,10 +28,6 @@ use crate::revocation::Revocations;
 use crate::upstream::{Upstreams, rpc};
 use crate::views::{self, PageView, SessionView, TweetView, UserView};
 
-/// The largest request body accepted, in bytes.
-pub const BODY_LIMIT: usize = 64 * 1024;
-const READINESS_DEADLINE: Duration = Duration::from_secs(1);
-
 /// Shared by every handler; cheap to clone.
 #[derive(Clone)]
 pub struct AppState(Arc<Inner>);
@@ -46,16 +36,23 @@ struct Inner {
     upstreams: Upstreams,
     tokens: TokenVerifier,
     revocations: Revocations,
+    /// The largest request body accepted, in bytes (for the 413's message).
+    body_limit: usize,
 }
 
 impl AppState {
-    pub fn new(upstreams: Upstreams, tokens: TokenVerifier) -> Self {
+    pub fn new(upstreams: Upstreams, tokens: TokenVerifier, body_limit: usize) -> Self {
         let revocations = Revocations::new(upstreams.users.clone());
         Self(Arc::new(Inner {
             upstreams,
             tokens,
             revocations,
+            body_limit,
         }))
+    }
+
+    pub fn body_limit(&self) -> usize {
+        self.0.body_limit
     }
 
     pub fn tokens(&self) -> &TokenVerifier {
@@ -66,12 +63,13 @@ impl AppState {
         &self.0.revocations
     }
 
-    fn up(&self) -> &Upstreams {
+    pub(crate) fn up(&self) -> &Upstreams {
         &self.0.upstreams
     }
 }
 
-pub fn router(state: AppState) -> Router {
+/// The API's routes (under `/v1`); [`crate::app::router`] puts the edge's limits around them.
+pub fn api() -> Router<AppState> {
     Router::new()
         .route("/v1/users", post(create_user))
         .route("/v1/sessions", post(create_session))
@@ -79,8 +77,6 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/users/by-username/{username}", get(user_by_username))
         .route("/v1/users/{id}", get(user_by_id))
         .route("/v1/users/{id}/follow", post(follow).delete(unfollow))
-        .route("/v1/users/{id}/followers", get(followers))
-        .route("/v1/users/{id}/following", get(following))
         .route("/v1/users/{id}/tweets", get(user_tweets))
         .route("/v1/tweets", post(create_tweet))
         .route("/v1/tweets/{id}", get(tweet_by_id).delete(delete_tweet))
@@ -88,43 +84,6 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/tweets/{id}/retweet", post(retweet).delete(unretweet))
         .route("/v1/timeline", get(timeline))
         .route("/v1/feed", get(feed))
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .fallback(|| async { ApiError::not_found("no such route") })
-        .method_not_allowed_fallback(|| async { crate::error::method_not_allowed() })
-        .layer(DefaultBodyLimit::max(BODY_LIMIT))
-        .layer(axum::middleware::from_fn(request_context))
-        .with_state(state)
-}
-
-/// Gives every request an id (the caller's `x-request-id` when it is safe, else a fresh one),
-/// runs it with that id current (so every RPC and event it causes carries it), echoes the id in
-/// the response, and logs one line per request.
-async fn request_context(
-    request: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
-    let incoming = request
-        .headers()
-        .get(context::REQUEST_ID)
-        .and_then(|v| v.to_str().ok());
-    let id = context::accept(incoming);
-    let (method, path) = (request.method().clone(), request.uri().path().to_owned());
-    let span = tracing::info_span!("http", %method, %path, request_id = %id);
-    let started = Instant::now();
-    let mut response = context::scope(id.clone(), next.run(request).instrument(span.clone())).await;
-    let status = response.status().as_u16();
-    span.in_scope(|| {
-        tracing::info!(
-            status,
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "request served"
-        );
-    });
-    if let Ok(value) = HeaderValue::from_str(&id) {
-        response.headers_mut().insert(context::REQUEST_ID, value);
-    }
-    response
 }
 
 #[derive(Debug, Deserialize)]
@@ -327,58 +286,6 @@ async fn unfollow(
         state.up().users.clone().get_user(rpc(lookup)).await?;
     }
     Ok(StatusCode::NO_CONTENT)
-}
-
-/// Which list of a user a page is from.
-#[derive(Debug, Clone, Copy)]
-enum FollowList {
-    Followers,
-    Following,
-}
-
-/// A page of a user's followers or following, newest follow first, as hydrated users; 404 for
-/// an unknown or deleted user. Four RPCs whatever the page size: the list, one users batch
-/// (with the list's owner, for the 404), and the two count batches.
-async fn follow_list(
-    state: &AppState,
-    id: &str,
-    page: twtr_common::PageRequest,
-    list: FollowList,
-) -> Result<Json<PageView<UserView>>, ApiError> {
-    let user_id = parse_id(id, "user id")?;
-    let request = rpc(ListFollowsRequest {
-        user_id,
-        before: page.before,
-        since: page.since,
-        limit: page.limit.get() as u32,
-    });
-    let mut followers = state.up().followers.clone();
-    let page = match list {
-        FollowList::Followers => followers.list_followers(request).await?,
-        FollowList::Following => followers.list_following(request).await?,
-    }
-    .into_inner();
-    let listed = page.entries.iter().map(|entry| entry.user_id).collect();
-    let users = views::listed_users(state.up(), user_id, listed)
-        .await?
-        .ok_or_else(|| ApiError::not_found("user not found"))?;
-    Ok(Json(PageView::new(users, page.next)))
-}
-
-async fn followers(
-    State(state): State<AppState>,
-    Path(id): Path<String>,
-    PageParams(page): PageParams,
-) -> Result<Json<PageView<UserView>>, ApiError> {
-    follow_list(&state, &id, page, FollowList::Followers).await
-}
-
-async fn following(
-    State(state): State<AppState>,
-    Path(id): Path<String>,
-    PageParams(page): PageParams,
-) -> Result<Json<PageView<UserView>>, ApiError> {
-    follow_list(&state, &id, page, FollowList::Following).await
 }
 
 #[derive(Debug, Deserialize)]
@@ -606,41 +513,4 @@ async fn feed(
         views::tweets(state.up(), Some(me), items).await?,
         feed.next,
     )))
-}
-
-async fn healthz() -> Json<serde_json::Value> {
-    Json(json!({ "status": "ok" }))
-}
-
-/// Ready when every service answers its gRPC health check with SERVING.
-async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<serde_json::Value>) {
-    let checks: Vec<(&'static str, _)> = state
-        .up()
-        .health
-        .iter()
-        .map(|(name, client)| {
-            let mut client = client.clone();
-            let check = tokio::spawn(async move {
-                let mut request = tonic::Request::new(HealthCheckRequest {
-                    service: String::new(),
-                });
-                request.set_timeout(READINESS_DEADLINE);
-                let status = client.check(request).await.map(|r| r.into_inner().status());
-                matches!(status, Ok(ServingStatus::Serving))
-            });
-            (*name, check)
-        })
-        .collect();
-    let mut not_ready = Vec::new();
-    for (name, check) in checks {
-        if !check.await.unwrap_or(false) {
-            not_ready.push(name);
-        }
-    }
-    if not_ready.is_empty() {
-        return (StatusCode::OK, Json(json!({ "status": "ready" })));
-    }
-    let message = format!("not ready: {}", not_ready.join(", "));
-    let body = json!({ "error": { "code": "unavailable", "message": message } });
-    (StatusCode::SERVICE_UNAVAILABLE, Json(body))
 }

@@ -39,6 +39,7 @@ async fn with_its_services_down_the_gateway_answers_503_not_500() {
         GatewayDeps {
             upstreams,
             tokens: TokenVerifier::from_pems(&[public]).unwrap(),
+            limits: twtr_gateway::EdgeLimits::default(),
         },
         listener,
         shutdown.clone(),

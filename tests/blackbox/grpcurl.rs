@@ -74,3 +74,42 @@ async fn every_service_answers_grpcurl_list_and_health_check() {
     assert!(found.contains(&format!("\"id\": \"{user_id}\"")), "{found}");
     mesh.stop().await;
 }
+
+/// `twtr token` as an operator uses it: a call that acts as a user needs that user's token in
+/// the metadata; without one the service refuses it.
+#[tokio::test]
+async fn an_operator_acts_as_a_user_with_a_token_from_twtr_token() {
+    let mesh = TestMesh::start().await;
+    let (user_id, _) = mesh.user("operated").await;
+    let minted = Command::new(env!("CARGO_BIN_EXE_twtr"))
+        .args(["token", "--user", &user_id, "--ttl", "60"])
+        .env("TWTR_DATA_DIR", mesh.data_dir.path())
+        .output()
+        .await
+        .expect("run twtr token");
+    assert!(
+        minted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&minted.stderr)
+    );
+    let token = String::from_utf8(minted.stdout).unwrap().trim().to_owned();
+    let tweets = mesh.tweets.to_string();
+    let request = format!(r#"{{"author_id":"{user_id}","text":"posted by an operator"}}"#);
+    let method = "twtr.tweets.v1.TweetsService/CreateTweet";
+
+    let refused = Command::new("grpcurl")
+        .args(["-plaintext", "-d", &request, &tweets, method])
+        .output()
+        .await
+        .expect("run grpcurl");
+    assert!(!refused.status.success());
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(said.contains("Unauthenticated"), "{said}");
+
+    let header = format!("authorization: Bearer {token}");
+    let posted = grpcurl(&["-plaintext", "-H", &header, "-d", &request, &tweets, method]).await;
+    assert!(posted.contains("posted by an operator"), "{posted}");
+    let (_, page) = mesh.get(&format!("/v1/users/{user_id}/tweets"), None).await;
+    assert_eq!(page["items"].as_array().map(Vec::len), Some(1), "{page}");
+    mesh.stop().await;
+}

@@ -8,6 +8,7 @@ mod binary;
 mod config;
 mod cql;
 mod degraded;
+mod edge;
 mod feeds;
 mod grpcurl;
 mod mesh;

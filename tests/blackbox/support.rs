@@ -52,6 +52,14 @@ impl TestMesh {
         Self::start_in(Arc::new(tempfile::tempdir().expect("temp dir"))).await
     }
 
+    /// The whole mesh on a fresh data directory, with `configure` applied to the defaults.
+    pub async fn start_configured(configure: impl FnOnce(&mut Config)) -> Self {
+        let data_dir = Arc::new(tempfile::tempdir().expect("temp dir"));
+        let mut config = Config::embedded(data_dir.path());
+        configure(&mut config);
+        Self::start_with(config, data_dir).await
+    }
+
     /// The whole mesh on `data_dir` (e.g. one a previous mesh used).
     pub async fn start_in(data_dir: Arc<TempDir>) -> Self {
         Self::start_with(Config::embedded(data_dir.path()), data_dir).await
@@ -112,6 +120,19 @@ impl TestMesh {
             shutdown,
             handle: Some(handle),
         }
+    }
+
+    /// A token acting as `user_id`, signed with the mesh's own key (what `twtr token` prints):
+    /// for calling a service directly as that user.
+    pub fn token_for(&self, user_id: &str) -> String {
+        let pem = std::fs::read_to_string(self.data_dir.path().join("token_private.pem"))
+            .expect("the mesh's signing key");
+        let signer = twtr_common::tokens::TokenSigner::from_pem(&pem, Duration::from_secs(600))
+            .expect("a signing key");
+        signer
+            .issue(user_id.parse().expect("a user id"), 0)
+            .expect("sign")
+            .token
     }
 
     /// Shuts the mesh down gracefully and returns its data directory (and drops its CQL
@@ -290,6 +311,15 @@ impl Drop for TestMesh {
     fn drop(&mut self) {
         self.shutdown.cancel();
     }
+}
+
+/// A gRPC request carrying `token` (`authorization: Bearer <token>`), as the gateway forwards
+/// a caller's.
+pub fn as_user<T>(token: &str, message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    let value = format!("Bearer {token}").parse().expect("a metadata value");
+    request.metadata_mut().insert("authorization", value);
+    request
 }
 
 /// A JSON string's contents (panics on anything else, naming it).

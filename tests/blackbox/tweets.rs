@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use twtr_proto::tweets::v1::tweets_service_client::TweetsServiceClient;
 use twtr_proto::tweets::v1::{CreateTweetRequest, ListUserTweetsRequest};
 
-use crate::support::{CONVERGE, TestMesh, eventually, ids, on_both_backends, text};
+use crate::support::{CONVERGE, TestMesh, as_user, eventually, ids, on_both_backends, text};
 
 on_both_backends! {
     text_limit => the_280_limit_counts_characters_after_normalization,
@@ -346,15 +346,21 @@ pub async fn a_post_retried_with_its_idempotency_key_creates_one_tweet(mesh: &Te
         StatusCode::CREATED,
         "{retried} (first attempt: {gave_up:?})"
     );
-    // And through gRPC, as a caller inside the mesh would retry.
+    // And through gRPC, as a caller inside the mesh would retry (with the author's token).
     let mut tweets = TweetsServiceClient::connect(format!("http://{}", mesh.tweets))
         .await
         .unwrap();
     let author_id: u64 = me.parse().unwrap();
-    let request = || CreateTweetRequest {
-        author_id,
-        text: "over grpc".to_owned(),
-        idempotency_key: "key-3".to_owned(),
+    let as_me = mesh.token_for(&me);
+    let request = || {
+        as_user(
+            &as_me,
+            CreateTweetRequest {
+                author_id,
+                text: "over grpc".to_owned(),
+                idempotency_key: "key-3".to_owned(),
+            },
+        )
     };
     let one = tweets.create_tweet(request()).await.unwrap().into_inner();
     let two = tweets.create_tweet(request()).await.unwrap().into_inner();
@@ -478,15 +484,19 @@ pub async fn a_deleted_accounts_tweets_likes_and_retweets_go(mesh: &TestMesh) {
         .into_inner();
     assert!(listed.tweets.is_empty(), "{listed:?}");
     // The account cannot post any more: not with its old token at the gateway, and not by a
-    // caller inside the mesh filling in its id (the tweets service's own record of deletions).
+    // caller inside the mesh with a validly signed token of its id (the gateway's revocation
+    // check is not there; the tweets service's own record of deletions is).
     let (status, _) = post(mesh, &gone, "from beyond", None).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     let refused = tweets
-        .create_tweet(CreateTweetRequest {
-            author_id: gone_id.parse().unwrap(),
-            text: "from beyond".to_owned(),
-            idempotency_key: String::new(),
-        })
+        .create_tweet(as_user(
+            &mesh.token_for(&gone_id),
+            CreateTweetRequest {
+                author_id: gone_id.parse().unwrap(),
+                text: "from beyond".to_owned(),
+                idempotency_key: String::new(),
+            },
+        ))
         .await
         .unwrap_err();
     assert_eq!(refused.code(), tonic::Code::NotFound, "{refused:?}");

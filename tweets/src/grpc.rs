@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
+use twtr_common::auth::acting_as;
 use twtr_common::{Limit, Page, PageRequest, ServiceError as _, clock};
 use twtr_proto::tweets::v1 as pb;
 use twtr_proto::tweets::v1::tweets_service_server::{TweetsService, TweetsServiceServer};
@@ -56,6 +57,7 @@ impl TweetsService for TweetsGrpc {
         &self,
         request: Request<pb::CreateTweetRequest>,
     ) -> Result<Response<pb::Tweet>, Status> {
+        acting_as(&request, request.get_ref().author_id)?;
         let r = request.into_inner();
         let tweet = self
             .tweets
@@ -133,6 +135,7 @@ impl TweetsService for TweetsGrpc {
         &self,
         request: Request<pb::DeleteTweetRequest>,
     ) -> Result<Response<pb::DeleteTweetResponse>, Status> {
+        acting_as(&request, request.get_ref().caller_id)?;
         let r = request.into_inner();
         self.tweets
             .delete_tweet(r.caller_id, r.tweet_id)
@@ -173,6 +176,7 @@ impl TweetsService for TweetsGrpc {
         &self,
         request: Request<pb::BatchGetViewerFlagsRequest>,
     ) -> Result<Response<pb::BatchGetViewerFlagsResponse>, Status> {
+        acting_as(&request, request.get_ref().user_id)?;
         let r = request.into_inner();
         let flags = self
             .tweets
@@ -214,6 +218,7 @@ impl TweetsGrpc {
         action: Action,
         request: Request<pb::TweetActionRequest>,
     ) -> Result<Response<pb::TweetActionResponse>, Status> {
+        acting_as(&request, request.get_ref().user_id)?;
         let r = request.into_inner();
         let changed = self
             .tweets

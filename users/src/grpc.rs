@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
+use twtr_common::auth::acting_as;
 use twtr_common::{ServiceError as _, clock};
 use twtr_proto::users::v1 as pb;
 use twtr_proto::users::v1::users_service_server::{UsersService, UsersServiceServer};
@@ -111,6 +112,7 @@ impl UsersService for UsersGrpc {
         &self,
         request: Request<pb::UpdateUserRequest>,
     ) -> Result<Response<pb::User>, Status> {
+        acting_as(&request, request.get_ref().user_id)?;
         let r = request.into_inner();
         let update = ProfileUpdate {
             display_name: r.display_name,
@@ -130,6 +132,7 @@ impl UsersService for UsersGrpc {
         &self,
         request: Request<pb::DeleteUserRequest>,
     ) -> Result<Response<pb::DeleteUserResponse>, Status> {
+        acting_as(&request, request.get_ref().user_id)?;
         self.users
             .delete_user(request.into_inner().user_id)
             .await

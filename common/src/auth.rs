@@ -1,0 +1,298 @@
+//! Who is calling a service: the internal boundary of the mesh.
+//!
+//! The gateway verifies a user's bearer token and forwards it, unchanged, in the gRPC metadata
+//! `authorization: Bearer <token>`. Every gRPC server checks it again here with the public keys
+//! (no round trip), so a process that can reach a service's port cannot act as any user by
+//! filling in an id: a call that acts as a user (posting, following, deleting an account,
+//! reading a home feed) must carry a valid token *of that user*. Calls that act as nobody
+//! (reads such as `GetTweet`, `BatchGetUsers`, sign-up and login) stay open, so services can
+//! call each other's reads and operators can use `grpcurl` without a token; `twtr token` mints
+//! one for the calls that need it.
+//!
+//! Revocation (a deleted account, a changed password) is the gateway's check; a service only
+//! checks signature, expiry and subject. Each service's own rules still apply on top (the tweets
+//! service refuses posts by an account it knows is deleted).
+//!
+//! The pieces: [`CallerLayer`] (a tower layer every gRPC server runs, see [`crate::grpc`])
+//! verifies the token when there is one and records a [`Caller`] in the request's extensions;
+//! a service adapter calls [`acting_as`] before doing anything on a user's behalf.
+//!
+//! Which keys a server verifies with is set by the process for each service it runs, with
+//! [`scope`] around the service's `serve` future; a server started outside any scope verifies
+//! nothing, so every call that acts as a user is refused (fail closed).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use tonic::codegen::http;
+
+use crate::tokens::{TokenError, TokenVerifier};
+
+/// The metadata key that carries the bearer token.
+pub const AUTHORIZATION: &str = "authorization";
+
+/// Who made a call, as the server saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Caller {
+    /// The call carried a valid token of this user.
+    User(u64),
+    /// The call carried no token.
+    Anonymous,
+}
+
+tokio::task_local! {
+    static KEYS: Option<Arc<TokenVerifier>>;
+}
+
+/// Runs `serve` (a service's `serve` future) with `keys` as the keys its gRPC server verifies
+/// callers' tokens with.
+pub async fn scope<F: Future>(keys: TokenVerifier, serve: F) -> F::Output {
+    KEYS.scope(Some(Arc::new(keys)), serve).await
+}
+
+/// The keys of the surrounding [`scope`], if any.
+pub(crate) fn scoped_keys() -> Option<Arc<TokenVerifier>> {
+    KEYS.try_with(Clone::clone).ok().flatten()
+}
+
+/// Refuses the call unless it carries a valid token of `user_id`: for every call that acts as,
+/// or reads the private data of, that user.
+pub fn acting_as<T>(request: &tonic::Request<T>, user_id: u64) -> Result<(), tonic::Status> {
+    match request.extensions().get::<Caller>() {
+        Some(Caller::User(id)) if *id == user_id => Ok(()),
+        Some(Caller::User(id)) => Err(tonic::Status::permission_denied(format!(
+            "the token is user {id}'s; this call acts as user {user_id}"
+        ))),
+        Some(Caller::Anonymous) | None => Err(tonic::Status::unauthenticated(format!(
+            "this call acts as user {user_id}: send that user's token \
+             (metadata `authorization: Bearer <token>`; `twtr token --user {user_id}` makes one)"
+        ))),
+    }
+}
+
+/// What the `authorization` metadata says: no token, or a token (not yet verified).
+fn bearer<B>(request: &http::Request<B>) -> Result<Option<&str>, &'static str> {
+    let Some(value) = request.headers().get(AUTHORIZATION) else {
+        return Ok(None);
+    };
+    value
+        .to_str()
+        .ok()
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(|token| Some(token.trim()))
+        .ok_or("authorization metadata must be `Bearer <token>`")
+}
+
+/// Tower layer for gRPC servers: verifies the caller's token, if the call has one, and records
+/// the [`Caller`]. A token that does not verify is refused at once (`UNAUTHENTICATED`), whatever
+/// the method. With no keys, every token is refused.
+#[derive(Clone, Default)]
+pub struct CallerLayer {
+    keys: Option<Arc<TokenVerifier>>,
+}
+
+impl std::fmt::Debug for CallerLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CallerLayer")
+            .field("verifies", &self.keys.is_some())
+            .finish()
+    }
+}
+
+impl CallerLayer {
+    pub fn new(keys: Option<Arc<TokenVerifier>>) -> Self {
+        Self { keys }
+    }
+
+    fn caller<B>(&self, request: &http::Request<B>) -> Result<Caller, tonic::Status> {
+        let token = match bearer(request) {
+            Ok(None) => return Ok(Caller::Anonymous),
+            Ok(Some(token)) => token,
+            Err(message) => return Err(tonic::Status::unauthenticated(message)),
+        };
+        let keys = self.keys.as_ref().ok_or_else(|| {
+            tonic::Status::unauthenticated("this server has no keys to verify tokens with")
+        })?;
+        match keys.verify(token) {
+            Ok(verified) => Ok(Caller::User(verified.user_id)),
+            Err(TokenError::Expired) => Err(tonic::Status::unauthenticated("token has expired")),
+            Err(_) => Err(tonic::Status::unauthenticated("invalid token")),
+        }
+    }
+}
+
+impl<S> tower::Layer<S> for CallerLayer {
+    type Service = CallerService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        CallerService {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct CallerService<S> {
+    inner: S,
+    layer: CallerLayer,
+}
+
+impl<S> std::fmt::Debug for CallerService<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CallerService")
+            .field("layer", &self.layer)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, B, RB> tower::Service<http::Request<B>> for CallerService<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<RB>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    RB: Default + Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+        match self.layer.caller(&request) {
+            Ok(caller) => {
+                request.extensions_mut().insert(caller);
+                Box::pin(self.inner.call(request))
+            }
+            Err(status) => {
+                tracing::info!(method = %request.uri().path(), reason = status.message(), "call refused: bad token");
+                let response = status.into_http::<RB>();
+                Box::pin(std::future::ready(Ok(response)))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tower::{Layer as _, ServiceExt as _};
+
+    use super::*;
+    use crate::tokens::{TokenSigner, generate_key_pair};
+
+    fn keys() -> (TokenSigner, TokenVerifier) {
+        let (private, public) = generate_key_pair().unwrap();
+        (
+            TokenSigner::from_pem(&private, Duration::from_secs(60)).unwrap(),
+            TokenVerifier::from_pems(&[public]).unwrap(),
+        )
+    }
+
+    /// Runs a request with `authorization` (if any) through the layer; returns the caller the
+    /// service saw, or the gRPC status the layer answered with.
+    async fn through(layer: &CallerLayer, authorization: Option<&str>) -> Result<Caller, String> {
+        let seen = tower::service_fn(|request: http::Request<()>| async move {
+            let mut response = http::Response::new(String::new());
+            if let Some(caller) = request.extensions().get::<Caller>() {
+                response.extensions_mut().insert(*caller);
+            }
+            Ok::<_, std::convert::Infallible>(response)
+        });
+        let mut request = http::Request::builder().uri("/svc/Method");
+        if let Some(value) = authorization {
+            request = request.header(AUTHORIZATION, value);
+        }
+        let response = layer
+            .layer(seen)
+            .oneshot(request.body(()).unwrap())
+            .await
+            .unwrap();
+        match response.headers().get("grpc-status") {
+            Some(code) => Err(format!(
+                "{}: {}",
+                code.to_str().unwrap(),
+                response.headers()["grpc-message"].to_str().unwrap()
+            )),
+            None => Ok(*response.extensions().get::<Caller>().expect("a caller")),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_valid_token_names_the_caller_and_no_token_is_anonymous() {
+        let (signer, verifier) = keys();
+        let layer = CallerLayer::new(Some(Arc::new(verifier)));
+        let token = signer.issue(42, 0).unwrap().token;
+        assert_eq!(
+            through(&layer, Some(&format!("Bearer {token}"))).await,
+            Ok(Caller::User(42))
+        );
+        assert_eq!(through(&layer, None).await, Ok(Caller::Anonymous));
+    }
+
+    #[tokio::test]
+    async fn bad_tokens_are_refused_before_the_service_runs() {
+        let (_, verifier) = keys();
+        let (other_signer, _) = keys();
+        let layer = CallerLayer::new(Some(Arc::new(verifier)));
+        let forged = other_signer.issue(42, 0).unwrap().token;
+        for bad in [
+            format!("Bearer {forged}"),
+            "Bearer not-a-token".to_owned(),
+            "Basic dXNlcjpwYXNz".to_owned(),
+        ] {
+            let refused = through(&layer, Some(&bad)).await.unwrap_err();
+            assert!(
+                refused.starts_with("16:"),
+                "UNAUTHENTICATED for {bad}: {refused}"
+            );
+        }
+        // A server without keys accepts no token at all.
+        let (signer, _) = keys();
+        let token = signer.issue(42, 0).unwrap().token;
+        let refused = through(&CallerLayer::new(None), Some(&format!("Bearer {token}")))
+            .await
+            .unwrap_err();
+        assert!(refused.starts_with("16:"), "{refused}");
+    }
+
+    #[test]
+    fn acting_as_needs_that_users_token() {
+        let request = |caller: Option<Caller>| {
+            let mut request = tonic::Request::new(());
+            if let Some(caller) = caller {
+                request.extensions_mut().insert(caller);
+            }
+            request
+        };
+        assert!(acting_as(&request(Some(Caller::User(7))), 7).is_ok());
+        let code = |r: Result<(), tonic::Status>| r.unwrap_err().code();
+        assert_eq!(
+            code(acting_as(&request(Some(Caller::User(8))), 7)),
+            tonic::Code::PermissionDenied
+        );
+        assert_eq!(
+            code(acting_as(&request(Some(Caller::Anonymous)), 7)),
+            tonic::Code::Unauthenticated
+        );
+        // A server that never ran the layer fails closed.
+        assert_eq!(
+            code(acting_as(&request(None), 7)),
+            tonic::Code::Unauthenticated
+        );
+    }
+
+    #[tokio::test]
+    async fn the_scope_hands_its_keys_to_the_server_it_wraps() {
+        let (_, verifier) = keys();
+        assert!(scoped_keys().is_none());
+        let inside = scope(verifier, async { scoped_keys().is_some() }).await;
+        assert!(inside);
+    }
+}

@@ -1,0 +1,135 @@
+//! The whole HTTP application: the API's routes ([`crate::routes::api`]) inside the edge's
+//! limits ([`crate::limits`]), next to the operational routes (health, readiness), and every
+//! request inside [`request_context`].
+//!
+//! Layers, outermost first: request context (id, deadline, log line) → CORS → for the API only:
+//! rate limits → load shedding → body size limit → the route.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Json;
+use axum::error_handling::HandleErrorLayer;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::Response;
+use axum::routing::get;
+use axum::{Router, middleware};
+use serde_json::json;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tower::ServiceBuilder;
+use tower::limit::GlobalConcurrencyLimitLayer;
+use tower::load_shed::LoadShedLayer;
+use tracing::Instrument as _;
+use twtr_common::context;
+
+use crate::error::ApiError;
+use crate::limits::{self, EdgeLimits, RateLimiter};
+use crate::routes::{self, AppState};
+use crate::upstream;
+
+const READINESS_DEADLINE: Duration = Duration::from_secs(1);
+
+/// The application, with its rate limiters (which the caller keeps trimmed, see
+/// [`limits::forget_idle_keys`]).
+pub fn router(state: AppState, limits: &EdgeLimits, rate_limiter: Arc<RateLimiter>) -> Router {
+    let api = routes::api()
+        .layer(DefaultBodyLimit::max(limits.body_limit))
+        .layer(
+            ServiceBuilder::new()
+                .layer(HandleErrorLayer::new(limits::overloaded))
+                .layer(LoadShedLayer::new())
+                .layer(GlobalConcurrencyLimitLayer::new(
+                    limits.max_in_flight.max(1),
+                )),
+        )
+        .layer(middleware::from_fn_with_state(
+            rate_limiter,
+            limits::rate_limit,
+        ));
+    let mut app = Router::new()
+        .merge(api)
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .fallback(|| async { ApiError::not_found("no such route") })
+        .method_not_allowed_fallback(|| async { crate::error::method_not_allowed() })
+        .with_state(state);
+    if let Some(cors) = limits::cors(&limits.cors_origins) {
+        app = app.layer(cors);
+    }
+    app.layer(middleware::from_fn_with_state(
+        limits.request_timeout,
+        request_context,
+    ))
+}
+
+/// Gives every request an id (the caller's `x-request-id` when it is safe, else a fresh one)
+/// and a deadline, runs it with both current (so every RPC and event it causes carries the id,
+/// and every RPC what is left of the deadline), echoes the id in the response, and logs one
+/// line per request.
+async fn request_context(
+    State(timeout): State<Duration>,
+    request: axum::extract::Request,
+    next: middleware::Next,
+) -> Response {
+    let incoming = request
+        .headers()
+        .get(context::REQUEST_ID)
+        .and_then(|v| v.to_str().ok());
+    let id = context::accept(incoming);
+    let (method, path) = (request.method().clone(), request.uri().path().to_owned());
+    let span = tracing::info_span!("http", %method, %path, request_id = %id);
+    let started = Instant::now();
+    let work = upstream::scope(timeout, next.run(request)).instrument(span.clone());
+    let mut response = context::scope(id.clone(), work).await;
+    let status = response.status().as_u16();
+    span.in_scope(|| {
+        tracing::info!(
+            status,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "request served"
+        );
+    });
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert(context::REQUEST_ID, value);
+    }
+    response
+}
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+/// Ready when every service answers its gRPC health check with SERVING.
+async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<serde_json::Value>) {
+    let checks: Vec<(&'static str, _)> = state
+        .up()
+        .health
+        .iter()
+        .map(|(name, client)| {
+            let mut client = client.clone();
+            let check = tokio::spawn(async move {
+                let mut request = tonic::Request::new(HealthCheckRequest {
+                    service: String::new(),
+                });
+                request.set_timeout(READINESS_DEADLINE);
+                let status = client.check(request).await.map(|r| r.into_inner().status());
+                matches!(status, Ok(ServingStatus::Serving))
+            });
+            (*name, check)
+        })
+        .collect();
+    let mut not_ready = Vec::new();
+    for (name, check) in checks {
+        if !check.await.unwrap_or(false) {
+            not_ready.push(name);
+        }
+    }
+    if not_ready.is_empty() {
+        return (StatusCode::OK, Json(json!({ "status": "ready" })));
+    }
+    let message = format!("not ready: {}", not_ready.join(", "));
+    let body = json!({ "error": { "code": "unavailable", "message": message } });
+    (StatusCode::SERVICE_UNAVAILABLE, Json(body))
+}

@@ -1,0 +1,128 @@
+//! The command line of the edge's limits and of observability (metrics, traces), and the
+//! `twtr token` subcommand's arguments. Flattened into [`crate::Cli`]; every flag has a
+//! `TWTR_*` variable.
+
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use clap::Args;
+use twtr_gateway::{EdgeLimits, RateLimits};
+
+/// The gateway's limits (see `gateway/src/limits.rs`).
+#[derive(Debug, Args)]
+pub struct EdgeArgs {
+    /// Largest request body the gateway accepts, in bytes (larger: 413).
+    #[arg(long, env = "TWTR_HTTP_BODY_LIMIT_BYTES", default_value_t = EdgeLimits::default().body_limit, global = true)]
+    pub http_body_limit_bytes: usize,
+
+    /// Milliseconds a gateway request may take, its RPCs included: every RPC carries what is
+    /// left of it as its gRPC deadline, and the service stops working on it when it passes
+    /// (then: 504).
+    #[arg(
+        long,
+        env = "TWTR_REQUEST_TIMEOUT_MS",
+        default_value_t = 10_000,
+        global = true
+    )]
+    pub request_timeout_ms: u64,
+
+    /// API requests the gateway serves at once; one more is shed at once with a 503.
+    #[arg(long, env = "TWTR_HTTP_MAX_IN_FLIGHT", default_value_t = EdgeLimits::default().max_in_flight, global = true)]
+    pub http_max_in_flight: usize,
+
+    /// API requests per minute from one client IP (0: no limit); over it: 429 with Retry-After.
+    #[arg(long, env = "TWTR_RATE_LIMIT_PER_IP", default_value_t = per_minute(RateLimits::default().per_ip), global = true)]
+    pub rate_limit_per_ip: u32,
+
+    /// API requests per minute by one caller (the user of a valid token; 0: no limit).
+    #[arg(long, env = "TWTR_RATE_LIMIT_PER_CALLER", default_value_t = per_minute(RateLimits::default().per_caller), global = true)]
+    pub rate_limit_per_caller: u32,
+
+    /// Logins and sign-ups per minute from one client IP (0: no limit).
+    #[arg(long, env = "TWTR_RATE_LIMIT_AUTH_PER_IP", default_value_t = per_minute(RateLimits::default().auth_per_ip), global = true)]
+    pub rate_limit_auth_per_ip: u32,
+
+    /// Proxies in front of the gateway that append to X-Forwarded-For (0: the client is the TCP
+    /// peer; behind a GKE Ingress: 2, the client and Google's front end).
+    #[arg(
+        long,
+        env = "TWTR_HTTP_TRUSTED_PROXY_HOPS",
+        default_value_t = 0,
+        global = true
+    )]
+    pub http_trusted_proxy_hops: usize,
+
+    /// Comma-separated origins allowed to call the API from a browser (`*`: any); unset: no
+    /// CORS headers.
+    #[arg(long, env = "TWTR_CORS_ORIGINS", value_delimiter = ',', global = true)]
+    pub cors_origins: Vec<String>,
+
+    /// Where this process serves Prometheus metrics (`/metrics`), e.g. `0.0.0.0:9090`; unset:
+    /// no metrics listener (the gateway serves `/metrics` on its HTTP port anyway).
+    #[arg(long, env = "TWTR_METRICS_ADDR", global = true)]
+    pub metrics_addr: Option<String>,
+
+    /// OTLP/gRPC endpoint traces are exported to (e.g. `http://otel-collector:4317`); also read
+    /// from OTEL_EXPORTER_OTLP_ENDPOINT. Unset: no export (trace context is still propagated).
+    #[arg(long, env = "TWTR_OTLP_ENDPOINT", global = true)]
+    pub otlp_endpoint: Option<String>,
+}
+
+fn per_minute(limit: Option<NonZeroU32>) -> u32 {
+    limit.map_or(0, NonZeroU32::get)
+}
+
+impl EdgeArgs {
+    pub fn limits(&self) -> anyhow::Result<EdgeLimits> {
+        anyhow::ensure!(
+            self.http_body_limit_bytes > 0,
+            "TWTR_HTTP_BODY_LIMIT_BYTES must be at least 1"
+        );
+        anyhow::ensure!(
+            self.request_timeout_ms > 0,
+            "TWTR_REQUEST_TIMEOUT_MS must be at least 1"
+        );
+        anyhow::ensure!(
+            self.http_max_in_flight > 0,
+            "TWTR_HTTP_MAX_IN_FLIGHT must be at least 1"
+        );
+        Ok(EdgeLimits {
+            body_limit: self.http_body_limit_bytes,
+            request_timeout: Duration::from_millis(self.request_timeout_ms),
+            max_in_flight: self.http_max_in_flight,
+            rates: RateLimits {
+                per_ip: NonZeroU32::new(self.rate_limit_per_ip),
+                per_caller: NonZeroU32::new(self.rate_limit_per_caller),
+                auth_per_ip: NonZeroU32::new(self.rate_limit_auth_per_ip),
+            },
+            cors_origins: self
+                .cors_origins
+                .iter()
+                .map(|o| o.trim().to_owned())
+                .filter(|o| !o.is_empty())
+                .collect(),
+            trusted_proxy_hops: self.http_trusted_proxy_hops,
+        })
+    }
+
+    /// The OTLP endpoint: ours, else the standard OpenTelemetry variable.
+    pub fn otlp_endpoint(&self) -> Option<String> {
+        self.otlp_endpoint
+            .clone()
+            .or_else(|| std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").ok())
+            .filter(|e| !e.trim().is_empty())
+    }
+}
+
+/// `twtr token`: a token for an operator's calls to a service as a user (grpcurl's
+/// `-H "authorization: Bearer $(twtr token --user 42)"`). Needs TWTR_TOKEN_PRIVATE_KEY (or, for
+/// an all-in-one mesh, its data directory's generated key).
+#[derive(Debug, Clone, Copy, Args, PartialEq, Eq)]
+pub struct TokenArgs {
+    /// The user the token acts as.
+    #[arg(long)]
+    pub user: u64,
+    /// Seconds the token is valid.
+    #[arg(long, default_value_t = 600)]
+    pub ttl: u64,
+}

@@ -1,0 +1,356 @@
+//! The gateway as a production edge: every limit answered in the one JSON error shape (413, 429
+//! with `Retry-After`, 504, 503 under a flood), CORS, and the services' ports closed to a caller
+//! who fills in someone else's id.
+
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpStream;
+use twtr_gateway::RateLimits;
+use twtr_proto::feeds::v1::GetFeedRequest;
+use twtr_proto::feeds::v1::feeds_service_client::FeedsServiceClient;
+use twtr_proto::followers::v1::FollowRequest;
+use twtr_proto::followers::v1::followers_service_client::FollowersServiceClient;
+use twtr_proto::tweets::v1::CreateTweetRequest;
+use twtr_proto::tweets::v1::tweets_service_client::TweetsServiceClient;
+use twtr_proto::users::v1::users_service_client::UsersServiceClient;
+use twtr_proto::users::v1::{CreateUserRequest, DeleteUserRequest, GetUserRequest};
+
+use crate::support::{CONVERGE, TestMesh, as_user, eventually, ids};
+
+/// A response's status, `Retry-After` (if any) and JSON body.
+async fn send(request: reqwest::RequestBuilder) -> (StatusCode, Option<u64>, Value) {
+    let response = request.send().await.expect("HTTP request");
+    let status = response.status();
+    let retry_after = response
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap().parse().expect("Retry-After in seconds"));
+    (
+        status,
+        retry_after,
+        response.json().await.unwrap_or(Value::Null),
+    )
+}
+
+fn code(body: &Value) -> &str {
+    body["error"]["code"].as_str().unwrap_or_default()
+}
+
+fn limits(per_ip: u32, per_caller: u32, auth_per_ip: u32) -> RateLimits {
+    RateLimits {
+        per_ip: NonZeroU32::new(per_ip),
+        per_caller: NonZeroU32::new(per_caller),
+        auth_per_ip: NonZeroU32::new(auth_per_ip),
+    }
+}
+
+#[tokio::test]
+async fn logins_and_sign_ups_over_their_limit_get_429_with_retry_after() {
+    let mesh = TestMesh::start_configured(|c| c.edge.rates = limits(0, 0, 3)).await;
+    let http = reqwest::Client::new();
+    let url = |path: &str| format!("{}{path}", mesh.http);
+    let alice = json!({ "username": "alice", "password": "alice-password" });
+    let (status, _, _) = send(http.post(url("/v1/users")).json(&alice)).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (status, _, _) = send(http.post(url("/v1/sessions")).json(&alice)).await;
+    assert_eq!(status, StatusCode::OK);
+    let wrong = json!({ "username": "alice", "password": "a wrong guess" });
+    let (status, _, _) = send(http.post(url("/v1/sessions")).json(&wrong)).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+
+    // The fourth login or sign-up from this address within the minute is refused.
+    let (status, retry_after, body) = send(http.post(url("/v1/sessions")).json(&alice)).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert_eq!(code(&body), "rate_limited", "{body}");
+    let retry_after = retry_after.expect("a 429 says when to retry");
+    assert!((1..=20).contains(&retry_after), "3 a minute: {retry_after}s");
+    let bob = json!({ "username": "bob", "password": "bob-password" });
+    let (status, retry_after, body) = send(http.post(url("/v1/users")).json(&bob)).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert!(retry_after.is_some());
+    // Refused means not written; and other routes are not held to that limit.
+    let (status, _) = mesh.get("/v1/users/by-username/bob", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = mesh.get("/v1/users/by-username/alice", None).await;
+    assert_eq!(status, StatusCode::OK);
+    mesh.stop().await;
+}
+
+#[tokio::test]
+async fn each_caller_and_each_address_has_its_own_allowance() {
+    let mesh = TestMesh::start_configured(|c| c.edge.rates = limits(0, 4, 0)).await;
+    let (_, alice) = mesh.user("alice").await;
+    let (_, bob) = mesh.user("bob").await;
+    let http = reqwest::Client::new();
+    let me = |token: &str| {
+        http.get(format!("{}/v1/users/me", mesh.http))
+            .bearer_auth(token)
+    };
+    for _ in 0..4 {
+        assert_eq!(send(me(&alice)).await.0, StatusCode::OK);
+    }
+    let (status, retry_after, body) = send(me(&alice)).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert!(retry_after.is_some_and(|s| (1..=15).contains(&s)), "{retry_after:?}");
+    // Bob, from the same address, is not held back by Alice's use; anonymous reads neither.
+    assert_eq!(send(me(&bob)).await.0, StatusCode::OK);
+    assert_eq!(mesh.get("/v1/timeline", None).await.0, StatusCode::OK);
+    mesh.stop().await;
+
+    let mesh = TestMesh::start_configured(|c| c.edge.rates = limits(3, 0, 0)).await;
+    for _ in 0..3 {
+        assert_eq!(mesh.get("/v1/timeline", None).await.0, StatusCode::OK);
+    }
+    let (status, retry_after, body) =
+        send(reqwest::Client::new().get(format!("{}/v1/timeline", mesh.http))).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert!(retry_after.is_some());
+    // Probes are never rate limited.
+    assert_eq!(mesh.get("/healthz", None).await.0, StatusCode::OK);
+    mesh.stop().await;
+}
+
+#[tokio::test]
+async fn an_expired_deadline_is_a_504_and_the_service_drops_the_work() {
+    // Signing up hashes a password (tens of milliseconds): it cannot finish within 1 ms.
+    let mesh = TestMesh::start_configured(|c| c.edge.request_timeout = Duration::from_millis(1))
+        .await;
+    let (status, body) = mesh
+        .post(
+            "/v1/users",
+            None,
+            json!({ "username": "too_slow", "password": "hashing takes a while" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{body}");
+    assert_eq!(code(&body), "deadline_exceeded", "{body}");
+
+    // The users service stopped working on it: the sign-up was never stored, so the same
+    // username is free for a caller with time to wait.
+    let mut users = UsersServiceClient::connect(format!("http://{}", mesh.users))
+        .await
+        .unwrap();
+    let mut request = tonic::Request::new(CreateUserRequest {
+        username: "too_slow".into(),
+        password: "hashing takes a while".into(),
+        ..CreateUserRequest::default()
+    });
+    request.set_timeout(CONVERGE);
+    let created = users.create_user(request).await;
+    assert!(created.is_ok(), "the username was still free: {created:?}");
+    mesh.stop().await;
+}
+
+/// Sends the head of `POST /v1/tweets` and half its body, and holds the rest: a slow client,
+/// occupying one request slot until [`finish`] is called.
+async fn hold_a_request(mesh: &TestMesh, token: &str) -> (TcpStream, &'static str) {
+    let body = r#"{"text":"held in flight"}"#;
+    let (head, tail) = body.split_at(10);
+    let addr = mesh.http.trim_start_matches("http://");
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let request = format!(
+        "POST /v1/tweets HTTP/1.1\r\nhost: {addr}\r\nauthorization: Bearer {token}\r\n\
+         content-type: application/json\r\ncontent-length: {}\r\n\r\n{head}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    (stream, tail)
+}
+
+/// Sends the rest of a held request's body and returns its response's status line.
+async fn finish(mut stream: TcpStream, tail: &str) -> String {
+    stream.write_all(tail.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    let mut chunk = [0u8; 1024];
+    while !response.windows(2).any(|w| w == b"\r\n") {
+        let n = stream.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "the connection closed before the response");
+        response.extend_from_slice(&chunk[..n]);
+    }
+    let text = String::from_utf8_lossy(&response);
+    text.lines().next().unwrap_or_default().to_owned()
+}
+
+#[tokio::test]
+async fn a_flood_beyond_the_concurrency_limit_is_shed_with_503_at_once() {
+    let mesh = TestMesh::start_configured(|c| {
+        c.edge.max_in_flight = 1;
+        c.edge.rates = RateLimits::OFF;
+        // The held request must not run out of time while the test floods.
+        c.edge.request_timeout = Duration::from_secs(60);
+    })
+    .await;
+    let (me, token) = mesh.user("slow_client").await;
+    let (held, tail) = hold_a_request(&mesh, &token).await;
+
+    // While that request holds the one slot, every other API request is turned away.
+    let http = reqwest::Client::new();
+    let timeline = || http.get(format!("{}/v1/timeline", mesh.http));
+    eventually("the held request to take the slot", CONVERGE, || async {
+        (send(timeline()).await.0 == StatusCode::SERVICE_UNAVAILABLE).then_some(())
+    })
+    .await;
+    let flood: Vec<_> = (0..20).map(|_| tokio::spawn(send(timeline()))).collect();
+    for shed in flood {
+        let (status, retry_after, body) = shed.await.unwrap();
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        assert_eq!(code(&body), "unavailable", "{body}");
+        assert_eq!(retry_after, Some(1));
+    }
+    // Probes are not shed.
+    assert_eq!(mesh.get("/healthz", None).await.0, StatusCode::OK);
+
+    // The held request completes normally, and the slot is free again.
+    assert_eq!(finish(held, tail).await, "HTTP/1.1 201 Created");
+    eventually("the slot to be free", CONVERGE, || async {
+        (send(timeline()).await.0 == StatusCode::OK).then_some(())
+    })
+    .await;
+    let (_, page) = mesh.get(&format!("/v1/users/{me}/tweets"), None).await;
+    assert_eq!(ids(&page).len(), 1, "only the held tweet was posted: {page}");
+    mesh.stop().await;
+}
+
+#[tokio::test]
+async fn the_body_limit_is_configurable_and_answered_with_413() {
+    let mesh = TestMesh::start_configured(|c| c.edge.body_limit = 1024).await;
+    let (me, token) = mesh.user("wordy").await;
+    let body = json!({ "text": "x".repeat(2000) }).to_string();
+    let (status, error) = mesh.post_raw("/v1/tweets", Some(&token), body).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{error}");
+    assert_eq!(code(&error), "payload_too_large");
+    assert!(
+        error["error"]["message"].as_str().unwrap().contains("1024"),
+        "{error}"
+    );
+    let (_, page) = mesh.get(&format!("/v1/users/{me}/tweets"), None).await;
+    assert!(ids(&page).is_empty(), "nothing was written: {page}");
+    mesh.stop().await;
+}
+
+#[tokio::test]
+async fn cors_answers_the_configured_origins_only() {
+    let mesh =
+        TestMesh::start_configured(|c| c.edge.cors_origins = vec!["https://app.example".into()])
+            .await;
+    let http = reqwest::Client::new();
+    let preflight = |origin: &str| {
+        http.request(
+            reqwest::Method::OPTIONS,
+            format!("{}/v1/tweets", mesh.http),
+        )
+        .header("origin", origin)
+        .header("access-control-request-method", "POST")
+        .header(
+            "access-control-request-headers",
+            "authorization,content-type",
+        )
+    };
+    let allowed = preflight("https://app.example").send().await.unwrap();
+    assert!(allowed.status().is_success(), "{}", allowed.status());
+    assert_eq!(
+        allowed.headers()["access-control-allow-origin"],
+        "https://app.example"
+    );
+    let methods = allowed.headers()["access-control-allow-methods"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(methods.contains("POST"), "{methods}");
+    let other = preflight("https://evil.example").send().await.unwrap();
+    assert!(
+        other
+            .headers()
+            .get("access-control-allow-origin")
+            .is_none()
+    );
+    mesh.stop().await;
+
+    // Without configured origins, no CORS headers at all.
+    let mesh = TestMesh::start().await;
+    let response = reqwest::Client::new()
+        .get(format!("{}/v1/timeline", mesh.http))
+        .header("origin", "https://app.example")
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        response
+            .headers()
+            .get("access-control-allow-origin")
+            .is_none()
+    );
+    mesh.stop().await;
+}
+
+#[tokio::test]
+async fn a_caller_inside_the_mesh_cannot_act_as_someone_else() {
+    let mesh = TestMesh::start().await;
+    let (alice_id, alice) = mesh.user("alice").await;
+    let (bob_id, bob) = mesh.user("bob").await;
+    let alice_n: u64 = alice_id.parse().unwrap();
+    let bob_n: u64 = bob_id.parse().unwrap();
+    let url = |addr: std::net::SocketAddr| format!("http://{addr}");
+    let mut tweets = TweetsServiceClient::connect(url(mesh.tweets)).await.unwrap();
+    let post = || CreateTweetRequest {
+        author_id: alice_n,
+        text: "am I alice?".into(),
+        idempotency_key: String::new(),
+    };
+    // A token signed by another key: a forgery.
+    let (forger_key, _) = twtr_common::tokens::generate_key_pair().unwrap();
+    let forged = twtr_common::tokens::TokenSigner::from_pem(&forger_key, CONVERGE)
+        .unwrap()
+        .issue(alice_n, 0)
+        .unwrap()
+        .token;
+
+    let refusals = [
+        (tonic::Request::new(post()), tonic::Code::Unauthenticated),
+        (as_user(&bob, post()), tonic::Code::PermissionDenied),
+        (as_user(&forged, post()), tonic::Code::Unauthenticated),
+        (as_user("garbage", post()), tonic::Code::Unauthenticated),
+    ];
+    for (request, expected) in refusals {
+        let refused = tweets.create_tweet(request).await.unwrap_err();
+        assert_eq!(refused.code(), expected, "{refused:?}");
+    }
+    let mut followers = FollowersServiceClient::connect(url(mesh.followers))
+        .await
+        .unwrap();
+    let follow = FollowRequest {
+        follower_id: alice_n,
+        followee_id: bob_n,
+    };
+    let refused = followers.follow(follow).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+    let mut feeds = FeedsServiceClient::connect(url(mesh.feeds)).await.unwrap();
+    let read = GetFeedRequest {
+        user_id: alice_n,
+        ..GetFeedRequest::default()
+    };
+    let refused = feeds.get_feed(as_user(&bob, read)).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+    let mut users = UsersServiceClient::connect(url(mesh.users)).await.unwrap();
+    let delete = DeleteUserRequest { user_id: alice_n };
+    let refused = users.delete_user(delete).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+
+    // Nothing of that was done...
+    let (status, _) = mesh.get(&format!("/v1/users/{alice_id}"), None).await;
+    assert_eq!(status, StatusCode::OK, "alice still exists");
+    let (_, page) = mesh.get(&format!("/v1/users/{alice_id}/tweets"), None).await;
+    assert!(ids(&page).is_empty(), "{page}");
+    let (_, alice_me) = mesh.get("/v1/users/me", Some(&alice)).await;
+    assert_eq!(alice_me["following_count"], 0);
+    // ...while Alice's own token acts as Alice, and reads need no token at all.
+    let posted = tweets.create_tweet(as_user(&alice, post())).await;
+    assert!(posted.is_ok(), "{posted:?}");
+    let read = users.get_user(GetUserRequest { user_id: bob_n }).await;
+    assert!(read.is_ok(), "{read:?}");
+    mesh.stop().await;
+}
