@@ -12,7 +12,7 @@ use serde::Deserialize;
 use twtr_common::tokens::TokenVerifier;
 use twtr_common::{ErrorCode, clock};
 use twtr_proto::feeds::v1::GetFeedRequest;
-use twtr_proto::followers::v1::{FollowRequest, UnfollowRequest};
+use twtr_proto::followers::v1::{FollowRequest, ListFollowsRequest, UnfollowRequest};
 use twtr_proto::tweets::v1::{
     BatchGetTweetsRequest, CreateTweetRequest, DeleteTweetRequest, GetPublicTimelineRequest,
     GetTweetRequest, ListUserTweetsRequest, TweetActionRequest,
@@ -77,6 +77,8 @@ pub fn api() -> Router<AppState> {
         .route("/v1/users/by-username/{username}", get(user_by_username))
         .route("/v1/users/{id}", get(user_by_id))
         .route("/v1/users/{id}/follow", post(follow).delete(unfollow))
+        .route("/v1/users/{id}/followers", get(followers))
+        .route("/v1/users/{id}/following", get(following))
         .route("/v1/users/{id}/tweets", get(user_tweets))
         .route("/v1/tweets", post(create_tweet))
         .route("/v1/tweets/{id}", get(tweet_by_id).delete(delete_tweet))
@@ -286,6 +288,58 @@ async fn unfollow(
         state.up().users.clone().get_user(rpc(lookup)).await?;
     }
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Which list of a user a page is from.
+#[derive(Debug, Clone, Copy)]
+enum FollowList {
+    Followers,
+    Following,
+}
+
+/// A page of a user's followers or following, newest follow first, as hydrated users; 404 for
+/// an unknown or deleted user. Four RPCs whatever the page size: the list, one users batch
+/// (with the list's owner, for the 404), and the two count batches.
+async fn follow_list(
+    state: &AppState,
+    id: &str,
+    page: twtr_common::PageRequest,
+    list: FollowList,
+) -> Result<Json<PageView<UserView>>, ApiError> {
+    let user_id = parse_id(id, "user id")?;
+    let request = rpc(ListFollowsRequest {
+        user_id,
+        before: page.before,
+        since: page.since,
+        limit: page.limit.get() as u32,
+    });
+    let mut followers = state.up().followers.clone();
+    let page = match list {
+        FollowList::Followers => followers.list_followers(request).await?,
+        FollowList::Following => followers.list_following(request).await?,
+    }
+    .into_inner();
+    let listed = page.entries.iter().map(|entry| entry.user_id).collect();
+    let users = views::listed_users(state.up(), user_id, listed)
+        .await?
+        .ok_or_else(|| ApiError::not_found("user not found"))?;
+    Ok(Json(PageView::new(users, page.next)))
+}
+
+async fn followers(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    PageParams(page): PageParams,
+) -> Result<Json<PageView<UserView>>, ApiError> {
+    follow_list(&state, &id, page, FollowList::Followers).await
+}
+
+async fn following(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    PageParams(page): PageParams,
+) -> Result<Json<PageView<UserView>>, ApiError> {
+    follow_list(&state, &id, page, FollowList::Following).await
 }
 
 #[derive(Debug, Deserialize)]
