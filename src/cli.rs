@@ -166,6 +166,11 @@ pub struct Cli {
     #[arg(long, env = "TWTR_FEED_LEN", default_value_t = FeedLimits::default().feed_len, global = true)]
     pub feed_len: usize,
 
+    /// Authors with more followers than this are not fanned out on write; their recent tweets
+    /// are merged into readers' pages at read time. 0 turns this off (everyone is fanned out).
+    #[arg(long, env = "TWTR_CELEBRITY_THRESHOLD", default_value_t = twtr_feeds::DEFAULT_CELEBRITY_THRESHOLD, global = true)]
+    pub celebrity_threshold: usize,
+
     /// Seconds an `Idempotency-Key` on `POST /v1/tweets` keeps returning its first tweet.
     #[arg(long, env = "TWTR_IDEMPOTENCY_WINDOW_SECS", default_value_t = twtr_tweets::DEFAULT_IDEMPOTENCY_WINDOW.as_secs(), global = true)]
     pub idempotency_window_secs: u64,
@@ -358,6 +363,7 @@ impl Cli {
                 ..FeedLimits::default()
             },
             idempotency_window: Duration::from_secs(self.idempotency_window_secs),
+            celebrity_threshold: (self.celebrity_threshold > 0).then_some(self.celebrity_threshold),
             edge: self.edge.limits()?,
             metrics_addr: self.edge.metrics_addr.clone().filter(|a| !a.is_empty()),
             otlp_endpoint: self.edge.otlp_endpoint(),

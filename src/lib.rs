@@ -67,6 +67,8 @@ pub struct Config {
     /// This process's Snowflake worker number; `None` means derive one.
     pub worker_id: Option<u16>,
     pub feed_limits: FeedLimits,
+    /// Authors with more followers than this are merged into feeds at read time.
+    pub celebrity_threshold: Option<usize>,
     /// How long an `Idempotency-Key` keeps returning its first tweet.
     pub idempotency_window: Duration,
     /// The gateway's limits: body size, deadline, concurrency, rate limits, CORS.
@@ -90,6 +92,7 @@ impl std::fmt::Debug for Config {
             .field("token_ttl", &self.token_ttl)
             .field("worker_id", &self.worker_id)
             .field("feed_limits", &self.feed_limits)
+            .field("celebrity_threshold", &self.celebrity_threshold)
             .field("idempotency_window", &self.idempotency_window)
             .field("edge", &self.edge)
             .field("metrics_addr", &self.metrics_addr)
@@ -114,6 +117,7 @@ impl Config {
             token_ttl: Duration::from_secs(24 * 3600),
             worker_id: None,
             feed_limits: FeedLimits::default(),
+            celebrity_threshold: Some(twtr_feeds::DEFAULT_CELEBRITY_THRESHOLD),
             idempotency_window: twtr_tweets::DEFAULT_IDEMPOTENCY_WINDOW,
             edge: twtr_gateway::EdgeLimits::default(),
             metrics_addr: None,
@@ -312,6 +316,7 @@ async fn run_part(cli: &Cli, config: Config, command: Command) -> anyhow::Result
                     .await?,
                 bus: backends::event_bus(&config, Part::Alone).await?.bus,
                 consumer: config.consumer,
+                celebrity_threshold: config.celebrity_threshold,
             };
             twtr_feeds::FeedsService::build(deps)
                 .await?
@@ -358,6 +363,7 @@ pub async fn run_all(
         store: storage.feed_store(config.feed_limits).await?,
         bus: Arc::clone(&bus),
         consumer: config.consumer,
+        celebrity_threshold: config.celebrity_threshold,
     })
     .await?;
     let users = twtr_users::UsersDeps {

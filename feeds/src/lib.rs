@@ -37,6 +37,9 @@ use twtr_common::grpc as grpc_server;
 pub use service::{Feeds, FeedsError};
 pub use store::{CqlFeedStore, EmbeddedFeedStore, FeedLimits, FeedStore};
 
+/// Followers above which an author is a celebrity, unless configured.
+pub const DEFAULT_CELEBRITY_THRESHOLD: usize = 10_000;
+
 /// The feeds service's queue and the events it needs.
 pub fn queue(settings: &ConsumerSettings) -> QueueSpec {
     settings.queue(
@@ -58,6 +61,8 @@ pub struct FeedsDeps {
     pub store: Arc<dyn FeedStore>,
     pub bus: Arc<dyn EventBus>,
     pub consumer: ConsumerSettings,
+    /// Authors with more followers than this are merged at read time, not fanned out.
+    pub celebrity_threshold: Option<usize>,
 }
 
 /// A feeds service whose queue is declared: events published from now on reach it, even
@@ -77,7 +82,9 @@ impl FeedsService {
             .await
             .context("failed to declare the feeds queue")?;
         Ok(Self {
-            feeds: Arc::new(Feeds::new(deps.store)),
+            feeds: Arc::new(
+                Feeds::new(deps.store).with_celebrity_threshold(deps.celebrity_threshold),
+            ),
             subscription,
             readiness: deps.bus.readiness(),
             consumer: deps.consumer,

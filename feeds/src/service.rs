@@ -51,18 +51,87 @@ pub const RETWEETERS_CONSIDERED: usize = 100;
 /// retweeters); newest tweet first, capped at the feed length.
 pub struct Feeds {
     store: Arc<dyn FeedStore>,
+    /// Authors with more followers than this are celebrities: not fanned out, merged at read
+    /// time. `None`: everyone is fanned out.
+    celebrity_threshold: Option<usize>,
 }
 
 impl Feeds {
     pub fn new(store: Arc<dyn FeedStore>) -> Self {
-        Self { store }
+        Self {
+            store,
+            celebrity_threshold: None,
+        }
     }
 
+    /// Authors with more than `threshold` followers are merged into readers' pages at read time
+    /// instead of fanned out on write.
+    pub fn with_celebrity_threshold(mut self, threshold: Option<usize>) -> Self {
+        self.celebrity_threshold = threshold;
+        self
+    }
+
+    /// One page of `user`'s feed: the stored entries, with the recent tweets of the celebrities
+    /// they follow merged in, so that the page is the one a fanned-out feed would give (same
+    /// items, order and cursor).
     pub async fn feed(&self, user: u64, page: PageRequest) -> Result<Page<FeedEntry>, FeedsError> {
         if user == 0 {
             return Err(FeedsError::MissingUser);
         }
-        Ok(self.store.feed(user, page).await?)
+        let stored = self.store.feed(user, page).await?;
+        let celebrities = self.store.celebrities().await?;
+        if celebrities.is_empty() {
+            return Ok(stored);
+        }
+        let pairs = celebrities.iter().map(|&c| (user, c)).collect();
+        let live = self.store.edges(pairs).await?;
+        let mut merged = Vec::new();
+        for (&celebrity, live) in celebrities.iter().zip(live) {
+            if !live && celebrity != user {
+                continue;
+            }
+            for tweet_id in self.store.recent_tweets(celebrity).await? {
+                let newer = page.since.is_none_or(|since| tweet_id > since);
+                let older = page.before.is_none_or(|before| tweet_id < before);
+                if newer && older {
+                    merged.push(FeedEntry {
+                        tweet_id,
+                        author_id: celebrity,
+                        retweeted_by: None,
+                    });
+                }
+            }
+        }
+        if merged.is_empty() {
+            return Ok(stored);
+        }
+        let deleted = self
+            .store
+            .deleted(merged.iter().map(|e| e.tweet_id).collect())
+            .await?;
+        let mut by_id: std::collections::BTreeMap<u64, FeedEntry> = merged
+            .into_iter()
+            .zip(deleted)
+            .filter_map(|(entry, deleted)| (!deleted).then_some((entry.tweet_id, entry)))
+            .collect();
+        let stored_has_more = stored.next.is_some();
+        // A stored entry (with its retweet mark, if any) wins over a merged one.
+        by_id.extend(stored.items.into_iter().map(|e| (e.tweet_id, e)));
+        let limit = page.limit.get();
+        if page.since.is_some() {
+            // Polling: the oldest `limit` newer than `since`, newest first, no cursor.
+            let mut items: Vec<FeedEntry> = by_id.into_values().take(limit).collect();
+            items.reverse();
+            return Ok(Page { items, next: None });
+        }
+        let more = by_id.len() > limit || stored_has_more;
+        let items: Vec<FeedEntry> = by_id.into_values().rev().take(limit).collect();
+        let next = if more {
+            items.last().map(|e| e.tweet_id)
+        } else {
+            None
+        };
+        Ok(Page { items, next })
     }
 
     /// What each of `users`' feeds should hold for `tweet` by `author`, per the projections now.
@@ -158,6 +227,27 @@ impl Feeds {
             retweeted_by: None,
         };
         self.store.fan_out(vec![author], entry).await?;
+        if let Some(threshold) = self.celebrity_threshold {
+            let followers = self
+                .store
+                .followers(author, None, threshold.saturating_add(1))
+                .await?;
+            if followers.len() > threshold {
+                // Readers merge this author's recent tweets at read time.
+                self.store.set_celebrity(author, true).await?;
+                if self.store.deleted(vec![tweet]).await?[0] {
+                    self.remove_everywhere(tweet, author).await?;
+                }
+                tracing::debug!(tweet_id = tweet, "a celebrity's tweet, merged at read time");
+                return Ok(());
+            }
+            if self.store.celebrities().await?.contains(&author) {
+                // Back below the threshold: the tweets of its celebrity days were never fanned
+                // out, so they go into the feeds before readers stop merging them.
+                self.backfill_followers(author).await?;
+                self.store.set_celebrity(author, false).await?;
+            }
+        }
         let readers = std::sync::atomic::AtomicUsize::new(1);
         let readers = &readers;
         self.for_followers(author, |chunk| async move {
@@ -182,6 +272,41 @@ impl Feeds {
         }
         tracing::debug!(tweet_id = tweet, readers, "tweet fanned out");
         Ok(())
+    }
+
+    /// Puts `author`'s recent tweets into every follower's feed.
+    async fn backfill_followers(&self, author: u64) -> Result<(), StoreError> {
+        let tweets = self.store.recent_tweets(author).await?;
+        let deleted = self.store.deleted(tweets.clone()).await?;
+        let entries: Vec<FeedEntry> = tweets
+            .into_iter()
+            .zip(deleted)
+            .filter_map(|(tweet_id, deleted)| {
+                (!deleted).then_some(FeedEntry {
+                    tweet_id,
+                    author_id: author,
+                    retweeted_by: None,
+                })
+            })
+            .collect();
+        let entries = &entries;
+        self.for_followers(author, |chunk| async move {
+            for &follower in &chunk {
+                self.store.insert_entries(follower, entries.clone()).await?;
+            }
+            // An unfollow recorded meanwhile may have cleaned a feed before this write.
+            let live = self
+                .store
+                .edges(chunk.iter().map(|&f| (f, author)).collect())
+                .await?;
+            for (&follower, live) in chunk.iter().zip(live) {
+                if !live {
+                    self.clean_after_unfollow(follower, author).await?;
+                }
+            }
+            Ok(())
+        })
+        .await
     }
 
     /// Removes `tweet` from every feed it can be in: its author's, their followers', and the
@@ -561,6 +686,125 @@ mod tests {
         apply(&feeds, &[gone]).await;
         assert!(feed_ids(&feeds, 1).await.is_empty());
         assert_eq!(feed_ids(&feeds, 2).await, vec![50]);
+    }
+
+    /// Every page of `user`'s feed, walking back with `before` (`limit` per page), then polling
+    /// forward with `since` from the oldest: what a reader can see of a feed.
+    async fn pages(
+        feeds: &Feeds,
+        user: u64,
+        limit: u32,
+    ) -> (Vec<Page<FeedEntry>>, Vec<Vec<FeedEntry>>) {
+        let limit = Limit::parse(Some(limit)).unwrap();
+        let mut back = Vec::new();
+        let mut request = PageRequest::first(limit);
+        loop {
+            let page = feeds.feed(user, request).await.unwrap();
+            let next = page.next;
+            back.push(page);
+            match next {
+                Some(next) => request.before = Some(next),
+                None => break,
+            }
+        }
+        let mut forward = Vec::new();
+        let mut since = Some(0);
+        while let Some(from) = since {
+            let page = feeds
+                .feed(
+                    user,
+                    PageRequest {
+                        before: None,
+                        since: Some(from),
+                        limit,
+                    },
+                )
+                .await
+                .unwrap();
+            since = page.items.first().map(|e| e.tweet_id);
+            forward.push(page.items);
+        }
+        (back, forward)
+    }
+
+    /// With a threshold low enough to make authors celebrities (merged at read time), every
+    /// page, backwards and forwards, is the page plain fan-out gives; also while authors cross
+    /// the threshold in either direction.
+    #[tokio::test]
+    async fn merged_celebrity_feeds_page_exactly_like_fanned_out_ones() {
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let plain = feeds(a.path());
+        let merged = feeds(b.path()).with_celebrity_threshold(Some(2));
+        let readers = [10, 11, 12, 13];
+        let compare = |what: &'static str| {
+            let (plain, merged) = (&plain, &merged);
+            async move {
+                for user in readers.iter().copied().chain([1, 2]) {
+                    for limit in [1, 2, 3] {
+                        assert_eq!(
+                            pages(merged, user, limit).await,
+                            pages(plain, user, limit).await,
+                            "{what}: user {user}, limit {limit}"
+                        );
+                    }
+                }
+            }
+        };
+        let stages: [(&str, Vec<Envelope>); 4] = [
+            // Author 1 has three followers (a celebrity above 2), author 2 one.
+            (
+                "a celebrity and an ordinary author",
+                vec![
+                    follow(10, 1, 1),
+                    follow(11, 1, 1),
+                    follow(12, 1, 1),
+                    follow(10, 2, 1),
+                    tweet(100, 1),
+                    tweet(101, 2),
+                    tweet(102, 1),
+                    tweet(103, 1),
+                    tweet(104, 2),
+                    tweet(105, 1),
+                    deleted(103, 1),
+                    retweet(13, 102, 1, true, 1),
+                    follow(11, 13, 1),
+                ],
+            ),
+            // A late follower of the celebrity, and an unfollow.
+            (
+                "follows change",
+                vec![follow(13, 1, 1), unfollow(12, 1, 2), tweet(106, 1)],
+            ),
+            // Author 1 falls to two followers: ordinary again at its next tweet.
+            (
+                "a celebrity becomes ordinary",
+                vec![unfollow(13, 1, 2), tweet(107, 1)],
+            ),
+            // Author 2 gains followers: a celebrity from its next tweet.
+            (
+                "an author becomes a celebrity",
+                vec![
+                    follow(11, 2, 1),
+                    follow(12, 2, 1),
+                    tweet(108, 2),
+                    tweet(109, 1),
+                ],
+            ),
+        ];
+        for (what, events) in stages {
+            for feeds in [&plain, &merged] {
+                apply(feeds, &events).await;
+            }
+            compare(what).await;
+        }
+        // The merged store really merged: author 2's last tweet is in no stored feed but its own.
+        let stored = merged
+            .store
+            .feed(11, PageRequest::first(Limit::DEFAULT))
+            .await
+            .unwrap();
+        assert!(stored.items.iter().all(|e| e.tweet_id != 108), "{stored:?}");
+        assert!(feed_ids(&merged, 11).await.contains(&108));
     }
 
     // ---- The convergence property --------------------------------------------------------

@@ -96,6 +96,7 @@ static FOLLOWERS: &[Migration] = &[
 static FEEDS: &[Migration] = &[
     migration!("feeds", 1, "001_init.cql"),
     migration!("feeds", 2, "002_retweets.cql"),
+    migration!("feeds", 3, "003_celebrities.cql"),
 ];
 
 /// The schema files of `service`'s keyspace, in version order (empty for an unknown service).

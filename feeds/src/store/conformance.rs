@@ -37,6 +37,7 @@ macro_rules! feed_store_conformance {
                 deleted_tweets_stay_deleted,
                 retweets_keep_their_latest_version,
                 entries_via_and_dropping_a_feed,
+                celebrities_are_marked_and_unmarked,
             );
         }
     };
@@ -555,4 +556,16 @@ pub async fn removing_an_author_touches_one_feed(store: Arc<dyn FeedStore>) {
     assert_eq!(ids(&store, user2).await, vec![t2, t1]);
     remove_author(&store, user2, unique_id()).await;
     assert_eq!(ids(&store, user2).await, vec![t2, t1]);
+}
+
+pub async fn celebrities_are_marked_and_unmarked(store: Arc<dyn FeedStore>) {
+    let [star, other] = unique_ids();
+    store.set_celebrity(star, true).await.unwrap();
+    store.set_celebrity(star, true).await.unwrap();
+    let listed = store.celebrities().await.unwrap();
+    assert!(listed.contains(&star) && !listed.contains(&other));
+    assert!(listed.windows(2).all(|w| w[0] < w[1]), "ascending");
+    store.set_celebrity(star, false).await.unwrap();
+    store.set_celebrity(other, false).await.unwrap();
+    assert!(!store.celebrities().await.unwrap().contains(&star));
 }

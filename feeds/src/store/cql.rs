@@ -93,6 +93,9 @@ const RECENT_RETWEETS: &str =
 const FEED_ROWS: &str =
     "SELECT tweet_id, author_id, retweeted_by FROM {ks}.feeds WHERE user_id = ?";
 const DROP_FEED: &str = "DELETE FROM {ks}.feeds WHERE user_id = ?";
+const SET_CELEBRITY: &str = "INSERT INTO {ks}.celebrities (scope, author_id) VALUES ('all', ?)";
+const UNSET_CELEBRITY: &str = "DELETE FROM {ks}.celebrities WHERE scope = 'all' AND author_id = ?";
+const CELEBRITIES: &str = "SELECT author_id FROM {ks}.celebrities WHERE scope = 'all'";
 
 /// Statements per batch: keeps a batch well under the size at which the cluster warns.
 const BATCH_ROWS: usize = 100;
@@ -127,6 +130,9 @@ pub struct CqlFeedStore {
     recent_retweets: PreparedStatement,
     feed_rows: PreparedStatement,
     drop_feed: PreparedStatement,
+    set_celebrity: PreparedStatement,
+    unset_celebrity: PreparedStatement,
+    celebrities: PreparedStatement,
 }
 
 impl std::fmt::Debug for CqlFeedStore {
@@ -168,6 +174,9 @@ impl CqlFeedStore {
             recent_retweets: ks.prepare(RECENT_RETWEETS).await?,
             feed_rows: ks.prepare(FEED_ROWS).await?,
             drop_feed: ks.prepare(DROP_FEED).await?,
+            set_celebrity: ks.prepare(SET_CELEBRITY).await?,
+            unset_celebrity: ks.prepare(UNSET_CELEBRITY).await?,
+            celebrities: ks.prepare(CELEBRITIES).await?,
             ks,
             limits,
         })
@@ -493,6 +502,33 @@ impl FeedStore for CqlFeedStore {
             }
         }
         Ok(entries)
+    }
+
+    async fn set_celebrity(&self, author: u64, celebrity: bool) -> Result<(), StoreError> {
+        let statement = if celebrity {
+            &self.set_celebrity
+        } else {
+            &self.unset_celebrity
+        };
+        self.ks
+            .session()
+            .execute_unpaged(statement, (to_cql(author)?,))
+            .await?;
+        Ok(())
+    }
+
+    async fn celebrities(&self) -> Result<Vec<u64>, StoreError> {
+        let rows: Vec<(i64,)> = self
+            .ks
+            .session()
+            .execute_iter(self.celebrities.clone(), ())
+            .await?
+            .rows_stream::<(i64,)>()
+            .map_err(|err| StoreError::Corrupt(err.to_string()))?
+            .map_err(StoreError::backend)
+            .try_collect()
+            .await?;
+        rows.into_iter().map(|(author,)| from_cql(author)).collect()
     }
 
     async fn remove_entries(&self, user: u64, tweets: Vec<u64>) -> Result<(), StoreError> {

@@ -30,6 +30,9 @@ const RETWEETERS: TableDefinition<(u64, u64), ()> = TableDefinition::new("retwee
 /// (user, tweet) -> author: each user's most recent standing retweets, for backfill.
 const RECENT_RETWEETS: TableDefinition<(u64, u64), u64> = TableDefinition::new("recent_retweets");
 
+/// Author -> (): the celebrities, merged at read time rather than fanned out.
+const CELEBRITIES: TableDefinition<u64, ()> = TableDefinition::new("celebrities");
+
 /// Feeds in a redb file (`feeds.redb` under the data directory).
 #[derive(Debug, Clone)]
 pub struct EmbeddedFeedStore {
@@ -49,6 +52,7 @@ impl EmbeddedFeedStore {
             tx.open_table(RETWEETS)?;
             tx.open_table(RETWEETERS)?;
             tx.open_table(RECENT_RETWEETS)?;
+            tx.open_table(CELEBRITIES)?;
             Ok(())
         })?;
         Ok(Self { db, limits })
@@ -289,6 +293,31 @@ impl FeedStore for EmbeddedFeedStore {
                     });
                 }
                 Ok(entries)
+            })
+            .await
+    }
+
+    async fn set_celebrity(&self, author: u64, celebrity: bool) -> Result<(), StoreError> {
+        self.db
+            .write(move |tx| {
+                let mut celebrities = tx.open_table(CELEBRITIES)?;
+                if celebrity {
+                    celebrities.insert(author, ())?;
+                } else {
+                    celebrities.remove(author)?;
+                }
+                Ok(())
+            })
+            .await
+    }
+
+    async fn celebrities(&self) -> Result<Vec<u64>, StoreError> {
+        self.db
+            .read(move |txn| {
+                txn.open_table(CELEBRITIES)?
+                    .iter()?
+                    .map(|row| Ok(row?.0.value()))
+                    .collect()
             })
             .await
     }

@@ -104,6 +104,12 @@ pub trait FeedStore: Send + Sync {
     /// newest tweet first.
     async fn recent_retweets(&self, user: u64) -> Result<Vec<FeedEntry>, StoreError>;
 
+    /// Marks `author` as a celebrity (their tweets are merged into readers' pages at read time
+    /// rather than fanned out) or, with `false`, as an ordinary author again.
+    async fn set_celebrity(&self, author: u64, celebrity: bool) -> Result<(), StoreError>;
+    /// Every author marked a celebrity, in ascending ID order.
+    async fn celebrities(&self) -> Result<Vec<u64>, StoreError>;
+
     // --- Feeds ---------------------------------------------------------------------------------
 
     /// Puts `entries` into `user`'s feed (replacing an entry of the same tweet), trimming it to
