@@ -180,7 +180,7 @@ pub struct Cli {
     pub log_format: LogFormatArg,
 }
 
-#[derive(Debug, Clone, Copy, Subcommand, PartialEq, Eq)]
+#[derive(Debug, Clone, Subcommand, PartialEq)]
 pub enum Command {
     /// Every service and the gateway in one process (the default).
     All,
@@ -199,6 +199,14 @@ pub enum Command {
     /// Print a token that acts as a user, for calling services with grpcurl (signed with
     /// TWTR_TOKEN_PRIVATE_KEY, or the all-in-one key in TWTR_DATA_DIR).
     Token(crate::edge::TokenArgs),
+    /// Write a deterministic data set (users, a heavy-tailed follow graph, tweets) into a
+    /// running mesh through its public API; safe to repeat, resumable.
+    Seed(twtr_bench::SeedArgs),
+    /// Benchmark a running, seeded mesh over HTTP, and render reports.
+    Bench {
+        #[command(subcommand)]
+        command: twtr_bench::BenchCommand,
+    },
 }
 
 /// Where each part listens, and where the others reach it.

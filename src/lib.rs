@@ -203,7 +203,7 @@ pub fn load_config_file(
 /// Runs what the command line asks for until SIGINT/SIGTERM.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let config = cli.config()?;
-    let command = cli.command.unwrap_or(Command::All);
+    let command = cli.command.clone().unwrap_or(Command::All);
     if let Command::Token(args) = command {
         // Nothing but the token on stdout, so `$(twtr token ...)` works.
         return print_token(&config, args);
@@ -244,6 +244,8 @@ async fn run_part(cli: &Cli, config: Config, command: Command) -> anyhow::Result
     let addrs = &cli.addrs;
     match command {
         Command::Token(args) => print_token(&config, args),
+        Command::Seed(args) => twtr_bench::seed(args).await,
+        Command::Bench { command } => twtr_bench::bench(command).await,
         Command::All => {
             let listeners = MeshListeners {
                 http: bind("gateway", &addrs.http_addr).await?,

@@ -196,25 +196,26 @@ mod tests {
     #[test]
     fn percentiles_of_a_uniform_run_are_where_they_belong() {
         let mut r = Recorder::new();
-        for n in 1..=1000 {
-            r.record(0, ms(n));
+        // 0.1 ms, 0.2 ms, ... 1000 ms.
+        for n in 1..=10_000 {
+            r.record(0, Duration::from_micros(n * 100));
         }
-        let s = r.summary(Duration::from_secs(2));
-        assert_eq!(s.ok, 1000);
+        let s = r.summary(Duration::from_secs(20));
+        assert_eq!(s.ok, 10_000);
         assert!((s.throughput - 500.0).abs() < 1e-9);
-        // Three significant digits: within 0.1% of the exact order statistic.
+        // Three significant digits: within 0.1% of the order statistic (give or take one rank).
         for (q, exact) in [(50.0, 500.0), (90.0, 900.0), (99.0, 990.0), (99.9, 999.0)] {
             let got = s.at(q).unwrap();
-            assert!((got - exact).abs() <= exact * 0.001 + 0.001, "p{q}: {got}");
+            assert!((got - exact).abs() <= exact * 0.001 + 0.1, "p{q}: {got}");
         }
         assert!((s.max_ms - 1000.0).abs() <= 1.0);
         assert!((s.mean_ms - 500.5).abs() <= 1.0);
     }
 
     #[test]
-    fn one_slow_request_in_a_thousand_shows_at_p999_not_p99() {
+    fn one_slow_request_in_ten_thousand_shows_in_the_max_not_at_p999() {
         let mut r = Recorder::new();
-        for _ in 0..999 {
+        for _ in 0..9_999 {
             r.record(0, ms(1));
         }
         r.record(0, ms(2000));
@@ -222,7 +223,7 @@ mod tests {
         assert!(s.at(99.0).unwrap() < 1.01);
         assert!(s.at(99.9).unwrap() < 1.01);
         assert!(s.max_ms > 1990.0);
-        // 999 of 1000 at 1 ms: the spectrum's top point carries the outlier.
+        // 9,999 of 10,000 at 1 ms: the spectrum's top point carries the outlier.
         assert_eq!(s.spectrum.last().map(|p| p.0), Some(100.0));
         assert!(s.spectrum.last().unwrap().1 > 1990.0);
     }

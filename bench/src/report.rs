@@ -110,12 +110,9 @@ fn visibility_p99(r: &Results, max_followers: u32) -> Option<f64> {
 /// The targets of issue 10, checked against `runs[0]` and shown for every run.
 pub fn checks(runs: &[Results]) -> Vec<Check> {
     type Measure = Box<dyn Fn(&Results) -> Option<f64>>;
-    let rows: Vec<(
-        String,
-        Measure,
-        Box<dyn Fn(f64) -> bool>,
-        Box<dyn Fn(f64) -> String>,
-    )> = vec![
+    type Meets = Box<dyn Fn(f64) -> bool>;
+    type Show = Box<dyn Fn(f64) -> String>;
+    let rows: Vec<(String, Measure, Meets, Show)> = vec![
         (
             "hydrated feed reads ≥ 10,000/s".into(),
             Box::new(|r| phase(r, "feed-max", "feed").map(|s| s.throughput)),
@@ -173,7 +170,7 @@ pub fn checks(runs: &[Results]) -> Vec<Check> {
                 .iter()
                 .map(|r| measure(r).map_or_else(|| "n/a".to_owned(), &show))
                 .collect(),
-            met: runs.first().and_then(|r| measure(r)).map(&meets),
+            met: runs.first().and_then(&measure).map(&meets),
             target,
         })
         .collect()

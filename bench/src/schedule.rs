@@ -44,10 +44,19 @@ impl Schedule {
         if next >= self.count {
             return next..next;
         }
-        // Request i is due when i / rate <= elapsed, i.e. i <= elapsed * rate.
-        let last = (elapsed.as_secs_f64() * self.rate).floor() as u64;
-        let end = last.saturating_add(1).min(self.count);
-        next..end.max(next)
+        // Request i is due when intended(i) <= elapsed. Start from elapsed * rate and correct
+        // for rounding, so that `due` agrees exactly with `intended` (a sender that sleeps until
+        // `intended(next)` must then find `next` due, or it would spin).
+        let mut end = ((elapsed.as_secs_f64() * self.rate).floor() as u64)
+            .saturating_add(1)
+            .clamp(next, self.count);
+        while end < self.count && self.intended(end) <= elapsed {
+            end += 1;
+        }
+        while end > next && self.intended(end - 1) > elapsed {
+            end -= 1;
+        }
+        next..end
     }
 }
 
@@ -121,6 +130,17 @@ mod tests {
             t += Duration::from_micros(1_700);
         }
         assert_eq!(sent, s.len());
+    }
+
+    #[test]
+    fn the_request_intended_now_is_due_now_whatever_the_rounding() {
+        for rate in [3.0, 7.0, 100.0, 333.0, 2_000.0] {
+            let s = Schedule::new(rate, Duration::from_secs(3));
+            for i in 0..s.len() {
+                assert_eq!(s.due(i, s.intended(i)).start, i);
+                assert!(s.due(i, s.intended(i)).end > i, "rate {rate}, request {i}");
+            }
+        }
     }
 
     #[test]
