@@ -10,6 +10,7 @@ mod cql;
 mod degraded;
 mod edge;
 mod feeds;
+mod follows;
 mod grpcurl;
 mod mesh;
 mod processes;
