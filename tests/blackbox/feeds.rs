@@ -46,7 +46,13 @@ pub async fn following_backfills_and_unfollowing_removes(mesh: &TestMesh) {
     mesh.follow(&reader, &writer_id).await;
     let newest_first: Vec<String> = posted.iter().rev().cloned().collect();
     await_feed_ids(mesh, &reader, &newest_first, "the backfill").await;
-    send(mesh, Method::DELETE, &format!("/v1/users/{writer_id}/follow"), &reader).await;
+    send(
+        mesh,
+        Method::DELETE,
+        &format!("/v1/users/{writer_id}/follow"),
+        &reader,
+    )
+    .await;
     await_feed_ids(mesh, &reader, &[], "the unfollow's removal").await;
     // A tweet after the unfollow reaches the author's feed, never the former follower's.
     let after = mesh.tweet(&writer, "after the unfollow").await;
@@ -64,7 +70,13 @@ pub async fn a_deleted_tweet_leaves_every_feed(mesh: &TestMesh) {
     let doomed = mesh.tweet(&writer, "doomed").await;
     let both = [doomed.clone(), kept.clone()];
     await_feed_ids(mesh, &reader, &both, "both tweets").await;
-    send(mesh, Method::DELETE, &format!("/v1/tweets/{doomed}"), &writer).await;
+    send(
+        mesh,
+        Method::DELETE,
+        &format!("/v1/tweets/{doomed}"),
+        &writer,
+    )
+    .await;
     for (token, who) in [(&reader, "the follower"), (&writer, "the author")] {
         await_feed_ids(mesh, token, std::slice::from_ref(&kept), who).await;
     }
@@ -80,12 +92,22 @@ pub async fn retweets_reach_followers_once_and_marked(mesh: &TestMesh) {
     mesh.follow(&both, &retweeter_id).await;
     mesh.follow(&both, &author_id).await;
     let tweet = mesh.tweet(&author, "worth sharing").await;
-    await_feed_ids(mesh, &both, std::slice::from_ref(&tweet), "the author's follower").await;
+    await_feed_ids(
+        mesh,
+        &both,
+        std::slice::from_ref(&tweet),
+        "the author's follower",
+    )
+    .await;
     let path = format!("/v1/tweets/{tweet}/retweet");
     send(mesh, Method::POST, &path, &retweeter).await;
     await_feed_ids(mesh, &fan, std::slice::from_ref(&tweet), "the retweet").await;
     let items = feed(mesh, &fan).await;
-    assert_eq!(text(&items[0]["retweeted_by"]["id"]), retweeter_id, "{items:?}");
+    assert_eq!(
+        text(&items[0]["retweeted_by"]["id"]),
+        retweeter_id,
+        "{items:?}"
+    );
     assert_eq!(text(&items[0]["author"]["id"]), author_id);
     // Already in the feed through its author: one entry, not marked as a retweet.
     let items = feed(mesh, &both).await;
@@ -106,15 +128,37 @@ pub async fn a_deleted_account_leaves_no_trace_in_feeds(mesh: &TestMesh) {
     let kept = mesh.tweet(&other, "stays").await;
     let theirs = mesh.tweet(&gone, "goes").await;
     // Their retweet of someone else's tweet goes too.
-    send(mesh, Method::POST, &format!("/v1/tweets/{kept}/retweet"), &gone).await;
-    await_feed_ids(mesh, &reader, &[theirs, kept.clone()], "before the deletion").await;
+    send(
+        mesh,
+        Method::POST,
+        &format!("/v1/tweets/{kept}/retweet"),
+        &gone,
+    )
+    .await;
+    await_feed_ids(
+        mesh,
+        &reader,
+        &[theirs, kept.clone()],
+        "before the deletion",
+    )
+    .await;
     let (status, _) = mesh.delete("/v1/users/me", Some(&gone)).await;
     assert_eq!(status, StatusCode::NO_CONTENT);
-    await_feed_ids(mesh, &reader, std::slice::from_ref(&kept), "after the deletion").await;
-    eventually("the follow counts to forget the account", CONVERGE, || async {
-        let (_, me) = mesh.get("/v1/users/me", Some(&reader)).await;
-        (me["followers_count"] == 0 && me["following_count"] == 1).then_some(())
-    })
+    await_feed_ids(
+        mesh,
+        &reader,
+        std::slice::from_ref(&kept),
+        "after the deletion",
+    )
+    .await;
+    eventually(
+        "the follow counts to forget the account",
+        CONVERGE,
+        || async {
+            let (_, me) = mesh.get("/v1/users/me", Some(&reader)).await;
+            (me["followers_count"] == 0 && me["following_count"] == 1).then_some(())
+        },
+    )
     .await;
     let items = feed(mesh, &reader).await;
     assert!(items[0]["retweeted_by"].is_null(), "{items:?}");
