@@ -16,6 +16,7 @@
 #   BENCH_OUT (docs/bench/<date>.md)
 #   BENCH_NOTES             a Markdown file appended to the report (analysis)
 #   BENCH_FRESH=1           drop the seeded data sets and seed again
+#   BENCH_NO_BUILD=1        use target/release/twtr as it is
 #
 # The mesh runs on its own ports (gateway 127.0.0.1:18080, gRPC 18051..18054), its own data
 # under data/bench/, RabbitMQ names prefixed `twtr-bench`, CQL keyspaces `twtr_bench_*`, with
@@ -53,8 +54,10 @@ fi
 mkdir -p "$ROOT" "$RESULTS"
 rm -f "$RESULTS"/*.json
 
-say "building the release binary"
-cargo build --release --quiet
+if [[ ${BENCH_NO_BUILD:-0} != 1 ]]; then
+    say "building the release binary"
+    cargo build --release --quiet
+fi
 
 MESH_PID=""
 stop_mesh() {
