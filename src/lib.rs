@@ -242,6 +242,24 @@ fn print_token(config: &Config, args: edge::TokenArgs) -> anyhow::Result<()> {
 async fn run_part(cli: &Cli, config: Config, command: Command) -> anyhow::Result<()> {
     let shutdown = twtr_common::shutdown::on_signal();
     let addrs = &cli.addrs;
+    let serves = matches!(
+        command,
+        Command::All
+            | Command::Gateway
+            | Command::Users
+            | Command::Tweets
+            | Command::Followers
+            | Command::Feeds
+    );
+    if let (true, Some(addr)) = (serves, &config.metrics_addr) {
+        let listener = bind("metrics", addr).await?;
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            if let Err(err) = twtr_common::metrics::serve(listener, stop).await {
+                tracing::error!(error = format!("{err:#}"), "metrics server stopped");
+            }
+        });
+    }
     match command {
         Command::Token(args) => print_token(&config, args),
         Command::Seed(args) => twtr_bench::seed(args).await,

@@ -28,6 +28,7 @@ use tonic_health::server::HealthReporter;
 use crate::auth::{self, CallerLayer};
 use crate::bus::Readiness;
 use crate::context::RequestIdLayer;
+use crate::metrics::{self, GrpcMetricsLayer};
 
 const HEALTH_SERVICE: &str = "grpc.health.v1.Health";
 const REFLECTION_SERVICES: [&str; 2] = [
@@ -97,7 +98,10 @@ where
             "no keys to verify callers with: every call that acts as a user is refused"
         );
     }
+    metrics::install();
+    // Outermost first: every call is counted, refused ones included.
     tonic::transport::Server::builder()
+        .layer(GrpcMetricsLayer)
         .layer(RequestIdLayer)
         .layer(callers)
         .add_service(health_service)
@@ -213,12 +217,10 @@ mod tests {
         request.set_timeout(Duration::from_millis(100));
         let path = http::uri::PathAndQuery::from_static("/test.Stuck/Wait");
         let codec = tonic_prost::ProstCodec::<(), ()>::default();
-        let answered = tokio::time::timeout(
-            Duration::from_secs(5),
-            client.unary(request, path, codec),
-        )
-        .await
-        .expect("the server answered when the deadline passed");
+        let answered =
+            tokio::time::timeout(Duration::from_secs(5), client.unary(request, path, codec))
+                .await
+                .expect("the server answered when the deadline passed");
         let status = answered.unwrap_err();
 
         assert_eq!(status.code(), tonic::Code::Cancelled, "{status:?}");

@@ -19,6 +19,7 @@
 //! - [`auth`]: the internal boundary: every gRPC server checks the caller's forwarded token, and
 //!   a call that acts as a user needs that user's token.
 //! - [`context`]: the request id that follows a request across services and events.
+//! - [`metrics`]: Prometheus metrics of every process (HTTP, gRPC, events, queue depths).
 //! - [`shutdown`], [`telemetry`]: process signals and structured logging.
 //!
 //! # How data flows
@@ -38,6 +39,7 @@ pub mod error;
 pub mod events;
 pub mod grpc;
 pub mod id;
+pub mod metrics;
 pub mod outbox;
 pub mod page;
 pub mod shutdown;

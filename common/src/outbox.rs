@@ -69,6 +69,9 @@ const RETRY_BACKOFF: Duration = Duration::from_millis(500);
 /// How long a shutting-down relay keeps trying to flush before giving up (the events stay
 /// stored and go out at the next start).
 const FLUSH_DEADLINE: Duration = Duration::from_secs(5);
+/// How often the outbox depth is sampled for metrics, and the most it counts.
+const DEPTH_EVERY: Duration = Duration::from_secs(10);
+const DEPTH_CAP: usize = 10_000;
 
 type RelayError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -159,6 +162,11 @@ where
     S::Future: Send + 'static,
 {
     let relay_stop = CancellationToken::new();
+    let depth = tokio::spawn(sample_depth(
+        name,
+        Arc::clone(&outbox),
+        relay_stop.clone(),
+    ));
     let relay = tokio::spawn(run_relay(
         name,
         outbox,
@@ -169,7 +177,23 @@ where
     // Requests have drained; whatever they stored goes out before the process ends.
     relay_stop.cancel();
     relay.await?;
+    depth.await?;
     served
+}
+
+/// Records the outbox's depth (up to [`DEPTH_CAP`]) every [`DEPTH_EVERY`] until `stop`.
+async fn sample_depth(service: &'static str, outbox: Arc<dyn Outbox>, stop: CancellationToken) {
+    let mut every = tokio::time::interval(DEPTH_EVERY);
+    loop {
+        tokio::select! {
+            _ = every.tick() => {}
+            () = stop.cancelled() => return,
+        }
+        match outbox.peek(DEPTH_CAP).await {
+            Ok(stored) => crate::metrics::outbox_depth(service, stored.len()),
+            Err(err) => tracing::debug!(service, error = %err, "cannot sample the outbox depth"),
+        }
+    }
 }
 
 /// Publishes one batch in commit order, with every publish in flight at once, and forgets
@@ -185,7 +209,10 @@ async fn relay_batch(outbox: &dyn Outbox, bus: &dyn EventBus) -> Result<usize, R
     let mut first_error = None;
     for (entry, result) in pending.iter().zip(results) {
         match result {
-            Ok(()) => confirmed.push(entry.key),
+            Ok(()) => {
+                crate::metrics::events_published(&entry.event.r#type, 1);
+                confirmed.push(entry.key);
+            }
             Err(err) => {
                 first_error.get_or_insert(err);
             }

@@ -1,16 +1,17 @@
 //! The whole HTTP application: the API's routes ([`crate::routes::api`]) inside the edge's
-//! limits ([`crate::limits`]), next to the operational routes (health, readiness), and every
-//! request inside [`request_context`].
+//! limits ([`crate::limits`]), next to the operational routes (health, readiness, metrics), and
+//! every request inside [`request_context`].
 //!
-//! Layers, outermost first: request context (id, deadline, log line) → CORS → for the API only:
-//! rate limits → load shedding → body size limit → the route.
+//! Layers, outermost first: request context (id, deadline, log line, metrics) → CORS → for the
+//! API only: rate limits → load shedding → body size limit → the route. (Axum applies a router's
+//! layers to each route, after routing, so the matched route pattern is known to all of them.)
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Json;
 use axum::error_handling::HandleErrorLayer;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{DefaultBodyLimit, MatchedPath, State};
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::Response;
 use axum::routing::get;
@@ -22,7 +23,7 @@ use tower::ServiceBuilder;
 use tower::limit::GlobalConcurrencyLimitLayer;
 use tower::load_shed::LoadShedLayer;
 use tracing::Instrument as _;
-use twtr_common::context;
+use twtr_common::{context, metrics};
 
 use crate::error::ApiError;
 use crate::limits::{self, EdgeLimits, RateLimiter};
@@ -52,6 +53,7 @@ pub fn router(state: AppState, limits: &EdgeLimits, rate_limiter: Arc<RateLimite
         .merge(api)
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics::scrape))
         .fallback(|| async { ApiError::not_found("no such route") })
         .method_not_allowed_fallback(|| async { crate::error::method_not_allowed() })
         .with_state(state);
@@ -66,8 +68,8 @@ pub fn router(state: AppState, limits: &EdgeLimits, rate_limiter: Arc<RateLimite
 
 /// Gives every request an id (the caller's `x-request-id` when it is safe, else a fresh one)
 /// and a deadline, runs it with both current (so every RPC and event it causes carries the id,
-/// and every RPC what is left of the deadline), echoes the id in the response, and logs one
-/// line per request.
+/// and every RPC what is left of the deadline), echoes the id in the response, and logs and
+/// counts one line per request.
 async fn request_context(
     State(timeout): State<Duration>,
     request: axum::extract::Request,
@@ -79,11 +81,18 @@ async fn request_context(
         .and_then(|v| v.to_str().ok());
     let id = context::accept(incoming);
     let (method, path) = (request.method().clone(), request.uri().path().to_owned());
+    // The route's pattern, not the path: bounded label values.
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", MatchedPath::as_str)
+        .to_owned();
     let span = tracing::info_span!("http", %method, %path, request_id = %id);
     let started = Instant::now();
     let work = upstream::scope(timeout, next.run(request)).instrument(span.clone());
     let mut response = context::scope(id.clone(), work).await;
     let status = response.status().as_u16();
+    metrics::http_request(&route, method.as_str(), status, started.elapsed());
     span.in_scope(|| {
         tracing::info!(
             status,

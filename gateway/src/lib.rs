@@ -61,6 +61,7 @@ pub async fn serve(
     let addr = listener
         .local_addr()
         .context("failed to read the HTTP listen address")?;
+    twtr_common::metrics::install();
     let upstreams = Upstreams::connect(&deps.upstreams)?;
     let rate_limiter = Arc::new(limits::RateLimiter::new(&deps.limits, deps.tokens.clone()));
     let state = routes::AppState::new(upstreams, deps.tokens, deps.limits.body_limit);

@@ -67,7 +67,10 @@ async fn logins_and_sign_ups_over_their_limit_get_429_with_retry_after() {
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
     assert_eq!(code(&body), "rate_limited", "{body}");
     let retry_after = retry_after.expect("a 429 says when to retry");
-    assert!((1..=20).contains(&retry_after), "3 a minute: {retry_after}s");
+    assert!(
+        (1..=20).contains(&retry_after),
+        "3 a minute: {retry_after}s"
+    );
     let bob = json!({ "username": "bob", "password": "bob-password" });
     let (status, retry_after, body) = send(http.post(url("/v1/users")).json(&bob)).await;
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
@@ -95,7 +98,10 @@ async fn each_caller_and_each_address_has_its_own_allowance() {
     }
     let (status, retry_after, body) = send(me(&alice)).await;
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
-    assert!(retry_after.is_some_and(|s| (1..=15).contains(&s)), "{retry_after:?}");
+    assert!(
+        retry_after.is_some_and(|s| (1..=15).contains(&s)),
+        "{retry_after:?}"
+    );
     // Bob, from the same address, is not held back by Alice's use; anonymous reads neither.
     assert_eq!(send(me(&bob)).await.0, StatusCode::OK);
     assert_eq!(mesh.get("/v1/timeline", None).await.0, StatusCode::OK);
@@ -117,8 +123,8 @@ async fn each_caller_and_each_address_has_its_own_allowance() {
 #[tokio::test]
 async fn an_expired_deadline_is_a_504_and_the_service_drops_the_work() {
     // Signing up hashes a password (tens of milliseconds): it cannot finish within 1 ms.
-    let mesh = TestMesh::start_configured(|c| c.edge.request_timeout = Duration::from_millis(1))
-        .await;
+    let mesh =
+        TestMesh::start_configured(|c| c.edge.request_timeout = Duration::from_millis(1)).await;
     let (status, body) = mesh
         .post(
             "/v1/users",
@@ -211,7 +217,11 @@ async fn a_flood_beyond_the_concurrency_limit_is_shed_with_503_at_once() {
     })
     .await;
     let (_, page) = mesh.get(&format!("/v1/users/{me}/tweets"), None).await;
-    assert_eq!(ids(&page).len(), 1, "only the held tweet was posted: {page}");
+    assert_eq!(
+        ids(&page).len(),
+        1,
+        "only the held tweet was posted: {page}"
+    );
     mesh.stop().await;
 }
 
@@ -239,16 +249,13 @@ async fn cors_answers_the_configured_origins_only() {
             .await;
     let http = reqwest::Client::new();
     let preflight = |origin: &str| {
-        http.request(
-            reqwest::Method::OPTIONS,
-            format!("{}/v1/tweets", mesh.http),
-        )
-        .header("origin", origin)
-        .header("access-control-request-method", "POST")
-        .header(
-            "access-control-request-headers",
-            "authorization,content-type",
-        )
+        http.request(reqwest::Method::OPTIONS, format!("{}/v1/tweets", mesh.http))
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header(
+                "access-control-request-headers",
+                "authorization,content-type",
+            )
     };
     let allowed = preflight("https://app.example").send().await.unwrap();
     assert!(allowed.status().is_success(), "{}", allowed.status());
@@ -262,12 +269,7 @@ async fn cors_answers_the_configured_origins_only() {
         .to_owned();
     assert!(methods.contains("POST"), "{methods}");
     let other = preflight("https://evil.example").send().await.unwrap();
-    assert!(
-        other
-            .headers()
-            .get("access-control-allow-origin")
-            .is_none()
-    );
+    assert!(other.headers().get("access-control-allow-origin").is_none());
     mesh.stop().await;
 
     // Without configured origins, no CORS headers at all.
@@ -295,7 +297,9 @@ async fn a_caller_inside_the_mesh_cannot_act_as_someone_else() {
     let alice_n: u64 = alice_id.parse().unwrap();
     let bob_n: u64 = bob_id.parse().unwrap();
     let url = |addr: std::net::SocketAddr| format!("http://{addr}");
-    let mut tweets = TweetsServiceClient::connect(url(mesh.tweets)).await.unwrap();
+    let mut tweets = TweetsServiceClient::connect(url(mesh.tweets))
+        .await
+        .unwrap();
     let post = || CreateTweetRequest {
         author_id: alice_n,
         text: "am I alice?".into(),
@@ -343,7 +347,9 @@ async fn a_caller_inside_the_mesh_cannot_act_as_someone_else() {
     // Nothing of that was done...
     let (status, _) = mesh.get(&format!("/v1/users/{alice_id}"), None).await;
     assert_eq!(status, StatusCode::OK, "alice still exists");
-    let (_, page) = mesh.get(&format!("/v1/users/{alice_id}/tweets"), None).await;
+    let (_, page) = mesh
+        .get(&format!("/v1/users/{alice_id}/tweets"), None)
+        .await;
     assert!(ids(&page).is_empty(), "{page}");
     let (_, alice_me) = mesh.get("/v1/users/me", Some(&alice)).await;
     assert_eq!(alice_me["following_count"], 0);

@@ -13,6 +13,7 @@ mod feeds;
 mod follows;
 mod grpcurl;
 mod mesh;
+mod observability;
 mod processes;
 mod rabbitmq;
 mod support;

@@ -37,6 +37,7 @@ macro_rules! event_bus_conformance {
                 competing_consumers_share_a_queue,
                 consume_retries_a_failing_event_until_it_succeeds,
                 consume_dead_letters_a_poison_event_and_moves_on,
+                depths_count_what_waits_and_what_is_dead,
             );
         }
     };
@@ -243,6 +244,42 @@ pub async fn dead_letters_keep_their_error_and_leave_the_queue(bus: Arc<dyn Even
     assert_eq!(dead[0].error, "handler said no");
     // Looking does not take them away.
     assert_eq!(bus.dead_letters(&queue, 10).await.expect("again").len(), 1);
+}
+
+/// Polls `bus.depths(queue)` until it reads `(waiting, dead)` (a broker's counts trail its
+/// state by a moment).
+async fn await_depths(bus: &Arc<dyn EventBus>, queue: &str, expected: (u64, u64)) {
+    let deadline = tokio::time::Instant::now() + DELIVERY_DEADLINE;
+    loop {
+        let depths = bus.depths(queue).await.expect("depths");
+        if (depths.waiting, depths.dead) == expected {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "depths of {queue}: {depths:?}, expected {expected:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+pub async fn depths_count_what_waits_and_what_is_dead(bus: Arc<dyn EventBus>) {
+    let topic = unique("depth");
+    let queue = unique("depthq");
+    let mut sub = subscribe(&bus, &queue, &[format!("{topic}.*")]).await;
+    await_depths(&bus, &queue, (0, 0)).await;
+    for id in 1..=3 {
+        send(&bus, id, &format!("{topic}.x")).await;
+    }
+    await_depths(&bus, &queue, (3, 0)).await;
+    for settle in ["ack", "dead", "ack"] {
+        let delivery = next(&mut sub).await;
+        match settle {
+            "ack" => delivery.ack().await.expect("ack"),
+            _ => delivery.dead_letter("no").await.expect("dead-letter"),
+        }
+    }
+    await_depths(&bus, &queue, (0, 1)).await;
 }
 
 pub async fn unsettled_deliveries_return_when_their_consumer_goes(bus: Arc<dyn EventBus>) {

@@ -21,7 +21,8 @@ use tokio::time::Instant;
 use twtr_proto::events::v1::Envelope;
 
 use super::{
-    Acker, BusError, DeadLetter, Delivery, EventBus, QueueSpec, Subscription, topic_matches,
+    Acker, BusError, DeadLetter, Delivery, EventBus, QueueDepths, QueueSpec, Subscription,
+    topic_matches,
 };
 use crate::embedded::EmbeddedDb;
 use crate::store::StoreError;
@@ -253,10 +254,38 @@ impl EventBus for InProcessBus {
                 .or_default()
                 .retry_delay = spec.retry_delay;
         }
+        let weak = Arc::downgrade(&self.shared);
+        super::sample_depths(spec.name.clone(), move || {
+            weak.upgrade().map(|shared| InProcessBus { shared })
+        });
         Ok(Box::new(InProcessSubscription {
             shared: Arc::clone(&self.shared),
             queue: spec.name.clone(),
         }))
+    }
+
+    async fn depths(&self, queue: &str) -> Result<QueueDepths, BusError> {
+        let held = self
+            .shared
+            .state()
+            .queues
+            .get(queue)
+            .map_or(0, |q| q.in_flight.len() as u64);
+        let queue = queue.to_owned();
+        let (stored, dead) = self
+            .shared
+            .db
+            .read(move |txn| {
+                let range = (queue.as_str(), 0)..=(queue.as_str(), u64::MAX);
+                let stored = txn.open_table(MESSAGES)?.range(range.clone())?.count();
+                let dead = txn.open_table(DEAD_LETTERS)?.range(range)?.count();
+                Ok((stored as u64, dead as u64))
+            })
+            .await?;
+        Ok(QueueDepths {
+            waiting: stored.saturating_sub(held),
+            dead,
+        })
     }
 
     async fn dead_letters(&self, queue: &str, max: usize) -> Result<Vec<DeadLetter>, BusError> {

@@ -35,8 +35,8 @@ use twtr_proto::events::v1::Envelope;
 pub use in_process::InProcessBus;
 pub use rabbit::{QueueType, RabbitBus, RabbitConfig};
 
-use crate::context;
 use crate::error::error_chain;
+use crate::{context, metrics};
 
 /// A consumer's durable queue: its name, the routing-key patterns bound to it (`*` matches one
 /// dot-separated word, `#` zero or more), and how its deliveries flow.
@@ -107,10 +107,54 @@ pub trait EventBus: Send + Sync {
     /// operators and tests).
     async fn dead_letters(&self, queue: &str, max: usize) -> Result<Vec<DeadLetter>, BusError>;
 
+    /// How many messages of `queue` wait for a consumer (ready, or waiting for a retry: the
+    /// consumers' lag) and how many are dead-lettered; for metrics and operators.
+    async fn depths(&self, queue: &str) -> Result<QueueDepths, BusError> {
+        let _ = queue;
+        Err(BusError::backend(std::io::Error::other(
+            "this bus does not report queue depths",
+        )))
+    }
+
     /// Whether the bus can publish and deliver right now; services report it as readiness.
     fn readiness(&self) -> Readiness {
         Readiness::always()
     }
+}
+
+/// How full a consumer queue is (see [`EventBus::depths`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueDepths {
+    /// Not yet handed to a consumer: ready, or waiting in the retry queue.
+    pub waiting: u64,
+    /// In the dead-letter queue.
+    pub dead: u64,
+}
+
+/// How often a consuming process samples its queues' depths.
+const DEPTH_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Records `queue`'s depths in the metrics every [`DEPTH_EVERY`], as long as `upgrade` still
+/// gives the bus (a backend calls it when a consumer subscribes, with a weak handle of itself).
+pub(crate) fn sample_depths<B, F>(queue: String, upgrade: F)
+where
+    B: EventBus + 'static,
+    F: Fn() -> Option<B> + Send + 'static,
+{
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    runtime.spawn(async move {
+        let mut every = tokio::time::interval(DEPTH_EVERY);
+        loop {
+            every.tick().await;
+            let Some(bus) = upgrade() else { return };
+            match bus.depths(&queue).await {
+                Ok(depths) => metrics::queue_depths(&queue, depths.waiting, depths.dead),
+                Err(err) => tracing::debug!(queue, error = %error_chain(&err), "cannot sample the queue depths"),
+            }
+        }
+    });
 }
 
 /// Publishes one event; see [`EventBus::publish_batch`].
@@ -332,6 +376,7 @@ pub async fn consume(
                 let settled = delivery
                     .dead_letter(&format!("undecodable event: {err}"))
                     .await;
+                metrics::event_consumed(queue, "undecodable", metrics::Outcome::DeadLetter, 0);
                 log_unsettled(queue, 0, settled);
                 continue;
             }
@@ -343,8 +388,13 @@ pub async fn consume(
             "event", queue, event_id = event.event_id, event_type = %event.r#type, %request_id
         );
         let handled = context::scope(request_id, handler.handle(&event).instrument(span)).await;
+        let occurred_at_ms = event.occurred_at.as_ref().map_or(0, crate::clock::from_timestamp);
+        let consumed = |outcome| metrics::event_consumed(queue, &event.r#type, outcome, occurred_at_ms);
         let settled = match handled {
-            Ok(()) => delivery.ack().await,
+            Ok(()) => {
+                consumed(metrics::Outcome::Ok);
+                delivery.ack().await
+            }
             Err(err) => {
                 let error = error_chain(err.as_ref());
                 if attempt >= policy.max_attempts {
@@ -352,12 +402,14 @@ pub async fn consume(
                         queue, event_id = event.event_id, event_type = %event.r#type,
                         attempt, %error, "event keeps failing, dead-lettering"
                     );
+                    consumed(metrics::Outcome::DeadLetter);
                     delivery.dead_letter(&error).await
                 } else {
                     tracing::warn!(
                         queue, event_id = event.event_id, event_type = %event.r#type,
                         attempt, %error, "event handler failed, will retry"
                     );
+                    consumed(metrics::Outcome::Retry);
                     delivery.retry(&error).await
                 }
             }

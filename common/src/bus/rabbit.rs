@@ -40,7 +40,10 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use twtr_proto::events::v1::Envelope;
 
-use super::{Acker, BusError, DeadLetter, Delivery, EventBus, QueueSpec, Readiness, Subscription};
+use super::{
+    Acker, BusError, DeadLetter, Delivery, EventBus, QueueDepths, QueueSpec, Readiness,
+    Subscription,
+};
 use crate::error::error_chain;
 
 /// Header carrying how many deliveries of a message have failed so far.
@@ -598,6 +601,10 @@ impl EventBus for RabbitBus {
 
     async fn subscribe(&self, spec: &QueueSpec) -> Result<Box<dyn Subscription>, BusError> {
         self.declare(std::slice::from_ref(spec)).await?;
+        let weak = Arc::downgrade(&self.inner);
+        super::sample_depths(spec.name.clone(), move || {
+            weak.upgrade().map(|inner| RabbitBus { inner })
+        });
         Ok(Box::new(RabbitSubscription {
             inner: Arc::clone(&self.inner),
             spec: spec.clone(),
@@ -629,6 +636,36 @@ impl EventBus for RabbitBus {
             .await
             .map_err(bus_error)?;
         Ok(out)
+    }
+
+    /// From passive declarations: RabbitMQ counts the messages ready in a queue (those a
+    /// consumer holds unacknowledged, at most its prefetch, are not counted).
+    async fn depths(&self, queue: &str) -> Result<QueueDepths, BusError> {
+        let live = self.inner.live().ok_or(BusError::Unavailable)?;
+        let channel = live.connection.create_channel().await.map_err(bus_error)?;
+        let config = &self.inner.config;
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..QueueDeclareOptions::default()
+        };
+        let mut counts = [0u64; 3];
+        let names = [
+            config.work_queue(queue),
+            config.retry_queue(queue),
+            config.dead_queue(queue),
+        ];
+        for (count, name) in counts.iter_mut().zip(&names) {
+            let declared = channel
+                .queue_declare(name.as_str().into(), passive, FieldTable::default())
+                .await
+                .map_err(bus_error)?;
+            *count = u64::from(declared.message_count());
+        }
+        let _ = channel.close(200, "counted".into()).await;
+        Ok(QueueDepths {
+            waiting: counts[0] + counts[1],
+            dead: counts[2],
+        })
     }
 
     fn readiness(&self) -> Readiness {
