@@ -166,6 +166,11 @@ pub struct Cli {
     #[arg(long, env = "TWTR_FEED_LEN", default_value_t = FeedLimits::default().feed_len, global = true)]
     pub feed_len: usize,
 
+    /// Recent tweets (and retweets) of an author kept by the feeds service, and put into a new
+    /// follower's feed on follow.
+    #[arg(long, env = "TWTR_FEED_BACKFILL", default_value_t = FeedLimits::default().recent_per_author, global = true)]
+    pub feed_backfill: usize,
+
     /// Authors with more followers than this are not fanned out on write; their recent tweets
     /// are merged into readers' pages at read time. 0 turns this off (everyone is fanned out).
     #[arg(long, env = "TWTR_CELEBRITY_THRESHOLD", default_value_t = twtr_feeds::DEFAULT_CELEBRITY_THRESHOLD, global = true)]
@@ -368,7 +373,7 @@ impl Cli {
             worker_id: self.worker_id,
             feed_limits: FeedLimits {
                 feed_len: self.feed_len,
-                ..FeedLimits::default()
+                recent_per_author: self.feed_backfill,
             },
             idempotency_window: Duration::from_secs(self.idempotency_window_secs),
             celebrity_threshold: (self.celebrity_threshold > 0).then_some(self.celebrity_threshold),
