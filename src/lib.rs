@@ -208,15 +208,27 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         // Nothing but the token on stdout, so `$(twtr token ...)` works.
         return print_token(&config, args);
     }
-    telemetry::init(config.log_format);
-    match command {
+    let service = match command {
+        Command::Gateway => "twtr-gateway",
+        Command::Users => "twtr-users",
+        Command::Tweets => "twtr-tweets",
+        Command::Followers => "twtr-followers",
+        Command::Feeds => "twtr-feeds",
+        _ => "twtr",
+    };
+    let telemetry = telemetry::init(config.log_format, service, config.otlp_endpoint.as_deref())?;
+    let ran = match command {
         // A service alone checks its callers' tokens with the deployment's public keys.
         Command::Users | Command::Tweets | Command::Followers | Command::Feeds => {
-            let keys = backends::token_verifier(&config, Part::Alone)?;
-            twtr_common::auth::scope(keys, run_part(&cli, config, command)).await
+            match backends::token_verifier(&config, Part::Alone) {
+                Ok(keys) => twtr_common::auth::scope(keys, run_part(&cli, config, command)).await,
+                Err(err) => Err(err),
+            }
         }
         _ => run_part(&cli, config, command).await,
-    }
+    };
+    telemetry.shutdown().await;
+    ran
 }
 
 /// `twtr token`: a token acting as a user, signed with the configured key (or the all-in-one

@@ -5,16 +5,27 @@
 //! Within a process it travels in a task-local, set by [`scope`]: the gateway's middleware, the
 //! gRPC servers' [`RequestIdLayer`] and the event consumer each set it for the work they run,
 //! so domain code never passes it around by hand.
+//!
+//! The trace context travels the same ways, as a W3C `traceparent`: [`continue_trace`] makes a
+//! span continue the trace a caller or an event carries (and records its `trace_id` for the
+//! logs), [`inject_trace`] writes the current span's context into outgoing metadata or headers.
+//! It needs the OpenTelemetry layer of [`crate::telemetry::init`]; without it, both do nothing.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator as _};
+use opentelemetry::trace::{TraceContextExt as _, TraceId};
+use opentelemetry_sdk::propagation::TraceContextPropagator;
 use tonic::codegen::http;
 use tracing::Instrument as _;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 /// The metadata key and event header that carry the id.
 pub const REQUEST_ID: &str = "x-request-id";
+/// The W3C header (and metadata key, and event header) that carries the trace context.
+pub const TRACEPARENT: &str = "traceparent";
 const MAX_LEN: usize = 128;
 
 tokio::task_local! {
@@ -59,8 +70,55 @@ pub fn accept(incoming: Option<&str>) -> String {
     }
 }
 
+/// Makes `span` continue the trace whose context `carrier` holds (or start a new one), and
+/// records the trace id in the span's `trace_id` field. Call it right after creating the span.
+pub fn continue_trace(span: &tracing::Span, carrier: &dyn Extractor) {
+    let parent = TraceContextPropagator::new().extract(carrier);
+    // Fails only when the span is disabled or there is no OpenTelemetry layer: nothing to do.
+    let _ = span.set_parent(parent);
+    let trace_id = span.context().span().span_context().trace_id();
+    if trace_id != TraceId::INVALID {
+        span.record("trace_id", tracing::field::display(trace_id));
+    }
+}
+
+/// Writes the current span's trace context into `carrier` (nothing when there is none).
+pub fn inject_trace(carrier: &mut dyn Injector) {
+    let context = tracing::Span::current().context();
+    TraceContextPropagator::new().inject_context(&context, carrier);
+}
+
+/// HTTP headers (or gRPC metadata, on the server side) as a trace-context carrier.
+#[derive(Debug)]
+pub struct Headers<'a>(pub &'a http::HeaderMap);
+
+impl Extractor for Headers<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(http::HeaderName::as_str).collect()
+    }
+}
+
+/// Outgoing gRPC metadata as a trace-context carrier.
+#[derive(Debug)]
+pub struct Metadata<'a>(pub &'a mut tonic::metadata::MetadataMap);
+
+impl Injector for Metadata<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        if let (Ok(key), Ok(value)) = (
+            tonic::metadata::MetadataKey::from_bytes(key.as_bytes()),
+            value.parse(),
+        ) {
+            self.0.insert(key, value);
+        }
+    }
+}
+
 /// Tower layer for gRPC servers: takes the caller's `x-request-id` (or makes one), and runs the
-/// request inside [`scope`] and a tracing span naming the method.
+/// request inside [`scope`] and a tracing span naming the method, continuing the caller's trace.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RequestIdLayer;
 
@@ -96,7 +154,10 @@ where
             .get(REQUEST_ID)
             .and_then(|v| v.to_str().ok());
         let id = accept(incoming);
-        let span = tracing::info_span!("rpc", method = %request.uri().path(), request_id = %id);
+        let span = tracing::info_span!(
+            "rpc", method = %request.uri().path(), request_id = %id, trace_id = tracing::field::Empty
+        );
+        continue_trace(&span, &Headers(request.headers()));
         let response = self.inner.call(request);
         Box::pin(scope(id, response.instrument(span)))
     }

@@ -23,12 +23,14 @@ pub fn routing_key(payload: &Payload) -> &'static str {
     }
 }
 
-/// A new envelope, stamped now, carrying the current request id (if any) in its headers.
+/// A new envelope, stamped now, carrying the current request id and trace context (if any) in
+/// its headers.
 pub fn envelope(event_id: u64, aggregate_id: u64, payload: Payload) -> Envelope {
-    let headers = context::current()
+    let mut headers: std::collections::HashMap<String, String> = context::current()
         .map(|id| (context::REQUEST_ID.to_owned(), id))
         .into_iter()
         .collect();
+    context::inject_trace(&mut headers);
     Envelope {
         event_id,
         r#type: routing_key(&payload).to_owned(),

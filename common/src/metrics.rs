@@ -86,7 +86,10 @@ pub fn render() -> String {
 
 fn describe() {
     use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
-    describe_counter!("twtr_http_requests_total", "HTTP requests answered by the gateway");
+    describe_counter!(
+        "twtr_http_requests_total",
+        "HTTP requests answered by the gateway"
+    );
     describe_histogram!(
         "twtr_http_request_duration_seconds",
         Unit::Seconds,
@@ -186,7 +189,9 @@ pub fn event_consumed(queue: &str, event_type: &str, outcome: Outcome, occurred_
         counter!("twtr_events_dead_lettered_total", "queue" => queue.to_owned()).increment(1);
     }
     if outcome == Outcome::Ok && occurred_at_ms > 0 {
-        let lag_ms = crate::clock::now_millis().saturating_sub(occurred_at_ms).max(0);
+        let lag_ms = crate::clock::now_millis()
+            .saturating_sub(occurred_at_ms)
+            .max(0);
         histogram!("twtr_event_delivery_lag_seconds", "queue" => queue.to_owned())
             .record(lag_ms as f64 / 1000.0);
     }
@@ -290,7 +295,9 @@ mod tests {
 
     use super::*;
 
-    fn answering(status: Option<tonic::Code>) -> impl tower::Service<
+    fn answering(
+        status: Option<tonic::Code>,
+    ) -> impl tower::Service<
         http::Request<()>,
         Response = http::Response<()>,
         Error = std::convert::Infallible,
@@ -338,7 +345,10 @@ mod tests {
         ] {
             assert!(text.contains(expected), "{expected} in:\n{text}");
         }
-        assert!(!text.contains("random-garbage"), "unknown methods are not labels");
+        assert!(
+            !text.contains("random-garbage"),
+            "unknown methods are not labels"
+        );
     }
 
     #[tokio::test]
@@ -354,8 +364,7 @@ mod tests {
         let abandoned = tokio::time::timeout(Duration::from_millis(10), call_future).await;
         assert!(abandoned.is_err());
         let text = render();
-        let expected =
-            r#"twtr_grpc_server_requests_total{method="/test.Metrics/Abandoned",code="Cancelled"} 1"#;
+        let expected = r#"twtr_grpc_server_requests_total{method="/test.Metrics/Abandoned",code="Cancelled"} 1"#;
         assert!(text.contains(expected), "{text}");
     }
 }

@@ -162,11 +162,7 @@ where
     S::Future: Send + 'static,
 {
     let relay_stop = CancellationToken::new();
-    let depth = tokio::spawn(sample_depth(
-        name,
-        Arc::clone(&outbox),
-        relay_stop.clone(),
-    ));
+    let depth = tokio::spawn(sample_depth(name, Arc::clone(&outbox), relay_stop.clone()));
     let relay = tokio::spawn(run_relay(
         name,
         outbox,

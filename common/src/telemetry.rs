@@ -1,9 +1,26 @@
-//! Structured logging with `tracing`. The filter comes from `TWTR_LOG` (or `RUST_LOG`), default
-//! `info`; the format is human-readable text or one JSON object per line.
+//! Structured logging with `tracing`, and OpenTelemetry traces.
+//!
+//! Logs: the filter comes from `TWTR_LOG` (or `RUST_LOG`), default `info`; the format is
+//! human-readable text or one JSON object per line.
+//!
+//! Traces: twtr's own spans (a request at the gateway, a call at a service, an event at a
+//! consumer) are OpenTelemetry spans, continued across processes through the W3C `traceparent`
+//! carried in HTTP headers, gRPC metadata and event headers (see [`crate::context`]); each such
+//! span records its `trace_id`, so log lines can be joined with traces. They are exported over
+//! OTLP/gRPC only when an endpoint is configured (`TWTR_OTLP_ENDPOINT` or
+//! `OTEL_EXPORTER_OTLP_ENDPOINT`); without one, the trace context is still propagated.
+//! Spans reach OpenTelemetry whatever the log filter says.
 
 use std::io::IsTerminal as _;
 
-use tracing_subscriber::EnvFilter;
+use anyhow::Context as _;
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_otlp::WithExportConfig as _;
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+use tracing_subscriber::{EnvFilter, Layer as _};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum LogFormat {
@@ -12,20 +29,74 @@ pub enum LogFormat {
     Json,
 }
 
-/// Installs the global subscriber. Calling it twice is harmless (the second call does nothing).
-pub fn init(format: LogFormat) {
+/// Holds the tracer provider; [`Telemetry::shutdown`] exports what is still buffered.
+#[derive(Debug)]
+#[must_use = "call shutdown() at exit so buffered spans are exported"]
+pub struct Telemetry {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl Telemetry {
+    /// Exports the spans still buffered (bounded by the exporter's timeout).
+    pub async fn shutdown(self) {
+        if let Some(provider) = self.provider {
+            let _ = tokio::task::spawn_blocking(move || provider.shutdown()).await;
+        }
+    }
+}
+
+/// Installs the global subscriber: logs, and spans for OpenTelemetry (exported to
+/// `otlp_endpoint` when given, as `service`). Calling it twice is harmless (the second call
+/// installs nothing). Call it within a tokio runtime.
+pub fn init(
+    format: LogFormat,
+    service: &str,
+    otlp_endpoint: Option<&str>,
+) -> anyhow::Result<Telemetry> {
     let filter = std::env::var("TWTR_LOG")
         .ok()
         .or_else(|| std::env::var("RUST_LOG").ok())
         .and_then(|spec| EnvFilter::try_new(spec).ok())
         .unwrap_or_else(|| EnvFilter::new("info"));
     // Colours only for a person at a terminal: a log file or a collector gets plain text.
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let logs = tracing_subscriber::fmt::layer()
         .with_target(false)
         .with_ansi(std::io::stdout().is_terminal());
-    let _already_set = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-    };
+    let logs = match format {
+        LogFormat::Text => logs.boxed(),
+        LogFormat::Json => logs.json().flatten_event(true).boxed(),
+    }
+    .with_filter(filter);
+
+    let mut provider = SdkTracerProvider::builder().with_resource(
+        Resource::builder()
+            .with_service_name(service.to_owned())
+            .build(),
+    );
+    if let Some(endpoint) = otlp_endpoint {
+        let exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_tonic()
+            .with_endpoint(endpoint)
+            .build()
+            .with_context(|| format!("invalid OTLP endpoint {endpoint:?}"))?;
+        provider = provider.with_batch_exporter(exporter);
+    }
+    let provider = provider.build();
+    // twtr's own spans only: a library's internal spans are not part of the trace.
+    let spans = tracing_opentelemetry::layer()
+        .with_tracer(provider.tracer("twtr"))
+        .with_filter(tracing_subscriber::filter::filter_fn(|meta| {
+            meta.is_span() && meta.target().starts_with("twtr")
+        }));
+    let installed = tracing_subscriber::registry()
+        .with(logs)
+        .with(spans)
+        .try_init()
+        .is_ok();
+    if installed && let Some(endpoint) = otlp_endpoint {
+        tracing::info!(endpoint, service, "exporting traces over OTLP");
+    }
+    Ok(Telemetry {
+        provider: installed.then_some(provider),
+    })
 }

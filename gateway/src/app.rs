@@ -87,7 +87,10 @@ async fn request_context(
         .get::<MatchedPath>()
         .map_or("unmatched", MatchedPath::as_str)
         .to_owned();
-    let span = tracing::info_span!("http", %method, %path, request_id = %id);
+    let span = tracing::info_span!(
+        "http", %method, %path, request_id = %id, trace_id = tracing::field::Empty
+    );
+    context::continue_trace(&span, &context::Headers(request.headers()));
     let started = Instant::now();
     let work = upstream::scope(timeout, next.run(request)).instrument(span.clone());
     let mut response = context::scope(id.clone(), work).await;

@@ -135,6 +135,7 @@ pub fn rpc<T>(message: T) -> tonic::Request<T> {
     if let Some(id) = context::current().and_then(|id| id.parse().ok()) {
         request.metadata_mut().insert(context::REQUEST_ID, id);
     }
+    context::inject_trace(&mut context::Metadata(request.metadata_mut()));
     request
 }
 

@@ -1,5 +1,5 @@
-//! The real `twtr` binary as a child process: crash safety under `kill -9`, and the request id
-//! in its logs.
+//! The real `twtr` binary as a child process: crash safety under `kill -9`, the request id and
+//! the trace id in its logs, and its traces exported over OTLP.
 
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
@@ -22,7 +22,16 @@ struct Twtr {
 }
 
 async fn spawn_twtr(data_dir: &std::path::Path, log_filter: &str) -> Twtr {
+    spawn_twtr_with(data_dir, log_filter, &[]).await
+}
+
+async fn spawn_twtr_with(
+    data_dir: &std::path::Path,
+    log_filter: &str,
+    env: &[(&str, &str)],
+) -> Twtr {
     let mut child = Command::new(env!("CARGO_BIN_EXE_twtr"))
+        .envs(env.iter().copied())
         .env("TWTR_DATA_DIR", data_dir)
         .env("TWTR_LOG_FORMAT", "json")
         .env("TWTR_LOG", log_filter)
@@ -257,4 +266,159 @@ async fn passwords_and_their_hashes_never_reach_the_logs() {
             "a secret reached the logs: {secret}"
         );
     }
+}
+
+/// A W3C trace context, as a caller (or a load balancer) sends it.
+const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+
+/// Signs up, logs in and posts with `traceparent` carrying [`TRACE_ID`]; returns the response's
+/// status.
+async fn post_traced(http: &str, username: &str) -> StatusCode {
+    let client = reqwest::Client::new();
+    let body = serde_json::json!({ "username": username, "password": "password123" });
+    let (status, _) = post(&client, format!("{http}/v1/users"), None, body.clone()).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (_, session) = post(&client, format!("{http}/v1/sessions"), None, body).await;
+    let response = client
+        .post(format!("{http}/v1/tweets"))
+        .bearer_auth(text(&session["token"]))
+        .header("traceparent", format!("00-{TRACE_ID}-00f067aa0ba902b7-01"))
+        .json(&serde_json::json!({ "text": "follow my trace" }))
+        .send()
+        .await
+        .expect("post tweet");
+    response.status()
+}
+
+#[tokio::test]
+async fn a_trace_id_crosses_the_gateway_a_service_and_an_event_handler() {
+    let data_dir = tempfile::tempdir().expect("temp dir");
+    let twtr = spawn_twtr(data_dir.path(), "info,twtr_feeds=debug").await;
+    assert_eq!(post_traced(&twtr.http, "tracer").await, StatusCode::CREATED);
+
+    // The gateway logged the request, the tweets service the write (it got the context in gRPC
+    // metadata) and the feeds consumer the fan-out (from the event's headers), all under the
+    // caller's trace id.
+    let logged = |message: &'static str| {
+        let logs = Arc::clone(&twtr.logs);
+        move || {
+            let logs = Arc::clone(&logs);
+            async move {
+                let needle = format!("\"trace_id\":\"{TRACE_ID}\"");
+                let logs = logs.lock().unwrap();
+                logs.iter()
+                    .any(|line| line.contains(message) && line.contains(&needle))
+                    .then_some(())
+            }
+        }
+    };
+    for (what, message) in [
+        ("the gateway's log line", "request served"),
+        ("the tweets service's log line", "tweet created"),
+        ("the feeds consumer's log line", "tweet fanned out"),
+    ] {
+        eventually(what, CONVERGE, logged(message)).await;
+    }
+}
+
+mod collector {
+    //! A stand-in OpenTelemetry collector: the real OTLP/gRPC trace service, keeping what it is
+    //! sent.
+    use std::sync::{Arc, Mutex};
+
+    use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+        TraceService, TraceServiceServer,
+    };
+    use opentelemetry_proto::tonic::collector::trace::v1::{
+        ExportTraceServiceRequest, ExportTraceServiceResponse,
+    };
+
+    /// (service name, span name, trace id in hex) of every span received.
+    pub type Received = Arc<Mutex<Vec<(String, String, String)>>>;
+
+    #[derive(Default)]
+    pub struct Collector(pub Received);
+
+    #[tonic::async_trait]
+    impl TraceService for Collector {
+        async fn export(
+            &self,
+            request: tonic::Request<ExportTraceServiceRequest>,
+        ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+            let mut received = self.0.lock().unwrap();
+            for resource_spans in request.into_inner().resource_spans {
+                let service = resource_spans
+                    .resource
+                    .iter()
+                    .flat_map(|r| &r.attributes)
+                    .find(|kv| kv.key == "service.name")
+                    .and_then(|kv| kv.value.as_ref())
+                    .map(|v| format!("{:?}", v.value))
+                    .unwrap_or_default();
+                for scope in resource_spans.scope_spans {
+                    for span in scope.spans {
+                        let trace_id: String =
+                            span.trace_id.iter().map(|b| format!("{b:02x}")).collect();
+                        received.push((service.clone(), span.name, trace_id));
+                    }
+                }
+            }
+            Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+        }
+    }
+
+    /// Serves the collector on a loopback port; returns its endpoint and what it receives.
+    pub async fn start() -> (String, Received) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        let collector = Collector::default();
+        let received = Arc::clone(&collector.0);
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(TraceServiceServer::new(collector))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        (endpoint, received)
+    }
+}
+
+#[tokio::test]
+async fn traces_are_exported_over_otlp_when_an_endpoint_is_set() {
+    let (endpoint, received) = collector::start().await;
+    let data_dir = tempfile::tempdir().expect("temp dir");
+    let twtr = spawn_twtr_with(
+        data_dir.path(),
+        // Only the binary's own start-up lines: the services' spans are below the log level.
+        "warn,twtr=info",
+        &[
+            ("TWTR_OTLP_ENDPOINT", endpoint.as_str()),
+            // Export batches often, so the test does not wait for the default five seconds.
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ],
+    )
+    .await;
+    assert_eq!(
+        post_traced(&twtr.http, "exported").await,
+        StatusCode::CREATED
+    );
+
+    // One trace: the gateway's request, the tweets service's call and the feeds consumer's
+    // event, each a span of the caller's trace (even with logs filtered down to warnings).
+    let spans = eventually("the spans at the collector", CONVERGE, || async {
+        let received = received.lock().unwrap();
+        let ours: Vec<String> = received
+            .iter()
+            .filter(|(_, _, trace)| trace == TRACE_ID)
+            .map(|(_, name, _)| name.clone())
+            .collect();
+        let complete = ["http", "rpc", "event"]
+            .iter()
+            .all(|name| ours.iter().any(|n| n == name));
+        complete.then_some(received.clone())
+    })
+    .await;
+    assert!(
+        spans.iter().all(|(service, _, _)| service.contains("twtr")),
+        "{spans:?}"
+    );
 }

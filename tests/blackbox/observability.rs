@@ -15,7 +15,10 @@ use crate::support::{CONVERGE, TestMesh, eventually, text};
 async fn scrape(url: &str) -> String {
     let response = reqwest::get(url).await.expect("scrape");
     assert_eq!(response.status(), StatusCode::OK);
-    let content_type = response.headers()["content-type"].to_str().unwrap().to_owned();
+    let content_type = response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .to_owned();
     assert!(content_type.starts_with("text/plain"), "{content_type}");
     response.text().await.expect("metrics text")
 }
@@ -107,9 +110,11 @@ async fn a_service_alone_serves_its_metrics_on_its_own_listener() {
 
     let series = r#"twtr_grpc_server_requests_total{method="/twtr.tweets.v1.TweetsService/GetTweet",code="NotFound"}"#;
     let url = format!("http://{metrics_addr}/metrics");
-    let counted = eventually("the call in the metrics", Duration::from_secs(5), || async {
-        sample(&scrape(&url).await, series)
-    })
+    let counted = eventually(
+        "the call in the metrics",
+        Duration::from_secs(5),
+        || async { sample(&scrape(&url).await, series) },
+    )
     .await;
     assert_eq!(counted, 1.0);
 }

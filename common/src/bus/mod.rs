@@ -385,11 +385,17 @@ pub async fn consume(
         let incoming = event.headers.get(context::REQUEST_ID).map(String::as_str);
         let request_id = context::accept(incoming);
         let span = tracing::info_span!(
-            "event", queue, event_id = event.event_id, event_type = %event.r#type, %request_id
+            "event", queue, event_id = event.event_id, event_type = %event.r#type, %request_id,
+            trace_id = tracing::field::Empty
         );
+        context::continue_trace(&span, &event.headers);
         let handled = context::scope(request_id, handler.handle(&event).instrument(span)).await;
-        let occurred_at_ms = event.occurred_at.as_ref().map_or(0, crate::clock::from_timestamp);
-        let consumed = |outcome| metrics::event_consumed(queue, &event.r#type, outcome, occurred_at_ms);
+        let occurred_at_ms = event
+            .occurred_at
+            .as_ref()
+            .map_or(0, crate::clock::from_timestamp);
+        let consumed =
+            |outcome| metrics::event_consumed(queue, &event.r#type, outcome, occurred_at_ms);
         let settled = match handled {
             Ok(()) => {
                 consumed(metrics::Outcome::Ok);
