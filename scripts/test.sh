@@ -12,6 +12,7 @@
 #     Central), unless TWTR_SCYLLA_NODES names a cluster (ScyllaDB or Cassandra) to use instead,
 #   - formatting and clippy checks (set TWTR_SKIP_LINT=1 to skip them locally),
 #   - cargo test for the whole workspace: unit tests, conformance suites, black-box mesh tests,
+#   - schemathesis (PyPI, into ./.tools) against /openapi.json on a live mesh (scripts/schemathesis.sh),
 #   - the deployment checks (scripts/chart.sh check): the Helm chart linted, rendered and
 #     validated offline, checked against the binary cargo test built; the Dockerfile linted.
 set -euo pipefail
@@ -73,6 +74,13 @@ fi
 
 echo "test.sh: cargo test" >&2
 cargo test --workspace
+
+# The HTTP API fuzzed against its OpenAPI document (scripts/schemathesis.sh: schemathesis from
+# PyPI into ./.tools, a live all-in-one mesh on the twtr binary cargo test built, a real token,
+# over a thousand requests; about a minute and a half). Fails on any server error or any
+# response the document does not describe.
+echo "test.sh: scripts/schemathesis.sh" >&2
+scripts/schemathesis.sh target/debug/twtr
 
 # Deployment files. After cargo test, which built the twtr binary the chart is checked against
 # (its --help is the truth about subcommands and TWTR_* variables). Installs helm,

@@ -1,6 +1,7 @@
 //! The whole HTTP application: the API's routes ([`crate::routes::api`]) inside the edge's
-//! limits ([`crate::limits`]), next to the operational routes (health, readiness, metrics), and
-//! every request inside [`request_context`].
+//! limits ([`crate::limits`]), next to the operational routes (health, readiness, metrics, the
+//! OpenAPI document and its docs page, see [`crate::openapi`]), and every request inside
+//! [`request_context`].
 //!
 //! Layers, outermost first: request context (id, deadline, log line, metrics) → CORS → for the
 //! API only: rate limits → load shedding → body size limit → the route. (Axum applies a router's
@@ -28,14 +29,17 @@ use twtr_common::{context, metrics};
 use crate::error::ApiError;
 use crate::limits::{self, EdgeLimits, RateLimiter};
 use crate::routes::{self, AppState};
-use crate::upstream;
+use crate::{openapi, upstream};
 
 const READINESS_DEADLINE: Duration = Duration::from_secs(1);
 
 /// The application, with its rate limiters (which the caller keeps trimmed, see
 /// [`limits::forget_idle_keys`]).
 pub fn router(state: AppState, limits: &EdgeLimits, rate_limiter: Arc<RateLimiter>) -> Router {
-    let api = routes::api()
+    let (api, mut document) = routes::api().split_for_parts();
+    utoipa::Modify::modify(&openapi::EdgeResponses, &mut document);
+    let document = Arc::new(document);
+    let api = api
         .layer(DefaultBodyLimit::max(limits.body_limit))
         .layer(
             ServiceBuilder::new()
@@ -54,6 +58,13 @@ pub fn router(state: AppState, limits: &EdgeLimits, rate_limiter: Arc<RateLimite
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics::scrape))
+        .route(
+            "/openapi.json",
+            get(move || async move { openapi::json(&document) }),
+        )
+        .route("/docs", get(openapi::docs_page))
+        .route("/docs/swagger-ui-bundle.js", get(openapi::swagger_ui_js))
+        .route("/docs/swagger-ui.css", get(openapi::swagger_ui_css))
         .fallback(|| async { ApiError::not_found("no such route") })
         .method_not_allowed_fallback(|| async { crate::error::method_not_allowed() })
         .with_state(state);

@@ -14,6 +14,7 @@
 //!   (one RPC per kind of data per response, never one per item).
 //! - [`routes`]: one handler per route, each a straight run: parse, call, respond.
 //! - [`limits`]: the edge's limits (body size, rate limits, deadline, load shedding, CORS).
+//! - [`openapi`]: the OpenAPI document, generated from the routes, and the `/docs` page.
 //! - [`app`]: the whole application: the routes inside the limits, next to health and
 //!   readiness, every request with an id and a deadline.
 //!
@@ -28,6 +29,7 @@ pub mod balance;
 pub mod error;
 pub mod extract;
 pub mod limits;
+pub mod openapi;
 pub mod revocation;
 pub mod routes;
 pub mod upstream;

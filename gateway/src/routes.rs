@@ -4,10 +4,9 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::routing::{get, post};
-use axum::{Json, Router};
 use serde::Deserialize;
 use twtr_common::tokens::TokenVerifier;
 use twtr_common::{ErrorCode, clock};
@@ -21,9 +20,13 @@ use twtr_proto::users::v1::{
     CreateUserRequest, DeleteUserRequest, GetUserByUsernameRequest, GetUserRequest, LoginRequest,
     UpdateUserRequest,
 };
+use utoipa::{OpenApi as _, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::error::ApiError;
 use crate::extract::{Caller, JsonBody, MaybeCaller, PageParams, parse_id};
+use crate::openapi::{ApiDoc, ErrorBody, IdempotencyKeyHeader, PageQuery, TweetIdPath, UserIdPath};
 use crate::revocation::Revocations;
 use crate::upstream::{Upstreams, rpc};
 use crate::views::{self, PageView, SessionView, TweetView, UserView};
@@ -68,37 +71,56 @@ impl AppState {
     }
 }
 
-/// The API's routes (under `/v1`); [`crate::app::router`] puts the edge's limits around them.
-pub fn api() -> Router<AppState> {
-    Router::new()
-        .route("/v1/users", post(create_user))
-        .route("/v1/sessions", post(create_session))
-        .route("/v1/users/me", get(me).patch(update_me).delete(delete_me))
-        .route("/v1/users/by-username/{username}", get(user_by_username))
-        .route("/v1/users/{id}", get(user_by_id))
-        .route("/v1/users/{id}/follow", post(follow).delete(unfollow))
-        .route("/v1/users/{id}/followers", get(followers))
-        .route("/v1/users/{id}/following", get(following))
-        .route("/v1/users/{id}/tweets", get(user_tweets))
-        .route("/v1/tweets", post(create_tweet))
-        .route("/v1/tweets/{id}", get(tweet_by_id).delete(delete_tweet))
-        .route("/v1/tweets/{id}/like", post(like).delete(unlike))
-        .route("/v1/tweets/{id}/retweet", post(retweet).delete(unretweet))
-        .route("/v1/timeline", get(timeline))
-        .route("/v1/feed", get(feed))
+/// The API's routes (under `/v1`), each documented by its handler's `#[utoipa::path]`, which
+/// `routes!` also takes the path and method from (see [`crate::openapi`]); handlers of one path
+/// go in one `routes!`. [`crate::app::router`] puts the edge's limits around them.
+pub fn api() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(create_user))
+        .routes(routes!(create_session))
+        .routes(routes!(me, update_me, delete_me))
+        .routes(routes!(user_by_username))
+        .routes(routes!(user_by_id))
+        .routes(routes!(follow, unfollow))
+        .routes(routes!(followers))
+        .routes(routes!(following))
+        .routes(routes!(user_tweets))
+        .routes(routes!(create_tweet))
+        .routes(routes!(tweet_by_id, delete_tweet))
+        .routes(routes!(like, unlike))
+        .routes(routes!(retweet, unretweet))
+        .routes(routes!(timeline))
+        .routes(routes!(feed))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreateUserBody {
+    /// 3 to 15 of `A-Za-z0-9_`, unique ignoring case.
+    #[schema(pattern = "^[A-Za-z0-9_]{3,15}$", example = "alice")]
     username: String,
+    #[schema(min_length = 8, max_length = 128, example = "wonderland")]
     password: String,
+    /// At most 50 characters (after NFC and trimming); empty or missing: the username.
     #[serde(default)]
     display_name: String,
+    /// At most 160 characters (after NFC and trimming).
     #[serde(default)]
     bio: String,
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/users",
+    tag = "users",
+    summary = "Sign up",
+    request_body = CreateUserBody,
+    responses(
+        (status = 201, description = "the new user", body = UserView),
+        (status = 400, description = "invalid username, password, display name or bio", body = ErrorBody),
+        (status = 409, description = "the username is taken", body = ErrorBody),
+    )
+)]
 async fn create_user(
     State(state): State<AppState>,
     JsonBody(body): JsonBody<CreateUserBody>,
@@ -119,13 +141,25 @@ async fn create_user(
     Ok((StatusCode::CREATED, Json(views::new_user(user))))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreateSessionBody {
     username: String,
     password: String,
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/sessions",
+    tag = "users",
+    summary = "Log in",
+    request_body = CreateSessionBody,
+    responses(
+        (status = 200, description = "a session: its bearer token and the user", body = SessionView),
+        (status = 400, description = "malformed body", body = ErrorBody),
+        (status = 401, description = "wrong username or password", body = ErrorBody),
+    )
+)]
 async fn create_session(
     State(state): State<AppState>,
     JsonBody(body): JsonBody<CreateSessionBody>,
@@ -169,6 +203,17 @@ async fn user_view(state: &AppState, user_id: u64) -> Result<UserView, ApiError>
     one(views::users(state.up(), vec![user]).await?)
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/users/me",
+    tag = "users",
+    summary = "The caller",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "the caller", body = UserView),
+        (status = 401, description = "no valid token", body = ErrorBody),
+    )
+)]
 async fn me(State(state): State<AppState>, Caller(me): Caller) -> Result<Json<UserView>, ApiError> {
     match user_view(&state, me).await {
         Err(err) if err.code == ErrorCode::NotFound => {
@@ -178,15 +223,32 @@ async fn me(State(state): State<AppState>, Caller(me): Caller) -> Result<Json<Us
     }
 }
 
-#[derive(Debug, Deserialize)]
+/// Only the fields sent change. A new password needs the current one.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct UpdateMeBody {
+    /// At most 50 characters; empty: the username.
     display_name: Option<String>,
+    /// At most 160 characters.
     bio: Option<String>,
+    #[schema(min_length = 8, max_length = 128)]
     password: Option<String>,
     current_password: Option<String>,
 }
 
+#[utoipa::path(
+    patch,
+    path = "/v1/users/me",
+    tag = "users",
+    summary = "Change the caller's profile or password",
+    security(("bearer" = [])),
+    request_body = UpdateMeBody,
+    responses(
+        (status = 200, description = "the updated user", body = UserView),
+        (status = 400, description = "invalid field", body = ErrorBody),
+        (status = 401, description = "no valid token, or a wrong current password", body = ErrorBody),
+    )
+)]
 async fn update_me(
     State(state): State<AppState>,
     Caller(me): Caller,
@@ -213,6 +275,17 @@ async fn update_me(
     Ok(Json(one(views::users(state.up(), vec![user]).await?)?))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/users/me",
+    tag = "users",
+    summary = "Delete the caller's account",
+    security(("bearer" = [])),
+    responses(
+        (status = 204, description = "deleted; its tokens stop working"),
+        (status = 401, description = "no valid token", body = ErrorBody),
+    )
+)]
 async fn delete_me(
     State(state): State<AppState>,
     Caller(me): Caller,
@@ -223,6 +296,18 @@ async fn delete_me(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/users/{id}",
+    tag = "users",
+    summary = "A user",
+    params(UserIdPath),
+    responses(
+        (status = 200, description = "the user", body = UserView),
+        (status = 400, description = "the ID is not a decimal ID", body = ErrorBody),
+        (status = 404, description = "no such user", body = ErrorBody),
+    )
+)]
 async fn user_by_id(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -231,6 +316,17 @@ async fn user_by_id(
     user_view(&state, id).await.map(Json)
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/users/by-username/{username}",
+    tag = "users",
+    summary = "A user, by username (ignoring case)",
+    params(("username" = String, Path, description = "the username")),
+    responses(
+        (status = 200, description = "the user", body = UserView),
+        (status = 404, description = "no such user", body = ErrorBody),
+    )
+)]
 async fn user_by_username(
     State(state): State<AppState>,
     Path(username): Path<String>,
@@ -245,6 +341,20 @@ async fn user_by_username(
     Ok(Json(one(views::users(state.up(), vec![user]).await?)?))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/users/{id}/follow",
+    tag = "follows",
+    summary = "Follow a user (idempotent)",
+    security(("bearer" = [])),
+    params(UserIdPath),
+    responses(
+        (status = 204, description = "the caller follows the user"),
+        (status = 400, description = "the ID is not a decimal ID, or is the caller's", body = ErrorBody),
+        (status = 401, description = "no valid token", body = ErrorBody),
+        (status = 404, description = "no such user", body = ErrorBody),
+    )
+)]
 async fn follow(
     State(state): State<AppState>,
     Caller(me): Caller,
@@ -259,6 +369,20 @@ async fn follow(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/users/{id}/follow",
+    tag = "follows",
+    summary = "Unfollow a user (idempotent)",
+    security(("bearer" = [])),
+    params(UserIdPath),
+    responses(
+        (status = 204, description = "the caller does not follow the user"),
+        (status = 400, description = "the ID is not a decimal ID, or is the caller's", body = ErrorBody),
+        (status = 401, description = "no valid token", body = ErrorBody),
+        (status = 404, description = "no such user", body = ErrorBody),
+    )
+)]
 async fn unfollow(
     State(state): State<AppState>,
     Caller(me): Caller,
@@ -326,6 +450,18 @@ async fn follow_list(
     Ok(Json(PageView::new(users, page.next)))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/users/{id}/followers",
+    tag = "follows",
+    summary = "Who follows a user, newest first",
+    params(UserIdPath, PageQuery),
+    responses(
+        (status = 200, description = "a page of users", body = PageView<UserView>),
+        (status = 400, description = "a bad ID or page parameter", body = ErrorBody),
+        (status = 404, description = "no such user", body = ErrorBody),
+    )
+)]
 async fn followers(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -334,6 +470,18 @@ async fn followers(
     follow_list(&state, &id, page, FollowList::Followers).await
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/users/{id}/following",
+    tag = "follows",
+    summary = "Whom a user follows, newest first",
+    params(UserIdPath, PageQuery),
+    responses(
+        (status = 200, description = "a page of users", body = PageView<UserView>),
+        (status = 400, description = "a bad ID or page parameter", body = ErrorBody),
+        (status = 404, description = "no such user", body = ErrorBody),
+    )
+)]
 async fn following(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -342,15 +490,32 @@ async fn following(
     follow_list(&state, &id, page, FollowList::Following).await
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreateTweetBody {
+    /// 1 to 280 characters, counted after NFC normalization and trimming.
+    #[schema(min_length = 1, example = "hello, twtr")]
     text: String,
 }
 
 /// The header that makes a post safe to retry (the tweets service keeps the key's first tweet).
 const IDEMPOTENCY_KEY: &str = "idempotency-key";
 
+#[utoipa::path(
+    post,
+    path = "/v1/tweets",
+    tag = "tweets",
+    summary = "Post a tweet",
+    security(("bearer" = [])),
+    params(IdempotencyKeyHeader),
+    request_body = CreateTweetBody,
+    responses(
+        (status = 201, description = "the tweet (or, for a repeated Idempotency-Key, the first one)", body = TweetView),
+        (status = 400, description = "empty or over 280 characters, or a bad Idempotency-Key", body = ErrorBody),
+        (status = 401, description = "no valid token", body = ErrorBody),
+        (status = 404, description = "the Idempotency-Key's first tweet was deleted since", body = ErrorBody),
+    )
+)]
 async fn create_tweet(
     State(state): State<AppState>,
     Caller(me): Caller,
@@ -384,6 +549,20 @@ async fn create_tweet(
     Ok((StatusCode::CREATED, Json(view)))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/tweets/{id}",
+    tag = "tweets",
+    summary = "A tweet",
+    security((), ("bearer" = [])),
+    params(TweetIdPath),
+    responses(
+        (status = 200, description = "the tweet (with the caller's flags when a token is sent)", body = TweetView),
+        (status = 400, description = "the ID is not a decimal ID", body = ErrorBody),
+        (status = 401, description = "an invalid token", body = ErrorBody),
+        (status = 404, description = "no such tweet", body = ErrorBody),
+    )
+)]
 async fn tweet_by_id(
     State(state): State<AppState>,
     MaybeCaller(viewer): MaybeCaller,
@@ -404,6 +583,20 @@ async fn tweet_by_id(
         .map_err(|_| ApiError::not_found("tweet not found"))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/users/{id}/tweets",
+    tag = "tweets",
+    summary = "A user's tweets, newest first",
+    security((), ("bearer" = [])),
+    params(UserIdPath, PageQuery),
+    responses(
+        (status = 200, description = "a page of tweets", body = PageView<TweetView>),
+        (status = 400, description = "a bad ID or page parameter", body = ErrorBody),
+        (status = 401, description = "an invalid token", body = ErrorBody),
+        (status = 404, description = "no such user", body = ErrorBody),
+    )
+)]
 async fn user_tweets(
     State(state): State<AppState>,
     MaybeCaller(viewer): MaybeCaller,
@@ -430,6 +623,19 @@ async fn user_tweets(
     )))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/timeline",
+    tag = "tweets",
+    summary = "Everyone's tweets, newest first",
+    security((), ("bearer" = [])),
+    params(PageQuery),
+    responses(
+        (status = 200, description = "a page of tweets", body = PageView<TweetView>),
+        (status = 400, description = "a bad page parameter", body = ErrorBody),
+        (status = 401, description = "an invalid token", body = ErrorBody),
+    )
+)]
 async fn timeline(
     State(state): State<AppState>,
     MaybeCaller(viewer): MaybeCaller,
@@ -454,6 +660,21 @@ async fn timeline(
     )))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/tweets/{id}",
+    tag = "tweets",
+    summary = "Delete one of the caller's tweets",
+    security(("bearer" = [])),
+    params(TweetIdPath),
+    responses(
+        (status = 204, description = "deleted"),
+        (status = 400, description = "the ID is not a decimal ID", body = ErrorBody),
+        (status = 401, description = "no valid token", body = ErrorBody),
+        (status = 403, description = "the caller is not the author", body = ErrorBody),
+        (status = 404, description = "no such tweet", body = ErrorBody),
+    )
+)]
 async fn delete_tweet(
     State(state): State<AppState>,
     Caller(me): Caller,
@@ -495,6 +716,20 @@ async fn act(state: &AppState, me: u64, id: &str, act: Act) -> Result<StatusCode
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/tweets/{id}/like",
+    tag = "tweets",
+    summary = "Like a tweet (idempotent)",
+    security(("bearer" = [])),
+    params(TweetIdPath),
+    responses(
+        (status = 204, description = "done"),
+        (status = 400, description = "the ID is not a decimal ID", body = ErrorBody),
+        (status = 401, description = "no valid token", body = ErrorBody),
+        (status = 404, description = "no such tweet", body = ErrorBody),
+    )
+)]
 async fn like(
     State(state): State<AppState>,
     Caller(me): Caller,
@@ -503,6 +738,20 @@ async fn like(
     act(&state, me, &id, Act::Like).await
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/tweets/{id}/like",
+    tag = "tweets",
+    summary = "Unlike a tweet (idempotent)",
+    security(("bearer" = [])),
+    params(TweetIdPath),
+    responses(
+        (status = 204, description = "done"),
+        (status = 400, description = "the ID is not a decimal ID", body = ErrorBody),
+        (status = 401, description = "no valid token", body = ErrorBody),
+        (status = 404, description = "no such tweet", body = ErrorBody),
+    )
+)]
 async fn unlike(
     State(state): State<AppState>,
     Caller(me): Caller,
@@ -511,6 +760,20 @@ async fn unlike(
     act(&state, me, &id, Act::Unlike).await
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/tweets/{id}/retweet",
+    tag = "tweets",
+    summary = "Retweet a tweet (idempotent)",
+    security(("bearer" = [])),
+    params(TweetIdPath),
+    responses(
+        (status = 204, description = "done"),
+        (status = 400, description = "the ID is not a decimal ID", body = ErrorBody),
+        (status = 401, description = "no valid token", body = ErrorBody),
+        (status = 404, description = "no such tweet", body = ErrorBody),
+    )
+)]
 async fn retweet(
     State(state): State<AppState>,
     Caller(me): Caller,
@@ -519,6 +782,20 @@ async fn retweet(
     act(&state, me, &id, Act::Retweet).await
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/tweets/{id}/retweet",
+    tag = "tweets",
+    summary = "Undo a retweet (idempotent)",
+    security(("bearer" = [])),
+    params(TweetIdPath),
+    responses(
+        (status = 204, description = "done"),
+        (status = 400, description = "the ID is not a decimal ID", body = ErrorBody),
+        (status = 401, description = "no valid token", body = ErrorBody),
+        (status = 404, description = "no such tweet", body = ErrorBody),
+    )
+)]
 async fn unretweet(
     State(state): State<AppState>,
     Caller(me): Caller,
@@ -527,6 +804,19 @@ async fn unretweet(
     act(&state, me, &id, Act::Unretweet).await
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/feed",
+    tag = "feed",
+    summary = "The caller's home feed, newest first",
+    security(("bearer" = [])),
+    params(PageQuery),
+    responses(
+        (status = 200, description = "a page of tweets from the caller and whom they follow", body = PageView<TweetView>),
+        (status = 400, description = "a bad page parameter", body = ErrorBody),
+        (status = 401, description = "no valid token", body = ErrorBody),
+    )
+)]
 async fn feed(
     State(state): State<AppState>,
     Caller(me): Caller,

@@ -10,17 +10,21 @@ use twtr_proto::tweets::v1::{
     self as tweets_pb, BatchGetTweetCountsRequest, BatchGetViewerFlagsRequest,
 };
 use twtr_proto::users::v1::{self as users_pb, BatchGetUsersRequest};
+use utoipa::ToSchema;
 
 use crate::error::ApiError;
 use crate::upstream::{Upstreams, rpc};
 
 /// A user, as the API shows it. IDs are strings; timestamps RFC 3339 UTC.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct UserView {
+    #[schema(pattern = "^[0-9]+$", example = "7129876543210123")]
     pub id: String,
+    #[schema(example = "alice")]
     pub username: String,
     pub display_name: String,
     pub bio: String,
+    #[schema(format = DateTime)]
     pub created_at: String,
     pub followers_count: u64,
     pub following_count: u64,
@@ -28,18 +32,21 @@ pub struct UserView {
 }
 
 /// The part of a user shown with each tweet.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct AuthorView {
+    #[schema(pattern = "^[0-9]+$")]
     pub id: String,
     pub username: String,
     pub display_name: String,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct TweetView {
+    #[schema(pattern = "^[0-9]+$", example = "7129876543210456")]
     pub id: String,
     pub author: AuthorView,
     pub text: String,
+    #[schema(format = DateTime)]
     pub created_at: String,
     pub like_count: u64,
     pub retweet_count: u64,
@@ -54,10 +61,11 @@ pub struct TweetView {
     pub retweeted_by: Option<AuthorView>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct PageView<T> {
     pub items: Vec<T>,
     /// Pass as `before` for the next, older page; null on the last one.
+    #[schema(pattern = "^[0-9]+$")]
     pub next: Option<String>,
 }
 
@@ -70,9 +78,11 @@ impl<T> PageView<T> {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct SessionView {
+    /// The bearer token: `Authorization: Bearer <token>`.
     pub token: String,
+    #[schema(format = DateTime)]
     pub expires_at: String,
     pub user: UserView,
 }

@@ -360,3 +360,84 @@ async fn a_caller_inside_the_mesh_cannot_act_as_someone_else() {
     assert!(read.is_ok(), "{read:?}");
     mesh.stop().await;
 }
+
+#[tokio::test]
+async fn the_openapi_document_is_the_routes_and_the_docs_page_is_served_offline() {
+    let mesh = TestMesh::start().await;
+    let (status, document) = mesh.get("/openapi.json", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(document["openapi"].as_str().unwrap().starts_with("3."));
+    assert_eq!(
+        document["components"]["securitySchemes"]["bearer"]["scheme"],
+        "bearer"
+    );
+    let paths = document["paths"].as_object().unwrap();
+    assert!(paths.len() >= 15, "{:?}", paths.keys());
+    // Every documented operation is a route the gateway serves (not the "no such route" 404
+    // nor a 405), and documents its errors in the one shape, the edge's included.
+    let http = reqwest::Client::new();
+    for (path, item) in paths {
+        let concrete = path
+            .replace("{id}", "1")
+            .replace("{username}", "nobody_here");
+        for (method, operation) in item.as_object().unwrap() {
+            let method = reqwest::Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+            let response = http
+                .request(method.clone(), format!("{}{concrete}", mesh.http))
+                .send()
+                .await
+                .unwrap();
+            let status = response.status();
+            let body: Value = response.json().await.unwrap_or(Value::Null);
+            assert_ne!(status, StatusCode::METHOD_NOT_ALLOWED, "{method} {path}");
+            assert_ne!(
+                body["error"]["message"], "no such route",
+                "{method} {path} is documented but not routed"
+            );
+            let responses = operation["responses"].as_object().unwrap();
+            assert!(
+                responses.contains_key(status.as_str()),
+                "{method} {path} answered an undocumented {status}"
+            );
+            for edge in ["429", "503", "504"] {
+                let error = &responses[edge]["content"]["application/json"]["schema"]["$ref"];
+                assert_eq!(
+                    error, "#/components/schemas/ErrorBody",
+                    "{method} {path} {edge}"
+                );
+            }
+        }
+    }
+
+    let page = http
+        .get(format!("{}/docs", mesh.http))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), StatusCode::OK);
+    let page = page.text().await.unwrap();
+    assert!(page.contains("/openapi.json"));
+    assert!(
+        !page.contains("https://"),
+        "no asset from elsewhere: {page}"
+    );
+    for (asset, kind) in [
+        ("/docs/swagger-ui-bundle.js", "text/javascript"),
+        ("/docs/swagger-ui.css", "text/css"),
+    ] {
+        assert!(page.contains(asset), "{asset} in the page");
+        let response = http
+            .get(format!("{}{asset}", mesh.http))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{asset}");
+        let content_type = response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        assert!(content_type.starts_with(kind), "{asset}: {content_type}");
+        assert!(response.bytes().await.unwrap().len() > 10_000, "{asset}");
+    }
+    mesh.stop().await;
+}

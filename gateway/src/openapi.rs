@@ -1,0 +1,259 @@
+//! The OpenAPI 3 document (`/openapi.json`) and the interactive docs page (`/docs`).
+//!
+//! The document is generated from the code (utoipa): each handler in [`crate::routes`] carries
+//! its `#[utoipa::path]` and is registered with `routes!`, which takes the route's path and
+//! method from that same annotation, so the document lists exactly the routes served. The
+//! bodies' schemas come from the Rust types themselves. [`EdgeResponses`] then adds what the
+//! edge answers on every API route (rate limits, overload, deadlines, body size) and the bearer
+//! security scheme.
+//!
+//! `/docs` is Swagger UI, its files compiled into the binary (vendored from the npm package
+//! `swagger-ui-dist`, see `gateway/assets/swagger-ui/VERSION`), so it works offline.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use serde::Serialize;
+use utoipa::openapi::path::Operation;
+use utoipa::openapi::response::{Response as OpenApiResponse, ResponseBuilder};
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::openapi::{ContentBuilder, HeaderBuilder, ObjectBuilder, OpenApi, Ref, Type};
+use utoipa::{IntoParams, Modify, ToSchema};
+
+/// The document's frame: title, version, tags, components; routes are added by the router.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "twtr",
+        description = "A Twitter-like API. IDs are decimal strings, timestamps RFC 3339 UTC. \
+            Lists are pages (`items`, `next`): pass `next` as `before` for older items, or \
+            `since=<id>` for newer ones. Errors are `{\"error\": {\"code\", \"message\"}}`.",
+        license(name = "Apache-2.0")
+    ),
+    tags(
+        (name = "users", description = "Sign-up, login, profiles"),
+        (name = "follows", description = "The follow graph"),
+        (name = "tweets", description = "Tweets, likes, retweets, timelines"),
+        (name = "feed", description = "The caller's home feed")
+    ),
+    components(schemas(ErrorBody))
+)]
+pub struct ApiDoc;
+
+/// The JSON error body of every failure.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Machine-readable: `invalid_argument`, `unauthenticated`, `permission_denied`,
+    /// `not_found`, `already_exists`, `payload_too_large`, `rate_limited`, `unavailable`,
+    /// `deadline_exceeded`, `internal`, `method_not_allowed`.
+    #[schema(example = "not_found")]
+    pub code: String,
+    /// For people.
+    #[schema(example = "tweet not found")]
+    pub message: String,
+}
+
+/// `?limit=&before=&since=` of every list.
+#[derive(Debug, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)] // documentation only: `extract::PageParams` parses them
+pub struct PageQuery {
+    /// Items per page (default 20).
+    #[param(minimum = 1, maximum = 100)]
+    limit: Option<u32>,
+    /// Older than this cursor: the `next` of the previous page.
+    #[param(pattern = "^[0-9]+$", example = "7129876543210123")]
+    before: Option<String>,
+    /// Newer than this ID (polling for new items).
+    #[param(pattern = "^[0-9]+$")]
+    since: Option<String>,
+}
+
+/// The header that makes a post safe to retry.
+#[derive(Debug, IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)] // documentation only: the handler reads it
+pub struct IdempotencyKeyHeader {
+    /// Makes a retried post return the first one (1 to 255 visible ASCII characters).
+    #[param(rename = "Idempotency-Key", example = "post-2026-11-23-0001")]
+    idempotency_key: Option<String>,
+}
+
+/// A user's ID in a path.
+#[derive(Debug, IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)] // documentation only: the handlers parse it
+pub struct UserIdPath {
+    /// The user's ID (decimal).
+    #[param(pattern = "^[0-9]+$", example = "7129876543210123")]
+    id: String,
+}
+
+/// A tweet's ID in a path.
+#[derive(Debug, IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)] // documentation only: the handlers parse it
+pub struct TweetIdPath {
+    /// The tweet's ID (decimal).
+    #[param(pattern = "^[0-9]+$", example = "7129876543210456")]
+    id: String,
+}
+
+/// The security scheme's name in the document.
+pub const BEARER: &str = "bearer";
+
+/// Adds the bearer scheme, and to every API operation what the edge may answer whatever the
+/// route: 429 (rate limits), 500, 503 (overload, a service down), 504 (deadline), and 413 where
+/// there is a body. Applied to the document once the router has added the routes.
+pub struct EdgeResponses;
+
+impl Modify for EdgeResponses {
+    fn modify(&self, openapi: &mut OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            BEARER,
+            SecurityScheme::Http(
+                Http::builder()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .build(),
+            ),
+        );
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            if !path.starts_with("/v1/") {
+                continue;
+            }
+            let operations = [
+                &mut item.get,
+                &mut item.post,
+                &mut item.patch,
+                &mut item.delete,
+                &mut item.put,
+            ];
+            for operation in operations.into_iter().flatten() {
+                add_edge_responses(operation);
+            }
+        }
+    }
+}
+
+fn error_response(description: &str, retry_after: bool) -> OpenApiResponse {
+    let mut response = ResponseBuilder::new().description(description).content(
+        "application/json",
+        ContentBuilder::new()
+            .schema(Some(Ref::from_schema_name("ErrorBody")))
+            .build(),
+    );
+    if retry_after {
+        response = response.header(
+            "Retry-After",
+            HeaderBuilder::new()
+                .schema(
+                    ObjectBuilder::new()
+                        .schema_type(Type::Integer)
+                        .minimum(Some(1)),
+                )
+                .description(Some("seconds to wait before retrying"))
+                .build(),
+        );
+    }
+    response.build()
+}
+
+fn add_edge_responses(operation: &mut Operation) {
+    let mut add = |status: &str, response: OpenApiResponse| {
+        operation
+            .responses
+            .responses
+            .entry(status.to_owned())
+            .or_insert_with(|| response.into());
+    };
+    add(
+        "429",
+        error_response("too many requests (a rate limit)", true),
+    );
+    add(
+        "500",
+        error_response("an unexpected failure (details are logged)", false),
+    );
+    add(
+        "503",
+        error_response(
+            "overloaded, or a backend service is down; retry later",
+            true,
+        ),
+    );
+    add(
+        "504",
+        error_response("the request's deadline passed", false),
+    );
+    if operation.request_body.is_some() {
+        add(
+            "413",
+            error_response("the body is over the size limit", false),
+        );
+    }
+}
+
+/// The document, as served at `/openapi.json` (built once).
+pub fn json(document: &OpenApi) -> Response {
+    match document.to_json() {
+        Ok(json) => ([(header::CONTENT_TYPE, "application/json")], json).into_response(),
+        Err(err) => {
+            tracing::error!(error = %err, "cannot render the OpenAPI document");
+            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
+    }
+}
+
+const SWAGGER_UI_JS: &[u8] = include_bytes!("../assets/swagger-ui/swagger-ui-bundle.js");
+const SWAGGER_UI_CSS: &[u8] = include_bytes!("../assets/swagger-ui/swagger-ui.css");
+
+/// `/docs`: Swagger UI on `/openapi.json`, every asset from this server.
+pub async fn docs_page() -> Html<&'static str> {
+    Html(
+        r##"<!doctype html>
+<html lang="en">
+<head>
+  <meta charset="utf-8">
+  <meta name="viewport" content="width=device-width, initial-scale=1">
+  <title>twtr API</title>
+  <link rel="stylesheet" href="/docs/swagger-ui.css">
+</head>
+<body>
+  <div id="swagger-ui"></div>
+  <script src="/docs/swagger-ui-bundle.js"></script>
+  <script>
+    window.ui = SwaggerUIBundle({ url: "/openapi.json", dom_id: "#swagger-ui", deepLinking: true });
+  </script>
+</body>
+</html>
+"##,
+    )
+}
+
+fn asset(content_type: &'static str, body: &'static [u8]) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, HeaderValue::from_static(content_type)),
+            (
+                header::CACHE_CONTROL,
+                HeaderValue::from_static("public, max-age=86400"),
+            ),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+pub async fn swagger_ui_js() -> Response {
+    asset("text/javascript; charset=utf-8", SWAGGER_UI_JS)
+}
+
+pub async fn swagger_ui_css() -> Response {
+    asset("text/css; charset=utf-8", SWAGGER_UI_CSS)
+}
