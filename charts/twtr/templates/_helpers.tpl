@@ -171,6 +171,37 @@ app.kubernetes.io/component: {{ .part }}
   value: {{ .Values.dataDir | quote }}
 - name: TWTR_LOG_FORMAT
   value: {{ .Values.logFormat | quote }}
+{{- if .Values.metrics.enabled }}
+- name: TWTR_METRICS_ADDR
+  value: {{ printf "0.0.0.0:%v" .Values.metrics.port | quote }}
+{{- end }}
+{{- with .Values.tracing.otlpEndpoint }}
+- name: TWTR_OTLP_ENDPOINT
+  value: {{ . | quote }}
+{{- end }}
+{{- end }}
+
+{{/* The gateway's limits (empty values: the binary's defaults). */}}
+{{- define "twtr.env.limits" -}}
+{{- $limits := .Values.gateway.limits }}
+{{- $vars := dict "requestTimeoutMs" "TWTR_REQUEST_TIMEOUT_MS" "maxInFlight" "TWTR_HTTP_MAX_IN_FLIGHT" "bodyLimitBytes" "TWTR_HTTP_BODY_LIMIT_BYTES" "rateLimitPerIp" "TWTR_RATE_LIMIT_PER_IP" "rateLimitPerCaller" "TWTR_RATE_LIMIT_PER_CALLER" "rateLimitAuthPerIp" "TWTR_RATE_LIMIT_AUTH_PER_IP" }}
+{{- range $key := keys $vars | sortAlpha }}
+{{- $value := get $limits $key }}
+{{- if ne (toString $value) "" }}
+- name: {{ get $vars $key }}
+  value: {{ $value | quote }}
+{{- end }}
+{{- end }}
+{{- $hops := toString $limits.trustedProxyHops }}
+{{- if eq $hops "" }}
+{{- $hops = ternary "2" "0" (and .Values.ingress.enabled (eq .Values.ingress.className "gce")) }}
+{{- end }}
+- name: TWTR_HTTP_TRUSTED_PROXY_HOPS
+  value: {{ $hops | quote }}
+{{- with $limits.corsOrigins }}
+- name: TWTR_CORS_ORIGINS
+  value: {{ join "," . | quote }}
+{{- end }}
 {{- end }}
 
 {{/*
@@ -181,6 +212,9 @@ The gateway needs no store or broker: it reaches the services and verifies token
 {{- $root := .root }}
 {{- $values := get $root.Values .part }}
 {{ include "twtr.env.common" $root }}
+{{- /* Every part checks tokens: the gateway its callers', each service who a call acts as. */}}
+- name: TWTR_TOKEN_PUBLIC_KEYS
+  value: {{ include "twtr.publicKeyFiles" $root | quote }}
 {{- if eq .part "gateway" }}
 - name: TWTR_HTTP_ADDR
   value: {{ printf "0.0.0.0:%v" $values.port | quote }}
@@ -188,8 +222,7 @@ The gateway needs no store or broker: it reaches the services and verifies token
 - name: {{ printf "TWTR_%s_URL" (upper $service) }}
   value: {{ include "twtr.serviceUrl" (dict "root" $root "part" $service) | quote }}
 {{- end }}
-- name: TWTR_TOKEN_PUBLIC_KEYS
-  value: {{ include "twtr.publicKeyFiles" $root | quote }}
+{{ include "twtr.env.limits" $root }}
 {{- else }}
 - name: {{ include "twtr.addrVar" .part }}
   value: {{ printf "0.0.0.0:%v" $values.port | quote }}
@@ -229,16 +262,15 @@ The gateway needs no store or broker: it reaches the services and verifies token
 {{- join "," $files }}
 {{- end }}
 
-{{/* The key files a part mounts: the private key for users, the public keys for the gateway. */}}
+{{/* The key files a part mounts: the public keys for every part, the private key for users. */}}
 {{- define "twtr.keyItems" -}}
 {{- if eq .part "users" }}
 - key: {{ .root.Values.tokens.privateKeyName }}
   path: {{ .root.Values.tokens.privateKeyName }}
-{{- else if eq .part "gateway" }}
+{{- end }}
 {{- range .root.Values.tokens.publicKeyNames }}
 - key: {{ . }}
   path: {{ . }}
-{{- end }}
 {{- end }}
 {{- end }}
 
