@@ -145,7 +145,10 @@ where
         return;
     };
     runtime.spawn(async move {
-        let mut every = tokio::time::interval(DEPTH_EVERY);
+        // The first sample waits a period too: a sample holds the bus for its read, and a bus
+        // dropped right after subscribing (a test reopening its file) must be free at once.
+        let start = tokio::time::Instant::now() + DEPTH_EVERY;
+        let mut every = tokio::time::interval_at(start, DEPTH_EVERY);
         loop {
             every.tick().await;
             let Some(bus) = upgrade() else { return };
