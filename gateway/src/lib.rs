@@ -9,7 +9,8 @@
 //!   JSON bodies, IDs in paths, page queries.
 //! - [`revocation`]: whether a validly signed token was revoked (account deleted, password
 //!   changed), from the users service's answers of the last two seconds.
-//! - [`upstream`]: gRPC clients for the four services, with deadlines on every call.
+//! - [`upstream`]: gRPC clients for the four services; every call carries what is left of its
+//!   request's deadline, the caller's verified token and the request and trace ids.
 //! - [`views`]: the JSON bodies of the public API, and the batched hydration that builds them
 //!   (one RPC per kind of data per response, never one per item).
 //! - [`routes`]: one handler per route, each a straight run: parse, call, respond.
@@ -20,9 +21,13 @@
 //!
 //! # How a request flows
 //!
-//! axum routes it; extractors authenticate the caller (verifying the token's signature locally,
-//! and its revocation against a cache refreshed every two seconds per user) and parse the input; the handler calls the owning service(s) over gRPC, passing the
-//! caller's ID explicitly; views hydrate the result and render JSON.
+//! The request context gives it an id, a trace and a deadline; for an API route, the rate
+//! limits, load shedding and body limit come next. axum routes it; extractors authenticate the
+//! caller (verifying the token's signature locally, and its revocation against a cache
+//! refreshed every two seconds per user) and parse the input; the handler calls the owning
+//! service(s) over gRPC, passing the caller's ID explicitly and forwarding their token, with
+//! which each service checks that the caller acts only as themselves; views hydrate the result
+//! and render JSON.
 
 pub mod app;
 pub mod balance;
