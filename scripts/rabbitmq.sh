@@ -43,6 +43,10 @@ start() {
     local began=$SECONDS
     # The Debian package may have started it already (where systemd runs); -detached otherwise.
     if ! rabbitmq-diagnostics -q ping >/dev/null 2>&1; then
+        # Each queue and connection holds file descriptors; parallel test runs declare hundreds
+        # of queues, and a soft limit of 1024 made the broker refuse connections. Raise it to
+        # the hard limit for the broker's process.
+        ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
         RABBITMQ_NODE_PORT="$PORT" rabbitmq-server -detached
         mkdir -p "$STATE_DIR"
         touch "$MARKER"

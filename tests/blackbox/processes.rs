@@ -15,8 +15,10 @@ use twtr_common::bus::{EventBus as _, QueueType, RabbitBus, RabbitConfig};
 
 use crate::support::{Api, CONVERGE, eventually, text};
 
-/// How long a part may take to log its listen address.
-const START: Duration = Duration::from_secs(30);
+/// How long a part may take to log its listen address: generous, because a part on CQL and
+/// RabbitMQ connects to both, leases a worker number and checks the schema before listening,
+/// and CI runs the whole black-box suite in parallel on two cores (30 s was seen to run out).
+const START: Duration = Duration::from_secs(90);
 
 /// One running part.
 pub struct Part {
