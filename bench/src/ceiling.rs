@@ -26,6 +26,10 @@ impl Server {
         let stop = CancellationToken::new();
         let until = stop.clone();
         tokio::spawn(async move {
+            // As the gateway does: Nagle's algorithm off.
+            let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
             let _ = axum::serve(listener, app)
                 .with_graceful_shutdown(async move { until.cancelled().await })
                 .await;

@@ -44,6 +44,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context as _;
+use axum::serve::ListenerExt as _;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use twtr_common::tokens::TokenVerifier;
@@ -76,6 +77,12 @@ pub async fn serve(
     tokio::spawn(limits::forget_idle_keys(rate_limiter, shutdown.clone()));
     tracing::info!(service = "gateway", %addr, "http server listening");
     // The peer address is the client's (or the last proxy's) for the per-IP limits.
+    // Nagle's algorithm off, or a response's last piece may wait for the client's delayed ACK.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(err) = tcp.set_nodelay(true) {
+            tracing::warn!(error = %err, "could not turn Nagle's algorithm off");
+        }
+    });
     axum::serve(
         listener,
         app.into_make_service_with_connect_info::<SocketAddr>(),
