@@ -1,21 +1,35 @@
 //! The embedded, durable storage engine: [redb], one database file per service under the data
-//! directory. Every commit is fsynced before it returns, so a write that was acknowledged
+//! directory. Every write is fsynced before it returns, so a write that was acknowledged
 //! survives a crash (`kill -9` included).
 //!
 //! Each service builds its embedded store on an [`EmbeddedDb`]: it declares its own tables and
-//! runs its reads and writes through [`EmbeddedDb::read`] and [`EmbeddedDb::write`], which move
+//! runs its reads and writes through [`EmbeddedDb::read`] and [`EmbeddedDb::write`], which keep
 //! the blocking disk work off the async runtime. A write that produces domain events stages
 //! them with [`Tx::stage_event`] so they commit atomically with the rows (the transactional
 //! outbox); [`EmbeddedDb`] is also the [`Outbox`] the relay drains.
+//!
+//! **Group commit.** Writes go to one writer thread per database, which takes every write
+//! waiting when it gets to them (up to [`GROUP_MAX`]) and commits each in its own transaction,
+//! so one that fails aborts alone. All but the last commit without an fsync (redb's
+//! `Durability::None`); the last one's fsync makes the whole group durable, and only then does
+//! any caller of the group hear back. Concurrent writers therefore share one fsync instead of
+//! paying one each, and a lone writer pays exactly what it did before.
+//!
+//! A reader may see a grouped write a moment before its fsync: should the process die in that
+//! moment, the write is lost although someone saw it, and its caller, who never heard back,
+//! retries. The outbox is the exception, because what leaves it cannot be taken back: the relay
+//! only ever reads events whose fsync has completed.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, mpsc};
+use std::thread::JoinHandle;
 
 use async_trait::async_trait;
 use prost::Message as _;
 use redb::{
-    Database, ReadTransaction, ReadableDatabase as _, ReadableTable as _, TableDefinition,
-    WriteTransaction,
+    Database, Durability, ReadTransaction, ReadableDatabase as _, ReadableTable as _,
+    TableDefinition, WriteTransaction,
 };
 use tokio::sync::Notify;
 use twtr_proto::events::v1::Envelope;
@@ -27,6 +41,10 @@ use crate::store::StoreError;
 /// Events waiting to be published, by a sequence assigned inside the transaction that stored
 /// them (redb serializes write transactions, so sequence order is commit order).
 const OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("outbox");
+
+/// The outbox's next sequence, kept so that sequences never repeat, even once the outbox has
+/// been emptied: the relay's durable watermark (see [`Shared::durable_seq`]) relies on it.
+const OUTBOX_NEXT: TableDefinition<(), u64> = TableDefinition::new("outbox_next");
 
 macro_rules! from_redb_errors {
     ($($ty:ty),*) => {$(
@@ -45,6 +63,9 @@ from_redb_errors!(
     redb::CommitError
 );
 
+/// The most writes committed under one fsync.
+pub const GROUP_MAX: usize = 128;
+
 /// A handle to one redb database file; cheap to clone.
 #[derive(Clone)]
 pub struct EmbeddedDb {
@@ -52,10 +73,45 @@ pub struct EmbeddedDb {
 }
 
 struct Inner {
-    db: Database,
+    db: Arc<Database>,
     path: PathBuf,
-    /// Woken after every commit that staged events, so the relay publishes without polling.
+    shared: Arc<Shared>,
+    /// The writer thread and the way to it; taken on drop, to close the database for good
+    /// before the handle is gone (a test may open the same file right after).
+    writer: Option<(mpsc::Sender<Job>, JoinHandle<()>)>,
+}
+
+/// What the writer thread and the handles share.
+struct Shared {
+    /// Woken after every fsync that made staged events durable, so the relay publishes without
+    /// polling.
     outbox_changed: Notify,
+    /// The highest outbox sequence known to be on disk: the relay reads no further.
+    durable_seq: AtomicU64,
+    /// Groups committed (fsyncs), for the tests that check writes share them.
+    groups: AtomicU64,
+}
+
+/// One caller's write, run by the writer thread at the durability it is given.
+type Job = Box<dyn FnOnce(&Database, Durability) -> Done + Send>;
+
+/// A write the writer thread has run: whether it committed, what it staged, and how to tell
+/// its caller once the group's fsync is done (`Some` error if that fsync failed).
+struct Done {
+    committed: bool,
+    staged_up_to: Option<u64>,
+    reply: Box<dyn FnOnce(Option<StoreError>) + Send>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Some((jobs, thread)) = self.writer.take() {
+            drop(jobs); // the writer finishes the writes in hand, then stops
+            if thread.thread().id() != std::thread::current().id() {
+                let _ = thread.join();
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for EmbeddedDb {
@@ -78,41 +134,76 @@ impl EmbeddedDb {
         }
         let db = Database::create(path)?;
         let txn = db.begin_write()?;
-        {
+        let durable_seq = {
             let tx = Tx::new(&txn);
-            txn.open_table(OUTBOX)?;
+            txn.open_table(OUTBOX_NEXT)?;
+            let outbox = txn.open_table(OUTBOX)?;
+            let last = outbox.last()?.map_or(0, |(seq, _)| seq.value());
+            drop(outbox);
             create_tables(&tx)?;
-        }
+            last
+        };
         txn.commit()?;
+        let db = Arc::new(db);
+        let shared = Arc::new(Shared {
+            outbox_changed: Notify::new(),
+            durable_seq: AtomicU64::new(durable_seq),
+            groups: AtomicU64::new(0),
+        });
+        let (jobs, queue) = mpsc::channel();
+        let thread = {
+            let (db, shared) = (Arc::clone(&db), Arc::clone(&shared));
+            let name = path
+                .file_stem()
+                .map_or_else(|| "redb".to_owned(), |s| s.to_string_lossy().into_owned());
+            std::thread::Builder::new()
+                .name(format!("{name}-writer"))
+                .spawn(move || write_groups(&db, &queue, &shared))
+                .map_err(StoreError::backend)?
+        };
         Ok(Self {
             inner: Arc::new(Inner {
                 db,
                 path: path.to_owned(),
-                outbox_changed: Notify::new(),
+                shared,
+                writer: Some((jobs, thread)),
             }),
         })
     }
 
-    /// Runs `f` in one write transaction on a blocking thread and commits it if `f` returns
-    /// `Ok`; an `Err` aborts it and writes nothing.
+    /// Runs `f` in one write transaction on the writer thread and commits it if `f` returns
+    /// `Ok`; an `Err` aborts it and writes nothing. Returns once the commit is on disk.
     pub async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&Tx<'_>) -> Result<T, StoreError> + Send + 'static,
     {
-        let inner = Arc::clone(&self.inner);
-        tokio::task::spawn_blocking(move || {
-            let txn = inner.db.begin_write()?;
-            let tx = Tx::new(&txn);
-            let value = f(&tx)?;
-            let staged_events = tx.staged.get() > 0;
-            txn.commit()?;
-            if staged_events {
-                inner.outbox_changed.notify_one();
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move |db, durability| {
+            let outcome = run_write(db, durability, f);
+            Done {
+                committed: outcome.is_ok(),
+                staged_up_to: outcome.as_ref().ok().and_then(|(_, staged)| *staged),
+                reply: Box::new(move |sync_failed| {
+                    let result = match (outcome, sync_failed) {
+                        (Ok((value, _)), None) => Ok(value),
+                        (Ok(_), Some(err)) | (Err(err), _) => Err(err),
+                    };
+                    let _ = answer.send(result);
+                }),
             }
-            Ok(value)
+        });
+        let writer = self.inner.writer.as_ref().map(|(jobs, _)| jobs);
+        if writer.is_none_or(|jobs| jobs.send(job).is_err()) {
+            return Err(StoreError::backend(std::io::Error::other(
+                "the database's writer thread is gone",
+            )));
+        }
+        answered.await.unwrap_or_else(|_| {
+            Err(StoreError::backend(std::io::Error::other(
+                "a write panicked and was rolled back",
+            )))
         })
-        .await?
     }
 
     /// Runs `f` in one read transaction (a consistent snapshot) on a blocking thread.
@@ -121,13 +212,102 @@ impl EmbeddedDb {
         T: Send + 'static,
         F: FnOnce(&ReadTransaction) -> Result<T, StoreError> + Send + 'static,
     {
-        let inner = Arc::clone(&self.inner);
+        let db = Arc::clone(&self.inner.db);
         tokio::task::spawn_blocking(move || {
-            let txn = inner.db.begin_read()?;
+            let txn = db.begin_read()?;
             f(&txn)
         })
         .await?
     }
+}
+
+/// One write transaction at `durability`: `f`'s value and the last outbox sequence it staged.
+fn run_write<T>(
+    db: &Database,
+    durability: Durability,
+    f: impl FnOnce(&Tx<'_>) -> Result<T, StoreError>,
+) -> Result<(T, Option<u64>), StoreError> {
+    let mut txn = db.begin_write()?;
+    txn.set_durability(durability)
+        .map_err(StoreError::backend)?;
+    let tx = Tx::new(&txn);
+    let value = f(&tx)?;
+    let staged = tx.last_staged.get();
+    txn.commit()?;
+    Ok((value, staged))
+}
+
+/// The writer thread: takes the writes waiting, commits them as one group (see the module
+/// documentation), then answers their callers. Ends when every handle is gone.
+fn write_groups(db: &Database, queue: &mpsc::Receiver<Job>, shared: &Shared) {
+    while let Ok(first) = queue.recv() {
+        let mut group = vec![first];
+        while group.len() < GROUP_MAX {
+            match queue.try_recv() {
+                Ok(job) => group.push(job),
+                Err(_) => break,
+            }
+        }
+        let last = group.len() - 1;
+        let mut done = Vec::with_capacity(group.len());
+        for (i, job) in group.into_iter().enumerate() {
+            let durability = if i == last {
+                Durability::Immediate
+            } else {
+                Durability::None
+            };
+            // A write that panics is rolled back (its transaction drops) and its caller hears
+            // so from the dropped answer; the others go on.
+            if let Ok(finished) =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(db, durability)))
+            {
+                done.push(finished);
+            }
+        }
+        // The last write's fsync covers the group; if it aborted, an empty durable commit
+        // stands in for it.
+        let covered = done
+            .last()
+            .is_some_and(|d| d.committed && done.len() == last + 1);
+        let sync_failed = if covered || !done.iter().any(|d| d.committed) {
+            None
+        } else {
+            sync(db).err().map(|err| err.to_string())
+        };
+        shared.groups.fetch_add(1, Ordering::Relaxed);
+        let staged = done
+            .iter()
+            .filter(|d| d.committed)
+            .filter_map(|d| d.staged_up_to)
+            .max();
+        if sync_failed.is_none()
+            && let Some(seq) = staged
+        {
+            shared.durable_seq.fetch_max(seq, Ordering::SeqCst);
+            shared.outbox_changed.notify_one();
+        }
+        for finished in done {
+            let failed = finished
+                .committed
+                .then_some(sync_failed.as_ref())
+                .flatten()
+                .map(|err| {
+                    StoreError::backend(std::io::Error::other(format!(
+                        "the group commit's fsync failed: {err}"
+                    )))
+                });
+            (finished.reply)(failed);
+        }
+    }
+}
+
+/// An empty transaction committed durably: it makes every commit before it durable too.
+fn sync(db: &Database) -> Result<(), StoreError> {
+    let mut txn = db.begin_write()?;
+    txn.set_durability(Durability::Immediate)
+        .map_err(StoreError::backend)?;
+    txn.commit()?;
+    Ok(())
 }
 
 impl EmbeddedDb {
@@ -144,14 +324,15 @@ impl EmbeddedDb {
 /// A write transaction in progress, with the ability to stage events into the outbox.
 pub struct Tx<'a> {
     txn: &'a WriteTransaction,
-    staged: std::cell::Cell<usize>,
+    /// The outbox sequence of the last event staged, if any.
+    last_staged: std::cell::Cell<Option<u64>>,
 }
 
 impl<'a> Tx<'a> {
     fn new(txn: &'a WriteTransaction) -> Self {
         Self {
             txn,
-            staged: std::cell::Cell::new(0),
+            last_staged: std::cell::Cell::new(None),
         }
     }
 
@@ -165,9 +346,14 @@ impl<'a> Tx<'a> {
     /// Stores `event` in the outbox; it commits (or not) with the rest of the transaction.
     pub fn stage_event(&self, event: &Envelope) -> Result<(), StoreError> {
         let mut outbox = self.txn.open_table(OUTBOX)?;
-        let seq = outbox.last()?.map_or(1, |(seq, _)| seq.value() + 1);
+        let mut next = self.txn.open_table(OUTBOX_NEXT)?;
+        let after_last = outbox.last()?.map_or(1, |(seq, _)| seq.value() + 1);
+        let seq = next
+            .get(())?
+            .map_or(after_last, |n| n.value().max(after_last));
+        next.insert((), seq + 1)?;
         outbox.insert(seq, event.encode_to_vec().as_slice())?;
-        self.staged.set(self.staged.get() + 1);
+        self.last_staged.set(Some(seq));
         Ok(())
     }
 }
@@ -175,10 +361,12 @@ impl<'a> Tx<'a> {
 #[async_trait]
 impl Outbox for EmbeddedDb {
     async fn pending(&self, max: usize) -> Result<Vec<PendingEvent>, StoreError> {
+        // Only what is on disk: a grouped write is visible a moment before its fsync.
+        let durable = self.inner.shared.durable_seq.load(Ordering::SeqCst);
         self.read(move |txn| {
             let outbox = txn.open_table(OUTBOX)?;
             let mut events = Vec::new();
-            for row in outbox.iter()?.take(max) {
+            for row in outbox.range(..=durable)?.take(max) {
                 let (seq, body) = row?;
                 events.push(PendingEvent {
                     key: OutboxKey {
@@ -205,7 +393,7 @@ impl Outbox for EmbeddedDb {
     }
 
     async fn changed(&self) {
-        self.inner.outbox_changed.notified().await;
+        self.inner.shared.outbox_changed.notified().await;
     }
 }
 
@@ -351,6 +539,143 @@ mod tests {
                 .is_empty()
         );
         assert!(db.pending(10).await.unwrap().is_empty());
+    }
+
+    /// A write that parks the writer thread until `release` fires, after saying it started.
+    fn parked_write(
+        db: &EmbeddedDb,
+        key: u64,
+    ) -> (
+        tokio::task::JoinHandle<Result<(), StoreError>>,
+        tokio::sync::oneshot::Receiver<()>,
+        std::sync::mpsc::Sender<()>,
+    ) {
+        let (started, has_started) = tokio::sync::oneshot::channel();
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let db = db.clone();
+        let write = tokio::spawn(async move {
+            db.write(move |tx| {
+                let _ = started.send(());
+                let _ = released.recv();
+                tx.open_table(ITEMS)?.insert((7, key), ())?;
+                Ok(())
+            })
+            .await
+        });
+        (write, has_started, release)
+    }
+
+    #[tokio::test]
+    async fn concurrent_writes_share_an_fsync_and_abort_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.redb");
+        let db = EmbeddedDb::open(&path, |tx| {
+            tx.open_table(ITEMS)?;
+            Ok(())
+        })
+        .unwrap();
+        // Hold the writer so the next writes queue up behind it and form one group.
+        let (parked, started, release) = parked_write(&db, 1_000);
+        started.await.unwrap();
+        let before = db.inner.shared.groups.load(Ordering::Relaxed);
+        let writes: Vec<_> = (1..=40u64)
+            .map(|key| {
+                let db = db.clone();
+                tokio::spawn(async move {
+                    db.write(move |tx| {
+                        tx.open_table(ITEMS)?.insert((7, key), ())?;
+                        if key % 10 == 0 {
+                            return Err(StoreError::Corrupt("this one aborts".into()));
+                        }
+                        Ok(())
+                    })
+                    .await
+                })
+            })
+            .collect();
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await; // all 40 queued
+        release.send(()).unwrap();
+        parked.await.unwrap().unwrap();
+        for (key, write) in (1..=40u64).zip(writes) {
+            assert_eq!(write.await.unwrap().is_ok(), key % 10 != 0, "write {key}");
+        }
+        let groups = db.inner.shared.groups.load(Ordering::Relaxed) - before;
+        assert!(
+            groups <= 2,
+            "the parked write's group and the 40's: {groups} groups"
+        );
+        drop(db);
+        let db = EmbeddedDb::open(&path, |_| Ok(())).unwrap();
+        let stored = page(&db, PageRequest::first(Limit::parse(Some(100)).unwrap())).await;
+        let expected: Vec<u64> = std::iter::once(1_000)
+            .chain((1..=40).rev().filter(|key| key % 10 != 0))
+            .collect();
+        assert_eq!(
+            stored.items, expected,
+            "every committed write survived reopening"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_relay_never_sees_an_event_before_its_fsync() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = db_with_items(dir.path(), 7, &[]).await;
+        let (first, started, release_first) = parked_write(&db, 1);
+        started.await.unwrap();
+        // Queued behind it, one group: a write staging an event (committed without fsync),
+        // then a write that parks before the group's fsync.
+        let staging = {
+            let db = db.clone();
+            tokio::spawn(async move {
+                db.write(|tx| {
+                    tx.stage_event(&Envelope {
+                        event_id: 42,
+                        ..Envelope::default()
+                    })
+                })
+                .await
+            })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let (last, last_started, release_last) = parked_write(&db, 2);
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        release_first.send(()).unwrap();
+        first.await.unwrap().unwrap();
+        last_started.await.unwrap();
+        assert!(
+            db.pending(10).await.unwrap().is_empty(),
+            "the staged event is committed but not yet on disk"
+        );
+        release_last.send(()).unwrap();
+        last.await.unwrap().unwrap();
+        staging.await.unwrap().unwrap();
+        assert_eq!(pending_ids(&db, 10).await.unwrap(), vec![42]);
+    }
+
+    #[tokio::test]
+    async fn outbox_sequences_never_repeat_once_emptied() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = db_with_items(dir.path(), 7, &[]).await;
+        let stage = |id| {
+            let db = db.clone();
+            async move {
+                db.write(move |tx| {
+                    tx.stage_event(&Envelope {
+                        event_id: id,
+                        ..Envelope::default()
+                    })
+                })
+                .await
+                .unwrap();
+            }
+        };
+        stage(1).await;
+        let first = db.pending(10).await.unwrap();
+        db.remove(vec![first[0].key]).await.unwrap();
+        stage(2).await;
+        let second = db.pending(10).await.unwrap();
+        assert_eq!(second.len(), 1);
+        assert!(second[0].key.seq > first[0].key.seq);
     }
 
     #[tokio::test]
