@@ -103,9 +103,16 @@ impl FeedsService {
         let mut consumer = {
             let feeds = Arc::clone(&self.feeds);
             let shutdown = shutdown.clone();
-            let policy = self.consumer.retry;
+            let settings = self.consumer;
             tokio::spawn(async move {
-                bus::consume("feeds", self.subscription, feeds.as_ref(), policy, shutdown).await
+                bus::consume(
+                    "feeds",
+                    self.subscription,
+                    feeds.as_ref(),
+                    settings,
+                    shutdown,
+                )
+                .await
             })
         };
         let grpc = grpc_server::serve(

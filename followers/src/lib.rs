@@ -121,10 +121,10 @@ impl FollowersService {
                 followers: Arc::clone(&self.followers),
                 purge,
             };
-            let (subscription, policy) = (self.subscription, self.consumer.retry);
+            let (subscription, settings) = (self.subscription, self.consumer);
             let shutdown = shutdown.clone();
             tokio::spawn(async move {
-                bus::consume("followers", subscription, &handler, policy, shutdown).await
+                bus::consume("followers", subscription, &handler, settings, shutdown).await
             })
         };
         let grpc = outbox::serve_with_relay(

@@ -14,8 +14,8 @@ use tokio_util::sync::CancellationToken;
 use twtr_proto::events::v1::Envelope;
 
 use super::{
-    Delivery, EventBus, EventHandler, HandlerError, QueueSpec, RetryPolicy, Subscription, consume,
-    publish,
+    ConsumerSettings, Delivery, EventBus, EventHandler, HandlerError, QueueSpec, RetryPolicy,
+    Subscription, consume, publish,
 };
 
 /// Generates one `#[tokio::test]` per conformance check for the backend built by `$open`, which
@@ -37,6 +37,7 @@ macro_rules! event_bus_conformance {
                 competing_consumers_share_a_queue,
                 consume_retries_a_failing_event_until_it_succeeds,
                 consume_dead_letters_a_poison_event_and_moves_on,
+                consume_handles_up_to_prefetch_deliveries_at_once,
                 depths_count_what_waits_and_what_is_dead,
             );
         }
@@ -375,6 +376,13 @@ impl EventHandler for Handler {
 
 const POLICY: RetryPolicy = RetryPolicy { max_attempts: 3 };
 
+/// The suite's consumer: one delivery at a time, [`POLICY`]'s attempts.
+const SETTINGS: ConsumerSettings = ConsumerSettings {
+    prefetch: 1,
+    retry_delay: RETRY_DELAY,
+    retry: POLICY,
+};
+
 /// Runs [`consume`] on a fresh queue until `done` says the handler has seen enough.
 async fn run_consumer(
     bus: &Arc<dyn EventBus>,
@@ -392,7 +400,7 @@ async fn run_consumer(
     let consumer = {
         let (handler, shutdown, queue) = (Arc::clone(&handler), shutdown.clone(), queue.clone());
         tokio::spawn(async move {
-            consume(&queue, subscription, handler.as_ref(), POLICY, shutdown).await
+            consume(&queue, subscription, handler.as_ref(), SETTINGS, shutdown).await
         })
     };
     tokio::time::timeout(Duration::from_secs(20), async {
@@ -441,4 +449,78 @@ pub async fn consume_dead_letters_a_poison_event_and_moves_on(bus: Arc<dyn Event
         .map(|d| (d.decode().unwrap().event_id, d.attempts, d.error.as_str()))
         .collect();
     assert_eq!(dead, vec![(1, POLICY.max_attempts, "poison")]);
+}
+
+/// Counts the handler calls running at once, holding each one until `width` run together (or
+/// a deadline passes, so a consumer that handles one at a time fails the check, not the run).
+struct Gate {
+    width: u32,
+    running: AtomicU32,
+    most: AtomicU32,
+    done: AtomicU32,
+}
+
+#[async_trait]
+impl EventHandler for Gate {
+    async fn handle(&self, _event: &Envelope) -> Result<(), HandlerError> {
+        let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
+        self.most.fetch_max(now, Ordering::SeqCst);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        while self.most.load(Ordering::SeqCst) < self.width
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        self.running.fetch_sub(1, Ordering::SeqCst);
+        self.done.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+pub async fn consume_handles_up_to_prefetch_deliveries_at_once(bus: Arc<dyn EventBus>) {
+    const WIDTH: u16 = 4;
+    let topic = unique("wide");
+    let queue = unique("wideq");
+    let spec = QueueSpec {
+        prefetch: WIDTH,
+        ..spec(&queue, &[format!("{topic}.*")])
+    };
+    let subscription = bus.subscribe(&spec).await.expect("subscribe");
+    let events = 3 * u64::from(WIDTH);
+    for id in 1..=events {
+        send(&bus, id, &format!("{topic}.x")).await;
+    }
+    let gate = Arc::new(Gate {
+        width: u32::from(WIDTH),
+        running: AtomicU32::new(0),
+        most: AtomicU32::new(0),
+        done: AtomicU32::new(0),
+    });
+    let shutdown = CancellationToken::new();
+    let consumer = {
+        let (gate, shutdown, queue) = (Arc::clone(&gate), shutdown.clone(), queue.clone());
+        let settings = ConsumerSettings {
+            prefetch: WIDTH,
+            ..SETTINGS
+        };
+        tokio::spawn(async move {
+            consume(&queue, subscription, gate.as_ref(), settings, shutdown).await
+        })
+    };
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while u64::from(gate.done.load(Ordering::SeqCst)) < events {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("every event handled in time");
+    shutdown.cancel();
+    consumer.await.unwrap().unwrap();
+    assert_eq!(
+        gate.most.load(Ordering::SeqCst),
+        u32::from(WIDTH),
+        "handled {WIDTH} at once, never more"
+    );
+    let mut sub = subscribe(&bus, &queue, &[format!("{topic}.*")]).await;
+    nothing_within(&mut sub, Duration::from_millis(500)).await;
 }

@@ -352,10 +352,15 @@ impl ConsumerSettings {
     }
 }
 
-/// Feeds deliveries to `handler` until `shutdown`. A delivery is acknowledged only after the
-/// handler succeeded (its effect is stored); a failure goes to the delay queue for another
-/// attempt, and after `policy.max_attempts` (or at once, if it cannot even be decoded) to the
-/// dead-letter queue. Shutdown waits for the delivery in hand to be settled.
+/// Feeds deliveries to `handler` until `shutdown`, up to `settings.prefetch` of them at once.
+/// A delivery is acknowledged only after the handler succeeded (its effect is stored); a
+/// failure goes to the delay queue for another attempt, and after `settings.retry.max_attempts`
+/// (or at once, if it cannot even be decoded) to the dead-letter queue. Shutdown stops taking
+/// deliveries and waits for the ones in hand to be settled.
+///
+/// Handling deliveries concurrently reorders them, as several replicas on one queue (or a
+/// retry) would anyway: handlers are idempotent and order-independent by contract. It is what
+/// lets a store commit the writes of many events together (see `embedded`'s group commit).
 ///
 /// A settlement that fails (the broker went away) is logged and forgotten: the message is
 /// still in the queue and is delivered again once the subscription has reconnected.
@@ -363,68 +368,84 @@ pub async fn consume(
     queue: &str,
     mut subscription: Box<dyn Subscription>,
     handler: &dyn EventHandler,
-    policy: RetryPolicy,
+    settings: ConsumerSettings,
     shutdown: CancellationToken,
 ) -> Result<(), BusError> {
+    use futures_util::StreamExt as _;
+    let limit = usize::from(settings.prefetch.max(1));
+    let mut in_hand = futures_util::stream::FuturesUnordered::new();
     loop {
-        let delivery = tokio::select! {
-            () = shutdown.cancelled() => return Ok(()),
-            delivery = subscription.next() => delivery?,
-        };
-        let attempt = delivery.attempt;
-        let event = match delivery.decode() {
-            Ok(event) => event,
-            Err(err) => {
-                tracing::error!(queue, error = %err, "undecodable event, dead-lettering");
-                let settled = delivery
-                    .dead_letter(&format!("undecodable event: {err}"))
-                    .await;
-                metrics::event_consumed(queue, "undecodable", metrics::Outcome::DeadLetter, 0);
-                log_unsettled(queue, 0, settled);
-                continue;
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            Some(()) = in_hand.next(), if !in_hand.is_empty() => {}
+            delivery = subscription.next(), if in_hand.len() < limit => {
+                in_hand.push(settle_one(queue, delivery?, handler, settings.retry));
             }
-        };
-        // Events from before request ids (or from elsewhere) get a fresh one, as requests do.
-        let incoming = event.headers.get(context::REQUEST_ID).map(String::as_str);
-        let request_id = context::accept(incoming);
-        let span = tracing::info_span!(
-            "event", queue, event_id = event.event_id, event_type = %event.r#type, %request_id,
-            trace_id = tracing::field::Empty
-        );
-        context::continue_trace(&span, &event.headers);
-        let handled = context::scope(request_id, handler.handle(&event).instrument(span)).await;
-        let occurred_at_ms = event
-            .occurred_at
-            .as_ref()
-            .map_or(0, crate::clock::from_timestamp);
-        let consumed =
-            |outcome| metrics::event_consumed(queue, &event.r#type, outcome, occurred_at_ms);
-        let settled = match handled {
-            Ok(()) => {
-                consumed(metrics::Outcome::Ok);
-                delivery.ack().await
-            }
-            Err(err) => {
-                let error = error_chain(err.as_ref());
-                if attempt >= policy.max_attempts {
-                    tracing::error!(
-                        queue, event_id = event.event_id, event_type = %event.r#type,
-                        attempt, %error, "event keeps failing, dead-lettering"
-                    );
-                    consumed(metrics::Outcome::DeadLetter);
-                    delivery.dead_letter(&error).await
-                } else {
-                    tracing::warn!(
-                        queue, event_id = event.event_id, event_type = %event.r#type,
-                        attempt, %error, "event handler failed, will retry"
-                    );
-                    consumed(metrics::Outcome::Retry);
-                    delivery.retry(&error).await
-                }
-            }
-        };
-        log_unsettled(queue, event.event_id, settled);
+        }
     }
+    while in_hand.next().await.is_some() {}
+    Ok(())
+}
+
+/// Decodes, handles and settles one delivery.
+async fn settle_one(
+    queue: &str,
+    delivery: Delivery,
+    handler: &dyn EventHandler,
+    policy: RetryPolicy,
+) {
+    let attempt = delivery.attempt;
+    let event = match delivery.decode() {
+        Ok(event) => event,
+        Err(err) => {
+            tracing::error!(queue, error = %err, "undecodable event, dead-lettering");
+            let settled = delivery
+                .dead_letter(&format!("undecodable event: {err}"))
+                .await;
+            metrics::event_consumed(queue, "undecodable", metrics::Outcome::DeadLetter, 0);
+            log_unsettled(queue, 0, settled);
+            return;
+        }
+    };
+    // Events from before request ids (or from elsewhere) get a fresh one, as requests do.
+    let incoming = event.headers.get(context::REQUEST_ID).map(String::as_str);
+    let request_id = context::accept(incoming);
+    let span = tracing::info_span!(
+        "event", queue, event_id = event.event_id, event_type = %event.r#type, %request_id,
+        trace_id = tracing::field::Empty
+    );
+    context::continue_trace(&span, &event.headers);
+    let handled = context::scope(request_id, handler.handle(&event).instrument(span)).await;
+    let occurred_at_ms = event
+        .occurred_at
+        .as_ref()
+        .map_or(0, crate::clock::from_timestamp);
+    let consumed = |outcome| metrics::event_consumed(queue, &event.r#type, outcome, occurred_at_ms);
+    let settled = match handled {
+        Ok(()) => {
+            consumed(metrics::Outcome::Ok);
+            delivery.ack().await
+        }
+        Err(err) => {
+            let error = error_chain(err.as_ref());
+            if attempt >= policy.max_attempts {
+                tracing::error!(
+                    queue, event_id = event.event_id, event_type = %event.r#type,
+                    attempt, %error, "event keeps failing, dead-lettering"
+                );
+                consumed(metrics::Outcome::DeadLetter);
+                delivery.dead_letter(&error).await
+            } else {
+                tracing::warn!(
+                    queue, event_id = event.event_id, event_type = %event.r#type,
+                    attempt, %error, "event handler failed, will retry"
+                );
+                consumed(metrics::Outcome::Retry);
+                delivery.retry(&error).await
+            }
+        }
+    };
+    log_unsettled(queue, event.event_id, settled);
 }
 
 fn log_unsettled(queue: &str, event_id: u64, settled: Result<(), BusError>) {
