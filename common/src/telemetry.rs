@@ -1,7 +1,9 @@
 //! Structured logging with `tracing`, and OpenTelemetry traces.
 //!
 //! Logs: the filter comes from `TWTR_LOG` (or `RUST_LOG`), default `info`; the format is
-//! human-readable text or one JSON object per line.
+//! human-readable text or one JSON object per line. Lines go to standard output through a
+//! buffer a background thread drains, so a slow terminal, pipe or disk never holds up a
+//! request: should the buffer ever fill, lines are dropped rather than waited for.
 //!
 //! Traces: twtr's own spans (a request at the gateway, a call at a service, an event at a
 //! consumer) are OpenTelemetry spans, continued across processes through the W3C `traceparent`
@@ -37,12 +39,37 @@ pub struct Telemetry {
 }
 
 impl Telemetry {
-    /// Exports the spans still buffered (bounded by the exporter's timeout).
-    pub async fn shutdown(self) {
-        if let Some(provider) = self.provider {
+    /// Exports the spans still buffered (bounded by the exporter's timeout), and writes out
+    /// the log lines still buffered.
+    pub async fn shutdown(mut self) {
+        if let Some(provider) = self.provider.take() {
             let _ = tokio::task::spawn_blocking(move || provider.shutdown()).await;
         }
     }
+}
+
+impl Drop for Telemetry {
+    /// However the process ends (an error out of `main` included), the buffered lines go out.
+    fn drop(&mut self) {
+        flush_logs();
+    }
+}
+
+/// The log writer's guard: dropping it writes out the buffered lines.
+static LOG_WRITER: std::sync::Mutex<Option<tracing_appender::non_blocking::WorkerGuard>> =
+    std::sync::Mutex::new(None);
+
+/// Writes out the log lines still buffered; logging after it goes nowhere.
+pub fn flush_logs() {
+    let guard = LOG_WRITER.lock().map(|mut g| g.take()).unwrap_or_default();
+    drop(guard);
+}
+
+/// Ends the process at once with `code`, after writing out the buffered log lines (which
+/// [`std::process::exit`] alone would lose).
+pub fn exit(code: i32) -> ! {
+    flush_logs();
+    std::process::exit(code)
 }
 
 /// Installs the global subscriber: logs, and spans for OpenTelemetry (exported to
@@ -59,9 +86,12 @@ pub fn init(
         .and_then(|spec| EnvFilter::try_new(spec).ok())
         .unwrap_or_else(|| EnvFilter::new("info"));
     // Colours only for a person at a terminal: a log file or a collector gets plain text.
+    let ansi = std::io::stdout().is_terminal();
+    let (writer, guard) = tracing_appender::non_blocking(std::io::stdout());
     let logs = tracing_subscriber::fmt::layer()
+        .with_writer(writer)
         .with_target(false)
-        .with_ansi(std::io::stdout().is_terminal());
+        .with_ansi(ansi);
     let logs = match format {
         LogFormat::Text => logs.boxed(),
         LogFormat::Json => logs.json().flatten_event(true).boxed(),
@@ -95,6 +125,9 @@ pub fn init(
         .is_ok();
     if installed && let Some(endpoint) = otlp_endpoint {
         tracing::info!(endpoint, service, "exporting traces over OTLP");
+    }
+    if installed && let Ok(mut writer) = LOG_WRITER.lock() {
+        *writer = Some(guard);
     }
     Ok(Telemetry {
         provider: installed.then_some(provider),

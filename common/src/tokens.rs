@@ -151,10 +151,21 @@ impl TokenSigner {
 }
 
 /// Verifies tokens with one or more public keys (more than one during a key rotation).
+///
+/// A token is immutable and its signature either verifies or not, so what a valid token says
+/// is remembered (keyed by the whole token, up to [`VERIFIED_CAPACITY`] tokens, each until its
+/// expiry or [`VERIFIED_FOR`]): a user's requests, and the services each request reaches, check
+/// the Ed25519 signature once rather than on every call. Expiry is still checked on every call.
 #[derive(Clone)]
 pub struct TokenVerifier {
     keys: HashMap<String, DecodingKey>,
+    verified: moka::sync::Cache<String, (Verified, i64)>,
 }
+
+/// Verified tokens remembered at most.
+pub const VERIFIED_CAPACITY: u64 = 100_000;
+/// The longest a verified token is remembered (its expiry still applies within it).
+pub const VERIFIED_FOR: Duration = Duration::from_secs(300);
 
 impl std::fmt::Debug for TokenVerifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -181,11 +192,29 @@ impl TokenVerifier {
         if keys.is_empty() {
             return Err(TokenError::NoKeys);
         }
-        Ok(Self { keys })
+        let verified = moka::sync::Cache::builder()
+            .max_capacity(VERIFIED_CAPACITY)
+            .time_to_live(VERIFIED_FOR)
+            .build();
+        Ok(Self { keys, verified })
     }
 
     /// What a valid, unexpired token signed by one of the keys says.
     pub fn verify(&self, token: &str) -> Result<Verified, TokenError> {
+        if let Some((verified, exp)) = self.verified.get(token) {
+            return if clock::now_millis() / 1000 <= exp {
+                Ok(verified)
+            } else {
+                Err(TokenError::Expired)
+            };
+        }
+        let (verified, exp) = self.check_signature(token)?;
+        self.verified.insert(token.to_owned(), (verified, exp));
+        Ok(verified)
+    }
+
+    /// The signature check itself: what the token says, and its expiry.
+    fn check_signature(&self, token: &str) -> Result<(Verified, i64), TokenError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Invalid)?;
         if header.alg != Algorithm::EdDSA {
             return Err(TokenError::Invalid);
@@ -205,10 +234,11 @@ impl TokenVerifier {
                     _ => TokenError::Invalid,
                 }
             })?;
-        Ok(Verified {
+        let verified = Verified {
             user_id: data.claims.sub.parse().map_err(|_| TokenError::Invalid)?,
             generation: data.claims.r#gen,
-        })
+        };
+        Ok((verified, data.claims.exp))
     }
 }
 
@@ -286,6 +316,31 @@ MC4CAQAwBQYDK2VwBCIEILfpRZFUs5ORQcAJ46pnUyLmSK8/Jc4Ue64MJczw7tpH
         let issued = signer
             .issue_at(42, 0, clock::now_millis() - 7_200_000)
             .unwrap();
+        assert_eq!(verifier.verify(&issued.token), Err(TokenError::Expired));
+    }
+
+    #[test]
+    fn a_remembered_token_still_expires_and_a_tampered_one_is_still_checked() {
+        let (signer, verifier) = pair();
+        let ttl_ms = i64::try_from(signer.ttl.as_millis()).unwrap();
+        // Expires within about two seconds.
+        let issued = signer
+            .issue_at(42, 3, clock::now_millis() - ttl_ms + 2_000)
+            .unwrap();
+        let verified = verifier.verify(&issued.token).unwrap();
+        assert_eq!(verifier.verify(&issued.token), Ok(verified), "remembered");
+        use base64::Engine as _;
+        use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        // Another user's ID in the claims, the signature left as it was.
+        let parts: Vec<&str> = issued.token.split('.').collect();
+        let claims = URL_SAFE_NO_PAD.decode(parts[1]).unwrap();
+        let claims = String::from_utf8(claims)
+            .unwrap()
+            .replace("\"42\"", "\"43\"");
+        let tampered = [parts[0], &URL_SAFE_NO_PAD.encode(claims), parts[2]].join(".");
+        assert_ne!(tampered, issued.token);
+        assert_eq!(verifier.verify(&tampered), Err(TokenError::Invalid));
+        std::thread::sleep(std::time::Duration::from_millis(3_500));
         assert_eq!(verifier.verify(&issued.token), Err(TokenError::Expired));
     }
 

@@ -336,7 +336,7 @@ impl Inner {
                 worker,
                 "lost the worker-number lease to another process while the broker was unreachable; exiting"
             );
-            std::process::exit(70);
+            crate::telemetry::exit(70);
         }
         Ok(live)
     }
