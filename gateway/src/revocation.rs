@@ -7,11 +7,16 @@
 //! within that time, and a busy user costs one small RPC per period, not one per request. If the
 //! users service cannot be reached, an answer up to [`STALE_FOR`] old is used rather than
 //! failing every request.
+//!
+//! The questions are batched: while one `GetTokenStates` is in flight, the users asked about
+//! meanwhile wait together and go out in the next one. Under load a call answers many requests
+//! (and the same user asked twice is asked once); a lone request waits for nobody.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use tokio::sync::oneshot;
 use tonic::transport::Channel;
 use twtr_common::tokens::Verified;
 use twtr_proto::users::v1::GetTokenStatesRequest;
@@ -26,6 +31,10 @@ pub const FRESH_FOR: Duration = Duration::from_secs(2);
 const STALE_FOR: Duration = Duration::from_secs(60);
 /// Answers kept at most (a few MB); beyond it, stale ones are dropped first.
 const CAPACITY: usize = 100_000;
+/// Users asked about in one call at most.
+const BATCH_MAX: usize = 512;
+/// How long one batched call may take.
+const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone, Copy)]
 struct State {
@@ -34,46 +43,51 @@ struct State {
     fetched: Instant,
 }
 
+type Answer = Result<State, tonic::Status>;
+
+/// Cheap to clone: every clone shares the answers and the batch.
+#[derive(Clone)]
 pub struct Revocations {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
     users: UsersServiceClient<Channel>,
     states: Mutex<HashMap<u64, State>>,
+    asking: Mutex<Asking>,
+}
+
+/// The users waiting for the next call, and whether a call is under way.
+#[derive(Default)]
+struct Asking {
+    waiting: HashMap<u64, Vec<oneshot::Sender<Answer>>>,
+    calling: bool,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Revocations {
     pub fn new(users: UsersServiceClient<Channel>) -> Self {
         Self {
-            users,
-            states: Mutex::new(HashMap::new()),
+            shared: Arc::new(Shared {
+                users,
+                states: Mutex::new(HashMap::new()),
+                asking: Mutex::new(Asking::default()),
+            }),
         }
     }
 
     fn cached(&self, user_id: u64) -> Option<State> {
-        self.states
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&user_id)
-            .copied()
-    }
-
-    fn remember(&self, user_id: u64, state: State) {
-        let mut states = self.states.lock().unwrap_or_else(|p| p.into_inner());
-        if states.len() >= CAPACITY {
-            states.retain(|_, s| s.fetched.elapsed() < FRESH_FOR);
-            if states.len() >= CAPACITY {
-                states.clear();
-            }
-        }
-        states.insert(user_id, state);
+        lock(&self.shared.states).get(&user_id).copied()
     }
 
     /// Forgets what is known about `user_id`, so the next request asks again: called by the
     /// gateway that handled a password change or deletion, which therefore takes effect at once
     /// there (and within [`FRESH_FOR`] on the other replicas).
     pub fn forget(&self, user_id: u64) {
-        self.states
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&user_id);
+        lock(&self.shared.states).remove(&user_id);
     }
 
     /// Accepts the caller of a verified token unless their account is gone or the token
@@ -92,7 +106,7 @@ impl Revocations {
                         );
                         state
                     }
-                    _ => return Err(err),
+                    _ => return Err(err.into()),
                 },
             },
         };
@@ -107,33 +121,92 @@ impl Revocations {
         Ok(())
     }
 
-    async fn fetch(&self, user_id: u64) -> Result<State, ApiError> {
-        let request = GetTokenStatesRequest {
-            user_ids: vec![user_id],
+    /// Asks the users service about `user_id`, in the next batch.
+    async fn fetch(&self, user_id: u64) -> Answer {
+        let (answer, answered) = oneshot::channel();
+        let start_calling = {
+            let mut asking = lock(&self.shared.asking);
+            asking.waiting.entry(user_id).or_default().push(answer);
+            !std::mem::replace(&mut asking.calling, true)
         };
+        if start_calling {
+            tokio::spawn(Arc::clone(&self.shared).call_while_asked());
+        }
+        answered
+            .await
+            .unwrap_or_else(|_| Err(tonic::Status::internal("the revocation check was dropped")))
+    }
+}
+
+impl Shared {
+    /// Calls `GetTokenStates` for everyone waiting, again and again until nobody is.
+    async fn call_while_asked(self: Arc<Self>) {
+        loop {
+            let batch: Vec<(u64, Vec<oneshot::Sender<Answer>>)> = {
+                let mut asking = lock(&self.asking);
+                if asking.waiting.is_empty() {
+                    asking.calling = false;
+                    return;
+                }
+                let users: Vec<u64> = asking.waiting.keys().take(BATCH_MAX).copied().collect();
+                users
+                    .into_iter()
+                    .filter_map(|user| asking.waiting.remove_entry(&user))
+                    .collect()
+            };
+            let ids = batch.iter().map(|(user, _)| *user).collect();
+            let answers = self.call(ids).await;
+            for (user, waiters) in batch {
+                let answer = answers.as_ref().map_err(Clone::clone).map(|states| {
+                    // A user the service does not know is not active.
+                    states.get(&user).copied().unwrap_or(State {
+                        active: false,
+                        generation: 0,
+                        fetched: Instant::now(),
+                    })
+                });
+                if let Ok(state) = answer {
+                    self.remember(user, state);
+                }
+                for waiter in waiters {
+                    let _ = waiter.send(answer.clone());
+                }
+            }
+        }
+    }
+
+    async fn call(&self, user_ids: Vec<u64>) -> Result<HashMap<u64, State>, tonic::Status> {
+        let mut request = rpc(GetTokenStatesRequest { user_ids });
+        request.set_timeout(CALL_TIMEOUT);
         let response = self
             .users
             .clone()
-            .get_token_states(rpc(request))
+            .get_token_states(request)
             .await?
             .into_inner();
-        let state = response
+        let fetched = Instant::now();
+        Ok(response
             .states
             .into_iter()
-            .find(|s| s.user_id == user_id)
-            .map_or(
-                State {
-                    active: false,
-                    generation: 0,
-                    fetched: Instant::now(),
-                },
-                |s| State {
+            .map(|s| {
+                let state = State {
                     active: s.active,
                     generation: s.generation,
-                    fetched: Instant::now(),
-                },
-            );
-        self.remember(user_id, state);
-        Ok(state)
+                    fetched,
+                };
+                (s.user_id, state)
+            })
+            .collect())
+    }
+
+    fn remember(&self, user_id: u64, state: State) {
+        let mut states = lock(&self.states);
+        if states.len() >= CAPACITY {
+            states.retain(|_, s| s.fetched.elapsed() < FRESH_FOR);
+            if states.len() >= CAPACITY {
+                states.clear();
+            }
+        }
+        states.insert(user_id, state);
     }
 }

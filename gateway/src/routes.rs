@@ -835,26 +835,32 @@ async fn feed(
         .get_feed(rpc(request))
         .await?
         .into_inner();
-    let ids = feed.entries.iter().map(|e| e.tweet_id).collect();
-    let mut tweets: HashMap<u64, _> = state
-        .up()
-        .tweets
-        .clone()
-        .batch_get_tweets(rpc(BatchGetTweetsRequest { tweet_ids: ids }))
-        .await?
-        .into_inner()
-        .tweets
-        .into_iter()
-        .map(|t| (t.id, t))
+    // The entries name their authors and retweeters, so the tweets (with the caller's flags)
+    // and the users are fetched at once: two RPCs in parallel after the feed's.
+    let tweet_ids = feed.entries.iter().map(|e| e.tweet_id).collect();
+    let user_ids = feed
+        .entries
+        .iter()
+        .flat_map(|e| std::iter::once(e.author_id).chain(e.retweeted_by))
         .collect();
+    let mut tweets_client = state.up().tweets.clone();
+    let (tweets, authors) = tokio::try_join!(
+        tweets_client.batch_get_tweets(rpc(BatchGetTweetsRequest {
+            tweet_ids,
+            viewer_id: Some(me),
+        })),
+        views::authors(state.up(), user_ids),
+    )?;
+    let tweets = tweets.into_inner();
+    let mut by_id: HashMap<u64, _> = tweets.tweets.into_iter().map(|t| (t.id, t)).collect();
     // Keep the feed's order; an entry whose tweet is gone is skipped.
     let items = feed
         .entries
         .iter()
-        .filter_map(|e| tweets.remove(&e.tweet_id).map(|t| (t, e.retweeted_by)))
+        .filter_map(|e| by_id.remove(&e.tweet_id).map(|t| (t, e.retweeted_by)))
         .collect();
     Ok(Json(PageView::new(
-        views::tweets(state.up(), Some(me), items).await?,
+        views::assemble(items, &authors, tweets.viewer_flags),
         feed.next,
     )))
 }

@@ -193,44 +193,61 @@ pub async fn tweets(
     if items.is_empty() {
         return Ok(Vec::new());
     }
-    let mut ids: Vec<u64> = items
+    let ids = items
         .iter()
         .flat_map(|(tweet, retweeter)| std::iter::once(tweet.author_id).chain(*retweeter))
         .collect();
-    ids.sort_unstable();
-    ids.dedup();
-    let (mut users, mut tweets) = (up.users.clone(), up.tweets.clone());
+    let mut tweets = up.tweets.clone();
     let viewer_flags = async {
         let Some(user_id) = viewer else {
-            return Ok(HashMap::new());
+            return Ok(Vec::new());
         };
         let request = BatchGetViewerFlagsRequest {
             user_id,
             tweet_ids: items.iter().map(|(t, _)| t.id).collect(),
         };
-        let flags = tweets
-            .batch_get_viewer_flags(rpc(request))
-            .await?
-            .into_inner();
-        Ok::<_, tonic::Status>(
-            flags
-                .flags
-                .into_iter()
-                .map(|f| (f.tweet_id, (f.liked, f.retweeted)))
-                .collect::<HashMap<u64, (bool, bool)>>(),
-        )
+        let flags = tweets.batch_get_viewer_flags(rpc(request)).await?;
+        Ok::<_, tonic::Status>(flags.into_inner().flags)
     };
-    let (authors, flags) = tokio::try_join!(
-        users.batch_get_users(rpc(BatchGetUsersRequest { user_ids: ids })),
-        viewer_flags,
-    )?;
-    let authors: HashMap<u64, users_pb::User> = authors
+    let (authors, flags) = tokio::try_join!(authors(up, ids), viewer_flags)?;
+    Ok(assemble(items, &authors, flags))
+}
+
+/// The users among `ids` (repeats allowed), by ID: one RPC.
+pub async fn authors(
+    up: &Upstreams,
+    mut ids: Vec<u64>,
+) -> Result<HashMap<u64, users_pb::User>, tonic::Status> {
+    ids.sort_unstable();
+    ids.dedup();
+    if ids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let users = up
+        .users
+        .clone()
+        .batch_get_users(rpc(BatchGetUsersRequest { user_ids: ids }))
+        .await?;
+    Ok(users
         .into_inner()
         .users
         .into_iter()
         .map(|u| (u.id, u))
+        .collect())
+}
+
+/// Tweets as the API shows them, in the order given, from their `authors` (and retweeters)
+/// and the viewer's `flags` (none: no viewer). A tweet whose author is gone is left out.
+pub fn assemble(
+    items: Vec<(tweets_pb::Tweet, Option<u64>)>,
+    authors: &HashMap<u64, users_pb::User>,
+    flags: Vec<tweets_pb::ViewerFlags>,
+) -> Vec<TweetView> {
+    let flags: HashMap<u64, (bool, bool)> = flags
+        .into_iter()
+        .map(|f| (f.tweet_id, (f.liked, f.retweeted)))
         .collect();
-    Ok(items
+    items
         .into_iter()
         .filter_map(|(tweet, retweeter)| {
             let by = authors.get(&tweet.author_id)?;
@@ -247,5 +264,5 @@ pub async fn tweets(
                 retweeted_by: retweeter.and_then(|id| authors.get(&id)).map(author),
             })
         })
-        .collect())
+        .collect()
 }

@@ -14,8 +14,8 @@ use twtr_proto::feeds::v1::GetFeedRequest;
 use twtr_proto::feeds::v1::feeds_service_client::FeedsServiceClient;
 use twtr_proto::followers::v1::FollowRequest;
 use twtr_proto::followers::v1::followers_service_client::FollowersServiceClient;
-use twtr_proto::tweets::v1::CreateTweetRequest;
 use twtr_proto::tweets::v1::tweets_service_client::TweetsServiceClient;
+use twtr_proto::tweets::v1::{BatchGetTweetsRequest, CreateTweetRequest};
 use twtr_proto::users::v1::users_service_client::UsersServiceClient;
 use twtr_proto::users::v1::{CreateUserRequest, DeleteUserRequest, GetUserRequest};
 
@@ -323,6 +323,22 @@ async fn a_caller_inside_the_mesh_cannot_act_as_someone_else() {
         let refused = tweets.create_tweet(request).await.unwrap_err();
         assert_eq!(refused.code(), expected, "{refused:?}");
     }
+    // Reading someone's likes along with tweets needs their token too; the tweets alone do not.
+    let reads = |viewer_id| BatchGetTweetsRequest {
+        tweet_ids: vec![1],
+        viewer_id,
+    };
+    let refused = tweets
+        .batch_get_tweets(as_user(&bob, reads(Some(alice_n))))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+    let refused = tweets
+        .batch_get_tweets(reads(Some(alice_n)))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+    assert!(tweets.batch_get_tweets(reads(None)).await.is_ok());
     let mut followers = FollowersServiceClient::connect(url(mesh.followers))
         .await
         .unwrap();

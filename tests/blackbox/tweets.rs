@@ -41,9 +41,11 @@ async fn act(mesh: &TestMesh, method: Method, id: &str, what: &str, token: &str)
 }
 
 pub async fn likes_and_retweets_are_idempotent_with_exact_counts_and_flags(mesh: &TestMesh) {
-    let (_, author) = mesh.user("author").await;
+    let (author_id, author) = mesh.user("author").await;
     let (_, fan) = mesh.user("fan").await;
+    mesh.follow(&fan, &author_id).await;
     let id = mesh.tweet(&author, "like me").await;
+    mesh.await_feed(&fan, &[&id], "the author's tweet").await;
     for _ in 0..2 {
         assert_eq!(
             act(mesh, Method::POST, &id, "like", &fan).await,
@@ -63,6 +65,16 @@ pub async fn likes_and_retweets_are_idempotent_with_exact_counts_and_flags(mesh:
     assert_eq!(
         (seen["liked_by_me"].clone(), seen["retweeted_by_me"].clone()),
         (json!(true), json!(true))
+    );
+    // The home feed carries the same flags (fetched with its tweets, in one call).
+    let (_, feed) = mesh.get("/v1/feed", Some(&fan)).await;
+    assert_eq!(
+        (
+            feed["items"][0]["liked_by_me"].clone(),
+            feed["items"][0]["retweeted_by_me"].clone()
+        ),
+        (json!(true), json!(true)),
+        "{feed}"
     );
     let (_, as_author) = tweet(mesh, &id, Some(&author)).await;
     assert_eq!(

@@ -87,13 +87,37 @@ impl TweetsService for TweetsGrpc {
         &self,
         request: Request<pb::BatchGetTweetsRequest>,
     ) -> Result<Response<pb::BatchGetTweetsResponse>, Status> {
+        if let Some(viewer) = request.get_ref().viewer_id {
+            acting_as(&request, viewer)?;
+        }
+        let r = request.into_inner();
         let tweets = self
             .tweets
-            .batch_get_tweets(request.into_inner().tweet_ids)
+            .batch_get_tweets(r.tweet_ids)
             .await
             .map_err(|e| e.to_status())?;
+        let viewer_flags = match r.viewer_id {
+            None => Vec::new(),
+            Some(viewer) => {
+                let ids: Vec<u64> = tweets.iter().map(|t| t.id).collect();
+                let flags = self
+                    .tweets
+                    .viewer_flags(viewer, ids.clone())
+                    .await
+                    .map_err(|e| e.to_status())?;
+                ids.into_iter()
+                    .zip(flags)
+                    .map(|(tweet_id, (liked, retweeted))| pb::ViewerFlags {
+                        tweet_id,
+                        liked,
+                        retweeted,
+                    })
+                    .collect()
+            }
+        };
         Ok(Response::new(pb::BatchGetTweetsResponse {
             tweets: tweets.into_iter().map(to_pb).collect(),
+            viewer_flags,
         }))
     }
 
