@@ -21,17 +21,26 @@ use twtr_feeds::{CqlFeedStore, EmbeddedFeedStore, FeedLimits, FeedStore, Feeds};
 use twtr_proto::events::v1::envelope::Payload;
 use twtr_proto::events::v1::{Envelope, TweetCreated, UserFollowed};
 
-const FOLLOWERS: u64 = 10_000;
-const TWEETS: u64 = 5;
+/// Followers of the one author (`FANOUT_FOLLOWERS`), and tweets measured (`FANOUT_TWEETS`).
+fn setting(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
 
 #[tokio::main]
 async fn main() {
-    println!("| store | followers | tweet → every feed (each of {TWEETS}) | feed entries/s |");
+    let (followers, tweets) = (
+        setting("FANOUT_FOLLOWERS", 10_000),
+        setting("FANOUT_TWEETS", 5),
+    );
+    println!("| store | followers | tweet → every feed (each of {tweets}) | feed entries/s |");
     println!("|---|---|---|---|");
     let dir = tempfile::tempdir().unwrap();
     let embedded =
         EmbeddedFeedStore::open(&dir.path().join("feeds.redb"), FeedLimits::default()).unwrap();
-    measure("embedded (redb)", Arc::new(embedded)).await;
+    measure("embedded (redb)", Arc::new(embedded), followers, tweets).await;
     if let Ok(nodes) = std::env::var("TWTR_SCYLLA_NODES") {
         let mut config = CqlConfig::new(nodes.split(',').map(str::to_owned).collect());
         config.keyspace_prefix = format!("fanout{}", std::process::id());
@@ -41,7 +50,13 @@ async fn main() {
             .unwrap();
         let ks = Keyspace::new(Arc::clone(&session), &config, "feeds").unwrap();
         let store = CqlFeedStore::new(ks, FeedLimits::default()).await.unwrap();
-        measure("CQL (Cassandra 5, 1 node)", Arc::new(store)).await;
+        measure(
+            "CQL (Cassandra 5, 1 node)",
+            Arc::new(store),
+            followers,
+            tweets,
+        )
+        .await;
         let keyspace = config.keyspace("feeds").unwrap();
         session
             .query_unpaged(format!("DROP KEYSPACE IF EXISTS {keyspace}"), ())
@@ -54,10 +69,10 @@ fn event(payload: Payload) -> Envelope {
     twtr_common::events::envelope(1, 1, payload)
 }
 
-async fn measure(name: &str, store: Arc<dyn FeedStore>) {
+async fn measure(name: &str, store: Arc<dyn FeedStore>, followers: u64, tweets: u64) {
     let feeds = Feeds::new(store);
     let author = 1;
-    for follower in 0..FOLLOWERS {
+    for follower in 0..followers {
         let followed = Payload::UserFollowed(UserFollowed {
             follower_id: 1_000_000 + follower,
             followee_id: author,
@@ -66,7 +81,7 @@ async fn measure(name: &str, store: Arc<dyn FeedStore>) {
         feeds.handle(&event(followed)).await.unwrap();
     }
     let mut times = Vec::new();
-    for n in 0..TWEETS {
+    for n in 0..tweets {
         let created = Payload::TweetCreated(TweetCreated {
             tweet_id: 1_000 + n,
             author_id: author,
@@ -77,13 +92,13 @@ async fn measure(name: &str, store: Arc<dyn FeedStore>) {
         times.push(started.elapsed());
     }
     let total: f64 = times.iter().map(|t| t.as_secs_f64()).sum();
-    let entries = ((FOLLOWERS + 1) * TWEETS) as f64;
+    let entries = ((followers + 1) * tweets) as f64;
     let each: Vec<String> = times
         .iter()
         .map(|t| format!("{:.0} ms", t.as_secs_f64() * 1e3))
         .collect();
     println!(
-        "| {name} | {FOLLOWERS} | {} | {:.0} |",
+        "| {name} | {followers} | {} | {:.0} |",
         each.join(", "),
         entries / total
     );
