@@ -66,6 +66,11 @@ from_redb_errors!(
 /// The most writes committed under one fsync.
 pub const GROUP_MAX: usize = 128;
 
+/// Memory redb may use to cache each database file's pages. Its default (1 GiB per file) let a
+/// process with five files grow past a gigabyte after a bulk load; this holds the benchmark's
+/// working set (tens of MB per file) and bounds a long-running process.
+pub const CACHE_BYTES: usize = 64 * 1024 * 1024;
+
 /// A handle to one redb database file; cheap to clone.
 #[derive(Clone)]
 pub struct EmbeddedDb {
@@ -132,7 +137,9 @@ impl EmbeddedDb {
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).map_err(StoreError::backend)?;
         }
-        let db = Database::create(path)?;
+        let db = Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .create(path)?;
         let txn = db.begin_write()?;
         let durable_seq = {
             let tx = Tx::new(&txn);
