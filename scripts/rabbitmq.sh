@@ -44,10 +44,18 @@ start() {
     # The Debian package may have started it already (where systemd runs); -detached otherwise.
     if ! rabbitmq-diagnostics -q ping >/dev/null 2>&1; then
         # Each queue and connection holds file descriptors; parallel test runs declare hundreds
-        # of queues, and a soft limit of 1024 made the broker refuse connections. Raise it to
-        # the hard limit for the broker's process.
-        ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
-        RABBITMQ_NODE_PORT="$PORT" rabbitmq-server -detached
+        # of queues, and a soft limit of 1024 made the broker refuse connections. Debian's
+        # wrapper starts the node through `su rabbitmq`, which starts again from the default
+        # soft limit, so when we are root the node is started the same way with the limit
+        # raised to the hard one inside.
+        local node=/usr/lib/rabbitmq/bin/rabbitmq-server
+        if [[ $(id -u) == 0 && -x $node ]] && id rabbitmq >/dev/null 2>&1; then
+            (cd /var/lib/rabbitmq && su rabbitmq -s /bin/sh -c \
+                "ulimit -n \$(ulimit -Hn); RABBITMQ_NODE_PORT=$PORT $node -detached")
+        else
+            ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+            RABBITMQ_NODE_PORT="$PORT" rabbitmq-server -detached
+        fi
         mkdir -p "$STATE_DIR"
         touch "$MARKER"
     fi
