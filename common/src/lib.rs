@@ -50,6 +50,14 @@ pub mod tokens;
 
 pub use error::{ErrorCode, ServiceError};
 
+/// Locks `mutex`, taking its value as it is if a panicking holder poisoned it: the state kept
+/// behind twtr's mutexes (caches, registries, queues of waiters) stays valid mid-update.
+pub fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// Generates one `#[tokio::test]` per check of a conformance suite. `$open` is an async function
 /// returning the backend under test and a guard kept alive while it runs; each `$check` is an
 /// async function of the suite module `$suite` taking that backend.

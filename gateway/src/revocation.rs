@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 use tonic::transport::Channel;
+use twtr_common::lock;
 use twtr_common::tokens::Verified;
 use twtr_proto::users::v1::GetTokenStatesRequest;
 use twtr_proto::users::v1::users_service_client::UsersServiceClient;
@@ -62,10 +63,6 @@ struct Shared {
 struct Asking {
     waiting: HashMap<u64, Vec<oneshot::Sender<Answer>>>,
     calling: bool,
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Revocations {

@@ -21,7 +21,7 @@
 //! that were in flight are redelivered by the broker.
 
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -45,6 +45,7 @@ use super::{
     Subscription,
 };
 use crate::error::error_chain;
+use crate::lock;
 
 /// Header carrying how many deliveries of a message have failed so far.
 const FAILURES_HEADER: &str = "x-twtr-failures";
@@ -174,12 +175,6 @@ impl Drop for Inner {
     fn drop(&mut self) {
         self.stop.cancel();
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn bus_error(err: lapin::Error) -> BusError {

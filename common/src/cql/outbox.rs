@@ -21,6 +21,7 @@ use tokio::time::Instant;
 use twtr_proto::events::v1::Envelope;
 
 use super::{CqlError, Keyspace, OUTBOX_SHARDS, lwt_applied};
+use crate::lock;
 use crate::outbox::{Outbox, OutboxKey, PendingEvent};
 use crate::store::StoreError;
 
@@ -219,12 +220,6 @@ impl CqlOutbox {
         pending.truncate(max);
         Ok(pending)
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[async_trait]
