@@ -99,20 +99,8 @@ impl TweetsService for TweetsGrpc {
         let viewer_flags = match r.viewer_id {
             None => Vec::new(),
             Some(viewer) => {
-                let ids: Vec<u64> = tweets.iter().map(|t| t.id).collect();
-                let flags = self
-                    .tweets
-                    .viewer_flags(viewer, ids.clone())
-                    .await
-                    .map_err(|e| e.to_status())?;
-                ids.into_iter()
-                    .zip(flags)
-                    .map(|(tweet_id, (liked, retweeted))| pb::ViewerFlags {
-                        tweet_id,
-                        liked,
-                        retweeted,
-                    })
-                    .collect()
+                self.flags_of(viewer, tweets.iter().map(|t| t.id).collect())
+                    .await?
             }
         };
         Ok(Response::new(pb::BatchGetTweetsResponse {
@@ -202,22 +190,8 @@ impl TweetsService for TweetsGrpc {
     ) -> Result<Response<pb::BatchGetViewerFlagsResponse>, Status> {
         acting_as(&request, request.get_ref().user_id)?;
         let r = request.into_inner();
-        let flags = self
-            .tweets
-            .viewer_flags(r.user_id, r.tweet_ids.clone())
-            .await
-            .map_err(|e| e.to_status())?;
         Ok(Response::new(pb::BatchGetViewerFlagsResponse {
-            flags: r
-                .tweet_ids
-                .into_iter()
-                .zip(flags)
-                .map(|(tweet_id, (liked, retweeted))| pb::ViewerFlags {
-                    tweet_id,
-                    liked,
-                    retweeted,
-                })
-                .collect(),
+            flags: self.flags_of(r.user_id, r.tweet_ids).await?,
         }))
     }
 
@@ -237,6 +211,28 @@ impl TweetsService for TweetsGrpc {
 }
 
 impl TweetsGrpc {
+    /// Whether `viewer` likes and retweeted each of `tweet_ids`, in their order.
+    async fn flags_of(
+        &self,
+        viewer: u64,
+        tweet_ids: Vec<u64>,
+    ) -> Result<Vec<pb::ViewerFlags>, Status> {
+        let flags = self
+            .tweets
+            .viewer_flags(viewer, tweet_ids.clone())
+            .await
+            .map_err(|e| e.to_status())?;
+        Ok(tweet_ids
+            .into_iter()
+            .zip(flags)
+            .map(|(tweet_id, (liked, retweeted))| pb::ViewerFlags {
+                tweet_id,
+                liked,
+                retweeted,
+            })
+            .collect())
+    }
+
     async fn act(
         &self,
         action: Action,
