@@ -19,6 +19,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 TOOLS="$PWD/.tools"
+
+# A clean CI checkout gains nothing from incremental-compilation caches, which cost gigabytes of
+# disk; the disk is shared and has run out mid-link before (the linker then dies with SIGBUS).
+if [[ "${CI:-}" == "true" ]]; then
+    export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
+fi
+echo "test.sh: $(df -h --output=avail . | tail -1 | tr -d ' ') free on the build disk" >&2
 export PATH="$TOOLS/bin:$PATH"
 
 ensure_grpcurl() {
