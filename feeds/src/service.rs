@@ -3,6 +3,8 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use futures_util::StreamExt as _;
+use futures_util::stream::FuturesUnordered;
 use twtr_common::bus::{EventHandler, HandlerError};
 use twtr_common::page::InvalidLimit;
 use twtr_common::store::StoreError;
@@ -36,6 +38,8 @@ impl ServiceError for FeedsError {
 /// Followers written per step of a fan-out: one author with many followers never holds one
 /// giant transaction, and other events interleave between the steps.
 pub const FAN_OUT_CHUNK: usize = 500;
+/// Chunks of one fan-out written at once (see `Feeds::for_followers`).
+pub const FAN_OUT_CONCURRENCY: usize = 4;
 /// Retweeters of one tweet considered when choosing whose retweet brought it into a feed.
 pub const RETWEETERS_CONSIDERED: usize = 100;
 
@@ -186,25 +190,31 @@ impl Feeds {
         Ok(())
     }
 
-    /// Runs `step` over `author`'s followers, [`FAN_OUT_CHUNK`] at a time.
+    /// Runs `step` over `author`'s followers, [`FAN_OUT_CHUNK`] at a time, up to
+    /// [`FAN_OUT_CONCURRENCY`] chunks at once. Chunks hold different followers, so their steps
+    /// touch different feeds and may run in any order; their writes meet in the store's group
+    /// commit instead of each waiting for its own.
     async fn for_followers<F, Fut>(&self, author: u64, mut step: F) -> Result<(), StoreError>
     where
         F: FnMut(Vec<u64>) -> Fut,
         Fut: std::future::Future<Output = Result<(), StoreError>>,
     {
-        let mut after = None;
-        loop {
-            let chunk = self.store.followers(author, after, FAN_OUT_CHUNK).await?;
-            let Some(&last) = chunk.last() else {
-                return Ok(());
-            };
-            let full = chunk.len() == FAN_OUT_CHUNK;
-            step(chunk).await?;
-            if !full {
-                return Ok(());
+        let mut running = FuturesUnordered::new();
+        let (mut after, mut more) = (None, true);
+        while more || !running.is_empty() {
+            if more && running.len() < FAN_OUT_CONCURRENCY {
+                // (The running steps wait meanwhile; a page of follower IDs is a short read.)
+                let chunk = self.store.followers(author, after, FAN_OUT_CHUNK).await?;
+                more = chunk.len() == FAN_OUT_CHUNK;
+                after = chunk.last().copied();
+                if !chunk.is_empty() {
+                    running.push(step(chunk));
+                }
+            } else if let Some(done) = running.next().await {
+                done?;
             }
-            after = Some(last);
         }
+        Ok(())
     }
 
     /// Fan-out on write: the tweet goes into the author's own feed and every follower's, a

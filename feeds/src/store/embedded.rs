@@ -59,31 +59,42 @@ impl EmbeddedFeedStore {
     }
 }
 
-/// Inserts into one feed (replacing an entry of the same tweet) and trims it to `cap`, keeping
-/// the length counter exact.
-fn insert_into_feed(
-    tx: &Tx<'_>,
-    user: u64,
-    entry: FeedEntry,
-    cap: usize,
-) -> Result<(), StoreError> {
-    let mut feeds = tx.open_table(FEEDS)?;
-    let value = (entry.author_id, entry.retweeted_by.unwrap_or(0));
-    if feeds.insert((user, entry.tweet_id), value)?.is_some() {
-        return Ok(());
+/// The two tables a feed insert touches, opened once per transaction (opening a table is not
+/// free, and a fan-out chunk inserts into hundreds of feeds).
+struct FeedTables<'t> {
+    feeds: redb::Table<'t, (u64, u64), (u64, u64)>,
+    lengths: redb::Table<'t, u64, u64>,
+    cap: u64,
+}
+
+impl<'t> FeedTables<'t> {
+    fn open(tx: &'t Tx<'_>, cap: usize) -> Result<Self, StoreError> {
+        Ok(Self {
+            feeds: tx.open_table(FEEDS)?,
+            lengths: tx.open_table(FEED_LENGTHS)?,
+            cap: cap as u64,
+        })
     }
-    let mut lengths = tx.open_table(FEED_LENGTHS)?;
-    let mut len = lengths.get(user)?.map_or(0, |l| l.value()) + 1;
-    while len > cap as u64 {
-        let oldest = match feeds.range((user, 0)..=(user, u64::MAX))?.next() {
-            Some(row) => row?.0.value(),
-            None => break,
-        };
-        feeds.remove(oldest)?;
-        len -= 1;
+
+    /// Inserts into one feed (replacing an entry of the same tweet) and trims it to the cap,
+    /// keeping the length counter exact.
+    fn insert(&mut self, user: u64, entry: FeedEntry) -> Result<(), StoreError> {
+        let value = (entry.author_id, entry.retweeted_by.unwrap_or(0));
+        if self.feeds.insert((user, entry.tweet_id), value)?.is_some() {
+            return Ok(());
+        }
+        let mut len = self.lengths.get(user)?.map_or(0, |l| l.value()) + 1;
+        while len > self.cap {
+            let oldest = match self.feeds.range((user, 0)..=(user, u64::MAX))?.next() {
+                Some(row) => row?.0.value(),
+                None => break,
+            };
+            self.feeds.remove(oldest)?;
+            len -= 1;
+        }
+        self.lengths.insert(user, len)?;
+        Ok(())
     }
-    lengths.insert(user, len)?;
-    Ok(())
 }
 
 /// Removes `tweets` from one feed, keeping the length counter exact.
@@ -326,8 +337,9 @@ impl FeedStore for EmbeddedFeedStore {
         let cap = self.limits.feed_len;
         self.db
             .write(move |tx| {
+                let mut tables = FeedTables::open(tx, cap)?;
                 for entry in entries {
-                    insert_into_feed(tx, user, entry, cap)?;
+                    tables.insert(user, entry)?;
                 }
                 Ok(())
             })
@@ -338,8 +350,9 @@ impl FeedStore for EmbeddedFeedStore {
         let cap = self.limits.feed_len;
         self.db
             .write(move |tx| {
+                let mut tables = FeedTables::open(tx, cap)?;
                 for user in users {
-                    insert_into_feed(tx, user, entry, cap)?;
+                    tables.insert(user, entry)?;
                 }
                 Ok(())
             })
