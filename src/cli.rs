@@ -166,6 +166,12 @@ pub struct Cli {
     #[arg(long, env = "TWTR_FEED_LEN", default_value_t = FeedLimits::default().feed_len, global = true)]
     pub feed_len: usize,
 
+    /// How many entries past TWTR_FEED_LEN a feed may hold between trims on the CQL backend,
+    /// which trims a feed once per this many inserts plus one instead of reading it back on
+    /// every insert (per feeds replica; 0 trims on every insert; the embedded store is exact).
+    #[arg(long, env = "TWTR_FEED_TRIM_SLACK", default_value_t = FeedLimits::default().trim_slack, global = true)]
+    pub feed_trim_slack: usize,
+
     /// Recent tweets (and retweets) of an author kept by the feeds service, and put into a new
     /// follower's feed on follow.
     #[arg(long, env = "TWTR_FEED_BACKFILL", default_value_t = FeedLimits::default().recent_per_author, global = true)]
@@ -373,6 +379,7 @@ impl Cli {
             worker_id: self.worker_id,
             feed_limits: FeedLimits {
                 feed_len: self.feed_len,
+                trim_slack: self.feed_trim_slack,
                 recent_per_author: self.feed_backfill,
             },
             idempotency_window: Duration::from_secs(self.idempotency_window_secs),

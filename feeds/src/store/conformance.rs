@@ -24,6 +24,7 @@ macro_rules! feed_store_conformance {
             twtr_common::conformance_tests!($($optional)? $open => $crate::store::conformance:
                 feeds_are_idempotent_and_newest_first,
                 feeds_are_capped,
+                feeds_stay_within_their_cap_and_slack,
                 recent_tweets_are_capped_newest_first,
                 follower_projection_and_author_removal,
                 feed_pages_never_overlap_or_skip,
@@ -52,6 +53,7 @@ macro_rules! feed_store_conformance {
 /// Small limits, so that caps are reached in a few writes.
 pub const LIMITS: FeedLimits = FeedLimits {
     feed_len: 3,
+    trim_slack: 2,
     recent_per_author: 2,
 };
 
@@ -96,6 +98,24 @@ async fn ids(store: &Arc<dyn FeedStore>, user: u64) -> Vec<u64> {
         .await
         .unwrap();
     page.items.iter().map(|e| e.tweet_id).collect()
+}
+
+/// Asserts that `user`'s feed starts with `newest` (its cap's worth, newest first) and holds
+/// past them at most [`FeedLimits::trim_slack`] older entries not trimmed yet.
+async fn assert_capped(store: &Arc<dyn FeedStore>, user: u64, newest: &[u64]) {
+    let all = ids(store, user).await;
+    assert_eq!(
+        &all[..newest.len().min(all.len())],
+        newest,
+        "the newest entries of {all:?}"
+    );
+    assert!(
+        all.len() <= LIMITS.feed_len + LIMITS.trim_slack,
+        "{} entries, over the cap of {} and the slack of {}: {all:?}",
+        all.len(),
+        LIMITS.feed_len,
+        LIMITS.trim_slack
+    );
 }
 
 /// The tweet IDs of one page, and its `next` cursor.
@@ -145,11 +165,8 @@ pub async fn feeds_are_capped(store: Arc<dyn FeedStore>) {
         .fan_out(vec![user], entry(tweets[4], author9))
         .await
         .unwrap();
-    assert_eq!(
-        ids(&store, user).await,
-        vec![tweets[4], tweets[3], tweets[2]]
-    );
-    // Removal keeps the length exact: the feed fills back up to the cap, not beyond.
+    assert_capped(&store, user, &[tweets[4], tweets[3], tweets[2]]).await;
+    // Removal keeps the length bookkeeping right: the feed fills back up to the cap, not beyond.
     remove_author(&store, user, author9).await;
     let later: [u64; 4] = unique_ids();
     for tweet in later {
@@ -158,7 +175,29 @@ pub async fn feeds_are_capped(store: Arc<dyn FeedStore>) {
             .await
             .unwrap();
     }
-    assert_eq!(ids(&store, user).await, vec![later[3], later[2], later[1]]);
+    assert_capped(&store, user, &[later[3], later[2], later[1]]).await;
+}
+
+/// Trimming may be lazy, but never lazier than the slack: however many entries arrive one by
+/// one, the newest are there and the feed stays within its cap plus the slack.
+pub async fn feeds_stay_within_their_cap_and_slack(store: Arc<dyn FeedStore>) {
+    let [user, author] = unique_ids();
+    let mut inserted = Vec::new();
+    for _ in 0..3 * (LIMITS.feed_len + LIMITS.trim_slack) {
+        let tweet = unique_id();
+        store
+            .fan_out(vec![user], entry(tweet, author))
+            .await
+            .unwrap();
+        inserted.push(tweet);
+        let newest: Vec<u64> = inserted
+            .iter()
+            .rev()
+            .take(LIMITS.feed_len)
+            .copied()
+            .collect();
+        assert_capped(&store, user, &newest).await;
+    }
 }
 
 pub async fn recent_tweets_are_capped_newest_first(store: Arc<dyn FeedStore>) {
@@ -352,7 +391,7 @@ pub async fn entries_via_and_dropping_a_feed(store: Arc<dyn FeedStore>) {
             .await
             .unwrap();
     }
-    assert_eq!(ids(&store, user).await, vec![later[3], later[2], later[1]]);
+    assert_capped(&store, user, &[later[3], later[2], later[1]]).await;
 }
 
 /// Every follower of `author` (the first thousand).
@@ -460,12 +499,12 @@ pub async fn late_tweets_do_not_push_newer_ones_out(store: Arc<dyn FeedStore>) {
         .await
         .unwrap();
     store.fan_out(vec![user], entry(t1, author)).await.unwrap();
-    assert_eq!(ids(&store, user).await, vec![t4, t3, t2]);
+    assert_capped(&store, user, &[t4, t3, t2]).await;
     store
         .insert_entries(user, vec![entry(t1, author)])
         .await
         .unwrap();
-    assert_eq!(ids(&store, user).await, vec![t4, t3, t2]);
+    assert_capped(&store, user, &[t4, t3, t2]).await;
 
     for tweet in [t2, t3, t4] {
         store.record_tweet(author, tweet).await.unwrap();

@@ -8,10 +8,13 @@
 //! # Write paths, and what a crash between their steps leaves
 //!
 //! - A feed insert ([`FeedStore::insert_entries`], and per user [`FeedStore::fan_out`]): (1) upsert
-//!   the entries, one single-partition batch per 100; (2) trim: read the newest `feed_len + 1`
-//!   tweet IDs and, if there are that many, range-delete `tweet_id <=` the last of them (one range
-//!   tombstone). A crash after (1) leaves the feed over its cap; the redelivered event repeats (1)
-//!   (a no-op) and runs (2), and so does any later insert into that feed.
+//!   the entries, one single-partition batch per 100; (2) when a trim is due, read the newest
+//!   `feed_len + 1` tweet IDs and, if there are that many, range-delete `tweet_id <=` the last of
+//!   them (one range tombstone). A trim is due once the process has inserted more than
+//!   [`FeedLimits::trim_slack`] entries into the feed since its last trim, and on the first
+//!   insert into a feed it does not remember (after a start, or when its count was evicted), so
+//!   the read is paid once per `trim_slack + 1` inserts. A crash after (1) leaves the feed over
+//!   its cap; the restarted process trims it on its first insert there.
 //! - [`FeedStore::record_tweet`]: the same two steps on the author's `recent_tweets` partition,
 //!   with `recent_per_author`.
 //! - [`FeedStore::set_edge`] / [`FeedStore::set_retweet`]: one upsert (a logged batch of two for
@@ -103,10 +106,16 @@ const BATCH_ROWS: usize = 100;
 /// the cluster (or the driver's connection pool) when an author has many followers.
 const FAN_OUT_CONCURRENCY: usize = 64;
 
+/// Feeds whose inserts since their last trim this process counts; a feed it forgets is trimmed
+/// on its next insert, so the bound only costs memory, never the cap.
+const TRIM_COUNTS_KEPT: u64 = 200_000;
+
 /// Feeds on a CQL cluster.
 pub struct CqlFeedStore {
     ks: Keyspace,
     limits: FeedLimits,
+    /// Per feed, the entries this process inserted since it last trimmed it.
+    untrimmed: moka::sync::Cache<i64, usize>,
     insert_entry: PreparedStatement,
     delete_entry: PreparedStatement,
     newest_in_feed: PreparedStatement,
@@ -179,7 +188,21 @@ impl CqlFeedStore {
             celebrities: ks.prepare(CELEBRITIES).await?,
             ks,
             limits,
+            untrimmed: moka::sync::Cache::new(TRIM_COUNTS_KEPT),
         })
+    }
+
+    /// Counts `inserted` entries into `user`'s feed; whether a trim is due (see the module
+    /// documentation). A due trim resets the count, so concurrent inserts do not all trim.
+    fn trim_due(&self, user: i64, inserted: usize) -> bool {
+        let slack = self.limits.trim_slack;
+        let mut due = false;
+        self.untrimmed.entry(user).and_upsert_with(|counted| {
+            let count = counted.map_or(usize::MAX, |c| c.into_value().saturating_add(inserted));
+            due = count > slack;
+            if due { 0 } else { count }
+        });
+        due
     }
 
     /// Runs `statement` once per row of `rows`, all in one partition: one unlogged batch per
@@ -284,13 +307,22 @@ impl CqlFeedStore {
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
         self.write_partition(&self.insert_entry, rows).await?;
-        self.trim(
-            &self.newest_in_feed,
-            &self.trim_feed,
-            user,
-            self.limits.feed_len,
-        )
-        .await
+        if !self.trim_due(user, entries.len()) {
+            return Ok(());
+        }
+        let trimmed = self
+            .trim(
+                &self.newest_in_feed,
+                &self.trim_feed,
+                user,
+                self.limits.feed_len,
+            )
+            .await;
+        if trimmed.is_err() {
+            // Not trimmed after all: the next insert into this feed tries again.
+            self.untrimmed.invalidate(&user);
+        }
+        trimmed
     }
 
     /// Up to `max` keys of a partition clustered ascending, above `after`, whose flag is set:

@@ -38,6 +38,13 @@ pub struct FeedEntry {
 pub struct FeedLimits {
     /// Entries kept per home feed; the oldest fall off.
     pub feed_len: usize,
+    /// How far past `feed_len` a feed may run between trims. A backend for which trimming
+    /// costs a read (CQL) trims a feed once per `trim_slack + 1` inserts it makes into it
+    /// rather than on every one; each process writing feeds keeps within the slack, so a feed
+    /// holds at most `feed_len + trim_slack` entries per feeds replica, and its newest
+    /// `feed_len` are always there. `0` trims on every insert. The embedded store is always
+    /// exact.
+    pub trim_slack: usize,
     /// Recent tweets remembered per author, for backfilling a new follower's feed.
     pub recent_per_author: usize,
 }
@@ -46,6 +53,7 @@ impl Default for FeedLimits {
     fn default() -> Self {
         Self {
             feed_len: 800,
+            trim_slack: 50,
             recent_per_author: 50,
         }
     }
@@ -113,7 +121,7 @@ pub trait FeedStore: Send + Sync {
     // --- Feeds ---------------------------------------------------------------------------------
 
     /// Puts `entries` into `user`'s feed (replacing an entry of the same tweet), trimming it to
-    /// its cap.
+    /// its cap (within [`FeedLimits::trim_slack`]).
     async fn insert_entries(&self, user: u64, entries: Vec<FeedEntry>) -> Result<(), StoreError>;
     /// Puts `entry` into each of `users`' feeds, as [`FeedStore::insert_entries`].
     async fn fan_out(&self, users: Vec<u64>, entry: FeedEntry) -> Result<(), StoreError>;
