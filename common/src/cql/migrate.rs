@@ -97,6 +97,7 @@ static FEEDS: &[Migration] = &[
     migration!("feeds", 1, "001_init.cql"),
     migration!("feeds", 2, "002_retweets.cql"),
     migration!("feeds", 3, "003_celebrities.cql"),
+    migration!("feeds", 4, "004_drop_feed_meta.cql"),
 ];
 
 /// The schema files of `service`'s keyspace, in version order (empty for an unknown service).
