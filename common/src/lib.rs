@@ -44,6 +44,7 @@ pub mod outbox;
 pub mod page;
 pub mod shutdown;
 pub mod store;
+pub mod tasks;
 pub mod telemetry;
 pub mod testing;
 pub mod tokens;

@@ -33,6 +33,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use twtr_common::bus::{self, ConsumerSettings, EventBus, QueueSpec, Readiness, Subscription};
 use twtr_common::grpc as grpc_server;
+use twtr_common::tasks;
 
 pub use service::{Feeds, FeedsError};
 pub use store::{CqlFeedStore, EmbeddedFeedStore, FeedLimits, FeedStore};
@@ -100,7 +101,7 @@ impl FeedsService {
         shutdown: CancellationToken,
     ) -> anyhow::Result<()> {
         let grpc_stop = shutdown.child_token();
-        let mut consumer = {
+        let consumer = {
             let feeds = Arc::clone(&self.feeds);
             let shutdown = shutdown.clone();
             let settings = self.consumer;
@@ -121,20 +122,6 @@ impl FeedsService {
             self.readiness,
             grpc_stop.clone(),
         );
-        tokio::pin!(grpc);
-        tokio::select! {
-            served = &mut grpc => {
-                let consumed = consumer.await;
-                served?;
-                consumed.context("feeds consumer panicked")?.context("feeds consumer failed")
-            }
-            consumed = &mut consumer => {
-                grpc_stop.cancel();
-                let served = grpc.await;
-                consumed.context("feeds consumer panicked")?.context("feeds consumer failed")?;
-                anyhow::ensure!(shutdown.is_cancelled(), "feeds consumer stopped unexpectedly");
-                served
-            }
-        }
+        tasks::serve_beside_consumer("feeds", grpc, &grpc_stop, consumer, &shutdown).await
     }
 }

@@ -40,17 +40,19 @@ use twtr_common::bus::{
     self, ConsumerSettings, EventBus, EventHandler, HandlerError, QueueSpec, Subscription,
 };
 use twtr_common::outbox::{self, Outbox};
+use twtr_common::tasks::{self, Schedule};
 use twtr_proto::events::v1::Envelope;
 use twtr_proto::events::v1::envelope::Payload;
 
 pub use service::{Followers, FollowersError, UserDirectory};
 pub use store::{CqlFollowStore, EmbeddedFollowStore, FollowStore};
 
-/// How often the purge looks for work it was not told about (a purge left by a crash, or
-/// taken over from another replica).
-const PURGE_POLL: Duration = Duration::from_secs(60);
-/// How long the purge waits after a failure before it tries again.
-const PURGE_RETRY: Duration = Duration::from_secs(5);
+/// The purge of deleted accounts runs when an account is deleted, every minute anyway (a purge
+/// left by a crash, or taken over from another replica), and 5 s after a failure.
+const PURGE_SCHEDULE: Schedule = Schedule {
+    poll: Duration::from_secs(60),
+    retry: Duration::from_secs(5),
+};
 
 /// The followers service's queue: `UserDeleted`, and with `settles` (a store whose follow can
 /// race a deletion, [`FollowStore::follow_races_deletion`]) its own `UserFollowed`.
@@ -111,12 +113,20 @@ impl FollowersService {
         let grpc_stop = shutdown.child_token();
         let purge = Arc::new(Notify::new());
         let purge_stop = shutdown.child_token();
-        let purger = tokio::spawn(run_purge(
-            Arc::clone(&self.followers),
-            Arc::clone(&purge),
-            purge_stop.clone(),
-        ));
-        let mut consumer = {
+        let purger = {
+            let followers = Arc::clone(&self.followers);
+            tokio::spawn(tasks::run_passes(
+                "purged the follows of deleted accounts",
+                move || {
+                    let followers = Arc::clone(&followers);
+                    async move { followers.purge_pending().await }
+                },
+                Arc::clone(&purge),
+                PURGE_SCHEDULE,
+                purge_stop.clone(),
+            ))
+        };
+        let consumer = {
             let handler = FollowersEvents {
                 followers: Arc::clone(&self.followers),
                 purge,
@@ -135,54 +145,11 @@ impl FollowersService {
             self.bus,
             grpc_stop.clone(),
         );
-        tokio::pin!(grpc);
-        let result = tokio::select! {
-            served = &mut grpc => {
-                let consumed = consumer.await;
-                served.and(
-                    consumed
-                        .context("followers consumer panicked")?
-                        .context("followers consumer failed"),
-                )
-            }
-            consumed = &mut consumer => {
-                grpc_stop.cancel();
-                let served = grpc.await;
-                consumed
-                    .context("followers consumer panicked")?
-                    .context("followers consumer failed")?;
-                anyhow::ensure!(shutdown.is_cancelled(), "followers consumer stopped unexpectedly");
-                served
-            }
-        };
+        let result =
+            tasks::serve_beside_consumer("followers", grpc, &grpc_stop, consumer, &shutdown).await;
         purge_stop.cancel();
         purger.await.context("the purge panicked")?;
         result
-    }
-}
-
-/// Purges deleted accounts when told to, every [`PURGE_POLL`] anyway, until `shutdown`.
-async fn run_purge(followers: Arc<Followers>, wake: Arc<Notify>, shutdown: CancellationToken) {
-    loop {
-        let wait = tokio::select! {
-            () = shutdown.cancelled() => return,
-            purged = followers.purge_pending() => match purged {
-                Ok(0) => PURGE_POLL,
-                Ok(removed) => {
-                    tracing::info!(removed, "purged the follows of deleted accounts");
-                    PURGE_POLL
-                }
-                Err(err) => {
-                    tracing::warn!(error = %anyhow::Error::new(err), "purge failed; will retry");
-                    PURGE_RETRY
-                }
-            },
-        };
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            () = wake.notified() => {}
-            () = tokio::time::sleep(wait) => {}
-        }
     }
 }
 

@@ -38,17 +38,19 @@ use twtr_common::bus::{
     self, ConsumerSettings, EventBus, EventHandler, HandlerError, QueueSpec, Subscription,
 };
 use twtr_common::outbox::{self, Outbox};
+use twtr_common::tasks::{self, Schedule};
 use twtr_proto::events::v1::Envelope;
 use twtr_proto::events::v1::envelope::Payload;
 
 pub use service::{DEFAULT_IDEMPOTENCY_WINDOW, Tweets, TweetsError};
 pub use store::{CqlTweetStore, EmbeddedTweetStore, Reaction, TweetStore};
 
-/// How often the purge looks for work it was not told about (a purge left by a crash, or
-/// taken over from another replica).
-const PURGE_POLL: Duration = Duration::from_secs(60);
-/// How long the purge waits after a failure before it tries again.
-const PURGE_RETRY: Duration = Duration::from_secs(5);
+/// The purge of deleted accounts runs when an account is deleted, every minute anyway (a purge
+/// left by a crash, or taken over from another replica), and 5 s after a failure.
+const PURGE_SCHEDULE: Schedule = Schedule {
+    poll: Duration::from_secs(60),
+    retry: Duration::from_secs(5),
+};
 
 /// The tweets service's queue: `UserDeleted`, and with `settles` (a store that finishes its
 /// writes from its own events, [`TweetStore::settles_events`]) every event of its own.
@@ -111,12 +113,20 @@ impl TweetsService {
         let grpc_stop = shutdown.child_token();
         let purge = Arc::new(Notify::new());
         let purge_stop = shutdown.child_token();
-        let purger = tokio::spawn(run_purge(
-            Arc::clone(&self.tweets),
-            Arc::clone(&purge),
-            purge_stop.clone(),
-        ));
-        let mut consumer = {
+        let purger = {
+            let tweets = Arc::clone(&self.tweets);
+            tokio::spawn(tasks::run_passes(
+                "purged deleted accounts",
+                move || {
+                    let tweets = Arc::clone(&tweets);
+                    async move { tweets.purge_pending().await }
+                },
+                Arc::clone(&purge),
+                PURGE_SCHEDULE,
+                purge_stop.clone(),
+            ))
+        };
+        let consumer = {
             let handler = TweetsEvents {
                 tweets: Arc::clone(&self.tweets),
                 purge,
@@ -135,50 +145,11 @@ impl TweetsService {
             self.bus,
             grpc_stop.clone(),
         );
-        tokio::pin!(grpc);
-        let result = tokio::select! {
-            served = &mut grpc => {
-                let consumed = consumer.await;
-                served.and(
-                    consumed.context("tweets consumer panicked")?.context("tweets consumer failed"),
-                )
-            }
-            consumed = &mut consumer => {
-                grpc_stop.cancel();
-                let served = grpc.await;
-                consumed.context("tweets consumer panicked")?.context("tweets consumer failed")?;
-                anyhow::ensure!(shutdown.is_cancelled(), "tweets consumer stopped unexpectedly");
-                served
-            }
-        };
+        let result =
+            tasks::serve_beside_consumer("tweets", grpc, &grpc_stop, consumer, &shutdown).await;
         purge_stop.cancel();
         purger.await.context("the purge panicked")?;
         result
-    }
-}
-
-/// Purges deleted accounts when told to, every [`PURGE_POLL`] anyway, until `shutdown`.
-async fn run_purge(tweets: Arc<Tweets>, wake: Arc<Notify>, shutdown: CancellationToken) {
-    loop {
-        let wait = tokio::select! {
-            () = shutdown.cancelled() => return,
-            purged = tweets.purge_pending() => match purged {
-                Ok(0) => PURGE_POLL,
-                Ok(removed) => {
-                    tracing::info!(removed, "purged deleted accounts");
-                    PURGE_POLL
-                }
-                Err(err) => {
-                    tracing::warn!(error = %anyhow::Error::new(err), "purge failed; will retry");
-                    PURGE_RETRY
-                }
-            },
-        };
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            () = wake.notified() => {}
-            () = tokio::time::sleep(wait) => {}
-        }
     }
 }
 
