@@ -246,6 +246,11 @@ The gateway needs no store or broker: it reaches the services and verifies token
 - name: TWTR_FEED_LEN
   value: {{ . | quote }}
 {{- end }}
+{{- $slack := $values.feedTrimSlack }}
+{{- if and (not (kindIs "invalid" $slack)) (ne (toString $slack) "") }}
+- name: TWTR_FEED_TRIM_SLACK
+  value: {{ $slack | quote }}
+{{- end }}
 {{- end }}
 {{- with $values.extraEnv }}
 {{ toYaml . }}
