@@ -166,9 +166,10 @@ pub struct Cli {
     #[arg(long, env = "TWTR_FEED_LEN", default_value_t = FeedLimits::default().feed_len, global = true)]
     pub feed_len: usize,
 
-    /// How many entries past TWTR_FEED_LEN a feed may hold between trims on the CQL backend,
-    /// which trims a feed once per this many inserts plus one instead of reading it back on
-    /// every insert (per feeds replica; 0 trims on every insert; the embedded store is exact).
+    /// How many entries past TWTR_FEED_LEN a feed may hold between trims: a feed is cut back
+    /// to TWTR_FEED_LEN once it is this much over, which saves a read per insert on CQL and a
+    /// page write per insert on the embedded store (per feeds replica on CQL; 0 trims on every
+    /// insert).
     #[arg(long, env = "TWTR_FEED_TRIM_SLACK", default_value_t = FeedLimits::default().trim_slack, global = true)]
     pub feed_trim_slack: usize,
 

@@ -65,32 +65,39 @@ struct FeedTables<'t> {
     feeds: redb::Table<'t, (u64, u64), (u64, u64)>,
     lengths: redb::Table<'t, u64, u64>,
     cap: u64,
+    slack: u64,
 }
 
 impl<'t> FeedTables<'t> {
-    fn open(tx: &'t Tx<'_>, cap: usize) -> Result<Self, StoreError> {
+    fn open(tx: &'t Tx<'_>, limits: FeedLimits) -> Result<Self, StoreError> {
         Ok(Self {
             feeds: tx.open_table(FEEDS)?,
             lengths: tx.open_table(FEED_LENGTHS)?,
-            cap: cap as u64,
+            cap: limits.feed_len as u64,
+            slack: limits.trim_slack as u64,
         })
     }
 
-    /// Inserts into one feed (replacing an entry of the same tweet) and trims it to the cap,
-    /// keeping the length counter exact.
+    /// Inserts into one feed (replacing an entry of the same tweet), keeping the length counter
+    /// exact; a feed more than the slack over its cap is cut back to the cap (its oldest
+    /// entries share a page or two, so cutting many at once costs about what cutting one did).
     fn insert(&mut self, user: u64, entry: FeedEntry) -> Result<(), StoreError> {
         let value = (entry.author_id, entry.retweeted_by.unwrap_or(0));
         if self.feeds.insert((user, entry.tweet_id), value)?.is_some() {
             return Ok(());
         }
         let mut len = self.lengths.get(user)?.map_or(0, |l| l.value()) + 1;
-        while len > self.cap {
-            let oldest = match self.feeds.range((user, 0)..=(user, u64::MAX))?.next() {
-                Some(row) => row?.0.value(),
-                None => break,
-            };
-            self.feeds.remove(oldest)?;
-            len -= 1;
+        if len > self.cap + self.slack {
+            let oldest: Vec<(u64, u64)> = self
+                .feeds
+                .range((user, 0)..=(user, u64::MAX))?
+                .take((len - self.cap) as usize)
+                .map(|row| Ok(row?.0.value()))
+                .collect::<Result<_, StoreError>>()?;
+            for key in oldest {
+                self.feeds.remove(key)?;
+                len -= 1;
+            }
         }
         self.lengths.insert(user, len)?;
         Ok(())
@@ -334,10 +341,10 @@ impl FeedStore for EmbeddedFeedStore {
     }
 
     async fn insert_entries(&self, user: u64, entries: Vec<FeedEntry>) -> Result<(), StoreError> {
-        let cap = self.limits.feed_len;
+        let limits = self.limits;
         self.db
             .write(move |tx| {
-                let mut tables = FeedTables::open(tx, cap)?;
+                let mut tables = FeedTables::open(tx, limits)?;
                 for entry in entries {
                     tables.insert(user, entry)?;
                 }
@@ -347,10 +354,10 @@ impl FeedStore for EmbeddedFeedStore {
     }
 
     async fn fan_out(&self, users: Vec<u64>, entry: FeedEntry) -> Result<(), StoreError> {
-        let cap = self.limits.feed_len;
+        let limits = self.limits;
         self.db
             .write(move |tx| {
-                let mut tables = FeedTables::open(tx, cap)?;
+                let mut tables = FeedTables::open(tx, limits)?;
                 for user in users {
                     tables.insert(user, entry)?;
                 }

@@ -7,7 +7,7 @@
 //!
 //! - this module: the [`FeedStore`] trait, [`FeedEntry`] and [`FeedLimits`].
 //! - [`embedded`]: [`EmbeddedFeedStore`], feeds in a redb file (one transaction per write, with
-//!   an exact length per feed).
+//!   an exact length per feed, trimmed past the slack).
 //! - [`cql`]: [`CqlFeedStore`], feeds on ScyllaDB / Cassandra (idempotent upserts, then a trim
 //!   that reads the newest `cap + 1` IDs and range-deletes below the cap).
 //! - [`conformance`]: the suite both backends pass, and its macro
@@ -38,12 +38,12 @@ pub struct FeedEntry {
 pub struct FeedLimits {
     /// Entries kept per home feed; the oldest fall off.
     pub feed_len: usize,
-    /// How far past `feed_len` a feed may run between trims. A backend for which trimming
-    /// costs a read (CQL) trims a feed once per `trim_slack + 1` inserts it makes into it
-    /// rather than on every one; each process writing feeds keeps within the slack, so a feed
-    /// holds at most `feed_len + trim_slack` entries per feeds replica, and its newest
-    /// `feed_len` are always there. `0` trims on every insert. The embedded store is always
-    /// exact.
+    /// How far past `feed_len` a feed may run between trims. Trimming on every insert costs a
+    /// read on CQL and, on the embedded store, a write to a second page of the feed (its oldest
+    /// entries sit far from its newest), so both let a feed grow `trim_slack` past its cap and
+    /// then cut it back to `feed_len` at once. A feed holds at most `feed_len + trim_slack`
+    /// entries (per feeds replica on CQL, which counts inserts in memory), and its newest
+    /// `feed_len` are always there. `0` trims on every insert.
     pub trim_slack: usize,
     /// Recent tweets remembered per author, for backfilling a new follower's feed.
     pub recent_per_author: usize,
