@@ -30,7 +30,7 @@ impl ServiceError for FeedsError {
     fn error_code(&self) -> ErrorCode {
         match self {
             Self::InvalidLimit(_) | Self::MissingUser => ErrorCode::InvalidArgument,
-            Self::Store(_) => ErrorCode::Internal,
+            Self::Store(err) => err.error_code(),
         }
     }
 }

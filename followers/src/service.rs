@@ -70,7 +70,7 @@ impl ServiceError for FollowersError {
             }
             Self::NotFound => ErrorCode::NotFound,
             Self::UsersUnavailable(_) => ErrorCode::Unavailable,
-            Self::Store(_) => ErrorCode::Internal,
+            Self::Store(err) => err.error_code(),
         }
     }
 }

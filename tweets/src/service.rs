@@ -63,7 +63,7 @@ impl ServiceError for TweetsError {
             | Self::KeyReused => ErrorCode::InvalidArgument,
             Self::NotFound | Self::AccountGone => ErrorCode::NotFound,
             Self::NotAuthor => ErrorCode::PermissionDenied,
-            Self::Store(_) => ErrorCode::Internal,
+            Self::Store(err) => err.error_code(),
         }
     }
 }

@@ -53,7 +53,8 @@ impl ServiceError for UsersError {
             Self::WrongCredentials | Self::WrongCurrentPassword => ErrorCode::Unauthenticated,
             Self::Overloaded => ErrorCode::Unavailable,
             Self::NotFound => ErrorCode::NotFound,
-            Self::Store(_) | Self::Hashing(_) | Self::Token(_) => ErrorCode::Internal,
+            Self::Store(err) => err.error_code(),
+            Self::Hashing(_) | Self::Token(_) => ErrorCode::Internal,
         }
     }
 }
