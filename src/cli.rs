@@ -118,7 +118,8 @@ pub struct Cli {
     #[arg(long, env = "TWTR_EVENT_PREFETCH", default_value_t = ConsumerSettings::default().prefetch, global = true)]
     pub event_prefetch: u16,
 
-    /// Milliseconds a failed event waits in its retry queue before the next attempt.
+    /// Milliseconds a failed event waits before its second attempt; each further failure
+    /// doubles the wait (with jitter), up to TWTR_EVENT_RETRY_MAX_DELAY_MS.
     #[arg(
         long,
         env = "TWTR_EVENT_RETRY_DELAY_MS",
@@ -127,9 +128,25 @@ pub struct Cli {
     )]
     pub event_retry_delay_ms: u64,
 
-    /// Deliveries of a failing event before it goes to the dead-letter queue.
-    #[arg(long, env = "TWTR_EVENT_MAX_ATTEMPTS", default_value_t = ConsumerSettings::default().retry.max_attempts, global = true)]
-    pub event_max_attempts: u32,
+    /// The longest wait between two attempts of a failing event, in milliseconds.
+    #[arg(
+        long,
+        env = "TWTR_EVENT_RETRY_MAX_DELAY_MS",
+        default_value_t = 300_000,
+        global = true
+    )]
+    pub event_retry_max_delay_ms: u64,
+
+    /// How long a failing event is retried, from its first failure, before it goes to the
+    /// dead-letter queue with the reason (`7d`, `36h`, `90m`, `30s`).
+    #[arg(
+        long,
+        env = "TWTR_EVENT_RETRY_HORIZON",
+        default_value = "7d",
+        value_parser = humantime::parse_duration,
+        global = true
+    )]
+    pub event_retry_horizon: Duration,
 
     /// PEM file of the Ed25519 private key that signs tokens (the users service's; as
     /// `openssl genpkey -algorithm ed25519` writes it). `all` generates a key pair into the data
@@ -339,8 +356,9 @@ impl Cli {
             "TWTR_EVENT_PREFETCH must be at least 1"
         );
         anyhow::ensure!(
-            self.event_max_attempts > 0,
-            "TWTR_EVENT_MAX_ATTEMPTS must be at least 1"
+            self.event_retry_delay_ms > 0
+                && self.event_retry_max_delay_ms >= self.event_retry_delay_ms,
+            "TWTR_EVENT_RETRY_DELAY_MS must be at least 1 and at most TWTR_EVENT_RETRY_MAX_DELAY_MS"
         );
         let amqp = self
             .amqp_url
@@ -361,9 +379,10 @@ impl Cli {
             amqp,
             consumer: ConsumerSettings {
                 prefetch: self.event_prefetch,
-                retry_delay: Duration::from_millis(self.event_retry_delay_ms),
                 retry: RetryPolicy {
-                    max_attempts: self.event_max_attempts,
+                    first_delay: Duration::from_millis(self.event_retry_delay_ms),
+                    max_delay: Duration::from_millis(self.event_retry_max_delay_ms),
+                    horizon: self.event_retry_horizon,
                 },
             },
             token_private_key: self
@@ -503,13 +522,22 @@ mod amqp_tests {
             "classic",
             "--event-retry-delay-ms",
             "250",
+            "--event-retry-horizon",
+            "36h",
         ])
         .unwrap();
         let config = cli.config().unwrap();
         let amqp = config.amqp.as_ref().expect("RabbitMQ selected");
         assert_eq!(amqp.prefix, "staging");
         assert_eq!(amqp.queue_type, QueueType::Classic);
-        assert_eq!(config.consumer.retry_delay, Duration::from_millis(250));
+        assert_eq!(
+            config.consumer.retry,
+            RetryPolicy {
+                first_delay: Duration::from_millis(250),
+                max_delay: Duration::from_secs(300),
+                horizon: Duration::from_secs(36 * 3600),
+            }
+        );
         assert!(
             !format!("{config:?}").contains("secret-pw"),
             "the broker password stays out of Debug output"

@@ -213,6 +213,16 @@ impl EmbeddedDb {
         })
     }
 
+    /// Whether the database answers: a read transaction begins (and its writer thread lives).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        if self.inner.writer.is_none() {
+            return Err(StoreError::backend(std::io::Error::other(
+                "the database's writer thread is gone",
+            )));
+        }
+        self.read(|_| Ok(())).await
+    }
+
     /// Runs `f` in one read transaction (a consistent snapshot) on a blocking thread.
     pub async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
     where

@@ -124,6 +124,19 @@ fn describe() {
         "messages in a consumer queue not yet handed to a consumer (ready or waiting to retry)"
     );
     describe_gauge!("twtr_dead_letter_depth", "messages in a dead-letter queue");
+    describe_gauge!(
+        "twtr_dead_letter_oldest_age_seconds",
+        Unit::Seconds,
+        "how long the oldest message of a dead-letter queue has been there (0 when empty)"
+    );
+    describe_gauge!(
+        "twtr_consumer_paused",
+        "1 while a consumer takes no deliveries because its own store does not answer"
+    );
+    describe_gauge!(
+        "twtr_dependency_up",
+        "1 while a dependency of this process answers (the event broker, the store), else 0"
+    );
 }
 
 /// Serves `GET /metrics` on `listener` until `shutdown`.
@@ -171,6 +184,8 @@ pub enum Outcome {
     Ok,
     Retry,
     DeadLetter,
+    /// Handed back untouched: the consumer's own store was down (see `bus::consume`).
+    Requeued,
 }
 
 /// One delivery handled by a consumer; `occurred_at_ms` (the event's time) gives its lag.
@@ -179,6 +194,7 @@ pub fn event_consumed(queue: &str, event_type: &str, outcome: Outcome, occurred_
         Outcome::Ok => "ok",
         Outcome::Retry => "retry",
         Outcome::DeadLetter => "dead_letter",
+        Outcome::Requeued => "requeued",
     };
     counter!(
         "twtr_events_consumed_total",
@@ -206,6 +222,26 @@ pub fn outbox_depth(service: &str, depth: usize) {
 pub fn queue_depths(queue: &str, waiting: u64, dead: u64) {
     gauge!("twtr_queue_depth", "queue" => queue.to_owned()).set(waiting as f64);
     gauge!("twtr_dead_letter_depth", "queue" => queue.to_owned()).set(dead as f64);
+}
+
+/// A sample of the age of a dead-letter queue's oldest message (zero when it is empty).
+pub fn oldest_dead_letter(queue: &str, age: Duration) {
+    gauge!("twtr_dead_letter_oldest_age_seconds", "queue" => queue.to_owned())
+        .set(age.as_secs_f64());
+}
+
+/// Whether `queue`'s consumer in this process is paused (its store does not answer).
+pub fn consumer_paused(queue: &str, paused: bool) {
+    gauge!("twtr_consumer_paused", "queue" => queue.to_owned()).set(if paused { 1.0 } else { 0.0 });
+}
+
+/// Whether `dependency` of this process (`event_broker`, `<service>_store`) answers right now.
+pub fn dependency_up(dependency: &str, up: bool) {
+    gauge!("twtr_dependency_up", "dependency" => dependency.to_owned()).set(if up {
+        1.0
+    } else {
+        0.0
+    });
 }
 
 /// Tower layer for gRPC servers: counts every call by method and status code, and times it. A

@@ -325,6 +325,10 @@ mod tests {
         async fn dead_letters(&self, queue: &str, max: usize) -> Result<Vec<DeadLetter>, BusError> {
             self.inner.dead_letters(queue, max).await
         }
+
+        async fn redrive(&self, queue: &str, max: usize, only: &[u64]) -> Result<usize, BusError> {
+            self.inner.redrive(queue, max, only).await
+        }
     }
 
     #[tokio::test]

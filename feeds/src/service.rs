@@ -61,6 +61,11 @@ pub struct Feeds {
 }
 
 impl Feeds {
+    /// Whether this service's store answers (readiness, and its consumer's probe).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.store.ping().await
+    }
+
     pub fn new(store: Arc<dyn FeedStore>) -> Self {
         Self {
             store,
@@ -454,6 +459,10 @@ impl EventHandler for Feeds {
             _ => tracing::debug!(event_type = %event.r#type, "ignoring event"),
         }
         Ok(())
+    }
+
+    async fn probe(&self) -> Result<(), HandlerError> {
+        Ok(self.ping().await?)
     }
 }
 

@@ -172,4 +172,8 @@ impl EventHandler for FollowersEvents {
         }
         Ok(())
     }
+
+    async fn probe(&self) -> Result<(), HandlerError> {
+        Ok(self.followers.ping().await?)
+    }
 }

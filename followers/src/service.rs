@@ -82,6 +82,11 @@ pub struct Followers {
 }
 
 impl Followers {
+    /// Whether this service's store answers (readiness, and its consumer's probe).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.store.ping().await
+    }
+
     pub fn new(
         store: Arc<dyn FollowStore>,
         ids: Arc<IdGenerator>,
@@ -462,6 +467,9 @@ mod tests {
 
     #[async_trait]
     impl FollowStore for DeletedDuringFollow {
+        async fn ping(&self) -> Result<(), StoreError> {
+            self.store.ping().await
+        }
         async fn follow(
             &self,
             follower: u64,

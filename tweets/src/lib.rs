@@ -179,4 +179,8 @@ impl EventHandler for TweetsEvents {
         }
         Ok(())
     }
+
+    async fn probe(&self) -> Result<(), HandlerError> {
+        Ok(self.tweets.ping().await?)
+    }
 }

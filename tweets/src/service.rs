@@ -84,6 +84,11 @@ pub struct Tweets {
 }
 
 impl Tweets {
+    /// Whether this service's store answers (readiness, and its consumer's probe).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.store.ping().await
+    }
+
     pub fn new(store: Arc<dyn TweetStore>, ids: Arc<IdGenerator>) -> Self {
         Self {
             store,

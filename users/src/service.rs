@@ -119,6 +119,11 @@ pub struct Users {
 }
 
 impl Users {
+    /// Whether this service's store answers (readiness, and its consumer's probe).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.store.ping().await
+    }
+
     /// Fails only if the password hasher cannot run at all.
     pub fn new(
         store: Arc<dyn UserStore>,

@@ -14,8 +14,8 @@ use tokio_util::sync::CancellationToken;
 use twtr_proto::events::v1::Envelope;
 
 use super::{
-    ConsumerSettings, Delivery, EventBus, EventHandler, HandlerError, QueueSpec, RetryPolicy,
-    Subscription, consume, publish,
+    ConsumerSettings, Delivery, EventBus, EventHandler, HandlerError, Permanent, QueueSpec,
+    RetryPolicy, Subscription, consume, publish,
 };
 
 /// Generates one `#[tokio::test]` per conformance check for the backend built by `$open`, which
@@ -31,12 +31,16 @@ macro_rules! event_bus_conformance {
                 acked_messages_are_gone,
                 requeued_messages_come_back_with_the_same_attempt,
                 retried_messages_wait_without_blocking_the_queue,
+                short_delays_do_not_wait_behind_long_ones,
                 dead_letters_keep_their_error_and_leave_the_queue,
+                redrive_moves_dead_letters_back_with_a_clean_record,
                 unsettled_deliveries_return_when_their_consumer_goes,
                 an_abandoned_next_loses_nothing,
                 competing_consumers_share_a_queue,
                 consume_retries_a_failing_event_until_it_succeeds,
                 consume_dead_letters_a_poison_event_and_moves_on,
+                consume_gives_up_past_the_retry_horizon,
+                consume_pauses_while_its_store_is_down,
                 consume_handles_up_to_prefetch_deliveries_at_once,
                 depths_count_what_waits_and_what_is_dead,
             );
@@ -44,9 +48,17 @@ macro_rules! event_bus_conformance {
     };
 }
 
-/// The retry delay the suite's queues use: short, so retries are quick, but long enough to see
+/// The shortest retry delay the suite uses: short, so retries are quick, but long enough to see
 /// that a retried message does not hold up the ones behind it.
-pub const RETRY_DELAY: Duration = Duration::from_millis(300);
+pub const RETRY_DELAY: Duration = Duration::from_millis(200);
+
+/// The suite's retry policy: tiers of 200, 400 and 800 ms, a horizon no check reaches unless
+/// it sets its own.
+pub const POLICY: RetryPolicy = RetryPolicy {
+    first_delay: RETRY_DELAY,
+    max_delay: Duration::from_millis(800),
+    horizon: Duration::from_secs(600),
+};
 
 /// A test event with the given ID and routing key.
 pub fn event(event_id: u64, routing_key: &str) -> Envelope {
@@ -75,7 +87,7 @@ pub fn spec(name: &str, bindings: &[String]) -> QueueSpec {
         name: name.to_owned(),
         bindings: bindings.to_vec(),
         prefetch: 1,
-        retry_delay: RETRY_DELAY,
+        retry: POLICY,
     }
 }
 
@@ -194,8 +206,10 @@ pub async fn retried_messages_wait_without_blocking_the_queue(bus: Arc<dyn Event
 
     let failing = next(&mut sub).await;
     assert_eq!((id_of(&failing), failing.attempt), (1, 1));
+    assert_eq!(failing.first_failed_at_ms, None, "nothing failed yet");
     let retried_at = tokio::time::Instant::now();
-    failing.retry("boom").await.expect("retry");
+    let first_failed = crate::clock::now_millis();
+    failing.retry("boom", RETRY_DELAY).await.expect("retry");
     // The message behind it is not held up by the one waiting to be retried...
     let fine = next(&mut sub).await;
     assert_eq!(id_of(&fine), 2);
@@ -208,10 +222,52 @@ pub async fn retried_messages_wait_without_blocking_the_queue(bus: Arc<dyn Event
         retried_at.elapsed()
     );
     assert_eq!((id_of(&again), again.attempt), (1, 2));
-    again.retry("boom again").await.expect("retry");
+    let since = again
+        .first_failed_at_ms
+        .expect("it remembers its first failure");
+    assert!(
+        (since - first_failed).abs() < 1000,
+        "first failed at {since}, not {first_failed}"
+    );
+    again
+        .retry("boom again", RETRY_DELAY * 2)
+        .await
+        .expect("retry");
     let third = next(&mut sub).await;
     assert_eq!((id_of(&third), third.attempt), (1, 3));
+    assert_eq!(
+        third.first_failed_at_ms,
+        Some(since),
+        "the first failure stays the first"
+    );
     third.ack().await.expect("ack");
+}
+
+/// A message retried with a short delay comes back before one retried earlier with a long
+/// delay (a broker expires messages only at the head of a queue: each delay needs its tier).
+pub async fn short_delays_do_not_wait_behind_long_ones(bus: Arc<dyn EventBus>) {
+    let topic = unique("tiers");
+    let mut sub = subscribe(&bus, &unique("tiersq"), &[format!("{topic}.*")]).await;
+    send(&bus, 1, &format!("{topic}.slow")).await;
+    send(&bus, 2, &format!("{topic}.quick")).await;
+    let slow = next(&mut sub).await;
+    assert_eq!(id_of(&slow), 1);
+    slow.retry("slow", POLICY.max_delay * 4)
+        .await
+        .expect("retry");
+    let quick = next(&mut sub).await;
+    assert_eq!(id_of(&quick), 2);
+    quick.retry("quick", RETRY_DELAY).await.expect("retry");
+    let first_back = next(&mut sub).await;
+    assert_eq!(
+        id_of(&first_back),
+        2,
+        "the short delay came back first, not behind the long one"
+    );
+    first_back.ack().await.expect("ack");
+    let last_back = next(&mut sub).await;
+    assert_eq!(id_of(&last_back), 1);
+    last_back.ack().await.expect("ack");
 }
 
 pub async fn dead_letters_keep_their_error_and_leave_the_queue(bus: Arc<dyn EventBus>) {
@@ -222,7 +278,11 @@ pub async fn dead_letters_keep_their_error_and_leave_the_queue(bus: Arc<dyn Even
     send(&bus, 2, &format!("{topic}.fine")).await;
     let poison = next(&mut sub).await;
     assert_eq!(id_of(&poison), 1);
-    poison.retry("first failure").await.expect("retry");
+    let before = crate::clock::now_millis();
+    poison
+        .retry("first failure", RETRY_DELAY)
+        .await
+        .expect("retry");
     let fine = next(&mut sub).await;
     assert_eq!(
         id_of(&fine),
@@ -243,8 +303,72 @@ pub async fn dead_letters_keep_their_error_and_leave_the_queue(bus: Arc<dyn Even
     assert_eq!(dead[0].decode().expect("decodes").event_id, 1);
     assert_eq!(dead[0].attempts, 2);
     assert_eq!(dead[0].error, "handler said no");
+    let after = crate::clock::now_millis();
+    assert!(
+        (before..=after).contains(&dead[0].first_failed_at_ms),
+        "first failed at {} (between {before} and {after})",
+        dead[0].first_failed_at_ms
+    );
+    assert!(
+        (dead[0].first_failed_at_ms..=after).contains(&dead[0].dead_at_ms),
+        "dead at {}",
+        dead[0].dead_at_ms
+    );
     // Looking does not take them away.
     assert_eq!(bus.dead_letters(&queue, 10).await.expect("again").len(), 1);
+}
+
+/// Dead letters go back to the work queue when an operator re-drives them, all or by event ID,
+/// starting over as first attempts; re-driving an empty dead-letter queue moves nothing.
+pub async fn redrive_moves_dead_letters_back_with_a_clean_record(bus: Arc<dyn EventBus>) {
+    let topic = unique("redrive");
+    let queue = unique("redriveq");
+    let mut sub = subscribe(&bus, &queue, &[format!("{topic}.*")]).await;
+    for id in 1..=3 {
+        send(&bus, id, &format!("{topic}.x")).await;
+    }
+    for _ in 1..=3 {
+        let delivery = next(&mut sub).await;
+        delivery
+            .dead_letter("store said no")
+            .await
+            .expect("dead-letter");
+    }
+    let dead_ids = |dead: Vec<super::DeadLetter>| {
+        let mut ids: Vec<u64> = dead.iter().map(|d| d.decode().unwrap().event_id).collect();
+        ids.sort_unstable();
+        ids
+    };
+    assert_eq!(
+        dead_ids(bus.dead_letters(&queue, 10).await.unwrap()),
+        vec![1, 2, 3]
+    );
+
+    assert_eq!(bus.redrive(&queue, 10, &[2]).await.expect("redrive"), 1);
+    let back = next(&mut sub).await;
+    assert_eq!(
+        (id_of(&back), back.attempt, back.first_failed_at_ms),
+        (2, 1, None),
+        "re-driven as a first attempt"
+    );
+    back.ack().await.expect("ack");
+    assert_eq!(
+        dead_ids(bus.dead_letters(&queue, 10).await.unwrap()),
+        vec![1, 3]
+    );
+
+    assert_eq!(bus.redrive(&queue, 10, &[]).await.expect("redrive all"), 2);
+    let mut again = Vec::new();
+    for _ in 0..2 {
+        let delivery = next(&mut sub).await;
+        again.push(id_of(&delivery));
+        delivery.ack().await.expect("ack");
+    }
+    again.sort_unstable();
+    assert_eq!(again, vec![1, 3]);
+    assert_eq!(bus.redrive(&queue, 10, &[]).await.expect("nothing left"), 0);
+    assert!(bus.dead_letters(&queue, 10).await.unwrap().is_empty());
+    nothing_within(&mut sub, RETRY_DELAY * 2).await;
 }
 
 /// Polls `bus.depths(queue)` until it reads `(waiting, dead)` (a broker's counts trail its
@@ -338,12 +462,16 @@ pub async fn competing_consumers_share_a_queue(bus: Arc<dyn EventBus>) {
     other.ack().await.expect("ack");
 }
 
-/// Fails every event whose ID is in `poison`, and the first `flaky` deliveries of the rest;
-/// records what it handled.
+/// Fails every event whose ID is in `poison` permanently, every event in `stuck` transiently,
+/// and the first `flaky` deliveries of the rest transiently; while `store_down`, fails every
+/// event and its probe. Records what it handled.
 struct Handler {
     poison: Vec<u64>,
+    stuck: Vec<u64>,
     flaky: AtomicU32,
+    store_down: std::sync::atomic::AtomicBool,
     calls: AtomicU32,
+    probes: AtomicU32,
     handled: Mutex<Vec<u64>>,
 }
 
@@ -351,8 +479,11 @@ impl Handler {
     fn new(poison: Vec<u64>, flaky: u32) -> Arc<Self> {
         Arc::new(Self {
             poison,
+            stuck: Vec::new(),
             flaky: AtomicU32::new(flaky),
+            store_down: std::sync::atomic::AtomicBool::new(false),
             calls: AtomicU32::new(0),
+            probes: AtomicU32::new(0),
             handled: Mutex::new(Vec::new()),
         })
     }
@@ -362,8 +493,14 @@ impl Handler {
 impl EventHandler for Handler {
     async fn handle(&self, event: &Envelope) -> Result<(), HandlerError> {
         self.calls.fetch_add(1, Ordering::SeqCst);
+        if self.store_down.load(Ordering::SeqCst) {
+            return Err("store unreachable".into());
+        }
         if self.poison.contains(&event.event_id) {
-            return Err("poison".into());
+            return Err(Box::new(Permanent("poison".into())));
+        }
+        if self.stuck.contains(&event.event_id) {
+            return Err("peer unavailable".into());
         }
         if self.flaky.load(Ordering::SeqCst) > 0 {
             self.flaky.fetch_sub(1, Ordering::SeqCst);
@@ -372,14 +509,19 @@ impl EventHandler for Handler {
         self.handled.lock().unwrap().push(event.event_id);
         Ok(())
     }
+
+    async fn probe(&self) -> Result<(), HandlerError> {
+        self.probes.fetch_add(1, Ordering::SeqCst);
+        if self.store_down.load(Ordering::SeqCst) {
+            return Err("store unreachable".into());
+        }
+        Ok(())
+    }
 }
 
-const POLICY: RetryPolicy = RetryPolicy { max_attempts: 3 };
-
-/// The suite's consumer: one delivery at a time, [`POLICY`]'s attempts.
+/// The suite's consumer: one delivery at a time, [`POLICY`]'s delays.
 const SETTINGS: ConsumerSettings = ConsumerSettings {
     prefetch: 1,
-    retry_delay: RETRY_DELAY,
     retry: POLICY,
 };
 
@@ -390,19 +532,18 @@ async fn run_consumer(
     events: &[u64],
     done: impl Fn(&Handler) -> bool,
 ) -> String {
-    let topic = unique("consume");
-    let queue = unique("consumeq");
-    let subscription = subscribe(bus, &queue, &[format!("{topic}.*")]).await;
-    for id in events {
-        send(bus, *id, &format!("{topic}.x")).await;
-    }
-    let shutdown = CancellationToken::new();
-    let consumer = {
-        let (handler, shutdown, queue) = (Arc::clone(&handler), shutdown.clone(), queue.clone());
-        tokio::spawn(async move {
-            consume(&queue, subscription, handler.as_ref(), SETTINGS, shutdown).await
-        })
-    };
+    run_consumer_with(bus, handler, SETTINGS, events, done).await
+}
+
+/// [`run_consumer`] with `settings` of the check's own.
+async fn run_consumer_with(
+    bus: &Arc<dyn EventBus>,
+    handler: Arc<Handler>,
+    settings: ConsumerSettings,
+    events: &[u64],
+    done: impl Fn(&Handler) -> bool,
+) -> String {
+    let running = start_consumer(bus, Arc::clone(&handler), settings, events).await;
     tokio::time::timeout(Duration::from_secs(20), async {
         while !done(&handler) {
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -410,9 +551,54 @@ async fn run_consumer(
     })
     .await
     .expect("the consumer got there in time");
-    shutdown.cancel();
-    consumer.await.unwrap().unwrap();
-    queue
+    running.stop().await
+}
+
+/// A [`consume`] loop running on a queue of its own.
+struct Running {
+    queue: String,
+    shutdown: CancellationToken,
+    consumer: tokio::task::JoinHandle<Result<(), super::BusError>>,
+}
+
+impl Running {
+    /// Stops the consumer (it settles what it holds) and returns its queue's name.
+    async fn stop(self) -> String {
+        self.shutdown.cancel();
+        self.consumer.await.unwrap().unwrap();
+        self.queue
+    }
+}
+
+/// Starts [`consume`] with `handler` on a fresh queue holding `events`.
+async fn start_consumer(
+    bus: &Arc<dyn EventBus>,
+    handler: Arc<Handler>,
+    settings: ConsumerSettings,
+    events: &[u64],
+) -> Running {
+    let topic = unique("consume");
+    let queue = unique("consumeq");
+    let spec = QueueSpec {
+        retry: settings.retry,
+        ..spec(&queue, &[format!("{topic}.*")])
+    };
+    let subscription = bus.subscribe(&spec).await.expect("subscribe");
+    for id in events {
+        send(bus, *id, &format!("{topic}.x")).await;
+    }
+    let shutdown = CancellationToken::new();
+    let consumer = {
+        let (handler, shutdown, queue) = (Arc::clone(&handler), shutdown.clone(), queue.clone());
+        tokio::spawn(async move {
+            consume(&queue, subscription, handler.as_ref(), settings, shutdown).await
+        })
+    };
+    Running {
+        queue,
+        shutdown,
+        consumer,
+    }
 }
 
 pub async fn consume_retries_a_failing_event_until_it_succeeds(bus: Arc<dyn EventBus>) {
@@ -435,20 +621,102 @@ pub async fn consume_retries_a_failing_event_until_it_succeeds(bus: Arc<dyn Even
 pub async fn consume_dead_letters_a_poison_event_and_moves_on(bus: Arc<dyn EventBus>) {
     let handler = Handler::new(vec![1], 0);
     let queue = run_consumer(&bus, Arc::clone(&handler), &[1, 2], |h| {
-        h.calls.load(Ordering::SeqCst) > POLICY.max_attempts
+        h.handled.lock().unwrap().len() == 1
     })
     .await;
     assert_eq!(*handler.handled.lock().unwrap(), vec![2]);
     assert_eq!(
         handler.calls.load(Ordering::SeqCst),
-        POLICY.max_attempts + 1
+        2,
+        "a permanent failure is not retried"
     );
     let dead = bus.dead_letters(&queue, 10).await.unwrap();
     let dead: Vec<(u64, u32, &str)> = dead
         .iter()
         .map(|d| (d.decode().unwrap().event_id, d.attempts, d.error.as_str()))
         .collect();
-    assert_eq!(dead, vec![(1, POLICY.max_attempts, "poison")]);
+    assert_eq!(dead, vec![(1, 1, "permanent failure: poison")]);
+}
+
+/// A transient failure is retried with growing delays until the horizon, then dead-lettered
+/// with the reason; the events behind it flow meanwhile.
+pub async fn consume_gives_up_past_the_retry_horizon(bus: Arc<dyn EventBus>) {
+    let handler = Arc::new(Handler {
+        stuck: vec![1],
+        ..Arc::into_inner(Handler::new(vec![], 0)).unwrap()
+    });
+    let horizon = Duration::from_millis(1500);
+    let settings = ConsumerSettings {
+        retry: RetryPolicy { horizon, ..POLICY },
+        ..SETTINGS
+    };
+    let running = start_consumer(&bus, Arc::clone(&handler), settings, &[1, 2]).await;
+    let deadline = tokio::time::Instant::now() + DELIVERY_DEADLINE;
+    while bus
+        .dead_letters(&running.queue, 10)
+        .await
+        .unwrap()
+        .is_empty()
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the stuck event was never given up on"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let queue = running.stop().await;
+    assert_eq!(*handler.handled.lock().unwrap(), vec![2]);
+    let dead = bus.dead_letters(&queue, 10).await.unwrap();
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0].decode().unwrap().event_id, 1);
+    assert!(
+        dead[0].error.contains("past the retry horizon")
+            && dead[0].error.ends_with("peer unavailable"),
+        "{}",
+        dead[0].error
+    );
+    // Backing off from 200 ms doubling to 800 ms, 1.5 s of failing is 3 to 6 attempts.
+    let calls = handler.calls.load(Ordering::SeqCst) - 1;
+    assert!((3..=7).contains(&calls), "{calls} attempts");
+    assert_eq!(dead[0].attempts, calls);
+}
+
+/// While its store does not answer, a consumer takes no deliveries, so an outage spends no
+/// retries; it resumes when the store answers, and every event is handled on its first try.
+pub async fn consume_pauses_while_its_store_is_down(bus: Arc<dyn EventBus>) {
+    let handler = Handler::new(vec![], 0);
+    handler.store_down.store(true, Ordering::SeqCst);
+    let outage = Duration::from_millis(2000);
+    let recovery = {
+        let handler = Arc::clone(&handler);
+        tokio::spawn(async move {
+            tokio::time::sleep(outage).await;
+            // The consumer held still through the outage: one delivery tried, then probes.
+            let calls = handler.calls.load(Ordering::SeqCst);
+            let probes = handler.probes.load(Ordering::SeqCst);
+            handler.store_down.store(false, Ordering::SeqCst);
+            (calls, probes)
+        })
+    };
+    let queue = run_consumer(&bus, Arc::clone(&handler), &[1, 2, 3], |h| {
+        h.handled.lock().unwrap().len() == 3
+    })
+    .await;
+    let (calls_in_outage, probes_in_outage) = recovery.await.unwrap();
+    assert_eq!(calls_in_outage, 1, "one delivery failed, then it paused");
+    assert!(
+        probes_in_outage >= 3,
+        "it kept probing the store ({probes_in_outage} probes)"
+    );
+    let mut handled = handler.handled.lock().unwrap().clone();
+    handled.sort_unstable();
+    assert_eq!(handled, vec![1, 2, 3]);
+    assert_eq!(
+        handler.calls.load(Ordering::SeqCst),
+        4,
+        "the failed delivery came back once, untouched; nothing else was tried in the outage"
+    );
+    assert!(bus.dead_letters(&queue, 10).await.unwrap().is_empty());
 }
 
 /// Counts the handler calls running at once, holding each one until `width` run together (or

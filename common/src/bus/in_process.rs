@@ -1,12 +1,23 @@
 //! The in-process event bus, for the all-in-one mode: the same contract as RabbitMQ (durable
-//! queues bound by routing-key patterns, at-least-once delivery, explicit settlement, a retry
-//! delay, dead-lettering), kept in its own redb file so that published events survive a crash
-//! exactly like the outbox that feeds them.
+//! queues bound by routing-key patterns, at-least-once delivery, explicit settlement, delay
+//! queues, dead-lettering and re-driving), kept in its own redb file so that published events
+//! survive a crash exactly like the outbox that feeds them.
 //!
-//! Messages live in the `bus_messages` table keyed by `(queue, sequence)`, with the number of
-//! failed attempts in front of the body. What is in memory only: which deliveries a consumer
-//! holds, and until when a retried message waits. After a crash every unacknowledged message is
-//! simply delivered again, and a waiting retry is due at once.
+//! # Tables
+//!
+//! | table | key | what it holds |
+//! |---|---|---|
+//! | `bus_bindings` | queue | its binding patterns, one per line |
+//! | `bus_messages_v2` | (queue, sequence) | messages ready for a consumer or held by one, in queue order |
+//! | `bus_delayed` | (queue, due time, sequence) | retried messages waiting out their delay, soonest first |
+//! | `bus_dead_letters_v2` | (queue, sequence) | messages given up on, with the reason |
+//! | `bus_meta` | name | `next_seq`, which orders messages within each queue |
+//!
+//! A retried message leaves `bus_messages_v2` for `bus_delayed`; once due it goes back to the
+//! tail of its queue under a new sequence (as RabbitMQ's delay queues dead-letter back into the
+//! work queue), so a consumer never scans past waiting messages. What is in memory only: which
+//! deliveries a consumer holds. After a crash every unacknowledged message is simply delivered
+//! again, and a delayed one waits out the rest of its delay (due times are wall-clock times).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
@@ -17,25 +28,43 @@ use async_trait::async_trait;
 use prost::Message as _;
 use redb::{ReadableTable as _, TableDefinition};
 use tokio::sync::Notify;
-use tokio::time::Instant;
 use twtr_proto::events::v1::Envelope;
 
 use super::{
-    Acker, BusError, DeadLetter, Delivery, EventBus, QueueDepths, QueueSpec, Subscription,
-    topic_matches,
+    Acker, BusError, DeadLetter, Delivery, EventBus, FailureRecord, QueueDepths, QueueSpec,
+    Subscription, topic_matches,
 };
-use crate::embedded::EmbeddedDb;
+use crate::clock;
+use crate::embedded::{EmbeddedDb, Tx};
 use crate::store::StoreError;
 
 /// Queue name -> its binding patterns, one per line.
 const BINDINGS: TableDefinition<&str, &str> = TableDefinition::new("bus_bindings");
-/// (queue, sequence) -> 4-byte little-endian count of failed deliveries, then the body.
-const MESSAGES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("bus_messages");
+/// (queue, sequence) -> a [`StoredMessage`].
+const MESSAGES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("bus_messages_v2");
+/// (queue, due at in Unix ms, sequence) -> a [`StoredMessage`] waiting out its retry delay.
+const DELAYED: TableDefinition<(&str, i64, u64), &[u8]> = TableDefinition::new("bus_delayed");
 /// (queue, sequence) -> a [`DeadLetterRecord`].
 const DEAD_LETTERS: TableDefinition<(&str, u64), &[u8]> =
     TableDefinition::new("bus_dead_letters_v2");
 /// Counters; `next_seq` orders messages within each queue.
 const META: TableDefinition<&str, u64> = TableDefinition::new("bus_meta");
+/// Messages as earlier versions stored them: a 4-byte little-endian count of failed deliveries,
+/// then the body. Moved into [`MESSAGES`] when the bus opens.
+const LEGACY_MESSAGES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("bus_messages");
+
+/// A message in a queue or a delay queue, with its failure record.
+#[derive(Clone, PartialEq, prost::Message)]
+struct StoredMessage {
+    #[prost(bytes = "vec", tag = "1")]
+    body: Vec<u8>,
+    #[prost(uint32, tag = "2")]
+    failures: u32,
+    #[prost(int64, tag = "3")]
+    first_failed_at_ms: i64,
+    #[prost(string, tag = "4")]
+    last_error: String,
+}
 
 /// A dead-lettered message as stored.
 #[derive(Clone, PartialEq, prost::Message)]
@@ -46,6 +75,10 @@ struct DeadLetterRecord {
     error: String,
     #[prost(bytes = "vec", tag = "3")]
     body: Vec<u8>,
+    #[prost(int64, tag = "4")]
+    first_failed_at_ms: i64,
+    #[prost(int64, tag = "5")]
+    dead_at_ms: i64,
 }
 
 /// A durable in-process bus; cheap to clone, share one per process.
@@ -70,41 +103,33 @@ struct State {
 struct QueueState {
     /// Sequences handed to a consumer and not yet settled.
     in_flight: HashSet<u64>,
-    /// Retried messages and when they are due again.
-    waiting: HashMap<u64, Instant>,
-    retry_delay: Duration,
+    /// When the soonest delayed message of this queue is due (Unix ms), if one may be waiting;
+    /// `None` before it was first looked up.
+    next_due: Option<Option<i64>>,
     /// Wakes consumers of this queue when a message becomes available.
     ready: Arc<Notify>,
 }
 
-impl QueueState {
-    /// The earliest time a waiting message is due, if any is waiting.
-    fn next_due(&self) -> Option<Instant> {
-        self.waiting.values().min().copied()
-    }
-}
-
 impl Shared {
     fn state(&self) -> MutexGuard<'_, State> {
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        crate::lock(&self.state)
     }
 
-    /// The message is out of the consumer's hands; `due` says when it may be delivered again.
-    fn release(&self, queue: &str, seq: u64, due: Option<Instant>) {
+    /// The message is out of the consumer's hands (settled, or back in the queue).
+    fn release(&self, queue: &str, seq: u64) {
         let mut state = self.state();
         let queue = state.queues.entry(queue.to_owned()).or_default();
         queue.in_flight.remove(&seq);
-        match due {
-            Some(due) => {
-                queue.waiting.insert(seq, due);
-            }
-            None => {
-                queue.waiting.remove(&seq);
-            }
-        }
         queue.ready.notify_waiters();
+    }
+
+    fn wake(&self, queue: &str) {
+        self.state()
+            .queues
+            .entry(queue.to_owned())
+            .or_default()
+            .ready
+            .notify_waiters();
     }
 }
 
@@ -114,9 +139,10 @@ impl InProcessBus {
         let db = EmbeddedDb::open(path, |tx| {
             tx.open_table(BINDINGS)?;
             tx.open_table(MESSAGES)?;
+            tx.open_table(DELAYED)?;
             tx.open_table(DEAD_LETTERS)?;
             tx.open_table(META)?;
-            Ok(())
+            move_legacy_messages(tx)
         })?;
         let bindings = load_bindings(&db)?;
         Ok(Self {
@@ -129,6 +155,30 @@ impl InProcessBus {
             }),
         })
     }
+}
+
+/// Moves messages stored by earlier versions into [`MESSAGES`], keeping their sequences (so
+/// their order) and failure counts.
+fn move_legacy_messages(tx: &Tx<'_>) -> Result<(), StoreError> {
+    let mut legacy = tx.open_table(LEGACY_MESSAGES)?;
+    let mut messages = tx.open_table(MESSAGES)?;
+    let now = clock::now_millis();
+    while let Some((key, value)) = legacy.pop_first()? {
+        let (queue, seq) = key.value();
+        let value = value.value();
+        let (failures, body) = value
+            .split_first_chunk::<4>()
+            .ok_or_else(|| StoreError::Corrupt("bus message shorter than its header".into()))?;
+        let failures = u32::from_le_bytes(*failures);
+        let stored = StoredMessage {
+            body: body.to_vec(),
+            failures,
+            first_failed_at_ms: if failures > 0 { now } else { 0 },
+            last_error: String::new(),
+        };
+        messages.insert((queue, seq), stored.encode_to_vec().as_slice())?;
+    }
+    Ok(())
 }
 
 /// Reads the bindings declared in earlier runs; called once, while opening.
@@ -145,18 +195,17 @@ fn load_bindings(db: &EmbeddedDb) -> Result<BTreeMap<String, Vec<String>>, Store
     })
 }
 
-fn encode_message(failures: u32, body: &[u8]) -> Vec<u8> {
-    let mut value = Vec::with_capacity(4 + body.len());
-    value.extend_from_slice(&failures.to_le_bytes());
-    value.extend_from_slice(body);
-    value
+/// Takes the next sequence number from `meta`.
+fn next_seq(tx: &Tx<'_>) -> Result<u64, StoreError> {
+    let mut meta = tx.open_table(META)?;
+    let seq = meta.get("next_seq")?.map_or(1, |v| v.value());
+    meta.insert("next_seq", seq + 1)?;
+    Ok(seq)
 }
 
-fn decode_message(value: &[u8]) -> Result<(u32, &[u8]), StoreError> {
-    let (failures, body) = value
-        .split_first_chunk::<4>()
-        .ok_or_else(|| StoreError::Corrupt("bus message shorter than its header".into()))?;
-    Ok((u32::from_le_bytes(*failures), body))
+/// The due time and key range of `queue`'s delayed messages.
+fn delayed_range(queue: &str) -> std::ops::RangeInclusive<(&str, i64, u64)> {
+    (queue, i64::MIN, 0)..=(queue, i64::MAX, u64::MAX)
 }
 
 #[async_trait]
@@ -176,7 +225,11 @@ impl EventBus for InProcessBus {
                         })
                         .map(|(queue, _)| queue.clone())
                         .collect();
-                    (queues, encode_message(0, &event.encode_to_vec()))
+                    let stored = StoredMessage {
+                        body: event.encode_to_vec(),
+                        ..StoredMessage::default()
+                    };
+                    (queues, stored.encode_to_vec())
                 })
                 .collect()
         };
@@ -204,14 +257,8 @@ impl EventBus for InProcessBus {
             .await;
         match stored {
             Ok(()) => {
-                let mut state = self.shared.state();
                 for queue in touched {
-                    state
-                        .queues
-                        .entry(queue)
-                        .or_default()
-                        .ready
-                        .notify_waiters();
+                    self.shared.wake(&queue);
                 }
                 events.iter().map(|_| Ok(())).collect()
             }
@@ -248,11 +295,7 @@ impl EventBus for InProcessBus {
         {
             let mut state = self.shared.state();
             state.bindings.insert(spec.name.clone(), merged);
-            state
-                .queues
-                .entry(spec.name.clone())
-                .or_default()
-                .retry_delay = spec.retry_delay;
+            state.queues.entry(spec.name.clone()).or_default();
         }
         let weak = Arc::downgrade(&self.shared);
         super::sample_depths(spec.name.clone(), move || {
@@ -272,18 +315,22 @@ impl EventBus for InProcessBus {
             .get(queue)
             .map_or(0, |q| q.in_flight.len() as u64);
         let queue = queue.to_owned();
-        let (stored, dead) = self
+        let (stored, delayed, dead) = self
             .shared
             .db
             .read(move |txn| {
                 let range = (queue.as_str(), 0)..=(queue.as_str(), u64::MAX);
                 let stored = txn.open_table(MESSAGES)?.range(range.clone())?.count();
+                let delayed = txn
+                    .open_table(DELAYED)?
+                    .range(delayed_range(&queue))?
+                    .count();
                 let dead = txn.open_table(DEAD_LETTERS)?.range(range)?.count();
-                Ok((stored as u64, dead as u64))
+                Ok((stored as u64, delayed as u64, dead as u64))
             })
             .await?;
         Ok(QueueDepths {
-            waiting: stored.saturating_sub(held),
+            waiting: stored.saturating_sub(held) + delayed,
             dead,
         })
     }
@@ -305,12 +352,57 @@ impl EventBus for InProcessBus {
                         body: record.body,
                         attempts: record.attempts,
                         error: record.error,
+                        first_failed_at_ms: record.first_failed_at_ms,
+                        dead_at_ms: record.dead_at_ms,
                     });
                 }
                 Ok(out)
             })
             .await?;
         Ok(dead)
+    }
+
+    async fn redrive(&self, queue: &str, max: usize, only: &[u64]) -> Result<usize, BusError> {
+        let (name, only) = (queue.to_owned(), only.to_vec());
+        let moved = self
+            .shared
+            .db
+            .write(move |tx| {
+                let mut dead = tx.open_table(DEAD_LETTERS)?;
+                let mut picked = Vec::new();
+                for row in dead.range((name.as_str(), 0)..=(name.as_str(), u64::MAX))? {
+                    if picked.len() == max {
+                        break;
+                    }
+                    let (key, value) = row?;
+                    let record = DeadLetterRecord::decode(value.value())?;
+                    let wanted = only.is_empty()
+                        || Envelope::decode(record.body.as_slice())
+                            .is_ok_and(|event| only.contains(&event.event_id));
+                    if wanted {
+                        picked.push((key.value().1, record.body));
+                    }
+                }
+                for (seq, _) in &picked {
+                    dead.remove((name.as_str(), *seq))?;
+                }
+                drop(dead);
+                let mut messages = tx.open_table(MESSAGES)?;
+                for (_, body) in &picked {
+                    let stored = StoredMessage {
+                        body: body.clone(),
+                        ..StoredMessage::default()
+                    };
+                    let seq = next_seq(tx)?;
+                    messages.insert((name.as_str(), seq), stored.encode_to_vec().as_slice())?;
+                }
+                Ok(picked.len())
+            })
+            .await?;
+        if moved > 0 {
+            self.shared.wake(queue);
+        }
+        Ok(moved)
     }
 }
 
@@ -320,8 +412,60 @@ struct InProcessSubscription {
 }
 
 impl InProcessSubscription {
-    /// Claims the oldest message of the queue that no consumer holds and that is not waiting
-    /// for a retry, if any.
+    /// Moves this queue's delayed messages that are due to the tail of the queue, if the
+    /// soonest is due. Remembers when the next one will be.
+    async fn release_due(&self) -> Result<(), BusError> {
+        let now = clock::now_millis();
+        let known = self
+            .shared
+            .state()
+            .queues
+            .get(&self.queue)
+            .and_then(|q| q.next_due);
+        if let Some(next_due) = known
+            && next_due.is_none_or(|due| due > now)
+        {
+            return Ok(());
+        }
+        let queue = self.queue.clone();
+        let next_due = self
+            .shared
+            .db
+            .write(move |tx| {
+                let mut delayed = tx.open_table(DELAYED)?;
+                let mut due = Vec::new();
+                let mut next_due = None;
+                for row in delayed.range(delayed_range(&queue))? {
+                    let (key, value) = row?;
+                    let (_, due_at, seq) = key.value();
+                    if due_at > now {
+                        next_due = Some(due_at);
+                        break;
+                    }
+                    due.push((due_at, seq, value.value().to_vec()));
+                }
+                for (due_at, seq, _) in &due {
+                    delayed.remove((queue.as_str(), *due_at, *seq))?;
+                }
+                drop(delayed);
+                let mut messages = tx.open_table(MESSAGES)?;
+                for (_, _, value) in &due {
+                    let seq = next_seq(tx)?;
+                    messages.insert((queue.as_str(), seq), value.as_slice())?;
+                }
+                Ok(next_due)
+            })
+            .await?;
+        self.shared
+            .state()
+            .queues
+            .entry(self.queue.clone())
+            .or_default()
+            .next_due = Some(next_due);
+        Ok(())
+    }
+
+    /// Claims the oldest message of the queue that no consumer holds, if any.
     ///
     /// Cancellation-safe: the blocking read only looks; the claim itself (marking the message in
     /// flight) happens after it, with no await before the delivery is returned. So a `next()`
@@ -330,7 +474,6 @@ impl InProcessSubscription {
         const LOOK_AHEAD: usize = 64;
         let shared = Arc::clone(&self.shared);
         let queue = self.queue.clone();
-        let now = Instant::now();
         let candidates = self
             .shared
             .db
@@ -340,16 +483,13 @@ impl InProcessSubscription {
                 for row in messages.range((queue.as_str(), 0)..=(queue.as_str(), u64::MAX))? {
                     let (key, value) = row?;
                     let seq = key.value().1;
-                    let available = {
-                        let state = shared.state();
-                        state.queues.get(&queue).is_none_or(|q| {
-                            !q.in_flight.contains(&seq)
-                                && q.waiting.get(&seq).is_none_or(|due| *due <= now)
-                        })
-                    };
-                    if available {
-                        let (failures, body) = decode_message(value.value())?;
-                        found.push((seq, failures, body.to_vec()));
+                    let held = shared
+                        .state()
+                        .queues
+                        .get(&queue)
+                        .is_some_and(|q| q.in_flight.contains(&seq));
+                    if !held {
+                        found.push((seq, StoredMessage::decode(value.value())?));
                         if found.len() == LOOK_AHEAD {
                             break;
                         }
@@ -360,19 +500,24 @@ impl InProcessSubscription {
             .await?;
         let mut state = self.shared.state();
         let queue_state = state.queues.entry(self.queue.clone()).or_default();
-        for (seq, failures, body) in candidates {
-            let waiting = queue_state.waiting.get(&seq).is_some_and(|due| *due > now);
-            if waiting || !queue_state.in_flight.insert(seq) {
+        for (seq, stored) in candidates {
+            if !queue_state.in_flight.insert(seq) {
                 continue; // another consumer took it since the read
             }
+            let first_failed = (stored.failures > 0).then_some(stored.first_failed_at_ms);
             let acker = InProcessAcker {
                 shared: Arc::clone(&self.shared),
                 queue: self.queue.clone(),
                 seq,
-                body: body.clone(),
+                body: stored.body.clone(),
                 settled: false,
             };
-            return Ok(Some(Delivery::new(body, failures + 1, Box::new(acker))));
+            return Ok(Some(Delivery::new(
+                stored.body,
+                stored.failures + 1,
+                first_failed,
+                Box::new(acker),
+            )));
         }
         Ok(None)
     }
@@ -395,6 +540,7 @@ impl Subscription for InProcessSubscription {
             let notified = ready.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
+            self.release_due().await?;
             if let Some(delivery) = self.try_claim().await? {
                 return Ok(delivery);
             }
@@ -403,12 +549,13 @@ impl Subscription for InProcessSubscription {
                 .state()
                 .queues
                 .get(&self.queue)
-                .and_then(QueueState::next_due);
+                .and_then(|q| q.next_due.flatten());
             match due {
                 Some(due) => {
+                    let wait = u64::try_from(due - clock::now_millis()).unwrap_or(0);
                     tokio::select! {
                         () = notified => {}
-                        () = tokio::time::sleep_until(due) => {}
+                        () = tokio::time::sleep(Duration::from_millis(wait)) => {}
                     }
                 }
                 None => notified.await,
@@ -425,65 +572,69 @@ struct InProcessAcker {
     settled: bool,
 }
 
-#[derive(Clone)]
 enum Outcome {
     Ack,
-    Requeue,
-    Retry { failures: u32 },
-    DeadLetter { failures: u32, error: String },
+    Retry { failure: FailureRecord, due_at: i64 },
+    DeadLetter { failure: FailureRecord },
 }
 
 impl InProcessAcker {
     async fn settle(mut self: Box<Self>, outcome: Outcome) -> Result<(), BusError> {
         let (queue, seq) = (self.queue.clone(), self.seq);
         let body = std::mem::take(&mut self.body);
-        let due = match outcome {
-            Outcome::Retry { .. } => {
-                let delay = self
-                    .shared
-                    .state()
-                    .queues
-                    .get(&self.queue)
-                    .map_or(Duration::ZERO, |q| q.retry_delay);
-                Some(Instant::now() + delay)
-            }
+        let retry_due = match &outcome {
+            Outcome::Retry { due_at, .. } => Some(*due_at),
             _ => None,
         };
-        let result = match outcome {
-            Outcome::Requeue => Ok(()),
-            outcome => {
-                self.shared
-                    .db
-                    .write(move |tx| {
-                        let mut messages = tx.open_table(MESSAGES)?;
-                        let key = (queue.as_str(), seq);
-                        match outcome {
-                            Outcome::Ack | Outcome::Requeue => {
-                                messages.remove(key)?;
-                            }
-                            Outcome::Retry { failures } => {
-                                messages.insert(key, encode_message(failures, &body).as_slice())?;
-                            }
-                            Outcome::DeadLetter { failures, error } => {
-                                messages.remove(key)?;
-                                let record = DeadLetterRecord {
-                                    attempts: failures,
-                                    error,
-                                    body,
-                                };
-                                tx.open_table(DEAD_LETTERS)?
-                                    .insert(key, record.encode_to_vec().as_slice())?;
-                            }
-                        }
-                        Ok(())
-                    })
-                    .await
-            }
-        };
+        let result = self
+            .shared
+            .db
+            .write(move |tx| {
+                let key = (queue.as_str(), seq);
+                tx.open_table(MESSAGES)?.remove(key)?;
+                match outcome {
+                    Outcome::Ack => {}
+                    Outcome::Retry { failure, due_at } => {
+                        let stored = StoredMessage {
+                            body,
+                            failures: failure.failures,
+                            first_failed_at_ms: failure.first_failed_at_ms,
+                            last_error: failure.error,
+                        };
+                        tx.open_table(DELAYED)?.insert(
+                            (queue.as_str(), due_at, seq),
+                            stored.encode_to_vec().as_slice(),
+                        )?;
+                    }
+                    Outcome::DeadLetter { failure } => {
+                        let record = DeadLetterRecord {
+                            attempts: failure.failures,
+                            error: failure.error,
+                            body,
+                            first_failed_at_ms: failure.first_failed_at_ms,
+                            dead_at_ms: clock::now_millis(),
+                        };
+                        tx.open_table(DEAD_LETTERS)?
+                            .insert(key, record.encode_to_vec().as_slice())?;
+                    }
+                }
+                Ok(())
+            })
+            .await;
+        if let (Ok(()), Some(due_at)) = (&result, retry_due) {
+            let mut state = self.shared.state();
+            let queue = state.queues.entry(self.queue.clone()).or_default();
+            // The soonest due time may now be this one.
+            queue.next_due = match queue.next_due {
+                Some(Some(known)) => Some(Some(known.min(due_at))),
+                Some(None) => Some(Some(due_at)),
+                None => None,
+            };
+        }
         // Settled or not, the message is no longer in this consumer's hands; if the write failed
         // it is still stored and will be delivered again.
         self.settled = true;
-        self.shared.release(&self.queue, self.seq, due);
+        self.shared.release(&self.queue, self.seq);
         Ok(result?)
     }
 }
@@ -494,24 +645,33 @@ impl Acker for InProcessAcker {
         self.settle(Outcome::Ack).await
     }
 
-    async fn requeue(self: Box<Self>) -> Result<(), BusError> {
-        self.settle(Outcome::Requeue).await
+    async fn requeue(mut self: Box<Self>) -> Result<(), BusError> {
+        self.settled = true;
+        self.shared.release(&self.queue, self.seq);
+        Ok(())
     }
 
-    async fn retry(self: Box<Self>, failures: u32, _error: &str) -> Result<(), BusError> {
-        self.settle(Outcome::Retry { failures }).await
+    async fn retry(
+        self: Box<Self>,
+        failure: &FailureRecord,
+        delay: Duration,
+    ) -> Result<(), BusError> {
+        let delay_ms = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
+        let due_at = clock::now_millis().saturating_add(delay_ms);
+        let failure = failure.clone();
+        self.settle(Outcome::Retry { failure, due_at }).await
     }
 
-    async fn dead_letter(self: Box<Self>, failures: u32, error: &str) -> Result<(), BusError> {
-        let error = error.to_owned();
-        self.settle(Outcome::DeadLetter { failures, error }).await
+    async fn dead_letter(self: Box<Self>, failure: &FailureRecord) -> Result<(), BusError> {
+        let failure = failure.clone();
+        self.settle(Outcome::DeadLetter { failure }).await
     }
 }
 
 impl Drop for InProcessAcker {
     fn drop(&mut self) {
         if !self.settled {
-            self.shared.release(&self.queue, self.seq, None);
+            self.shared.release(&self.queue, self.seq);
         }
     }
 }

@@ -6,8 +6,8 @@
 //! |---|---|---|
 //! | `<p>.events` | topic exchange | every domain event, routing key `<service>.<event>` |
 //! | `<p>.<queue>` | queue (quorum by default) | a consuming service's work queue, bound to the keys it handles; its replicas are competing consumers |
-//! | `<p>.<queue>.retry` | queue, message TTL = the retry delay | a failed message waits here, then dead-letters back into the work queue |
-//! | `<p>.<queue>.dead` | queue | messages that kept failing, with `x-twtr-last-error` and `x-twtr-failures` headers |
+//! | `<p>.<queue>.retry.<delay>` | queue per delay tier ([`RetryPolicy::tiers`]: `1s`, `2s`, ... `300s`), message TTL = the tier, declared when first needed | a failed message waits here (its own `expiration`, jittered, at most the tier), then dead-letters back into the tail of the work queue |
+//! | `<p>.<queue>.dead` | queue | messages given up on, with `x-twtr-last-error`, `x-twtr-failures`, `x-twtr-first-failed-at` and `x-twtr-dead-at` headers; re-driven into the work queue by an operator |
 //! | `<p>.unrouted` | classic queue, at most 100,000 messages | events that no queue was bound for (a mandatory publish came back); kept, not dropped |
 //! | `<p>.worker.<n>` | exclusive queue | the lease on Snowflake worker number `n` held by one live process |
 //!
@@ -19,6 +19,10 @@
 //! and it reconnects with capped exponential backoff, re-declaring every known queue before
 //! anyone may publish. Subscriptions re-open their channel on the new connection; deliveries
 //! that were in flight are redelivered by the broker.
+//!
+//! A message waits out a retry in the delay queue of the smallest tier that holds its delay:
+//! RabbitMQ expires messages only from the head of a queue, so one queue per tier keeps a short
+//! delay from waiting behind a long one (within a tier, a message waits at most the tier).
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -41,11 +45,11 @@ use tokio_util::sync::CancellationToken;
 use twtr_proto::events::v1::Envelope;
 
 use super::{
-    Acker, BusError, DeadLetter, Delivery, EventBus, QueueDepths, QueueSpec, Readiness,
-    Subscription,
+    Acker, BusError, DeadLetter, Delivery, EventBus, FailureRecord, QueueDepths, QueueSpec,
+    Readiness, RetryPolicy, Subscription,
 };
 use crate::error::error_chain;
-use crate::lock;
+use crate::{clock, lock, metrics};
 
 /// Header carrying how many deliveries of a message have failed so far.
 const FAILURES_HEADER: &str = "x-twtr-failures";
@@ -53,6 +57,10 @@ const FAILURES_HEADER: &str = "x-twtr-failures";
 const LAST_ERROR_HEADER: &str = "x-twtr-last-error";
 /// Header carrying the routing key a message was first published with.
 const ROUTING_KEY_HEADER: &str = "x-twtr-routing-key";
+/// Header carrying when a message's first attempt failed (Unix milliseconds).
+const FIRST_FAILED_HEADER: &str = "x-twtr-first-failed-at";
+/// Header carrying when a message was dead-lettered (Unix milliseconds).
+const DEAD_AT_HEADER: &str = "x-twtr-dead-at";
 /// Bound on the queue of unroutable events, so a forgotten binding cannot fill the broker.
 const UNROUTED_MAX: i64 = 100_000;
 const HEALTH_POLL: Duration = Duration::from_millis(250);
@@ -116,8 +124,14 @@ impl RabbitConfig {
         format!("{}.{queue}", self.prefix)
     }
 
-    fn retry_queue(&self, queue: &str) -> String {
-        format!("{}.{queue}.retry", self.prefix)
+    /// The delay queue of `queue` for the tier `delay`, e.g. `twtr.feeds.retry.4s`.
+    fn delay_queue(&self, queue: &str, delay: Duration) -> String {
+        let tier = if delay.subsec_millis() == 0 {
+            format!("{}s", delay.as_secs())
+        } else {
+            format!("{}ms", delay.as_millis())
+        };
+        format!("{}.{queue}.retry.{tier}", self.prefix)
     }
 
     fn dead_queue(&self, queue: &str) -> String {
@@ -149,6 +163,8 @@ struct Inner {
     live: Mutex<Option<Live>>,
     /// Every queue this process declared, re-declared on each new connection.
     queues: Mutex<Vec<QueueSpec>>,
+    /// Delay queues declared on the current connection (declared when first needed).
+    delay_queues: Mutex<HashSet<String>>,
     /// The worker number this process leases, re-claimed on each new connection.
     worker: Mutex<Option<u16>>,
     /// Routing keys already reported as unroutable (each is logged once).
@@ -195,6 +211,7 @@ impl RabbitBus {
             config,
             live: Mutex::new(None),
             queues: Mutex::new(Vec::new()),
+            delay_queues: Mutex::new(HashSet::new()),
             worker: Mutex::new(None),
             unrouted_keys: Mutex::new(HashSet::new()),
             ready,
@@ -281,6 +298,8 @@ impl Inner {
     /// use it.
     async fn open(&self) -> Result<Live, BusError> {
         let config = &self.config;
+        // A new connection (perhaps to a broker that lost its queues) declares them anew.
+        lock(&self.delay_queues).clear();
         let properties = ConnectionProperties::default()
             .with_connection_name(config.connection_name.as_str().into());
         let connection = Arc::new(
@@ -343,12 +362,16 @@ impl Inner {
         queue: &str,
         body: &[u8],
         headers: FieldTable,
+        expiration: Option<Duration>,
     ) -> Result<(), BusError> {
         let live = self.live().ok_or(BusError::Unavailable)?;
-        let properties = BasicProperties::default()
+        let mut properties = BasicProperties::default()
             .with_delivery_mode(2)
             .with_content_type("application/x-protobuf".into())
             .with_headers(headers);
+        if let Some(expiration) = expiration {
+            properties = properties.with_expiration(expiration.as_millis().to_string().into());
+        }
         let confirm = live
             .publisher
             .basic_publish(
@@ -380,8 +403,24 @@ impl Inner {
         }
         let mut headers = FieldTable::default();
         headers.insert(ROUTING_KEY_HEADER.into(), long_string(routing_key));
-        self.publish_to_queue(&self.config.unrouted(), body, headers)
+        self.publish_to_queue(&self.config.unrouted(), body, headers, None)
             .await
+    }
+
+    /// Declares `queue`'s delay queue for the tier `tier` unless this connection did already,
+    /// and returns its name.
+    async fn delay_queue(&self, queue: &str, tier: Duration) -> Result<String, BusError> {
+        let name = self.config.delay_queue(queue, tier);
+        if lock(&self.delay_queues).contains(&name) {
+            return Ok(name);
+        }
+        let live = self.live().ok_or(BusError::Unavailable)?;
+        // A channel of its own: a refused declaration closes the channel it was made on.
+        let channel = live.connection.create_channel().await.map_err(bus_error)?;
+        declare_delay_queue(&channel, &self.config, queue, tier).await?;
+        let _ = channel.close(200, "declared".into()).await;
+        lock(&self.delay_queues).insert(name.clone());
+        Ok(name)
     }
 }
 
@@ -392,53 +431,70 @@ fn durable_queue() -> QueueDeclareOptions {
     }
 }
 
-/// Declares `spec`'s work, retry and dead-letter queues and binds the work queue.
+/// The arguments of every queue: its type, and its expiry where configured (tests).
+fn base_args(config: &RabbitConfig) -> FieldTable {
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-queue-type".into(),
+        long_string(config.queue_type.as_str()),
+    );
+    if let Some(expiry) = config.queue_expiry {
+        let ms = i64::try_from(expiry.as_millis()).unwrap_or(i64::MAX);
+        args.insert("x-expires".into(), AMQPValue::LongLongInt(ms));
+    }
+    args
+}
+
+/// Declares `queue`'s delay queue for `tier`: messages expire after at most `tier` (each may
+/// carry a shorter `expiration`) and dead-letter back into the work queue.
+async fn declare_delay_queue(
+    channel: &Channel,
+    config: &RabbitConfig,
+    queue: &str,
+    tier: Duration,
+) -> Result<(), BusError> {
+    let mut args = base_args(config);
+    let ttl = i64::try_from(tier.as_millis()).unwrap_or(i64::MAX);
+    args.insert("x-message-ttl".into(), AMQPValue::LongLongInt(ttl));
+    args.insert("x-dead-letter-exchange".into(), long_string(""));
+    args.insert(
+        "x-dead-letter-routing-key".into(),
+        long_string(&config.work_queue(queue)),
+    );
+    if config.queue_type == QueueType::Quorum {
+        // Without these, a quorum queue dead-letters at most once: a message could be lost
+        // between the delay queue and the work queue if a node fails at that moment.
+        args.insert(
+            "x-dead-letter-strategy".into(),
+            long_string("at-least-once"),
+        );
+        args.insert("x-overflow".into(), long_string("reject-publish"));
+    }
+    channel
+        .queue_declare(
+            config.delay_queue(queue, tier).as_str().into(),
+            durable_queue(),
+            args,
+        )
+        .await
+        .map_err(bus_error)?;
+    Ok(())
+}
+
+/// Declares `spec`'s work and dead-letter queues and binds the work queue (delay queues are
+/// declared when first needed, see `Inner::delay_queue`).
 async fn declare_queue(
     channel: &Channel,
     config: &RabbitConfig,
     spec: &QueueSpec,
 ) -> Result<(), BusError> {
-    let (work, retry, dead) = (
-        config.work_queue(&spec.name),
-        config.retry_queue(&spec.name),
-        config.dead_queue(&spec.name),
-    );
-    let base = || {
-        let mut args = FieldTable::default();
-        args.insert(
-            "x-queue-type".into(),
-            long_string(config.queue_type.as_str()),
-        );
-        if let Some(expiry) = config.queue_expiry {
-            let ms = i64::try_from(expiry.as_millis()).unwrap_or(i64::MAX);
-            args.insert("x-expires".into(), AMQPValue::LongLongInt(ms));
-        }
-        args
-    };
+    let (work, dead) = (config.work_queue(&spec.name), config.dead_queue(&spec.name));
     channel
-        .queue_declare(work.as_str().into(), durable_queue(), base())
-        .await
-        .map_err(bus_error)?;
-    let mut retry_args = base();
-    let delay = i64::try_from(spec.retry_delay.as_millis()).unwrap_or(i64::MAX);
-    retry_args.insert("x-message-ttl".into(), AMQPValue::LongLongInt(delay));
-    retry_args.insert("x-dead-letter-exchange".into(), long_string(""));
-    retry_args.insert("x-dead-letter-routing-key".into(), long_string(&work));
-    if config.queue_type == QueueType::Quorum {
-        // Without these, a quorum queue dead-letters at most once: a message could be lost
-        // between the retry queue and the work queue if a node fails at that moment.
-        retry_args.insert(
-            "x-dead-letter-strategy".into(),
-            long_string("at-least-once"),
-        );
-        retry_args.insert("x-overflow".into(), long_string("reject-publish"));
-    }
-    channel
-        .queue_declare(retry.as_str().into(), durable_queue(), retry_args)
+        .queue_declare(work.as_str().into(), durable_queue(), base_args(config))
         .await
         .map_err(bus_error)?;
     channel
-        .queue_declare(dead.as_str().into(), durable_queue(), base())
+        .queue_declare(dead.as_str().into(), durable_queue(), base_args(config))
         .await
         .map_err(bus_error)?;
     for binding in &spec.bindings {
@@ -506,6 +562,7 @@ async fn supervise(inner: std::sync::Weak<Inner>, stop: CancellationToken) {
             Ok(live) => {
                 *lock(&bus.live) = Some(live);
                 bus.ready.send_replace(true);
+                metrics::dependency_up("event_broker", true);
                 if outage_logged {
                     tracing::info!("event broker connection restored");
                 } else {
@@ -516,6 +573,7 @@ async fn supervise(inner: std::sync::Weak<Inner>, stop: CancellationToken) {
             }
             Err(err) => {
                 *lock(&bus.live) = None;
+                metrics::dependency_up("event_broker", false);
                 if !outage_logged {
                     tracing::warn!(
                         error = %error_chain(&err),
@@ -618,12 +676,7 @@ impl EventBus for RabbitBus {
                 .await
                 .map_err(bus_error)?;
             let Some(message) = got else { break };
-            let delivery = message.delivery;
-            out.push(DeadLetter {
-                attempts: failures_of(&delivery.properties),
-                error: header_string(&delivery.properties, LAST_ERROR_HEADER).unwrap_or_default(),
-                body: delivery.data,
-            });
+            out.push(dead_letter_of(message.delivery));
         }
         // Closing the channel returns every message it got, unacknowledged, to the queue.
         channel
@@ -633,33 +686,79 @@ impl EventBus for RabbitBus {
         Ok(out)
     }
 
-    /// From passive declarations: RabbitMQ counts the messages ready in a queue (those a
-    /// consumer holds unacknowledged, at most its prefetch, are not counted).
-    async fn depths(&self, queue: &str) -> Result<QueueDepths, BusError> {
+    /// Takes up to `max` wanted dead letters (each re-published into the work queue with a
+    /// clean record and a confirm before it is acknowledged, so a failure in between leaves a
+    /// copy in both queues, never in neither); the others go back when the channel closes.
+    async fn redrive(&self, queue: &str, max: usize, only: &[u64]) -> Result<usize, BusError> {
+        /// Dead letters looked at per call when only some event IDs are wanted.
+        const SCAN: usize = 10_000;
         let live = self.inner.live().ok_or(BusError::Unavailable)?;
         let channel = live.connection.create_channel().await.map_err(bus_error)?;
-        let config = &self.inner.config;
-        let passive = QueueDeclareOptions {
-            passive: true,
-            ..QueueDeclareOptions::default()
-        };
-        let mut counts = [0u64; 3];
-        let names = [
-            config.work_queue(queue),
-            config.retry_queue(queue),
-            config.dead_queue(queue),
-        ];
-        for (count, name) in counts.iter_mut().zip(&names) {
-            let declared = channel
-                .queue_declare(name.as_str().into(), passive, FieldTable::default())
+        let (dead, work) = (
+            self.inner.config.dead_queue(queue),
+            self.inner.config.work_queue(queue),
+        );
+        let (mut moved, mut looked) = (0, 0);
+        while moved < max && looked < SCAN {
+            let got = channel
+                .basic_get(dead.as_str().into(), BasicGetOptions { no_ack: false })
                 .await
                 .map_err(bus_error)?;
-            *count = u64::from(declared.message_count());
+            let Some(message) = got else { break };
+            looked += 1;
+            let delivery = message.delivery;
+            let wanted = only.is_empty()
+                || Envelope::decode(delivery.data.as_slice())
+                    .is_ok_and(|event| only.contains(&event.event_id));
+            if !wanted {
+                continue;
+            }
+            let mut headers = FieldTable::default();
+            let routing_key = header_string(&delivery.properties, ROUTING_KEY_HEADER)
+                .unwrap_or_else(|| delivery.routing_key.as_str().to_owned());
+            headers.insert(ROUTING_KEY_HEADER.into(), long_string(&routing_key));
+            self.inner
+                .publish_to_queue(&work, &delivery.data, headers, None)
+                .await?;
+            delivery
+                .acker
+                .ack(BasicAckOptions::default())
+                .await
+                .map_err(bus_error)?;
+            moved += 1;
         }
-        let _ = channel.close(200, "counted".into()).await;
+        channel
+            .close(200, "redriven".into())
+            .await
+            .map_err(bus_error)?;
+        Ok(moved)
+    }
+
+    /// From passive declarations: RabbitMQ counts the messages ready in a queue (those a
+    /// consumer holds unacknowledged, at most its prefetch, are not counted). Delay queues not
+    /// declared yet count as empty.
+    async fn depths(&self, queue: &str) -> Result<QueueDepths, BusError> {
+        let live = self.inner.live().ok_or(BusError::Unavailable)?;
+        let config = &self.inner.config;
+        let retry = lock(&self.inner.queues)
+            .iter()
+            .find(|spec| spec.name == queue)
+            .map_or_else(RetryPolicy::default, |spec| spec.retry);
+        let mut delay_queues: Vec<String> = retry
+            .tiers()
+            .into_iter()
+            .map(|tier| config.delay_queue(queue, tier))
+            .collect();
+        let work = count_messages(&live, &config.work_queue(queue)).await?;
+        let dead = count_messages(&live, &config.dead_queue(queue)).await?;
+        let mut delayed = 0;
+        for name in delay_queues.drain(..) {
+            // A delay queue that does not exist yet holds nothing.
+            delayed += count_messages(&live, &name).await?.unwrap_or(0);
+        }
         Ok(QueueDepths {
-            waiting: counts[0] + counts[1],
-            dead: counts[2],
+            waiting: work.unwrap_or(0) + delayed,
+            dead: dead.unwrap_or(0),
         })
     }
 
@@ -689,6 +788,48 @@ fn failures_of(properties: &BasicProperties) -> u32 {
         _ => 0,
     };
     u32::try_from(count).unwrap_or(0)
+}
+
+/// The messages in `queue` (a passive declaration on a channel of its own, since one that
+/// finds no queue closes its channel); `Ok(None)` when there is no such queue.
+async fn count_messages(live: &Live, queue: &str) -> Result<Option<u64>, BusError> {
+    let channel = live.connection.create_channel().await.map_err(bus_error)?;
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..QueueDeclareOptions::default()
+    };
+    let declared = channel
+        .queue_declare(queue.into(), passive, FieldTable::default())
+        .await;
+    match declared {
+        Ok(declared) => {
+            let _ = channel.close(200, "counted".into()).await;
+            Ok(Some(u64::from(declared.message_count())))
+        }
+        Err(_) if live.is_up() => Ok(None),
+        Err(err) => Err(bus_error(err)),
+    }
+}
+
+fn header_millis(properties: &BasicProperties, name: &str) -> Option<i64> {
+    match header(properties, name)? {
+        AMQPValue::LongLongInt(n) => Some(*n),
+        AMQPValue::LongInt(n) => Some(i64::from(*n)),
+        AMQPValue::Timestamp(n) => i64::try_from(*n).ok(),
+        _ => None,
+    }
+}
+
+/// A message taken from a dead-letter queue, as the operator sees it.
+fn dead_letter_of(delivery: lapin::message::Delivery) -> DeadLetter {
+    let properties = &delivery.properties;
+    DeadLetter {
+        attempts: failures_of(properties),
+        error: header_string(properties, LAST_ERROR_HEADER).unwrap_or_default(),
+        first_failed_at_ms: header_millis(properties, FIRST_FAILED_HEADER).unwrap_or(0),
+        dead_at_ms: header_millis(properties, DEAD_AT_HEADER).unwrap_or(0),
+        body: delivery.data,
+    }
 }
 
 struct RabbitSubscription {
@@ -721,6 +862,14 @@ impl RabbitSubscription {
 
 #[async_trait]
 impl Subscription for RabbitSubscription {
+    /// Closes the consumer's channel, which returns what the broker pushed ahead of
+    /// [`Subscription::next`] to the queue; `next` opens a new one.
+    async fn pause(&mut self) {
+        if let Some((channel, _)) = self.consumer.take() {
+            let _ = channel.close(200, "paused".into()).await;
+        }
+    }
+
     async fn next(&mut self) -> Result<Delivery, BusError> {
         let mut backoff = MIN_BACKOFF;
         loop {
@@ -743,7 +892,10 @@ impl Subscription for RabbitSubscription {
             };
             match consumer.next().await {
                 Some(Ok(delivery)) => {
-                    let attempt = failures_of(&delivery.properties) + 1;
+                    let failures = failures_of(&delivery.properties);
+                    let first_failed = (failures > 0)
+                        .then(|| header_millis(&delivery.properties, FIRST_FAILED_HEADER))
+                        .flatten();
                     let acker = RabbitAcker {
                         inner: Arc::clone(&self.inner),
                         _channel: channel.clone(),
@@ -753,7 +905,12 @@ impl Subscription for RabbitSubscription {
                         body: delivery.data.clone(),
                         acker: delivery.acker,
                     };
-                    return Ok(Delivery::new(delivery.data, attempt, Box::new(acker)));
+                    return Ok(Delivery::new(
+                        delivery.data,
+                        failures + 1,
+                        first_failed,
+                        Box::new(acker),
+                    ));
                 }
                 Some(Err(err)) => {
                     tracing::debug!(queue = self.spec.name, error = %err, "consumer channel failed, reopening");
@@ -777,23 +934,18 @@ struct RabbitAcker {
 }
 
 impl RabbitAcker {
-    /// Re-publishes the message into `target` with its failure count and last error, then
-    /// acknowledges the original: a crash in between delivers it twice, never zero times.
+    /// Re-publishes the message into `target` with `headers` (and the routing key it was first
+    /// published with), then acknowledges the original: a crash in between delivers it twice,
+    /// never zero times.
     async fn move_to(
         self: Box<Self>,
-        target: String,
-        failures: u32,
-        error: &str,
+        target: &str,
+        mut headers: FieldTable,
+        expiration: Option<Duration>,
     ) -> Result<(), BusError> {
-        let mut headers = FieldTable::default();
-        headers.insert(
-            FAILURES_HEADER.into(),
-            AMQPValue::LongLongInt(i64::from(failures)),
-        );
-        headers.insert(LAST_ERROR_HEADER.into(), long_string(error));
         headers.insert(ROUTING_KEY_HEADER.into(), long_string(&self.routing_key));
         self.inner
-            .publish_to_queue(&target, &self.body, headers)
+            .publish_to_queue(target, &self.body, headers, expiration)
             .await?;
         self.acker
             .ack(BasicAckOptions::default())
@@ -801,6 +953,21 @@ impl RabbitAcker {
             .map_err(bus_error)?;
         Ok(())
     }
+}
+
+/// The headers that carry a failure record.
+fn failure_headers(failure: &FailureRecord) -> FieldTable {
+    let mut headers = FieldTable::default();
+    headers.insert(
+        FAILURES_HEADER.into(),
+        AMQPValue::LongLongInt(i64::from(failure.failures)),
+    );
+    headers.insert(
+        FIRST_FAILED_HEADER.into(),
+        AMQPValue::LongLongInt(failure.first_failed_at_ms),
+    );
+    headers.insert(LAST_ERROR_HEADER.into(), long_string(&failure.error));
+    headers
 }
 
 #[async_trait]
@@ -822,14 +989,29 @@ impl Acker for RabbitAcker {
         Ok(())
     }
 
-    async fn retry(self: Box<Self>, failures: u32, error: &str) -> Result<(), BusError> {
-        let target = self.inner.config.retry_queue(&self.queue);
-        self.move_to(target, failures, error).await
+    async fn retry(
+        self: Box<Self>,
+        failure: &FailureRecord,
+        delay: Duration,
+    ) -> Result<(), BusError> {
+        let retry = lock(&self.inner.queues)
+            .iter()
+            .find(|spec| spec.name == self.queue)
+            .map_or_else(RetryPolicy::default, |spec| spec.retry);
+        let tier = retry.tier_for(delay);
+        let target = self.inner.delay_queue(&self.queue, tier).await?;
+        self.move_to(&target, failure_headers(failure), Some(delay.min(tier)))
+            .await
     }
 
-    async fn dead_letter(self: Box<Self>, failures: u32, error: &str) -> Result<(), BusError> {
+    async fn dead_letter(self: Box<Self>, failure: &FailureRecord) -> Result<(), BusError> {
         let target = self.inner.config.dead_queue(&self.queue);
-        self.move_to(target, failures, error).await
+        let mut headers = failure_headers(failure);
+        headers.insert(
+            DEAD_AT_HEADER.into(),
+            AMQPValue::LongLongInt(clock::now_millis()),
+        );
+        self.move_to(&target, headers, None).await
     }
 }
 

@@ -89,6 +89,15 @@ impl Keyspace {
         &self.session
     }
 
+    /// A round trip to a node of the cluster (its `system.local` row): whether the store
+    /// answers at all. It does not prove a quorum of this keyspace's replicas is up.
+    pub async fn ping(&self) -> Result<(), CqlError> {
+        self.session
+            .query_unpaged("SELECT release_version FROM system.local", ())
+            .await?;
+        Ok(())
+    }
+
     /// Prepares `cql` (tables written `{ks}.<table>`) in this keyspace. A `SELECT` runs at the
     /// configured read consistency, anything else at the write consistency; lightweight
     /// transactions use the configured serial consistency.

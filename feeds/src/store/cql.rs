@@ -369,6 +369,10 @@ impl CqlFeedStore {
 
 #[async_trait]
 impl FeedStore for CqlFeedStore {
+    async fn ping(&self) -> Result<(), StoreError> {
+        Ok(self.ks.ping().await?)
+    }
+
     async fn set_edge(
         &self,
         follower: u64,

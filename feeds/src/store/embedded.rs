@@ -144,6 +144,10 @@ fn trim<V: redb::Value + 'static>(
 
 #[async_trait]
 impl FeedStore for EmbeddedFeedStore {
+    async fn ping(&self) -> Result<(), StoreError> {
+        Ok(self.db.ping().await?)
+    }
+
     async fn set_edge(
         &self,
         follower: u64,

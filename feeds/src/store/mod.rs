@@ -61,6 +61,10 @@ impl Default for FeedLimits {
 
 #[async_trait]
 pub trait FeedStore: Send + Sync {
+    /// Whether the store answers right now, by a cheap round trip: the service's readiness, and
+    /// what its event consumer probes before it spends a retry (`twtr_common::bus::consume`).
+    async fn ping(&self) -> Result<(), StoreError>;
+
     // --- The follow graph, as this service learned it from events ------------------------------
 
     /// Records that `follower` follows `followee` (or, with `following` false, does not) as of

@@ -705,6 +705,10 @@ impl Inner {
 
 #[async_trait]
 impl FollowStore for CqlFollowStore {
+    async fn ping(&self) -> Result<(), StoreError> {
+        Ok(self.inner.ks.ping().await?)
+    }
+
     async fn follow(
         &self,
         follower: u64,

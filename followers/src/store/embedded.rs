@@ -127,6 +127,10 @@ fn bump(
 
 #[async_trait]
 impl FollowStore for EmbeddedFollowStore {
+    async fn ping(&self) -> Result<(), StoreError> {
+        Ok(self.db.ping().await?)
+    }
+
     async fn follow(
         &self,
         follower: u64,

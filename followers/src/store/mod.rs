@@ -79,6 +79,10 @@ pub fn stamp_version(event: &mut Envelope, version: u64) {
 
 #[async_trait]
 pub trait FollowStore: Send + Sync {
+    /// Whether the store answers right now, by a cheap round trip: the service's readiness, and
+    /// what its event consumer probes before it spends a retry (`twtr_common::bus::consume`).
+    async fn ping(&self) -> Result<(), StoreError>;
+
     /// Adds the edge, moves both counts and stages `event` (a `UserFollowed`, into which it sets
     /// the edge's new version), atomically. The edge's version goes up by one per change of the
     /// pair, starting at 1; the edge's follow ID becomes `event`'s ID, which puts it on top of

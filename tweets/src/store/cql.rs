@@ -776,6 +776,10 @@ type ReactionRow = (Option<bool>, Option<i32>, Option<CqlTimestamp>);
 
 #[async_trait]
 impl TweetStore for CqlTweetStore {
+    async fn ping(&self) -> Result<(), StoreError> {
+        Ok(self.ks.ping().await?)
+    }
+
     async fn create(&self, tweet: TweetRecord, event: Envelope) -> Result<bool, StoreError> {
         if self.author_gone(tweet.author_id).await? {
             return Ok(false);

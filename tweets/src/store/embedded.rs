@@ -132,6 +132,10 @@ fn read_many(
 
 #[async_trait]
 impl TweetStore for EmbeddedTweetStore {
+    async fn ping(&self) -> Result<(), StoreError> {
+        Ok(self.db.ping().await?)
+    }
+
     async fn create(&self, tweet: TweetRecord, event: Envelope) -> Result<bool, StoreError> {
         self.db
             .write(move |tx| {

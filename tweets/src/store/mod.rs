@@ -84,6 +84,10 @@ pub struct Reacted {
 
 #[async_trait]
 pub trait TweetStore: Send + Sync {
+    /// Whether the store answers right now, by a cheap round trip: the service's readiness, and
+    /// what its event consumer probes before it spends a retry (`twtr_common::bus::consume`).
+    async fn ping(&self) -> Result<(), StoreError>;
+
     /// Stores the tweet, its place in the author's timeline, the author's tweet count and
     /// `event`, atomically. Storing the same tweet ID again changes nothing. Returns `false`,
     /// writing nothing, when the author is gone ([`TweetStore::forget_author`]).

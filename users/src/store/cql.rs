@@ -447,6 +447,10 @@ fn logged_batch<const N: usize>(statements: [&PreparedStatement; N]) -> Batch {
 
 #[async_trait]
 impl UserStore for CqlUserStore {
+    async fn ping(&self) -> Result<(), StoreError> {
+        Ok(self.ks.ping().await?)
+    }
+
     async fn create(&self, user: UserRecord, event: Envelope) -> Result<Created, StoreError> {
         // This sign-up ran already (writing again would stage its event twice, or bring a
         // deleted account back).

@@ -46,6 +46,10 @@ fn decode(bytes: &[u8]) -> Result<UserRecord, StoreError> {
 
 #[async_trait]
 impl UserStore for EmbeddedUserStore {
+    async fn ping(&self) -> Result<(), StoreError> {
+        Ok(self.db.ping().await?)
+    }
+
     async fn create(&self, user: UserRecord, event: Envelope) -> Result<Created, StoreError> {
         self.db
             .write(move |tx| {

@@ -122,6 +122,10 @@ pub enum Created {
 
 #[async_trait]
 pub trait UserStore: Send + Sync {
+    /// Whether the store answers right now, by a cheap round trip: the service's readiness, and
+    /// what its event consumer probes before it spends a retry (`twtr_common::bus::consume`).
+    async fn ping(&self) -> Result<(), StoreError>;
+
     /// Stores `user` and `event` atomically, unless the username is taken (ignoring case). A
     /// user ID that is already stored, live or deleted, is taken for a retry of that sign-up:
     /// nothing is written and the answer is `Created` (so a late replay cannot bring a deleted
