@@ -73,7 +73,7 @@ start_mesh() { # data dir, log file
     TWTR_DATA_DIR="$1" "$BIN" all >"$2" 2>&1 &
     MESH_PID=$!
     local began=$SECONDS
-    until curl -fsS "$URL/readyz" >/dev/null 2>&1; do
+    until curl -fsS "$URL/health/details" >/dev/null 2>&1; do
         if ! kill -0 "$MESH_PID" 2>/dev/null || ((SECONDS - began > 120)); then
             say "the mesh did not become ready; see $2"
             tail -20 "$2" >&2

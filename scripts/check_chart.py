@@ -189,11 +189,22 @@ def check_custom(doc, failures):
             failures.add(where, "every endpoint needs a named port")
 
 
+def check_disruption_budget(doc, failures):
+    """A PDB lets pods that are not ready be evicted: they serve nothing, and a budget that
+    counts them would stall node drains whenever pods are unready (a crash loop, an outage)."""
+    if doc.get("kind") != "PodDisruptionBudget":
+        return
+    policy = (doc.get("spec") or {}).get("unhealthyPodEvictionPolicy")
+    if policy != "AlwaysAllow":
+        failures.add(name_of(doc), f"unhealthyPodEvictionPolicy is {policy!r}, not AlwaysAllow")
+
+
 def check_manifests(path, truth, strings, failures):
     with open(path) as f:
         docs = [d for d in yaml.safe_load_all(f) if d]
     seen_custom, containers = set(), 0
     for doc in docs:
+        check_disruption_budget(doc, failures)
         kind = (doc.get("apiVersion"), doc.get("kind"))
         if kind in CUSTOM_KINDS:
             seen_custom.add(kind[1])

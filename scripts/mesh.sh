@@ -55,7 +55,7 @@ start() {
         say "$part started (pid $!, log $MESH_DIR/logs/$part.log)"
     done
     local began=$SECONDS
-    until curl -fsS "http://${TWTR_HTTP_ADDR:-127.0.0.1:8080}/readyz" >/dev/null 2>&1; do
+    until curl -fsS "http://${TWTR_HTTP_ADDR:-127.0.0.1:8080}/health/details" >/dev/null 2>&1; do
         if ((SECONDS - began > 60)); then
             say "the mesh did not become ready within 60s; see $MESH_DIR/logs/"
             exit 1

@@ -78,11 +78,11 @@ for _ in $(seq 1 300); do
     if [[ -z "$http" ]]; then
         http=$(sed -nE 's/.*"http":"([^"]+)".*"message":"twtr mesh starting".*/\1/p' "$work/twtr.log" | head -1)
     fi
-    [[ -n "$http" ]] && curl -fsS "$http/readyz" >/dev/null 2>&1 && break
+    [[ -n "$http" ]] && curl -fsS "$http/health/details" >/dev/null 2>&1 && break
     kill -0 "$pid" 2>/dev/null || { cat "$work/twtr.log" >&2; echo "schemathesis.sh: twtr exited" >&2; exit 1; }
     sleep 0.1
 done
-curl -fsS "$http/readyz" >/dev/null || { cat "$work/twtr.log" >&2; echo "schemathesis.sh: twtr not ready" >&2; exit 1; }
+curl -fsS "$http/health/details" >/dev/null || { cat "$work/twtr.log" >&2; echo "schemathesis.sh: twtr not ready" >&2; exit 1; }
 
 account='{"username":"fuzzer","password":"schemathesis-run"}'
 curl -fsS "$http/v1/users" -H 'content-type: application/json' -d "$account" >/dev/null
@@ -102,7 +102,7 @@ started=$SECONDS
     --no-color)
 
 requests=$(curl -fsS "$http/metrics" |
-    awk '/^twtr_http_requests_total\{/ && !/route="\/(metrics|readyz|healthz|openapi.json)"/ { sum += $NF } END { printf "%d", sum }')
+    awk '/^twtr_http_requests_total\{/ && !/route="\/(metrics|readyz|healthz|health\/details|openapi.json)"/ { sum += $NF } END { printf "%d", sum }')
 echo "schemathesis.sh: $requests API requests answered in $((SECONDS - started)) s, no failure" >&2
 if (( requests < MIN_REQUESTS )); then
     echo "schemathesis.sh: only $requests requests; at least $MIN_REQUESTS are required" >&2

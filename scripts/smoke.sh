@@ -60,9 +60,9 @@ field() {
     grep -o "\"$1\":\"[^\"]*\"" <<<"$body" | head -n 1 | cut -d '"' -f 4
 }
 
-# Waits for the gateway to be ready (every service SERVING), up to the deadline.
+# Waits for the mesh to be healthy (every service ready, its broker connected), up to the deadline.
 end=$((SECONDS + deadline_secs))
-until request GET /readyz 2>/dev/null && [[ "$status" == 200 ]]; do
+until request GET /health/details 2>/dev/null && [[ "$status" == 200 ]]; do
     ((SECONDS < end)) || fail "the gateway at $base is not ready: ${status:-no answer} ${body:-}"
     sleep 1
 done

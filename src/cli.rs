@@ -228,6 +228,9 @@ pub enum Command {
     /// Print a token that acts as a user, for calling services with grpcurl (signed with
     /// TWTR_TOKEN_PRIVATE_KEY, or the all-in-one key in TWTR_DATA_DIR).
     Token(crate::edge::TokenArgs),
+    /// Operate on events: `twtr events dead list|show|redrive --queue feeds` (a running
+    /// service's dead letters, on either bus).
+    Events(crate::events::EventsArgs),
     /// Write a deterministic data set (users, a heavy-tailed follow graph, tweets) into a
     /// running mesh through its public API; safe to repeat, resumable.
     Seed(twtr_bench::SeedArgs),

@@ -17,6 +17,7 @@
 pub mod backends;
 mod cli;
 mod edge;
+mod events;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -274,6 +275,7 @@ async fn run_part(cli: &Cli, config: Config, command: Command) -> anyhow::Result
     }
     match command {
         Command::Token(args) => print_token(&config, args),
+        Command::Events(args) => events::run(args, &cli.upstream_urls()).await,
         Command::Seed(args) => twtr_bench::seed(args).await,
         Command::Bench { command } => twtr_bench::bench(command).await,
         Command::All => {

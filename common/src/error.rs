@@ -2,8 +2,8 @@
 //!
 //! Every service error enum implements [`ServiceError`], naming an [`ErrorCode`]. The code fixes
 //! the gRPC status a service returns and the HTTP status and JSON `code` the gateway answers
-//! with, so a gRPC status maps to HTTP in exactly one place: [`ErrorCode::from_grpc`] followed by
-//! [`ErrorCode::http_status`].
+//! with, so a gRPC status maps to HTTP in exactly one place: [`ErrorCode::from_status`] (or
+//! [`ErrorCode::from_grpc`] for a bare code) followed by [`ErrorCode::http_status`].
 
 use tonic::Code;
 
@@ -105,6 +105,21 @@ impl ErrorCode {
         }
     }
 
+    /// Reads a status a call returned back into an error code. A call whose connection broke
+    /// (the service was killed or restarted mid-call) reaches the caller as `UNKNOWN` or
+    /// `CANCELLED` with the transport failure as its source: that is `Unavailable` (retry), not
+    /// a bug in the service nor a deadline, since the call may or may not have taken effect and
+    /// every write here is idempotent or keyed.
+    pub fn from_status(status: &tonic::Status) -> Self {
+        let code = status.code();
+        if matches!(code, Code::Unknown | Code::Cancelled | Code::Internal)
+            && broke_in_transport(status)
+        {
+            return Self::Unavailable;
+        }
+        Self::from_grpc(code)
+    }
+
     /// Codes only the gateway answers with, which no gRPC status reads back into.
     pub const fn edge_only(self) -> bool {
         matches!(self, Self::PayloadTooLarge)
@@ -123,6 +138,19 @@ impl ErrorCode {
         Self::DeadlineExceeded,
         Self::Internal,
     ];
+}
+
+/// Whether `status` stands for a connection that failed rather than an answer of the service.
+fn broke_in_transport(status: &tonic::Status) -> bool {
+    let mut source = std::error::Error::source(status);
+    while let Some(err) = source {
+        if err.is::<tonic::transport::Error>() || err.is::<std::io::Error>() {
+            return true;
+        }
+        source = err.source();
+    }
+    // tonic names a failed connection by this message when it keeps no source.
+    status.message() == "transport error"
 }
 
 /// A service's error type: it names its [`ErrorCode`], and its `Display` is the message a caller
@@ -198,6 +226,46 @@ mod tests {
             assert_eq!(status >= 500, server_side, "{code:?} -> {status}");
             assert!((400..600).contains(&status));
         }
+    }
+
+    /// A server that accepts each connection and drops it at once, as a process killed
+    /// mid-call does: the call fails in transport, which is retryable.
+    #[tokio::test]
+    async fn a_connection_that_breaks_is_unavailable_not_internal() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                drop(socket);
+            }
+        });
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect_lazy();
+        let mut client = tonic::client::Grpc::new(channel);
+        let codec = tonic_prost::ProstCodec::<(), ()>::default();
+        let path = tonic::codegen::http::uri::PathAndQuery::from_static("/test.Gone/Call");
+        let status = match client.ready().await {
+            Err(err) => tonic::Status::from_error(Box::new(err)),
+            Ok(()) => client
+                .unary(tonic::Request::new(()), path, codec)
+                .await
+                .unwrap_err(),
+        };
+        assert_eq!(
+            ErrorCode::from_status(&status),
+            ErrorCode::Unavailable,
+            "{status:?}"
+        );
+        // The same codes answered by a service are still a bug and a deadline.
+        assert_eq!(
+            ErrorCode::from_status(&tonic::Status::unknown("it broke")),
+            ErrorCode::Internal
+        );
+        assert_eq!(
+            ErrorCode::from_status(&tonic::Status::cancelled("too late")),
+            ErrorCode::DeadlineExceeded
+        );
     }
 
     #[test]

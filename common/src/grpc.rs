@@ -8,11 +8,18 @@
 //! The deadline a caller sets (`grpc-timeout`) is honored by tonic itself: when it passes, the
 //! handler's future is dropped (the work stops) and the caller gets `CANCELLED`.
 //!
-//! Health follows the service's [`Readiness`] (its event bus): NOT_SERVING while the broker is
-//! unreachable, though requests are still served (writes wait in the outbox).
+//! # Health
 //!
-//! On shutdown, health turns NOT_SERVING first (so load balancers stop sending), then the server
-//! stops accepting and drains the requests in flight.
+//! Readiness means "this process can serve its own requests": it listens and its own store
+//! answers ([`store_readiness`] probes it). The overall entry (`""`) and the service's own name
+//! follow that, and nothing else: a dependency that every replica shares, such as the event
+//! broker, never takes a replica out of its load balancer (that would take every replica out at
+//! once and turn a blip into an outage). The broker has an entry of its own, [`EVENTS_HEALTH`]
+//! (`twtr.events`), for humans and alerts: while it is down, writes still succeed and their
+//! events wait in the outbox.
+//!
+//! On shutdown, every entry turns NOT_SERVING first (so load balancers stop sending), then the
+//! server stops accepting and drains the requests in flight.
 
 use std::convert::Infallible;
 
@@ -27,21 +34,106 @@ use tonic_health::server::HealthReporter;
 
 use crate::auth::{self, CallerLayer};
 use crate::bus::Readiness;
+use crate::bus::admin::DeadLetterAdmin;
 use crate::context::RequestIdLayer;
+use crate::error::error_chain;
 use crate::metrics::{self, GrpcMetricsLayer};
+use crate::store::StoreError;
+use twtr_proto::events::v1::dead_letters_server::DeadLettersServer;
 
 const HEALTH_SERVICE: &str = "grpc.health.v1.Health";
+/// The health entry of the event broker (see the [module docs](self)).
+pub const EVENTS_HEALTH: &str = "twtr.events";
+const DEAD_LETTERS_SERVICE: &str = "twtr.events.v1.DeadLetters";
+/// How often a ready store is probed, and an unready one.
+const PROBE_READY: std::time::Duration = std::time::Duration::from_secs(5);
+const PROBE_UNREADY: std::time::Duration = std::time::Duration::from_secs(1);
+/// How long a probe may take before it counts as failed.
+const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// What a served service's health follows, and the operator endpoints beside it.
+pub struct Serving {
+    /// Readiness: the service's own store answers ([`store_readiness`]).
+    pub ready: Readiness,
+    /// The event broker, shown as the [`EVENTS_HEALTH`] entry; never readiness.
+    pub events: Readiness,
+    /// The dead letters of the queue the service consumes, if it consumes one.
+    pub dead_letters: Option<DeadLettersServer<DeadLetterAdmin>>,
+}
+
+impl Serving {
+    /// Always ready, no broker, no dead letters (tests, and services with nothing to probe).
+    pub fn always() -> Self {
+        Self {
+            ready: Readiness::always(),
+            events: Readiness::always(),
+            dead_letters: None,
+        }
+    }
+}
+
+/// Readiness that follows whether `ping` succeeds: it is probed now, then every 5 s while it
+/// answers and every second while it does not, until `shutdown`. Each change is logged once
+/// and shown in `twtr_dependency_up{dependency="<name>_store"}`.
+pub async fn store_readiness<F, Fut>(name: &str, ping: F, shutdown: CancellationToken) -> Readiness
+where
+    F: Fn() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<(), StoreError>> + Send,
+{
+    let probe = move || {
+        let attempt = ping();
+        async move {
+            match tokio::time::timeout(PROBE_TIMEOUT, attempt).await {
+                Ok(answer) => answer,
+                Err(elapsed) => Err(StoreError::backend(elapsed)),
+            }
+        }
+    };
+    let dependency = format!("{name}_store");
+    let first = probe().await;
+    if let Err(err) = &first {
+        tracing::warn!(service = name, error = %error_chain(err), "the store does not answer; not ready until it does");
+    }
+    crate::metrics::dependency_up(&dependency, first.is_ok());
+    let (sender, receiver) = tokio::sync::watch::channel(first.is_ok());
+    let name = name.to_owned();
+    tokio::spawn(async move {
+        loop {
+            let wait = if *sender.borrow() {
+                PROBE_READY
+            } else {
+                PROBE_UNREADY
+            };
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(wait) => {}
+            }
+            let answered = probe().await;
+            let up = answered.is_ok();
+            if sender.send_replace(up) != up {
+                match &answered {
+                    Ok(()) => tracing::info!(service = name, "the store answers again; ready"),
+                    Err(err) => {
+                        tracing::warn!(service = name, error = %error_chain(err), "the store does not answer; not ready until it does")
+                    }
+                }
+                crate::metrics::dependency_up(&dependency, up);
+            }
+        }
+    });
+    Readiness::new(receiver)
+}
 const REFLECTION_SERVICES: [&str; 2] = [
     "grpc.reflection.v1.ServerReflection",
     "grpc.reflection.v1alpha.ServerReflection",
 ];
 
-/// Serves `service` on `listener` until `shutdown` is cancelled, then drains. Health reports
-/// SERVING only while `readiness` says ready.
+/// Serves `service` (and the operator endpoints of `serving`) on `listener` until `shutdown` is
+/// cancelled, then drains. Health follows `serving` (see the [module docs](self)).
 pub async fn serve<S>(
     service: S,
     listener: TcpListener,
-    readiness: Readiness,
+    serving: Serving,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()>
 where
@@ -60,11 +152,22 @@ where
         .local_addr()
         .context("failed to read the gRPC listen address")?;
     let (health, health_service) = tonic_health::server::health_reporter();
-    let reporter = tokio::spawn(report_readiness::<S>(
-        health.clone(),
-        readiness,
-        shutdown.clone(),
-    ));
+    let reporters = [
+        tokio::spawn(report(
+            health.clone(),
+            vec!["", S::NAME],
+            serving.ready,
+            shutdown.clone(),
+        )),
+        tokio::spawn(report(
+            health.clone(),
+            vec![EVENTS_HEALTH],
+            serving.events,
+            shutdown.clone(),
+        )),
+    ];
+    let dead_letters = serving.dead_letters;
+    let serves_dead_letters = dead_letters.is_some();
 
     let reflection = || {
         let mut builder = tonic_reflection::server::Builder::configure()
@@ -74,6 +177,9 @@ where
             .with_service_name(HEALTH_SERVICE);
         for name in REFLECTION_SERVICES {
             builder = builder.with_service_name(name);
+        }
+        if serves_dead_letters {
+            builder = builder.with_service_name(DEAD_LETTERS_SERVICE);
         }
         builder
     };
@@ -88,8 +194,14 @@ where
     let drained = async move {
         shutdown.cancelled().await;
         tracing::info!(service = S::NAME, "grpc server shutting down");
-        let _ = reporter.await;
-        set_status::<S>(&health, ServingStatus::NotServing).await;
+        for reporter in reporters {
+            let _ = reporter.await;
+        }
+        for name in ["", S::NAME, EVENTS_HEALTH] {
+            health
+                .set_service_status(name, ServingStatus::NotServing)
+                .await;
+        }
     };
     let callers = CallerLayer::new(auth::scoped_keys());
     if auth::scoped_keys().is_none() {
@@ -108,6 +220,7 @@ where
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(service)
+        .add_optional_service(dead_letters)
         .serve_with_incoming_shutdown(without_nagle(listener), drained)
         .await
         .with_context(|| format!("gRPC server for {} failed", S::NAME))
@@ -127,14 +240,10 @@ fn without_nagle(
     })
 }
 
-async fn set_status<S: NamedService>(health: &HealthReporter, status: ServingStatus) {
-    health.set_service_status(S::NAME, status).await;
-    health.set_service_status("", status).await;
-}
-
-/// Mirrors `readiness` into the health service until `shutdown`, logging each change.
-async fn report_readiness<S: NamedService>(
+/// Mirrors `readiness` into the health entries `names` until `shutdown`, logging each change.
+async fn report(
     health: HealthReporter,
+    names: Vec<&'static str>,
     mut readiness: Readiness,
     shutdown: CancellationToken,
 ) {
@@ -145,8 +254,10 @@ async fn report_readiness<S: NamedService>(
         } else {
             ServingStatus::NotServing
         };
-        set_status::<S>(&health, status).await;
-        tracing::debug!(service = S::NAME, ready, "health updated");
+        for name in &names {
+            health.set_service_status(*name, status).await;
+        }
+        tracing::debug!(entries = ?names, ready, "health updated");
         tokio::select! {
             changed = readiness.changed() => if !changed { shutdown.cancelled().await; return },
             () = shutdown.cancelled() => return,
@@ -217,7 +328,7 @@ mod tests {
         let server = tokio::spawn(serve(
             stuck.clone(),
             listener,
-            Readiness::always(),
+            Serving::always(),
             shutdown.clone(),
         ));
         let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))

@@ -138,8 +138,8 @@ pub async fn run_relay(
     }
 }
 
-/// Serves a publishing service: runs `serve` (a gRPC server over `listener`, health following the
-/// bus's readiness) with a relay draining `outbox` onto `bus` beside it, and once the server has
+/// Serves a publishing service: runs `serve` (a gRPC server over `listener`, health following
+/// `serving`) with a relay draining `outbox` onto `bus` beside it, and once the server has
 /// drained its requests, flushes what they stored. The one way every publishing service runs.
 pub async fn serve_with_relay<S>(
     name: &'static str,
@@ -147,6 +147,7 @@ pub async fn serve_with_relay<S>(
     listener: tokio::net::TcpListener,
     outbox: Arc<dyn Outbox>,
     bus: Arc<dyn EventBus>,
+    serving: crate::grpc::Serving,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()>
 where
@@ -169,7 +170,7 @@ where
         Arc::clone(&bus),
         relay_stop.clone(),
     ));
-    let served = crate::grpc::serve(service, listener, bus.readiness(), shutdown).await;
+    let served = crate::grpc::serve(service, listener, serving, shutdown).await;
     // Requests have drained; whatever they stored goes out before the process ends.
     relay_stop.cancel();
     relay.await?;

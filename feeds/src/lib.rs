@@ -31,7 +31,8 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use twtr_common::bus::{self, ConsumerSettings, EventBus, QueueSpec, Readiness, Subscription};
+use twtr_common::bus::admin::DeadLetterAdmin;
+use twtr_common::bus::{self, ConsumerSettings, EventBus, QueueSpec, Subscription};
 use twtr_common::grpc as grpc_server;
 use twtr_common::tasks;
 
@@ -71,7 +72,7 @@ pub struct FeedsDeps {
 pub struct FeedsService {
     feeds: Arc<Feeds>,
     subscription: Box<dyn Subscription>,
-    readiness: Readiness,
+    bus: Arc<dyn EventBus>,
     consumer: ConsumerSettings,
 }
 
@@ -87,7 +88,7 @@ impl FeedsService {
                 Feeds::new(deps.store).with_celebrity_threshold(deps.celebrity_threshold),
             ),
             subscription,
-            readiness: deps.bus.readiness(),
+            bus: deps.bus,
             consumer: deps.consumer,
         })
     }
@@ -116,10 +117,26 @@ impl FeedsService {
                 .await
             })
         };
+        let serving = grpc_server::Serving {
+            ready: grpc_server::store_readiness(
+                "feeds",
+                {
+                    let feeds = Arc::clone(&self.feeds);
+                    move || {
+                        let feeds = Arc::clone(&feeds);
+                        async move { feeds.ping().await }
+                    }
+                },
+                shutdown.clone(),
+            )
+            .await,
+            events: self.bus.readiness(),
+            dead_letters: Some(DeadLetterAdmin::server(Arc::clone(&self.bus), "feeds")),
+        };
         let grpc = grpc_server::serve(
             grpc::server(self.feeds),
             listener,
-            self.readiness,
+            serving,
             grpc_stop.clone(),
         );
         tasks::serve_beside_consumer("feeds", grpc, &grpc_stop, consumer, &shutdown).await

@@ -36,9 +36,11 @@ use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use twtr_common::IdGenerator;
+use twtr_common::bus::admin::DeadLetterAdmin;
 use twtr_common::bus::{
     self, ConsumerSettings, EventBus, EventHandler, HandlerError, QueueSpec, Subscription,
 };
+use twtr_common::grpc as grpc_server;
 use twtr_common::outbox::{self, Outbox};
 use twtr_common::tasks::{self, Schedule};
 use twtr_proto::events::v1::Envelope;
@@ -137,12 +139,29 @@ impl FollowersService {
                 bus::consume("followers", subscription, &handler, settings, shutdown).await
             })
         };
+        let serving = grpc_server::Serving {
+            ready: grpc_server::store_readiness(
+                "followers",
+                {
+                    let followers = Arc::clone(&self.followers);
+                    move || {
+                        let followers = Arc::clone(&followers);
+                        async move { followers.ping().await }
+                    }
+                },
+                shutdown.clone(),
+            )
+            .await,
+            events: self.bus.readiness(),
+            dead_letters: Some(DeadLetterAdmin::server(Arc::clone(&self.bus), "followers")),
+        };
         let grpc = outbox::serve_with_relay(
             "followers",
             grpc::server(self.followers),
             listener,
             self.outbox,
             self.bus,
+            serving,
             grpc_stop.clone(),
         );
         let result =

@@ -57,6 +57,7 @@ pub fn router(state: AppState, limits: &EdgeLimits, rate_limiter: Arc<RateLimite
         .merge(api)
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/health/details", get(health_details))
         .route("/metrics", get(metrics::scrape))
         .route(
             "/openapi.json",
@@ -124,35 +125,81 @@ async fn healthz() -> Json<serde_json::Value> {
     Json(json!({ "status": "ok" }))
 }
 
-/// Ready when every service answers its gRPC health check with SERVING.
+/// Ready when the gateway can route: it has addresses for every service. Whether a service
+/// answers is not the gateway's readiness: a service that cannot be reached makes the routes
+/// that need it answer 503, and the others go on (see `/health/details` for the services'
+/// health, the event broker's included).
 async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<serde_json::Value>) {
-    let checks: Vec<(&'static str, _)> = state
+    let unroutable: Vec<&str> = state
         .up()
         .health
         .iter()
-        .map(|(name, client)| {
-            let mut client = client.clone();
+        .filter(|(_, _, routable)| !routable.is_routable())
+        .map(|(name, _, _)| *name)
+        .collect();
+    if unroutable.is_empty() {
+        return (StatusCode::OK, Json(json!({ "status": "ready" })));
+    }
+    let message = format!("no address for: {}", unroutable.join(", "));
+    let body = json!({ "error": { "code": "unavailable", "message": message } });
+    (StatusCode::SERVICE_UNAVAILABLE, Json(body))
+}
+
+/// For humans, alerts and scripts that wait for a whole mesh: per service, whether the gateway
+/// can route to it, its readiness (gRPC health `""`: it answers and its store does) and its
+/// event broker's state (`twtr.events`), each `SERVING`, `NOT_SERVING` or `UNREACHABLE`. 200
+/// when everything is `SERVING`, else 503 with the same body: something is degraded. Never a
+/// load balancer's check (see [`readyz`]).
+async fn health_details(State(state): State<AppState>) -> (StatusCode, Json<serde_json::Value>) {
+    let checks: Vec<_> = state
+        .up()
+        .health
+        .iter()
+        .map(|(name, client, routable)| {
+            let (client, routable) = (client.clone(), routable.is_routable());
             let check = tokio::spawn(async move {
-                let mut request = tonic::Request::new(HealthCheckRequest {
-                    service: String::new(),
-                });
-                request.set_timeout(READINESS_DEADLINE);
-                let status = client.check(request).await.map(|r| r.into_inner().status());
-                matches!(status, Ok(ServingStatus::Serving))
+                let (ready, events) = tokio::join!(
+                    check(client.clone(), ""),
+                    check(client, twtr_common::grpc::EVENTS_HEALTH)
+                );
+                json!({ "routable": routable, "ready": ready, "events": events })
             });
             (*name, check)
         })
         .collect();
-    let mut not_ready = Vec::new();
+    let mut services = serde_json::Map::new();
+    let mut healthy = true;
     for (name, check) in checks {
-        if !check.await.unwrap_or(false) {
-            not_ready.push(name);
-        }
+        let detail = check.await.unwrap_or_else(
+            |_| json!({ "routable": false, "ready": "UNREACHABLE", "events": "UNREACHABLE" }),
+        );
+        healthy &= detail["routable"] == true
+            && detail["ready"] == "SERVING"
+            && detail["events"] == "SERVING";
+        services.insert(name.to_owned(), detail);
     }
-    if not_ready.is_empty() {
-        return (StatusCode::OK, Json(json!({ "status": "ready" })));
+    let status = if healthy {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body =
+        json!({ "status": if healthy { "healthy" } else { "degraded" }, "services": services });
+    (status, Json(body))
+}
+
+/// One health entry of a service, as a word.
+async fn check(
+    mut client: tonic_health::pb::health_client::HealthClient<tonic::transport::Channel>,
+    service: &str,
+) -> &'static str {
+    let mut request = tonic::Request::new(HealthCheckRequest {
+        service: service.to_owned(),
+    });
+    request.set_timeout(READINESS_DEADLINE);
+    match client.check(request).await.map(|r| r.into_inner().status()) {
+        Ok(ServingStatus::Serving) => "SERVING",
+        Ok(_) => "NOT_SERVING",
+        Err(_) => "UNREACHABLE",
     }
-    let message = format!("not ready: {}", not_ready.join(", "));
-    let body = json!({ "error": { "code": "unavailable", "message": message } });
-    (StatusCode::SERVICE_UNAVAILABLE, Json(body))
 }

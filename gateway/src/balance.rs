@@ -15,11 +15,16 @@
 //!
 //! IP literals and `localhost` are not balanced: there is one server behind them (and
 //! `localhost` may resolve to an IPv6 address nothing listens on).
+//!
+//! Whether a name currently has addresses is the gateway's readiness ([`Routable`]): behind a
+//! headless Service, a name with no ready pod resolves to nothing.
 
 use std::collections::BTreeSet;
 use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::sync::mpsc::Sender;
@@ -34,6 +39,30 @@ pub const RESOLVE_EVERY: Duration = Duration::from_secs(5);
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(3);
 /// Changes queued for the balancer before the resolver task waits for it.
 const CHANGES_QUEUE: usize = 64;
+
+/// Whether a service's URL leads anywhere: for a balanced name, whether its latest successful
+/// lookup found an address (a failed lookup changes nothing); always for a single server.
+#[derive(Debug, Clone)]
+pub struct Routable(Arc<AtomicBool>);
+
+impl Routable {
+    /// A URL with one server behind it (an IP literal, `localhost`).
+    pub fn always() -> Self {
+        Self(Arc::new(AtomicBool::new(true)))
+    }
+
+    fn unknown() -> Self {
+        Self(Arc::new(AtomicBool::new(false)))
+    }
+
+    pub fn is_routable(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    fn set(&self, routable: bool) {
+        self.0.store(routable, Ordering::Relaxed);
+    }
+}
 
 /// What the balancer holds a connection to: one resolved address, or the URL as given (before
 /// the first answer).
@@ -62,13 +91,13 @@ pub fn host_to_balance(uri: &Uri) -> Option<(String, u16)> {
 }
 
 /// A channel to `url` that balances each request across the addresses `host` resolves to,
-/// re-resolved every [`RESOLVE_EVERY`]. `configure` applies the connection options to the
-/// endpoint of each address. Must be called within a tokio runtime.
+/// re-resolved every [`RESOLVE_EVERY`], and whether it has any. `configure` applies the
+/// connection options to the endpoint of each address. Must be called within a tokio runtime.
 pub fn balanced_channel(
     url: Endpoint,
     host: (String, u16),
     configure: fn(Endpoint) -> Endpoint,
-) -> Channel {
+) -> (Channel, Routable) {
     balanced_channel_with(url, configure, RESOLVE_EVERY, move || {
         let (name, port) = host.clone();
         async move {
@@ -90,14 +119,22 @@ fn balanced_channel_with<L, F>(
     configure: fn(Endpoint) -> Endpoint,
     every: Duration,
     lookup: L,
-) -> Channel
+) -> (Channel, Routable)
 where
     L: FnMut() -> F + Send + 'static,
     F: Future<Output = io::Result<Vec<SocketAddr>>> + Send + 'static,
 {
     let (channel, changes) = Channel::balance_channel(CHANGES_QUEUE);
-    tokio::spawn(resolve_loop(url, configure, every, lookup, changes));
-    channel
+    let routable = Routable::unknown();
+    tokio::spawn(resolve_loop(
+        url,
+        configure,
+        every,
+        lookup,
+        changes,
+        routable.clone(),
+    ));
+    (channel, routable)
 }
 
 /// Keeps the balancer's set equal to the latest successful lookup until the channel is gone.
@@ -107,6 +144,7 @@ async fn resolve_loop<L, F>(
     every: Duration,
     mut lookup: L,
     changes: Sender<Change<Target, Endpoint>>,
+    routable: Routable,
 ) where
     L: FnMut() -> F,
     F: Future<Output = io::Result<Vec<SocketAddr>>>,
@@ -116,6 +154,9 @@ async fn resolve_loop<L, F>(
     let mut failing = false;
     loop {
         let resolved = lookup().await;
+        if let Ok(addrs) = &resolved {
+            routable.set(!addrs.is_empty());
+        }
         match (&resolved, failing) {
             (Err(error), false) => {
                 tracing::warn!(url = %shown, %error, "cannot resolve a service's addresses; keeping the ones known");
@@ -333,7 +374,7 @@ mod tests {
             async move { next.ok_or_else(|| io::Error::other("no new answer")) }
         };
         let url = Endpoint::from_static("http://twtr-test.invalid:1");
-        let channel = balanced_channel_with(url, |e| e, Duration::from_millis(20), lookup);
+        let (channel, _) = balanced_channel_with(url, |e| e, Duration::from_millis(20), lookup);
         let mut health = HealthClient::new(channel);
 
         // Each server knows only its own name, so the answer says which one served the call.
@@ -379,7 +420,7 @@ mod tests {
             async { Ok(vec![addr("127.0.0.1:9")]) }
         };
         let url = Endpoint::from_static("http://twtr-test.invalid:1");
-        let channel = balanced_channel_with(url, |e| e, Duration::from_millis(10), lookup);
+        let (channel, _) = balanced_channel_with(url, |e| e, Duration::from_millis(10), lookup);
         tokio::time::sleep(Duration::from_millis(50)).await;
         drop(channel);
         tokio::time::sleep(Duration::from_millis(50)).await;

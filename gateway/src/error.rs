@@ -49,11 +49,15 @@ impl ApiError {
     }
 }
 
+/// How long a 503 from a service tells the caller to wait before retrying.
+const UNAVAILABLE_RETRY_AFTER_SECS: u64 = 1;
+
 /// A service's gRPC status, told to the HTTP caller. Server-side failures keep their details in
-/// the logs.
+/// the logs; an unavailable service (or a broken connection to one) is a 503 with
+/// `Retry-After`, since the caller's retry is the way through.
 impl From<tonic::Status> for ApiError {
     fn from(status: tonic::Status) -> Self {
-        let code = ErrorCode::from_grpc(status.code());
+        let code = ErrorCode::from_status(&status);
         let message = match code {
             ErrorCode::Internal => {
                 tracing::error!(grpc_code = ?status.code(), message = status.message(), "upstream failed");
@@ -65,7 +69,11 @@ impl From<tonic::Status> for ApiError {
             }
             _ => status.message().to_owned(),
         };
-        Self::new(code, message)
+        let retry_after = (code == ErrorCode::Unavailable).then_some(UNAVAILABLE_RETRY_AFTER_SECS);
+        Self {
+            retry_after,
+            ..Self::new(code, message)
+        }
     }
 }
 

@@ -22,7 +22,7 @@ use twtr_proto::followers::v1::followers_service_client::FollowersServiceClient;
 use twtr_proto::tweets::v1::tweets_service_client::TweetsServiceClient;
 use twtr_proto::users::v1::users_service_client::UsersServiceClient;
 
-use crate::balance;
+use crate::balance::{self, Routable};
 
 /// The deadline of a request, and so of the RPCs it makes, when none is configured.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -45,18 +45,27 @@ pub struct Upstreams {
     pub tweets: TweetsServiceClient<Channel>,
     pub followers: FollowersServiceClient<Channel>,
     pub feeds: FeedsServiceClient<Channel>,
-    /// Health clients, by service name, for readiness.
-    pub health: Vec<(&'static str, HealthClient<Channel>)>,
+    /// Each service's health client and whether its URL leads anywhere, by service name: for
+    /// readiness and the health details.
+    pub health: Vec<(&'static str, HealthClient<Channel>, Routable)>,
 }
 
 /// A lazily connected channel to `url`: to the one server of an IP literal (or `localhost`), or
 /// balanced across the addresses a host name resolves to. Must be called within a tokio runtime.
 pub fn channel(url: &str) -> anyhow::Result<Channel> {
+    Ok(routed_channel(url)?.0)
+}
+
+/// [`channel`], and whether it currently leads anywhere.
+pub fn routed_channel(url: &str) -> anyhow::Result<(Channel, Routable)> {
     let endpoint = Endpoint::from_shared(url.to_owned())
         .with_context(|| format!("invalid service URL {url:?}"))?;
     Ok(match balance::host_to_balance(endpoint.uri()) {
         Some(host) => balance::balanced_channel(endpoint, host, connection_options),
-        None => connection_options(endpoint).connect_lazy(),
+        None => (
+            connection_options(endpoint).connect_lazy(),
+            Routable::always(),
+        ),
     })
 }
 
@@ -68,18 +77,24 @@ fn connection_options(endpoint: Endpoint) -> Endpoint {
 impl Upstreams {
     pub fn connect(urls: &UpstreamUrls) -> anyhow::Result<Self> {
         let (users, tweets, followers, feeds) = (
-            channel(&urls.users)?,
-            channel(&urls.tweets)?,
-            channel(&urls.followers)?,
-            channel(&urls.feeds)?,
+            routed_channel(&urls.users)?,
+            routed_channel(&urls.tweets)?,
+            routed_channel(&urls.followers)?,
+            routed_channel(&urls.feeds)?,
         );
+        let health = |(channel, routable): &(Channel, Routable)| {
+            (HealthClient::new(channel.clone()), routable.clone())
+        };
+        let with_name = |name, (client, routable)| (name, client, routable);
+        let health = vec![
+            with_name("users", health(&users)),
+            with_name("tweets", health(&tweets)),
+            with_name("followers", health(&followers)),
+            with_name("feeds", health(&feeds)),
+        ];
+        let (users, tweets, followers, feeds) = (users.0, tweets.0, followers.0, feeds.0);
         Ok(Self {
-            health: vec![
-                ("users", HealthClient::new(users.clone())),
-                ("tweets", HealthClient::new(tweets.clone())),
-                ("followers", HealthClient::new(followers.clone())),
-                ("feeds", HealthClient::new(feeds.clone())),
-            ],
+            health,
             users: UsersServiceClient::new(users),
             tweets: TweetsServiceClient::new(tweets),
             followers: FollowersServiceClient::new(followers),

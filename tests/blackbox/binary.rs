@@ -70,10 +70,14 @@ async fn spawn_twtr_with(
     Twtr { child, http, logs }
 }
 
-/// Waits until the gateway reports every service ready.
+/// Waits until the gateway reports every service healthy.
 async fn wait_ready(client: &reqwest::Client, http: &str) {
     eventually("twtr to be ready", CONVERGE, || async {
-        let response = client.get(format!("{http}/readyz")).send().await.ok()?;
+        let response = client
+            .get(format!("{http}/health/details"))
+            .send()
+            .await
+            .ok()?;
         response.status().is_success().then_some(())
     })
     .await;

@@ -325,4 +325,15 @@ async fn liveness_and_readiness() {
         (status == StatusCode::OK).then_some(())
     })
     .await;
+    let details = eventually("every service healthy", CONVERGE, || async {
+        let (status, body) = mesh.get("/health/details", None).await;
+        (status == StatusCode::OK).then_some(body)
+    })
+    .await;
+    assert_eq!(details["status"], "healthy");
+    for service in ["users", "tweets", "followers", "feeds"] {
+        let detail = &details["services"][service];
+        assert_eq!(detail["ready"], "SERVING", "{details}");
+        assert_eq!(detail["events"], "SERVING", "{details}");
+    }
 }

@@ -292,19 +292,15 @@ impl Cluster {
         .collect()
     }
 
-    /// Waits until the gateway reports every service ready (connected to the broker).
+    /// Waits until the gateway reports every service healthy (ready, connected to the broker).
     pub async fn await_ready(&self) {
-        eventually("every part to be ready", CONVERGE, || async {
-            let (status, _) = self.api.get("/readyz", None).await;
+        eventually("every part to be healthy", CONVERGE, || async {
+            let (status, _) = self.api.get("/health/details", None).await;
             status.is_success().then_some(())
         })
         .await;
     }
 
-    /// Whether the gateway reports the mesh ready right now.
-    pub async fn is_ready(&self) -> bool {
-        self.api.get("/readyz", None).await.0.is_success()
-    }
 
     /// Stops every part gracefully (SIGTERM, gateway first) and hands back what a restart needs:
     /// the data directories, the broker prefix and the extra environment.

@@ -34,9 +34,11 @@ use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use twtr_common::IdGenerator;
+use twtr_common::bus::admin::DeadLetterAdmin;
 use twtr_common::bus::{
     self, ConsumerSettings, EventBus, EventHandler, HandlerError, QueueSpec, Subscription,
 };
+use twtr_common::grpc as grpc_server;
 use twtr_common::outbox::{self, Outbox};
 use twtr_common::tasks::{self, Schedule};
 use twtr_proto::events::v1::Envelope;
@@ -137,12 +139,29 @@ impl TweetsService {
                 bus::consume("tweets", subscription, &handler, settings, shutdown).await
             })
         };
+        let serving = grpc_server::Serving {
+            ready: grpc_server::store_readiness(
+                "tweets",
+                {
+                    let tweets = Arc::clone(&self.tweets);
+                    move || {
+                        let tweets = Arc::clone(&tweets);
+                        async move { tweets.ping().await }
+                    }
+                },
+                shutdown.clone(),
+            )
+            .await,
+            events: self.bus.readiness(),
+            dead_letters: Some(DeadLetterAdmin::server(Arc::clone(&self.bus), "tweets")),
+        };
         let grpc = outbox::serve_with_relay(
             "tweets",
             grpc::server(self.tweets),
             listener,
             self.outbox,
             self.bus,
+            serving,
             grpc_stop.clone(),
         );
         let result =

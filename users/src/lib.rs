@@ -47,6 +47,20 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let outbox = deps.store.outbox();
+    let store = Arc::clone(&deps.store);
+    let serving = twtr_common::grpc::Serving {
+        ready: twtr_common::grpc::store_readiness(
+            "users",
+            move || {
+                let store = Arc::clone(&store);
+                async move { store.ping().await }
+            },
+            shutdown.clone(),
+        )
+        .await,
+        events: deps.bus.readiness(),
+        dead_letters: None,
+    };
     let users = Users::new(deps.store.clone(), deps.ids, deps.tokens)?;
     outbox::serve_with_relay(
         "users",
@@ -54,6 +68,7 @@ pub async fn serve(
         listener,
         outbox,
         deps.bus,
+        serving,
         shutdown,
     )
     .await

@@ -159,8 +159,12 @@ app.kubernetes.io/component: {{ .part }}
 - name: TWTR_EVENT_RETRY_DELAY_MS
   value: {{ . | quote }}
 {{- end }}
-{{- with .Values.events.maxAttempts }}
-- name: TWTR_EVENT_MAX_ATTEMPTS
+{{- with .Values.events.retryMaxDelayMs }}
+- name: TWTR_EVENT_RETRY_MAX_DELAY_MS
+  value: {{ . | quote }}
+{{- end }}
+{{- with .Values.events.retryHorizon }}
+- name: TWTR_EVENT_RETRY_HORIZON
   value: {{ . | quote }}
 {{- end }}
 {{- end }}

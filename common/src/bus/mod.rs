@@ -24,6 +24,7 @@
 //! handle, acknowledge, retry and dead-letter, and pauses while the consumer's own store is
 //! down (see [`consume`] for how failures are classified).
 
+pub mod admin;
 pub mod conformance;
 mod in_process;
 mod rabbit;
