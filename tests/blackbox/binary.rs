@@ -12,11 +12,13 @@ use tokio::process::{Child, Command};
 use crate::support::{CONVERGE, eventually, text};
 
 /// `twtr all` as a child process on random ports.
-struct Twtr {
+pub(crate) struct Twtr {
     /// Kept so the process dies with the test (`kill_on_drop`).
-    child: Child,
+    pub(crate) child: Child,
     /// The gateway URL it logged at startup.
-    http: String,
+    pub(crate) http: String,
+    /// The feeds service's URL it logged at startup.
+    pub(crate) feeds: String,
     /// Every log line it has written so far (JSON, one event per line).
     logs: Arc<Mutex<Vec<String>>>,
 }
@@ -25,7 +27,7 @@ async fn spawn_twtr(data_dir: &std::path::Path, log_filter: &str) -> Twtr {
     spawn_twtr_with(data_dir, log_filter, &[]).await
 }
 
-async fn spawn_twtr_with(
+pub(crate) async fn spawn_twtr_with(
     data_dir: &std::path::Path,
     log_filter: &str,
     env: &[(&str, &str)],
@@ -46,7 +48,7 @@ async fn spawn_twtr_with(
         .spawn()
         .expect("spawn twtr");
     let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let http = loop {
+    let (http, feeds) = loop {
         let line = lines
             .next_line()
             .await
@@ -56,7 +58,7 @@ async fn spawn_twtr_with(
             continue;
         };
         if event["message"] == "twtr mesh starting" {
-            break text(&event["http"]);
+            break (text(&event["http"]), text(&event["feeds"]));
         }
     };
     // Keep draining the log so the child never blocks on a full pipe.
@@ -67,11 +69,16 @@ async fn spawn_twtr_with(
             sink.lock().unwrap().push(line);
         }
     });
-    Twtr { child, http, logs }
+    Twtr {
+        child,
+        http,
+        feeds,
+        logs,
+    }
 }
 
 /// Waits until the gateway reports every service healthy.
-async fn wait_ready(client: &reqwest::Client, http: &str) {
+pub(crate) async fn wait_ready(client: &reqwest::Client, http: &str) {
     eventually("twtr to be ready", CONVERGE, || async {
         let response = client
             .get(format!("{http}/health/details"))
@@ -83,7 +90,7 @@ async fn wait_ready(client: &reqwest::Client, http: &str) {
     .await;
 }
 
-async fn post(
+pub(crate) async fn post(
     client: &reqwest::Client,
     url: String,
     token: Option<&str>,

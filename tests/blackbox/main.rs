@@ -7,6 +7,7 @@ mod accounts;
 mod binary;
 mod config;
 mod cql;
+mod dead_letters;
 mod degraded;
 mod edge;
 mod feeds;
