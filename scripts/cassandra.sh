@@ -14,6 +14,7 @@
 #   TWTR_CASSANDRA_STORAGE_PORT  inter-node port, only bound on 127.0.0.1     (default CQL port + 10000)
 #   TWTR_CASSANDRA_HEAP          JVM heap, used for -Xms and -Xmx              (default 2g)
 #   TWTR_CASSANDRA_DIR           jars, config, data and logs                   (default <repo>/.cassandra)
+#   TWTR_CASSANDRA_LIB_DIR       the resolved jars, shareable between nodes    (default $TWTR_CASSANDRA_DIR/lib)
 #   TWTR_CASSANDRA_START_TIMEOUT seconds to wait for CQL to answer on start    (default 180)
 #   TWTR_CASSANDRA_JVM_OPTS      extra JVM options, whitespace-separated       (default none)
 #
@@ -34,7 +35,7 @@ STORAGE_PORT="${TWTR_CASSANDRA_STORAGE_PORT:-$((PORT + 10000))}"
 HEAP="${TWTR_CASSANDRA_HEAP:-2g}"
 START_TIMEOUT="${TWTR_CASSANDRA_START_TIMEOUT:-180}"
 
-LIB_DIR="$CASS_DIR/lib"
+LIB_DIR="${TWTR_CASSANDRA_LIB_DIR:-$CASS_DIR/lib}"
 LIB_MARKER="$LIB_DIR/.resolved-cassandra-all-$CASSANDRA_VERSION"
 CONF_DIR="$CASS_DIR/conf"
 DATA_DIR="$CASS_DIR/data"

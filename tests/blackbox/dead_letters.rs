@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use twtr_common::bus::{ConsumerSettings, EventBus, InProcessBus, QueueType, RabbitBus, RabbitConfig};
+use twtr_common::bus::{
+    ConsumerSettings, EventBus, InProcessBus, QueueType, RabbitBus, RabbitConfig,
+};
 use twtr_proto::events::v1::UserUnfollowed;
 use twtr_proto::events::v1::envelope::Payload;
 
@@ -164,7 +166,10 @@ async fn dead_letters_are_listed_shown_and_redriven(bus: Bus) {
     wait_ready(&client, &mesh.http).await;
     let http = mesh.http.clone();
     let listed = events_dead(&mesh.feeds, &["list"]).await;
-    assert!(listed.contains("1 dead letter(s) in queue feeds"), "{listed}");
+    assert!(
+        listed.contains("1 dead letter(s) in queue feeds"),
+        "{listed}"
+    );
     assert!(
         listed.contains("9000000001  followers.user_unfollowed  attempts=1")
             && listed.contains("reason: the store refused it (test)"),
@@ -177,18 +182,28 @@ async fn dead_letters_are_listed_shown_and_redriven(bus: Bus) {
     );
     assert_eq!(
         feed(&client, &http, &alice_token).await,
-        [tweet.clone()],
+        std::slice::from_ref(&tweet),
         "a dead letter takes no effect"
     );
 
     let redriven = events_dead(&mesh.feeds, &["redrive"]).await;
     assert!(redriven.contains("re-drove 1 dead letter(s)"), "{redriven}");
-    eventually("the re-driven unfollow empties alice's feed", CONVERGE, || async {
-        feed(&client, &http, &alice_token).await.is_empty().then_some(())
-    })
+    eventually(
+        "the re-driven unfollow empties alice's feed",
+        CONVERGE,
+        || async {
+            feed(&client, &http, &alice_token)
+                .await
+                .is_empty()
+                .then_some(())
+        },
+    )
     .await;
     let listed = events_dead(&mesh.feeds, &["list"]).await;
-    assert!(listed.contains("0 dead letter(s) in queue feeds"), "{listed}");
+    assert!(
+        listed.contains("0 dead letter(s) in queue feeds"),
+        "{listed}"
+    );
     let again = events_dead(&mesh.feeds, &["redrive"]).await;
     assert!(again.contains("re-drove 0 dead letter(s)"), "{again}");
 }

@@ -10,6 +10,7 @@ mod cql;
 mod dead_letters;
 mod degraded;
 mod edge;
+mod faults;
 mod feeds;
 mod follows;
 mod grpcurl;

@@ -269,7 +269,7 @@ impl Cluster {
         cluster
     }
 
-    fn base_env(amqp_url: &str, prefix: &str) -> Vec<(String, String)> {
+    pub(crate) fn base_env(amqp_url: &str, prefix: &str) -> Vec<(String, String)> {
         let (private, public) = test_keys();
         [
             ("TWTR_TOKEN_PRIVATE_KEY", private.as_str()),
@@ -300,7 +300,6 @@ impl Cluster {
         })
         .await;
     }
-
 
     /// Stops every part gracefully (SIGTERM, gateway first) and hands back what a restart needs:
     /// the data directories, the broker prefix and the extra environment.
@@ -455,6 +454,72 @@ impl Drop for PrivateBroker {
         // Stop the whole node (not just the app); best effort, and quick.
         let _ = std::process::Command::new("rabbitmqctl")
             .args(["-n", &self.node, "-q", "stop"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// A Cassandra node of the test's own (its own ports and data, the jars `scripts/cassandra.sh`
+/// resolved for the shared node), so a test can stop and start it without touching the node
+/// other tests share. Started and stopped by `scripts/cassandra.sh`, as an operator would.
+pub struct PrivateCassandra {
+    pub port: u16,
+    dir: TempDir,
+    storage_port: u16,
+}
+
+impl PrivateCassandra {
+    /// Starts a fresh node (about 15 s once the jars are resolved).
+    pub async fn start() -> Self {
+        let node = Self {
+            port: free_port(),
+            dir: tempfile::tempdir().expect("temp dir"),
+            storage_port: free_port(),
+        };
+        node.script("start").await;
+        node
+    }
+
+    pub fn nodes(&self) -> Vec<String> {
+        vec![format!("127.0.0.1:{}", self.port)]
+    }
+
+    /// Stops the node (SIGTERM: it drains, then exits).
+    pub async fn stop(&self) {
+        self.script("stop").await;
+    }
+
+    /// Starts the stopped node again on its data.
+    pub async fn resume(&self) {
+        self.script("start").await;
+    }
+
+    async fn script(&self, command: &str) {
+        let repo = env!("CARGO_MANIFEST_DIR");
+        let status = Command::new(format!("{repo}/scripts/cassandra.sh"))
+            .arg(command)
+            .env("TWTR_CASSANDRA_DIR", self.dir.path())
+            .env("TWTR_CASSANDRA_LIB_DIR", format!("{repo}/.cassandra/lib"))
+            .env("TWTR_CASSANDRA_PORT", self.port.to_string())
+            .env("TWTR_CASSANDRA_STORAGE_PORT", self.storage_port.to_string())
+            .env("TWTR_CASSANDRA_HEAP", "1g")
+            .status()
+            .await
+            .expect("run scripts/cassandra.sh");
+        assert!(status.success(), "scripts/cassandra.sh {command} failed");
+    }
+}
+
+impl Drop for PrivateCassandra {
+    fn drop(&mut self) {
+        // Best effort: the node must not outlive the test.
+        let repo = env!("CARGO_MANIFEST_DIR");
+        let _ = std::process::Command::new(format!("{repo}/scripts/cassandra.sh"))
+            .arg("stop")
+            .env("TWTR_CASSANDRA_DIR", self.dir.path())
+            .env("TWTR_CASSANDRA_LIB_DIR", format!("{repo}/.cassandra/lib"))
+            .env("TWTR_CASSANDRA_PORT", self.port.to_string())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status();

@@ -520,9 +520,10 @@ impl ConsumerSettings {
 
 /// How long a probe of the consumer's store may take before it counts as failed.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
-/// While paused, the store is probed after this, doubling up to [`PROBE_MAX`].
+/// While paused, the store is probed after this, doubling up to [`PROBE_MAX`]: a consumer
+/// resumes at most 5 s after its store answers again, for one cheap query per 5 s meanwhile.
 const PROBE_FIRST: Duration = Duration::from_millis(500);
-const PROBE_MAX: Duration = Duration::from_secs(15);
+const PROBE_MAX: Duration = Duration::from_secs(5);
 
 /// How one delivery ended, as far as the consumer loop cares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -541,7 +542,7 @@ enum Settled {
 /// - **transiently**, the consumer first probes its own store ([`EventHandler::probe`]). If the
 ///   store does not answer, the delivery goes back to the queue untouched and the consumer
 ///   pauses: it settles what it holds, gives back what its subscription took ahead, and takes
-///   nothing more until a probe succeeds (backing off to one probe every 15 s), so an outage of
+///   nothing more until a probe succeeds (backing off to one probe every 5 s), so an outage of
 ///   its store spends no retries. Otherwise (a peer down, contention, a timeout) the delivery
 ///   waits in a delay queue for [`RetryPolicy::delay`] and comes back; once it has been failing
 ///   for longer than the retry horizon, it is dead-lettered with the reason.

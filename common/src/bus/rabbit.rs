@@ -6,7 +6,7 @@
 //! |---|---|---|
 //! | `<p>.events` | topic exchange | every domain event, routing key `<service>.<event>` |
 //! | `<p>.<queue>` | queue (quorum by default) | a consuming service's work queue, bound to the keys it handles; its replicas are competing consumers |
-//! | `<p>.<queue>.retry.<delay>` | queue per delay tier ([`RetryPolicy::tiers`]: `1s`, `2s`, ... `300s`), message TTL = the tier, declared when first needed | a failed message waits here (its own `expiration`, jittered, at most the tier), then dead-letters back into the tail of the work queue |
+//! | `<p>.<queue>.retry.<delay>` | queue per delay tier ([`RetryPolicy::tiers`]: `1s`, `2s`, ... `300s`), message TTL = the tier | a failed message waits here (its own `expiration`, jittered, at most the tier), then dead-letters back into the tail of the work queue |
 //! | `<p>.<queue>.dead` | queue | messages given up on, with `x-twtr-last-error`, `x-twtr-failures`, `x-twtr-first-failed-at` and `x-twtr-dead-at` headers; re-driven into the work queue by an operator |
 //! | `<p>.unrouted` | classic queue, at most 100,000 messages | events that no queue was bound for (a mandatory publish came back); kept, not dropped |
 //! | `<p>.worker.<n>` | exclusive queue | the lease on Snowflake worker number `n` held by one live process |
@@ -481,8 +481,7 @@ async fn declare_delay_queue(
     Ok(())
 }
 
-/// Declares `spec`'s work and dead-letter queues and binds the work queue (delay queues are
-/// declared when first needed, see `Inner::delay_queue`).
+/// Declares `spec`'s work, delay and dead-letter queues and binds the work queue.
 async fn declare_queue(
     channel: &Channel,
     config: &RabbitConfig,
@@ -497,6 +496,11 @@ async fn declare_queue(
         .queue_declare(dead.as_str().into(), durable_queue(), base_args(config))
         .await
         .map_err(bus_error)?;
+    // Every delay tier up front: a queue's depth counts them, and a count of a queue that does
+    // not exist would close its channel (which lapin logs as an error).
+    for tier in spec.retry.tiers() {
+        declare_delay_queue(channel, config, &spec.name, tier).await?;
+    }
     for binding in &spec.bindings {
         channel
             .queue_bind(
@@ -735,8 +739,7 @@ impl EventBus for RabbitBus {
     }
 
     /// From passive declarations: RabbitMQ counts the messages ready in a queue (those a
-    /// consumer holds unacknowledged, at most its prefetch, are not counted). Delay queues not
-    /// declared yet count as empty.
+    /// consumer holds unacknowledged, at most its prefetch, are not counted).
     async fn depths(&self, queue: &str) -> Result<QueueDepths, BusError> {
         let live = self.inner.live().ok_or(BusError::Unavailable)?;
         let config = &self.inner.config;
