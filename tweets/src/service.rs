@@ -307,14 +307,14 @@ impl Tweets {
     pub async fn purge_pending(&self) -> Result<usize, TweetsError> {
         let mut removed = 0;
         loop {
-            let users = self.store.pending_purges(16).await?;
-            if users.is_empty() {
+            let purges = self.store.pending_purges(16).await?;
+            if purges.is_empty() {
                 return Ok(removed);
             }
-            for user in users {
-                removed += self.purge(user).await?;
-                self.store.purge_done(user).await?;
-                tracing::info!(user_id = user, "deleted account purged");
+            for purge in purges {
+                removed += self.purge(purge.user).await?;
+                self.store.purge_done(purge).await?;
+                tracing::info!(user_id = purge.user, "deleted account purged");
             }
         }
     }

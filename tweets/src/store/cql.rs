@@ -16,6 +16,10 @@
 //!   The public timeline reads the hours listed in `timeline_buckets` newest first (oldest
 //!   first when polling), `BUCKETS_PER_READ` at a time, and each hour's partition of
 //!   `timeline` until the page is full: never a table scan.
+//! - deleted authors: `gone_authors`, which a create reads first, and the authors whose tweets,
+//!   likes and retweets the service still removes, in `author_purges_by_hour`
+//!   (`003_settled_changes.cql`, a [`PurgeQueue`]: hourly partitions read from a cursor, never
+//!   through deletes).
 //!
 //! # How a create lands, and how a retry finishes one cut short
 //!
@@ -55,10 +59,11 @@ use scylla::statement::batch::{Batch, BatchType};
 use scylla::statement::prepared::PreparedStatement;
 use scylla::value::{CqlTimestamp, CqlValue};
 use twtr_common::cql::{
-    CqlError, CqlOutbox, Keyspace, cas_outcome_unknown, lwt_applied, lwt_outcome,
+    CqlError, CqlOutbox, Keyspace, PurgeQueue, PurgeTables, cas_outcome_unknown, lwt_applied,
+    lwt_outcome,
 };
 use twtr_common::outbox::Outbox;
-use twtr_common::store::StoreError;
+use twtr_common::store::{PendingPurge, StoreError};
 use twtr_common::{Page, PageRequest, clock, id};
 use twtr_proto::events::v1::Envelope;
 use twtr_proto::events::v1::envelope::Payload;
@@ -102,15 +107,14 @@ const DELETE_TWEET: &str = "UPDATE {ks}.tweets SET deleted = true, deleted_at = 
 const DELETE_AUTHOR_TWEET: &str =
     "DELETE FROM {ks}.author_tweets WHERE author_id = ? AND tweet_id = ?";
 const DELETE_TIMELINE: &str = "DELETE FROM {ks}.timeline WHERE bucket = ? AND tweet_id = ?";
-// Deleted authors and their purges (`002_authors_and_post_keys.cql`).
+// Deleted authors (`002_authors_and_post_keys.cql`) and their purges (`003`, see `PurgeQueue`).
 const SELECT_GONE: &str = "SELECT author_id FROM {ks}.gone_authors WHERE author_id = ?";
 const INSERT_GONE: &str = "INSERT INTO {ks}.gone_authors (author_id, gone_at) VALUES (?, ?)";
-const INSERT_PURGE: &str =
-    "INSERT INTO {ks}.author_purges (scope, author_id) VALUES ('pending', ?)";
-const SELECT_PURGES: &str =
-    "SELECT author_id FROM {ks}.author_purges WHERE scope = 'pending' LIMIT ?";
-const DELETE_PURGE: &str =
-    "DELETE FROM {ks}.author_purges WHERE scope = 'pending' AND author_id = ?";
+const PURGE_TABLES: PurgeTables = PurgeTables {
+    queue: "author_purges_by_hour",
+    id_column: "author_id",
+    legacy: "author_purges",
+};
 // An idempotency key, claimed for the window by its TTL.
 const CLAIM_KEY: &str = "INSERT INTO {ks}.post_keys \
      (author_id, idempotency_key, tweet_id, text, claimed_at) VALUES (?, ?, ?, ?, ?) \
@@ -175,9 +179,9 @@ pub struct CqlTweetStore {
     delete_author_tweet: PreparedStatement,
     delete_timeline: PreparedStatement,
     select_gone: PreparedStatement,
+    /// Logged: [`INSERT_GONE`] and the purge queue's insert.
     forget: Batch,
-    select_purges: PreparedStatement,
-    delete_purge: PreparedStatement,
+    purges: PurgeQueue,
     claim_key: PreparedStatement,
     buckets_backward: PreparedStatement,
     buckets_forward: PreparedStatement,
@@ -208,14 +212,14 @@ impl CqlTweetStore {
             read: ks.prepare(SELECT_COUNT).await?,
             select_op: ks.prepare(SELECT_COUNT_OP).await?,
         };
+        let purges = PurgeQueue::new(&ks, PURGE_TABLES).await?;
         let mut forget = Batch::new(BatchType::Logged);
         forget.append_statement(ks.prepare(INSERT_GONE).await?);
-        forget.append_statement(ks.prepare(INSERT_PURGE).await?);
+        forget.append_statement(purges.enqueue().clone());
         Ok(Self {
             select_gone: ks.prepare(SELECT_GONE).await?,
             forget,
-            select_purges: ks.prepare(SELECT_PURGES).await?,
-            delete_purge: ks.prepare(DELETE_PURGE).await?,
+            purges,
             claim_key: ks.prepare(CLAIM_KEY).await?,
             select_tweet_counts: ks.prepare(SELECT_TWEET_COUNTS).await?,
             authors,
@@ -845,8 +849,10 @@ impl TweetStore for CqlTweetStore {
         if self.author_gone(user).await? {
             return Ok(());
         }
-        let user = to_cql(user)?;
-        let values = ((user, CqlTimestamp(clock::now_millis())), (user,));
+        let values = (
+            (to_cql(user)?, CqlTimestamp(clock::now_millis())),
+            PurgeQueue::row(user),
+        );
         self.ks.session().batch(&self.forget, values).await?;
         Ok(())
     }
@@ -864,27 +870,12 @@ impl TweetStore for CqlTweetStore {
         Ok(rows.rows_num() > 0)
     }
 
-    async fn pending_purges(&self, max: usize) -> Result<Vec<u64>, StoreError> {
-        let take = i32::try_from(max).unwrap_or(i32::MAX);
-        let rows = self
-            .ks
-            .session()
-            .execute_unpaged(&self.select_purges, (take,))
-            .await?
-            .into_rows_result()?;
-        let mut users = Vec::new();
-        for row in rows.rows::<(i64,)>()? {
-            users.push(from_cql(row?.0)?);
-        }
-        Ok(users)
+    async fn pending_purges(&self, max: usize) -> Result<Vec<PendingPurge>, StoreError> {
+        self.purges.pending(max).await
     }
 
-    async fn purge_done(&self, user: u64) -> Result<(), StoreError> {
-        self.ks
-            .session()
-            .execute_unpaged(&self.delete_purge, (to_cql(user)?,))
-            .await?;
-        Ok(())
+    async fn purge_done(&self, purge: PendingPurge) -> Result<(), StoreError> {
+        self.purges.done(purge).await
     }
 
     async fn reacted(
@@ -1314,15 +1305,24 @@ mod tests {
         Some(CqlTweetStore::new(ks).await.unwrap())
     }
 
-    /// Whether `query` (tables written `{ks}.<table>`) returns a row.
-    async fn has_row(store: &CqlTweetStore, query: &str, values: impl SerializeRow) -> bool {
+    /// Runs `query` (tables written `{ks}.<table>`) in the store's keyspace.
+    async fn run(
+        store: &CqlTweetStore,
+        query: &str,
+        values: impl SerializeRow,
+    ) -> scylla::response::query_result::QueryResult {
         let query = twtr_common::cql::qualify(query, store.ks.name());
-        let rows = store
+        store
             .ks
             .session()
             .query_unpaged(query, values)
             .await
-            .unwrap();
+            .unwrap()
+    }
+
+    /// Whether `query` (tables written `{ks}.<table>`) returns a row.
+    async fn has_row(store: &CqlTweetStore, query: &str, values: impl SerializeRow) -> bool {
+        let rows = run(store, query, values).await;
         rows.into_rows_result().unwrap().rows_num() > 0
     }
 
@@ -1462,6 +1462,86 @@ mod tests {
             staged_of(&store, &[first_event, retry_event]).await,
             vec![first_event]
         );
+    }
+
+    /// A purge pass reads from its cursor, stops the cursor at the first hour with an
+    /// unfinished purge, moves it past that hour once the purge is done (never closer to now
+    /// than `CURSOR_LAG`), and never reads before it again.
+    #[tokio::test]
+    async fn purge_passes_read_from_a_cursor_past_finished_hours() {
+        let Some(store) = cql_store().await else {
+            return;
+        };
+        let [old, older] = [unique_id(), unique_id()];
+        let hour = clock::now_millis() / BUCKET_MS;
+        let (old_hour, older_hour) = (hour - 5, hour - 10);
+        let queue = "INSERT INTO {ks}.author_purges_by_hour (bucket, author_id) VALUES (?, ?)";
+        let cursor = |store| async move {
+            let rows = run(
+                store,
+                "SELECT bucket FROM {ks}.purge_cursor WHERE scope = 'all'",
+                (),
+            );
+            let row = rows
+                .await
+                .into_rows_result()
+                .unwrap()
+                .single_row::<(Option<i64>,)>();
+            row.unwrap().0.unwrap()
+        };
+        run(&store, queue, (old_hour, old as i64)).await;
+        // Passes of other tests may move the cursor meanwhile: set it before the hour again
+        // until a pass of this test starts from there.
+        let mine = PendingPurge {
+            user: old,
+            slot: old_hour,
+        };
+        let mut found = false;
+        for _ in 0..10 {
+            let back = "UPDATE {ks}.purge_cursor SET bucket = ? WHERE scope = 'all'";
+            run(&store, back, (old_hour - 1,)).await;
+            if store.pending_purges(100_000).await.unwrap().contains(&mine) {
+                found = true;
+                break;
+            }
+        }
+        assert!(found, "the pass read the hour of the cursor");
+        assert!(
+            cursor(&store).await <= old_hour,
+            "held at the unfinished purge"
+        );
+        store.purge_done(mine).await.unwrap();
+        assert!(!store.pending_purges(100_000).await.unwrap().contains(&mine));
+        let moved = cursor(&store).await;
+        assert!(moved > old_hour, "moved past the finished hour: {moved}");
+        assert!(moved < hour, "but never up to now");
+        // An hour before the cursor is never read again.
+        run(&store, queue, (older_hour, older as i64)).await;
+        let pending = store.pending_purges(100_000).await.unwrap();
+        assert!(pending.iter().all(|p| p.user != older));
+    }
+
+    /// A purge queued in the one-partition table this replaced (by this version before its
+    /// upgrade, or by a replica of the previous version during one) is drained from it.
+    #[tokio::test]
+    async fn purges_pending_in_the_old_table_are_drained() {
+        let Some(store) = cql_store().await else {
+            return;
+        };
+        let user = unique_id();
+        let legacy = "INSERT INTO {ks}.author_purges (scope, author_id) VALUES ('pending', ?)";
+        run(&store, legacy, (user as i64,)).await;
+        let pending = conformance::pending_purges_of(&store, user).await;
+        assert_eq!(pending.len(), 1);
+        store.purge_done(pending[0]).await.unwrap();
+        assert!(
+            conformance::pending_purges_of(&store, user)
+                .await
+                .is_empty()
+        );
+        let gone =
+            "SELECT author_id FROM {ks}.author_purges WHERE scope = 'pending' AND author_id = ?";
+        assert!(!has_row(&store, gone, (user as i64,)).await);
     }
 
     fn page(before: Option<u64>, since: Option<u64>) -> PageRequest {

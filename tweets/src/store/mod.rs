@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use twtr_common::outbox::Outbox;
-use twtr_common::store::StoreError;
+use twtr_common::store::{PendingPurge, StoreError};
 use twtr_common::{Page, PageRequest};
 use twtr_proto::events::v1::Envelope;
 
@@ -105,10 +105,11 @@ pub trait TweetStore: Send + Sync {
     async fn forget_author(&self, user: u64) -> Result<(), StoreError>;
     /// Whether `user`'s account was deleted.
     async fn author_gone(&self, user: u64) -> Result<bool, StoreError>;
-    /// Deleted accounts whose tweets, likes and retweets may remain, at most `max`.
-    async fn pending_purges(&self, max: usize) -> Result<Vec<u64>, StoreError>;
-    /// `user`'s purge is complete.
-    async fn purge_done(&self, user: u64) -> Result<(), StoreError>;
+    /// Deleted accounts whose tweets, likes and retweets may remain, at most `max`. An account
+    /// may be listed twice (two records of one deletion): purging it twice is harmless.
+    async fn pending_purges(&self, max: usize) -> Result<Vec<PendingPurge>, StoreError>;
+    /// The purge of `purge` (one of [`TweetStore::pending_purges`]'s entries) is complete.
+    async fn purge_done(&self, purge: PendingPurge) -> Result<(), StoreError>;
     /// Up to `max` tweets older than `before` that `user` has `reaction` on, newest first.
     async fn reacted(
         &self,
