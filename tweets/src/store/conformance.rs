@@ -10,7 +10,7 @@
 use std::sync::{Arc, OnceLock};
 
 use futures_util::future::join_all;
-use twtr_common::store::PendingPurge;
+use twtr_common::store::{PendingPurge, StoreError};
 use twtr_common::{IdGenerator, Limit, PageRequest};
 use twtr_proto::events::v1::Envelope;
 
@@ -165,12 +165,16 @@ pub async fn creating_twice_is_harmless(store: Arc<dyn TweetStore>) {
         .create(tweet(id, author), event(second_event))
         .await
         .unwrap();
-    // Another tweet under an ID that is taken changes nothing either.
+    // Another tweet under an ID that is taken (an ID minted twice) changes nothing, and the
+    // caller hears of it: it must not answer as if its tweet were stored.
     let impostor = TweetRecord {
         text: "not the first".to_owned(),
         ..tweet(id, unique_id())
     };
-    store.create(impostor, event(third_event)).await.unwrap();
+    assert!(matches!(
+        store.create(impostor, event(third_event)).await,
+        Err(StoreError::Conflict(_))
+    ));
     assert_eq!(store.get(id).await.unwrap(), Some(tweet(id, author)));
     assert_eq!(store.count_by_authors(vec![author]).await.unwrap(), vec![1]);
     let listed = store
@@ -539,6 +543,11 @@ pub async fn deleting_removes_a_tweet_everywhere_once(store: Arc<dyn TweetStore>
         .create(tweet(t[1], author), event(e[3]))
         .await
         .unwrap();
+    // Another author's tweet under its ID is a collision, deleted or not.
+    assert!(matches!(
+        store.create(tweet(t[1], user), event(unique_id())).await,
+        Err(StoreError::Conflict(_))
+    ));
 
     assert_eq!(store.get(t[1]).await.unwrap(), None);
     assert_eq!(

@@ -25,7 +25,9 @@
 //!
 //! 1. **Claim** the tweet ID: `INSERT INTO tweets ... IF NOT EXISTS`, a lightweight transaction
 //!    on the tweet's own partition, so it never contends with other tweets. It decides, once and
-//!    for all, which tweet owns the ID.
+//!    for all, which tweet owns the ID. An ID held by another tweet (minted twice: two
+//!    processes with one worker number) fails the create with [`StoreError::Conflict`], logged
+//!    as an error; the caller's retry gets a fresh ID.
 //! 2. **Batch**: one logged batch with the author's timeline row, the public timeline row, its
 //!    hour in `timeline_buckets` (once per hour per process) and the `TweetCreated` outbox row.
 //!    All of them land or none does; the batch is plain upserts, so running it again is harmless.
@@ -39,8 +41,8 @@
 //! the retry's own event (the tweet gets announced exactly when it exists: a claim whose batch
 //! never ran was never announced, and the retry's event describes the same tweet); if the row is
 //! there, the batch ran, event included, so it skips it, and stages no second event. Either way it
-//! applies the count op, which the ledger turns into a no-op if it was done. A create of another
-//! tweet under a taken ID (or of a tweet since deleted) changes nothing.
+//! applies the count op, which the ledger turns into a no-op if it was done. A create of a tweet
+//! since deleted changes nothing.
 //!
 //! The one race left: a retry that runs while the first attempt sits between its claim and its
 //! batch also finds the timeline row missing, and both attempts stage an event (with different
@@ -265,14 +267,21 @@ impl CqlTweetStore {
         if applied {
             return Ok(Claim::Won);
         }
-        // A lost claim returns the row that won it.
+        // A lost claim returns the row that won it. A deleted tweet keeps its author and time
+        // (its text is gone), which is enough to tell a retry of it from another tweet.
         let column = |name: &str| holder.get(name).cloned().flatten();
-        if let Some(CqlValue::Boolean(true)) = column("deleted") {
-            return Ok(Claim::Deleted);
-        }
-        let same = column("author_id") == Some(CqlValue::BigInt(to_cql(tweet.author_id)?))
-            && column("text") == Some(CqlValue::Text(tweet.text.clone()))
+        let same_author_and_time = column("author_id")
+            == Some(CqlValue::BigInt(to_cql(tweet.author_id)?))
             && column("created_at") == Some(CqlValue::Timestamp(CqlTimestamp(tweet.created_at_ms)));
+        if let Some(CqlValue::Boolean(true)) = column("deleted") {
+            return Ok(if same_author_and_time {
+                Claim::Deleted
+            } else {
+                Claim::HeldByOther
+            });
+        }
+        let same =
+            same_author_and_time && column("text") == Some(CqlValue::Text(tweet.text.clone()));
         Ok(if same {
             Claim::HeldBySame
         } else {
@@ -625,9 +634,10 @@ enum Claim {
     Won,
     /// An earlier call with this very tweet did (a retry, or a concurrent duplicate).
     HeldBySame,
-    /// A different tweet holds it.
+    /// A different tweet holds it, deleted or not: the ID was minted twice.
     HeldByOther,
-    /// The tweet was deleted; its row stays as a tombstone so that nothing brings it back.
+    /// This very tweet, deleted since; its row stays as a tombstone so that nothing brings it
+    /// back.
     Deleted,
 }
 
@@ -795,9 +805,25 @@ impl TweetStore for CqlTweetStore {
                     self.write_batch(&tweet, &event).await?;
                 }
             }
-            Claim::HeldByOther | Claim::Deleted => {
-                tracing::debug!(tweet_id = tweet.id, "tweet id taken; nothing to create");
+            Claim::Deleted => {
+                tracing::debug!(
+                    tweet_id = tweet.id,
+                    "tweet deleted since; nothing to create"
+                );
                 return Ok(true);
+            }
+            Claim::HeldByOther => {
+                // Nothing was stored: answering success would tell the caller its tweet exists.
+                tracing::error!(
+                    tweet_id = tweet.id,
+                    author_id = tweet.author_id,
+                    "tweet id already holds another tweet: two processes mint ids with one \
+                     worker number (check TWTR_WORKER_ID); the create is refused"
+                );
+                return Err(StoreError::Conflict(format!(
+                    "tweet id {} is held by another tweet",
+                    tweet.id
+                )));
             }
         }
         let op = format!("tweet:{}:created", tweet.id);

@@ -139,7 +139,18 @@ impl TweetStore for EmbeddedTweetStore {
                     return Ok(false);
                 }
                 let mut tweets = tx.open_table(TWEETS)?;
-                if tweets.get(tweet.id)?.is_some() {
+                if let Some(row) = tweets.get(tweet.id)? {
+                    // The same tweet again (a retry), deleted since or not: nothing to do.
+                    // Another tweet under its ID is a collision the caller must hear of.
+                    let held = TweetRecord::decode(row.value())?;
+                    if (held.author_id, &held.text, held.created_at_ms)
+                        != (tweet.author_id, &tweet.text, tweet.created_at_ms)
+                    {
+                        return Err(StoreError::Conflict(format!(
+                            "tweet id {} is held by another tweet",
+                            tweet.id
+                        )));
+                    }
                     return Ok(true);
                 }
                 tweets.insert(tweet.id, tweet.encode_to_vec().as_slice())?;

@@ -85,8 +85,10 @@ pub struct Reacted {
 #[async_trait]
 pub trait TweetStore: Send + Sync {
     /// Stores the tweet, its place in the author's timeline, the author's tweet count and
-    /// `event`, atomically. Storing the same tweet ID again changes nothing. Returns `false`,
-    /// writing nothing, when the author is gone ([`TweetStore::forget_author`]).
+    /// `event`, atomically. Storing the same tweet again changes nothing (also once it is
+    /// deleted). Returns `false`, writing nothing, when the author is gone
+    /// ([`TweetStore::forget_author`]), and [`StoreError::Conflict`], writing nothing, when
+    /// another tweet holds the ID (two processes minting IDs with one worker number).
     async fn create(&self, tweet: TweetRecord, event: Envelope) -> Result<bool, StoreError>;
     /// Claims `key` for `author`'s post of `tweet_id` with `text`, unless a claim of it younger
     /// than `window` exists, which it returns instead. A claim lasts at least `window`.
