@@ -62,13 +62,18 @@ macro_rules! tweet_store_conformance {
 }
 
 /// An ID no other check, and no other test process running now, uses: the IDs of tweets,
-/// authors and events alike, from one generator per process whose worker comes from the pid.
+/// authors and events alike, from [`ids`].
 pub fn unique_id() -> u64 {
-    static IDS: OnceLock<IdGenerator> = OnceLock::new();
-    IDS.get_or_init(|| {
-        IdGenerator::new((std::process::id() % 1024) as u16).expect("a worker below 1024")
-    })
-    .next_id()
+    ids().next_id()
+}
+
+/// This test process's one ID generator, whose worker comes from the pid: the one a store
+/// under test mints its own event IDs with, too, so they never collide with the checks' IDs.
+pub fn ids() -> Arc<IdGenerator> {
+    static IDS: OnceLock<Arc<IdGenerator>> = OnceLock::new();
+    Arc::clone(IDS.get_or_init(|| {
+        Arc::new(IdGenerator::new((std::process::id() % 1024) as u16).expect("a worker below 1024"))
+    }))
 }
 
 /// `n` fresh IDs, increasing.

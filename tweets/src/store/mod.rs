@@ -8,7 +8,8 @@
 //! - [`cql`]: [`CqlTweetStore`], tweets on ScyllaDB / Cassandra (the tweet ID claimed by a
 //!   lightweight transaction, then one logged batch for its timeline rows and its event, then the
 //!   author's count moved once through a ledger; likes, retweets and deletions likewise: decided
-//!   by a lightweight transaction, then a batch, then a count op).
+//!   by a lightweight transaction, then a batch, then a count op, and a change that a crash cut
+//!   short after its decision is finished by the next call on the same pair or tweet).
 //! - [`conformance`]: the suite both backends pass, and its macro
 //!   [`tweet_store_conformance!`](crate::tweet_store_conformance).
 
@@ -200,6 +201,12 @@ pub trait TweetStore: Send + Sync {
     /// Deletes a live tweet: it then reads as absent everywhere, its author's count drops by
     /// one (once) and `event` is staged. `false` (nothing written) when no live tweet has `id`.
     async fn delete(&self, id: u64, event: Envelope) -> Result<bool, StoreError>;
+    /// Finishes the deletion of `id` if one was decided but cut short (a backend whose deletion
+    /// is not one transaction): its event staged, its count moved. A no-op otherwise. The
+    /// service calls it when a write finds the tweet gone, as a repeated delete does.
+    async fn finish_deletion(&self, _id: u64) -> Result<(), StoreError> {
+        Ok(())
+    }
     /// One page of everyone's live tweets, newest first.
     async fn public_timeline(&self, page: PageRequest) -> Result<Page<TweetRecord>, StoreError>;
     /// The outbox that `create` stages events into.
