@@ -75,7 +75,9 @@ impl StorageBackend {
         })
     }
 
-    pub async fn tweet_store(&self) -> anyhow::Result<Arc<dyn TweetStore>> {
+    /// The tweets store; `ids` is the process's ID generator (the CQL store mints the IDs of
+    /// the events it rebuilds for changes their callers abandoned).
+    pub async fn tweet_store(&self, ids: Arc<IdGenerator>) -> anyhow::Result<Arc<dyn TweetStore>> {
         Ok(match self {
             Self::Embedded { data_dir } => {
                 let path = data_dir.join("tweets.redb");
@@ -85,7 +87,7 @@ impl StorageBackend {
                 )
             }
             Self::Cql { .. } => Arc::new(
-                CqlTweetStore::new(self.keyspace("tweets").await?)
+                CqlTweetStore::new(self.keyspace("tweets").await?, ids)
                     .await
                     .context("failed to prepare the tweets statements")?,
             ),

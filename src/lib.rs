@@ -311,9 +311,13 @@ async fn run_part(cli: &Cli, config: Config, command: Command) -> anyhow::Result
         Command::Tweets => {
             let listener = bind("tweets", &addrs.tweets_addr).await?;
             let events = backends::event_bus(&config, Part::Alone).await?;
+            let ids = backends::id_generator(&config, &events, Part::Alone).await?;
             let deps = twtr_tweets::TweetsDeps {
-                store: backends::storage(&config).await?.tweet_store().await?,
-                ids: backends::id_generator(&config, &events, Part::Alone).await?,
+                store: backends::storage(&config)
+                    .await?
+                    .tweet_store(Arc::clone(&ids))
+                    .await?,
+                ids,
                 bus: events.bus,
                 consumer: config.consumer,
                 idempotency_window: config.idempotency_window,
@@ -407,7 +411,7 @@ pub async fn run_all(
         tokens: signer,
     };
     let tweets = twtr_tweets::TweetsService::build(twtr_tweets::TweetsDeps {
-        store: storage.tweet_store().await?,
+        store: storage.tweet_store(Arc::clone(&ids)).await?,
         bus: Arc::clone(&bus),
         ids: Arc::clone(&ids),
         consumer: config.consumer,

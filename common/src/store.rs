@@ -50,6 +50,16 @@ impl StoreError {
     }
 }
 
+/// A deleted account whose purge is pending, as a store's `pending_purges` lists it: the
+/// service purges `user`, then hands the entry back to the store's `purge_done` unchanged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PendingPurge {
+    pub user: u64,
+    /// Where the store keeps the entry (on CQL, the hour of the deletion, see
+    /// [`crate::cql::purges`]; 0 on the embedded stores). The store's business, not the caller's.
+    pub slot: i64,
+}
+
 impl From<prost::DecodeError> for StoreError {
     fn from(err: prost::DecodeError) -> Self {
         Self::Corrupt(err.to_string())

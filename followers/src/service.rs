@@ -262,14 +262,14 @@ impl Followers {
     pub async fn purge_pending(&self) -> Result<usize, FollowersError> {
         let mut removed = 0;
         loop {
-            let users = self.store.pending_purges(16).await?;
-            if users.is_empty() {
+            let purges = self.store.pending_purges(16).await?;
+            if purges.is_empty() {
                 return Ok(removed);
             }
-            for user in users {
-                removed += self.purge(user).await?;
-                self.store.purge_done(user).await?;
-                tracing::info!(user_id = user, "deleted account's follows purged");
+            for purge in purges {
+                removed += self.purge(purge.user).await?;
+                self.store.purge_done(purge).await?;
+                tracing::info!(user_id = purge.user, "deleted account's follows purged");
             }
         }
     }
@@ -301,6 +301,8 @@ impl Followers {
 #[cfg(test)]
 mod tests {
     use std::collections::HashSet;
+
+    use twtr_common::store::PendingPurge;
 
     use super::*;
     use crate::store::EmbeddedFollowStore;
@@ -503,11 +505,11 @@ mod tests {
         async fn user_gone(&self, user: u64) -> Result<bool, StoreError> {
             self.store.user_gone(user).await
         }
-        async fn pending_purges(&self, max: usize) -> Result<Vec<u64>, StoreError> {
+        async fn pending_purges(&self, max: usize) -> Result<Vec<PendingPurge>, StoreError> {
             self.store.pending_purges(max).await
         }
-        async fn purge_done(&self, user: u64) -> Result<(), StoreError> {
-            self.store.purge_done(user).await
+        async fn purge_done(&self, purge: PendingPurge) -> Result<(), StoreError> {
+            self.store.purge_done(purge).await
         }
         fn follow_races_deletion(&self) -> bool {
             true

@@ -88,10 +88,12 @@ static USERS: &[Migration] = &[
 static TWEETS: &[Migration] = &[
     migration!("tweets", 1, "001_init.cql"),
     migration!("tweets", 2, "002_authors_and_post_keys.cql"),
+    migration!("tweets", 3, "003_settled_changes.cql"),
 ];
 static FOLLOWERS: &[Migration] = &[
     migration!("followers", 1, "001_init.cql"),
     migration!("followers", 2, "002_gone_users.cql"),
+    migration!("followers", 3, "003_purges_by_time.cql"),
 ];
 static FEEDS: &[Migration] = &[
     migration!("feeds", 1, "001_init.cql"),

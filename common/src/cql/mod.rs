@@ -10,6 +10,8 @@
 //!   [`Keyspace`], which prepares a service's statements once at startup.
 //! - [`outbox`]: [`CqlOutbox`], the sharded transactional outbox with a lease per shard, so any
 //!   number of replicas relay a service's events.
+//! - [`purges`]: [`PurgeQueue`], the deleted accounts a service still has to purge, in hourly
+//!   partitions read from a cursor (the tweets and followers services keep one each).
 //! - [`testing`]: one migrated keyspace set per test process, for the CQL conformance suites.
 //! - [`migrate`](mod@migrate): the numbered schema files under `cql/<service>/`, [`migrate()`] (what
 //!   `twtr migrate` runs) and [`ensure_current`] (what a service checks before serving).
@@ -27,6 +29,7 @@
 pub mod config;
 pub mod migrate;
 pub mod outbox;
+pub mod purges;
 pub mod session;
 pub mod testing;
 
@@ -36,6 +39,7 @@ pub use config::{
 };
 pub use migrate::{Migration, MigrationReport, ensure_current, migrate, migrations};
 pub use outbox::{CqlOutbox, OutboxRow};
+pub use purges::{PurgeQueue, PurgeTables};
 pub use session::{Keyspace, cas_outcome_unknown, connect, lwt_applied, lwt_outcome, qualify};
 
 use scylla::deserialize::DeserializationError;

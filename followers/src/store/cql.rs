@@ -12,7 +12,9 @@
 //!   lists of at most [`IN_CHUNK`] users and puts the answers back in the order asked; a list
 //!   page is one slice of a user's `following` or `followers` partition by follow ID.
 //! - deleted accounts (`cql/followers/002_gone_users.cql`): `gone_users`, which a follow reads
-//!   before deciding, and `user_purges`, the accounts whose edges the service still removes.
+//!   before deciding, and the accounts whose edges the service still removes, in
+//!   `user_purges_by_hour` (`003_purges_by_time.cql`, a [`PurgeQueue`]: hourly partitions read
+//!   from a cursor, finished purges marked by overwrite, never read through deletes).
 //!
 //! # A change of an edge
 //!
@@ -81,9 +83,11 @@ use scylla::statement::prepared::PreparedStatement;
 use scylla::value::CqlTimestamp;
 use tokio::time::Instant;
 use twtr_common::clock;
-use twtr_common::cql::{CqlError, CqlOutbox, Keyspace, cas_outcome_unknown, lwt_applied};
+use twtr_common::cql::{
+    CqlError, CqlOutbox, Keyspace, PurgeQueue, PurgeTables, cas_outcome_unknown, lwt_applied,
+};
 use twtr_common::outbox::Outbox;
-use twtr_common::store::StoreError;
+use twtr_common::store::{PendingPurge, StoreError};
 use twtr_common::{Page, PageRequest};
 use twtr_proto::events::v1::envelope::Payload;
 use twtr_proto::events::v1::{Envelope, UserFollowed};
@@ -146,9 +150,12 @@ const FOLLOWERS_PAGE_FORWARD: &str = "SELECT follow_id, follower_id FROM {ks}.fo
 /// Deleted accounts and their purges.
 const SELECT_GONE: &str = "SELECT user_id FROM {ks}.gone_users WHERE user_id = ?";
 const INSERT_GONE: &str = "INSERT INTO {ks}.gone_users (user_id, gone_at) VALUES (?, ?)";
-const INSERT_PURGE: &str = "INSERT INTO {ks}.user_purges (scope, user_id) VALUES ('pending', ?)";
-const SELECT_PURGES: &str = "SELECT user_id FROM {ks}.user_purges WHERE scope = 'pending' LIMIT ?";
-const DELETE_PURGE: &str = "DELETE FROM {ks}.user_purges WHERE scope = 'pending' AND user_id = ?";
+/// The purge queue's tables (see [`PurgeQueue`]); `user_purges` is the one it replaced.
+const PURGE_TABLES: PurgeTables = PurgeTables {
+    queue: "user_purges_by_hour",
+    id_column: "user_id",
+    legacy: "user_purges",
+};
 
 /// How long a ledger row lives (the `USING TTL` of the ledger insert): longer than any retry.
 pub const LEDGER_TTL: Duration = Duration::from_secs(259_200);
@@ -204,10 +211,9 @@ struct Inner {
     following_page_forward: PreparedStatement,
     followers_page_forward: PreparedStatement,
     select_gone: PreparedStatement,
-    /// Logged: [`INSERT_GONE`] and [`INSERT_PURGE`].
+    /// Logged: [`INSERT_GONE`] and the purge queue's insert.
     forget: Batch,
-    select_purges: PreparedStatement,
-    delete_purge: PreparedStatement,
+    purges: PurgeQueue,
     outbox: Arc<CqlOutbox>,
 }
 
@@ -247,6 +253,7 @@ impl CqlFollowStore {
         let record_op = ks.prepare(RECORD_OP).await?;
         let set_followers = ks.prepare(SET_FOLLOWERS_COUNT).await?;
         let set_following = ks.prepare(SET_FOLLOWING_COUNT).await?;
+        let purges = PurgeQueue::new(&ks, PURGE_TABLES).await?;
         let inner = Inner {
             select_edge: ks.prepare(SELECT_EDGE).await?,
             first_follow: ks.prepare(FIRST_FOLLOW).await?,
@@ -276,10 +283,9 @@ impl CqlFollowStore {
             select_gone: ks.prepare(SELECT_GONE).await?,
             forget: batch_of(vec![
                 ks.prepare(INSERT_GONE).await?,
-                ks.prepare(INSERT_PURGE).await?,
+                purges.enqueue().clone(),
             ]),
-            select_purges: ks.prepare(SELECT_PURGES).await?,
-            delete_purge: ks.prepare(DELETE_PURGE).await?,
+            purges,
             outbox,
             ks,
         };
@@ -819,8 +825,7 @@ impl FollowStore for CqlFollowStore {
         if self.user_gone(user).await? {
             return Ok(());
         }
-        let user = key(user);
-        let values = ((user, ts(clock::now_millis())), (user,));
+        let values = ((key(user), ts(clock::now_millis())), PurgeQueue::row(user));
         self.inner
             .session()
             .batch(&self.inner.forget, values)
@@ -839,27 +844,12 @@ impl FollowStore for CqlFollowStore {
             > 0)
     }
 
-    async fn pending_purges(&self, max: usize) -> Result<Vec<u64>, StoreError> {
-        let take = i32::try_from(max).unwrap_or(i32::MAX);
-        let rows = self
-            .inner
-            .session()
-            .execute_unpaged(&self.inner.select_purges, (take,))
-            .await?
-            .into_rows_result()?;
-        let mut users = Vec::with_capacity(rows.rows_num());
-        for row in rows.rows::<(i64,)>()? {
-            users.push(from_key(row?.0));
-        }
-        Ok(users)
+    async fn pending_purges(&self, max: usize) -> Result<Vec<PendingPurge>, StoreError> {
+        self.inner.purges.pending(max).await
     }
 
-    async fn purge_done(&self, user: u64) -> Result<(), StoreError> {
-        self.inner
-            .session()
-            .execute_unpaged(&self.inner.delete_purge, (key(user),))
-            .await?;
-        Ok(())
+    async fn purge_done(&self, purge: PendingPurge) -> Result<(), StoreError> {
+        self.inner.purges.done(purge).await
     }
 
     fn follow_races_deletion(&self) -> bool {
@@ -940,7 +930,9 @@ mod tests {
     use twtr_common::cql::testing::keyspace_for;
 
     use super::*;
-    use crate::store::conformance::{followed, staged_events, unfollowed, users, version_of};
+    use crate::store::conformance::{
+        followed, pending_purges_of, staged_events, unfollowed, users, version_of,
+    };
 
     async fn open_store() -> Option<CqlFollowStore> {
         let (session, config) = keyspace_for("followers").await?;
@@ -1185,6 +1177,26 @@ mod tests {
                 vec![counts(0, 1), counts(1, 0)]
             );
         }
+    }
+
+    /// A purge queued in the one-partition table this replaced (by this version before its
+    /// upgrade, or by a replica of the previous version during one) is drained from it.
+    #[tokio::test]
+    async fn purges_pending_in_the_old_table_are_drained() {
+        let Some(store) = open_store().await else {
+            return;
+        };
+        let [user] = users();
+        let session = store.inner.session();
+        let ks = store.inner.ks.name();
+        let queue = "INSERT INTO {ks}.user_purges (scope, user_id) VALUES ('pending', ?)";
+        let queue = twtr_common::cql::qualify(queue, ks);
+        session.query_unpaged(queue, (key(user),)).await.unwrap();
+        let store: Arc<dyn FollowStore> = Arc::new(store);
+        let pending = pending_purges_of(&store, user).await;
+        assert_eq!(pending.len(), 1);
+        store.purge_done(pending[0]).await.unwrap();
+        assert!(pending_purges_of(&store, user).await.is_empty());
     }
 
     #[test]

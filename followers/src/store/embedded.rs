@@ -13,7 +13,7 @@ use async_trait::async_trait;
 use redb::{ReadableTable as _, TableDefinition};
 use twtr_common::embedded::{EmbeddedDb, Tx};
 use twtr_common::outbox::Outbox;
-use twtr_common::store::StoreError;
+use twtr_common::store::{PendingPurge, StoreError};
 use twtr_common::{IdGenerator, Page, PageRequest, id};
 use twtr_proto::events::v1::Envelope;
 
@@ -281,22 +281,28 @@ impl FollowStore for EmbeddedFollowStore {
             .await
     }
 
-    async fn pending_purges(&self, max: usize) -> Result<Vec<u64>, StoreError> {
+    async fn pending_purges(&self, max: usize) -> Result<Vec<PendingPurge>, StoreError> {
+        // One transaction removes a purge when it is done, so no deleted row is ever read.
         self.db
             .read(move |txn| {
                 txn.open_table(PURGES)?
                     .iter()?
                     .take(max)
-                    .map(|entry| Ok(entry?.0.value()))
+                    .map(|entry| {
+                        Ok(PendingPurge {
+                            user: entry?.0.value(),
+                            slot: 0,
+                        })
+                    })
                     .collect()
             })
             .await
     }
 
-    async fn purge_done(&self, user: u64) -> Result<(), StoreError> {
+    async fn purge_done(&self, purge: PendingPurge) -> Result<(), StoreError> {
         self.db
             .write(move |tx| {
-                tx.open_table(PURGES)?.remove(user)?;
+                tx.open_table(PURGES)?.remove(purge.user)?;
                 Ok(())
             })
             .await

@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use twtr_common::outbox::Outbox;
-use twtr_common::store::StoreError;
+use twtr_common::store::{PendingPurge, StoreError};
 use twtr_common::{Page, PageRequest};
 use twtr_proto::events::v1::Envelope;
 use twtr_proto::events::v1::envelope::Payload;
@@ -121,10 +121,11 @@ pub trait FollowStore: Send + Sync {
     async fn forget_user(&self, user: u64) -> Result<(), StoreError>;
     /// Whether `user`'s account was deleted.
     async fn user_gone(&self, user: u64) -> Result<bool, StoreError>;
-    /// Deleted accounts whose edges may remain, at most `max`.
-    async fn pending_purges(&self, max: usize) -> Result<Vec<u64>, StoreError>;
-    /// `user`'s purge is complete.
-    async fn purge_done(&self, user: u64) -> Result<(), StoreError>;
+    /// Deleted accounts whose edges may remain, at most `max`. An account may be listed twice
+    /// (two records of one deletion): purging it twice is harmless.
+    async fn pending_purges(&self, max: usize) -> Result<Vec<PendingPurge>, StoreError>;
+    /// The purge of `purge` (one of [`FollowStore::pending_purges`]'s entries) is complete.
+    async fn purge_done(&self, purge: PendingPurge) -> Result<(), StoreError>;
     /// Whether a follow can land after a deletion of one of its users was recorded (a backend
     /// whose follow does not check and write in one transaction): the service then checks
     /// again after each follow, and when it consumes its own `UserFollowed` back.

@@ -11,7 +11,7 @@ use prost::Message as _;
 use redb::{ReadableTable as _, TableDefinition};
 use twtr_common::embedded::{EmbeddedDb, scan_page};
 use twtr_common::outbox::Outbox;
-use twtr_common::store::StoreError;
+use twtr_common::store::{PendingPurge, StoreError};
 use twtr_common::{Page, PageRequest, clock};
 use twtr_proto::events::v1::Envelope;
 
@@ -143,7 +143,18 @@ impl TweetStore for EmbeddedTweetStore {
                     return Ok(false);
                 }
                 let mut tweets = tx.open_table(TWEETS)?;
-                if tweets.get(tweet.id)?.is_some() {
+                if let Some(row) = tweets.get(tweet.id)? {
+                    // The same tweet again (a retry), deleted since or not: nothing to do.
+                    // Another tweet under its ID is a collision the caller must hear of.
+                    let held = TweetRecord::decode(row.value())?;
+                    if (held.author_id, &held.text, held.created_at_ms)
+                        != (tweet.author_id, &tweet.text, tweet.created_at_ms)
+                    {
+                        return Err(StoreError::Conflict(format!(
+                            "tweet id {} is held by another tweet",
+                            tweet.id
+                        )));
+                    }
                     return Ok(true);
                 }
                 tweets.insert(tweet.id, tweet.encode_to_vec().as_slice())?;
@@ -236,22 +247,28 @@ impl TweetStore for EmbeddedTweetStore {
             .await
     }
 
-    async fn pending_purges(&self, max: usize) -> Result<Vec<u64>, StoreError> {
+    async fn pending_purges(&self, max: usize) -> Result<Vec<PendingPurge>, StoreError> {
+        // One transaction removes a purge when it is done, so no deleted row is ever read.
         self.db
             .read(move |txn| {
                 txn.open_table(PURGES)?
                     .iter()?
                     .take(max)
-                    .map(|entry| Ok(entry?.0.value()))
+                    .map(|entry| {
+                        Ok(PendingPurge {
+                            user: entry?.0.value(),
+                            slot: 0,
+                        })
+                    })
                     .collect()
             })
             .await
     }
 
-    async fn purge_done(&self, user: u64) -> Result<(), StoreError> {
+    async fn purge_done(&self, purge: PendingPurge) -> Result<(), StoreError> {
         self.db
             .write(move |tx| {
-                tx.open_table(PURGES)?.remove(user)?;
+                tx.open_table(PURGES)?.remove(purge.user)?;
                 Ok(())
             })
             .await

@@ -8,7 +8,8 @@
 //! - [`cql`]: [`CqlTweetStore`], tweets on ScyllaDB / Cassandra (the tweet ID claimed by a
 //!   lightweight transaction, then one logged batch for its timeline rows and its event, then the
 //!   author's count moved once through a ledger; likes, retweets and deletions likewise: decided
-//!   by a lightweight transaction, then a batch, then a count op).
+//!   by a lightweight transaction, then a batch, then a count op, and a change that a crash cut
+//!   short after its decision is finished by the next call on the same pair or tweet).
 //! - [`conformance`]: the suite both backends pass, and its macro
 //!   [`tweet_store_conformance!`](crate::tweet_store_conformance).
 
@@ -20,7 +21,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use twtr_common::outbox::Outbox;
-use twtr_common::store::StoreError;
+use twtr_common::store::{PendingPurge, StoreError};
 use twtr_common::{Page, PageRequest};
 use twtr_proto::events::v1::Envelope;
 
@@ -89,8 +90,10 @@ pub trait TweetStore: Send + Sync {
     async fn ping(&self) -> Result<(), StoreError>;
 
     /// Stores the tweet, its place in the author's timeline, the author's tweet count and
-    /// `event`, atomically. Storing the same tweet ID again changes nothing. Returns `false`,
-    /// writing nothing, when the author is gone ([`TweetStore::forget_author`]).
+    /// `event`, atomically. Storing the same tweet again changes nothing (also once it is
+    /// deleted). Returns `false`, writing nothing, when the author is gone
+    /// ([`TweetStore::forget_author`]), and [`StoreError::Conflict`], writing nothing, when
+    /// another tweet holds the ID (two processes minting IDs with one worker number).
     async fn create(&self, tweet: TweetRecord, event: Envelope) -> Result<bool, StoreError>;
     /// Claims `key` for `author`'s post of `tweet_id` with `text`, unless a claim of it younger
     /// than `window` exists, which it returns instead. A claim lasts at least `window`.
@@ -109,10 +112,11 @@ pub trait TweetStore: Send + Sync {
     async fn forget_author(&self, user: u64) -> Result<(), StoreError>;
     /// Whether `user`'s account was deleted.
     async fn author_gone(&self, user: u64) -> Result<bool, StoreError>;
-    /// Deleted accounts whose tweets, likes and retweets may remain, at most `max`.
-    async fn pending_purges(&self, max: usize) -> Result<Vec<u64>, StoreError>;
-    /// `user`'s purge is complete.
-    async fn purge_done(&self, user: u64) -> Result<(), StoreError>;
+    /// Deleted accounts whose tweets, likes and retweets may remain, at most `max`. An account
+    /// may be listed twice (two records of one deletion): purging it twice is harmless.
+    async fn pending_purges(&self, max: usize) -> Result<Vec<PendingPurge>, StoreError>;
+    /// The purge of `purge` (one of [`TweetStore::pending_purges`]'s entries) is complete.
+    async fn purge_done(&self, purge: PendingPurge) -> Result<(), StoreError>;
     /// Up to `max` tweets older than `before` that `user` has `reaction` on, newest first.
     async fn reacted(
         &self,
@@ -201,6 +205,12 @@ pub trait TweetStore: Send + Sync {
     /// Deletes a live tweet: it then reads as absent everywhere, its author's count drops by
     /// one (once) and `event` is staged. `false` (nothing written) when no live tweet has `id`.
     async fn delete(&self, id: u64, event: Envelope) -> Result<bool, StoreError>;
+    /// Finishes the deletion of `id` if one was decided but cut short (a backend whose deletion
+    /// is not one transaction): its event staged, its count moved. A no-op otherwise. The
+    /// service calls it when a write finds the tweet gone, as a repeated delete does.
+    async fn finish_deletion(&self, _id: u64) -> Result<(), StoreError> {
+        Ok(())
+    }
     /// One page of everyone's live tweets, newest first.
     async fn public_timeline(&self, page: PageRequest) -> Result<Page<TweetRecord>, StoreError>;
     /// The outbox that `create` stages events into.

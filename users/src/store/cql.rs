@@ -13,8 +13,11 @@
 //!
 //! # Sign-up, and what a crash leaves
 //!
-//! 0. If the ID has a `users` row (live or deleted), this is a retry of a sign-up that ran:
-//!    write nothing, so a late replay cannot bring a deleted account back.
+//! 0. If the ID has a `users` row (live or deleted) with this sign-up's name and creation
+//!    time, this is a retry of a sign-up that ran: write nothing, so a late replay cannot bring
+//!    a deleted account back. Another account's row under the ID (an ID minted twice: two
+//!    processes with one worker number) fails the sign-up with [`StoreError::Conflict`], logged
+//!    as an error, before it claims the name; the caller's retry gets a fresh ID.
 //! 1. Claim the lowercase name: `INSERT INTO usernames ... IF NOT EXISTS`, a lightweight
 //!    transaction on the name's own partition, so only sign-ups for the same name contend.
 //! 2. One logged batch: the `users` row, the `user_tokens` row and the `UserCreated` outbox
@@ -452,10 +455,25 @@ impl UserStore for CqlUserStore {
     }
 
     async fn create(&self, user: UserRecord, event: Envelope) -> Result<Created, StoreError> {
-        // This sign-up ran already (writing again would stage its event twice, or bring a
-        // deleted account back).
-        if self.user_row(user.id).await?.is_some() {
-            return Ok(Created::Created);
+        if let Some(row) = self.user_row(user.id).await? {
+            // This sign-up ran already (writing again would stage its event twice, or bring a
+            // deleted account back): the row, deleted or not, keeps its name and creation time.
+            if row.username.as_deref() == Some(user.username.as_str())
+                && row.created_at == Some(CqlTimestamp(user.created_at_ms))
+            {
+                return Ok(Created::Created);
+            }
+            // Another account holds the ID: answering success would hand this sign-up an
+            // account that is not its own.
+            tracing::error!(
+                user_id = user.id,
+                "user id already holds another account: two processes mint ids with one \
+                 worker number (check TWTR_WORKER_ID); the sign-up is refused"
+            );
+            return Err(StoreError::Conflict(format!(
+                "user id {} is held by another account",
+                user.id
+            )));
         }
         let canonical = user.username.to_ascii_lowercase();
         match self.claim(&canonical, user.id).await? {
@@ -669,6 +687,54 @@ mod tests {
             .await
             .unwrap();
         assert!(claim_seen(result).unwrap().applied);
+    }
+
+    /// An ID minted twice (two processes with one worker number) is never a silent success:
+    /// the second sign-up is refused as a conflict its caller retries, and writes nothing.
+    #[tokio::test]
+    async fn a_sign_up_under_an_id_held_by_another_account_is_a_conflict() {
+        let Some(store) = open_store().await else {
+            return;
+        };
+        let ada = fresh_user("Ada");
+        let created = event(&ada);
+        assert_eq!(
+            store.create(ada.clone(), created.clone()).await.unwrap(),
+            Created::Created
+        );
+        let impostor = UserRecord {
+            id: ada.id,
+            ..fresh_user("Bob")
+        };
+        let refused = event(&impostor);
+        let err = store
+            .create(impostor.clone(), refused.clone())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
+        assert!(err.is_transient(), "a retry with a fresh ID gets past it");
+        assert_eq!(store.get(ada.id).await.unwrap(), Some(ada.clone()));
+        let canonical = impostor.username.to_ascii_lowercase();
+        assert_eq!(store.get_by_username(&canonical).await.unwrap(), None);
+        // Its name was not claimed: the retry, under a fresh ID, signs up.
+        let retried = UserRecord {
+            id: unique_id(),
+            ..impostor
+        };
+        assert_eq!(
+            store
+                .create(retried.clone(), event(&retried))
+                .await
+                .unwrap(),
+            Created::Created
+        );
+        // The same sign-up again is still a retry, not a conflict.
+        assert_eq!(
+            store.create(ada.clone(), event(&ada)).await.unwrap(),
+            Created::Created
+        );
+        let staged = staged(&store).await;
+        assert!(staged.contains(&created.event_id) && !staged.contains(&refused.event_id));
     }
 
     #[tokio::test]
