@@ -1588,7 +1588,7 @@ type ReactionRow = (Option<bool>, Option<i32>, Option<CqlTimestamp>);
 #[async_trait]
 impl TweetStore for CqlTweetStore {
     async fn ping(&self) -> Result<(), StoreError> {
-        Ok(self.ks.ping().await?)
+        Ok(self.inner.ks.ping().await?)
     }
 
     async fn create(&self, tweet: TweetRecord, event: Envelope) -> Result<bool, StoreError> {
