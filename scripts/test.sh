@@ -12,6 +12,8 @@
 #     Central), unless TWTR_SCYLLA_NODES names a cluster (ScyllaDB or Cassandra) to use instead,
 #   - formatting and clippy checks (set TWTR_SKIP_LINT=1 to skip them locally),
 #   - cargo test for the whole workspace: unit tests, conformance suites, black-box mesh tests,
+#   - the fault suite (tests/blackbox/faults.rs, about six minutes): two meshes under load on a
+#     Cassandra node and a broker of its own, each stopped for a minute, and every part killed,
 #   - schemathesis (PyPI, into ./.tools) against /openapi.json on a live mesh (scripts/schemathesis.sh),
 #   - the deployment checks (scripts/chart.sh check): the Helm chart linted, rendered and
 #     validated offline, checked against the binary cargo test built; the Dockerfile linted.
@@ -81,6 +83,11 @@ fi
 
 echo "test.sh: cargo test" >&2
 cargo test --workspace
+
+# The fault suite runs alone, after the rest: it keeps a Cassandra node, a broker and ten
+# processes busy for about six minutes (its own node and broker, so it disturbs nothing else).
+echo "test.sh: the fault suite (tests/blackbox/faults.rs)" >&2
+cargo test --test blackbox -- --ignored faults:: --nocapture
 
 # The HTTP API fuzzed against its OpenAPI document (scripts/schemathesis.sh: schemathesis from
 # PyPI into ./.tools, a live all-in-one mesh on the twtr binary cargo test built, a real token,

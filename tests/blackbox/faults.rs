@@ -67,7 +67,7 @@ async fn outages_and_kills_under_load_lose_nothing_and_answer_no_500() {
     report.line(format!("setup: {:.0?}", began.elapsed()));
 
     let load: Vec<Load> = futures_util::future::join_all(meshes.iter().map(Load::start)).await;
-    tokio::time::sleep(Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
 
     // 1. The store.
     let started = Instant::now();
@@ -180,6 +180,8 @@ struct FaultMesh {
     users: Vec<(String, String)>,
     /// What the load's clients did, as far as they heard back.
     model: Arc<Mutex<Model>>,
+    /// The log lines of parts killed and replaced, for the counts at the end.
+    past_logs: Vec<String>,
     /// The broker and this mesh's prefix on it, to look at its queues.
     amqp: String,
     prefix: String,
@@ -224,6 +226,7 @@ impl FaultMesh {
             reader: Default::default(),
             users: Vec::new(),
             model: Arc::default(),
+            past_logs: Vec::new(),
             amqp: amqp.to_owned(),
             prefix: broker_prefix.clone(),
             _root: root,
@@ -329,6 +332,8 @@ impl FaultMesh {
     async fn kill_and_restart(&mut self, part: &'static str) {
         let mut killed = self.parts.remove(part).expect("a part of the mesh");
         killed.kill().await;
+        self.past_logs
+            .extend(killed.logs.lock().unwrap().iter().cloned());
         tokio::time::sleep(Duration::from_secs(1)).await;
         let restarted = spawn_part(part, part, &self.envs[part]).await;
         self.parts.insert(part, restarted);
@@ -397,9 +402,10 @@ impl FaultMesh {
         started.elapsed()
     }
 
-    /// How many log lines of all parts contain `needle`.
+    /// How many log lines of all parts, killed ones included, contain `needle`.
     fn logged(&self, needle: &str) -> usize {
-        self.parts
+        let current: usize = self
+            .parts
             .values()
             .map(|part| {
                 part.logs
@@ -409,7 +415,8 @@ impl FaultMesh {
                     .filter(|line| line.contains(needle))
                     .count()
             })
-            .sum()
+            .sum();
+        current + self.past_logs.iter().filter(|l| l.contains(needle)).count()
     }
 
     /// Checks the mesh against the model of what its clients did.
