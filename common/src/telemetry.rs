@@ -1,6 +1,6 @@
 //! Structured logging with `tracing`, and OpenTelemetry traces.
 //!
-//! Logs: the filter comes from `TWTR_LOG` (or `RUST_LOG`), default `info`; the format is
+//! Logs: the filter comes from `TWTR_LOG` (or `RUST_LOG`), default [`DEFAULT_LOG`]; the format is
 //! human-readable text or one JSON object per line. Lines go to standard output through a
 //! buffer a background thread drains, so a slow terminal, pipe or disk never holds up a
 //! request: should the buffer ever fill, lines are dropped rather than waited for.
@@ -75,6 +75,13 @@ pub fn exit(code: i32) -> ! {
 /// Installs the global subscriber: logs, and spans for OpenTelemetry (exported to
 /// `otlp_endpoint` when given, as `service`). Calling it twice is harmless (the second call
 /// installs nothing). Call it within a tokio runtime.
+/// The log filter when none is set: `info`, but for the CQL driver's reconnection chatter. While
+/// a node is down the driver logs three lines a second about its control connection, and one
+/// per connection about sharding information that only ScyllaDB sends; twtr reports a store
+/// outage itself, once when it starts and once when it ends, and in `twtr_dependency_up`.
+pub const DEFAULT_LOG: &str =
+    "info,scylla::cluster::metadata::cc_establisher=off,scylla::network::connection=warn";
+
 pub fn init(
     format: LogFormat,
     service: &str,
@@ -84,7 +91,7 @@ pub fn init(
         .ok()
         .or_else(|| std::env::var("RUST_LOG").ok())
         .and_then(|spec| EnvFilter::try_new(spec).ok())
-        .unwrap_or_else(|| EnvFilter::new("info"));
+        .unwrap_or_else(|| EnvFilter::new(DEFAULT_LOG));
     // Colours only for a person at a terminal: a log file or a collector gets plain text.
     let ansi = std::io::stdout().is_terminal();
     let (writer, guard) = tracing_appender::non_blocking(std::io::stdout());
