@@ -57,8 +57,9 @@
 //! every event is published, and at any time each shard has at most one relay (but for the rare
 //! overlap around a lease expiring, which publishes an event twice: consumers tolerate that).
 //!
-//! [`Outbox::peek`] reads every shard from its persisted cursor: the rows not yet marked, and
-//! the legacy rows, without taking a lease.
+//! [`Outbox::peek`] reads every shard from its persisted cursor, without taking a lease: past
+//! the marked rows in the small projection, then the events not yet marked; and the legacy
+//! rows.
 //!
 //! [`CqlOutbox::trace_next_poll`] and [`CqlOutbox::trace_relay_poll`] trace the CQL reads of
 //! the relay's next poll, and [`read_counts`] sums the live rows and tombstone cells a traced
@@ -893,6 +894,35 @@ impl CqlOutbox {
         Ok(events)
     }
 
+    /// The seq just below the shard's first unmarked row above `after`, or `None` if every row
+    /// up to now is marked.
+    async fn skip_marked(&self, shard: i32, mut after: i64) -> Result<Option<i64>, StoreError> {
+        let last = (clock::now_millis() + millis(CLOCK_AHEAD)).div_euclid(BUCKET_MS);
+        let mut bucket = bucket_of(after.saturating_add(1));
+        while bucket <= last {
+            let rows = self
+                .read(
+                    &self.statements.sweep,
+                    (shard, bucket, after, i64::MAX, PAGE),
+                    None,
+                )
+                .await?;
+            let mut read = 0;
+            for row in rows.rows::<(i64, Option<bool>)>()? {
+                let (seq, published) = row?;
+                if published != Some(true) {
+                    return Ok(Some(seq - 1));
+                }
+                read += 1;
+                after = seq;
+            }
+            if read < PAGE {
+                bucket += 1;
+            }
+        }
+        Ok(None)
+    }
+
     /// One relay poll (see the module docs): up to `max` events of the shards held, oldest
     /// first.
     async fn poll(
@@ -922,10 +952,18 @@ impl CqlOutbox {
         Ok(pending)
     }
 
-    /// Up to `max` stored, unpublished events of one shard, from its persisted cursor.
+    /// Up to `max` stored, unpublished events of one shard, from its persisted cursor. The
+    /// rows between the cursor and the first unmarked one (about two minutes of them on a
+    /// healthy relay) are read in the small projection; only from there on are events read.
     async fn peek_shard(&self, shard: i32, max: usize) -> Result<Vec<PendingEvent>, StoreError> {
         let cursor = self.cursor_or_oldest(shard).await?;
-        let (mut events, _) = self.read_forward(shard, cursor, max, None).await?;
+        let mut events = Vec::new();
+        if let Some(before_unmarked) = self.skip_marked(shard, cursor).await? {
+            events = self
+                .read_forward(shard, before_unmarked, max, None)
+                .await?
+                .0;
+        }
         if self.legacy_due(shard) {
             events.extend(self.read_legacy(shard, max, false).await?);
         }
