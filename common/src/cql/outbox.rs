@@ -663,9 +663,7 @@ impl CqlOutbox {
         }
         if state.waiting.len() < max {
             let want = max - state.waiting.len();
-            let (events, head) = self
-                .read_forward(shard, state.head, want, trace.then_some(shard))
-                .await?;
+            let (events, head) = self.read_forward(shard, state.head, want, trace).await?;
             state.head = head;
             for event in events {
                 state.waiting.insert(event.key.seq as i64, event);
@@ -684,7 +682,7 @@ impl CqlOutbox {
         shard: i32,
         mut head: i64,
         want: usize,
-        trace: Option<i32>,
+        trace: bool,
     ) -> Result<(Vec<PendingEvent>, i64), StoreError> {
         let now = clock::now_millis();
         let current = now.div_euclid(BUCKET_MS);
@@ -699,7 +697,7 @@ impl CqlOutbox {
                 .read(
                     &self.statements.forward,
                     (shard, bucket, head, limit as i32),
-                    trace.map(|shard| (shard, OutboxRead::Forward)),
+                    trace.then_some((shard, OutboxRead::Forward)),
                 )
                 .await?;
             let mut read = 0;
@@ -960,7 +958,7 @@ impl CqlOutbox {
         let mut events = Vec::new();
         if let Some(before_unmarked) = self.skip_marked(shard, cursor).await? {
             events = self
-                .read_forward(shard, before_unmarked, max, None)
+                .read_forward(shard, before_unmarked, max, false)
                 .await?
                 .0;
         }
