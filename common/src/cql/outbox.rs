@@ -789,21 +789,25 @@ impl CqlOutbox {
         }
         for seq in late {
             if let Some(event) = self.fetch(shard, seq).await? {
-                // Out of order by milliseconds is routine; later than that is worth a line.
-                if depth == Depth::Near {
+                // Out of order by milliseconds is routine (concurrent batches); later than the
+                // near sweep's margin is worth a line.
+                let behind = Duration::from_millis(
+                    u64::try_from(now - id::millis_of(seq as u64)).unwrap_or(0),
+                );
+                if behind > self.timing.near_sweep_margin {
+                    tracing::info!(
+                        keyspace = self.ks.name(),
+                        shard,
+                        seq,
+                        behind_ms = behind.as_millis() as u64,
+                        "outbox event landed late behind the relay; publishing it now"
+                    );
+                } else {
                     tracing::debug!(
                         keyspace = self.ks.name(),
                         shard,
                         seq,
                         "outbox event landed behind the relay"
-                    );
-                } else {
-                    tracing::info!(
-                        keyspace = self.ks.name(),
-                        shard,
-                        seq,
-                        ?depth,
-                        "outbox event landed behind the relay, later than the near sweep's margin; publishing it now"
                     );
                 }
                 state.waiting.insert(seq, event);
