@@ -68,6 +68,17 @@ pub const fn millis_of(id: u64) -> i64 {
     ((id >> (WORKER_BITS + SEQUENCE_BITS)) as i64) + EPOCH_MS
 }
 
+/// The smallest ID generated at Unix time `millis` (worker 0, sequence 0): every ID minted at
+/// or after `millis` is at least this, every ID minted before it is smaller. Lets a time range
+/// be read as an ID range (`seq >= first_id_at(from)`).
+pub const fn first_id_at(millis: i64) -> u64 {
+    let elapsed = millis - EPOCH_MS;
+    if elapsed <= 0 {
+        return 0;
+    }
+    (elapsed as u64) << (WORKER_BITS + SEQUENCE_BITS)
+}
+
 #[derive(Debug, thiserror::Error)]
 #[error("worker number {0} is out of range (0..={MAX_WORKER})")]
 pub struct InvalidWorker(pub u16);
@@ -109,6 +120,19 @@ mod tests {
     fn an_id_remembers_its_millisecond() {
         let ids = IdGenerator::new(MAX_WORKER).unwrap();
         assert_eq!(millis_of(ids.next_id_at(NOW)), NOW);
+    }
+
+    #[test]
+    fn first_id_at_bounds_the_ids_of_a_millisecond() {
+        let ids = IdGenerator::new(MAX_WORKER).unwrap();
+        let id = ids.next_id_at(NOW);
+        assert!(first_id_at(NOW) <= id && id < first_id_at(NOW + 1));
+        assert_eq!(millis_of(first_id_at(NOW)), NOW);
+        assert_eq!(
+            first_id_at(EPOCH_MS - 5),
+            0,
+            "before the epoch clamps to zero"
+        );
     }
 
     #[test]

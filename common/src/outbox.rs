@@ -38,7 +38,8 @@ pub struct PendingEvent {
 pub trait Outbox: Send + Sync {
     /// Up to `max` stored events, in commit order.
     async fn pending(&self, max: usize) -> Result<Vec<PendingEvent>, StoreError>;
-    /// Forgets events that the bus has confirmed.
+    /// Forgets events that the bus has confirmed: the embedded outbox deletes them, the CQL
+    /// one marks them published (deletes would leave tombstones for its reads to wade through).
     async fn remove(&self, keys: Vec<OutboxKey>) -> Result<(), StoreError>;
     /// Resolves when new events may have been stored since the last call.
     async fn changed(&self);

@@ -84,22 +84,26 @@ macro_rules! migration {
 static USERS: &[Migration] = &[
     migration!("users", 1, "001_init.cql"),
     migration!("users", 2, "002_token_generation.cql"),
+    migration!("users", 3, "003_outbox_by_time.cql"),
 ];
 static TWEETS: &[Migration] = &[
     migration!("tweets", 1, "001_init.cql"),
     migration!("tweets", 2, "002_authors_and_post_keys.cql"),
     migration!("tweets", 3, "003_settled_changes.cql"),
+    migration!("tweets", 4, "004_outbox_by_time.cql"),
 ];
 static FOLLOWERS: &[Migration] = &[
     migration!("followers", 1, "001_init.cql"),
     migration!("followers", 2, "002_gone_users.cql"),
     migration!("followers", 3, "003_purges_by_time.cql"),
+    migration!("followers", 4, "004_outbox_by_time.cql"),
 ];
 static FEEDS: &[Migration] = &[
     migration!("feeds", 1, "001_init.cql"),
     migration!("feeds", 2, "002_retweets.cql"),
     migration!("feeds", 3, "003_celebrities.cql"),
     migration!("feeds", 4, "004_drop_feed_meta.cql"),
+    migration!("feeds", 5, "005_outbox_by_time.cql"),
 ];
 
 /// The schema files of `service`'s keyspace, in version order (empty for an unknown service).

@@ -9,7 +9,8 @@
 //! - [`session`]: [`connect`] (token-aware, local-datacenter first, configured consistency) and
 //!   [`Keyspace`], which prepares a service's statements once at startup.
 //! - [`outbox`]: [`CqlOutbox`], the sharded transactional outbox with a lease per shard, so any
-//!   number of replicas relay a service's events.
+//!   number of replicas relay a service's events; read forward from a cursor, marked instead of
+//!   deleted and expired by TTL, so no read meets a tombstone. [`outbox_shard`] picks a shard.
 //! - [`purges`]: [`PurgeQueue`], the deleted accounts a service still has to purge, in hourly
 //!   partitions read from a cursor (the tweets and followers services keep one each).
 //! - [`testing`]: one migrated keyspace set per test process, for the CQL conformance suites.
@@ -38,13 +39,14 @@ pub use config::{
     parse_consistency, parse_serial_consistency,
 };
 pub use migrate::{Migration, MigrationReport, ensure_current, migrate, migrations};
-pub use outbox::{CqlOutbox, OutboxRow};
+pub use outbox::{CqlOutbox, OutboxRead, OutboxRow, ReadCounts, TracedRead, read_counts};
 pub use purges::{PurgeQueue, PurgeTables};
 pub use session::{Keyspace, cas_outcome_unknown, connect, lwt_applied, lwt_outcome, qualify};
 
 use scylla::deserialize::DeserializationError;
 use scylla::errors::{
     ExecutionError, NewSessionError, PagerExecutionError, PrepareError, SchemaAgreementError,
+    TracingError,
 };
 use scylla::response::query_result::{
     FirstRowError, IntoRowsResultError, MaybeFirstRowError, RowsError, SingleRowError,
@@ -52,11 +54,29 @@ use scylla::response::query_result::{
 
 use crate::store::StoreError;
 
-/// Outbox partitions per keyspace (the `shard` column of every `outbox` table): an event goes to
-/// shard `aggregate_id % OUTBOX_SHARDS`, so one aggregate's events stay in order in one shard,
-/// and up to this many relay replicas can drain a service's outbox in parallel. Changing it
-/// strands events in shards no relay reads any more: drain the outbox first.
+/// Outbox shards per keyspace (the `shard` column of `outbox_by_time`, `outbox_cursors`,
+/// `outbox_leases` and the legacy `outbox`): an event goes to shard [`outbox_shard`] of its
+/// aggregate, so one aggregate's events stay in order in one shard, and up to this many relay
+/// replicas can drain a service's outbox in parallel (a relay holds a lease per shard). Changing
+/// it strands events in shards no relay reads any more: drain the outbox first.
 pub const OUTBOX_SHARDS: i32 = 16;
+
+/// The outbox shard of an aggregate: a splitmix64 mix of its ID, modulo [`OUTBOX_SHARDS`].
+///
+/// Not `aggregate_id % OUTBOX_SHARDS`, which is what the first outbox did: aggregate IDs are
+/// Snowflake IDs whose low 12 bits are a per-millisecond sequence, zero for nearly every ID a
+/// quiet process mints, so 87% of events landed in shard 0 (one relay doing the work of all, and
+/// one partition taking all the writes). The mix makes every bit of the ID count.
+pub fn outbox_shard(aggregate_id: u64) -> i32 {
+    // The splitmix64 finalizer (Steele, Lea and Flood): a bijection on u64 whose every output
+    // bit depends on every input bit.
+    let mut z = aggregate_id;
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^= z >> 31;
+    // OUTBOX_SHARDS is positive and small, so the remainder fits an i32.
+    (z % OUTBOX_SHARDS as u64) as i32
+}
 
 /// What can go wrong talking to the cluster or managing its schema.
 #[derive(Debug, thiserror::Error)]
@@ -75,6 +95,8 @@ pub enum CqlError {
     Prepare(#[source] Box<PrepareError>),
     #[error("CQL nodes did not agree on the schema")]
     SchemaAgreement(#[source] Box<SchemaAgreementError>),
+    #[error("cannot read a CQL trace")]
+    Tracing(#[source] Box<TracingError>),
     /// A result did not have the shape the statement promises.
     #[error("unexpected CQL result: {0}")]
     UnexpectedResult(String),
@@ -139,6 +161,7 @@ boxed_driver_error!(
     Pager(PagerExecutionError),
     Prepare(PrepareError),
     SchemaAgreement(SchemaAgreementError),
+    Tracing(TracingError),
 );
 
 macro_rules! unexpected_result {
