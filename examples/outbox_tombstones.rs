@@ -85,7 +85,14 @@ async fn main() {
 
 async fn run(session: Arc<Session>, config: CqlConfig, events: usize) {
     let ks = Keyspace::new(session.clone(), &config, "users").unwrap();
-    let outbox = Arc::new(CqlOutbox::new(ks.clone()).await.unwrap());
+    let outbox = Arc::new(
+        CqlOutbox::new(
+            ks.clone(),
+            Arc::new(twtr_common::IdGenerator::new(2).unwrap()),
+        )
+        .await
+        .unwrap(),
+    );
     let insert_user = ks
         .prepare(
             "INSERT INTO {ks}.users (user_id, username, display_name, created_at, deleted) \
@@ -125,7 +132,7 @@ async fn run(session: Arc<Session>, config: CqlConfig, events: usize) {
         let this_chunk = chunk.min(events - staged);
         let batch: Vec<Envelope> = (0..this_chunk).map(|_| user_created(&ids)).collect();
         for event in &batch {
-            per_shard[CqlOutbox::row(event).0 as usize] += 1;
+            per_shard[twtr_common::cql::outbox_shard(event.aggregate_id) as usize] += 1;
         }
         futures_util::stream::iter(batch)
             .for_each_concurrent(WRITERS, |event| {
@@ -138,7 +145,7 @@ async fn run(session: Arc<Session>, config: CqlConfig, events: usize) {
                         CqlTimestamp(twtr_common::clock::now_millis()),
                     );
                     session
-                        .batch(sign_up, (user, CqlOutbox::row(&event)))
+                        .batch(sign_up, (user, outbox.row(&event)))
                         .await
                         .unwrap();
                     outbox.notify();
@@ -203,7 +210,7 @@ async fn run(session: Arc<Session>, config: CqlConfig, events: usize) {
             aggregate_id: id,
             ..Envelope::default()
         };
-        quiet[CqlOutbox::row(&event).0 as usize] += 1;
+        quiet[twtr_common::cql::outbox_shard(event.aggregate_id) as usize] += 1;
     }
     print_spread("as many aggregate IDs minted one per millisecond", &quiet);
 }

@@ -58,7 +58,7 @@ impl StorageBackend {
         Ok(Keyspace::new(Arc::clone(session), config, service)?)
     }
 
-    pub async fn user_store(&self) -> anyhow::Result<Arc<dyn UserStore>> {
+    pub async fn user_store(&self, ids: Arc<IdGenerator>) -> anyhow::Result<Arc<dyn UserStore>> {
         Ok(match self {
             Self::Embedded { data_dir } => {
                 let path = data_dir.join("users.redb");
@@ -68,7 +68,7 @@ impl StorageBackend {
                 )
             }
             Self::Cql { .. } => Arc::new(
-                CqlUserStore::new(self.keyspace("users").await?)
+                CqlUserStore::new(self.keyspace("users").await?, ids)
                     .await
                     .context("failed to prepare the users statements")?,
             ),
@@ -94,7 +94,10 @@ impl StorageBackend {
         })
     }
 
-    pub async fn follow_store(&self) -> anyhow::Result<Arc<dyn FollowStore>> {
+    pub async fn follow_store(
+        &self,
+        ids: Arc<IdGenerator>,
+    ) -> anyhow::Result<Arc<dyn FollowStore>> {
         Ok(match self {
             Self::Embedded { data_dir } => {
                 let path = data_dir.join("followers.redb");
@@ -104,7 +107,7 @@ impl StorageBackend {
                 )
             }
             Self::Cql { .. } => Arc::new(
-                CqlFollowStore::new(self.keyspace("followers").await?)
+                CqlFollowStore::new(self.keyspace("followers").await?, ids)
                     .await
                     .context("failed to prepare the followers statements")?,
             ),

@@ -300,9 +300,13 @@ async fn run_part(cli: &Cli, config: Config, command: Command) -> anyhow::Result
         Command::Users => {
             let listener = bind("users", &addrs.users_addr).await?;
             let events = backends::event_bus(&config, Part::Alone).await?;
+            let ids = backends::id_generator(&config, &events, Part::Alone).await?;
             let deps = twtr_users::UsersDeps {
-                store: backends::storage(&config).await?.user_store().await?,
-                ids: backends::id_generator(&config, &events, Part::Alone).await?,
+                store: backends::storage(&config)
+                    .await?
+                    .user_store(Arc::clone(&ids))
+                    .await?,
+                ids,
                 bus: events.bus,
                 tokens: backends::token_signer(&config, Part::Alone)?,
             };
@@ -333,9 +337,13 @@ async fn run_part(cli: &Cli, config: Config, command: Command) -> anyhow::Result
                 &cli.upstream_urls().users,
             )?);
             let events = backends::event_bus(&config, Part::Alone).await?;
+            let ids = backends::id_generator(&config, &events, Part::Alone).await?;
             let deps = twtr_followers::FollowersDeps {
-                store: backends::storage(&config).await?.follow_store().await?,
-                ids: backends::id_generator(&config, &events, Part::Alone).await?,
+                store: backends::storage(&config)
+                    .await?
+                    .follow_store(Arc::clone(&ids))
+                    .await?,
+                ids,
                 bus: events.bus,
                 users: Arc::new(users),
                 consumer: config.consumer,
@@ -405,7 +413,7 @@ pub async fn run_all(
     })
     .await?;
     let users = twtr_users::UsersDeps {
-        store: storage.user_store().await?,
+        store: storage.user_store(Arc::clone(&ids)).await?,
         bus: Arc::clone(&bus),
         ids: Arc::clone(&ids),
         tokens: signer,
@@ -419,7 +427,7 @@ pub async fn run_all(
     })
     .await?;
     let followers = twtr_followers::FollowersService::build(twtr_followers::FollowersDeps {
-        store: storage.follow_store().await?,
+        store: storage.follow_store(Arc::clone(&ids)).await?,
         bus: Arc::clone(&bus),
         ids: Arc::clone(&ids),
         users: Arc::new(UsersServiceClient::new(twtr_gateway::upstream::channel(

@@ -6,9 +6,9 @@
 //!
 //! Four tables in each service's keyspace:
 //!
-//! - `outbox_by_time`: the events, partitioned by `(shard, bucket)` and clustered by `seq` (the
-//!   event's Snowflake ID). The shard is [`outbox_shard`] of the aggregate, the bucket the
-//!   event's [`BUCKET_MS`] window of time. A `published` flag is set once the bus has confirmed
+//! - `outbox_by_time`: the events, partitioned by `(shard, bucket)` and clustered by `seq` (a
+//!   Snowflake ID minted when the row is staged, see [`CqlOutbox::row`]). The shard is
+//!   [`outbox_shard`] of the aggregate, the bucket the `seq`'s [`BUCKET_MS`] window of time. A `published` flag is set once the bus has confirmed
 //!   the event. Rows live [`RETENTION`] (the table's TTL) and are never deleted.
 //! - `outbox_cursors`: per shard, a `seq` at or below which every row is published (or landed
 //!   later than the sweep's margin, see below). Plain overwrites, no TTL.
@@ -66,8 +66,8 @@
 //! read met.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -84,7 +84,7 @@ use uuid::Uuid;
 use super::{CqlError, Keyspace, OUTBOX_SHARDS, lwt_applied, outbox_shard};
 use crate::outbox::{Outbox, OutboxKey, PendingEvent};
 use crate::store::StoreError;
-use crate::{clock, id, lock};
+use crate::{IdGenerator, clock, id, lock};
 
 /// How long a lease lasts without renewal: a dead replica's shards wait this long for a new
 /// relay.
@@ -229,6 +229,8 @@ struct Statements {
 /// One service's outbox tables and this replica's relay over them.
 pub struct CqlOutbox {
     ks: Keyspace,
+    /// Mints each staged row's `seq` (see [`CqlOutbox::row`]).
+    ids: Arc<IdGenerator>,
     statements: Statements,
     timing: Timing,
     /// Who this relay is, in the lease table: host, process and a random part.
@@ -359,11 +361,15 @@ fn millis(duration: Duration) -> i64 {
 
 impl CqlOutbox {
     /// Prepares the outbox statements in `ks` and makes sure every shard has a cursor.
-    pub async fn new(ks: Keyspace) -> Result<Self, CqlError> {
-        Self::with_timing(ks, Timing::DEFAULT).await
+    pub async fn new(ks: Keyspace, ids: Arc<IdGenerator>) -> Result<Self, CqlError> {
+        Self::with_timing(ks, Timing::DEFAULT, ids).await
     }
 
-    async fn with_timing(ks: Keyspace, timing: Timing) -> Result<Self, CqlError> {
+    async fn with_timing(
+        ks: Keyspace,
+        timing: Timing,
+        ids: Arc<IdGenerator>,
+    ) -> Result<Self, CqlError> {
         let ttl = LEASE_TTL.as_secs();
         let mut random = [0u8; 4];
         getrandom::fill(&mut random).map_err(|err| {
@@ -438,6 +444,7 @@ impl CqlOutbox {
             ks,
             statements,
             timing,
+            ids,
             owner,
             relay: tokio::sync::Mutex::new(Relay::default()),
             legacy_empty: Mutex::new(HashMap::new()),
@@ -455,10 +462,19 @@ impl CqlOutbox {
         &self.statements.insert
     }
 
-    /// The outbox row for `event`: its aggregate's shard, the bucket of its (time-ordered) ID,
-    /// and that ID as sequence.
-    pub fn row(event: &Envelope) -> OutboxRow {
-        let seq = event.event_id as i64;
+    /// The outbox row for `event`: its aggregate's shard, and a `seq` minted now (with its
+    /// bucket). Not the event's ID: the relay reads forward by `seq` and looks back only a
+    /// margin for rows that commit late, and some events are staged long after their ID was
+    /// minted (a change abandoned by a dead caller, finished by the next call with the event
+    /// it would have staged). A `seq` minted at staging is as close to commit order as a
+    /// Snowflake ID can be, and unique across writers, whatever the event.
+    pub fn row(&self, event: &Envelope) -> OutboxRow {
+        let seq = i64::try_from(self.ids.next_id()).unwrap_or(i64::MAX);
+        Self::row_with_seq(event, seq)
+    }
+
+    /// The outbox row for `event` under `seq` (tests stage rows whose `seq` they choose).
+    fn row_with_seq(event: &Envelope, seq: i64) -> OutboxRow {
         (
             outbox_shard(event.aggregate_id),
             bucket_of(seq),
@@ -1136,8 +1152,17 @@ mod tests {
     /// One generator for the whole test process: tests sharing a keyspace never mint the same
     /// event ID.
     fn ids() -> &'static IdGenerator {
-        static IDS: OnceLock<IdGenerator> = OnceLock::new();
-        IDS.get_or_init(|| IdGenerator::new(1).unwrap())
+        ids_arc_ref()
+    }
+
+    fn ids_arc_ref() -> &'static Arc<IdGenerator> {
+        static IDS: OnceLock<Arc<IdGenerator>> = OnceLock::new();
+        IDS.get_or_init(|| Arc::new(IdGenerator::new(1).unwrap()))
+    }
+
+    /// The same generator, as an outbox takes it (for the `seq` of the rows it stages).
+    fn ids_arc() -> Arc<IdGenerator> {
+        Arc::clone(ids_arc_ref())
     }
 
     /// Events of a test of their own: fresh IDs, and aggregates (fresh IDs too) spread over
@@ -1158,7 +1183,8 @@ mod tests {
         let mut values = Vec::new();
         for event in events {
             batch.append_statement(outbox.insert().clone());
-            values.push(CqlOutbox::row(event));
+            // Each row's seq is its event's ID, so a test chooses when a row "was minted".
+            values.push(CqlOutbox::row_with_seq(event, event.event_id as i64));
         }
         outbox.ks.session().batch(&batch, values).await.unwrap();
         outbox.notify();
@@ -1327,7 +1353,7 @@ mod tests {
         let Some((_turn, ks)) = turn("users").await else {
             return;
         };
-        let outbox = CqlOutbox::new(ks).await.unwrap();
+        let outbox = CqlOutbox::new(ks, ids_arc()).await.unwrap();
         let staged = events(5);
         stage(&outbox, &staged).await;
         let expected = ids_of(&staged);
@@ -1375,8 +1401,8 @@ mod tests {
         let Some((_turn, ks)) = turn("followers").await else {
             return;
         };
-        let first = CqlOutbox::new(ks.clone()).await.unwrap();
-        let second = CqlOutbox::new(ks).await.unwrap();
+        let first = CqlOutbox::new(ks.clone(), ids_arc()).await.unwrap();
+        let second = CqlOutbox::new(ks, ids_arc()).await.unwrap();
         let staged = events(3);
         let expected = ids_of(&staged);
         stage(&first, &staged).await;
@@ -1418,7 +1444,7 @@ mod tests {
         let Some((_turn, ks)) = turn("followers").await else {
             return;
         };
-        let outbox = Arc::new(CqlOutbox::new(ks).await.unwrap());
+        let outbox = Arc::new(CqlOutbox::new(ks, ids_arc()).await.unwrap());
         let dir = tempfile::tempdir().unwrap();
         let bus = Arc::new(InProcessBus::open(&dir.path().join("bus.redb")).unwrap());
         let mut sub = bus
@@ -1441,7 +1467,7 @@ mod tests {
         let shard_of: HashMap<u64, i32> = staged
             .iter()
             .flatten()
-            .map(|e| (e.event_id, CqlOutbox::row(e).0))
+            .map(|e| (e.event_id, outbox_shard(e.aggregate_id)))
             .collect();
         let mut seen = Vec::new();
         while seen.iter().filter(|id| expected.contains(id)).count() < expected.len() {
@@ -1486,6 +1512,7 @@ mod tests {
                 sweep_every: Duration::ZERO,
                 ..BY_HAND
             },
+            ids_arc(),
         )
         .await
         .unwrap();
@@ -1511,7 +1538,7 @@ mod tests {
 
         // Each shard's cursor is past its published events and below its unpublished ones.
         for event in &staged {
-            let (shard, _, seq, _) = CqlOutbox::row(event);
+            let (shard, seq) = (outbox_shard(event.aggregate_id), event.event_id as i64);
             let cursor = first.read_cursor(shard).await.unwrap().unwrap();
             if published.contains(&event.event_id) {
                 assert!(
@@ -1527,7 +1554,7 @@ mod tests {
         }
 
         // The next relay starts there, and republishes only what was never confirmed.
-        let second = CqlOutbox::new(ks).await.unwrap();
+        let second = CqlOutbox::new(ks, ids_arc()).await.unwrap();
         let taken_over = second.pending(100).await.unwrap();
         for (shard, state) in &second.relay.lock().await.shards {
             assert_eq!(
@@ -1548,7 +1575,7 @@ mod tests {
         let Some((_turn, ks)) = turn("users").await else {
             return;
         };
-        let first = CqlOutbox::new(ks.clone()).await.unwrap();
+        let first = CqlOutbox::new(ks.clone(), ids_arc()).await.unwrap();
         drain(&first).await;
         let staged = events(6);
         let expected = ids_of(&staged);
@@ -1562,12 +1589,51 @@ mod tests {
         // The cursors stay two minutes behind, so the next relay reads these rows again, but
         // finds them marked.
         for event in &staged {
-            let (shard, _, seq, _) = CqlOutbox::row(event);
+            let (shard, seq) = (outbox_shard(event.aggregate_id), event.event_id as i64);
             assert!(first.read_cursor(shard).await.unwrap().unwrap() < seq);
         }
-        let second = CqlOutbox::new(ks).await.unwrap();
+        let second = CqlOutbox::new(ks, ids_arc()).await.unwrap();
         assert!(mine(&second.pending(100).await.unwrap(), &expected).is_empty());
         second.close().await;
+    }
+
+    /// A change abandoned by a dead caller and finished hours later by the next call stages the
+    /// event it would have staged then, ID and all: the row's `seq` is minted at staging, so
+    /// the hot path publishes it at once instead of no sweep ever reaching back that far.
+    #[tokio::test]
+    async fn an_event_staged_long_after_its_id_was_minted_goes_out_at_once() {
+        let Some((_turn, ks)) = turn("users").await else {
+            return;
+        };
+        let outbox = CqlOutbox::with_timing(ks, BY_HAND, ids_arc())
+            .await
+            .unwrap();
+        drain(&outbox).await;
+        let hours_ago = clock::now_millis() - 2 * 3600 * 1000;
+        let mut old = conformance::event(
+            id::first_id_at(hours_ago) | (ids().next_id() & ((1 << 22) - 1)),
+            "svc.happened",
+        );
+        old.aggregate_id = ids().next_id();
+        let mut batch = Batch::new(BatchType::Logged);
+        batch.append_statement(outbox.insert().clone());
+        outbox
+            .ks
+            .session()
+            .batch(&batch, (outbox.row(&old),))
+            .await
+            .unwrap();
+        let pending = outbox.pending(100).await.unwrap();
+        assert_eq!(
+            mine(&pending, &[old.event_id]),
+            vec![old.event_id],
+            "the hot path finds it, no sweep needed"
+        );
+        outbox
+            .remove(pending.iter().map(|p| p.key).collect())
+            .await
+            .unwrap();
+        outbox.close().await;
     }
 
     #[tokio::test]
@@ -1575,7 +1641,9 @@ mod tests {
         let Some((_turn, ks)) = turn("users").await else {
             return;
         };
-        let outbox = CqlOutbox::with_timing(ks, BY_HAND).await.unwrap();
+        let outbox = CqlOutbox::with_timing(ks, BY_HAND, ids_arc())
+            .await
+            .unwrap();
         drain(&outbox).await;
         // One aggregate, so every event is on one shard, whose head passes them all.
         let aggregate = ids().next_id();
@@ -1659,7 +1727,9 @@ mod tests {
             let (session, statement) = (ks.session().clone(), legacy_insert.clone());
             async move { session.execute_unpaged(&statement, values).await.unwrap() }
         };
-        let outbox = CqlOutbox::with_timing(ks.clone(), BY_HAND).await.unwrap();
+        let outbox = CqlOutbox::with_timing(ks.clone(), BY_HAND, ids_arc())
+            .await
+            .unwrap();
         let legacy = events(3);
         for event in &legacy {
             write_legacy(event).await;
@@ -1735,7 +1805,9 @@ mod tests {
         let Some((_turn, ks)) = turn("followers").await else {
             return;
         };
-        let outbox = CqlOutbox::with_timing(ks.clone(), BY_HAND).await.unwrap();
+        let outbox = CqlOutbox::with_timing(ks.clone(), BY_HAND, ids_arc())
+            .await
+            .unwrap();
         drain(&outbox).await;
         let staged = events(3_000);
         for batch in staged.chunks(50) {
@@ -1745,7 +1817,7 @@ mod tests {
 
         let mut per_shard = vec![0_usize; OUTBOX_SHARDS as usize];
         for event in &staged {
-            per_shard[CqlOutbox::row(event).0 as usize] += 1;
+            per_shard[outbox_shard(event.aggregate_id) as usize] += 1;
         }
         // 187.5 a shard on average; 40% off is over five standard deviations.
         assert!(

@@ -45,8 +45,9 @@
 //!   taken to be at work still, so the call waits for it (up to [`MAX_WAIT`], then fails: try
 //!   again). A retry carrying the event that decided the change finishes it at once.
 //! - Its batch did not run and it is older: abandoned. An abandoned follow is finished with its
-//!   own event, rebuilt from the edge (its ID is the follow ID), so if its first caller wakes up
-//!   and writes too, both write one outbox row. An abandoned unfollow is finished by the next
+//!   own event, rebuilt from the edge (its ID is the follow ID); if its first caller wakes up and
+//!   writes too, the event goes out twice (each staged row gets its own outbox `seq`), which
+//!   consumers take as the one change it is (the event carries the edge's version). An abandoned unfollow is finished by the next
 //!   unfollow, which takes it over (`UPDATE ... IF followed_at = ?`, so one caller does) and
 //!   stages its own event; or by the next follow, quietly, since the follow's event supersedes it.
 //!
@@ -244,8 +245,8 @@ fn batch_of(statements: Vec<PreparedStatement>) -> Batch {
 impl CqlFollowStore {
     /// Prepares every statement in `ks` (so a bad one fails the start, not a request) and the
     /// keyspace's outbox.
-    pub async fn new(ks: Keyspace) -> Result<Self, CqlError> {
-        let outbox = Arc::new(CqlOutbox::new(ks.clone()).await?);
+    pub async fn new(ks: Keyspace, ids: Arc<twtr_common::IdGenerator>) -> Result<Self, CqlError> {
+        let outbox = Arc::new(CqlOutbox::new(ks.clone(), ids).await?);
         let insert_following = ks.prepare(INSERT_FOLLOWING).await?;
         let insert_follower = ks.prepare(INSERT_FOLLOWER).await?;
         let delete_following = ks.prepare(DELETE_FOLLOWING).await?;
@@ -553,7 +554,7 @@ impl Inner {
                 let rows = (
                     (follower, id, followee, at),
                     (followee, id, follower, at),
-                    CqlOutbox::row(event),
+                    self.outbox.row(event),
                 );
                 self.session().batch(&self.follow_batch, rows).await?;
             }
@@ -561,7 +562,7 @@ impl Inner {
                 let rows = (
                     (follower, id, followee),
                     (followee, id, follower),
-                    CqlOutbox::row(event),
+                    self.outbox.row(event),
                 );
                 self.session().batch(&self.unfollow_batch, rows).await?;
             }
@@ -937,7 +938,11 @@ mod tests {
     async fn open_store() -> Option<CqlFollowStore> {
         let (session, config) = keyspace_for("followers").await?;
         let ks = Keyspace::new(session, &config, "followers").unwrap();
-        Some(CqlFollowStore::new(ks).await.unwrap())
+        Some(
+            CqlFollowStore::new(ks, Arc::new(twtr_common::IdGenerator::new(1).unwrap()))
+                .await
+                .unwrap(),
+        )
     }
 
     async fn open_cql() -> Option<(Arc<dyn FollowStore>, ())> {
@@ -1153,7 +1158,7 @@ mod tests {
         let rows = (
             (follower, id, followee, at),
             (followee, id, follower, at),
-            CqlOutbox::row(&event),
+            store.inner.outbox.row(&event),
         );
         let inner = &store.inner;
         inner

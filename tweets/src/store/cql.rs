@@ -370,7 +370,7 @@ impl Inner {
             buckets_forward: ks.prepare(BUCKETS_FORWARD).await?,
             timeline_backward: ks.prepare(TIMELINE_BACKWARD).await?,
             timeline_forward: ks.prepare(TIMELINE_FORWARD).await?,
-            outbox: Arc::new(CqlOutbox::new(ks.clone()).await?),
+            outbox: Arc::new(CqlOutbox::new(ks.clone(), Arc::clone(&ids)).await?),
             ids,
             claim_tweet: ks.prepare(CLAIM_TWEET).await?,
             insert_author_tweet: ks.prepare(INSERT_AUTHOR_TWEET).await?,
@@ -499,7 +499,7 @@ impl Inner {
             values.push(Box::new((bucket,)));
         }
         batch.append_statement(self.outbox.insert().clone());
-        values.push(Box::new(CqlOutbox::row(event)));
+        values.push(Box::new(self.outbox.row(event)));
         self.ks.session().batch(&batch, values).await?;
         self.outbox.notify();
         if new_bucket {
@@ -907,7 +907,7 @@ impl Inner {
             values.push(Box::new((change.write_time(), tweet_key, user_key)));
         }
         batch.append_statement(self.outbox.insert().clone());
-        values.push(Box::new(CqlOutbox::row(&event)));
+        values.push(Box::new(self.outbox.row(&event)));
         self.ks.session().batch(&batch, values).await?;
         self.outbox.notify();
         let delta = if change.on { 1 } else { -1 };
@@ -1082,7 +1082,7 @@ impl Inner {
             let values = (
                 (written, author, tweet),
                 (written, bucket, tweet),
-                CqlOutbox::row(event),
+                self.outbox.row(event),
             );
             self.ks.session().batch(&batch, values).await?;
             self.outbox.notify();

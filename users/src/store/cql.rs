@@ -198,8 +198,8 @@ enum Claim {
 impl CqlUserStore {
     /// Prepares every statement in `ks` (so a bad one fails the start, not a request) and the
     /// keyspace's outbox.
-    pub async fn new(ks: Keyspace) -> Result<Self, CqlError> {
-        let outbox = Arc::new(CqlOutbox::new(ks.clone()).await?);
+    pub async fn new(ks: Keyspace, ids: Arc<twtr_common::IdGenerator>) -> Result<Self, CqlError> {
+        let outbox = Arc::new(CqlOutbox::new(ks.clone(), ids).await?);
         let insert_user = ks.prepare(INSERT_USER).await?;
         let insert_tokens = ks.prepare(INSERT_TOKENS).await?;
         let update_user = ks.prepare(UPDATE_USER).await?;
@@ -390,7 +390,7 @@ impl CqlUserStore {
             CqlTimestamp(updated_at_ms),
             key(user_id),
         );
-        let outbox_row = CqlOutbox::row(event);
+        let outbox_row = self.outbox.row(event);
         match generation {
             Some(generation) => {
                 let tokens = (generation as i64, key(user_id));
@@ -499,7 +499,7 @@ impl UserStore for CqlUserStore {
         );
         let tokens = (key(user.id), user.token_generation as i64);
         self.session()
-            .batch(&self.create_batch, (row, tokens, CqlOutbox::row(&event)))
+            .batch(&self.create_batch, (row, tokens, self.outbox.row(&event)))
             .await?;
         self.outbox.notify();
         Ok(Created::Created)
@@ -569,7 +569,7 @@ impl UserStore for CqlUserStore {
             self.session()
                 .batch(
                     &self.delete_batch,
-                    (tombstone, (key(user_id),), CqlOutbox::row(&event)),
+                    (tombstone, (key(user_id),), self.outbox.row(&event)),
                 )
                 .await?;
             self.outbox.notify();
@@ -664,7 +664,11 @@ mod tests {
     async fn open_store() -> Option<CqlUserStore> {
         let (session, config) = keyspace_for("users").await?;
         let ks = Keyspace::new(session, &config, "users").unwrap();
-        Some(CqlUserStore::new(ks).await.unwrap())
+        Some(
+            CqlUserStore::new(ks, Arc::new(twtr_common::IdGenerator::new(1).unwrap()))
+                .await
+                .unwrap(),
+        )
     }
 
     async fn open_cql() -> Option<(Arc<dyn UserStore>, ())> {
@@ -849,7 +853,7 @@ mod tests {
             .session()
             .batch(
                 &store.delete_batch,
-                (tombstone, (key(ada.id),), CqlOutbox::row(&deleted)),
+                (tombstone, (key(ada.id),), store.outbox.row(&deleted)),
             )
             .await
             .unwrap();
