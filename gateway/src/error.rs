@@ -57,7 +57,14 @@ const UNAVAILABLE_RETRY_AFTER_SECS: u64 = 1;
 /// `Retry-After`, since the caller's retry is the way through.
 impl From<tonic::Status> for ApiError {
     fn from(status: tonic::Status) -> Self {
-        let code = ErrorCode::from_status(&status);
+        let code = match ErrorCode::from_status(&status) {
+            // A call cut short as the request's deadline passed (its connection dropped by the
+            // client-side timeout, say) failed because of the deadline, not the service.
+            ErrorCode::Unavailable if crate::upstream::deadline_passed() => {
+                ErrorCode::DeadlineExceeded
+            }
+            code => code,
+        };
         let message = match code {
             ErrorCode::Internal => {
                 tracing::error!(grpc_code = ?status.code(), message = status.message(), "upstream failed");

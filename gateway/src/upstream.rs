@@ -125,6 +125,12 @@ pub async fn scope<F: Future>(timeout: Duration, work: F) -> F::Output {
     CALL.scope(call, work).await
 }
 
+/// Whether the deadline of the request being served has passed (false outside a request).
+pub fn deadline_passed() -> bool {
+    CALL.try_with(|call| Instant::now() >= call.deadline)
+        .unwrap_or(false)
+}
+
 /// Forwards the caller's token, verified, with every RPC made from now on for this request.
 pub fn forward_token(token: &str) {
     let Ok(value) = format!("Bearer {token}").parse() else {

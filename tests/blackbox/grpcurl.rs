@@ -40,12 +40,19 @@ async fn every_service_answers_grpcurl_list_and_health_check() {
             "{service} not listed at {addr}: {listed:?}"
         );
         assert!(listed.contains(&"grpc.health.v1.Health"), "{listed:?}");
-        // Each port serves its own service, not the whole mesh's.
+        // Each port serves its own service, not the whole mesh's, and a consuming service its
+        // queue's dead letters for operators.
+        let dead_letters = "twtr.events.v1.DeadLetters";
         assert_eq!(
-            listed.iter().filter(|s| s.starts_with("twtr.")).count(),
+            listed
+                .iter()
+                .filter(|s| s.starts_with("twtr.") && **s != dead_letters)
+                .count(),
             1,
             "{listed:?}"
         );
+        let consumes = service != "twtr.users.v1.UsersService";
+        assert_eq!(listed.contains(&dead_letters), consumes, "{listed:?}");
 
         let request = format!(r#"{{"service":"{service}"}}"#);
         let health = grpcurl(&[
