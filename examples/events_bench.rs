@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use twtr::{Amqp, Config, MeshListeners};
 use twtr_common::bus::{EventBus, InProcessBus, QueueType, RabbitBus, RabbitConfig, conformance};
 use twtr_common::embedded::EmbeddedDb;
-use twtr_common::outbox::run_relay;
+use twtr_common::relay::run_relay;
 use twtr_proto::events::v1::Envelope;
 
 const RELAY_EVENTS: u64 = 20_000;
@@ -127,7 +127,7 @@ async fn post_to_feed(name: &str, amqp: Option<Amqp>) {
     };
     let http = format!("http://{}", listeners.http.local_addr().unwrap());
     let shutdown = tokio_util::sync::CancellationToken::new();
-    let mesh = tokio::spawn(twtr::run_all(config, listeners, shutdown.clone()));
+    let mesh = tokio::spawn(twtr::start(config, listeners.into(), shutdown.clone()));
     let client = reqwest::Client::new();
     wait_ready(&client, &http).await;
 

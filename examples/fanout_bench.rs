@@ -45,7 +45,7 @@ async fn main() {
         let mut config = CqlConfig::new(nodes.split(',').map(str::to_owned).collect());
         config.keyspace_prefix = format!("fanout{}", std::process::id());
         let session = twtr_common::cql::connect(&config).await.unwrap();
-        twtr_common::cql::migrate(&session, &config, "feeds")
+        twtr_common::cql::migrate(&session, &config, &twtr_feeds::SCHEMA)
             .await
             .unwrap();
         let ks = Keyspace::new(Arc::clone(&session), &config, "feeds").unwrap();

@@ -51,7 +51,7 @@ use twtr_common::cql::{
     CqlConfig, CqlOutbox, Keyspace, OUTBOX_SHARDS, OutboxRead, TracedRead, connect, migrate,
     read_counts,
 };
-use twtr_common::outbox::run_relay;
+use twtr_common::relay::run_relay;
 use twtr_proto::events::v1::Envelope;
 
 const WRITERS: usize = 32;
@@ -73,7 +73,9 @@ async fn main() {
     let mut config = CqlConfig::new(nodes);
     config.keyspace_prefix = format!("obx{}", twtr_common::clock::now_millis());
     let session = connect(&config).await.unwrap();
-    migrate(&session, &config, "users").await.unwrap();
+    migrate(&session, &config, &twtr_users::SCHEMA)
+        .await
+        .unwrap();
     let keyspace = config.keyspace("users").unwrap();
     let outcome = tokio::spawn(run(session.clone(), config, events)).await;
     session

@@ -8,7 +8,7 @@ use anyhow::Context as _;
 use scylla::client::session::Session;
 use twtr_common::IdGenerator;
 use twtr_common::bus::{EventBus, InProcessBus, QueueSpec, RabbitBus, RabbitConfig};
-use twtr_common::cql::{self, CqlConfig, Keyspace};
+use twtr_common::cql::{self, CqlConfig, Keyspace, Schema};
 use twtr_common::tokens::{self, TokenSigner, TokenVerifier};
 use twtr_feeds::{CqlFeedStore, EmbeddedFeedStore, FeedLimits, FeedStore};
 use twtr_followers::{CqlFollowStore, EmbeddedFollowStore, FollowStore};
@@ -16,6 +16,15 @@ use twtr_tweets::{CqlTweetStore, EmbeddedTweetStore, TweetStore};
 use twtr_users::{CqlUserStore, EmbeddedUserStore, UserStore};
 
 use crate::{Config, Storage};
+
+/// Every service's keyspace schema, in the order `twtr migrate` applies them: each service
+/// crate owns its own, and hands it over here.
+pub const SCHEMAS: [&Schema; 4] = [
+    &twtr_users::SCHEMA,
+    &twtr_tweets::SCHEMA,
+    &twtr_followers::SCHEMA,
+    &twtr_feeds::SCHEMA,
+];
 
 /// Where this process keeps its rows: the embedded files, or one session on the CQL cluster
 /// shared by every service the process runs. Opened once per process by [`storage`].
@@ -48,14 +57,14 @@ pub async fn storage(config: &Config) -> anyhow::Result<StorageBackend> {
 }
 
 impl StorageBackend {
-    /// `service`'s keyspace, after checking its schema is current (a service refuses to serve
-    /// on a keyspace that is behind, and says what to run).
-    async fn keyspace(&self, service: &str) -> anyhow::Result<Keyspace> {
+    /// The keyspace of `schema`, after checking it is current (a service refuses to serve on
+    /// a keyspace that is behind, and says what to run).
+    async fn keyspace(&self, schema: &Schema) -> anyhow::Result<Keyspace> {
         let StorageBackend::Cql { session, config } = self else {
             anyhow::bail!("not a CQL backend");
         };
-        cql::ensure_current(session, config, service).await?;
-        Ok(Keyspace::new(Arc::clone(session), config, service)?)
+        cql::ensure_current(session, config, schema).await?;
+        Ok(Keyspace::new(Arc::clone(session), config, schema.service)?)
     }
 
     pub async fn user_store(&self, ids: Arc<IdGenerator>) -> anyhow::Result<Arc<dyn UserStore>> {
@@ -68,7 +77,7 @@ impl StorageBackend {
                 )
             }
             Self::Cql { .. } => Arc::new(
-                CqlUserStore::new(self.keyspace("users").await?, ids)
+                CqlUserStore::new(self.keyspace(&twtr_users::SCHEMA).await?, ids)
                     .await
                     .context("failed to prepare the users statements")?,
             ),
@@ -87,7 +96,7 @@ impl StorageBackend {
                 )
             }
             Self::Cql { .. } => Arc::new(
-                CqlTweetStore::new(self.keyspace("tweets").await?, ids)
+                CqlTweetStore::new(self.keyspace(&twtr_tweets::SCHEMA).await?, ids)
                     .await
                     .context("failed to prepare the tweets statements")?,
             ),
@@ -107,7 +116,7 @@ impl StorageBackend {
                 )
             }
             Self::Cql { .. } => Arc::new(
-                CqlFollowStore::new(self.keyspace("followers").await?, ids)
+                CqlFollowStore::new(self.keyspace(&twtr_followers::SCHEMA).await?, ids)
                     .await
                     .context("failed to prepare the followers statements")?,
             ),
@@ -124,7 +133,7 @@ impl StorageBackend {
                 )
             }
             Self::Cql { .. } => Arc::new(
-                CqlFeedStore::new(self.keyspace("feeds").await?, limits)
+                CqlFeedStore::new(self.keyspace(&twtr_feeds::SCHEMA).await?, limits)
                     .await
                     .context("failed to prepare the feeds statements")?,
             ),
@@ -132,12 +141,12 @@ impl StorageBackend {
     }
 }
 
-/// How a process runs the mesh: every part in one process, or one part alone (so whatever the
-/// parts share, such as the token secret, must come from configuration).
+/// How a process runs the mesh: every part in one process, or some of them (so whatever the
+/// parts share, such as the token keys, must come from configuration).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Part {
+pub enum Deployment {
     AllInOne,
-    Alone,
+    Split,
 }
 
 /// The event bus a process uses, and the broker behind it when it is RabbitMQ.
@@ -166,7 +175,7 @@ pub fn consumer_queues(config: &Config) -> Vec<QueueSpec> {
 /// The event bus: RabbitMQ when `TWTR_AMQP_URL` is set, else the in-process bus. A part run on
 /// its own with the in-process bus can only reach consumers in its own process, which is worth
 /// a warning.
-pub async fn event_bus(config: &Config, part: Part) -> anyhow::Result<Events> {
+pub async fn event_bus(config: &Config, deployment: Deployment) -> anyhow::Result<Events> {
     if let Some(amqp) = &config.amqp {
         let rabbit = RabbitConfig {
             url: amqp.url.clone(),
@@ -185,7 +194,7 @@ pub async fn event_bus(config: &Config, part: Part) -> anyhow::Result<Events> {
             broker: Some(broker),
         });
     }
-    if part == Part::Alone {
+    if deployment == Deployment::Split {
         tracing::warn!("no TWTR_AMQP_URL: events stay on this process's in-process bus");
     }
     let path = config.data_dir.join("bus.redb");
@@ -204,9 +213,9 @@ pub async fn event_bus(config: &Config, part: Part) -> anyhow::Result<Events> {
 pub async fn id_generator(
     config: &Config,
     events: &Events,
-    part: Part,
+    deployment: Deployment,
 ) -> anyhow::Result<Arc<IdGenerator>> {
-    let worker = match (config.worker_id, &events.broker, part) {
+    let worker = match (config.worker_id, &events.broker, deployment) {
         (Some(worker), _, _) => worker,
         (None, Some(broker), _) => {
             let start = (host_hash() % 1024) as u16;
@@ -217,8 +226,8 @@ pub async fn id_generator(
             tracing::info!(worker, "leased the ID worker number from the event broker");
             worker
         }
-        (None, None, Part::AllInOne) => 0,
-        (None, None, Part::Alone) => {
+        (None, None, Deployment::AllInOne) => 0,
+        (None, None, Deployment::Split) => {
             let worker = (host_hash() % 1024) as u16;
             tracing::info!(
                 worker,
@@ -243,12 +252,12 @@ fn host_hash() -> u64 {
 /// `all` with none configured, a key pair generated once into the data directory
 /// (`token_private.pem`, mode 0600, and `token_public.pem`), so tokens survive a restart. A part
 /// alone refuses to start without its key.
-pub fn token_signer(config: &Config, part: Part) -> anyhow::Result<TokenSigner> {
+pub fn token_signer(config: &Config, deployment: Deployment) -> anyhow::Result<TokenSigner> {
     warn_about_retired_secret();
-    let pem = match (&config.token_private_key, part) {
+    let pem = match (&config.token_private_key, deployment) {
         (Some(path), _) => read_key(path)?,
-        (None, Part::AllInOne) => local_key_pair(&config.data_dir)?.0,
-        (None, Part::Alone) => anyhow::bail!(
+        (None, Deployment::AllInOne) => local_key_pair(&config.data_dir)?.0,
+        (None, Deployment::Split) => anyhow::bail!(
             "TWTR_TOKEN_PRIVATE_KEY must name the PEM file of the Ed25519 key that signs tokens \
              (openssl genpkey -algorithm ed25519 -out token_private.pem)"
         ),
@@ -258,15 +267,15 @@ pub fn token_signer(config: &Config, part: Part) -> anyhow::Result<TokenSigner> 
 
 /// The public keys that verify tokens (every verifier's): the configured PEM files, or in `all`
 /// with none configured, the public half of the key the users service signs with.
-pub fn token_verifier(config: &Config, part: Part) -> anyhow::Result<TokenVerifier> {
+pub fn token_verifier(config: &Config, deployment: Deployment) -> anyhow::Result<TokenVerifier> {
     warn_about_retired_secret();
-    let pems = match (config.token_public_keys.is_empty(), part) {
+    let pems = match (config.token_public_keys.is_empty(), deployment) {
         (false, _) => config
             .token_public_keys
             .iter()
             .map(|path| read_key(path))
             .collect::<anyhow::Result<Vec<_>>>()?,
-        (true, Part::AllInOne) => match &config.token_private_key {
+        (true, Deployment::AllInOne) => match &config.token_private_key {
             Some(path) => vec![
                 tokens::public_key_of(&read_key(path)?)
                     .context("invalid TWTR_TOKEN_PRIVATE_KEY")?,
@@ -274,7 +283,7 @@ pub fn token_verifier(config: &Config, part: Part) -> anyhow::Result<TokenVerifi
             None => vec![local_key_pair(&config.data_dir)?.1],
         },
         // The users service alone may verify with the public half of its signing key.
-        (true, Part::Alone) => match &config.token_private_key {
+        (true, Deployment::Split) => match &config.token_private_key {
             Some(path) => vec![
                 tokens::public_key_of(&read_key(path)?)
                     .context("invalid TWTR_TOKEN_PRIVATE_KEY")?,
@@ -354,10 +363,10 @@ pub async fn migrate(config: &Config) -> anyhow::Result<()> {
             let session = cql::connect(cql).await.with_context(|| {
                 format!("failed to connect to the CQL cluster at {:?}", cql.nodes)
             })?;
-            for service in cql::migrate::SERVICES {
-                let report = cql::migrate(&session, cql, service)
-                    .await
-                    .with_context(|| format!("failed to migrate the {service} keyspace"))?;
+            for schema in SCHEMAS {
+                let report = cql::migrate(&session, cql, schema).await.with_context(|| {
+                    format!("failed to migrate the {} keyspace", schema.service)
+                })?;
                 tracing::info!(
                     keyspace = report.keyspace,
                     applied = ?report.applied,
@@ -368,9 +377,117 @@ pub async fn migrate(config: &Config) -> anyhow::Result<()> {
         }
     }
     if config.amqp.is_some() {
-        let events = event_bus(config, Part::Alone).await?;
+        let events = event_bus(config, Deployment::Split).await?;
         drop(events);
         tracing::info!("event queues declared");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use twtr_common::events::EventKind;
+
+    use super::*;
+
+    /// A binding is a routing key some publisher stamps: built from an [`EventKind`], never
+    /// written by hand, so no queue waits for events nobody sends.
+    #[test]
+    fn every_binding_of_every_consumer_queue_is_a_published_kind() {
+        let published: HashSet<&str> = EventKind::ALL.iter().map(|k| k.routing_key()).collect();
+        assert_eq!(
+            published.len(),
+            EventKind::ALL.len(),
+            "routing keys are distinct"
+        );
+        let data_dir = std::path::Path::new("unused");
+        for storage in [
+            Storage::Embedded {
+                data_dir: data_dir.to_owned(),
+            },
+            Storage::Cql(CqlConfig::new(vec!["127.0.0.1:9042".into()])),
+        ] {
+            let config = Config {
+                storage,
+                ..Config::embedded(data_dir)
+            };
+            for queue in consumer_queues(&config) {
+                assert!(!queue.bindings.is_empty(), "{} binds something", queue.name);
+                for binding in &queue.bindings {
+                    assert!(
+                        published.contains(binding.as_str()),
+                        "{} is bound to {binding}, which no event kind is",
+                        queue.name
+                    );
+                }
+            }
+        }
+    }
+
+    /// Every service's schema applies on a real node (`TWTR_TEST_SCYLLA_NODES`, or the one
+    /// `scripts/cassandra.sh` runs): each file once, every table it creates (less those a
+    /// later file drops) plus the migrator's two, and a second run changes nothing.
+    #[tokio::test]
+    async fn every_schema_migrates_and_a_second_run_changes_nothing() {
+        let Some(nodes) = twtr_common::testing::cql_nodes() else {
+            return;
+        };
+        let mut config = CqlConfig::new(nodes);
+        config.keyspace_prefix = format!(
+            "t{}p{}m",
+            twtr_common::clock::now_millis(),
+            std::process::id()
+        );
+        let session = cql::connect(&config)
+            .await
+            .expect("connect to the test node");
+        let keyspaces = twtr_common::cql::testing::KeyspaceSet {
+            nodes: config.nodes.clone(),
+            prefix: config.keyspace_prefix.clone(),
+            services: SCHEMAS.iter().map(|s| s.service).collect(),
+        };
+        for schema in SCHEMAS {
+            let service = schema.service;
+            let shipped: Vec<u32> = schema.migrations.iter().map(|m| m.version).collect();
+            let report = cql::migrate(&session, &config, schema)
+                .await
+                .unwrap_or_else(|err| panic!("{service}: {err:?}"));
+            assert_eq!(report.applied, shipped, "{service}");
+            assert_eq!(Some(&report.version), shipped.last(), "{service}");
+            let mut tables = 0_usize;
+            for migration in schema.migrations {
+                for statement in migration.statements().unwrap() {
+                    let upper = statement.trim_start().to_uppercase();
+                    if upper.starts_with("CREATE TABLE") {
+                        tables += 1;
+                    } else if upper.starts_with("DROP TABLE") {
+                        tables -= 1;
+                    }
+                }
+            }
+            let keyspace = config.keyspace(service).unwrap();
+            let rows = session
+                .query_unpaged(
+                    "SELECT table_name FROM system_schema.tables WHERE keyspace_name = ?",
+                    (keyspace.as_str(),),
+                )
+                .await
+                .unwrap()
+                .into_rows_result()
+                .unwrap();
+            assert_eq!(
+                rows.rows_num(),
+                tables + 2,
+                "{service}: every table of the files, plus the bookkeeping"
+            );
+            cql::ensure_current(&session, &config, schema)
+                .await
+                .unwrap();
+            let again = cql::migrate(&session, &config, schema).await.unwrap();
+            assert!(again.applied.is_empty(), "{service}: {again:?}");
+        }
+        drop(keyspaces);
+    }
 }

@@ -12,7 +12,6 @@ use twtr_common::cql::{
 };
 use twtr_common::telemetry::LogFormat;
 use twtr_feeds::FeedLimits;
-use twtr_gateway::UpstreamUrls;
 
 use crate::{Amqp, Config, Storage};
 
@@ -310,12 +309,6 @@ pub enum LogFormatArg {
     Json,
 }
 
-/// `http://<addr>`, with an unspecified host (0.0.0.0) replaced by loopback.
-fn url_for(addr: &str) -> String {
-    let addr = addr.replace("0.0.0.0", "127.0.0.1");
-    format!("http://{addr}")
-}
-
 impl Cli {
     pub fn config(&self) -> anyhow::Result<Config> {
         let nodes: Vec<String> = self
@@ -410,34 +403,24 @@ impl Cli {
             edge: self.edge.limits()?,
             metrics_addr: self.edge.metrics_addr.clone().filter(|a| !a.is_empty()),
             otlp_endpoint: self.edge.otlp_endpoint(),
+            listen: crate::ListenAddrs {
+                http: self.addrs.http_addr.clone(),
+                users: self.addrs.users_addr.clone(),
+                tweets: self.addrs.tweets_addr.clone(),
+                followers: self.addrs.followers_addr.clone(),
+                feeds: self.addrs.feeds_addr.clone(),
+            },
+            urls: crate::ServiceUrls {
+                users: self.addrs.users_url.clone().filter(|u| !u.is_empty()),
+                tweets: self.addrs.tweets_url.clone().filter(|u| !u.is_empty()),
+                followers: self.addrs.followers_url.clone().filter(|u| !u.is_empty()),
+                feeds: self.addrs.feeds_url.clone().filter(|u| !u.is_empty()),
+            },
             log_format: match self.log_format {
                 LogFormatArg::Text => LogFormat::Text,
                 LogFormatArg::Json => LogFormat::Json,
             },
         })
-    }
-
-    /// Where the gateway (and followers) reach each service in the distributed mode.
-    pub fn upstream_urls(&self) -> UpstreamUrls {
-        let a = &self.addrs;
-        UpstreamUrls {
-            users: a
-                .users_url
-                .clone()
-                .unwrap_or_else(|| url_for(&a.users_addr)),
-            tweets: a
-                .tweets_url
-                .clone()
-                .unwrap_or_else(|| url_for(&a.tweets_addr)),
-            followers: a
-                .followers_url
-                .clone()
-                .unwrap_or_else(|| url_for(&a.followers_addr)),
-            feeds: a
-                .feeds_url
-                .clone()
-                .unwrap_or_else(|| url_for(&a.feeds_addr)),
-        }
     }
 }
 
@@ -459,7 +442,10 @@ mod tests {
         let config = cli.config().unwrap();
         assert!(matches!(config.storage, Storage::Embedded { .. }));
         assert!(config.amqp.is_none());
-        assert_eq!(cli.upstream_urls().feeds, "http://127.0.0.1:50054");
+        assert_eq!(
+            cli.config().unwrap().service_urls().feeds,
+            "http://127.0.0.1:50054"
+        );
     }
 
     #[test]
@@ -482,7 +468,7 @@ mod tests {
         };
         assert_eq!(cql.nodes, vec!["a:9042".to_owned(), "b:9042".to_owned()]);
         assert_eq!(cql.keyspace("users").unwrap(), "twtr_users");
-        let urls = cli.upstream_urls();
+        let urls = cli.config().unwrap().service_urls();
         assert_eq!(urls.users, "http://users:50051");
         assert_eq!(urls.tweets, "http://127.0.0.1:7000");
     }

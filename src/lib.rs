@@ -2,17 +2,22 @@
 //!
 //! # Layout
 //!
-//! - [`Cli`]: flags, each with a `TWTR_*` environment variable, turned into a [`Config`].
+//! - [`Cli`]: flags, each with a `TWTR_*` environment variable; it only parses, into a
+//!   [`Config`], which holds everything configurable (addresses and URLs included).
 //! - [`backends`]: the one place where configuration picks the storage and event-bus backends.
-//! - [`run`]: starts what the subcommand names; [`run_all`] starts the whole mesh in one process
-//!   (what `cargo run` and the black-box tests use), each service still a real gRPC server on
-//!   its own listener and the gateway calling them over gRPC.
+//! - [`run`]: what a subcommand asks for. The serving ones (`all`, `gateway`, `users`, ...) all
+//!   go through [`start`], which runs any subset of the five [`Part`]s in one process: `twtr
+//!   all` is all five (what `cargo run` and the black-box tests use), `twtr tweets` one. Each
+//!   service is a real gRPC server on its own listener, and the gateway calls the services over
+//!   gRPC whether they run in its process or elsewhere: a part that runs here is reached at its
+//!   listener, the others at their configured URLs.
 //!
 //! # Shutdown
 //!
-//! SIGINT or SIGTERM cancels one token. In `all`, the gateway drains first (so requests in
-//! flight can still reach the services), then the services: health goes NOT_SERVING, requests
-//! drain, consumers settle what they hold, outboxes flush.
+//! SIGINT or SIGTERM cancels one token. The gateway drains first (so requests in flight can
+//! still reach the services of its process), then the services: health goes NOT_SERVING,
+//! requests drain, consumers settle what they hold, outboxes flush (see
+//! `twtr_common::runtime`).
 
 pub mod backends;
 mod cli;
@@ -25,10 +30,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use futures_util::future::BoxFuture;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use twtr_common::auth;
 use twtr_common::bus::{ConsumerSettings, QueueType};
 use twtr_common::cql::CqlConfig;
 use twtr_common::telemetry::{self, LogFormat};
@@ -38,7 +43,7 @@ use twtr_proto::users::v1::users_service_client::UsersServiceClient;
 
 pub use cli::{Cli, Command};
 
-use crate::backends::Part;
+use crate::backends::Deployment;
 
 /// Storage engine behind every service's store trait.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,6 +84,42 @@ pub struct Config {
     /// Where traces are exported (OTLP over gRPC); `None`: not exported.
     pub otlp_endpoint: Option<String>,
     pub log_format: LogFormat,
+    /// Where each part listens (port 0: any free port).
+    pub listen: ListenAddrs,
+    /// Where callers reach each service that runs elsewhere; `None`: at its listen address.
+    pub urls: ServiceUrls,
+}
+
+/// Where each part listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenAddrs {
+    pub http: String,
+    pub users: String,
+    pub tweets: String,
+    pub followers: String,
+    pub feeds: String,
+}
+
+impl Default for ListenAddrs {
+    /// The gateway on 8080, the services on 50051..50054, all on loopback.
+    fn default() -> Self {
+        Self {
+            http: "127.0.0.1:8080".into(),
+            users: "127.0.0.1:50051".into(),
+            tweets: "127.0.0.1:50052".into(),
+            followers: "127.0.0.1:50053".into(),
+            feeds: "127.0.0.1:50054".into(),
+        }
+    }
+}
+
+/// Where callers reach each service (a URL such as `http://feeds.twtr.svc:50054`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ServiceUrls {
+    pub users: Option<String>,
+    pub tweets: Option<String>,
+    pub followers: Option<String>,
+    pub feeds: Option<String>,
 }
 
 impl std::fmt::Debug for Config {
@@ -98,6 +139,8 @@ impl std::fmt::Debug for Config {
             .field("edge", &self.edge)
             .field("metrics_addr", &self.metrics_addr)
             .field("otlp_endpoint", &self.otlp_endpoint)
+            .field("listen", &self.listen)
+            .field("urls", &self.urls)
             .finish()
     }
 }
@@ -124,6 +167,24 @@ impl Config {
             metrics_addr: None,
             otlp_endpoint: None,
             log_format: LogFormat::Text,
+            listen: ListenAddrs::default(),
+            urls: ServiceUrls::default(),
+        }
+    }
+
+    /// Where callers reach each service: its configured URL, else its listen address (a
+    /// wildcard address reached on loopback).
+    pub fn service_urls(&self) -> UpstreamUrls {
+        let url = |configured: &Option<String>, listen: &str| {
+            configured
+                .clone()
+                .unwrap_or_else(|| format!("http://{}", listen.replace("0.0.0.0", "127.0.0.1")))
+        };
+        UpstreamUrls {
+            users: url(&self.urls.users, &self.listen.users),
+            tweets: url(&self.urls.tweets, &self.listen.tweets),
+            followers: url(&self.urls.followers, &self.listen.followers),
+            feeds: url(&self.urls.feeds, &self.listen.feeds),
         }
     }
 }
@@ -149,6 +210,37 @@ impl std::fmt::Debug for Amqp {
     }
 }
 
+/// One of the five parts of the mesh.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Part {
+    Gateway,
+    Users,
+    Tweets,
+    Followers,
+    Feeds,
+}
+
+impl Part {
+    /// Every part: what `twtr all` runs.
+    pub const ALL: [Part; 5] = [
+        Part::Gateway,
+        Part::Users,
+        Part::Tweets,
+        Part::Followers,
+        Part::Feeds,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Gateway => "gateway",
+            Self::Users => "users",
+            Self::Tweets => "tweets",
+            Self::Followers => "followers",
+            Self::Feeds => "feeds",
+        }
+    }
+}
+
 /// The listeners of the whole mesh, bound by the caller (port 0 is fine).
 #[derive(Debug)]
 pub struct MeshListeners {
@@ -157,6 +249,61 @@ pub struct MeshListeners {
     pub tweets: TcpListener,
     pub followers: TcpListener,
     pub feeds: TcpListener,
+}
+
+/// A listener for each part this process runs: [`start`] runs exactly these parts.
+#[derive(Debug, Default)]
+pub struct Listeners {
+    pub http: Option<TcpListener>,
+    pub users: Option<TcpListener>,
+    pub tweets: Option<TcpListener>,
+    pub followers: Option<TcpListener>,
+    pub feeds: Option<TcpListener>,
+}
+
+impl From<MeshListeners> for Listeners {
+    fn from(mesh: MeshListeners) -> Self {
+        Self {
+            http: Some(mesh.http),
+            users: Some(mesh.users),
+            tweets: Some(mesh.tweets),
+            followers: Some(mesh.followers),
+            feeds: Some(mesh.feeds),
+        }
+    }
+}
+
+impl Listeners {
+    /// Binds each of `parts` on its configured address.
+    pub async fn bind(config: &Config, parts: &[Part]) -> anyhow::Result<Self> {
+        let mut listeners = Self::default();
+        for part in parts {
+            let (slot, addr) = match part {
+                Part::Gateway => (&mut listeners.http, &config.listen.http),
+                Part::Users => (&mut listeners.users, &config.listen.users),
+                Part::Tweets => (&mut listeners.tweets, &config.listen.tweets),
+                Part::Followers => (&mut listeners.followers, &config.listen.followers),
+                Part::Feeds => (&mut listeners.feeds, &config.listen.feeds),
+            };
+            *slot = Some(bind(part.name(), addr).await?);
+        }
+        Ok(listeners)
+    }
+
+    /// The parts these listeners are for.
+    pub fn parts(&self) -> Vec<Part> {
+        let present = [
+            (Part::Gateway, self.http.is_some()),
+            (Part::Users, self.users.is_some()),
+            (Part::Tweets, self.tweets.is_some()),
+            (Part::Followers, self.followers.is_some()),
+            (Part::Feeds, self.feeds.is_some()),
+        ];
+        present
+            .into_iter()
+            .filter_map(|(part, here)| here.then_some(part))
+            .collect()
+    }
 }
 
 /// Binds `addr`, saying which listener failed if it cannot.
@@ -209,27 +356,52 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         // Nothing but the token on stdout, so `$(twtr token ...)` works.
         return print_token(&config, args);
     }
-    let service = match command {
-        Command::Gateway => "twtr-gateway",
-        Command::Users => "twtr-users",
-        Command::Tweets => "twtr-tweets",
-        Command::Followers => "twtr-followers",
-        Command::Feeds => "twtr-feeds",
-        _ => "twtr",
+    let parts: &[Part] = match command {
+        Command::All => &Part::ALL,
+        Command::Gateway => &[Part::Gateway],
+        Command::Users => &[Part::Users],
+        Command::Tweets => &[Part::Tweets],
+        Command::Followers => &[Part::Followers],
+        Command::Feeds => &[Part::Feeds],
+        _ => &[],
     };
-    let telemetry = telemetry::init(config.log_format, service, config.otlp_endpoint.as_deref())?;
+    let service = match parts {
+        [one] => format!("twtr-{}", one.name()),
+        _ => "twtr".to_owned(),
+    };
+    let telemetry = telemetry::init(config.log_format, &service, config.otlp_endpoint.as_deref())?;
     let ran = match command {
-        // A service alone checks its callers' tokens with the deployment's public keys.
-        Command::Users | Command::Tweets | Command::Followers | Command::Feeds => {
-            match backends::token_verifier(&config, Part::Alone) {
-                Ok(keys) => twtr_common::auth::scope(keys, run_part(&cli, config, command)).await,
-                Err(err) => Err(err),
-            }
-        }
-        _ => run_part(&cli, config, command).await,
+        Command::Token(_) => Ok(()),
+        Command::Seed(args) => twtr_bench::seed(args).await,
+        Command::Bench { command } => twtr_bench::bench(command).await,
+        Command::Events(args) => events::run(args, &config.service_urls()).await,
+        Command::Migrate => backends::migrate(&config).await,
+        Command::All
+        | Command::Gateway
+        | Command::Users
+        | Command::Tweets
+        | Command::Followers
+        | Command::Feeds => serve(config, parts).await,
     };
     telemetry.shutdown().await;
     ran
+}
+
+/// Binds the listeners of `parts` (and the metrics listener, if configured) and runs them
+/// until SIGINT/SIGTERM.
+async fn serve(config: Config, parts: &[Part]) -> anyhow::Result<()> {
+    let shutdown = twtr_common::shutdown::on_signal();
+    if let Some(addr) = &config.metrics_addr {
+        let listener = bind("metrics", addr).await?;
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            if let Err(err) = twtr_common::metrics::serve(listener, stop).await {
+                tracing::error!(error = format!("{err:#}"), "metrics server stopped");
+            }
+        });
+    }
+    let listeners = Listeners::bind(&config, parts).await?;
+    start(config, listeners, shutdown).await
 }
 
 /// `twtr token`: a token acting as a user, signed with the configured key (or the all-in-one
@@ -243,7 +415,7 @@ fn print_token(config: &Config, args: edge::TokenArgs) -> anyhow::Result<()> {
     );
     let mut config = config.clone();
     config.token_ttl = Duration::from_secs(args.ttl);
-    let signer = backends::token_signer(&config, Part::AllInOne)?;
+    let signer = backends::token_signer(&config, Deployment::AllInOne)?;
     let issued = signer
         .issue(args.user, 0)
         .context("failed to sign the token")?;
@@ -251,256 +423,232 @@ fn print_token(config: &Config, args: edge::TokenArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs one part of the mesh (or all of it) until SIGINT/SIGTERM.
-async fn run_part(cli: &Cli, config: Config, command: Command) -> anyhow::Result<()> {
-    let shutdown = twtr_common::shutdown::on_signal();
-    let addrs = &cli.addrs;
-    let serves = matches!(
-        command,
-        Command::All
-            | Command::Gateway
-            | Command::Users
-            | Command::Tweets
-            | Command::Followers
-            | Command::Feeds
-    );
-    if let (true, Some(addr)) = (serves, &config.metrics_addr) {
-        let listener = bind("metrics", addr).await?;
-        let stop = shutdown.clone();
-        tokio::spawn(async move {
-            if let Err(err) = twtr_common::metrics::serve(listener, stop).await {
-                tracing::error!(error = format!("{err:#}"), "metrics server stopped");
-            }
-        });
-    }
-    match command {
-        Command::Token(args) => print_token(&config, args),
-        Command::Events(args) => events::run(args, &cli.upstream_urls()).await,
-        Command::Seed(args) => twtr_bench::seed(args).await,
-        Command::Bench { command } => twtr_bench::bench(command).await,
-        Command::All => {
-            let listeners = MeshListeners {
-                http: bind("gateway", &addrs.http_addr).await?,
-                users: bind("users", &addrs.users_addr).await?,
-                tweets: bind("tweets", &addrs.tweets_addr).await?,
-                followers: bind("followers", &addrs.followers_addr).await?,
-                feeds: bind("feeds", &addrs.feeds_addr).await?,
-            };
-            run_all(config, listeners, shutdown).await
-        }
-        Command::Gateway => {
-            let listener = bind("gateway", &addrs.http_addr).await?;
-            let deps = twtr_gateway::GatewayDeps {
-                upstreams: cli.upstream_urls(),
-                tokens: backends::token_verifier(&config, Part::Alone)?,
-                limits: config.edge.clone(),
-            };
-            twtr_gateway::serve(deps, listener, shutdown).await
-        }
-        Command::Users => {
-            let listener = bind("users", &addrs.users_addr).await?;
-            let events = backends::event_bus(&config, Part::Alone).await?;
-            let ids = backends::id_generator(&config, &events, Part::Alone).await?;
-            let deps = twtr_users::UsersDeps {
-                store: backends::storage(&config)
-                    .await?
-                    .user_store(Arc::clone(&ids))
-                    .await?,
-                ids,
-                bus: events.bus,
-                tokens: backends::token_signer(&config, Part::Alone)?,
-            };
-            twtr_users::serve(deps, listener, shutdown).await
-        }
-        Command::Tweets => {
-            let listener = bind("tweets", &addrs.tweets_addr).await?;
-            let events = backends::event_bus(&config, Part::Alone).await?;
-            let ids = backends::id_generator(&config, &events, Part::Alone).await?;
-            let deps = twtr_tweets::TweetsDeps {
-                store: backends::storage(&config)
-                    .await?
-                    .tweet_store(Arc::clone(&ids))
-                    .await?,
-                ids,
-                bus: events.bus,
-                consumer: config.consumer,
-                idempotency_window: config.idempotency_window,
-            };
-            twtr_tweets::TweetsService::build(deps)
-                .await?
-                .serve(listener, shutdown)
-                .await
-        }
-        Command::Followers => {
-            let listener = bind("followers", &addrs.followers_addr).await?;
-            let users = UsersServiceClient::new(twtr_gateway::upstream::channel(
-                &cli.upstream_urls().users,
-            )?);
-            let events = backends::event_bus(&config, Part::Alone).await?;
-            let ids = backends::id_generator(&config, &events, Part::Alone).await?;
-            let deps = twtr_followers::FollowersDeps {
-                store: backends::storage(&config)
-                    .await?
-                    .follow_store(Arc::clone(&ids))
-                    .await?,
-                ids,
-                bus: events.bus,
-                users: Arc::new(users),
-                consumer: config.consumer,
-            };
-            twtr_followers::FollowersService::build(deps)
-                .await?
-                .serve(listener, shutdown)
-                .await
-        }
-        Command::Feeds => {
-            let listener = bind("feeds", &addrs.feeds_addr).await?;
-            let deps = twtr_feeds::FeedsDeps {
-                store: backends::storage(&config)
-                    .await?
-                    .feed_store(config.feed_limits)
-                    .await?,
-                bus: backends::event_bus(&config, Part::Alone).await?.bus,
-                consumer: config.consumer,
-                celebrity_threshold: config.celebrity_threshold,
-            };
-            twtr_feeds::FeedsService::build(deps)
-                .await?
-                .serve(listener, shutdown)
-                .await
-        }
-        Command::Migrate => backends::migrate(&config).await,
-    }
-}
+type PartResult = (Part, anyhow::Result<()>);
 
-type ServiceResult = (&'static str, anyhow::Result<()>);
-
-/// The error of a finished part of the mesh, if it failed or panicked.
-fn failure(ended: Result<ServiceResult, tokio::task::JoinError>) -> Option<anyhow::Error> {
+/// The error of a finished part, if it failed or panicked.
+fn failure(ended: Result<PartResult, tokio::task::JoinError>) -> Option<anyhow::Error> {
     match ended {
         Ok((_, Ok(()))) => None,
-        Ok((name, Err(err))) => Some(err.context(format!("the {name} failed"))),
+        Ok((part, Err(err))) => Some(err.context(format!("the {} failed", part.name()))),
         Err(join) => Some(anyhow::Error::new(join).context("a part of the mesh panicked")),
     }
 }
 
-/// Runs the four services and the gateway in this process until `shutdown` (or until one of
-/// them fails, which brings the others down too).
-pub async fn run_all(
+/// Runs the parts `listeners` are for, in this process, until `shutdown` (or until one of them
+/// fails, which brings the others down too). The one startup path: `twtr all`, each `twtr
+/// <part>`, and the black-box tests.
+///
+/// Every service of this process is built (its consumer queue declared) before any part
+/// starts, so no event published here misses a consumer here. A service that runs here is
+/// reached at its listener; the others at their configured URLs.
+pub async fn start(
     config: Config,
-    listeners: MeshListeners,
+    listeners: Listeners,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let urls = UpstreamUrls {
-        users: local_url(&listeners.users)?,
-        tweets: local_url(&listeners.tweets)?,
-        followers: local_url(&listeners.followers)?,
-        feeds: local_url(&listeners.feeds)?,
+    let parts = listeners.parts();
+    anyhow::ensure!(!parts.is_empty(), "no part of the mesh to run");
+    let deployment = if parts.len() == Part::ALL.len() {
+        Deployment::AllInOne
+    } else {
+        Deployment::Split
     };
-    let storage = backends::storage(&config).await?;
-    let events = backends::event_bus(&config, Part::AllInOne).await?;
-    let ids = backends::id_generator(&config, &events, Part::AllInOne).await?;
-    let bus = events.bus;
-    let signer = backends::token_signer(&config, Part::AllInOne)?;
-    let verifier = backends::token_verifier(&config, Part::AllInOne)?;
-
-    // Declare the consumers' queues before anything can publish, so no event misses them.
-    let feeds = twtr_feeds::FeedsService::build(twtr_feeds::FeedsDeps {
-        store: storage.feed_store(config.feed_limits).await?,
-        bus: Arc::clone(&bus),
-        consumer: config.consumer,
-        celebrity_threshold: config.celebrity_threshold,
-    })
-    .await?;
-    let users = twtr_users::UsersDeps {
-        store: storage.user_store(Arc::clone(&ids)).await?,
-        bus: Arc::clone(&bus),
-        ids: Arc::clone(&ids),
-        tokens: signer,
-    };
-    let tweets = twtr_tweets::TweetsService::build(twtr_tweets::TweetsDeps {
-        store: storage.tweet_store(Arc::clone(&ids)).await?,
-        bus: Arc::clone(&bus),
-        ids: Arc::clone(&ids),
-        consumer: config.consumer,
-        idempotency_window: config.idempotency_window,
-    })
-    .await?;
-    let followers = twtr_followers::FollowersService::build(twtr_followers::FollowersDeps {
-        store: storage.follow_store(Arc::clone(&ids)).await?,
-        bus: Arc::clone(&bus),
-        ids: Arc::clone(&ids),
-        users: Arc::new(UsersServiceClient::new(twtr_gateway::upstream::channel(
-            &urls.users,
-        )?)),
-        consumer: config.consumer,
-    })
-    .await?;
-    let gateway = twtr_gateway::GatewayDeps {
-        upstreams: urls.clone(),
-        tokens: verifier.clone(),
-        limits: config.edge.clone(),
-    };
-
+    let mut urls = config.service_urls();
+    for (listener, url) in [
+        (&listeners.users, &mut urls.users),
+        (&listeners.tweets, &mut urls.tweets),
+        (&listeners.followers, &mut urls.followers),
+        (&listeners.feeds, &mut urls.feeds),
+    ] {
+        if let Some(listener) = listener {
+            *url = local_url(listener)?;
+        }
+    }
+    let verifier = backends::token_verifier(&config, deployment)?;
+    let mut services = Services::build(&config, &listeners, &urls, &verifier, deployment).await?;
     tracing::info!(
-        http = %local_url(&listeners.http)?, users = %urls.users, tweets = %urls.tweets,
-        followers = %urls.followers, feeds = %urls.feeds, "twtr mesh starting"
+        parts = ?parts.iter().map(|p| p.name()).collect::<Vec<_>>(),
+        http = %listeners.http.as_ref().map(local_url).transpose()?.unwrap_or_default(),
+        users = %urls.users, tweets = %urls.tweets, followers = %urls.followers,
+        feeds = %urls.feeds,
+        "twtr mesh starting"
     );
 
     // The services stop only after the gateway has drained.
     let services_stop = CancellationToken::new();
-    let mut services: JoinSet<ServiceResult> = JoinSet::new();
-    // Each service checks its callers' tokens with the mesh's key (see twtr_common::auth).
-    let keys = || verifier.clone();
-    let stop = services_stop.clone();
-    services.spawn(auth::scope(keys(), async move {
-        (
-            "users service",
-            twtr_users::serve(users, listeners.users, stop).await,
-        )
-    }));
-    let stop = services_stop.clone();
-    services.spawn(auth::scope(keys(), async move {
-        ("tweets service", tweets.serve(listeners.tweets, stop).await)
-    }));
-    let stop = services_stop.clone();
-    services.spawn(auth::scope(keys(), async move {
-        (
-            "followers service",
-            followers.serve(listeners.followers, stop).await,
-        )
-    }));
-    let stop = services_stop.clone();
-    services.spawn(auth::scope(keys(), async move {
-        ("feeds service", feeds.serve(listeners.feeds, stop).await)
-    }));
-    let gateway_stop = shutdown.clone();
-    let gateway = tokio::spawn(async move {
-        let served = twtr_gateway::serve(gateway, listeners.http, gateway_stop).await;
-        ("gateway", served)
+    let mut running: JoinSet<PartResult> = JoinSet::new();
+    let Listeners {
+        http,
+        users,
+        tweets,
+        followers,
+        feeds,
+    } = listeners;
+    for (part, listener) in [
+        (Part::Users, users),
+        (Part::Tweets, tweets),
+        (Part::Followers, followers),
+        (Part::Feeds, feeds),
+    ] {
+        if let Some(listener) = listener
+            && let Some(service) = services.take(part)
+        {
+            let stop = services_stop.clone();
+            running.spawn(async move { (part, service(listener, stop).await) });
+        }
+    }
+    let mut gateway = http.map(|listener| {
+        let deps = twtr_gateway::GatewayDeps {
+            upstreams: urls.clone(),
+            tokens: verifier.clone(),
+            limits: config.edge.clone(),
+        };
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            (
+                Part::Gateway,
+                twtr_gateway::serve(deps, listener, stop).await,
+            )
+        })
     });
 
     let mut first_error: Option<anyhow::Error> = None;
-    tokio::select! {
-        () = shutdown.cancelled() => {}
-        Some(ended) = services.join_next() => {
-            // A service ended on its own: that is a failure, whatever it returned.
-            let error = failure(ended)
-                .unwrap_or_else(|| anyhow::anyhow!("a service stopped unexpectedly"));
-            tracing::error!(error = format!("{error:#}"), "shutting the mesh down");
-            first_error = Some(error);
-            shutdown.cancel();
+    let mut gateway_ended = None;
+    {
+        let gateway_done = async {
+            match gateway.as_mut() {
+                Some(handle) => handle.await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(gateway_done);
+        tokio::select! {
+            () = shutdown.cancelled() => {}
+            Some(ended) = running.join_next() => {
+                // A service ended on its own: that is a failure, whatever it returned.
+                let error = failure(ended)
+                    .unwrap_or_else(|| anyhow::anyhow!("a service stopped unexpectedly"));
+                tracing::error!(error = format!("{error:#}"), "shutting the mesh down");
+                first_error = Some(error);
+                shutdown.cancel();
+            }
+            ended = &mut gateway_done => {
+                let error = failure(ended)
+                    .unwrap_or_else(|| anyhow::anyhow!("the gateway stopped unexpectedly"));
+                tracing::error!(error = format!("{error:#}"), "shutting the mesh down");
+                first_error = Some(error);
+                gateway_ended = Some(());
+                shutdown.cancel();
+            }
         }
     }
-    if let Some(error) = failure(gateway.await) {
+    if let (Some(gateway), None) = (gateway, gateway_ended)
+        && let Some(error) = failure(gateway.await)
+    {
         first_error.get_or_insert(error);
     }
     services_stop.cancel();
-    while let Some(ended) = services.join_next().await {
+    while let Some(ended) = running.join_next().await {
         if let Some(error) = failure(ended) {
             first_error.get_or_insert(error);
         }
     }
-    tracing::info!("twtr mesh stopped");
+    tracing::info!("twtr stopped");
     first_error.map_or(Ok(()), Err)
+}
+
+/// A built service: runs on its listener until its stop token.
+type RunService = Box<
+    dyn FnOnce(TcpListener, CancellationToken) -> BoxFuture<'static, anyhow::Result<()>> + Send,
+>;
+
+/// The services of this process, built (their queues declared) and ready to run.
+struct Services(std::collections::BTreeMap<Part, RunService>);
+
+impl Services {
+    async fn build(
+        config: &Config,
+        listeners: &Listeners,
+        urls: &UpstreamUrls,
+        verifier: &twtr_common::tokens::TokenVerifier,
+        deployment: Deployment,
+    ) -> anyhow::Result<Self> {
+        let mut built: std::collections::BTreeMap<Part, RunService> = Default::default();
+        let here = |l: &Option<TcpListener>| l.is_some();
+        if !(here(&listeners.users)
+            || here(&listeners.tweets)
+            || here(&listeners.followers)
+            || here(&listeners.feeds))
+        {
+            return Ok(Self(built));
+        }
+        let storage = backends::storage(config).await?;
+        let events = backends::event_bus(config, deployment).await?;
+        let ids = backends::id_generator(config, &events, deployment).await?;
+        let bus = events.bus;
+        // The consumers first: their queues exist before anything here can publish.
+        if here(&listeners.feeds) {
+            let runtime = twtr_feeds::runtime(twtr_feeds::FeedsDeps {
+                store: storage.feed_store(config.feed_limits).await?,
+                bus: Arc::clone(&bus),
+                consumer: config.consumer,
+                celebrity_threshold: config.celebrity_threshold,
+                verifier: verifier.clone(),
+            })
+            .await?;
+            built.insert(
+                Part::Feeds,
+                Box::new(|l, stop| Box::pin(runtime.run(l, stop))),
+            );
+        }
+        if here(&listeners.tweets) {
+            let runtime = twtr_tweets::runtime(twtr_tweets::TweetsDeps {
+                store: storage.tweet_store(Arc::clone(&ids)).await?,
+                bus: Arc::clone(&bus),
+                ids: Arc::clone(&ids),
+                consumer: config.consumer,
+                idempotency_window: config.idempotency_window,
+                verifier: verifier.clone(),
+            })
+            .await?;
+            built.insert(
+                Part::Tweets,
+                Box::new(|l, stop| Box::pin(runtime.run(l, stop))),
+            );
+        }
+        if here(&listeners.followers) {
+            let users = UsersServiceClient::new(twtr_common::client::channel(&urls.users)?);
+            let runtime = twtr_followers::runtime(twtr_followers::FollowersDeps {
+                store: storage.follow_store(Arc::clone(&ids)).await?,
+                bus: Arc::clone(&bus),
+                ids: Arc::clone(&ids),
+                users: Arc::new(users),
+                consumer: config.consumer,
+                verifier: verifier.clone(),
+            })
+            .await?;
+            built.insert(
+                Part::Followers,
+                Box::new(|l, stop| Box::pin(runtime.run(l, stop))),
+            );
+        }
+        if here(&listeners.users) {
+            let runtime = twtr_users::runtime(twtr_users::UsersDeps {
+                store: storage.user_store(Arc::clone(&ids)).await?,
+                bus: Arc::clone(&bus),
+                ids: Arc::clone(&ids),
+                tokens: backends::token_signer(config, deployment)?,
+                verifier: verifier.clone(),
+            })?;
+            built.insert(
+                Part::Users,
+                Box::new(|l, stop| Box::pin(runtime.run(l, stop))),
+            );
+        }
+        Ok(Self(built))
+    }
+
+    fn take(&mut self, part: Part) -> Option<RunService> {
+        self.0.remove(&part)
+    }
 }

@@ -17,9 +17,9 @@
 //! verifies the token when there is one and records a [`Caller`] in the request's extensions;
 //! a service adapter calls [`acting_as`] before doing anything on a user's behalf.
 //!
-//! Which keys a server verifies with is set by the process for each service it runs, with
-//! [`scope`] around the service's `serve` future; a server started outside any scope verifies
-//! nothing, so every call that acts as a user is refused (fail closed).
+//! Which keys a server verifies with is a dependency of the service, handed to its runtime
+//! ([`crate::runtime::ServiceRuntime::verifying`]); a server given no keys verifies nothing, so
+//! every call that acts as a user is refused (fail closed).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -40,21 +40,6 @@ pub enum Caller {
     User(u64),
     /// The call carried no token.
     Anonymous,
-}
-
-tokio::task_local! {
-    static KEYS: Option<Arc<TokenVerifier>>;
-}
-
-/// Runs `serve` (a service's `serve` future) with `keys` as the keys its gRPC server verifies
-/// callers' tokens with.
-pub async fn scope<F: Future>(keys: TokenVerifier, serve: F) -> F::Output {
-    KEYS.scope(Some(Arc::new(keys)), serve).await
-}
-
-/// The keys of the surrounding [`scope`], if any.
-pub(crate) fn scoped_keys() -> Option<Arc<TokenVerifier>> {
-    KEYS.try_with(Clone::clone).ok().flatten()
 }
 
 /// Refuses the call unless it carries a valid token of `user_id`: for every call that acts as,
@@ -286,13 +271,5 @@ mod tests {
             code(acting_as(&request(None), 7)),
             tonic::Code::Unauthenticated
         );
-    }
-
-    #[tokio::test]
-    async fn the_scope_hands_its_keys_to_the_server_it_wraps() {
-        let (_, verifier) = keys();
-        assert!(scoped_keys().is_none());
-        let inside = scope(verifier, async { scoped_keys().is_some() }).await;
-        assert!(inside);
     }
 }

@@ -1,26 +1,83 @@
-//! Building event envelopes. The routing key of an event is `<service>.<event>`, derived from its
-//! payload in one place ([`routing_key`]) so publishers and bindings cannot disagree.
+//! The kinds of domain events and the envelopes they travel in. The routing key of an event is
+//! `<service>.<event>`, fixed per [`EventKind`] in one place: publishers stamp it from the
+//! payload ([`routing_key`]) and consumers bind their queues to kinds
+//! ([`crate::bus::ConsumerSettings::queue`]), so a binding cannot name a key nobody publishes.
 
 use twtr_proto::events::v1::Envelope;
 use twtr_proto::events::v1::envelope::Payload;
 
 use crate::{clock, context};
 
+/// One kind of domain event: one payload of `twtr.events.v1.Envelope`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum EventKind {
+    UserCreated,
+    UserUpdated,
+    UserDeleted,
+    TweetCreated,
+    TweetDeleted,
+    TweetLiked,
+    TweetUnliked,
+    Retweeted,
+    Unretweeted,
+    UserFollowed,
+    UserUnfollowed,
+}
+
+impl EventKind {
+    /// Every kind.
+    pub const ALL: [EventKind; 11] = [
+        Self::UserCreated,
+        Self::UserUpdated,
+        Self::UserDeleted,
+        Self::TweetCreated,
+        Self::TweetDeleted,
+        Self::TweetLiked,
+        Self::TweetUnliked,
+        Self::Retweeted,
+        Self::Unretweeted,
+        Self::UserFollowed,
+        Self::UserUnfollowed,
+    ];
+
+    /// The kind of a payload.
+    pub fn of(payload: &Payload) -> Self {
+        match payload {
+            Payload::UserCreated(_) => Self::UserCreated,
+            Payload::UserUpdated(_) => Self::UserUpdated,
+            Payload::UserDeleted(_) => Self::UserDeleted,
+            Payload::TweetCreated(_) => Self::TweetCreated,
+            Payload::TweetDeleted(_) => Self::TweetDeleted,
+            Payload::TweetLiked(_) => Self::TweetLiked,
+            Payload::TweetUnliked(_) => Self::TweetUnliked,
+            Payload::Retweeted(_) => Self::Retweeted,
+            Payload::Unretweeted(_) => Self::Unretweeted,
+            Payload::UserFollowed(_) => Self::UserFollowed,
+            Payload::UserUnfollowed(_) => Self::UserUnfollowed,
+        }
+    }
+
+    /// Its routing key (and `Envelope.type`): `<publishing service>.<event>`.
+    pub fn routing_key(self) -> &'static str {
+        match self {
+            Self::UserCreated => "users.user_created",
+            Self::UserUpdated => "users.user_updated",
+            Self::UserDeleted => "users.user_deleted",
+            Self::TweetCreated => "tweets.tweet_created",
+            Self::TweetDeleted => "tweets.tweet_deleted",
+            Self::TweetLiked => "tweets.tweet_liked",
+            Self::TweetUnliked => "tweets.tweet_unliked",
+            Self::Retweeted => "tweets.retweeted",
+            Self::Unretweeted => "tweets.unretweeted",
+            Self::UserFollowed => "followers.user_followed",
+            Self::UserUnfollowed => "followers.user_unfollowed",
+        }
+    }
+}
+
 /// The routing key (and `Envelope.type`) of a payload.
 pub fn routing_key(payload: &Payload) -> &'static str {
-    match payload {
-        Payload::UserCreated(_) => "users.user_created",
-        Payload::UserUpdated(_) => "users.user_updated",
-        Payload::UserDeleted(_) => "users.user_deleted",
-        Payload::TweetCreated(_) => "tweets.tweet_created",
-        Payload::TweetDeleted(_) => "tweets.tweet_deleted",
-        Payload::TweetLiked(_) => "tweets.tweet_liked",
-        Payload::TweetUnliked(_) => "tweets.tweet_unliked",
-        Payload::Retweeted(_) => "tweets.retweeted",
-        Payload::Unretweeted(_) => "tweets.unretweeted",
-        Payload::UserFollowed(_) => "followers.user_followed",
-        Payload::UserUnfollowed(_) => "followers.user_unfollowed",
-    }
+    EventKind::of(payload).routing_key()
 }
 
 /// A new envelope, stamped now, carrying the current request id and trace context (if any) in

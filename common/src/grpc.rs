@@ -3,8 +3,9 @@
 //! the latter), so `grpcurl` can list and call it with no `.proto` files at hand.
 //!
 //! Every request runs with the caller's request id (see [`crate::context`]), and with its caller
-//! checked: a bearer token in the metadata is verified with the keys of the surrounding
-//! [`auth::scope`] and the [`auth::Caller`] recorded for the service's [`auth::acting_as`].
+//! checked: a bearer token in the metadata is verified with the service's keys
+//! ([`Serving::tokens`]) and the [`crate::auth::Caller`] recorded for the service's
+//! [`crate::auth::acting_as`].
 //! The deadline a caller sets (`grpc-timeout`) is honored by tonic itself: when it passes, the
 //! handler's future is dropped (the work stops) and the caller gets `CANCELLED`.
 //!
@@ -22,6 +23,7 @@
 //! server stops accepting and drains the requests in flight.
 
 use std::convert::Infallible;
+use std::sync::Arc;
 
 use anyhow::Context as _;
 use tokio::net::TcpListener;
@@ -31,15 +33,16 @@ use tonic::codegen::{Service, http};
 use tonic::server::NamedService;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
+use twtr_proto::events::v1::dead_letters_server::DeadLettersServer;
 
-use crate::auth::{self, CallerLayer};
+use crate::auth::CallerLayer;
 use crate::bus::Readiness;
 use crate::bus::admin::DeadLetterAdmin;
 use crate::context::RequestIdLayer;
 use crate::error::error_chain;
 use crate::metrics::{self, GrpcMetricsLayer};
 use crate::store::StoreError;
-use twtr_proto::events::v1::dead_letters_server::DeadLettersServer;
+use crate::tokens::TokenVerifier;
 
 const HEALTH_SERVICE: &str = "grpc.health.v1.Health";
 /// The health entry of the event broker (see the [module docs](self)).
@@ -59,6 +62,9 @@ pub struct Serving {
     pub events: Readiness,
     /// The dead letters of the queue the service consumes, if it consumes one.
     pub dead_letters: Option<DeadLettersServer<DeadLetterAdmin>>,
+    /// The keys callers' tokens are verified with; `None` refuses every call that acts as a
+    /// user.
+    pub tokens: Option<Arc<TokenVerifier>>,
 }
 
 impl Serving {
@@ -68,6 +74,7 @@ impl Serving {
             ready: Readiness::always(),
             events: Readiness::always(),
             dead_letters: None,
+            tokens: None,
         }
     }
 }
@@ -203,13 +210,7 @@ where
                 .await;
         }
     };
-    let callers = CallerLayer::new(auth::scoped_keys());
-    if auth::scoped_keys().is_none() {
-        tracing::warn!(
-            service = S::NAME,
-            "no keys to verify callers with: every call that acts as a user is refused"
-        );
-    }
+    let callers = CallerLayer::new(serving.tokens);
     metrics::install();
     // Outermost first: every call is counted, refused ones included.
     tonic::transport::Server::builder()

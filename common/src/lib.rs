@@ -2,35 +2,46 @@
 //!
 //! # Layout
 //!
-//! - [`error`]: the one error-code table: every service error maps to a gRPC code and an HTTP
-//!   status here, and nowhere else.
-//! - [`id`]: Snowflake-style 64-bit IDs (milliseconds, worker, sequence); newest first is ID order.
-//! - [`page`]: cursor pagination types shared by every list (`Limit`, `PageRequest`, `Page`).
-//! - [`clock`]: millisecond timestamps and their protobuf/RFC 3339 forms.
-//! - [`store`]: the vocabulary every storage backend shares ([`store::StoreError`]).
-//! - [`embedded`]: the embedded, durable storage engine (redb) that each service's embedded store
-//!   is built on, including the transactional outbox table.
-//! - [`cql`]: the ScyllaDB/Cassandra foundation: config, session, keyspaces and migrations.
-//! - [`outbox`]: the outbox trait and the relay that moves stored events onto the bus.
-//! - [`bus`]: the event-bus trait, its in-process backend, the consumer loop and the conformance
-//!   suite every backend must pass.
-//! - [`grpc`]: serving a tonic service with health, reflection and graceful shutdown.
-//! - [`tokens`]: signing and verifying the bearer tokens users log in with.
-//! - [`auth`]: the internal boundary: every gRPC server checks the caller's forwarded token, and
-//!   a call that acts as a user needs that user's token.
-//! - [`context`]: the request id that follows a request across services and events.
-//! - [`metrics`]: Prometheus metrics of every process (HTTP, gRPC, events, queue depths).
-//! - [`shutdown`], [`telemetry`]: process signals and structured logging.
+//! By concern:
+//!
+//! - **Vocabulary.** [`error`]: the one error-code table (every service error maps to a gRPC
+//!   code and an HTTP status here, and nowhere else). [`id`]: Snowflake-style 64-bit IDs
+//!   (newest first is ID order). [`page`]: cursor pagination (`Limit`, `PageRequest`, `Page`).
+//!   [`clock`]: millisecond timestamps and their protobuf/RFC 3339 forms. [`events`]: the kinds
+//!   of domain events, their routing keys and envelopes.
+//! - **Storage.** [`store`]: what every backend shares ([`store::StoreError`], pending purges).
+//!   [`embedded`]: the embedded, durable engine (redb) each service's embedded store is built
+//!   on, with its transactional outbox table and group commit. [`cql`]: the ScyllaDB/Cassandra
+//!   foundation (config, session, keyspaces, schemas and migrations, the CQL outbox, purge
+//!   queues). [`outbox`]: the outbox trait both backends implement.
+//! - **Events.** [`bus`]: the event-bus trait, its in-process and RabbitMQ backends, the
+//!   consumer loop, the dead-letter admin service, and the conformance suite every backend
+//!   passes. [`relay`]: what moves stored events from an outbox onto the bus.
+//! - **Runtime.** [`runtime`]: how a service process lives: its gRPC server, relay, consumer
+//!   and background passes, one drain order. [`grpc`]: serving one tonic service with health,
+//!   reflection and readiness. [`client`]: channels to other services, balanced per request.
+//!   [`shutdown`]: process signals.
+//! - **Security.** [`tokens`]: signing and verifying the bearer tokens users log in with.
+//!   [`auth`]: the internal boundary (every gRPC server checks the caller's forwarded token; a
+//!   call that acts as a user needs that user's token).
+//! - **Observability.** [`context`]: the request id and trace context that follow a request
+//!   across services and events. [`metrics`]: Prometheus metrics of every process.
+//!   [`telemetry`]: structured logs and OpenTelemetry traces.
+//! - **Test support**, only with the `testsuite` feature (and in this crate's own tests):
+//!   `testing` (the servers tests run against, skipped outside CI when absent), `cql::testing`
+//!   (migrated test keyspaces) and `bus::conformance` (the bus conformance suite), and the
+//!   [`conformance_tests!`] macro that every store's suite uses.
 //!
 //! # How data flows
 //!
 //! A service handler validates its input, then writes its rows *and* the domain event in one
-//! store transaction (the outbox). The [`outbox::run_relay`] task publishes stored events to the
+//! store transaction (the outbox). The [`relay::run_relay`] task publishes stored events to the
 //! [`bus::EventBus`] and deletes them once the bus confirms. Consumers run [`bus::consume`], which
 //! hands each delivery to an idempotent handler and acknowledges only after the effect is stored.
 
 pub mod auth;
 pub mod bus;
+pub mod client;
 pub mod clock;
 pub mod context;
 pub mod cql;
@@ -42,10 +53,12 @@ pub mod id;
 pub mod metrics;
 pub mod outbox;
 pub mod page;
+pub mod relay;
+pub mod runtime;
 pub mod shutdown;
 pub mod store;
-pub mod tasks;
 pub mod telemetry;
+#[cfg(any(test, feature = "testsuite"))]
 pub mod testing;
 pub mod tokens;
 

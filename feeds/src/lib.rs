@@ -28,16 +28,14 @@ pub mod store;
 
 use std::sync::Arc;
 
-use anyhow::Context as _;
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
-use twtr_common::bus::admin::DeadLetterAdmin;
-use twtr_common::bus::{self, ConsumerSettings, EventBus, QueueSpec, Subscription};
-use twtr_common::grpc as grpc_server;
-use twtr_common::tasks;
+use twtr_common::bus::{ConsumerSettings, EventBus, QueueSpec};
+use twtr_common::events::EventKind;
+use twtr_common::runtime::{Consumer, ServiceRuntime};
+use twtr_common::tokens::TokenVerifier;
+use twtr_proto::feeds::v1::feeds_service_server::FeedsServiceServer;
 
 pub use service::{Feeds, FeedsError};
-pub use store::{CqlFeedStore, EmbeddedFeedStore, FeedLimits, FeedStore};
+pub use store::{CqlFeedStore, EmbeddedFeedStore, FeedLimits, FeedStore, SCHEMA};
 
 /// Followers above which an author is a celebrity, unless configured.
 pub const DEFAULT_CELEBRITY_THRESHOLD: usize = 10_000;
@@ -47,13 +45,13 @@ pub fn queue(settings: &ConsumerSettings) -> QueueSpec {
     settings.queue(
         "feeds",
         &[
-            "tweets.tweet_created",
-            "tweets.tweet_deleted",
-            "tweets.retweeted",
-            "tweets.unretweeted",
-            "followers.user_followed",
-            "followers.user_unfollowed",
-            "users.user_deleted",
+            EventKind::TweetCreated,
+            EventKind::TweetDeleted,
+            EventKind::Retweeted,
+            EventKind::Unretweeted,
+            EventKind::UserFollowed,
+            EventKind::UserUnfollowed,
+            EventKind::UserDeleted,
         ],
     )
 }
@@ -65,80 +63,32 @@ pub struct FeedsDeps {
     pub consumer: ConsumerSettings,
     /// Authors with more followers than this are merged at read time, not fanned out.
     pub celebrity_threshold: Option<usize>,
+    /// Verifies the tokens of calls that act as a user (see `twtr_common::auth`).
+    pub verifier: TokenVerifier,
 }
 
-/// A feeds service whose queue is declared: events published from now on reach it, even
-/// before [`FeedsService::serve`] runs.
-pub struct FeedsService {
-    feeds: Arc<Feeds>,
-    subscription: Box<dyn Subscription>,
-    bus: Arc<dyn EventBus>,
-    consumer: ConsumerSettings,
-}
-
-impl FeedsService {
-    pub async fn build(deps: FeedsDeps) -> anyhow::Result<Self> {
-        let subscription = deps
-            .bus
-            .subscribe(&queue(&deps.consumer))
-            .await
-            .context("failed to declare the feeds queue")?;
-        Ok(Self {
-            feeds: Arc::new(
-                Feeds::new(deps.store).with_celebrity_threshold(deps.celebrity_threshold),
-            ),
-            subscription,
-            bus: deps.bus,
-            consumer: deps.consumer,
-        })
-    }
-
-    /// Serves `GetFeed` and consumes events until `shutdown`; then stops taking requests and
-    /// deliveries, and finishes the ones in hand. If the consumer fails (the bus is gone), the
-    /// whole service stops with its error rather than serving feeds that no longer update.
-    pub async fn serve(
-        self,
-        listener: TcpListener,
-        shutdown: CancellationToken,
-    ) -> anyhow::Result<()> {
-        let grpc_stop = shutdown.child_token();
-        let consumer = {
-            let feeds = Arc::clone(&self.feeds);
-            let shutdown = shutdown.clone();
-            let settings = self.consumer;
-            tokio::spawn(async move {
-                bus::consume(
-                    "feeds",
-                    self.subscription,
-                    feeds.as_ref(),
-                    settings,
-                    shutdown,
-                )
-                .await
-            })
-        };
-        let serving = grpc_server::Serving {
-            ready: grpc_server::store_readiness(
-                "feeds",
-                {
-                    let feeds = Arc::clone(&self.feeds);
-                    move || {
-                        let feeds = Arc::clone(&feeds);
-                        async move { feeds.ping().await }
-                    }
-                },
-                shutdown.clone(),
-            )
-            .await,
-            events: self.bus.readiness(),
-            dead_letters: Some(DeadLetterAdmin::server(Arc::clone(&self.bus), "feeds")),
-        };
-        let grpc = grpc_server::serve(
-            grpc::server(self.feeds),
-            listener,
-            serving,
-            grpc_stop.clone(),
-        );
-        tasks::serve_beside_consumer("feeds", grpc, &grpc_stop, consumer, &shutdown).await
-    }
+/// The feeds service, ready to run, its queue declared (events published from now on reach
+/// it): `GetFeed`, and the consumer that keeps the feeds. It publishes nothing.
+pub async fn runtime(
+    deps: FeedsDeps,
+) -> anyhow::Result<ServiceRuntime<FeedsServiceServer<grpc::FeedsGrpc>>> {
+    let feeds = Arc::new(Feeds::new(deps.store).with_celebrity_threshold(deps.celebrity_threshold));
+    let handler = Arc::clone(&feeds);
+    let consumer = Consumer::subscribe(
+        deps.bus.as_ref(),
+        queue(&deps.consumer),
+        handler,
+        deps.consumer,
+    )
+    .await?;
+    let pinged = Arc::clone(&feeds);
+    let ping = move || {
+        let feeds = Arc::clone(&pinged);
+        async move { feeds.ping().await }
+    };
+    Ok(
+        ServiceRuntime::new("feeds", grpc::server(feeds), deps.bus, ping)
+            .verifying(deps.verifier)
+            .consuming(consumer),
+    )
 }

@@ -30,24 +30,19 @@ pub mod store;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use async_trait::async_trait;
-use tokio::net::TcpListener;
 use tokio::sync::Notify;
-use tokio_util::sync::CancellationToken;
 use twtr_common::IdGenerator;
-use twtr_common::bus::admin::DeadLetterAdmin;
-use twtr_common::bus::{
-    self, ConsumerSettings, EventBus, EventHandler, HandlerError, QueueSpec, Subscription,
-};
-use twtr_common::grpc as grpc_server;
-use twtr_common::outbox::{self, Outbox};
-use twtr_common::tasks::{self, Schedule};
+use twtr_common::bus::{ConsumerSettings, EventBus, EventHandler, HandlerError, QueueSpec};
+use twtr_common::events::EventKind;
+use twtr_common::runtime::{Consumer, Pass, Schedule, ServiceRuntime};
+use twtr_common::tokens::TokenVerifier;
 use twtr_proto::events::v1::Envelope;
 use twtr_proto::events::v1::envelope::Payload;
+use twtr_proto::followers::v1::followers_service_server::FollowersServiceServer;
 
 pub use service::{Followers, FollowersError, UserDirectory};
-pub use store::{CqlFollowStore, EmbeddedFollowStore, FollowStore};
+pub use store::{CqlFollowStore, EmbeddedFollowStore, FollowStore, SCHEMA};
 
 /// The purge of deleted accounts runs when an account is deleted, every minute anyway (a purge
 /// left by a crash, or taken over from another replica), and 5 s after a failure.
@@ -59,11 +54,11 @@ const PURGE_SCHEDULE: Schedule = Schedule {
 /// The followers service's queue: `UserDeleted`, and with `settles` (a store whose follow can
 /// race a deletion, [`FollowStore::follow_races_deletion`]) its own `UserFollowed`.
 pub fn queue(settings: &ConsumerSettings, settles: bool) -> QueueSpec {
-    let mut bindings = vec!["users.user_deleted"];
+    let mut kinds = vec![EventKind::UserDeleted];
     if settles {
-        bindings.push("followers.user_followed");
+        kinds.push(EventKind::UserFollowed);
     }
-    settings.queue("followers", &bindings)
+    settings.queue("followers", &kinds)
 }
 
 /// Everything the followers service needs, built by the binary from configuration.
@@ -71,105 +66,49 @@ pub struct FollowersDeps {
     pub store: Arc<dyn FollowStore>,
     pub bus: Arc<dyn EventBus>,
     pub ids: Arc<IdGenerator>,
+    /// Whether a user exists: the users service.
     pub users: Arc<dyn UserDirectory>,
     pub consumer: ConsumerSettings,
+    /// Verifies the tokens of calls that act as a user (see `twtr_common::auth`).
+    pub verifier: TokenVerifier,
 }
 
-/// A followers service whose queue is declared: events published from now on reach it, even
-/// before [`FollowersService::serve`] runs.
-pub struct FollowersService {
-    followers: Arc<Followers>,
-    outbox: Arc<dyn Outbox>,
-    bus: Arc<dyn EventBus>,
-    subscription: Box<dyn Subscription>,
-    consumer: ConsumerSettings,
-}
-
-impl FollowersService {
-    pub async fn build(deps: FollowersDeps) -> anyhow::Result<Self> {
-        let queue = queue(&deps.consumer, deps.store.follow_races_deletion());
-        let subscription = deps
-            .bus
-            .subscribe(&queue)
-            .await
-            .context("failed to declare the followers queue")?;
-        let outbox = deps.store.outbox();
-        let followers = Followers::new(deps.store, deps.ids, deps.users);
-        Ok(Self {
-            followers: Arc::new(followers),
-            outbox,
-            bus: deps.bus,
-            subscription,
-            consumer: deps.consumer,
-        })
-    }
-
-    /// Serves the gRPC API (with the outbox relay), consumes the queue and runs the purge of
-    /// deleted accounts until `shutdown`; then drains requests and flushes the outbox. If the
-    /// consumer fails (the bus is gone), the whole service stops with its error.
-    pub async fn serve(
-        self,
-        listener: TcpListener,
-        shutdown: CancellationToken,
-    ) -> anyhow::Result<()> {
-        let grpc_stop = shutdown.child_token();
-        let purge = Arc::new(Notify::new());
-        let purge_stop = shutdown.child_token();
-        let purger = {
-            let followers = Arc::clone(&self.followers);
-            tokio::spawn(tasks::run_passes(
-                "purged the follows of deleted accounts",
-                move || {
-                    let followers = Arc::clone(&followers);
-                    async move { followers.purge_pending().await }
-                },
-                Arc::clone(&purge),
-                PURGE_SCHEDULE,
-                purge_stop.clone(),
-            ))
-        };
-        let consumer = {
-            let handler = FollowersEvents {
-                followers: Arc::clone(&self.followers),
-                purge,
-            };
-            let (subscription, settings) = (self.subscription, self.consumer);
-            let shutdown = shutdown.clone();
-            tokio::spawn(async move {
-                bus::consume("followers", subscription, &handler, settings, shutdown).await
-            })
-        };
-        let serving = grpc_server::Serving {
-            ready: grpc_server::store_readiness(
-                "followers",
-                {
-                    let followers = Arc::clone(&self.followers);
-                    move || {
-                        let followers = Arc::clone(&followers);
-                        async move { followers.ping().await }
-                    }
-                },
-                shutdown.clone(),
-            )
-            .await,
-            events: self.bus.readiness(),
-            dead_letters: Some(DeadLetterAdmin::server(Arc::clone(&self.bus), "followers")),
-        };
-        let grpc = outbox::serve_with_relay(
-            "followers",
-            grpc::server(self.followers),
-            listener,
-            self.outbox,
-            self.bus,
-            serving,
-            grpc_stop.clone(),
-        );
-        let result =
-            tasks::serve_beside_consumer("followers", grpc, &grpc_stop, consumer, &shutdown).await;
-        purge_stop.cancel();
-        purger.await.context("the purge panicked")?;
-        result
-    }
+/// The followers service, ready to run, its queue declared (events published from now on
+/// reach it): its API, the relay of its outbox, its consumer and the purge of deleted accounts.
+pub async fn runtime(
+    deps: FollowersDeps,
+) -> anyhow::Result<ServiceRuntime<FollowersServiceServer<grpc::FollowersGrpc>>> {
+    let queue = queue(&deps.consumer, deps.store.follow_races_deletion());
+    let outbox = deps.store.outbox();
+    let followers = Arc::new(Followers::new(deps.store, deps.ids, deps.users));
+    let purge = Arc::new(Notify::new());
+    let handler = Arc::new(FollowersEvents {
+        followers: Arc::clone(&followers),
+        purge: Arc::clone(&purge),
+    });
+    let consumer = Consumer::subscribe(deps.bus.as_ref(), queue, handler, deps.consumer).await?;
+    let purging = Arc::clone(&followers);
+    let purge = Pass {
+        done: "purged the follows of deleted accounts",
+        run: Box::new(move || {
+            let followers = Arc::clone(&purging);
+            Box::pin(async move { Ok(followers.purge_pending().await?) })
+        }),
+        wake: purge,
+        schedule: PURGE_SCHEDULE,
+    };
+    let pinged = Arc::clone(&followers);
+    let ping = move || {
+        let followers = Arc::clone(&pinged);
+        async move { followers.ping().await }
+    };
+    Ok(
+        ServiceRuntime::new("followers", grpc::server(followers), deps.bus, ping)
+            .verifying(deps.verifier)
+            .relaying(outbox)
+            .consuming(consumer)
+            .with_pass(purge),
+    )
 }
 
 /// What the followers service does with the events of its queue.

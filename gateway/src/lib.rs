@@ -30,7 +30,6 @@
 //! and render JSON.
 
 pub mod app;
-pub mod balance;
 pub mod error;
 pub mod extract;
 pub mod limits;

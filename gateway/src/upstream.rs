@@ -1,7 +1,7 @@
 //! gRPC clients for the four services. Channels connect lazily and reconnect on their own, so
 //! the gateway starts even while a service is still coming up. A URL whose host is a name (a
 //! headless Kubernetes Service) gets a channel balanced per request across every address the
-//! name resolves to ([`crate::balance`]).
+//! name resolves to ([`twtr_common::client`]).
 //!
 //! Every RPC is made with [`rpc`], which gives it what the HTTP request it serves has in
 //! [`scope`]: what is left of the request's deadline (so the service stops working on it when
@@ -12,9 +12,8 @@ use std::future::Future;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use tokio::time::Instant;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic_health::pb::health_client::HealthClient;
 use twtr_common::{auth, context};
 use twtr_proto::feeds::v1::feeds_service_client::FeedsServiceClient;
@@ -22,13 +21,12 @@ use twtr_proto::followers::v1::followers_service_client::FollowersServiceClient;
 use twtr_proto::tweets::v1::tweets_service_client::TweetsServiceClient;
 use twtr_proto::users::v1::users_service_client::UsersServiceClient;
 
-use crate::balance::{self, Routable};
+use twtr_common::client::{Routable, routed_channel};
 
 /// The deadline of a request, and so of the RPCs it makes, when none is configured.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// The least an RPC is given, so one made as the deadline passes fails as a deadline.
 const MIN_RPC_TIMEOUT: Duration = Duration::from_millis(1);
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Where each service is reached, e.g. `http://127.0.0.1:50051`.
 #[derive(Debug, Clone)]
@@ -48,30 +46,6 @@ pub struct Upstreams {
     /// Each service's health client and whether its URL leads anywhere, by service name: for
     /// readiness and the health details.
     pub health: Vec<(&'static str, HealthClient<Channel>, Routable)>,
-}
-
-/// A lazily connected channel to `url`: to the one server of an IP literal (or `localhost`), or
-/// balanced across the addresses a host name resolves to. Must be called within a tokio runtime.
-pub fn channel(url: &str) -> anyhow::Result<Channel> {
-    Ok(routed_channel(url)?.0)
-}
-
-/// [`channel`], and whether it currently leads anywhere.
-pub fn routed_channel(url: &str) -> anyhow::Result<(Channel, Routable)> {
-    let endpoint = Endpoint::from_shared(url.to_owned())
-        .with_context(|| format!("invalid service URL {url:?}"))?;
-    Ok(match balance::host_to_balance(endpoint.uri()) {
-        Some(host) => balance::balanced_channel(endpoint, host, connection_options),
-        None => (
-            connection_options(endpoint).connect_lazy(),
-            Routable::always(),
-        ),
-    })
-}
-
-/// The options of every connection to a service.
-fn connection_options(endpoint: Endpoint) -> Endpoint {
-    endpoint.connect_timeout(CONNECT_TIMEOUT).tcp_nodelay(true)
 }
 
 impl Upstreams {

@@ -167,6 +167,7 @@ pub async fn fresh_keyspaces(nodes: &[String]) -> twtr_common::cql::testing::Key
     twtr_common::cql::testing::KeyspaceSet {
         nodes: nodes.to_vec(),
         prefix: unique_keyspace_prefix(),
+        services: twtr::backends::SCHEMAS.iter().map(|s| s.service).collect(),
     }
 }
 

@@ -108,7 +108,7 @@ impl TestMesh {
             addr(&listeners.feeds),
         );
         let shutdown = CancellationToken::new();
-        let handle = tokio::spawn(twtr::run_all(config, listeners, shutdown.clone()));
+        let handle = tokio::spawn(twtr::start(config, listeners.into(), shutdown.clone()));
         Self {
             api: Api::new(format!("http://{http}")),
             users,

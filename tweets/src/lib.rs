@@ -28,24 +28,19 @@ pub mod store;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use async_trait::async_trait;
-use tokio::net::TcpListener;
 use tokio::sync::Notify;
-use tokio_util::sync::CancellationToken;
 use twtr_common::IdGenerator;
-use twtr_common::bus::admin::DeadLetterAdmin;
-use twtr_common::bus::{
-    self, ConsumerSettings, EventBus, EventHandler, HandlerError, QueueSpec, Subscription,
-};
-use twtr_common::grpc as grpc_server;
-use twtr_common::outbox::{self, Outbox};
-use twtr_common::tasks::{self, Schedule};
+use twtr_common::bus::{ConsumerSettings, EventBus, EventHandler, HandlerError, QueueSpec};
+use twtr_common::events::EventKind;
+use twtr_common::runtime::{Consumer, Pass, Schedule, ServiceRuntime};
+use twtr_common::tokens::TokenVerifier;
 use twtr_proto::events::v1::Envelope;
 use twtr_proto::events::v1::envelope::Payload;
+use twtr_proto::tweets::v1::tweets_service_server::TweetsServiceServer;
 
 pub use service::{DEFAULT_IDEMPOTENCY_WINDOW, Tweets, TweetsError};
-pub use store::{CqlTweetStore, EmbeddedTweetStore, Reaction, TweetStore};
+pub use store::{CqlTweetStore, EmbeddedTweetStore, Reaction, SCHEMA, TweetStore};
 
 /// The purge of deleted accounts runs when an account is deleted, every minute anyway (a purge
 /// left by a crash, or taken over from another replica), and 5 s after a failure.
@@ -57,11 +52,18 @@ const PURGE_SCHEDULE: Schedule = Schedule {
 /// The tweets service's queue: `UserDeleted`, and with `settles` (a store that finishes its
 /// writes from its own events, [`TweetStore::settles_events`]) every event of its own.
 pub fn queue(settings: &ConsumerSettings, settles: bool) -> QueueSpec {
-    let mut bindings = vec!["users.user_deleted"];
+    let mut kinds = vec![EventKind::UserDeleted];
     if settles {
-        bindings.push("tweets.*");
+        kinds.extend([
+            EventKind::TweetCreated,
+            EventKind::TweetDeleted,
+            EventKind::TweetLiked,
+            EventKind::TweetUnliked,
+            EventKind::Retweeted,
+            EventKind::Unretweeted,
+        ]);
     }
-    settings.queue("tweets", &bindings)
+    settings.queue("tweets", &kinds)
 }
 
 /// Everything the tweets service needs, built by the binary from configuration.
@@ -72,104 +74,48 @@ pub struct TweetsDeps {
     pub consumer: ConsumerSettings,
     /// How long an `Idempotency-Key` keeps returning its first tweet.
     pub idempotency_window: Duration,
+    /// Verifies the tokens of calls that act as a user (see `twtr_common::auth`).
+    pub verifier: TokenVerifier,
 }
 
-/// A tweets service whose queue is declared: events published from now on reach it, even
-/// before [`TweetsService::serve`] runs.
-pub struct TweetsService {
-    tweets: Arc<Tweets>,
-    outbox: Arc<dyn Outbox>,
-    bus: Arc<dyn EventBus>,
-    subscription: Box<dyn Subscription>,
-    consumer: ConsumerSettings,
-}
-
-impl TweetsService {
-    pub async fn build(deps: TweetsDeps) -> anyhow::Result<Self> {
-        let queue = queue(&deps.consumer, deps.store.settles_events());
-        let subscription = deps
-            .bus
-            .subscribe(&queue)
-            .await
-            .context("failed to declare the tweets queue")?;
-        let outbox = deps.store.outbox();
-        let tweets =
-            Tweets::new(deps.store, deps.ids).with_idempotency_window(deps.idempotency_window);
-        Ok(Self {
-            tweets: Arc::new(tweets),
-            outbox,
-            bus: deps.bus,
-            subscription,
-            consumer: deps.consumer,
-        })
-    }
-
-    /// Serves the gRPC API (with the outbox relay), consumes the queue and runs the purge of
-    /// deleted accounts until `shutdown`; then drains requests and flushes the outbox. If the
-    /// consumer fails (the bus is gone), the whole service stops with its error.
-    pub async fn serve(
-        self,
-        listener: TcpListener,
-        shutdown: CancellationToken,
-    ) -> anyhow::Result<()> {
-        let grpc_stop = shutdown.child_token();
-        let purge = Arc::new(Notify::new());
-        let purge_stop = shutdown.child_token();
-        let purger = {
-            let tweets = Arc::clone(&self.tweets);
-            tokio::spawn(tasks::run_passes(
-                "purged deleted accounts",
-                move || {
-                    let tweets = Arc::clone(&tweets);
-                    async move { tweets.purge_pending().await }
-                },
-                Arc::clone(&purge),
-                PURGE_SCHEDULE,
-                purge_stop.clone(),
-            ))
-        };
-        let consumer = {
-            let handler = TweetsEvents {
-                tweets: Arc::clone(&self.tweets),
-                purge,
-            };
-            let (subscription, settings) = (self.subscription, self.consumer);
-            let shutdown = shutdown.clone();
-            tokio::spawn(async move {
-                bus::consume("tweets", subscription, &handler, settings, shutdown).await
-            })
-        };
-        let serving = grpc_server::Serving {
-            ready: grpc_server::store_readiness(
-                "tweets",
-                {
-                    let tweets = Arc::clone(&self.tweets);
-                    move || {
-                        let tweets = Arc::clone(&tweets);
-                        async move { tweets.ping().await }
-                    }
-                },
-                shutdown.clone(),
-            )
-            .await,
-            events: self.bus.readiness(),
-            dead_letters: Some(DeadLetterAdmin::server(Arc::clone(&self.bus), "tweets")),
-        };
-        let grpc = outbox::serve_with_relay(
-            "tweets",
-            grpc::server(self.tweets),
-            listener,
-            self.outbox,
-            self.bus,
-            serving,
-            grpc_stop.clone(),
-        );
-        let result =
-            tasks::serve_beside_consumer("tweets", grpc, &grpc_stop, consumer, &shutdown).await;
-        purge_stop.cancel();
-        purger.await.context("the purge panicked")?;
-        result
-    }
+/// The tweets service, ready to run, its queue declared (events published from now on reach
+/// it): its API, the relay of its outbox, its consumer and the purge of deleted accounts.
+pub async fn runtime(
+    deps: TweetsDeps,
+) -> anyhow::Result<ServiceRuntime<TweetsServiceServer<grpc::TweetsGrpc>>> {
+    let queue = queue(&deps.consumer, deps.store.settles_events());
+    let outbox = deps.store.outbox();
+    let tweets = Arc::new(
+        Tweets::new(deps.store, deps.ids).with_idempotency_window(deps.idempotency_window),
+    );
+    let purge = Arc::new(Notify::new());
+    let handler = Arc::new(TweetsEvents {
+        tweets: Arc::clone(&tweets),
+        purge: Arc::clone(&purge),
+    });
+    let consumer = Consumer::subscribe(deps.bus.as_ref(), queue, handler, deps.consumer).await?;
+    let purging = Arc::clone(&tweets);
+    let purge = Pass {
+        done: "purged deleted accounts",
+        run: Box::new(move || {
+            let tweets = Arc::clone(&purging);
+            Box::pin(async move { Ok(tweets.purge_pending().await?) })
+        }),
+        wake: purge,
+        schedule: PURGE_SCHEDULE,
+    };
+    let pinged = Arc::clone(&tweets);
+    let ping = move || {
+        let tweets = Arc::clone(&pinged);
+        async move { tweets.ping().await }
+    };
+    Ok(
+        ServiceRuntime::new("tweets", grpc::server(tweets), deps.bus, ping)
+            .verifying(deps.verifier)
+            .relaying(outbox)
+            .consuming(consumer)
+            .with_pass(purge),
+    )
 }
 
 /// What the tweets service does with the events of its queue.

@@ -22,54 +22,41 @@ pub mod store;
 
 use std::sync::Arc;
 
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
+use twtr_common::IdGenerator;
 use twtr_common::bus::EventBus;
-use twtr_common::tokens::TokenSigner;
-use twtr_common::{IdGenerator, outbox};
+use twtr_common::runtime::ServiceRuntime;
+use twtr_common::tokens::{TokenSigner, TokenVerifier};
+use twtr_proto::users::v1::users_service_server::UsersServiceServer;
 
 pub use service::{Users, UsersError};
-pub use store::{CqlUserStore, EmbeddedUserStore, UserStore};
+pub use store::{CqlUserStore, EmbeddedUserStore, SCHEMA, UserStore};
 
 /// Everything the users service needs, built by the binary from configuration.
 pub struct UsersDeps {
     pub store: Arc<dyn UserStore>,
     pub bus: Arc<dyn EventBus>,
     pub ids: Arc<IdGenerator>,
+    /// Signs the tokens `Login` issues.
     pub tokens: TokenSigner,
+    /// Verifies the tokens of calls that act as a user (see `twtr_common::auth`).
+    pub verifier: TokenVerifier,
 }
 
-/// Serves the users service on `listener` until `shutdown`, then drains requests and flushes
-/// the outbox.
-pub async fn serve(
+/// The users service, ready to run: its API, ready while its store answers, publishing what
+/// its outbox stores. It consumes no events.
+pub fn runtime(
     deps: UsersDeps,
-    listener: TcpListener,
-    shutdown: CancellationToken,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<ServiceRuntime<UsersServiceServer<grpc::UsersGrpc>>> {
     let outbox = deps.store.outbox();
     let store = Arc::clone(&deps.store);
-    let serving = twtr_common::grpc::Serving {
-        ready: twtr_common::grpc::store_readiness(
-            "users",
-            move || {
-                let store = Arc::clone(&store);
-                async move { store.ping().await }
-            },
-            shutdown.clone(),
-        )
-        .await,
-        events: deps.bus.readiness(),
-        dead_letters: None,
+    let users = Users::new(deps.store, deps.ids, deps.tokens)?;
+    let ping = move || {
+        let store = Arc::clone(&store);
+        async move { store.ping().await }
     };
-    let users = Users::new(deps.store.clone(), deps.ids, deps.tokens)?;
-    outbox::serve_with_relay(
-        "users",
-        grpc::server(users),
-        listener,
-        outbox,
-        deps.bus,
-        serving,
-        shutdown,
+    Ok(
+        ServiceRuntime::new("users", grpc::server(users), deps.bus, ping)
+            .verifying(deps.verifier)
+            .relaying(outbox),
     )
-    .await
 }

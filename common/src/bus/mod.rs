@@ -4,7 +4,7 @@
 //!
 //! The contract is the one RabbitMQ meets as it is, so the in-process backend ([`InProcessBus`],
 //! the embedded default) and the RabbitMQ backend ([`RabbitBus`]) are interchangeable; both
-//! pass [`conformance`]:
+//! pass `conformance` (with the `testsuite` feature):
 //!
 //! - A delivery is settled explicitly: [`Delivery::ack`] (done), [`Delivery::requeue`] (give it
 //!   back untouched, e.g. on shutdown or while the consumer's store is down),
@@ -25,6 +25,7 @@
 //! down (see [`consume`] for how failures are classified).
 
 pub mod admin;
+#[cfg(any(test, feature = "testsuite"))]
 pub mod conformance;
 mod in_process;
 mod rabbit;
@@ -508,12 +509,13 @@ impl Default for ConsumerSettings {
 }
 
 impl ConsumerSettings {
-    /// The queue `name`, bound to `bindings`, flowing as these settings say.
-    pub fn queue(&self, name: &str, bindings: &[&str]) -> QueueSpec {
+    /// The queue `name`, bound to the routing keys of `kinds`, flowing as these settings say.
+    pub fn queue(&self, name: &str, kinds: &[crate::events::EventKind]) -> QueueSpec {
+        let bindings: Vec<&str> = kinds.iter().map(|kind| kind.routing_key()).collect();
         QueueSpec {
             prefetch: self.prefetch,
             retry: self.retry,
-            ..QueueSpec::new(name, bindings)
+            ..QueueSpec::new(name, &bindings)
         }
     }
 }

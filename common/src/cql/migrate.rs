@@ -68,82 +68,146 @@ pub struct MigrationReport {
     pub version: u32,
 }
 
-/// The services that own a keyspace, in the order `twtr migrate` handles them.
-pub const SERVICES: &[&str] = &["users", "tweets", "followers", "feeds"];
+/// A service's keyspace schema: the service it belongs to (its keyspace is
+/// `<prefix>_<service>`) and its numbered files, in version order. Each service crate exports
+/// its own (built with [`cql_schema!`](crate::cql_schema)); the binary hands them to the
+/// migrator.
+#[derive(Debug, Clone, Copy)]
+pub struct Schema {
+    pub service: &'static str,
+    /// The folder the files come from (`cql/<service>/`), to check that none is left out.
+    pub dir: &'static str,
+    pub migrations: &'static [Migration],
+}
 
-macro_rules! migration {
-    ($service:literal, $version:literal, $name:literal) => {
-        Migration {
-            version: $version,
-            name: $name,
-            cql: include_str!(concat!("../../../cql/", $service, "/", $name)),
+/// A [`Schema`] of the files `cql/<service>/<file>` (relative to the calling crate's
+/// directory's parent, the repository root), compiled into the binary:
+///
+/// ```ignore
+/// pub const SCHEMA: Schema = twtr_common::cql_schema!("feeds": 1 => "001_init.cql", 2 => "002_retweets.cql");
+/// ```
+#[macro_export]
+macro_rules! cql_schema {
+    ($service:literal: $($version:literal => $file:literal),+ $(,)?) => {
+        $crate::cql::Schema {
+            service: $service,
+            dir: concat!(env!("CARGO_MANIFEST_DIR"), "/../cql/", $service),
+            migrations: &[$($crate::cql::Migration {
+                version: $version,
+                name: $file,
+                cql: include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../cql/", $service, "/", $file)),
+            }),+],
         }
     };
 }
 
-static USERS: &[Migration] = &[
-    migration!("users", 1, "001_init.cql"),
-    migration!("users", 2, "002_token_generation.cql"),
-    migration!("users", 3, "003_outbox_by_time.cql"),
-];
-static TWEETS: &[Migration] = &[
-    migration!("tweets", 1, "001_init.cql"),
-    migration!("tweets", 2, "002_authors_and_post_keys.cql"),
-    migration!("tweets", 3, "003_settled_changes.cql"),
-    migration!("tweets", 4, "004_outbox_by_time.cql"),
-];
-static FOLLOWERS: &[Migration] = &[
-    migration!("followers", 1, "001_init.cql"),
-    migration!("followers", 2, "002_gone_users.cql"),
-    migration!("followers", 3, "003_purges_by_time.cql"),
-    migration!("followers", 4, "004_outbox_by_time.cql"),
-];
-static FEEDS: &[Migration] = &[
-    migration!("feeds", 1, "001_init.cql"),
-    migration!("feeds", 2, "002_retweets.cql"),
-    migration!("feeds", 3, "003_celebrities.cql"),
-    migration!("feeds", 4, "004_drop_feed_meta.cql"),
-    migration!("feeds", 5, "005_outbox_by_time.cql"),
-];
-
-/// The schema files of `service`'s keyspace, in version order (empty for an unknown service).
-pub fn migrations(service: &str) -> &'static [Migration] {
-    match service {
-        "users" => USERS,
-        "tweets" => TWEETS,
-        "followers" => FOLLOWERS,
-        "feeds" => FEEDS,
-        _ => &[],
+impl Schema {
+    /// What is wrong with the schema's files, if anything: a file in its folder that is not
+    /// registered (it would never run); versions out of order or not matching file names; a
+    /// statement that is not idempotent, names a keyspace, or uses what only one of Cassandra
+    /// and ScyllaDB has. Each service's tests assert this is empty.
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        let service = self.service;
+        match std::fs::read_dir(self.dir) {
+            Ok(entries) => {
+                let mut on_disk: Vec<String> = entries
+                    .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
+                    .filter(|name| name.ends_with(".cql"))
+                    .collect();
+                on_disk.sort();
+                let registered: Vec<&str> = self.migrations.iter().map(|m| m.name).collect();
+                if on_disk != registered {
+                    problems.push(format!(
+                        "cql/{service}/ holds {on_disk:?}, the schema registers {registered:?}"
+                    ));
+                }
+            }
+            Err(err) => problems.push(format!("cannot read {}: {err}", self.dir)),
+        }
+        if self.migrations.is_empty() {
+            problems.push(format!("{service} has no migrations"));
+        }
+        for (i, file) in self.migrations.iter().enumerate() {
+            let expected = u32::try_from(i + 1).unwrap_or(u32::MAX);
+            if file.version != expected || !file.name.starts_with(&format!("{expected:03}_")) {
+                problems.push(format!(
+                    "{service}/{} should be version {expected}, named {expected:03}_<what>.cql",
+                    file.name
+                ));
+            }
+            let statements = match file.statements() {
+                Ok(statements) => statements,
+                Err(err) => {
+                    problems.push(err.to_string());
+                    continue;
+                }
+            };
+            if statements.is_empty() {
+                problems.push(format!("{service}/{} is empty", file.name));
+            }
+            for statement in statements {
+                problems.extend(statement_problems(service, file.name, &statement));
+            }
+        }
+        problems
     }
 }
 
-fn known(service: &str) -> Result<&'static [Migration], CqlError> {
-    match migrations(service) {
-        [] => Err(CqlError::UnknownService(service.to_owned())),
-        files => Ok(files),
+/// What breaks the rules in one statement of `service/file` (see [`Schema::problems`]).
+fn statement_problems(service: &str, file: &str, statement: &str) -> Vec<String> {
+    let mut problems = Vec::new();
+    let upper = statement.to_ascii_uppercase();
+    let at = format!("{service}/{file}: {statement}");
+    if !(upper.contains("IF NOT EXISTS") || upper.trim_start().starts_with("DROP TABLE IF EXISTS"))
+    {
+        problems.push(format!("not idempotent: {at}"));
     }
+    if !statement.contains("{ks}.") || upper.contains("KEYSPACE") {
+        problems.push(format!(
+            "tables are named {{ks}}.<table>, keyspaces not at all: {at}"
+        ));
+    }
+    let words: Vec<&str> = upper
+        .split(|c: char| !c.is_ascii_alphanumeric() && c != '_')
+        .filter(|w| !w.is_empty())
+        .collect();
+    let text = format!(" {} ", words.join(" "));
+    for banned in [
+        "ALLOW FILTERING",
+        "MATERIALIZED VIEW",
+        "INDEX",
+        "SAI",
+        "COUNTER",
+        "VECTOR",
+    ] {
+        if text.contains(&format!(" {banned} ")) {
+            problems.push(format!("{banned} is not portable or not wanted: {at}"));
+        }
+    }
+    problems
 }
 
-/// Brings `service`'s keyspace up to date (see the [module docs](self)). Safe to run again, and
+/// Brings `schema`'s keyspace up to date (see the [module docs](self)). Safe to run again, and
 /// concurrently with itself: each file is applied once.
 pub async fn migrate(
     session: &Session,
     config: &CqlConfig,
-    service: &str,
+    schema: &Schema,
 ) -> Result<MigrationReport, CqlError> {
-    apply(session, config, service, known(service)?).await
+    apply(session, config, schema.service, schema.migrations).await
 }
 
-/// Errors unless `service`'s keyspace holds every migration this build has, unchanged. Services
+/// Errors unless `schema`'s keyspace holds every migration this build has, unchanged. Services
 /// call it before serving, so a forgotten `twtr migrate` fails the start with the fix in the
 /// message instead of failing requests later. A keyspace ahead of this build is fine (migrations
 /// only add, so an older build keeps working during a rolling upgrade).
 pub async fn ensure_current(
     session: &Session,
     config: &CqlConfig,
-    service: &str,
+    schema: &Schema,
 ) -> Result<(), CqlError> {
-    check_current(session, config, service, known(service)?).await
+    check_current(session, config, schema.service, schema.migrations).await
 }
 
 /// The TTL of the schema lease: how long a crashed migrator blocks others.
@@ -688,79 +752,46 @@ mod tests {
         );
     }
 
-    /// The shipped files keep the rules every migration relies on: versions in order and
-    /// matching file names, every statement idempotent and keyspace-agnostic, and nothing that
-    /// only one of Cassandra and ScyllaDB understands.
-    /// A file added to `cql/<service>/` but not to the list above would never run.
+    /// A schema folder with a file left out, a file named off its version, a statement that
+    /// is not idempotent and one that uses what only one engine has: each is reported.
     #[test]
-    fn every_schema_file_is_registered() {
-        for service in SERVICES {
-            let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../cql/");
-            let mut on_disk: Vec<String> = std::fs::read_dir(format!("{dir}{service}"))
-                .unwrap()
-                .map(|entry| entry.unwrap().file_name().into_string().unwrap())
-                .filter(|name| name.ends_with(".cql"))
-                .collect();
-            on_disk.sort();
-            let registered: Vec<&str> = migrations(service).iter().map(|m| m.name).collect();
-            assert_eq!(on_disk, registered, "cql/{service}/");
+    fn schema_problems_are_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["001_init.cql", "002_more.cql", "003_forgotten.cql"] {
+            std::fs::write(dir.path().join(name), "").unwrap();
         }
-    }
-
-    #[test]
-    fn shipped_migrations_follow_the_rules() {
-        for service in SERVICES {
-            let files = migrations(service);
-            assert!(!files.is_empty(), "{service} has migrations");
-            for (i, file) in files.iter().enumerate() {
-                let expected = u32::try_from(i + 1).unwrap();
-                assert_eq!(file.version, expected, "{service}/{} version", file.name);
-                assert!(
-                    file.name.starts_with(&format!("{expected:03}_"))
-                        && file.name.ends_with(".cql"),
-                    "{service}/{} is named NNN_<what>.cql after its version",
-                    file.name
-                );
-                let statements = file.statements().unwrap();
-                assert!(
-                    !statements.is_empty(),
-                    "{service}/{} is not empty",
-                    file.name
-                );
-                for statement in statements {
-                    let upper = statement.to_ascii_uppercase();
-                    let where_ = format!("{service}/{}: {statement}", file.name);
-                    assert!(
-                        upper.contains("IF NOT EXISTS")
-                            || upper.trim_start().starts_with("DROP TABLE IF EXISTS"),
-                        "idempotent: {where_}"
-                    );
-                    assert!(
-                        statement.contains("{ks}.") && !upper.contains("KEYSPACE"),
-                        "tables are named {{ks}}.<table>, keyspaces not at all: {where_}"
-                    );
-                    let words: Vec<&str> = upper
-                        .split(|c: char| !c.is_ascii_alphanumeric() && c != '_')
-                        .filter(|w| !w.is_empty())
-                        .collect();
-                    let text = format!(" {} ", words.join(" "));
-                    for banned in [
-                        "ALLOW FILTERING",
-                        "MATERIALIZED VIEW",
-                        "INDEX",
-                        "SAI",
-                        "COUNTER",
-                        "VECTOR",
-                    ] {
-                        assert!(
-                            !text.contains(&format!(" {banned} ")),
-                            "{banned} is not portable or not wanted: {where_}"
-                        );
-                    }
-                }
-            }
+        let dir_path: &'static str = Box::leak(dir.path().display().to_string().into_boxed_str());
+        let bad = Schema {
+            service: "probe",
+            dir: dir_path,
+            migrations: &[
+                Migration {
+                    version: 1,
+                    name: "001_init.cql",
+                    cql: "CREATE TABLE IF NOT EXISTS {ks}.a (id int PRIMARY KEY);",
+                },
+                Migration {
+                    version: 2,
+                    name: "02_more.cql",
+                    cql: "CREATE TABLE {ks}.b (id int PRIMARY KEY);\n\
+                          CREATE INDEX IF NOT EXISTS b_id ON {ks}.b (id);",
+                },
+            ],
+        };
+        let problems = bad.problems();
+        let expect = [
+            "cql/probe/ holds",
+            "02_more.cql should be version 2",
+            "not idempotent",
+            "INDEX is not portable",
+        ];
+        for what in expect {
+            assert!(
+                problems.iter().any(|p| p.contains(what)),
+                "{what:?} missing from {problems:#?}"
+            );
         }
-        assert!(migrations("nope").is_empty());
+        assert_eq!(problems.len(), expect.len(), "{problems:#?}");
     }
 
     // Against a real node (`TWTR_TEST_SCYLLA_NODES`, or the one `scripts/cassandra.sh` runs).
@@ -772,7 +803,7 @@ mod tests {
 
     use futures_util::FutureExt as _;
 
-    use crate::cql::{Keyspace, connect, lwt_applied};
+    use crate::cql::connect;
 
     /// A session and a config with a fresh keyspace prefix, or `None` to skip (off CI, no node).
     async fn cluster() -> Option<(Arc<Session>, CqlConfig)> {
@@ -819,128 +850,29 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn every_service_migrates_and_a_second_run_changes_nothing() {
-        let Some((session, config)) = cluster().await else {
-            return;
-        };
-        with_keyspaces(&session, &config, SERVICES, async {
-            let first = futures_util::future::join_all(
-                SERVICES.iter().map(|s| migrate(&session, &config, s)),
-            )
-            .await;
-            for (service, report) in SERVICES.iter().zip(first) {
-                let report = report.unwrap_or_else(|err| panic!("{service}: {err:?}"));
-                let shipped: Vec<u32> = migrations(service).iter().map(|m| m.version).collect();
-                assert_eq!(report.applied, shipped, "{service}");
-                assert_eq!(Some(&report.version), shipped.last(), "{service}");
-                let keyspace = config.keyspace(service).unwrap();
-                // Tables created minus those a later file dropped.
-                let mut created = 0_usize;
-                for migration in migrations(service) {
-                    for statement in migration.statements().unwrap() {
-                        let upper = statement.trim_start().to_uppercase();
-                        if upper.starts_with("CREATE TABLE") {
-                            created += 1;
-                        } else if upper.starts_with("DROP TABLE") {
-                            created -= 1;
-                        }
-                    }
-                }
-                assert_eq!(
-                    table_names(&session, &keyspace).await.unwrap().len(),
-                    created + 2,
-                    "{service}: every table of the files, plus the bookkeeping"
-                );
-                ensure_current(&session, &config, service).await.unwrap();
-            }
-            for service in SERVICES {
-                let again = migrate(&session, &config, service).await.unwrap();
-                assert!(again.applied.is_empty(), "{service}: {again:?}");
-                let shipped: Vec<u32> = migrations(service).iter().map(|m| m.version).collect();
-                assert_eq!(Some(&again.version), shipped.last());
-                let keyspace = config.keyspace(service).unwrap();
-                assert_eq!(recorded_versions(&session, &keyspace).await, shipped);
-            }
-            count_ledger_applies_each_op_once(&session, &config).await;
-        })
-        .await;
-    }
-
-    /// The tweets schema supports the exactly-once count update its header describes: a
-    /// conditional batch on one partition, inserting the op into the ledger and moving the
-    /// static count.
-    async fn count_ledger_applies_each_op_once(session: &Arc<Session>, config: &CqlConfig) {
-        let tweets = Keyspace::new(session.clone(), config, "tweets").unwrap();
-        let read = tweets
-            .prepare(
-                "SELECT DISTINCT tweet_id, like_count FROM {ks}.tweet_counts WHERE tweet_id IN ?",
-            )
-            .await
-            .unwrap();
-        let batch = tweets
-            .prepare(
-                "BEGIN BATCH \
-                 INSERT INTO {ks}.tweet_counts (tweet_id, op, applied_at) VALUES (?, ?, ?) \
-                 IF NOT EXISTS USING TTL 259200; \
-                 UPDATE {ks}.tweet_counts SET like_count = ? WHERE tweet_id = ? \
-                 IF like_count = ?; \
-                 APPLY BATCH",
-            )
-            .await
-            .unwrap();
-        let apply = |op: &'static str, expected: Option<i64>| {
-            let (session, batch) = (session.clone(), batch.clone());
-            async move {
-                let now = CqlTimestamp(crate::clock::now_millis());
-                let next = expected.unwrap_or(0) + 1;
-                let values = (42_i64, op, now, next, 42_i64, expected);
-                let result = session.execute_unpaged(&batch, values).await.unwrap();
-                lwt_applied(result).unwrap()
-            }
-        };
-        assert!(apply("like:7:1", None).await, "the first op applies");
-        assert!(
-            !apply("like:7:1", Some(1)).await,
-            "the same op again does not"
-        );
-        assert!(
-            !apply("like:8:1", None).await,
-            "a stale expected count does not"
-        );
-        assert!(apply("like:8:1", Some(1)).await);
-        let rows = session
-            .execute_unpaged(&read, (vec![42_i64, 43],))
-            .await
-            .unwrap()
-            .into_rows_result()
-            .unwrap();
-        let counts: Vec<(i64, Option<i64>)> = rows.rows().unwrap().map(Result::unwrap).collect();
-        assert_eq!(counts, vec![(42, Some(2))]);
-    }
-
-    #[tokio::test]
     async fn concurrent_runs_apply_each_file_once() {
         let Some((session, config)) = cluster().await else {
             return;
         };
         // A second session: another process, as far as the cluster can tell.
         let other = connect(&config).await.unwrap();
-        with_keyspaces(&session, &config, &["users"], async {
+        with_keyspaces(&session, &config, &["probe"], async {
+            let files = [PROBE_V1, PROBE_V2];
             let (a, b) = tokio::join!(
-                migrate(&session, &config, "users"),
-                migrate(&other, &config, "users")
+                apply(&session, &config, "probe", &files),
+                apply(&other, &config, "probe", &files)
             );
             let (a, b) = (a.unwrap(), b.unwrap());
             let mut applied = [a.applied, b.applied].concat();
             applied.sort_unstable();
-            let shipped: Vec<u32> = migrations("users").iter().map(|m| m.version).collect();
+            let shipped: Vec<u32> = files.iter().map(|m| m.version).collect();
             assert_eq!(
                 applied, shipped,
                 "one run applied each file, the other nothing"
             );
             let newest = *shipped.last().unwrap();
             assert_eq!((a.version, b.version), (newest, newest));
-            let keyspace = config.keyspace("users").unwrap();
+            let keyspace = config.keyspace("probe").unwrap();
             assert_eq!(recorded_versions(&session, &keyspace).await, shipped);
             let lease = session
                 .query_unpaged(format!("SELECT owner FROM {keyspace}.schema_lock"), ())
@@ -1024,9 +956,8 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn unknown_services_are_refused() {
+    async fn no_contact_points_is_refused() {
         let config = CqlConfig::new(vec![]);
-        assert!(matches!(known("nope"), Err(CqlError::UnknownService(_))));
         assert!(matches!(
             crate::cql::connect(&config).await,
             Err(CqlError::InvalidConfig(_))

@@ -13,7 +13,7 @@
 //!   deleted and expired by TTL, so no read meets a tombstone. [`outbox_shard`] picks a shard.
 //! - [`purges`]: [`PurgeQueue`], the deleted accounts a service still has to purge, in hourly
 //!   partitions read from a cursor (the tweets and followers services keep one each).
-//! - [`testing`]: one migrated keyspace set per test process, for the CQL conformance suites.
+//! - `testing` (with the `testsuite` feature): one migrated keyspace set per test process, for the CQL conformance suites.
 //! - [`migrate`](mod@migrate): the numbered schema files under `cql/<service>/`, [`migrate()`] (what
 //!   `twtr migrate` runs) and [`ensure_current`] (what a service checks before serving).
 //! - [`CqlError`], this module's one error type, and the conversions that let store code use `?`
@@ -32,13 +32,14 @@ pub mod migrate;
 pub mod outbox;
 pub mod purges;
 pub mod session;
+#[cfg(any(test, feature = "testsuite"))]
 pub mod testing;
 
 pub use config::{
     ConsistencySettings, CqlConfig, DEFAULT_KEYSPACE_PREFIX, Replication, keyspace,
     parse_consistency, parse_serial_consistency,
 };
-pub use migrate::{Migration, MigrationReport, ensure_current, migrate, migrations};
+pub use migrate::{Migration, MigrationReport, Schema, ensure_current, migrate};
 pub use outbox::{CqlOutbox, OutboxRead, OutboxRow, ReadCounts, TracedRead, read_counts};
 pub use purges::{PurgeQueue, PurgeTables};
 pub use session::{Keyspace, cas_outcome_unknown, connect, lwt_applied, lwt_outcome, qualify};
@@ -100,8 +101,6 @@ pub enum CqlError {
     /// A result did not have the shape the statement promises.
     #[error("unexpected CQL result: {0}")]
     UnexpectedResult(String),
-    #[error("no CQL migrations for service {0:?}")]
-    UnknownService(String),
     /// A schema file is not well-formed (an unterminated string or comment).
     #[error("migration {file} is malformed: {reason}")]
     MalformedMigration { file: String, reason: String },

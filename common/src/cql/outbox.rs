@@ -1206,18 +1206,35 @@ mod tests {
     /// A test's turn at `service`'s keyspace, and an outbox on it. Tests of one keyspace take
     /// turns, as a relay's leases and `peek` see every test's events; the leases a failed test
     /// left behind are cleared, so that its failure stays its own.
-    async fn turn(
-        service: &'static str,
-    ) -> Option<(tokio::sync::MutexGuard<'static, ()>, Keyspace)> {
-        static USERS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-        static FOLLOWERS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-        let (session, config) = keyspace_for(service).await?;
-        let turn = match service {
-            "users" => USERS.lock().await,
-            "followers" => FOLLOWERS.lock().await,
-            other => panic!("no test turns for {other}"),
+    /// The users keyspace's files, which hold every outbox table (each keyspace has the same):
+    /// the outbox tests' two keyspaces of their own take them.
+    const USERS_FILES: crate::cql::Schema = crate::cql_schema!(
+        "users":
+        1 => "001_init.cql",
+        2 => "002_token_generation.cql",
+        3 => "003_outbox_by_time.cql",
+    );
+    static OUTBOX_ONE: crate::cql::Schema = crate::cql::Schema {
+        service: "outbox_one",
+        ..USERS_FILES
+    };
+    static OUTBOX_TWO: crate::cql::Schema = crate::cql::Schema {
+        service: "outbox_two",
+        ..USERS_FILES
+    };
+
+    /// The outbox tests' keyspace `which` (1 or 2), its leases cleared, held for one test at a
+    /// time (the tests of one keyspace share its shards).
+    async fn turn(which: u8) -> Option<(tokio::sync::MutexGuard<'static, ()>, Keyspace)> {
+        static ONE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+        static TWO: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+        let (schema, lock) = match which {
+            1 => (&OUTBOX_ONE, &ONE),
+            _ => (&OUTBOX_TWO, &TWO),
         };
-        let ks = Keyspace::new(session, &config, service).unwrap();
+        let (session, config) = keyspace_for(schema).await?;
+        let turn = lock.lock().await;
+        let ks = Keyspace::new(session, &config, schema.service).unwrap();
         let clear = ks
             .prepare("DELETE FROM {ks}.outbox_leases WHERE shard = ? IF EXISTS")
             .await
@@ -1333,14 +1350,17 @@ mod tests {
     /// calls [`RETENTION`].
     #[test]
     fn every_keyspace_has_the_same_outbox_tables() {
+        let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../cql/");
         let statements: Vec<Vec<String>> = ["users", "tweets", "followers", "feeds"]
             .iter()
             .map(|service| {
-                let file = crate::cql::migrations(service)
-                    .iter()
-                    .find(|m| m.name.ends_with("_outbox_by_time.cql"))
+                let dir = std::fs::read_dir(format!("{root}{service}")).unwrap();
+                let name = dir
+                    .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+                    .find(|name| name.ends_with("_outbox_by_time.cql"))
                     .unwrap_or_else(|| panic!("{service} has an outbox_by_time migration"));
-                file.statements().unwrap()
+                let cql = std::fs::read_to_string(format!("{root}{service}/{name}")).unwrap();
+                crate::cql::migrate::split_statements(&cql).unwrap()
             })
             .collect();
         assert!(statements.iter().all(|s| *s == statements[0]));
@@ -1350,7 +1370,7 @@ mod tests {
 
     #[tokio::test]
     async fn staged_events_come_out_oldest_first_until_removed() {
-        let Some((_turn, ks)) = turn("users").await else {
+        let Some((_turn, ks)) = turn(1).await else {
             return;
         };
         let outbox = CqlOutbox::new(ks, ids_arc()).await.unwrap();
@@ -1398,7 +1418,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_shard_has_one_relay_until_its_lease_is_given_back() {
-        let Some((_turn, ks)) = turn("followers").await else {
+        let Some((_turn, ks)) = turn(2).await else {
             return;
         };
         let first = CqlOutbox::new(ks.clone(), ids_arc()).await.unwrap();
@@ -1441,7 +1461,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_relay_publishes_each_event_once_in_shard_order() {
-        let Some((_turn, ks)) = turn("followers").await else {
+        let Some((_turn, ks)) = turn(2).await else {
             return;
         };
         let outbox = Arc::new(CqlOutbox::new(ks, ids_arc()).await.unwrap());
@@ -1454,7 +1474,7 @@ mod tests {
         let staged: Vec<Vec<Envelope>> = (0..6).map(|_| events(50)).collect();
         stage(&outbox, &staged[0]).await; // stored before the relay starts, as after a crash
         let stop = tokio_util::sync::CancellationToken::new();
-        let relay = tokio::spawn(crate::outbox::run_relay(
+        let relay = tokio::spawn(crate::relay::run_relay(
             "svc",
             outbox.clone(),
             bus.clone(),
@@ -1501,7 +1521,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_takeover_starts_at_the_cursor_and_republishes_nothing_marked() {
-        let Some((_turn, ks)) = turn("followers").await else {
+        let Some((_turn, ks)) = turn(2).await else {
             return;
         };
         // No margin: the cursor follows the head as closely as it may, so the test sees it.
@@ -1572,7 +1592,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_takeover_with_the_default_margin_skips_marked_rows() {
-        let Some((_turn, ks)) = turn("users").await else {
+        let Some((_turn, ks)) = turn(1).await else {
             return;
         };
         let first = CqlOutbox::new(ks.clone(), ids_arc()).await.unwrap();
@@ -1602,7 +1622,7 @@ mod tests {
     /// the hot path publishes it at once instead of no sweep ever reaching back that far.
     #[tokio::test]
     async fn an_event_staged_long_after_its_id_was_minted_goes_out_at_once() {
-        let Some((_turn, ks)) = turn("users").await else {
+        let Some((_turn, ks)) = turn(1).await else {
             return;
         };
         let outbox = CqlOutbox::with_timing(ks, BY_HAND, ids_arc())
@@ -1638,7 +1658,7 @@ mod tests {
 
     #[tokio::test]
     async fn late_arrivals_are_published_by_the_sweeps() {
-        let Some((_turn, ks)) = turn("users").await else {
+        let Some((_turn, ks)) = turn(1).await else {
             return;
         };
         let outbox = CqlOutbox::with_timing(ks, BY_HAND, ids_arc())
@@ -1710,7 +1730,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_legacy_table_is_drained_and_looked_at_again() {
-        let Some((_turn, ks)) = turn("users").await else {
+        let Some((_turn, ks)) = turn(1).await else {
             return;
         };
         let legacy_insert = ks
@@ -1802,7 +1822,7 @@ mod tests {
     /// are spread over the shards.
     #[tokio::test]
     async fn polls_read_no_tombstones_after_thousands_of_events() {
-        let Some((_turn, ks)) = turn("followers").await else {
+        let Some((_turn, ks)) = turn(2).await else {
             return;
         };
         let outbox = CqlOutbox::with_timing(ks.clone(), BY_HAND, ids_arc())

@@ -14,7 +14,7 @@ use std::time::Duration;
 use scylla::client::session::Session;
 use tokio::sync::OnceCell;
 
-use super::{CqlConfig, CqlError, connect, migrate};
+use super::{CqlConfig, CqlError, Schema, connect, migrate};
 
 /// Test keyspaces older than this are taken for leftovers of finished runs.
 const STALE_AFTER: Duration = Duration::from_secs(3600);
@@ -28,9 +28,10 @@ fn prefix() -> &'static str {
     PREFIX.get_or_init(|| format!("t{}p{}", crate::clock::now_millis(), std::process::id()))
 }
 
-/// A session on the test cluster and a config whose keyspace for `service` is migrated, or
+/// A session on the test cluster and a config whose keyspace for `schema` is migrated, or
 /// `None` when no node answers outside CI (see [`crate::testing::cql_nodes`]).
-pub async fn keyspace_for(service: &'static str) -> Option<(Arc<Session>, CqlConfig)> {
+pub async fn keyspace_for(schema: &'static Schema) -> Option<(Arc<Session>, CqlConfig)> {
+    let service = schema.service;
     static MIGRATED: OnceLock<std::sync::Mutex<MigratedServices>> = OnceLock::new();
     let nodes = crate::testing::cql_nodes()?;
     let mut config = CqlConfig::new(nodes);
@@ -47,7 +48,7 @@ pub async fn keyspace_for(service: &'static str) -> Option<(Arc<Session>, CqlCon
     };
     cell.get_or_init(|| async {
         drop_stale_keyspaces(&session).await;
-        migrate(&session, &config, service)
+        migrate(&session, &config, schema)
             .await
             .unwrap_or_else(|err| panic!("cannot migrate the test keyspace for {service}: {err}"));
     })
@@ -62,12 +63,15 @@ pub async fn keyspace_for(service: &'static str) -> Option<(Arc<Session>, CqlCon
 pub struct KeyspaceSet {
     pub nodes: Vec<String>,
     pub prefix: String,
+    /// The services whose `<prefix>_<service>` keyspaces the set holds.
+    pub services: Vec<&'static str>,
 }
 
 impl Drop for KeyspaceSet {
     fn drop(&mut self) {
         let mut config = CqlConfig::new(self.nodes.clone());
         config.keyspace_prefix = self.prefix.clone();
+        let services = self.services.clone();
         let dropped = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -75,7 +79,7 @@ impl Drop for KeyspaceSet {
                 .ok()?;
             runtime.block_on(async {
                 let session = connect(&config).await.ok()?;
-                for service in super::migrate::SERVICES {
+                for service in services {
                     let keyspace = config.keyspace(service).ok()?;
                     let _ = session
                         .query_unpaged(format!("DROP KEYSPACE IF EXISTS {keyspace}"), ())

@@ -739,7 +739,7 @@ mod tests {
     /// A CQL store on this test process's migrated `feeds` keyspace, with the suite's small
     /// limits; `None` (the check is skipped) when no CQL node answers outside CI.
     async fn open_cql() -> Option<(Arc<dyn FeedStore>, ())> {
-        let (session, config) = keyspace_for("feeds").await?;
+        let (session, config) = keyspace_for(&super::super::SCHEMA).await?;
         let ks = Keyspace::new(session, &config, "feeds").expect("feeds keyspace name");
         let store = CqlFeedStore::new(ks, conformance::LIMITS)
             .await

@@ -13,6 +13,7 @@
 //! - [`conformance`]: the suite both backends pass, and its macro
 //!   [`feed_store_conformance!`](crate::feed_store_conformance).
 
+#[cfg(any(test, feature = "testsuite"))]
 pub mod conformance;
 pub mod cql;
 pub mod embedded;
@@ -58,6 +59,18 @@ impl Default for FeedLimits {
         }
     }
 }
+
+/// The `feeds` keyspace's schema: the numbered files in `cql/feeds/`, which `twtr migrate`
+/// applies (see `twtr_common::cql::migrate`). A file added there must be added here too (a test
+/// checks).
+pub const SCHEMA: twtr_common::cql::Schema = twtr_common::cql_schema!(
+    "feeds":
+    1 => "001_init.cql",
+    2 => "002_retweets.cql",
+    3 => "003_celebrities.cql",
+    4 => "004_drop_feed_meta.cql",
+    5 => "005_outbox_by_time.cql",
+);
 
 #[async_trait]
 pub trait FeedStore: Send + Sync {
@@ -137,4 +150,15 @@ pub trait FeedStore: Send + Sync {
     async fn drop_feed(&self, user: u64) -> Result<(), StoreError>;
     /// One page of `user`'s feed, newest first.
     async fn feed(&self, user: u64, page: PageRequest) -> Result<Page<FeedEntry>, StoreError>;
+}
+
+#[cfg(test)]
+mod schema_tests {
+    /// Every file of `cql/feeds/` is registered, in order, and keeps the rules every migration
+    /// relies on (idempotent, keyspace-agnostic, portable between ScyllaDB and Cassandra).
+    #[test]
+    fn the_schema_files_are_registered_and_follow_the_rules() {
+        let problems = super::SCHEMA.problems();
+        assert!(problems.is_empty(), "{problems:#?}");
+    }
 }

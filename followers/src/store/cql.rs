@@ -936,7 +936,7 @@ mod tests {
     };
 
     async fn open_store() -> Option<CqlFollowStore> {
-        let (session, config) = keyspace_for("followers").await?;
+        let (session, config) = keyspace_for(&super::super::SCHEMA).await?;
         let ks = Keyspace::new(session, &config, "followers").unwrap();
         Some(
             CqlFollowStore::new(ks, Arc::new(twtr_common::IdGenerator::new(1).unwrap()))

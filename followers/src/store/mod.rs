@@ -13,6 +13,7 @@
 //! - [`conformance`]: the suite both backends pass, and its macro
 //!   [`follow_store_conformance!`](crate::follow_store_conformance).
 
+#[cfg(any(test, feature = "testsuite"))]
 pub mod conformance;
 pub mod cql;
 pub mod embedded;
@@ -77,6 +78,17 @@ pub fn stamp_version(event: &mut Envelope, version: u64) {
     }
 }
 
+/// The `followers` keyspace's schema: the numbered files in `cql/followers/`, which `twtr migrate`
+/// applies (see `twtr_common::cql::migrate`). A file added there must be added here too (a test
+/// checks).
+pub const SCHEMA: twtr_common::cql::Schema = twtr_common::cql_schema!(
+    "followers":
+    1 => "001_init.cql",
+    2 => "002_gone_users.cql",
+    3 => "003_purges_by_time.cql",
+    4 => "004_outbox_by_time.cql",
+);
+
 #[async_trait]
 pub trait FollowStore: Send + Sync {
     /// Whether the store answers right now, by a cheap round trip: the service's readiness, and
@@ -133,4 +145,15 @@ pub trait FollowStore: Send + Sync {
         false
     }
     fn outbox(&self) -> Arc<dyn Outbox>;
+}
+
+#[cfg(test)]
+mod schema_tests {
+    /// Every file of `cql/followers/` is registered, in order, and keeps the rules every migration
+    /// relies on (idempotent, keyspace-agnostic, portable between ScyllaDB and Cassandra).
+    #[test]
+    fn the_schema_files_are_registered_and_follow_the_rules() {
+        let problems = super::SCHEMA.problems();
+        assert!(problems.is_empty(), "{problems:#?}");
+    }
 }

@@ -1810,7 +1810,7 @@ mod tests {
     use crate::store::conformance::{self, event, ids, staged_of, unique_id};
 
     async fn open_cql() -> Option<(Arc<dyn TweetStore>, ())> {
-        let (session, config) = keyspace_for("tweets").await?;
+        let (session, config) = keyspace_for(&super::super::SCHEMA).await?;
         let ks = Keyspace::new(session, &config, "tweets").expect("the tweets keyspace name");
         let store = CqlTweetStore::new(ks, ids())
             .await
@@ -1821,7 +1821,7 @@ mod tests {
     crate::tweet_store_conformance!(optional open_cql);
 
     async fn cql_store() -> Option<CqlTweetStore> {
-        let (session, config) = keyspace_for("tweets").await?;
+        let (session, config) = keyspace_for(&super::super::SCHEMA).await?;
         let ks = Keyspace::new(session, &config, "tweets").unwrap();
         Some(CqlTweetStore::new(ks, ids()).await.unwrap())
     }

@@ -13,6 +13,7 @@
 //! - [`conformance`]: the suite both backends pass, and its macro
 //!   [`tweet_store_conformance!`](crate::tweet_store_conformance).
 
+#[cfg(any(test, feature = "testsuite"))]
 pub mod conformance;
 pub mod cql;
 pub mod embedded;
@@ -82,6 +83,17 @@ pub struct Reacted {
     /// Where the next batch starts (`before`), or `None` when this was the last.
     pub next: Option<u64>,
 }
+
+/// The `tweets` keyspace's schema: the numbered files in `cql/tweets/`, which `twtr migrate`
+/// applies (see `twtr_common::cql::migrate`). A file added there must be added here too (a test
+/// checks).
+pub const SCHEMA: twtr_common::cql::Schema = twtr_common::cql_schema!(
+    "tweets":
+    1 => "001_init.cql",
+    2 => "002_authors_and_post_keys.cql",
+    3 => "003_settled_changes.cql",
+    4 => "004_outbox_by_time.cql",
+);
 
 #[async_trait]
 pub trait TweetStore: Send + Sync {
@@ -215,4 +227,15 @@ pub trait TweetStore: Send + Sync {
     async fn public_timeline(&self, page: PageRequest) -> Result<Page<TweetRecord>, StoreError>;
     /// The outbox that `create` stages events into.
     fn outbox(&self) -> Arc<dyn Outbox>;
+}
+
+#[cfg(test)]
+mod schema_tests {
+    /// Every file of `cql/tweets/` is registered, in order, and keeps the rules every migration
+    /// relies on (idempotent, keyspace-agnostic, portable between ScyllaDB and Cassandra).
+    #[test]
+    fn the_schema_files_are_registered_and_follow_the_rules() {
+        let problems = super::SCHEMA.problems();
+        assert!(problems.is_empty(), "{problems:#?}");
+    }
 }

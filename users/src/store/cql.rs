@@ -662,7 +662,7 @@ mod tests {
     use crate::store::conformance::{event, event_of, fresh_user, staged, unique_id, user};
 
     async fn open_store() -> Option<CqlUserStore> {
-        let (session, config) = keyspace_for("users").await?;
+        let (session, config) = keyspace_for(&super::super::SCHEMA).await?;
         let ks = Keyspace::new(session, &config, "users").unwrap();
         Some(
             CqlUserStore::new(ks, Arc::new(twtr_common::IdGenerator::new(1).unwrap()))

@@ -11,6 +11,7 @@
 //! - [`conformance`]: the suite both backends pass, and its macro
 //!   [`user_store_conformance!`](crate::user_store_conformance).
 
+#[cfg(any(test, feature = "testsuite"))]
 pub mod conformance;
 pub mod cql;
 pub mod embedded;
@@ -120,6 +121,16 @@ pub enum Created {
     UsernameTaken,
 }
 
+/// The `users` keyspace's schema: the numbered files in `cql/users/`, which `twtr migrate`
+/// applies (see `twtr_common::cql::migrate`). A file added there must be added here too (a test
+/// checks).
+pub const SCHEMA: twtr_common::cql::Schema = twtr_common::cql_schema!(
+    "users":
+    1 => "001_init.cql",
+    2 => "002_token_generation.cql",
+    3 => "003_outbox_by_time.cql",
+);
+
 #[async_trait]
 pub trait UserStore: Send + Sync {
     /// Whether the store answers right now, by a cheap round trip: the service's readiness, and
@@ -224,5 +235,16 @@ mod tests {
             (user.password_hash.as_str(), user.token_generation),
             (HASH, 1)
         );
+    }
+}
+
+#[cfg(test)]
+mod schema_tests {
+    /// Every file of `cql/users/` is registered, in order, and keeps the rules every migration
+    /// relies on (idempotent, keyspace-agnostic, portable between ScyllaDB and Cassandra).
+    #[test]
+    fn the_schema_files_are_registered_and_follow_the_rules() {
+        let problems = super::SCHEMA.problems();
+        assert!(problems.is_empty(), "{problems:#?}");
     }
 }

@@ -1,4 +1,5 @@
-//! Client-side balancing of one service URL across every address its host name resolves to.
+//! The client side of gRPC between the parts: a channel to a service's URL ([`channel`]),
+//! balanced per request across every address its host name resolves to.
 //!
 //! gRPC runs over HTTP/2, which multiplexes every call on one connection: a channel to a single
 //! address behind a Kubernetes Service pins all of a caller's requests to one pod. Behind a
@@ -242,6 +243,34 @@ fn plan(current: &BTreeSet<Target>, resolved: Option<Vec<SocketAddr>>) -> Plan {
         insert: wanted.difference(current).cloned().collect(),
         remove: current.difference(&wanted).cloned().collect(),
     }
+}
+
+/// How long connecting to a service may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A lazily connected channel to `url`: to the one server of an IP literal (or `localhost`), or
+/// balanced across the addresses a host name resolves to. Must be called within a tokio runtime.
+pub fn channel(url: &str) -> anyhow::Result<Channel> {
+    Ok(routed_channel(url)?.0)
+}
+
+/// [`channel`], and whether it currently leads anywhere.
+pub fn routed_channel(url: &str) -> anyhow::Result<(Channel, Routable)> {
+    use anyhow::Context as _;
+    let endpoint = Endpoint::from_shared(url.to_owned())
+        .with_context(|| format!("invalid service URL {url:?}"))?;
+    Ok(match host_to_balance(endpoint.uri()) {
+        Some(host) => balanced_channel(endpoint, host, connection_options),
+        None => (
+            connection_options(endpoint).connect_lazy(),
+            Routable::always(),
+        ),
+    })
+}
+
+/// The options of every connection to a service.
+fn connection_options(endpoint: Endpoint) -> Endpoint {
+    endpoint.connect_timeout(CONNECT_TIMEOUT).tcp_nodelay(true)
 }
 
 #[cfg(test)]
