@@ -95,6 +95,16 @@ pub struct Cli {
     )]
     pub scylla_serial_consistency: String,
 
+    /// Bound on every store call, its retries on other nodes and speculative attempts included
+    /// (milliseconds).
+    #[arg(
+        long,
+        env = "TWTR_SCYLLA_REQUEST_TIMEOUT_MS",
+        default_value_t = 10_000,
+        global = true
+    )]
+    pub scylla_request_timeout_ms: u64,
+
     /// RabbitMQ URL (amqp://user:pass@host:5672/vhost); when set, RabbitMQ is the event bus.
     #[arg(long, env = "TWTR_AMQP_URL", hide_env_values = true, global = true)]
     pub amqp_url: Option<String>,
@@ -344,6 +354,11 @@ impl Cli {
                 serial: parse_serial_consistency(&self.scylla_serial_consistency)
                     .context("invalid TWTR_SCYLLA_SERIAL_CONSISTENCY")?,
             };
+            anyhow::ensure!(
+                self.scylla_request_timeout_ms > 0,
+                "TWTR_SCYLLA_REQUEST_TIMEOUT_MS must be at least 1"
+            );
+            cql.request_timeout = Duration::from_millis(self.scylla_request_timeout_ms);
             // Fails on a bad prefix now rather than at the first keyspace.
             cql.keyspace("users")
                 .context("invalid TWTR_SCYLLA_KEYSPACE_PREFIX")?;
@@ -482,6 +497,7 @@ mod tests {
         };
         assert_eq!(cql.nodes, vec!["a:9042".to_owned(), "b:9042".to_owned()]);
         assert_eq!(cql.keyspace("users").unwrap(), "twtr_users");
+        assert_eq!(cql.request_timeout, Duration::from_secs(10));
         let urls = cli.upstream_urls();
         assert_eq!(urls.users, "http://users:50051");
         assert_eq!(urls.tweets, "http://127.0.0.1:7000");
