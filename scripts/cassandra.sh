@@ -14,6 +14,8 @@
 #   scripts/cassandra.sh stop --cluster    stop every node of the cluster
 #   scripts/cassandra.sh status --cluster  per node: CQL, pid, and which peers it last saw up
 #   scripts/cassandra.sh kill NODE         kill -9 one node (NODE: 1..N, or its address)
+#   scripts/cassandra.sh stop NODE         stop one node the way a rolling restart does (SIGTERM:
+#                                          it tells its peers it is going, then drains)
 #   scripts/cassandra.sh start NODE        start that node again on its data; waits until the
 #                                          other nodes see it up (it rejoins, hints replay)
 #   scripts/cassandra.sh nodetool NODE ... nodetool against that node (JMX on 127.0.0.1 only)
@@ -717,6 +719,29 @@ cmd_node_kill() {
     say "killed node$i ($HOST:$PORT, pid $pid) with SIGKILL in $(elapsed "$started")"
 }
 
+cmd_node_stop() {
+    use_cluster ""
+    local i pid started waited=0
+    i="$(node_number "$1")"
+    select_node "$i"
+    pid="$(our_pid)"
+    [[ -n $pid ]] || { say "node$i ($HOST) is not running; nothing to stop"; return 0; }
+    started="$(now_ms)"
+    # SIGTERM runs the shutdown hook: the node announces its shutdown to its peers through gossip
+    # (they mark it down at once, with no failure-detector delay), then drains.
+    kill -TERM "$pid"
+    while kill -0 "$pid" 2>/dev/null; do
+        if (( waited >= 600 )); then   # 60 s in tenth-of-a-second polls
+            say "node$i still running after 60s; killing it"
+            kill -KILL "$pid" 2>/dev/null || true
+        fi
+        sleep 0.1
+        waited=$((waited + 1))
+    done
+    rm -f "$PID_FILE"
+    say "stopped node$i ($HOST:$PORT, pid $pid) in $(elapsed "$started")"
+}
+
 cmd_cluster_stop() {
     use_cluster ""
     local i pid pids=() waited=0
@@ -828,7 +853,7 @@ is_cluster() {
 }
 
 usage() {
-    echo "usage: $0 start [--nodes N | NODE] | stop [--cluster] | status [--cluster] | kill NODE | nodetool NODE ARGS..." >&2
+    echo "usage: $0 start [--nodes N | NODE] | stop [--cluster | NODE] | status [--cluster] | kill NODE | nodetool NODE ARGS..." >&2
     exit 2
 }
 
@@ -842,7 +867,12 @@ case "${1:-}" in
             -*) usage ;;
             *) take_cluster_lock; cmd_node_start "$2" ;;
         esac ;;
-    stop) if is_cluster "${2:-}"; then take_cluster_lock; cmd_cluster_stop; else take_lock; cmd_stop; fi ;;
+    stop)
+        case "${2:-}" in
+            ""|--cluster) if is_cluster "${2:-}"; then take_cluster_lock; cmd_cluster_stop; else take_lock; cmd_stop; fi ;;
+            -*) usage ;;
+            *) take_cluster_lock; cmd_node_stop "$2" ;;
+        esac ;;
     status) if is_cluster "${2:-}"; then cmd_cluster_status; else cmd_status; fi ;;
     kill) [[ -n ${2:-} ]] || usage; take_cluster_lock; cmd_node_kill "$2" ;;
     nodetool) [[ -n ${2:-} ]] || usage; node="$2"; shift 2; cmd_nodetool "$node" "$@" ;;
