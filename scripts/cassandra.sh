@@ -503,6 +503,10 @@ TOKENS=()
 NODES=0
 JMX_BASE=""
 
+# True while process $1 exists and is not a zombie: a killed node whose exit nobody has reaped
+# yet (its parent is init) is gone for every purpose here.
+running() { [[ -r /proc/$1/status ]] && ! grep -q '^State:[[:space:]]*Z' "/proc/$1/status" 2>/dev/null; }
+
 # Sets the globals of a cluster of $1 nodes from the environment (a new cluster), or from
 # cluster.env when $1 is empty (an existing one).
 use_cluster() {
@@ -714,7 +718,7 @@ cmd_node_kill() {
     started="$(now_ms)"
     # SIGKILL: no drain, no flush, no goodbye to the peers; what a crashed machine looks like.
     kill -KILL "$pid"
-    while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
+    while running "$pid"; do sleep 0.1; done
     rm -f "$PID_FILE"
     say "killed node$i ($HOST:$PORT, pid $pid) with SIGKILL in $(elapsed "$started")"
 }
@@ -730,7 +734,7 @@ cmd_node_stop() {
     # SIGTERM runs the shutdown hook: the node announces its shutdown to its peers through gossip
     # (they mark it down at once, with no failure-detector delay), then drains.
     kill -TERM "$pid"
-    while kill -0 "$pid" 2>/dev/null; do
+    while running "$pid"; do
         if (( waited >= 600 )); then   # 60 s in tenth-of-a-second polls
             say "node$i still running after 60s; killing it"
             kill -KILL "$pid" 2>/dev/null || true
@@ -756,7 +760,7 @@ cmd_cluster_stop() {
     done
     (( ${#pids[@]} )) || { say "no node of the cluster in $CLUSTER_DIR is running; nothing to stop"; return 0; }
     for pid in "${pids[@]}"; do
-        while kill -0 "$pid" 2>/dev/null; do
+        while running "$pid"; do
             if (( waited >= 120 )); then   # 60 s in half-second polls
                 say "pid $pid still running after 60s; killing it"
                 kill -KILL "$pid" 2>/dev/null || true

@@ -134,6 +134,10 @@ die() { say "$*"; exit 1; }
 now_ms() { date +%s%3N; }
 elapsed() { local ms=$(( $(now_ms) - $1 )); printf '%d.%01ds' $((ms / 1000)) $(((ms % 1000) / 100)); }
 
+# True while process $1 exists and is not a zombie: a killed node whose exit nobody has reaped
+# yet (its parent is init) is gone for every purpose here.
+running() { [[ -r /proc/$1/status ]] && ! grep -q '^State:[[:space:]]*Z' "/proc/$1/status" 2>/dev/null; }
+
 # Sets NODES and BASE_PORT for a new cluster of $1 nodes, or from cluster.env when $1 is empty.
 use_cluster() {
     if [[ -z $1 ]]; then
@@ -340,7 +344,7 @@ cluster_node_kill() {
     began="$(now_ms)"
     # SIGKILL to the Erlang VM: no goodbye to the peers or the clients; a crashed machine.
     kill -KILL "$pid"
-    while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
+    while running "$pid"; do sleep 0.1; done
     say "killed node$i ($(node_name "$i"), pid $pid) with SIGKILL in $(elapsed "$began")"
 }
 
