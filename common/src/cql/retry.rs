@@ -2,17 +2,18 @@
 //!
 //! The driver's own default (modelled on the DataStax Java driver's) already moves an idempotent
 //! statement to the next node when a connection breaks or a node says it is overloaded or
-//! bootstrapping. Two failures that a replica dying without notice causes are not covered by it,
+//! bootstrapping. Three failures that a node dying or restarting causes are not covered by it,
 //! and this policy adds them:
 //!
 //! - **a logged batch whose batchlog write timed out** (`WriteTimeout` with write type
 //!   `BATCH_LOG`). The coordinator writes the batchlog to two other nodes of its data center
 //!   before it applies anything, and picks them among the nodes its failure detector still
 //!   believes alive. For the 10 to 20 seconds a killed node takes to be convicted, a three-node
-//!   data center has no choice but to pick it, and the batchlog write times out. Nothing of the
-//!   batch was applied, so it is retried on the next node whatever its idempotence, a few times,
-//!   within the request timeout. The default retries only idempotent batches, once, on the same
-//!   node (which picks the same dead node again).
+//!   data center has no choice but to pick it, and the batchlog write times out. None of the
+//!   batch's writes were sent, but the batchlog may have reached the live node, which replays it
+//!   later: so only an idempotent batch goes again, to the next node, a few times within the
+//!   request timeout (the stores' unconditional batches are idempotent). The default retries it
+//!   once, on the same node, which picks the same dead node again.
 //! - **a read that timed out** (`ReadTimeout`) because a replica the coordinator asked died
 //!   before answering. Reads are idempotent; another coordinator picks its replicas afresh. Once.
 //! - **a node that refused the request** (`Overloaded`): a node shutting down answers every
@@ -114,11 +115,12 @@ impl Attempts {
                     self.read_timeout = true;
                     RetryNextTarget(None)
                 }
-                // The batchlog comes before any of the batch's writes, so nothing was applied.
+                // The batchlog comes before any of the batch's writes, none of which was sent;
+                // a copy of the batchlog on a live node may still replay it later.
                 DbError::WriteTimeout {
                     write_type: WriteType::BatchLog,
                     ..
-                } if self.batchlog < BATCHLOG_RETRIES => {
+                } if idempotent && self.batchlog < BATCHLOG_RETRIES => {
                     self.batchlog += 1;
                     RetryNextTarget(None)
                 }
@@ -175,18 +177,23 @@ mod tests {
     }
 
     #[test]
-    fn a_timed_out_batchlog_goes_to_the_next_node_a_few_times_even_when_not_idempotent() {
+    fn a_timed_out_batchlog_goes_to_the_next_node_a_few_times_when_idempotent() {
         let mut attempts = Attempts::default();
         let error = write_timeout(WriteType::BatchLog);
         for _ in 0..BATCHLOG_RETRIES {
             assert_eq!(
-                decide(&mut attempts, &error, false),
+                decide(&mut attempts, &error, true),
                 RetryDecision::RetryNextTarget(None)
             );
         }
         assert_eq!(
-            decide(&mut attempts, &error, false),
+            decide(&mut attempts, &error, true),
             RetryDecision::DontRetry
+        );
+        assert_eq!(
+            decide(&mut Attempts::default(), &error, false),
+            RetryDecision::DontRetry,
+            "a batchlog copy on a live node may replay it: not again unless idempotent"
         );
     }
 

@@ -17,9 +17,9 @@
 //!   awareness: the driver documents it as apt to pile load on a few nodes, and a slow node is
 //!   what speculative execution is for.
 //! - **Retries** ([`StoreRetryPolicy`](super::retry::StoreRetryPolicy)): a statement cut off with
-//!   its node is retried on the next one when it is idempotent; a logged batch whose batchlog
-//!   write timed out (the coordinator still thinks the dead node is alive, for 10 to 20 seconds)
-//!   is retried on the next node whatever its idempotence, since nothing of it was applied.
+//!   its node is retried on the next one when it is idempotent, and so is a logged batch whose
+//!   batchlog write timed out (the coordinator still thinks the dead node is alive, for 10 to 20
+//!   seconds); a node refusing the request as it shuts down sends any statement to the next.
 //! - **Speculative execution**, for reads: a `SELECT` that has not answered after
 //!   [`SPECULATIVE_DELAY`] is sent to a second node too, and the first answer wins; a node that
 //!   hangs (a long GC pause, a stalled disk, a half-open connection) costs that delay, not a
