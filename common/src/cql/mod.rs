@@ -6,8 +6,10 @@
 //!
 //! - [`config`]: [`CqlConfig`], [`Replication`] (`simple:1`, `dc1:3,dc2:3`), consistency levels
 //!   and [`keyspace`] naming (`<prefix>_<service>`).
-//! - [`session`]: [`connect`] (token-aware, local-datacenter first, configured consistency) and
-//!   [`Keyspace`], which prepares a service's statements once at startup.
+//! - [`session`]: [`connect`] (token-aware, local-datacenter first, configured consistency,
+//!   bounded, and set up to ride out a dead node) and [`Keyspace`], which prepares a service's
+//!   statements once at startup and marks the idempotent ones.
+//! - [`retry`]: [`StoreRetryPolicy`], what the driver does when one attempt fails.
 //! - [`outbox`]: [`CqlOutbox`], the sharded transactional outbox with a lease per shard, so any
 //!   number of replicas relay a service's events; read forward from a cursor, marked instead of
 //!   deleted and expired by TTL, so no read meets a tombstone. [`outbox_shard`] picks a shard.
@@ -31,18 +33,23 @@ pub mod config;
 pub mod migrate;
 pub mod outbox;
 pub mod purges;
+pub mod retry;
 pub mod session;
 #[cfg(any(test, feature = "testsuite"))]
 pub mod testing;
 
 pub use config::{
-    ConsistencySettings, CqlConfig, DEFAULT_KEYSPACE_PREFIX, Replication, keyspace,
-    parse_consistency, parse_serial_consistency,
+    ConsistencySettings, CqlConfig, DEFAULT_KEYSPACE_PREFIX, DEFAULT_REQUEST_TIMEOUT, Replication,
+    keyspace, parse_consistency, parse_serial_consistency,
 };
 pub use migrate::{Migration, MigrationReport, Schema, ensure_current, migrate};
 pub use outbox::{CqlOutbox, OutboxRead, OutboxRow, ReadCounts, TracedRead, read_counts};
 pub use purges::{PurgeQueue, PurgeTables};
-pub use session::{Keyspace, cas_outcome_unknown, connect, lwt_applied, lwt_outcome, qualify};
+pub use retry::StoreRetryPolicy;
+pub use session::{
+    Keyspace, cas_outcome_unknown, connect, is_idempotent, lwt_applied, lwt_outcome,
+    mark_idempotence, qualify,
+};
 
 use scylla::deserialize::DeserializationError;
 use scylla::errors::{

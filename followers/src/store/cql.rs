@@ -86,6 +86,7 @@ use tokio::time::Instant;
 use twtr_common::clock;
 use twtr_common::cql::{
     CqlError, CqlOutbox, Keyspace, PurgeQueue, PurgeTables, cas_outcome_unknown, lwt_applied,
+    mark_idempotence,
 };
 use twtr_common::outbox::Outbox;
 use twtr_common::store::{PendingPurge, StoreError};
@@ -239,6 +240,9 @@ fn batch_of(statements: Vec<PreparedStatement>) -> Batch {
     for statement in statements {
         batch.append_statement(statement);
     }
+    // Idempotent when every statement is (none conditional): then the driver may send it again
+    // after a lost node.
+    mark_idempotence(&mut batch);
     batch
 }
 

@@ -99,7 +99,7 @@ use scylla::value::{CqlTimestamp, CqlValue};
 use tokio::time::Instant;
 use twtr_common::cql::{
     CqlError, CqlOutbox, Keyspace, PurgeQueue, PurgeTables, cas_outcome_unknown, lwt_applied,
-    lwt_outcome,
+    lwt_outcome, mark_idempotence,
 };
 use twtr_common::outbox::Outbox;
 use twtr_common::store::{PendingPurge, StoreError};
@@ -353,6 +353,7 @@ impl Inner {
         let mut forget = Batch::new(BatchType::Logged);
         forget.append_statement(ks.prepare(INSERT_GONE).await?);
         forget.append_statement(purges.enqueue().clone());
+        mark_idempotence(&mut forget);
         Ok(Self {
             select_gone: ks.prepare(SELECT_GONE).await?,
             forget,
@@ -500,6 +501,7 @@ impl Inner {
         }
         batch.append_statement(self.outbox.insert().clone());
         values.push(Box::new(self.outbox.row(event)));
+        mark_idempotence(&mut batch);
         self.ks.session().batch(&batch, values).await?;
         self.outbox.notify();
         if new_bucket {
@@ -908,6 +910,7 @@ impl Inner {
         }
         batch.append_statement(self.outbox.insert().clone());
         values.push(Box::new(self.outbox.row(&event)));
+        mark_idempotence(&mut batch);
         self.ks.session().batch(&batch, values).await?;
         self.outbox.notify();
         let delta = if change.on { 1 } else { -1 };
@@ -1084,6 +1087,7 @@ impl Inner {
                 (written, bucket, tweet),
                 self.outbox.row(event),
             );
+            mark_idempotence(&mut batch);
             self.ks.session().batch(&batch, values).await?;
             self.outbox.notify();
         }

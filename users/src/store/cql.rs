@@ -68,7 +68,9 @@ use scylla::statement::batch::{Batch, BatchType};
 use scylla::statement::prepared::PreparedStatement;
 use scylla::value::{CqlTimestamp, CqlValue, MaybeUnset};
 use twtr_common::clock;
-use twtr_common::cql::{CqlError, CqlOutbox, Keyspace, cas_outcome_unknown, lwt_outcome};
+use twtr_common::cql::{
+    CqlError, CqlOutbox, Keyspace, cas_outcome_unknown, lwt_outcome, mark_idempotence,
+};
 use twtr_common::outbox::Outbox;
 use twtr_common::store::StoreError;
 use twtr_proto::events::v1::Envelope;
@@ -445,6 +447,8 @@ fn logged_batch<const N: usize>(statements: [&PreparedStatement; N]) -> Batch {
     for statement in statements {
         batch.append_statement(statement.clone());
     }
+    // Unconditional writes: the driver may send the batch again after a lost node.
+    mark_idempotence(&mut batch);
     batch
 }
 
