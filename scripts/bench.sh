@@ -5,7 +5,11 @@
 # Finally renders docs/bench/<date>.md with its plots (`twtr bench report`).
 #
 #   scripts/bench.sh                      # embedded, then RabbitMQ, then CQL (Cassandra)
-#   BENCH_MODES=embedded scripts/bench.sh # only some: embedded, rabbitmq, cql
+#   BENCH_MODES=embedded scripts/bench.sh # only some: embedded, rabbitmq, cql, cql-cluster
+#
+# cql-cluster is the CQL mode on a three-node Cassandra cluster (scripts/cassandra.sh start
+# --nodes 3 on 127.0.0.4-6, RF 3 in dc1, LOCAL_QUORUM: every write goes to three replicas and
+# waits for two), started for the run and stopped after it.
 #
 # Settings (environment):
 #   BENCH_USERS (10001)     accounts; 10,001 gives the largest author 10,000 followers
@@ -120,10 +124,22 @@ for mode in $MODES; do
         TWTR_DATA_DIR="$ROOT/cql" "$BIN" migrate
         TWTR_AMQP_URL='amqp://guest:guest@127.0.0.1:5672/%2f' \
             bench_mode cql "$ROOT/cql" "$CQL_USERS" "$CQL_TWEETS"
-        unset TWTR_SCYLLA_NODES
+        unset TWTR_SCYLLA_NODES TWTR_SCYLLA_READ_CONSISTENCY TWTR_SCYLLA_WRITE_CONSISTENCY
+        ;;
+    cql-cluster)
+        scripts/rabbitmq.sh start
+        export TWTR_CASSANDRA_HOSTS=127.0.0.4,127.0.0.5,127.0.0.6
+        scripts/cassandra.sh start --nodes 3
+        export TWTR_SCYLLA_NODES=127.0.0.4:9042,127.0.0.5:9042,127.0.0.6:9042
+        export TWTR_SCYLLA_REPLICATION=dc1:3 TWTR_SCYLLA_LOCAL_DC=dc1
+        TWTR_DATA_DIR="$ROOT/cql-cluster" "$BIN" migrate
+        TWTR_AMQP_URL='amqp://guest:guest@127.0.0.1:5672/%2f' \
+            bench_mode cql-cluster "$ROOT/cql-cluster" "$CQL_USERS" "$CQL_TWEETS"
+        scripts/cassandra.sh stop --cluster
+        unset TWTR_SCYLLA_NODES TWTR_SCYLLA_REPLICATION TWTR_SCYLLA_LOCAL_DC TWTR_CASSANDRA_HOSTS
         ;;
     *)
-        say "unknown mode $mode (embedded, rabbitmq, cql)"
+        say "unknown mode $mode (embedded, rabbitmq, cql, cql-cluster)"
         exit 2
         ;;
     esac

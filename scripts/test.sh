@@ -14,6 +14,9 @@
 #   - cargo test for the whole workspace: unit tests, conformance suites, black-box mesh tests,
 #   - the fault suite (tests/blackbox/faults.rs, about six minutes): two meshes under load on a
 #     Cassandra node and a broker of its own, each stopped for a minute, and every part killed,
+#   - the cluster suite (tests/blackbox/clusters/): a three-node Cassandra cluster and a
+#     three-node RabbitMQ cluster started here (on 127.0.0.4-6 and from port 5682, beside the
+#     single nodes), a node of each killed under load, then both stopped,
 #   - schemathesis (PyPI, into ./.tools) against /openapi.json on a live mesh (scripts/schemathesis.sh),
 #   - the deployment checks (scripts/chart.sh check): the Helm chart linted, rendered and
 #     validated offline, checked against the binary cargo test built; the Dockerfile linted.
@@ -88,6 +91,26 @@ cargo test --workspace
 # processes busy for about six minutes (its own node and broker, so it disturbs nothing else).
 echo "test.sh: the fault suite (tests/blackbox/faults.rs)" >&2
 cargo test --test blackbox -- --ignored faults:: --nocapture
+
+# The cluster suite, on clusters of its own that it stops when done (in a subshell: the cluster
+# settings stay out of what follows). The nodes start together (about 40 s for both).
+cluster_suite() (
+    export TWTR_CASSANDRA_HOSTS=127.0.0.4,127.0.0.5,127.0.0.6 TWTR_RABBITMQ_PORT=5682
+    trap 'scripts/cassandra.sh stop --cluster || true; scripts/rabbitmq.sh stop --cluster || true' EXIT
+    scripts/cassandra.sh start --nodes 3 &
+    local cassandra=$!
+    scripts/rabbitmq.sh start --nodes 3
+    wait "$cassandra"
+    local amqp=""
+    for port in 5682 5683 5684; do
+        amqp="${amqp:+$amqp,}amqp://guest:guest@127.0.0.1:$port/%2f"
+    done
+    TWTR_TEST_SCYLLA_CLUSTER=127.0.0.4:9042,127.0.0.5:9042,127.0.0.6:9042 \
+        TWTR_TEST_AMQP_CLUSTER="$amqp" \
+        cargo test --test blackbox -- --ignored clusters:: --test-threads=1 --nocapture
+)
+echo "test.sh: the cluster suite (tests/blackbox/clusters)" >&2
+cluster_suite
 
 # The HTTP API fuzzed against its OpenAPI document (scripts/schemathesis.sh: schemathesis from
 # PyPI into ./.tools, a live all-in-one mesh on the twtr binary cargo test built, a real token,

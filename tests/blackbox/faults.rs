@@ -152,23 +152,23 @@ async fn outages_and_kills_under_load_lose_nothing_and_answer_no_500() {
 
 /// Lines printed at the end (the numbers the closing note of the issue asks for).
 #[derive(Default)]
-struct Report(Vec<String>);
+pub(crate) struct Report(Vec<String>);
 
 impl Report {
-    fn line(&mut self, line: String) {
+    pub(crate) fn line(&mut self, line: String) {
         eprintln!("faults: {line}");
         self.0.push(line);
     }
 
-    fn print(&self) {
+    pub(crate) fn print(&self) {
         eprintln!("faults: summary\n  {}", self.0.join("\n  "));
     }
 }
 
 /// One mesh: the four services and the gateway, each its own process, on the shared broker and
 /// the Cassandra node (the parts in `on_cql`; the others on the embedded store).
-struct FaultMesh {
-    name: &'static str,
+pub(crate) struct FaultMesh {
+    pub(crate) name: &'static str,
     http: String,
     parts: BTreeMap<&'static str, Part>,
     /// Each part's environment, its listen address pinned after the first start.
@@ -184,15 +184,25 @@ struct FaultMesh {
     past_logs: Vec<String>,
     /// The broker and this mesh's prefix on it, to look at its queues.
     amqp: String,
-    prefix: String,
+    pub(crate) prefix: String,
     _root: TempDir,
 }
 
 impl FaultMesh {
     async fn start(name: &'static str, amqp: &str, nodes: &[String], on_cql: &[&str]) -> Self {
+        let cql = cql_env(nodes, &unique_keyspace_prefix());
+        Self::start_on(name, amqp, cql, on_cql).await
+    }
+
+    /// A mesh whose parts in `on_cql` (and its migration) run with the environment `cql`.
+    pub(crate) async fn start_on(
+        name: &'static str,
+        amqp: &str,
+        cql: Vec<(String, String)>,
+        on_cql: &[&str],
+    ) -> Self {
         let root = tempfile::tempdir().expect("temp dir");
         let broker_prefix = twtr_common::bus::conformance::unique("twtr-faults");
-        let keyspaces = unique_keyspace_prefix();
         let mut base = Cluster::base_env(amqp, &broker_prefix);
         base.extend(
             [
@@ -205,7 +215,6 @@ impl FaultMesh {
             ]
             .map(|(k, v)| (k.to_owned(), v.to_owned())),
         );
-        let cql = cql_env(nodes, &keyspaces);
         let mut migrate = base.clone();
         migrate.extend(cql.iter().cloned());
         let migrating = Instant::now();
@@ -356,7 +365,7 @@ impl FaultMesh {
 
     /// Posts as the probe user and waits until the reader's feed shows it: how long a new event
     /// waits behind whatever backlog an outage left. Also says how big that backlog was.
-    async fn probe_delivery(&self, load: &Load) -> Duration {
+    pub(crate) async fn probe_delivery(&self, load: &Load) -> Duration {
         let backlog = self.feeds_backlog().await;
         eprintln!(
             "faults: {}: {backlog} messages wait in the feeds queue",
@@ -403,7 +412,7 @@ impl FaultMesh {
     }
 
     /// How many log lines of all parts, killed ones included, contain `needle`.
-    fn logged(&self, needle: &str) -> usize {
+    pub(crate) fn logged(&self, needle: &str) -> usize {
         let current: usize = self
             .parts
             .values()
@@ -420,7 +429,7 @@ impl FaultMesh {
     }
 
     /// Checks the mesh against the model of what its clients did.
-    async fn verify(&self) {
+    pub(crate) async fn verify(&self) {
         let model = self.model.lock().unwrap().clone();
         let user = |i: usize| &self.users[i];
         // Home feeds: every live tweet of the user and of whom they follow, newest first.
@@ -647,17 +656,22 @@ struct TweetState {
 }
 
 /// What the load saw.
-#[derive(Debug, Default)]
-struct Stats {
-    operations: u64,
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Stats {
+    pub(crate) operations: u64,
     /// Operations that needed more than one attempt.
-    retried_operations: u64,
+    pub(crate) retried_operations: u64,
     /// Every answered attempt, by status.
-    statuses: BTreeMap<u16, u64>,
+    pub(crate) statuses: BTreeMap<u16, u64>,
     /// Attempts whose connection failed (a gateway killed or restarting).
-    transport_errors: u64,
+    pub(crate) transport_errors: u64,
     /// Answers no client may get (a 500, an unexpected 4xx, an operation that never landed).
-    violations: Vec<String>,
+    pub(crate) violations: Vec<String>,
+    /// Reads of the home feed answered anything but 200 (never retried).
+    pub(crate) failed_reads: u64,
+    /// When each landed operation and each read began, and how long it took the client (every
+    /// attempt of a retried operation included).
+    latencies: Vec<(Instant, Duration)>,
 }
 
 impl Stats {
@@ -669,9 +683,46 @@ impl Stats {
         }
         self.transport_errors += other.transport_errors;
         self.violations.extend(other.violations);
+        self.failed_reads += other.failed_reads;
+        self.latencies.extend(other.latencies);
     }
 
-    fn answered(&self) -> u64 {
+    /// What happened since `earlier`, a snapshot of the same load: counts only.
+    pub(crate) fn since(&self, earlier: &Stats) -> Stats {
+        let mut statuses = self.statuses.clone();
+        for (status, count) in &earlier.statuses {
+            *statuses.entry(*status).or_default() -= count;
+        }
+        statuses.retain(|_, count| *count > 0);
+        Stats {
+            operations: self.operations - earlier.operations,
+            retried_operations: self.retried_operations - earlier.retried_operations,
+            statuses,
+            transport_errors: self.transport_errors - earlier.transport_errors,
+            violations: self.violations[earlier.violations.len()..].to_vec(),
+            failed_reads: self.failed_reads - earlier.failed_reads,
+            latencies: Vec::new(),
+        }
+    }
+
+    /// How many operations and reads began in `[from, to)`, and the 99th percentile of how long
+    /// they took the client.
+    pub(crate) fn p99_began_within(&self, from: Instant, to: Instant) -> (usize, Duration) {
+        let mut took: Vec<Duration> = self
+            .latencies
+            .iter()
+            .filter(|(began, _)| (from..to).contains(began))
+            .map(|(_, took)| *took)
+            .collect();
+        took.sort_unstable();
+        let p99 = match took.len() {
+            0 => Duration::ZERO,
+            n => took[(n * 99).div_ceil(100) - 1],
+        };
+        (took.len(), p99)
+    }
+
+    pub(crate) fn answered(&self) -> u64 {
         self.statuses.values().sum()
     }
 }
@@ -684,9 +735,14 @@ enum Judged<T> {
 }
 
 #[derive(Clone, Default)]
-struct SharedStats(Arc<Mutex<Stats>>);
+pub(crate) struct SharedStats(Arc<Mutex<Stats>>);
 
 impl SharedStats {
+    /// The load's numbers so far.
+    pub(crate) fn snapshot(&self) -> Stats {
+        self.0.lock().unwrap().clone()
+    }
+
     /// Runs `attempt` until `judge` says it is done: a 503, a 504 or a closed connection is
     /// retried (after 200 ms), anything `judge` finds wrong is a violation. `judge` learns
     /// whether an earlier attempt's outcome is unknown (it may have taken effect).
@@ -718,6 +774,7 @@ impl SharedStats {
                         let mut stats = self.0.lock().unwrap();
                         match judged {
                             Judged::Done(value) => {
+                                stats.latencies.push((started, started.elapsed()));
                                 stats.operations += 1;
                                 stats.retried_operations += u64::from(attempts > 1);
                                 return Some(value);
@@ -768,10 +825,10 @@ impl Rng {
 }
 
 /// The clients acting on one mesh until stopped.
-struct Load {
+pub(crate) struct Load {
     stop: Arc<AtomicBool>,
     clients: Vec<tokio::task::JoinHandle<()>>,
-    stats: SharedStats,
+    pub(crate) stats: SharedStats,
 }
 
 /// One client: the users it acts as, the mesh's model and the way to its gateway.
@@ -787,7 +844,7 @@ struct Client {
 }
 
 impl Load {
-    async fn start(mesh: &FaultMesh) -> Self {
+    pub(crate) async fn start(mesh: &FaultMesh) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let stats = SharedStats::default();
         let posts = Arc::new(AtomicU64::new(0));
@@ -822,7 +879,7 @@ impl Load {
     }
 
     /// Stops the clients after their operation in hand (each one lands or is a violation).
-    async fn stop(self) -> Stats {
+    pub(crate) async fn stop(self) -> Stats {
         self.stop.store(true, Ordering::SeqCst);
         for client in self.clients {
             client.await.expect("a client panicked");
@@ -1006,7 +1063,13 @@ impl Client {
 
     /// A read of the home feed: never retried; a 503 or 504 is fine, a 500 is not.
     async fn read(&self, token: &str) {
-        match self.call(Method::GET, "/v1/feed", token, None, None).await {
+        let began = Instant::now();
+        let answered = self.call(Method::GET, "/v1/feed", token, None, None).await;
+        let mut stats = self.stats.0.lock().unwrap();
+        stats.latencies.push((began, began.elapsed()));
+        stats.failed_reads += u64::from(!matches!(answered, Ok((StatusCode::OK, _))));
+        drop(stats);
+        match answered {
             Ok((status, body)) => {
                 self.stats.record(status);
                 let fine = status == StatusCode::OK
