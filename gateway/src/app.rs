@@ -28,7 +28,8 @@ use twtr_common::{context, metrics};
 
 use crate::error::ApiError;
 use crate::limits::{self, EdgeLimits, RateLimiter};
-use crate::routes::{self, AppState};
+use crate::routes;
+use crate::state::AppState;
 use crate::{openapi, upstream};
 
 const READINESS_DEADLINE: Duration = Duration::from_secs(1);

@@ -9,7 +9,7 @@ use twtr_common::tokens::TokenError;
 use twtr_common::{ErrorCode, Limit, PageRequest};
 
 use crate::error::ApiError;
-use crate::routes::AppState;
+use crate::state::AppState;
 
 /// The authenticated caller: the user ID in a valid, unexpired bearer token. The signature is
 /// verified here, with no round trip; revocation (a deleted account, a changed password) is

@@ -7,6 +7,8 @@
 //!   through the shared error-code table.
 //! - [`extract`]: request parsing that answers 4xx in that shape: the bearer token ([`extract::Caller`]),
 //!   JSON bodies, IDs in paths, page queries.
+//! - [`state`]: [`state::AppState`], what every handler and extractor shares (the services'
+//!   clients, the token verifier, the revocation cache).
 //! - [`revocation`]: whether a validly signed token was revoked (account deleted, password
 //!   changed), from the users service's answers of the last two seconds.
 //! - [`upstream`]: gRPC clients for the four services; every call carries what is left of its
@@ -36,6 +38,7 @@ pub mod limits;
 pub mod openapi;
 pub mod revocation;
 pub mod routes;
+pub mod state;
 pub mod upstream;
 pub mod views;
 
@@ -71,7 +74,7 @@ pub async fn serve(
     twtr_common::metrics::install();
     let upstreams = Upstreams::connect(&deps.upstreams)?;
     let rate_limiter = Arc::new(limits::RateLimiter::new(&deps.limits, deps.tokens.clone()));
-    let state = routes::AppState::new(upstreams, deps.tokens, deps.limits.body_limit);
+    let state = state::AppState::new(upstreams, deps.tokens, deps.limits.body_limit);
     let app = app::router(state, &deps.limits, Arc::clone(&rate_limiter));
     tokio::spawn(limits::forget_idle_keys(rate_limiter, shutdown.clone()));
     tracing::info!(service = "gateway", %addr, "http server listening");

@@ -2,13 +2,11 @@
 //! bottom: parse the input, call the owning service(s), hydrate, respond.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use serde::Deserialize;
-use twtr_common::tokens::TokenVerifier;
 use twtr_common::{ErrorCode, clock};
 use twtr_proto::feeds::v1::GetFeedRequest;
 use twtr_proto::followers::v1::{FollowRequest, ListFollowsRequest, UnfollowRequest};
@@ -27,49 +25,9 @@ use utoipa_axum::routes;
 use crate::error::ApiError;
 use crate::extract::{Caller, JsonBody, MaybeCaller, PageParams, parse_id};
 use crate::openapi::{ApiDoc, ErrorBody, IdempotencyKeyHeader, PageQuery, TweetIdPath, UserIdPath};
-use crate::revocation::Revocations;
-use crate::upstream::{Upstreams, rpc};
+use crate::state::AppState;
+use crate::upstream::rpc;
 use crate::views::{self, PageView, SessionView, TweetView, UserView};
-
-/// Shared by every handler; cheap to clone.
-#[derive(Clone)]
-pub struct AppState(Arc<Inner>);
-
-struct Inner {
-    upstreams: Upstreams,
-    tokens: TokenVerifier,
-    revocations: Revocations,
-    /// The largest request body accepted, in bytes (for the 413's message).
-    body_limit: usize,
-}
-
-impl AppState {
-    pub fn new(upstreams: Upstreams, tokens: TokenVerifier, body_limit: usize) -> Self {
-        let revocations = Revocations::new(upstreams.users.clone());
-        Self(Arc::new(Inner {
-            upstreams,
-            tokens,
-            revocations,
-            body_limit,
-        }))
-    }
-
-    pub fn body_limit(&self) -> usize {
-        self.0.body_limit
-    }
-
-    pub fn tokens(&self) -> &TokenVerifier {
-        &self.0.tokens
-    }
-
-    pub fn revocations(&self) -> &Revocations {
-        &self.0.revocations
-    }
-
-    pub(crate) fn up(&self) -> &Upstreams {
-        &self.0.upstreams
-    }
-}
 
 /// The API's routes (under `/v1`), each documented by its handler's `#[utoipa::path]`, which
 /// `routes!` also takes the path and method from (see [`crate::openapi`]); handlers of one path
