@@ -5,11 +5,14 @@
 //! method from that same annotation, so the document lists exactly the routes served. The
 //! bodies' schemas come from the Rust types themselves. [`EdgeResponses`] then adds what the
 //! edge answers on every API route (rate limits, overload, deadlines, body size) and the bearer
-//! security scheme.
+//! security scheme. `gateway/tests/openapi_operations.txt` states every operation (method,
+//! path, id, tags, security, parameters, body, statuses); a unit test holds the document to it,
+//! so a change of the public contract is a change of that file.
 //!
 //! `/docs` is Swagger UI, its files compiled into the binary (vendored from the npm package
 //! `swagger-ui-dist`, see `gateway/assets/swagger-ui/VERSION`), so it works offline.
 
+use axum::Router;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use serde::Serialize;
@@ -18,6 +21,7 @@ use utoipa::openapi::response::{Response as OpenApiResponse, ResponseBuilder};
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, HeaderBuilder, ObjectBuilder, OpenApi, Ref, Type};
 use utoipa::{IntoParams, Modify, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
 
 /// The document's frame: title, version, tags, components; routes are added by the router.
 #[derive(utoipa::OpenApi)]
@@ -199,6 +203,13 @@ fn add_edge_responses(operation: &mut Operation) {
     }
 }
 
+/// The router and its finished document: the routes' own operations, then [`EdgeResponses`].
+pub fn split<S: Clone + Send + Sync + 'static>(api: OpenApiRouter<S>) -> (Router<S>, OpenApi) {
+    let (router, mut document) = api.split_for_parts();
+    EdgeResponses.modify(&mut document);
+    (router, document)
+}
+
 /// The document, as served at `/openapi.json` (built once).
 pub fn json(document: &OpenApi) -> Response {
     match document.to_json() {
@@ -256,4 +267,95 @@ pub async fn swagger_ui_js() -> Response {
 
 pub async fn swagger_ui_css() -> Response {
     asset("text/css; charset=utf-8", SWAGGER_UI_CSS)
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::Value;
+
+    use super::*;
+
+    /// The document's operations in the form of `tests/openapi_operations.txt`: one line each,
+    /// sorted by path then method.
+    fn outline(document: &OpenApi) -> String {
+        let document = serde_json::to_value(document).unwrap();
+        let mut lines = Vec::new();
+        for (path, item) in document["paths"].as_object().unwrap() {
+            for (method, operation) in item.as_object().unwrap() {
+                let line = operation_line(path, method, operation);
+                lines.push(((path.clone(), method.clone()), line));
+            }
+        }
+        lines.sort();
+        lines.into_iter().map(|(_, line)| line + "\n").collect()
+    }
+
+    fn operation_line(path: &str, method: &str, operation: &Value) -> String {
+        let array = |key: &str| operation[key].as_array().cloned().unwrap_or_default();
+        let text = |value: &Value| value.as_str().unwrap().to_owned();
+        let tags = array("tags").iter().map(text).collect();
+        // Each requirement names the schemes it needs; an empty one lets in anonymous callers.
+        let security = operation["security"].as_array().map(|requirements| {
+            let requirements = requirements.iter().map(|requirement| {
+                let mut schemes: Vec<_> =
+                    requirement.as_object().unwrap().keys().cloned().collect();
+                schemes.sort();
+                if schemes.is_empty() {
+                    "none".to_owned()
+                } else {
+                    schemes.join("+")
+                }
+            });
+            list(requirements.collect())
+        });
+        let params = array("parameters")
+            .iter()
+            .map(|param| format!("{}:{}", text(&param["in"]), text(&param["name"])))
+            .collect();
+        let mut statuses: Vec<_> = operation["responses"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect();
+        statuses.sort();
+        let body = if operation.get("requestBody").is_some() {
+            "yes"
+        } else {
+            "-"
+        };
+        format!(
+            "{} {path} id={} tags={} security={} params={} body={body} responses={}",
+            method.to_uppercase(),
+            operation["operationId"].as_str().unwrap_or("-"),
+            list(tags),
+            security.unwrap_or_else(|| "-".to_owned()),
+            list(params),
+            statuses.join(","),
+        )
+    }
+
+    /// `a,b,c`, or `-` for none.
+    fn list(items: Vec<String>) -> String {
+        if items.is_empty() {
+            "-".to_owned()
+        } else {
+            items.join(",")
+        }
+    }
+
+    #[test]
+    fn the_document_states_the_contract() {
+        let (_, document) = split(crate::routes::api());
+        let expected: String = include_str!("../tests/openapi_operations.txt")
+            .lines()
+            .filter(|line| !line.starts_with('#'))
+            .map(|line| format!("{line}\n"))
+            .collect();
+        let actual = outline(&document);
+        assert!(
+            actual == expected,
+            "the documented operations changed; the document now says:\n{actual}"
+        );
+    }
 }
