@@ -5,7 +5,7 @@
 //!
 //! - [`error`]: [`ApiError`], the one JSON error shape; gRPC statuses become HTTP statuses here,
 //!   through the shared error-code table.
-//! - [`extract`]: request parsing that answers 4xx in that shape: the bearer token ([`extract::Caller`]),
+//! - [`extract`]: request parsing that answers 4xx in that shape: the bearer token ([`extract::AuthenticatedUser`]),
 //!   JSON bodies, IDs in paths, page queries.
 //! - [`state`]: [`state::AppState`], what every handler and extractor shares (the services'
 //!   clients, the token verifier, the revocation cache).

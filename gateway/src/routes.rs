@@ -23,7 +23,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::error::ApiError;
-use crate::extract::{Caller, JsonBody, MaybeCaller, PageParams, parse_id};
+use crate::extract::{AuthenticatedUser, JsonBody, PageParams, parse_id};
 use crate::openapi::{ApiDoc, ErrorBody, IdempotencyKeyHeader, PageQuery, TweetIdPath, UserIdPath};
 use crate::state::AppState;
 use crate::upstream::rpc;
@@ -172,7 +172,10 @@ async fn user_view(state: &AppState, user_id: u64) -> Result<UserView, ApiError>
         (status = 401, description = "no valid token", body = ErrorBody),
     )
 )]
-async fn me(State(state): State<AppState>, Caller(me): Caller) -> Result<Json<UserView>, ApiError> {
+async fn me(
+    State(state): State<AppState>,
+    AuthenticatedUser(me): AuthenticatedUser,
+) -> Result<Json<UserView>, ApiError> {
     match user_view(&state, me).await {
         Err(err) if err.code == ErrorCode::NotFound => {
             Err(ApiError::unauthenticated("this account no longer exists"))
@@ -209,7 +212,7 @@ struct UpdateMeBody {
 )]
 async fn update_me(
     State(state): State<AppState>,
-    Caller(me): Caller,
+    AuthenticatedUser(me): AuthenticatedUser,
     JsonBody(body): JsonBody<UpdateMeBody>,
 ) -> Result<Json<UserView>, ApiError> {
     let password_changes = body.password.is_some();
@@ -246,7 +249,7 @@ async fn update_me(
 )]
 async fn delete_me(
     State(state): State<AppState>,
-    Caller(me): Caller,
+    AuthenticatedUser(me): AuthenticatedUser,
 ) -> Result<StatusCode, ApiError> {
     let request = DeleteUserRequest { user_id: me };
     state.up().users.clone().delete_user(rpc(request)).await?;
@@ -315,7 +318,7 @@ async fn user_by_username(
 )]
 async fn follow(
     State(state): State<AppState>,
-    Caller(me): Caller,
+    AuthenticatedUser(me): AuthenticatedUser,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let followee_id = parse_id(&id, "user id")?;
@@ -343,7 +346,7 @@ async fn follow(
 )]
 async fn unfollow(
     State(state): State<AppState>,
-    Caller(me): Caller,
+    AuthenticatedUser(me): AuthenticatedUser,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let followee_id = parse_id(&id, "user id")?;
@@ -476,7 +479,7 @@ const IDEMPOTENCY_KEY: &str = "idempotency-key";
 )]
 async fn create_tweet(
     State(state): State<AppState>,
-    Caller(me): Caller,
+    AuthenticatedUser(me): AuthenticatedUser,
     headers: HeaderMap,
     JsonBody(body): JsonBody<CreateTweetBody>,
 ) -> Result<(StatusCode, Json<TweetView>), ApiError> {
@@ -523,7 +526,7 @@ async fn create_tweet(
 )]
 async fn tweet_by_id(
     State(state): State<AppState>,
-    MaybeCaller(viewer): MaybeCaller,
+    viewer: Option<AuthenticatedUser>,
     Path(id): Path<String>,
 ) -> Result<Json<TweetView>, ApiError> {
     let tweet_id = parse_id(&id, "tweet id")?;
@@ -534,7 +537,12 @@ async fn tweet_by_id(
         .get_tweet(rpc(GetTweetRequest { tweet_id }))
         .await?
         .into_inner();
-    let view = views::tweets(state.up(), viewer, vec![(tweet, None)]).await?;
+    let view = views::tweets(
+        state.up(),
+        viewer.map(|AuthenticatedUser(id)| id),
+        vec![(tweet, None)],
+    )
+    .await?;
     // A tweet whose author is gone is gone too.
     one(view)
         .map(Json)
@@ -557,7 +565,7 @@ async fn tweet_by_id(
 )]
 async fn user_tweets(
     State(state): State<AppState>,
-    MaybeCaller(viewer): MaybeCaller,
+    viewer: Option<AuthenticatedUser>,
     Path(id): Path<String>,
     PageParams(page): PageParams,
 ) -> Result<Json<PageView<TweetView>>, ApiError> {
@@ -576,7 +584,7 @@ async fn user_tweets(
     let page = page.into_inner();
     let items = page.tweets.into_iter().map(|t| (t, None)).collect();
     Ok(Json(PageView::new(
-        views::tweets(state.up(), viewer, items).await?,
+        views::tweets(state.up(), viewer.map(|AuthenticatedUser(id)| id), items).await?,
         page.next,
     )))
 }
@@ -596,7 +604,7 @@ async fn user_tweets(
 )]
 async fn timeline(
     State(state): State<AppState>,
-    MaybeCaller(viewer): MaybeCaller,
+    viewer: Option<AuthenticatedUser>,
     PageParams(page): PageParams,
 ) -> Result<Json<PageView<TweetView>>, ApiError> {
     let request = GetPublicTimelineRequest {
@@ -613,7 +621,7 @@ async fn timeline(
         .into_inner();
     let items = page.tweets.into_iter().map(|t| (t, None)).collect();
     Ok(Json(PageView::new(
-        views::tweets(state.up(), viewer, items).await?,
+        views::tweets(state.up(), viewer.map(|AuthenticatedUser(id)| id), items).await?,
         page.next,
     )))
 }
@@ -635,7 +643,7 @@ async fn timeline(
 )]
 async fn delete_tweet(
     State(state): State<AppState>,
-    Caller(me): Caller,
+    AuthenticatedUser(me): AuthenticatedUser,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let tweet_id = parse_id(&id, "tweet id")?;
@@ -690,7 +698,7 @@ async fn act(state: &AppState, me: u64, id: &str, act: Act) -> Result<StatusCode
 )]
 async fn like(
     State(state): State<AppState>,
-    Caller(me): Caller,
+    AuthenticatedUser(me): AuthenticatedUser,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     act(&state, me, &id, Act::Like).await
@@ -712,7 +720,7 @@ async fn like(
 )]
 async fn unlike(
     State(state): State<AppState>,
-    Caller(me): Caller,
+    AuthenticatedUser(me): AuthenticatedUser,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     act(&state, me, &id, Act::Unlike).await
@@ -734,7 +742,7 @@ async fn unlike(
 )]
 async fn retweet(
     State(state): State<AppState>,
-    Caller(me): Caller,
+    AuthenticatedUser(me): AuthenticatedUser,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     act(&state, me, &id, Act::Retweet).await
@@ -756,7 +764,7 @@ async fn retweet(
 )]
 async fn unretweet(
     State(state): State<AppState>,
-    Caller(me): Caller,
+    AuthenticatedUser(me): AuthenticatedUser,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     act(&state, me, &id, Act::Unretweet).await
@@ -777,7 +785,7 @@ async fn unretweet(
 )]
 async fn feed(
     State(state): State<AppState>,
-    Caller(me): Caller,
+    AuthenticatedUser(me): AuthenticatedUser,
     PageParams(page): PageParams,
 ) -> Result<Json<PageView<TweetView>>, ApiError> {
     let request = GetFeedRequest {
