@@ -1,8 +1,6 @@
 //! One handler per route of the public API (see DESIGN.md, "Edge API"). Each reads top to
 //! bottom: parse the input, call the owning service(s), hydrate, respond.
 
-use std::collections::HashMap;
-
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -11,8 +9,8 @@ use twtr_common::{ErrorCode, clock};
 use twtr_proto::feeds::v1::GetFeedRequest;
 use twtr_proto::followers::v1::{FollowRequest, ListFollowsRequest, UnfollowRequest};
 use twtr_proto::tweets::v1::{
-    BatchGetTweetsRequest, CreateTweetRequest, DeleteTweetRequest, GetPublicTimelineRequest,
-    GetTweetRequest, ListUserTweetsRequest, TweetActionRequest,
+    CreateTweetRequest, DeleteTweetRequest, GetPublicTimelineRequest, GetTweetRequest,
+    ListUserTweetsRequest, TweetActionRequest,
 };
 use twtr_proto::users::v1::{
     CreateUserRequest, DeleteUserRequest, GetUserByUsernameRequest, GetUserRequest, LoginRequest,
@@ -27,7 +25,7 @@ use crate::extract::{AuthenticatedUser, JsonBody, PageParams, parse_id};
 use crate::openapi::{ApiDoc, ErrorBody, IdempotencyKeyHeader, PageQuery, TweetIdPath, UserIdPath};
 use crate::state::AppState;
 use crate::upstream::rpc;
-use crate::views::{self, PageView, SessionView, TweetView, UserView};
+use crate::views::{self, Listed, PageView, SessionView, TweetView, UserView};
 
 /// The API's routes (under `/v1`), each documented by its handler's `#[utoipa::path]`, which
 /// `routes!` also takes the path and method from (see [`crate::openapi`]); handlers of one path
@@ -136,18 +134,12 @@ async fn create_session(
     let user = session
         .user
         .ok_or_else(|| ApiError::new(ErrorCode::Internal, "login returned no user"))?;
-    let user = one(views::users(state.up(), vec![user]).await?)?;
+    let user = views::user(state.up(), user).await?;
     Ok(Json(SessionView {
         token: session.token,
         expires_at: clock::rfc3339(session.expires_at.as_ref().map_or(0, clock::from_timestamp)),
         user,
     }))
-}
-
-fn one<T>(mut items: Vec<T>) -> Result<T, ApiError> {
-    items
-        .pop()
-        .ok_or_else(|| ApiError::new(ErrorCode::Internal, "hydration lost an item"))
 }
 
 async fn user_view(state: &AppState, user_id: u64) -> Result<UserView, ApiError> {
@@ -158,7 +150,7 @@ async fn user_view(state: &AppState, user_id: u64) -> Result<UserView, ApiError>
         .get_user(rpc(GetUserRequest { user_id }))
         .await?
         .into_inner();
-    one(views::users(state.up(), vec![user]).await?)
+    views::user(state.up(), user).await
 }
 
 #[utoipa::path(
@@ -233,7 +225,7 @@ async fn update_me(
     if password_changes {
         state.revocations().forget(me);
     }
-    Ok(Json(one(views::users(state.up(), vec![user]).await?)?))
+    Ok(Json(views::user(state.up(), user).await?))
 }
 
 #[utoipa::path(
@@ -299,7 +291,7 @@ async fn user_by_username(
         .get_user_by_username(rpc(GetUserByUsernameRequest { username }))
         .await?
         .into_inner();
-    Ok(Json(one(views::users(state.up(), vec![user]).await?)?))
+    Ok(Json(views::user(state.up(), user).await?))
 }
 
 #[utoipa::path(
@@ -506,7 +498,9 @@ async fn create_tweet(
         .create_tweet(rpc(request))
         .await?
         .into_inner();
-    let view = one(views::tweets(state.up(), Some(me), vec![(tweet, None)]).await?)?;
+    let view = views::tweet(state.up(), Some(me), tweet)
+        .await?
+        .ok_or_else(|| ApiError::new(ErrorCode::Internal, "hydration lost an item"))?;
     Ok((StatusCode::CREATED, Json(view)))
 }
 
@@ -537,16 +531,12 @@ async fn tweet_by_id(
         .get_tweet(rpc(GetTweetRequest { tweet_id }))
         .await?
         .into_inner();
-    let view = views::tweets(
-        state.up(),
-        viewer.map(|AuthenticatedUser(id)| id),
-        vec![(tweet, None)],
-    )
-    .await?;
+    let viewer = viewer.map(|AuthenticatedUser(id)| id);
     // A tweet whose author is gone is gone too.
-    one(view)
+    views::tweet(state.up(), viewer, tweet)
+        .await?
         .map(Json)
-        .map_err(|_| ApiError::not_found("tweet not found"))
+        .ok_or_else(|| ApiError::not_found("tweet not found"))
 }
 
 #[utoipa::path(
@@ -582,11 +572,9 @@ async fn user_tweets(
         tweets.list_user_tweets(rpc(request)),
     )?;
     let page = page.into_inner();
-    let items = page.tweets.into_iter().map(|t| (t, None)).collect();
-    Ok(Json(PageView::new(
-        views::tweets(state.up(), viewer.map(|AuthenticatedUser(id)| id), items).await?,
-        page.next,
-    )))
+    let viewer = viewer.map(|AuthenticatedUser(id)| id);
+    let tweets = views::tweets(state.up(), viewer, Listed::Tweets(page.tweets)).await?;
+    Ok(Json(PageView::new(tweets, page.next)))
 }
 
 #[utoipa::path(
@@ -619,11 +607,9 @@ async fn timeline(
         .get_public_timeline(rpc(request))
         .await?
         .into_inner();
-    let items = page.tweets.into_iter().map(|t| (t, None)).collect();
-    Ok(Json(PageView::new(
-        views::tweets(state.up(), viewer.map(|AuthenticatedUser(id)| id), items).await?,
-        page.next,
-    )))
+    let viewer = viewer.map(|AuthenticatedUser(id)| id);
+    let tweets = views::tweets(state.up(), viewer, Listed::Tweets(page.tweets)).await?;
+    Ok(Json(PageView::new(tweets, page.next)))
 }
 
 #[utoipa::path(
@@ -801,32 +787,6 @@ async fn feed(
         .get_feed(rpc(request))
         .await?
         .into_inner();
-    // The entries name their authors and retweeters, so the tweets (with the caller's flags)
-    // and the users are fetched at once: two RPCs in parallel after the feed's.
-    let tweet_ids = feed.entries.iter().map(|e| e.tweet_id).collect();
-    let user_ids = feed
-        .entries
-        .iter()
-        .flat_map(|e| std::iter::once(e.author_id).chain(e.retweeted_by))
-        .collect();
-    let mut tweets_client = state.up().tweets.clone();
-    let (tweets, authors) = tokio::try_join!(
-        tweets_client.batch_get_tweets(rpc(BatchGetTweetsRequest {
-            tweet_ids,
-            viewer_id: Some(me),
-        })),
-        views::authors(state.up(), user_ids),
-    )?;
-    let tweets = tweets.into_inner();
-    let mut by_id: HashMap<u64, _> = tweets.tweets.into_iter().map(|t| (t.id, t)).collect();
-    // Keep the feed's order; an entry whose tweet is gone is skipped.
-    let items = feed
-        .entries
-        .iter()
-        .filter_map(|e| by_id.remove(&e.tweet_id).map(|t| (t, e.retweeted_by)))
-        .collect();
-    Ok(Json(PageView::new(
-        views::assemble(items, &authors, tweets.viewer_flags),
-        feed.next,
-    )))
+    let tweets = views::tweets(state.up(), Some(me), Listed::Feed(feed.entries)).await?;
+    Ok(Json(PageView::new(tweets, feed.next)))
 }
