@@ -5,8 +5,9 @@
 //!
 //! - [`error`]: [`ApiError`], the one JSON error shape; gRPC statuses become HTTP statuses here,
 //!   through the shared error-code table.
-//! - [`extract`]: request parsing that answers 4xx in that shape: the bearer token ([`extract::AuthenticatedUser`]),
-//!   JSON bodies, IDs in paths, page queries.
+//! - [`extract`]: request parsing that answers 4xx in that shape: the caller
+//!   ([`extract::AuthenticatedUser`], from the bearer token), JSON bodies, IDs in paths, page
+//!   queries.
 //! - [`state`]: [`state::AppState`], what every handler and extractor shares (the services'
 //!   clients, the token verifier, the revocation cache).
 //! - [`revocation`]: whether a validly signed token was revoked (account deleted, password
@@ -15,7 +16,9 @@
 //!   request's deadline, the caller's verified token and the request and trace ids.
 //! - [`views`]: the JSON bodies of the public API, and the batched hydration that builds them
 //!   (one RPC per kind of data per response, never one per item).
-//! - [`routes`]: one handler per route, each a straight run: parse, call, respond.
+//! - [`routes`]: one handler per route, each a straight run: parse, call, hydrate, respond; a
+//!   module per resource (`users`, `sessions`, `follows`, `tweets`, `reactions`, `feed`,
+//!   `timeline`), and `routes/mod.rs`, which builds the router from them.
 //! - [`limits`]: the edge's limits (body size, rate limits, deadline, load shedding, CORS).
 //! - [`openapi`]: the OpenAPI document, generated from the routes, and the `/docs` page.
 //! - [`app`]: the whole application: the routes inside the limits, next to health and
