@@ -24,7 +24,6 @@ use crate::views::{self, PageView, UserView};
     responses(
         (status = 204, description = "the caller follows the user"),
         (status = 400, description = "the ID is not a decimal ID, or is the caller's", body = ErrorBody),
-        (status = 401, description = "no valid token", body = ErrorBody),
         (status = 404, description = "no such user", body = ErrorBody),
     )
 )]
@@ -52,7 +51,6 @@ pub(super) async fn follow(
     responses(
         (status = 204, description = "the caller does not follow the user"),
         (status = 400, description = "the ID is not a decimal ID, or is the caller's", body = ErrorBody),
-        (status = 401, description = "no valid token", body = ErrorBody),
         (status = 404, description = "no such user", body = ErrorBody),
     )
 )]
@@ -131,7 +129,6 @@ async fn follow_list(
     params(UserIdPath, PageQuery),
     responses(
         (status = 200, description = "a page of users", body = PageView<UserView>),
-        (status = 400, description = "a bad ID or page parameter", body = ErrorBody),
         (status = 404, description = "no such user", body = ErrorBody),
     )
 )]
@@ -151,7 +148,6 @@ pub(super) async fn followers(
     params(UserIdPath, PageQuery),
     responses(
         (status = 200, description = "a page of users", body = PageView<UserView>),
-        (status = 400, description = "a bad ID or page parameter", body = ErrorBody),
         (status = 404, description = "no such user", body = ErrorBody),
     )
 )]

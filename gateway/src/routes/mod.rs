@@ -1,6 +1,8 @@
 //! One handler per route of the public API (see DESIGN.md, "Edge API"), in a module per
 //! resource; each handler reads top to bottom: parse the input, call the owning service(s),
-//! hydrate ([`crate::views`]), respond.
+//! hydrate ([`crate::views`]), respond. Each documents, in its `#[utoipa::path]`, the statuses
+//! that are its own; those every route shares (401 for a bad token, 400 for a bad ID, page
+//! query or body, the edge's limits) are added once by [`crate::openapi::EdgeResponses`].
 //!
 //! - `users`: sign-up, the caller's account (`/v1/users/me`), profiles by ID or username.
 //! - `sessions`: log in.

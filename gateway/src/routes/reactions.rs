@@ -46,8 +46,6 @@ async fn act(state: &AppState, me: u64, id: &str, act: Act) -> Result<StatusCode
     params(TweetIdPath),
     responses(
         (status = 204, description = "done"),
-        (status = 400, description = "the ID is not a decimal ID", body = ErrorBody),
-        (status = 401, description = "no valid token", body = ErrorBody),
         (status = 404, description = "no such tweet", body = ErrorBody),
     )
 )]
@@ -68,8 +66,6 @@ pub(super) async fn like(
     params(TweetIdPath),
     responses(
         (status = 204, description = "done"),
-        (status = 400, description = "the ID is not a decimal ID", body = ErrorBody),
-        (status = 401, description = "no valid token", body = ErrorBody),
         (status = 404, description = "no such tweet", body = ErrorBody),
     )
 )]
@@ -90,8 +86,6 @@ pub(super) async fn unlike(
     params(TweetIdPath),
     responses(
         (status = 204, description = "done"),
-        (status = 400, description = "the ID is not a decimal ID", body = ErrorBody),
-        (status = 401, description = "no valid token", body = ErrorBody),
         (status = 404, description = "no such tweet", body = ErrorBody),
     )
 )]
@@ -112,8 +106,6 @@ pub(super) async fn retweet(
     params(TweetIdPath),
     responses(
         (status = 204, description = "done"),
-        (status = 400, description = "the ID is not a decimal ID", body = ErrorBody),
-        (status = 401, description = "no valid token", body = ErrorBody),
         (status = 404, description = "no such tweet", body = ErrorBody),
     )
 )]

@@ -29,7 +29,6 @@ pub(super) struct CreateSessionBody {
     request_body = CreateSessionBody,
     responses(
         (status = 200, description = "a session: its bearer token and the user", body = SessionView),
-        (status = 400, description = "malformed body", body = ErrorBody),
         (status = 401, description = "wrong username or password", body = ErrorBody),
     )
 )]

@@ -6,7 +6,7 @@ use twtr_proto::tweets::v1::GetPublicTimelineRequest;
 
 use crate::error::ApiError;
 use crate::extract::{AuthenticatedUser, PageParams};
-use crate::openapi::{ErrorBody, PageQuery};
+use crate::openapi::PageQuery;
 use crate::state::AppState;
 use crate::upstream::rpc;
 use crate::views::{self, Listed, PageView, TweetView};
@@ -20,8 +20,6 @@ use crate::views::{self, Listed, PageView, TweetView};
     params(PageQuery),
     responses(
         (status = 200, description = "a page of tweets", body = PageView<TweetView>),
-        (status = 400, description = "a bad page parameter", body = ErrorBody),
-        (status = 401, description = "an invalid token", body = ErrorBody),
     )
 )]
 pub(super) async fn timeline(

@@ -40,7 +40,6 @@ const IDEMPOTENCY_KEY: &str = "idempotency-key";
     responses(
         (status = 201, description = "the tweet (or, for a repeated Idempotency-Key, the first one)", body = TweetView),
         (status = 400, description = "empty or over 280 characters, or a bad Idempotency-Key", body = ErrorBody),
-        (status = 401, description = "no valid token", body = ErrorBody),
         (status = 404, description = "the Idempotency-Key's first tweet was deleted since", body = ErrorBody),
     )
 )]
@@ -88,8 +87,6 @@ pub(super) async fn create_tweet(
     params(TweetIdPath),
     responses(
         (status = 200, description = "the tweet (with the caller's flags when a token is sent)", body = TweetView),
-        (status = 400, description = "the ID is not a decimal ID", body = ErrorBody),
-        (status = 401, description = "an invalid token", body = ErrorBody),
         (status = 404, description = "no such tweet", body = ErrorBody),
     )
 )]
@@ -123,8 +120,6 @@ pub(super) async fn tweet_by_id(
     params(TweetIdPath),
     responses(
         (status = 204, description = "deleted"),
-        (status = 400, description = "the ID is not a decimal ID", body = ErrorBody),
-        (status = 401, description = "no valid token", body = ErrorBody),
         (status = 403, description = "the caller is not the author", body = ErrorBody),
         (status = 404, description = "no such tweet", body = ErrorBody),
     )
@@ -152,8 +147,6 @@ pub(super) async fn delete_tweet(
     params(UserIdPath, PageQuery),
     responses(
         (status = 200, description = "a page of tweets", body = PageView<TweetView>),
-        (status = 400, description = "a bad ID or page parameter", body = ErrorBody),
-        (status = 401, description = "an invalid token", body = ErrorBody),
         (status = 404, description = "no such user", body = ErrorBody),
     )
 )]

@@ -86,7 +86,6 @@ async fn user_view(state: &AppState, user_id: u64) -> Result<UserView, ApiError>
     security(("bearer" = [])),
     responses(
         (status = 200, description = "the caller", body = UserView),
-        (status = 401, description = "no valid token", body = ErrorBody),
     )
 )]
 pub(super) async fn me(
@@ -161,7 +160,6 @@ pub(super) async fn update_me(
     security(("bearer" = [])),
     responses(
         (status = 204, description = "deleted; its tokens stop working"),
-        (status = 401, description = "no valid token", body = ErrorBody),
     )
 )]
 pub(super) async fn delete_me(
@@ -182,7 +180,6 @@ pub(super) async fn delete_me(
     params(UserIdPath),
     responses(
         (status = 200, description = "the user", body = UserView),
-        (status = 400, description = "the ID is not a decimal ID", body = ErrorBody),
         (status = 404, description = "no such user", body = ErrorBody),
     )
 )]
