@@ -15,12 +15,16 @@
 //! - [`upstream`]: gRPC clients for the four services; every call carries what is left of its
 //!   request's deadline, the caller's verified token and the request and trace ids.
 //! - [`views`]: the JSON bodies of the public API, and the batched hydration that builds them
-//!   (one RPC per kind of data per response, never one per item).
+//!   (one RPC per kind of data per response, never one per item): [`views::tweets`] for every
+//!   page of tweets (home feed, timeline, a user's tweets, a single tweet), [`views::users`]
+//!   for users.
 //! - [`routes`]: one handler per route, each a straight run: parse, call, hydrate, respond; a
 //!   module per resource (`users`, `sessions`, `follows`, `tweets`, `reactions`, `feed`,
 //!   `timeline`), and `routes/mod.rs`, which builds the router from them.
 //! - [`limits`]: the edge's limits (body size, rate limits, deadline, load shedding, CORS).
-//! - [`openapi`]: the OpenAPI document, generated from the routes, and the `/docs` page.
+//! - [`openapi`]: the OpenAPI document, generated from the routes' annotations, plus the
+//!   responses every route shares (added once, by [`openapi::EdgeResponses`]), and the `/docs`
+//!   page.
 //! - [`app`]: the whole application: the routes inside the limits, next to health and
 //!   readiness, every request with an id and a deadline.
 //!
