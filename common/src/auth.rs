@@ -13,9 +13,11 @@
 //! checks signature, expiry and subject. Each service's own rules still apply on top (the tweets
 //! service refuses posts by an account it knows is deleted).
 //!
-//! The pieces: [`CallerLayer`] (a tower layer every gRPC server runs, see [`crate::grpc`])
-//! verifies the token when there is one and records a [`Caller`] in the request's extensions;
-//! a service adapter calls [`acting_as`] before doing anything on a user's behalf.
+//! The pieces: [`bearer_token`] reads the token out of `authorization` (the gateway reads its
+//! users' requests with it too); [`CallerLayer`] (a tower layer every gRPC server runs, see
+//! [`crate::grpc`]) verifies the token when there is one and records a [`Caller`] in the
+//! request's extensions; a service adapter calls [`acting_as`] before doing anything on a
+//! user's behalf.
 //!
 //! Which keys a server verifies with is a dependency of the service, handed to its runtime
 //! ([`crate::runtime::ServiceRuntime::verifying`]); a server given no keys verifies nothing, so
@@ -57,9 +59,16 @@ pub fn acting_as<T>(request: &tonic::Request<T>, user_id: u64) -> Result<(), ton
     }
 }
 
-/// What the `authorization` metadata says: no token, or a token (not yet verified).
-fn bearer<B>(request: &http::Request<B>) -> Result<Option<&str>, &'static str> {
-    let Some(value) = request.headers().get(AUTHORIZATION) else {
+/// An `authorization` header (or metadata entry) that is there but is not `Bearer <token>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NotBearer;
+
+/// The token in `authorization: Bearer <token>`, not yet verified; `None` when there is no
+/// `authorization` at all. HTTP headers and gRPC metadata are both an [`http::HeaderMap`], so
+/// the gateway (for its users' requests) and every gRPC server (for the token the gateway
+/// forwards) read the header here, the same way.
+pub fn bearer_token(headers: &http::HeaderMap) -> Result<Option<&str>, NotBearer> {
+    let Some(value) = headers.get(AUTHORIZATION) else {
         return Ok(None);
     };
     value
@@ -67,7 +76,7 @@ fn bearer<B>(request: &http::Request<B>) -> Result<Option<&str>, &'static str> {
         .ok()
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(|token| Some(token.trim()))
-        .ok_or("authorization metadata must be `Bearer <token>`")
+        .ok_or(NotBearer)
 }
 
 /// Tower layer for gRPC servers: verifies the caller's token, if the call has one, and records
@@ -92,10 +101,14 @@ impl CallerLayer {
     }
 
     fn caller<B>(&self, request: &http::Request<B>) -> Result<Caller, tonic::Status> {
-        let token = match bearer(request) {
+        let token = match bearer_token(request.headers()) {
             Ok(None) => return Ok(Caller::Anonymous),
             Ok(Some(token)) => token,
-            Err(message) => return Err(tonic::Status::unauthenticated(message)),
+            Err(NotBearer) => {
+                return Err(tonic::Status::unauthenticated(
+                    "authorization metadata must be `Bearer <token>`",
+                ));
+            }
         };
         let keys = self.keys.as_ref().ok_or_else(|| {
             tonic::Status::unauthenticated("this server has no keys to verify tokens with")
@@ -245,6 +258,33 @@ mod tests {
             .await
             .unwrap_err();
         assert!(refused.starts_with("16:"), "{refused}");
+    }
+
+    #[test]
+    fn a_bearer_token_is_read_from_authorization_or_refused() {
+        let headers = |value: Option<&str>| {
+            let mut headers = http::HeaderMap::new();
+            if let Some(value) = value {
+                headers.insert(AUTHORIZATION, value.parse().unwrap());
+            }
+            headers
+        };
+        assert_eq!(bearer_token(&headers(None)), Ok(None));
+        assert_eq!(
+            bearer_token(&headers(Some("Bearer abc.def.ghi"))),
+            Ok(Some("abc.def.ghi"))
+        );
+        assert_eq!(
+            bearer_token(&headers(Some("Bearer  abc "))),
+            Ok(Some("abc"))
+        );
+        for not_bearer in ["Basic dXNlcjpwYXNz", "bearer abc", "Bearer", "abc", ""] {
+            assert_eq!(
+                bearer_token(&headers(Some(not_bearer))),
+                Err(NotBearer),
+                "{not_bearer:?}"
+            );
+        }
     }
 
     #[test]

@@ -28,7 +28,8 @@ use twtr_common::{context, metrics};
 
 use crate::error::ApiError;
 use crate::limits::{self, EdgeLimits, RateLimiter};
-use crate::routes::{self, AppState};
+use crate::routes;
+use crate::state::AppState;
 use crate::{openapi, upstream};
 
 const READINESS_DEADLINE: Duration = Duration::from_secs(1);
@@ -36,8 +37,7 @@ const READINESS_DEADLINE: Duration = Duration::from_secs(1);
 /// The application, with its rate limiters (which the caller keeps trimmed, see
 /// [`limits::forget_idle_keys`]).
 pub fn router(state: AppState, limits: &EdgeLimits, rate_limiter: Arc<RateLimiter>) -> Router {
-    let (api, mut document) = routes::api().split_for_parts();
-    utoipa::Modify::modify(&openapi::EdgeResponses, &mut document);
+    let (api, document) = openapi::split(routes::api());
     let document = Arc::new(document);
     let api = api
         .layer(DefaultBodyLimit::max(limits.body_limit))

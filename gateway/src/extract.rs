@@ -1,38 +1,39 @@
 //! Request parsing that fails with a clear 4xx in the API's JSON error shape, never a 5xx.
 
-use axum::extract::{FromRequest, FromRequestParts, Query, Request};
-use axum::http::header::AUTHORIZATION;
+use axum::extract::{FromRequest, FromRequestParts, OptionalFromRequestParts, Query, Request};
+use axum::http::HeaderMap;
 use axum::http::request::Parts;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use twtr_common::tokens::TokenError;
-use twtr_common::{ErrorCode, Limit, PageRequest};
+use twtr_common::{ErrorCode, Limit, PageRequest, auth};
 
 use crate::error::ApiError;
-use crate::routes::AppState;
+use crate::state::AppState;
 
-/// The authenticated caller: the user ID in a valid, unexpired bearer token. The signature is
-/// verified here, with no round trip; revocation (a deleted account, a changed password) is
-/// checked against the users service's answer of the last few seconds (see
-/// [`crate::revocation`]).
+/// The user who sent the request: the user ID in a valid, unexpired bearer token. The
+/// signature is verified here, with no round trip; revocation (a deleted account, a changed
+/// password) is checked against the users service's answer of the last few seconds (see
+/// [`crate::revocation`]). (The services see the same token as a `twtr_common::auth::Caller`.)
+///
+/// A route that needs a user takes `AuthenticatedUser`: no token is a 401. A public route that
+/// shows more to a known user (`liked_by_me`, ...) takes `Option<AuthenticatedUser>`: no
+/// `Authorization` header is `None`, but a header that is there must hold a valid token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Caller(pub u64);
+pub struct AuthenticatedUser(pub u64);
 
-impl FromRequestParts<AppState> for Caller {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let header = parts.headers.get(AUTHORIZATION).ok_or_else(|| {
-            ApiError::unauthenticated("missing Authorization: Bearer <token> header")
-        })?;
-        let token = header
-            .to_str()
-            .ok()
-            .and_then(|value| value.strip_prefix("Bearer "))
-            .map(str::trim)
-            .ok_or_else(|| {
-                ApiError::unauthenticated("Authorization header must be Bearer <token>")
-            })?;
+impl AuthenticatedUser {
+    /// The user of the request's bearer token, `None` with no `Authorization` header.
+    async fn from_headers(headers: &HeaderMap, state: &AppState) -> Result<Option<Self>, ApiError> {
+        let token = match auth::bearer_token(headers) {
+            Ok(None) => return Ok(None),
+            Ok(Some(token)) => token,
+            Err(auth::NotBearer) => {
+                return Err(ApiError::unauthenticated(
+                    "Authorization header must be Bearer <token>",
+                ));
+            }
+        };
         let verified = state.tokens().verify(token).map_err(|err| match err {
             TokenError::Expired => ApiError::unauthenticated("token has expired, log in again"),
             _ => ApiError::unauthenticated("invalid token"),
@@ -40,25 +41,30 @@ impl FromRequestParts<AppState> for Caller {
         state.revocations().check(verified).await?;
         // The services check who acts from this same token (see `twtr_common::auth`).
         crate::upstream::forward_token(token);
-        Ok(Caller(verified.user_id))
+        Ok(Some(Self(verified.user_id)))
     }
 }
 
-/// The caller when the request carries a token (which must then be valid), `None` when it
-/// carries none: for public routes that show more to a known caller (`liked_by_me`, ...).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct MaybeCaller(pub Option<u64>);
-
-impl FromRequestParts<AppState> for MaybeCaller {
+impl FromRequestParts<AppState> for AuthenticatedUser {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        if parts.headers.contains_key(AUTHORIZATION) {
-            let Caller(me) = Caller::from_request_parts(parts, state).await?;
-            Ok(Self(Some(me)))
-        } else {
-            Ok(Self(None))
-        }
+        Self::from_headers(&parts.headers, state)
+            .await?
+            .ok_or_else(|| {
+                ApiError::unauthenticated("missing Authorization: Bearer <token> header")
+            })
+    }
+}
+
+impl OptionalFromRequestParts<AppState> for AuthenticatedUser {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Option<Self>, ApiError> {
+        Self::from_headers(&parts.headers, state).await
     }
 }
 
@@ -128,9 +134,70 @@ impl<S: Send + Sync> FromRequestParts<S> for PageParams {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use axum::http::Request as HttpRequest;
+    use twtr_common::tokens::{TokenSigner, TokenVerifier, generate_key_pair};
 
     use super::*;
+    use crate::upstream::{UpstreamUrls, Upstreams};
+
+    /// A state whose services are nowhere (their channels connect lazily), and a token signed
+    /// by other keys than it trusts.
+    fn state_and_foreign_token() -> (AppState, String) {
+        let nowhere = "http://127.0.0.1:1".to_owned();
+        let urls = UpstreamUrls {
+            users: nowhere.clone(),
+            tweets: nowhere.clone(),
+            followers: nowhere.clone(),
+            feeds: nowhere,
+        };
+        let (_, trusted) = generate_key_pair().unwrap();
+        let (foreign, _) = generate_key_pair().unwrap();
+        let verifier = TokenVerifier::from_pems(&[trusted]).unwrap();
+        let signer = TokenSigner::from_pem(&foreign, Duration::from_secs(60)).unwrap();
+        let state = AppState::new(Upstreams::connect(&urls).unwrap(), verifier, 1024);
+        (state, signer.issue(42, 0).unwrap().token)
+    }
+
+    fn parts(authorization: Option<&str>) -> Parts {
+        let mut request = HttpRequest::get("/x");
+        if let Some(value) = authorization {
+            request = request.header("authorization", value);
+        }
+        request.body(()).unwrap().into_parts().0
+    }
+
+    #[tokio::test]
+    async fn no_header_is_a_401_or_none_and_a_bad_one_is_always_a_401() {
+        let (state, foreign) = state_and_foreign_token();
+        let required = <AuthenticatedUser as FromRequestParts<AppState>>::from_request_parts;
+        let optional =
+            <AuthenticatedUser as OptionalFromRequestParts<AppState>>::from_request_parts;
+
+        let err = required(&mut parts(None), &state).await.unwrap_err();
+        assert_eq!(err.code, ErrorCode::Unauthenticated);
+        assert!(err.message.contains("missing"), "{}", err.message);
+        assert_eq!(optional(&mut parts(None), &state).await, Ok(None));
+
+        // A header that is sent must hold a valid bearer token, on either kind of route.
+        let foreign = format!("Bearer {foreign}");
+        for (header, says) in [
+            ("Basic dXNlcjpwYXNz", "must be Bearer"),
+            ("Bearer not-a-token", "invalid token"),
+            (foreign.as_str(), "invalid token"),
+        ] {
+            let err = required(&mut parts(Some(header)), &state)
+                .await
+                .unwrap_err();
+            assert_eq!(err.code, ErrorCode::Unauthenticated, "{header}");
+            assert!(err.message.contains(says), "{header}: {}", err.message);
+            let err = optional(&mut parts(Some(header)), &state)
+                .await
+                .unwrap_err();
+            assert!(err.message.contains(says), "{header}: {}", err.message);
+        }
+    }
 
     async fn page(query: &str) -> Result<PageRequest, ApiError> {
         let request = HttpRequest::get(format!("/x?{query}")).body(()).unwrap();

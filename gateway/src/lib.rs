@@ -5,17 +5,26 @@
 //!
 //! - [`error`]: [`ApiError`], the one JSON error shape; gRPC statuses become HTTP statuses here,
 //!   through the shared error-code table.
-//! - [`extract`]: request parsing that answers 4xx in that shape: the bearer token ([`extract::Caller`]),
-//!   JSON bodies, IDs in paths, page queries.
+//! - [`extract`]: request parsing that answers 4xx in that shape: the caller
+//!   ([`extract::AuthenticatedUser`], from the bearer token), JSON bodies, IDs in paths, page
+//!   queries.
+//! - [`state`]: [`state::AppState`], what every handler and extractor shares (the services'
+//!   clients, the token verifier, the revocation cache).
 //! - [`revocation`]: whether a validly signed token was revoked (account deleted, password
 //!   changed), from the users service's answers of the last two seconds.
 //! - [`upstream`]: gRPC clients for the four services; every call carries what is left of its
 //!   request's deadline, the caller's verified token and the request and trace ids.
 //! - [`views`]: the JSON bodies of the public API, and the batched hydration that builds them
-//!   (one RPC per kind of data per response, never one per item).
-//! - [`routes`]: one handler per route, each a straight run: parse, call, respond.
+//!   (one RPC per kind of data per response, never one per item): [`views::tweets`] for every
+//!   page of tweets (home feed, timeline, a user's tweets, a single tweet), [`views::users`]
+//!   for users.
+//! - [`routes`]: one handler per route, each a straight run: parse, call, hydrate, respond; a
+//!   module per resource (`users`, `sessions`, `follows`, `tweets`, `reactions`, `feed`,
+//!   `timeline`), and `routes/mod.rs`, which builds the router from them.
 //! - [`limits`]: the edge's limits (body size, rate limits, deadline, load shedding, CORS).
-//! - [`openapi`]: the OpenAPI document, generated from the routes, and the `/docs` page.
+//! - [`openapi`]: the OpenAPI document, generated from the routes' annotations, plus the
+//!   responses every route shares (added once, by [`openapi::EdgeResponses`]), and the `/docs`
+//!   page.
 //! - [`app`]: the whole application: the routes inside the limits, next to health and
 //!   readiness, every request with an id and a deadline.
 //!
@@ -36,6 +45,7 @@ pub mod limits;
 pub mod openapi;
 pub mod revocation;
 pub mod routes;
+pub mod state;
 pub mod upstream;
 pub mod views;
 
@@ -71,7 +81,7 @@ pub async fn serve(
     twtr_common::metrics::install();
     let upstreams = Upstreams::connect(&deps.upstreams)?;
     let rate_limiter = Arc::new(limits::RateLimiter::new(&deps.limits, deps.tokens.clone()));
-    let state = routes::AppState::new(upstreams, deps.tokens, deps.limits.body_limit);
+    let state = state::AppState::new(upstreams, deps.tokens, deps.limits.body_limit);
     let app = app::router(state, &deps.limits, Arc::clone(&rate_limiter));
     tokio::spawn(limits::forget_idle_keys(rate_limiter, shutdown.clone()));
     tracing::info!(service = "gateway", %addr, "http server listening");

@@ -29,8 +29,8 @@ use axum::response::{IntoResponse as _, Response};
 use governor::clock::{Clock as _, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota};
 use tower_http::cors::{AllowOrigin, CorsLayer};
-use twtr_common::ErrorCode;
 use twtr_common::tokens::TokenVerifier;
+use twtr_common::{ErrorCode, auth};
 
 use crate::error::ApiError;
 
@@ -170,13 +170,8 @@ impl RateLimiter {
     /// later, by the route).
     fn caller(&self, request: &Request) -> Option<u64> {
         self.per_caller.as_ref()?;
-        let token = request
-            .headers()
-            .get(AUTHORIZATION)?
-            .to_str()
-            .ok()?
-            .strip_prefix("Bearer ")?;
-        self.tokens.verify(token.trim()).ok().map(|v| v.user_id)
+        let token = auth::bearer_token(request.headers()).ok().flatten()?;
+        self.tokens.verify(token).ok().map(|v| v.user_id)
     }
 
     /// The client's address: the TCP peer, or with proxies in front, the address the last
@@ -223,7 +218,7 @@ pub async fn rate_limit(
 }
 
 /// Answers a request that the load-shedding layers refused (tower's `LoadShed` over a global
-/// `ConcurrencyLimit`, see [`crate::routes::router`]): a 503 at once, in the API's error shape.
+/// `ConcurrencyLimit`, see [`crate::app::router`]): a 503 at once, in the API's error shape.
 pub async fn overloaded(err: tower::BoxError) -> Response {
     let error = if err.is::<tower::load_shed::error::Overloaded>() {
         tracing::warn!("shedding load: too many requests in flight");

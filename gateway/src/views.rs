@@ -4,10 +4,12 @@
 use std::collections::HashMap;
 
 use serde::Serialize;
-use twtr_common::clock;
+use twtr_common::{ErrorCode, clock};
+use twtr_proto::feeds::v1 as feeds_pb;
 use twtr_proto::followers::v1::BatchGetCountsRequest;
 use twtr_proto::tweets::v1::{
-    self as tweets_pb, BatchGetTweetCountsRequest, BatchGetViewerFlagsRequest,
+    self as tweets_pb, BatchGetTweetCountsRequest, BatchGetTweetsRequest,
+    BatchGetViewerFlagsRequest,
 };
 use twtr_proto::users::v1::{self as users_pb, BatchGetUsersRequest};
 use utoipa::ToSchema;
@@ -182,39 +184,129 @@ pub async fn listed_users(
     users(up, in_order).await.map(Some)
 }
 
-/// Adds author profiles (and, for a known `viewer`, whether they like and retweeted each one)
-/// to tweets, keeping their order: at most two RPCs, in parallel, whatever the page size. A
-/// tweet whose author no longer exists is left out.
+/// One user, hydrated as [`users`] does.
+pub async fn user(up: &Upstreams, user: users_pb::User) -> Result<UserView, ApiError> {
+    users(up, vec![user])
+        .await?
+        .pop()
+        .ok_or_else(|| ApiError::new(ErrorCode::Internal, "hydration lost an item"))
+}
+
+/// The tweets of a page as they were listed, before [`tweets`] hydrates them.
+#[derive(Debug)]
+pub enum Listed {
+    /// Tweets the tweets service answered whole: a user's tweets, the public timeline, one tweet.
+    Tweets(Vec<tweets_pb::Tweet>),
+    /// A home feed's entries, which name each tweet, its author and, for a retweet, who
+    /// retweeted it: the tweets themselves are still to be read.
+    Feed(Vec<feeds_pb::FeedEntry>),
+}
+
+impl Listed {
+    fn is_empty(&self) -> bool {
+        match self {
+            Self::Tweets(tweets) => tweets.is_empty(),
+            Self::Feed(entries) => entries.is_empty(),
+        }
+    }
+
+    /// Everyone the page shows: the authors and the retweeters (repeats allowed).
+    fn user_ids(&self) -> Vec<u64> {
+        match self {
+            Self::Tweets(tweets) => tweets.iter().map(|tweet| tweet.author_id).collect(),
+            Self::Feed(entries) => entries
+                .iter()
+                .flat_map(|entry| std::iter::once(entry.author_id).chain(entry.retweeted_by))
+                .collect(),
+        }
+    }
+}
+
+/// A page of tweets (home feed, timeline, a user's tweets, or just one) as the API shows it, in
+/// the listed order: with author profiles and, for a known `viewer`, whether they like and
+/// retweeted each one. Two RPCs in parallel whatever the page size: one users batch (authors
+/// and retweeters), and one tweets call (the viewer's flags on tweets already read, or a
+/// feed's tweets read with those flags). A tweet deleted since it was listed, or whose author
+/// no longer exists, is left out.
 pub async fn tweets(
     up: &Upstreams,
     viewer: Option<u64>,
-    items: Vec<(tweets_pb::Tweet, Option<u64>)>,
+    listed: Listed,
 ) -> Result<Vec<TweetView>, ApiError> {
-    if items.is_empty() {
+    if listed.is_empty() {
         return Ok(Vec::new());
     }
-    let ids = items
-        .iter()
-        .flat_map(|(tweet, retweeter)| std::iter::once(tweet.author_id).chain(*retweeter))
-        .collect();
-    let mut tweets = up.tweets.clone();
-    let viewer_flags = async {
-        let Some(user_id) = viewer else {
-            return Ok(Vec::new());
-        };
-        let request = BatchGetViewerFlagsRequest {
-            user_id,
-            tweet_ids: items.iter().map(|(t, _)| t.id).collect(),
-        };
-        let flags = tweets.batch_get_viewer_flags(rpc(request)).await?;
-        Ok::<_, tonic::Status>(flags.into_inner().flags)
-    };
-    let (authors, flags) = tokio::try_join!(authors(up, ids), viewer_flags)?;
+    let (authors, (items, flags)) = tokio::try_join!(
+        authors(up, listed.user_ids()),
+        tweets_and_flags(up, viewer, listed),
+    )?;
     Ok(assemble(items, &authors, flags))
 }
 
+/// One tweet, hydrated as [`tweets`] does; `None` when its author no longer exists.
+pub async fn tweet(
+    up: &Upstreams,
+    viewer: Option<u64>,
+    tweet: tweets_pb::Tweet,
+) -> Result<Option<TweetView>, ApiError> {
+    Ok(tweets(up, viewer, Listed::Tweets(vec![tweet])).await?.pop())
+}
+
+/// A tweet of a page, with who retweeted it (a feed's retweets only).
+type Item = (tweets_pb::Tweet, Option<u64>);
+
+/// The listed tweets, in order, and the viewer's flags on them (none without a viewer): one RPC
+/// at most.
+async fn tweets_and_flags(
+    up: &Upstreams,
+    viewer: Option<u64>,
+    listed: Listed,
+) -> Result<(Vec<Item>, Vec<tweets_pb::ViewerFlags>), tonic::Status> {
+    let mut client = up.tweets.clone();
+    match listed {
+        Listed::Tweets(tweets) => {
+            let flags = match viewer {
+                None => Vec::new(),
+                Some(user_id) => {
+                    let request = BatchGetViewerFlagsRequest {
+                        user_id,
+                        tweet_ids: tweets.iter().map(|tweet| tweet.id).collect(),
+                    };
+                    let flags = client.batch_get_viewer_flags(rpc(request)).await?;
+                    flags.into_inner().flags
+                }
+            };
+            Ok((
+                tweets.into_iter().map(|tweet| (tweet, None)).collect(),
+                flags,
+            ))
+        }
+        Listed::Feed(entries) => {
+            let request = BatchGetTweetsRequest {
+                tweet_ids: entries.iter().map(|entry| entry.tweet_id).collect(),
+                viewer_id: viewer,
+            };
+            let found = client.batch_get_tweets(rpc(request)).await?.into_inner();
+            let mut by_id: HashMap<u64, _> = found
+                .tweets
+                .into_iter()
+                .map(|tweet| (tweet.id, tweet))
+                .collect();
+            // In the feed's order; an entry whose tweet is gone since is skipped.
+            let items = entries
+                .iter()
+                .filter_map(|entry| {
+                    let tweet = by_id.remove(&entry.tweet_id)?;
+                    Some((tweet, entry.retweeted_by))
+                })
+                .collect();
+            Ok((items, found.viewer_flags))
+        }
+    }
+}
+
 /// The users among `ids` (repeats allowed), by ID: one RPC.
-pub async fn authors(
+async fn authors(
     up: &Upstreams,
     mut ids: Vec<u64>,
 ) -> Result<HashMap<u64, users_pb::User>, tonic::Status> {
@@ -238,8 +330,8 @@ pub async fn authors(
 
 /// Tweets as the API shows them, in the order given, from their `authors` (and retweeters)
 /// and the viewer's `flags` (none: no viewer). A tweet whose author is gone is left out.
-pub fn assemble(
-    items: Vec<(tweets_pb::Tweet, Option<u64>)>,
+fn assemble(
+    items: Vec<Item>,
     authors: &HashMap<u64, users_pb::User>,
     flags: Vec<tweets_pb::ViewerFlags>,
 ) -> Vec<TweetView> {

@@ -1,6 +1,7 @@
 //! The gateway as a production edge: every limit answered in the one JSON error shape (413, 429
-//! with `Retry-After`, 504, 503 under a flood), CORS, and the services' ports closed to a caller
-//! who fills in someone else's id.
+//! with `Retry-After`, 504, 503 under a flood), CORS, the services' ports closed to a caller
+//! who fills in someone else's id, and pages of tweets hydrated in batches (one RPC per kind of
+//! data, however many tweets a page holds).
 
 use std::num::NonZeroU32;
 use std::time::Duration;
@@ -19,7 +20,8 @@ use twtr_proto::tweets::v1::{BatchGetTweetsRequest, CreateTweetRequest};
 use twtr_proto::users::v1::users_service_client::UsersServiceClient;
 use twtr_proto::users::v1::{CreateUserRequest, DeleteUserRequest, GetUserRequest};
 
-use crate::support::{CONVERGE, TestMesh, as_user, eventually, ids};
+use crate::processes::spawn_part;
+use crate::support::{Api, CONVERGE, TestMesh, as_user, eventually, ids, sample, scrape, text};
 
 /// A response's status, `Retry-After` (if any) and JSON body.
 async fn send(request: reqwest::RequestBuilder) -> (StatusCode, Option<u64>, Value) {
@@ -456,4 +458,108 @@ async fn the_openapi_document_is_the_routes_and_the_docs_page_is_served_offline(
         assert!(response.bytes().await.unwrap().len() > 10_000, "{asset}");
     }
     mesh.stop().await;
+}
+
+/// The gRPC methods a page of tweets may call, as `/metrics` names them.
+const PAGE_RPCS: [&str; 7] = [
+    "/twtr.feeds.v1.FeedsService/GetFeed",
+    "/twtr.tweets.v1.TweetsService/GetPublicTimeline",
+    "/twtr.tweets.v1.TweetsService/ListUserTweets",
+    "/twtr.tweets.v1.TweetsService/BatchGetTweets",
+    "/twtr.tweets.v1.TweetsService/BatchGetViewerFlags",
+    "/twtr.users.v1.UsersService/GetUser",
+    "/twtr.users.v1.UsersService/BatchGetUsers",
+];
+
+/// How many calls of each of [`PAGE_RPCS`] the mesh's services have answered.
+async fn page_rpcs(metrics_url: &str) -> [u64; 7] {
+    let metrics = scrape(metrics_url).await;
+    PAGE_RPCS.map(|method| {
+        let series = format!(r#"twtr_grpc_server_requests_total{{method="{method}",code="Ok"}}"#);
+        sample(&metrics, &series).unwrap_or(0.0) as u64
+    })
+}
+
+#[tokio::test]
+async fn a_page_of_tweets_costs_one_rpc_per_kind_of_data_however_many_it_holds() {
+    // A mesh in a process of its own: the RPC counters are per process, and the other tests'
+    // meshes run in this one.
+    let data_dir = tempfile::tempdir().expect("temp dir");
+    let mut env = vec![
+        (
+            "TWTR_DATA_DIR".to_owned(),
+            data_dir.path().display().to_string(),
+        ),
+        ("TWTR_LOG_FORMAT".to_owned(), "json".to_owned()),
+    ];
+    for addr in ["HTTP", "USERS", "TWEETS", "FOLLOWERS", "FEEDS"] {
+        env.push((format!("TWTR_{addr}_ADDR"), "127.0.0.1:0".to_owned()));
+    }
+    let mesh = spawn_part("mesh", "all", &env).await;
+    let http = eventually("the gateway's address", CONVERGE, || async {
+        let logs = mesh.logs.lock().unwrap();
+        logs.iter()
+            .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+            .find(|event| event["message"] == "http server listening")
+            .map(|event| text(&event["addr"]))
+    })
+    .await;
+    let api = Api::new(format!("http://{http}"));
+
+    // The reader follows two of three authors, one of whom retweets the third: a feed of five
+    // tweets by three authors, one a retweet, one liked by the reader.
+    let (_, reader) = api.user("reader").await;
+    let mut authors = Vec::new();
+    for name in ["ann", "ben", "cal"] {
+        let (id, token) = api.user(name).await;
+        let first = api.tweet(&token, &format!("{name}'s first")).await;
+        api.tweet(&token, &format!("{name}'s second")).await;
+        authors.push((id, token, first));
+    }
+    let [(ann, _, anns), (ben, bens_token, _), (_, _, cals)] = &authors[..] else {
+        unreachable!()
+    };
+    api.follow(&reader, ann).await;
+    api.follow(&reader, ben).await;
+    for (path, token) in [
+        (format!("/v1/tweets/{cals}/retweet"), bens_token),
+        (format!("/v1/tweets/{anns}/like"), &reader),
+    ] {
+        let (status, body) = api
+            .call(reqwest::Method::POST, &path, Some(token), None)
+            .await;
+        assert_eq!(status, StatusCode::NO_CONTENT, "{path}: {body}");
+    }
+    eventually("the reader's feed of five", CONVERGE, || async {
+        (api.feed_ids(&reader).await.len() == 5).then_some(())
+    })
+    .await;
+
+    // Per page: the list, then one users batch (authors and retweeters) and one tweets call
+    // (a feed's tweets with the reader's flags, or the flags alone), whatever the page's size.
+    let metrics = format!("http://{http}/metrics");
+    let user_tweets = format!("/v1/users/{ann}/tweets");
+    let cases: [(&str, Option<&str>, usize, [u64; 7]); 4] = [
+        ("/v1/feed", Some(&reader), 5, [1, 0, 0, 1, 0, 0, 1]),
+        ("/v1/timeline", Some(&reader), 6, [0, 1, 0, 0, 1, 0, 1]),
+        ("/v1/timeline", None, 6, [0, 1, 0, 0, 0, 0, 1]),
+        (&user_tweets, Some(&reader), 2, [0, 0, 1, 0, 1, 1, 1]),
+    ];
+    for (path, token, items, calls) in cases {
+        let before = page_rpcs(&metrics).await;
+        let (status, page) = api.get(path, token).await;
+        assert_eq!(status, StatusCode::OK, "{path}: {page}");
+        assert_eq!(ids(&page).len(), items, "{path}: {page}");
+        // Counted as each call ends: a moment's wait before calling a count short.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        let made = loop {
+            let after = page_rpcs(&metrics).await;
+            let made: Vec<u64> = after.iter().zip(before).map(|(a, b)| a - b).collect();
+            if made == calls || tokio::time::Instant::now() > deadline {
+                break made;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert_eq!(made, calls, "{path}: the calls of each of {PAGE_RPCS:?}");
+    }
 }

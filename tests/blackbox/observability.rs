@@ -9,28 +9,7 @@ use twtr_proto::tweets::v1::GetTweetRequest;
 use twtr_proto::tweets::v1::tweets_service_client::TweetsServiceClient;
 
 use crate::processes::{spawn_part, test_keys};
-use crate::support::{CONVERGE, TestMesh, eventually, text};
-
-/// The gateway's `/metrics`, as Prometheus scrapes it.
-async fn scrape(url: &str) -> String {
-    let response = reqwest::get(url).await.expect("scrape");
-    assert_eq!(response.status(), StatusCode::OK);
-    let content_type = response.headers()["content-type"]
-        .to_str()
-        .unwrap()
-        .to_owned();
-    assert!(content_type.starts_with("text/plain"), "{content_type}");
-    response.text().await.expect("metrics text")
-}
-
-/// The value of the sample whose line starts with `series` (name and labels), if any.
-fn sample(metrics: &str, series: &str) -> Option<f64> {
-    metrics
-        .lines()
-        .find(|line| line.starts_with(series))
-        .and_then(|line| line.rsplit(' ').next())
-        .and_then(|value| value.parse().ok())
-}
+use crate::support::{CONVERGE, TestMesh, eventually, sample, scrape, text};
 
 #[tokio::test]
 async fn metrics_cover_requests_rpcs_events_and_queues_after_traffic() {

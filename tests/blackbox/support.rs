@@ -340,6 +340,27 @@ pub fn ids(page: &Value) -> Vec<String> {
         .collect()
 }
 
+/// A process's `/metrics`, as Prometheus scrapes it.
+pub async fn scrape(url: &str) -> String {
+    let response = reqwest::get(url).await.expect("scrape");
+    assert_eq!(response.status(), StatusCode::OK);
+    let content_type = response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(content_type.starts_with("text/plain"), "{content_type}");
+    response.text().await.expect("metrics text")
+}
+
+/// The value of the sample whose line starts with `series` (name and labels), if any.
+pub fn sample(metrics: &str, series: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find(|line| line.starts_with(series))
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|value| value.parse().ok())
+}
+
 /// Polls `check` until it returns `Some`, or panics after `deadline` saying what was awaited.
 pub async fn eventually<T, F, Fut>(what: &str, deadline: Duration, mut check: F) -> T
 where

@@ -1,0 +1,45 @@
+//! The public timeline: everyone's tweets, newest first.
+
+use axum::Json;
+use axum::extract::State;
+use twtr_proto::tweets::v1::GetPublicTimelineRequest;
+
+use crate::error::ApiError;
+use crate::extract::{AuthenticatedUser, PageParams};
+use crate::openapi::PageQuery;
+use crate::state::AppState;
+use crate::upstream::rpc;
+use crate::views::{self, Listed, PageView, TweetView};
+
+#[utoipa::path(
+    get,
+    path = "/v1/timeline",
+    tag = "tweets",
+    summary = "Everyone's tweets, newest first",
+    security((), ("bearer" = [])),
+    params(PageQuery),
+    responses(
+        (status = 200, description = "a page of tweets", body = PageView<TweetView>),
+    )
+)]
+pub(super) async fn timeline(
+    State(state): State<AppState>,
+    viewer: Option<AuthenticatedUser>,
+    PageParams(page): PageParams,
+) -> Result<Json<PageView<TweetView>>, ApiError> {
+    let request = GetPublicTimelineRequest {
+        before: page.before,
+        since: page.since,
+        limit: page.limit.get() as u32,
+    };
+    let page = state
+        .up()
+        .tweets
+        .clone()
+        .get_public_timeline(rpc(request))
+        .await?
+        .into_inner();
+    let viewer = viewer.map(|AuthenticatedUser(id)| id);
+    let tweets = views::tweets(state.up(), viewer, Listed::Tweets(page.tweets)).await?;
+    Ok(Json(PageView::new(tweets, page.next)))
+}
