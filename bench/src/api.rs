@@ -26,12 +26,16 @@ pub enum CallError {
 }
 
 impl CallError {
-    /// Worth trying again: the service said it is busy, or the connection broke.
+    /// Worth trying again: the service said it is busy, the request ran out of time (a store
+    /// under load; every call the seeder repeats is idempotent), or the connection broke.
     pub fn is_transient(&self) -> bool {
         match self {
-            Self::Status(s) => {
-                *s == StatusCode::SERVICE_UNAVAILABLE || *s == StatusCode::TOO_MANY_REQUESTS
-            }
+            Self::Status(s) => matches!(
+                *s,
+                StatusCode::SERVICE_UNAVAILABLE
+                    | StatusCode::GATEWAY_TIMEOUT
+                    | StatusCode::TOO_MANY_REQUESTS
+            ),
             Self::Transport(_) => true,
         }
     }
@@ -195,7 +199,7 @@ fn parse_id(id: &str) -> Result<u64, CallError> {
 }
 
 /// Calls `call` until it succeeds or fails for good, waiting a little longer after each
-/// transient failure (503 from a busy password hasher, a dropped connection).
+/// transient failure (503 from a busy password hasher, a 504, a dropped connection).
 pub async fn with_retries<T, F, Fut>(mut call: F) -> Result<T, CallError>
 where
     F: FnMut() -> Fut,
