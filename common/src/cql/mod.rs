@@ -8,6 +8,9 @@
 //!   and [`keyspace`] naming (`<prefix>_<service>`).
 //! - [`session`]: [`connect`] (token-aware, local-datacenter first, configured consistency) and
 //!   [`Keyspace`], which prepares a service's statements once at startup.
+//! - [`lwt`](mod@lwt): what a lightweight transaction did ([`Lwt`]: applied, not applied,
+//!   unknown), read by [`lwt()`] from its execution; and [`Retries`], the one [`backoff`] of
+//!   every write that loses to concurrent writers of its row.
 //! - [`outbox`]: [`CqlOutbox`], the sharded transactional outbox with a lease per shard, so any
 //!   number of replicas relay a service's events; read forward from a cursor, marked instead of
 //!   deleted and expired by TTL, so no read meets a tombstone. [`outbox_shard`] picks a shard.
@@ -28,6 +31,7 @@
 //! keyspace is routed token-aware without further setup.
 
 pub mod config;
+pub mod lwt;
 pub mod migrate;
 pub mod outbox;
 pub mod purges;
@@ -39,10 +43,11 @@ pub use config::{
     ConsistencySettings, CqlConfig, DEFAULT_KEYSPACE_PREFIX, Replication, keyspace,
     parse_consistency, parse_serial_consistency,
 };
+pub use lwt::{Contended, Lwt, LwtRow, OutcomeUnknown, Retries, backoff, lwt};
 pub use migrate::{Migration, MigrationReport, Schema, ensure_current, migrate};
 pub use outbox::{CqlOutbox, OutboxRead, OutboxRow, ReadCounts, TracedRead, read_counts};
 pub use purges::{PurgeQueue, PurgeTables};
-pub use session::{Keyspace, cas_outcome_unknown, connect, lwt_applied, lwt_outcome, qualify};
+pub use session::{Keyspace, connect, qualify};
 
 use scylla::deserialize::DeserializationError;
 use scylla::errors::{

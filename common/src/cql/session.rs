@@ -1,19 +1,14 @@
 //! The driver session and the per-service handle stores build on: [`connect`] opens one session
 //! per process; [`Keyspace`] binds it to one service's keyspace and prepares that service's
-//! statements (`{ks}` placeholders substituted, read or write consistency chosen); [`lwt_applied`]
-//! reads the outcome of a lightweight transaction.
+//! statements (`{ks}` placeholders substituted, read or write consistency chosen).
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use scylla::client::execution_profile::ExecutionProfile;
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
-use scylla::errors::{DbError, ExecutionError, RequestAttemptError, WriteType};
 use scylla::policies::load_balancing::DefaultPolicy;
-use scylla::response::query_result::QueryResult;
 use scylla::statement::prepared::PreparedStatement;
-use scylla::value::{CqlValue, Row};
 
 use super::{ConsistencySettings, CqlConfig, CqlError};
 
@@ -114,54 +109,6 @@ impl Keyspace {
         });
         statement.set_serial_consistency(Some(self.consistency.serial));
         Ok(statement)
-    }
-}
-
-/// Whether a lightweight transaction failed without telling whether it took effect: a write
-/// timeout in its Paxos round (contention, or a slow replica), or no answer in time. The caller
-/// reads back what is there and tries again; anything else is a real failure.
-pub fn cas_outcome_unknown(err: &ExecutionError) -> bool {
-    matches!(
-        err,
-        ExecutionError::RequestTimeout(_)
-            | ExecutionError::LastAttemptError(RequestAttemptError::DbError(
-                DbError::WriteTimeout {
-                    write_type: WriteType::Cas,
-                    ..
-                },
-                _,
-            ))
-    )
-}
-
-/// Whether a lightweight transaction (`... IF ...`) took effect: the `[applied]` column of its
-/// result. When it did not, the rest of the row holds the values that made the condition fail.
-pub fn lwt_applied(result: QueryResult) -> Result<bool, CqlError> {
-    Ok(lwt_outcome(result)?.0)
-}
-
-/// The `[applied]` column of a lightweight transaction's result, and the other columns by name:
-/// for callers that need the values the condition saw (for example, who holds a lease).
-pub fn lwt_outcome(
-    result: QueryResult,
-) -> Result<(bool, HashMap<String, Option<CqlValue>>), CqlError> {
-    let rows = result.into_rows_result()?;
-    let names: Vec<String> = rows
-        .column_specs()
-        .iter()
-        .map(|spec| spec.name().to_owned())
-        .collect();
-    let row: Row = rows.first_row()?;
-    let mut columns: HashMap<String, Option<CqlValue>> =
-        names.into_iter().zip(row.columns).collect();
-    match columns.remove("[applied]") {
-        Some(Some(CqlValue::Boolean(applied))) => Ok((applied, columns)),
-        None => Err(CqlError::UnexpectedResult(
-            "no [applied] column: not a lightweight transaction".to_owned(),
-        )),
-        Some(other) => Err(CqlError::UnexpectedResult(format!(
-            "[applied] is {other:?}, not a boolean"
-        ))),
     }
 }
 

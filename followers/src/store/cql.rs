@@ -75,8 +75,6 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures_util::future::{try_join, try_join_all};
 use scylla::client::session::Session;
-use scylla::errors::ExecutionError;
-use scylla::response::query_result::QueryResult;
 use scylla::serialize::batch::BatchValues;
 use scylla::serialize::row::SerializeRow;
 use scylla::statement::batch::{Batch, BatchType};
@@ -84,9 +82,7 @@ use scylla::statement::prepared::PreparedStatement;
 use scylla::value::CqlTimestamp;
 use tokio::time::Instant;
 use twtr_common::clock;
-use twtr_common::cql::{
-    CqlError, CqlOutbox, Keyspace, PurgeQueue, PurgeTables, cas_outcome_unknown, lwt_applied,
-};
+use twtr_common::cql::{CqlError, CqlOutbox, Keyspace, Lwt, PurgeQueue, PurgeTables, lwt};
 use twtr_common::outbox::Outbox;
 use twtr_common::store::{PendingPurge, StoreError};
 use twtr_common::{Page, PageRequest};
@@ -366,15 +362,6 @@ enum Column {
     Following,
 }
 
-/// The outcome of a lightweight transaction.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Lwt {
-    Applied,
-    Refused,
-    /// It timed out: it may or may not have taken effect.
-    Unknown,
-}
-
 /// Too many attempts lost to other callers; the caller may try again.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}: too much contention, try again")]
@@ -406,13 +393,13 @@ impl Inner {
                     changed_at: clock::now_millis(),
                 };
                 let values = (follower, followee, mine, ts(first.changed_at));
-                match self.lwt(&self.first_follow, values).await? {
+                match self.execute_lwt(&self.first_follow, values).await? {
                     Lwt::Applied => {
                         self.write(pair, first, Some(&event)).await?;
                         return Ok(true);
                     }
-                    Lwt::Unknown => maybe_decided.push(first),
-                    Lwt::Refused => {}
+                    Lwt::Unknown(_) => maybe_decided.push(first),
+                    Lwt::NotApplied(_) => {}
                 }
                 retry(&mut attempts, DECIDE_ATTEMPTS, "follow edge").await?;
                 continue;
@@ -473,7 +460,7 @@ impl Inner {
                     edge.version,
                     ts(edge.changed_at),
                 );
-                match self.lwt(&self.take_over, values).await? {
+                match self.execute_lwt(&self.take_over, values).await? {
                     Lwt::Applied => {
                         tracing::info!(
                             pair.follower,
@@ -484,8 +471,8 @@ impl Inner {
                         self.write(pair, taken, Some(&event)).await?;
                         return Ok(true);
                     }
-                    Lwt::Unknown => maybe_decided.push(taken),
-                    Lwt::Refused => {}
+                    Lwt::Unknown(_) => maybe_decided.push(taken),
+                    Lwt::NotApplied(_) => {}
                 }
                 retry(&mut attempts, DECIDE_ATTEMPTS, "follow edge").await?;
                 continue;
@@ -519,13 +506,13 @@ impl Inner {
                 followee,
                 edge.version,
             );
-            match self.lwt(&self.change_edge, values).await? {
+            match self.execute_lwt(&self.change_edge, values).await? {
                 Lwt::Applied => {
                     self.write(pair, next, Some(&event)).await?;
                     return Ok(true);
                 }
-                Lwt::Unknown => maybe_decided.push(next),
-                Lwt::Refused => {}
+                Lwt::Unknown(_) => maybe_decided.push(next),
+                Lwt::NotApplied(_) => {}
             }
             retry(&mut attempts, DECIDE_ATTEMPTS, "follow edge").await?;
         }
@@ -621,7 +608,7 @@ impl Inner {
             });
             let next = current.unwrap_or(0) + delta;
             let values = ((user, op, ts(clock::now_millis())), (next, user, current));
-            if self.lwt_batch(batch, values).await? == Lwt::Applied {
+            if matches!(self.batch_lwt(batch, values).await?, Lwt::Applied) {
                 return Ok(());
             }
             retry(&mut attempts, COUNT_ATTEMPTS, "follow count").await?;
@@ -697,16 +684,21 @@ impl Inner {
         Ok(found)
     }
 
-    async fn lwt(
+    /// Runs a lightweight transaction: what it did.
+    async fn execute_lwt(
         &self,
         statement: &PreparedStatement,
         values: impl SerializeRow,
     ) -> Result<Lwt, StoreError> {
-        lwt_outcome(self.session().execute_unpaged(statement, values).await)
+        Ok(lwt(self
+            .session()
+            .execute_unpaged(statement, values)
+            .await)?)
     }
 
-    async fn lwt_batch(&self, batch: &Batch, values: impl BatchValues) -> Result<Lwt, StoreError> {
-        lwt_outcome(self.session().batch(batch, values).await)
+    /// Runs a conditional batch: what it did.
+    async fn batch_lwt(&self, batch: &Batch, values: impl BatchValues) -> Result<Lwt, StoreError> {
+        Ok(lwt(self.session().batch(batch, values).await)?)
     }
 }
 
@@ -895,22 +887,6 @@ fn rebuilt_follow(pair: Pair, edge: &Edge) -> Envelope {
     event
 }
 
-/// The outcome of a lightweight transaction (or conditional batch) from its result.
-fn lwt_outcome(result: Result<QueryResult, ExecutionError>) -> Result<Lwt, StoreError> {
-    match result {
-        Ok(result) => Ok(if lwt_applied(result)? {
-            Lwt::Applied
-        } else {
-            Lwt::Refused
-        }),
-        Err(err) if cas_outcome_unknown(&err) => {
-            tracing::debug!(error = %err, "lightweight transaction timed out");
-            Ok(Lwt::Unknown)
-        }
-        Err(err) => Err(err.into()),
-    }
-}
-
 /// Counts an attempt lost to a concurrent one and pauses a random moment, so that contenders
 /// spread out; fails once `max` attempts are spent.
 async fn retry(attempts: &mut u32, max: u32, what: &'static str) -> Result<(), StoreError> {
@@ -964,10 +940,8 @@ mod tests {
         let at = ts(clock::now_millis() - ago.as_millis() as i64);
         let values = (follower, followee, key(event.event_id), at);
         let inner = &store.inner;
-        assert_eq!(
-            inner.lwt(&inner.first_follow, values).await.unwrap(),
-            Lwt::Applied
-        );
+        let decided = inner.execute_lwt(&inner.first_follow, values).await;
+        assert!(matches!(decided.unwrap(), Lwt::Applied));
     }
 
     /// What an unfollow that died right after step 1 leaves, `ago`.
@@ -985,10 +959,8 @@ mod tests {
             followee,
             edge.version,
         );
-        assert_eq!(
-            inner.lwt(&inner.change_edge, values).await.unwrap(),
-            Lwt::Applied
-        );
+        let decided = inner.execute_lwt(&inner.change_edge, values).await;
+        assert!(matches!(decided.unwrap(), Lwt::Applied));
     }
 
     fn long_ago() -> Duration {

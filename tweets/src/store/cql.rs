@@ -97,10 +97,7 @@ use scylla::statement::batch::{Batch, BatchType};
 use scylla::statement::prepared::PreparedStatement;
 use scylla::value::{CqlTimestamp, CqlValue};
 use tokio::time::Instant;
-use twtr_common::cql::{
-    CqlError, CqlOutbox, Keyspace, PurgeQueue, PurgeTables, cas_outcome_unknown, lwt_applied,
-    lwt_outcome,
-};
+use twtr_common::cql::{CqlError, CqlOutbox, Keyspace, Lwt, PurgeQueue, PurgeTables, lwt};
 use twtr_common::outbox::Outbox;
 use twtr_common::store::{PendingPurge, StoreError};
 use twtr_common::{IdGenerator, Page, PageRequest, clock, events, id};
@@ -398,14 +395,16 @@ impl Inner {
             .ks
             .session()
             .execute_unpaged(&self.claim_tweet, values)
-            .await?;
-        let (applied, holder) = lwt_outcome(result)?;
-        if applied {
-            return Ok(Claim::Won);
-        }
+            .await;
+        let holder = match lwt(result)? {
+            Lwt::Applied => return Ok(Claim::Won),
+            Lwt::NotApplied(holder) => holder,
+            // Fails the create, as any store error: a retry of it finds the claim if it landed.
+            Lwt::Unknown(unknown) => return Err(unknown.into()),
+        };
         // A lost claim returns the row that won it. A deleted tweet keeps its author and time
         // (its text is gone), which is enough to tell a retry of it from another tweet.
-        let column = |name: &str| holder.get(name).cloned().flatten();
+        let column = |name: &str| holder.get(name).cloned();
         let same_author_and_time = column("author_id")
             == Some(CqlValue::BigInt(to_cql(tweet.author_id)?))
             && column("created_at") == Some(CqlValue::Timestamp(CqlTimestamp(tweet.created_at_ms)));
@@ -561,16 +560,11 @@ impl Inner {
                 (key, op, CqlTimestamp(clock::now_millis())),
                 (current.unwrap_or(0) + delta, key, current),
             );
-            match session.batch(&counter.op, values).await {
-                Ok(result) => {
-                    if lwt_applied(result)? {
-                        return Ok(());
-                    }
-                }
+            match lwt(session.batch(&counter.op, values).await)? {
+                Lwt::Applied => return Ok(()),
                 // Paxos rounds that collide time out rather than fail: the outcome is unknown,
                 // which the ledger read below settles.
-                Err(err) if cas_outcome_unknown(&err) => {}
-                Err(err) => return Err(err.into()),
+                Lwt::NotApplied(_) | Lwt::Unknown(_) => {}
             }
             if self.op_applied(counter, key, op).await? {
                 return Ok(());
@@ -794,15 +788,13 @@ impl Inner {
                     session.execute_unpaged(&statements.change, values).await
                 }
             };
-            match result {
-                Ok(result) => {
-                    if lwt_applied(result)? {
-                        self.write_reaction(statements, pair, next, &event).await?;
-                        return Ok(Some(true));
-                    }
+            match lwt(result)? {
+                Lwt::Applied => {
+                    self.write_reaction(statements, pair, next, &event).await?;
+                    return Ok(Some(true));
                 }
-                Err(err) if cas_outcome_unknown(&err) => maybe_decided = Some(next),
-                Err(err) => return Err(err.into()),
+                Lwt::Unknown(_) => maybe_decided = Some(next),
+                Lwt::NotApplied(_) => {}
             }
             attempts += 1;
             if attempts >= DECIDE_ATTEMPTS {
@@ -990,21 +982,19 @@ impl Inner {
             }
             // Later than the create's rows, whatever the clock of the process deleting.
             let deleted_at = clock::now_millis().max(created_at + 1);
-            match self
+            let result = self
                 .ks
                 .session()
                 .execute_unpaged(&self.delete_tweet, (CqlTimestamp(deleted_at), tweet))
-                .await
-            {
-                Ok(result) => {
-                    if lwt_applied(result)? {
-                        self.write_deletion(tweet, state.author, Some((&event, deleted_at)))
-                            .await?;
-                        return Ok(true);
-                    }
+                .await;
+            match lwt(result)? {
+                Lwt::Applied => {
+                    self.write_deletion(tweet, state.author, Some((&event, deleted_at)))
+                        .await?;
+                    return Ok(true);
                 }
-                Err(err) if cas_outcome_unknown(&err) => maybe_decided = true,
-                Err(err) => return Err(err.into()),
+                Lwt::Unknown(_) => maybe_decided = true,
+                Lwt::NotApplied(_) => {}
             }
             attempts += 1;
             if attempts >= DECIDE_ATTEMPTS {
@@ -1171,18 +1161,18 @@ impl Inner {
             .ks
             .session()
             .execute_unpaged(&self.claim_key, values)
-            .await?;
-        let (applied, holder) = lwt_outcome(result)?;
-        if applied {
-            return Ok(KeyClaim::Won);
-        }
-        match (
-            holder.get("tweet_id").cloned().flatten(),
-            holder.get("text").cloned().flatten(),
-        ) {
+            .await;
+        let holder = match lwt(result)? {
+            Lwt::Applied => return Ok(KeyClaim::Won),
+            Lwt::NotApplied(holder) => holder,
+            // Fails the post, as any store error: a retry with the key finds the claim if it
+            // landed.
+            Lwt::Unknown(unknown) => return Err(unknown.into()),
+        };
+        match (holder.get("tweet_id"), holder.get("text")) {
             (Some(CqlValue::BigInt(id)), Some(CqlValue::Text(text))) => Ok(KeyClaim::Held {
-                tweet_id: from_cql(id)?,
-                text,
+                tweet_id: from_cql(*id)?,
+                text: text.clone(),
             }),
             _ => Err(StoreError::Corrupt(format!(
                 "the idempotency key {key:?} of author {author} holds no tweet"
@@ -2111,7 +2101,7 @@ mod tests {
                 (next, result)
             }
         };
-        assert!(lwt_applied(result.unwrap()).unwrap());
+        assert!(lwt(result).unwrap().applied().unwrap());
         decided
     }
 
@@ -2315,7 +2305,7 @@ mod tests {
                 .ks
                 .session()
                 .execute_unpaged(&inner.delete_tweet, values);
-            assert!(lwt_applied(result.await.unwrap()).unwrap());
+            assert!(lwt(result.await).unwrap().applied().unwrap());
             assert_eq!(store.get(id).await.unwrap(), None, "reads as gone at once");
         }
         assert_eq!(store.count_by_authors(vec![author]).await.unwrap(), vec![3]);

@@ -62,13 +62,12 @@ use async_trait::async_trait;
 use futures_util::future::{try_join, try_join_all};
 use scylla::DeserializeRow;
 use scylla::client::session::Session;
-use scylla::response::query_result::QueryResult;
 use scylla::serialize::row::SerializeRow;
 use scylla::statement::batch::{Batch, BatchType};
 use scylla::statement::prepared::PreparedStatement;
 use scylla::value::{CqlTimestamp, CqlValue, MaybeUnset};
 use twtr_common::clock;
-use twtr_common::cql::{CqlError, CqlOutbox, Keyspace, cas_outcome_unknown, lwt_outcome};
+use twtr_common::cql::{CqlError, CqlOutbox, Keyspace, Lwt, LwtRow, Retries, lwt};
 use twtr_common::outbox::Outbox;
 use twtr_common::store::StoreError;
 use twtr_proto::events::v1::Envelope;
@@ -119,7 +118,6 @@ pub const IN_CHUNK: usize = 100;
 /// How many times a claim is tried when Paxos contention (or a lost reply) times it out. A
 /// retry is safe: a claim that did land shows up as this sign-up's own.
 const CLAIM_ATTEMPTS: u32 = 4;
-const CLAIM_BACKOFF: Duration = Duration::from_millis(25);
 
 /// A `users` row, as [`SELECT_USER`] reads it (columns matched by name).
 #[derive(DeserializeRow)]
@@ -184,6 +182,14 @@ struct ClaimSeen {
     /// When not applied: who holds the name (`None` if nobody does).
     owner: Option<u64>,
     claimed_at: Option<i64>,
+}
+
+impl ClaimSeen {
+    const APPLIED: Self = Self {
+        applied: true,
+        owner: None,
+        claimed_at: None,
+    };
 }
 
 /// Where step 1 of a sign-up left the name.
@@ -284,16 +290,13 @@ impl CqlUserStore {
         statement: &PreparedStatement,
         values: impl SerializeRow,
     ) -> Result<ClaimSeen, StoreError> {
-        let mut attempt = 1;
+        let mut retries = Retries::new("username claim", CLAIM_ATTEMPTS);
         loop {
-            match self.session().execute_unpaged(statement, &values).await {
-                Ok(result) => return Ok(claim_seen(result)?),
-                Err(err) if attempt < CLAIM_ATTEMPTS && cas_outcome_unknown(&err) => {
-                    tracing::debug!(attempt, error = %err, "username claim timed out, trying again");
-                    tokio::time::sleep(CLAIM_BACKOFF * attempt).await;
-                    attempt += 1;
-                }
-                Err(err) => return Err(err.into()),
+            let result = self.session().execute_unpaged(statement, &values).await;
+            match lwt(result)? {
+                Lwt::Applied => return Ok(ClaimSeen::APPLIED),
+                Lwt::NotApplied(row) => return Ok(claim_seen(&row)),
+                Lwt::Unknown(_) => retries.lost().await?,
             }
         }
     }
@@ -632,24 +635,22 @@ fn record(row: UserRow, token_generation: Option<i64>) -> Result<Option<UserReco
     }))
 }
 
-/// Reads the outcome of a lightweight transaction on `usernames`: `[applied]` and, when it was
-/// not, the current owner and claim time. By column name, because Cassandra and ScyllaDB return
-/// different column sets for it.
-fn claim_seen(result: QueryResult) -> Result<ClaimSeen, CqlError> {
-    let (applied, columns) = lwt_outcome(result)?;
-    let owner = match columns.get("user_id") {
-        Some(Some(CqlValue::BigInt(owner))) => Some(from_key(*owner)),
+/// What a refused lightweight transaction on `usernames` saw: the current owner and claim time
+/// (none when nobody holds the name).
+fn claim_seen(row: &LwtRow) -> ClaimSeen {
+    let owner = match row.get("user_id") {
+        Some(CqlValue::BigInt(owner)) => Some(from_key(*owner)),
         _ => None,
     };
-    let claimed_at = match columns.get("claimed_at") {
-        Some(Some(CqlValue::Timestamp(at))) => Some(at.0),
+    let claimed_at = match row.get("claimed_at") {
+        Some(CqlValue::Timestamp(at)) => Some(at.0),
         _ => None,
     };
-    Ok(ClaimSeen {
-        applied,
+    ClaimSeen {
+        applied: false,
         owner,
         claimed_at,
-    })
+    }
 }
 
 #[cfg(test)]
@@ -688,9 +689,8 @@ mod tests {
         let result = store
             .session()
             .execute_unpaged(&store.claim_username, (canonical, key(id), at))
-            .await
-            .unwrap();
-        assert!(claim_seen(result).unwrap().applied);
+            .await;
+        assert!(lwt(result).unwrap().applied().unwrap());
     }
 
     /// An ID minted twice (two processes with one worker number) is never a silent success:
