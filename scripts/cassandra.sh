@@ -1,27 +1,63 @@
 #!/usr/bin/env bash
-# Runs a real single-node Apache Cassandra 5.0 for local development and tests.
+# Runs a real Apache Cassandra 5.0 for local development and tests: one node (the default, what
+# scripts/test.sh uses), or a small cluster of nodes on loopback addresses of one machine.
 #
 #   scripts/cassandra.sh start    start a node (or reuse one that already answers CQL), wait until
 #                                 it answers CQL, print how long that took
 #   scripts/cassandra.sh stop     stop the node this script started (and only that one)
 #   scripts/cassandra.sh status   say whether a node answers CQL on the port, and whether it is ours
 #
+# A cluster (one data center `dc1`, rack `rack1`, one JVM per node, every node a seed):
+#
+#   scripts/cassandra.sh start --nodes 3   start (or restart) the cluster, wait until every node
+#                                          answers CQL and sees every other node up
+#   scripts/cassandra.sh stop --cluster    stop every node of the cluster
+#   scripts/cassandra.sh status --cluster  per node: CQL, pid, and which peers it last saw up
+#   scripts/cassandra.sh kill NODE         kill -9 one node (NODE: 1..N, or its address)
+#   scripts/cassandra.sh stop NODE         stop one node the way a rolling restart does (SIGTERM:
+#                                          it tells its peers it is going, then drains)
+#   scripts/cassandra.sh start NODE        start that node again on its data; waits until the
+#                                          other nodes see it up (it rejoins, hints replay)
+#   scripts/cassandra.sh nodetool NODE ... nodetool against that node (JMX on 127.0.0.1 only)
+#
+# Node i listens on the i-th address of TWTR_CASSANDRA_HOSTS, every node on the same CQL and
+# storage port (what a real cluster does). With a cluster directory given in TWTR_CASSANDRA_DIR
+# (one that `start --nodes` made), stop and status act on the cluster without --cluster.
+# Each node gets num_tokens 1 with evenly spaced initial tokens, auto_bootstrap false, the
+# GossipingPropertyFileSnitch, and no gossip settle wait: a fresh cluster forms in about the time
+# one node takes to start. NetworkTopologyStrategy {'dc1': 3} works on it (TWTR_SCYLLA_REPLICATION=dc1:3).
+#
 # Cassandra comes from Maven Central: the jars of org.apache.cassandra:cassandra-all and its runtime
-# dependencies are copied once into $TWTR_CASSANDRA_DIR/lib and reused. No Docker, no tarball.
+# dependencies are copied once into lib/ and reused (by every node of a cluster too). No Docker, no
+# tarball.
 #
 # Environment (all optional):
-#   TWTR_CASSANDRA_PORT          CQL (native transport) port on 127.0.0.1     (default 9042)
-#   TWTR_CASSANDRA_STORAGE_PORT  inter-node port, only bound on 127.0.0.1     (default CQL port + 10000)
-#   TWTR_CASSANDRA_HEAP          JVM heap, used for -Xms and -Xmx              (default 2g)
-#   TWTR_CASSANDRA_DIR           jars, config, data and logs                   (default <repo>/.cassandra)
-#   TWTR_CASSANDRA_LIB_DIR       the resolved jars, shareable between nodes    (default $TWTR_CASSANDRA_DIR/lib)
+#   TWTR_CASSANDRA_PORT          CQL (native transport) port                  (default 9042)
+#   TWTR_CASSANDRA_STORAGE_PORT  inter-node port, bound on the node's address  (default CQL port + 10000)
+#   TWTR_CASSANDRA_HEAP          JVM heap, used for -Xms and -Xmx              (default 2g; 512m per cluster node)
+#   TWTR_CASSANDRA_DIR           jars, config, data and logs                   (default <repo>/.cassandra;
+#                                                                               <repo>/.cassandra-cluster for a cluster)
+#   TWTR_CASSANDRA_LIB_DIR       the resolved jars, shareable between nodes    (default $TWTR_CASSANDRA_DIR/lib,
+#                                                                               or <repo>/.cassandra/lib when unset)
 #   TWTR_CASSANDRA_START_TIMEOUT seconds to wait for CQL to answer on start    (default 180)
 #   TWTR_CASSANDRA_JVM_OPTS      extra JVM options, whitespace-separated       (default none)
+#   TWTR_CASSANDRA_HOSTS         a cluster's node addresses, comma-separated   (default 127.0.0.1,...,127.0.0.N)
+#   TWTR_CASSANDRA_JMX_PORT      a cluster's first JMX port on 127.0.0.1; node i uses it + i - 1
+#                                                                              (default CQL port + 20000)
 #
-# Layout of $TWTR_CASSANDRA_DIR: pom.xml and lib/ (resolved jars), conf/ (cassandra.yaml,
+# A cluster on the default addresses needs 127.0.0.1:9042 free. Where a single node already holds
+# it (the shared one on the project's machines), put the cluster on other loopback addresses:
+#   TWTR_CASSANDRA_HOSTS=127.0.0.4,127.0.0.5,127.0.0.6 scripts/cassandra.sh start --nodes 3
+#   TWTR_SCYLLA_NODES=127.0.0.4:9042,127.0.0.5:9042,127.0.0.6:9042 TWTR_SCYLLA_REPLICATION=dc1:3 twtr migrate
+# (every 127.0.0.0/8 address is loopback on Linux; on macOS add aliases with `ifconfig lo0 alias`).
+# The settings are saved in the cluster directory's cluster.env on `start --nodes`; the other
+# cluster commands read them from there.
+#
+# Layout of $TWTR_CASSANDRA_DIR (one node): pom.xml and lib/ (resolved jars), conf/ (cassandra.yaml,
 # logback.xml), data/ (data, commitlog, hints, saved_caches, cdc_raw), logs/ (system.log, and
 # stdout.log for anything the JVM prints before logging starts), cassandra.pid, script.lock,
-# maven.log.
+# maven.log. A cluster's directory holds cluster.env, script.lock and node1/ ... nodeN/, each laid
+# out like a single node's directory (without lib/).
 set -euo pipefail
 
 CASSANDRA_VERSION=5.0.9
@@ -35,12 +71,25 @@ STORAGE_PORT="${TWTR_CASSANDRA_STORAGE_PORT:-$((PORT + 10000))}"
 HEAP="${TWTR_CASSANDRA_HEAP:-2g}"
 START_TIMEOUT="${TWTR_CASSANDRA_START_TIMEOUT:-180}"
 
-LIB_DIR="${TWTR_CASSANDRA_LIB_DIR:-$CASS_DIR/lib}"
+# A cluster's nodes share the single node's jars unless told otherwise, so a cluster never
+# resolves them again.
+LIB_DIR="${TWTR_CASSANDRA_LIB_DIR:-${TWTR_CASSANDRA_DIR:-$REPO_ROOT/.cassandra}/lib}"
 LIB_MARKER="$LIB_DIR/.resolved-cassandra-all-$CASSANDRA_VERSION"
 CONF_DIR="$CASS_DIR/conf"
 DATA_DIR="$CASS_DIR/data"
 LOG_DIR="$CASS_DIR/logs"
 PID_FILE="$CASS_DIR/cassandra.pid"
+
+# What write_config and jvm_options put in a node's configuration. These are the single node's;
+# use_cluster and select_node replace them for a cluster's nodes.
+CLUSTER_NAME=twtr-dev
+SNITCH=SimpleSnitch
+SEEDS=""
+INITIAL_TOKEN=""
+JMX_PORT=""
+LABEL=Cassandra
+# How to stop what this invocation starts, for messages.
+STOP_HINT="$0 stop"
 
 say() { echo "cassandra.sh: $*" >&2; }
 die() { say "$*"; exit 1; }
@@ -157,18 +206,26 @@ EOF
 write_config() {
     mkdir -p "$CONF_DIR/triggers" "$LOG_DIR" \
         "$DATA_DIR/data" "$DATA_DIR/commitlog" "$DATA_DIR/saved_caches" "$DATA_DIR/hints" "$DATA_DIR/cdc_raw"
+    local token_line="" token_comment="# One node, one token: nothing to allocate or stream, no bootstrap."
+    if [[ -n $INITIAL_TOKEN ]]; then
+        # A fresh cluster whose nodes start at once: tokens fixed up front and evenly spaced, so
+        # no node bootstraps (streams from the others) or waits for the ring to settle.
+        token_line="initial_token: $INITIAL_TOKEN"
+        token_comment="# One token per node, fixed and evenly spaced: nothing to allocate or stream, no bootstrap."
+    fi
     cat > "$CONF_DIR/cassandra.yaml" <<EOF
 # Generated by scripts/cassandra.sh on every start; edit the script, not this file.
-cluster_name: twtr-dev
-# One node, one token: nothing to allocate or stream, no bootstrap.
+cluster_name: $CLUSTER_NAME
+$token_comment
 num_tokens: 1
+$token_line
 auto_bootstrap: false
 partitioner: org.apache.cassandra.dht.Murmur3Partitioner
-endpoint_snitch: SimpleSnitch
+endpoint_snitch: $SNITCH
 seed_provider:
   - class_name: org.apache.cassandra.locator.SimpleSeedProvider
     parameters:
-      - seeds: "$HOST:$STORAGE_PORT"
+      - seeds: "${SEEDS:-$HOST:$STORAGE_PORT}"
 listen_address: $HOST
 rpc_address: $HOST
 storage_port: $STORAGE_PORT
@@ -216,6 +273,10 @@ write_request_timeout: 5000ms
 cas_contention_timeout: 3000ms
 request_timeout: 10000ms
 EOF
+    if [[ $SNITCH == GossipingPropertyFileSnitch ]]; then
+        # Read from the classpath (conf/ is on it): the node's data center and rack.
+        printf 'dc=dc1\nrack=rack1\n' > "$CONF_DIR/cassandra-rackdc.properties"
+    fi
     cat > "$CONF_DIR/logback.xml" <<EOF
 <!-- Generated by scripts/cassandra.sh: INFO and above to logs/system.log, nothing on stdout. -->
 <configuration scan="false">
@@ -291,10 +352,16 @@ jvm_options() {
         -Dcassandra.logdir="$LOG_DIR"
         -Dcassandra.triggers_dir="$CONF_DIR/triggers"
         -Dlogback.configurationFile="$CONF_DIR/logback.xml"
-        # Single node: do not wait for gossip to settle nor for a ring to form
+        # Single node: do not wait for gossip to settle nor for a ring to form. A cluster's
+        # nodes do not either: their tokens are fixed and none bootstraps, so nothing needs a
+        # settled ring before it serves; peers show up through gossip within seconds.
         -Dcassandra.skip_wait_for_gossip_to_settle=0
         -Dcassandra.ring_delay_ms=1000
     )
+    if [[ -n $JMX_PORT ]]; then
+        # A cluster's nodes serve JMX (for nodetool) on 127.0.0.1 only, one port each.
+        JVM_OPTS+=(-Dcassandra.jmx.local.port="$JMX_PORT")
+    fi
     # jvm17-server.options also opens jdk.compiler and jdk.attach; Debian's JRE-only package does
     # not have those modules, so only pass them when present (else the JVM warns on every start).
     if "$JAVA" --list-modules 2>/dev/null | grep -q '^jdk.compiler@'; then
@@ -316,19 +383,19 @@ wait_until_ready() {
     local deadline=$(( $(now_ms) + START_TIMEOUT * 1000 ))
     until cql_answers; do
         if ! kill -0 "$pid" 2>/dev/null; then
-            say "Cassandra (pid $pid) exited during start-up; end of its logs:"
+            say "$LABEL (pid $pid) exited during start-up; end of its logs:"
             show_log_tail
             rm -f "$PID_FILE"
             exit 1
         fi
         if (( $(now_ms) > deadline )); then
-            say "Cassandra (pid $pid) did not answer CQL on $HOST:$PORT within ${START_TIMEOUT}s; end of its logs (it is left running; '$0 stop' stops it):"
+            say "$LABEL (pid $pid) did not answer CQL on $HOST:$PORT within ${START_TIMEOUT}s; end of its logs (it is left running; '$STOP_HINT' stops it):"
             show_log_tail
             exit 1
         fi
         sleep 0.5
     done
-    say "Cassandra $CASSANDRA_VERSION answers CQL on $HOST:$PORT (pid $pid, started in $(elapsed "$started"); logs in $LOG_DIR)"
+    say "${LABEL/#Cassandra/Cassandra $CASSANDRA_VERSION} answers CQL on $HOST:$PORT (pid $pid, started in $(elapsed "$started"); logs in $LOG_DIR)"
 }
 
 show_log_tail() {
@@ -363,15 +430,24 @@ cmd_start() {
 
     started="$(now_ms)"
     say "starting Cassandra $CASSANDRA_VERSION on $HOST:$PORT (storage port $STORAGE_PORT, heap $HEAP, data in $DATA_DIR)"
+    launch
+    wait_until_ready "$LAUNCHED_PID" "$started"
+}
+
+# Starts the JVM of the node the globals describe (config and JVM options already written) and
+# leaves its pid in LAUNCHED_PID and the pid file. Does not wait.
+launch() {
+    # Where the node's system.log stood before this start: what it logs about its peers from
+    # here on is the current view (see peer_state).
+    wc -l 2>/dev/null < "$LOG_DIR/system.log" > "$LOG_DIR/start.offset" || echo 0 > "$LOG_DIR/start.offset"
     # setsid + nohup: the node outlives this shell and its terminal. In a non-interactive script
     # setsid execs directly (no fork), so $! is the java process itself. 9>&- keeps the script's
     # lock out of the node.
     cd "$CASS_DIR"
     setsid nohup "$JAVA" "${JVM_OPTS[@]}" -cp "$CONF_DIR:$LIB_DIR/*" \
         org.apache.cassandra.service.CassandraDaemon > "$LOG_DIR/stdout.log" 2>&1 < /dev/null 9>&- &
-    pid=$!
-    echo "$pid" > "$PID_FILE"
-    wait_until_ready "$pid" "$started"
+    LAUNCHED_PID=$!
+    echo "$LAUNCHED_PID" > "$PID_FILE"
 }
 
 cmd_stop() {
@@ -416,6 +492,352 @@ cmd_status() {
     return 1
 }
 
+# ---------------------------------------------------------------------------------------------
+# A cluster: N nodes, node i on the i-th address of HOSTS, all on the same ports.
+# ---------------------------------------------------------------------------------------------
+
+CLUSTER_DIR="${TWTR_CASSANDRA_DIR:-$REPO_ROOT/.cassandra-cluster}"
+CLUSTER_ENV="$CLUSTER_DIR/cluster.env"
+HOSTS=()
+TOKENS=()
+NODES=0
+JMX_BASE=""
+
+# True while process $1 exists and is not a zombie: a killed node whose exit nobody has reaped
+# yet (its parent is init) is gone for every purpose here.
+running() { [[ -r /proc/$1/status ]] && ! grep -q '^State:[[:space:]]*Z' "/proc/$1/status" 2>/dev/null; }
+
+# Sets the globals of a cluster of $1 nodes from the environment (a new cluster), or from
+# cluster.env when $1 is empty (an existing one).
+use_cluster() {
+    local nodes="$1"
+    if [[ -z $nodes ]]; then
+        [[ -f $CLUSTER_ENV ]] || die "no cluster in $CLUSTER_DIR (start one with '$0 start --nodes 3')"
+        # shellcheck disable=SC1090 # written by this script
+        source "$CLUSTER_ENV"
+        read -r -a HOSTS <<< "$SAVED_HOSTS"
+        PORT="$SAVED_PORT"
+        STORAGE_PORT="$SAVED_STORAGE_PORT"
+        JMX_BASE="$SAVED_JMX_BASE"
+        HEAP="$SAVED_HEAP"
+        nodes="${#HOSTS[@]}"
+    else
+        [[ $nodes =~ ^[0-9]+$ ]] && (( nodes >= 2 && nodes <= 9 )) || die "--nodes takes a number from 2 to 9 (1 is the single node: leave it out)"
+        local listed="${TWTR_CASSANDRA_HOSTS:-}"
+        if [[ -z $listed && -f $CLUSTER_ENV ]]; then
+            # A cluster that exists keeps its addresses unless told otherwise (save_cluster
+            # refuses different ones).
+            listed="$(sed -n 's/^SAVED_HOSTS=//p' "$CLUSTER_ENV" | tr -d "'\\\\")"
+        fi
+        if [[ -n $listed ]]; then
+            read -r -a HOSTS <<< "${listed//,/ }"
+            (( ${#HOSTS[@]} == nodes )) || die "TWTR_CASSANDRA_HOSTS lists ${#HOSTS[@]} addresses for $nodes nodes"
+        else
+            HOSTS=()
+            for ((i = 1; i <= nodes; i++)); do HOSTS+=("127.0.0.$i"); done
+        fi
+        HEAP="${TWTR_CASSANDRA_HEAP:-512m}"
+        JMX_BASE="${TWTR_CASSANDRA_JMX_PORT:-$((PORT + 20000))}"
+        (( JMX_BASE + nodes - 1 <= 65535 )) || die "JMX ports from $JMX_BASE do not fit; set TWTR_CASSANDRA_JMX_PORT"
+    fi
+    NODES="$nodes"
+    CLUSTER_NAME=twtr-cluster
+    SNITCH=GossipingPropertyFileSnitch
+    STOP_HINT="$0 stop --cluster"
+    local seeds=() host
+    for host in "${HOSTS[@]}"; do seeds+=("$host:$STORAGE_PORT"); done
+    SEEDS="$(IFS=,; echo "${seeds[*]}")"
+    # Murmur3 tokens run from -2^63 to 2^63-1: node i starts at -2^63 + i * (2^64 / N). Added up
+    # step by step, since 2^64 does not fit in bash's arithmetic.
+    local step=$(( (9223372036854775807 / NODES) * 2 )) token=$(( -9223372036854775807 - 1 ))
+    TOKENS=()
+    for ((i = 0; i < NODES; i++)); do
+        TOKENS+=("$token")
+        token=$(( token + step ))
+    done
+}
+
+# Remembers a new cluster's settings, or checks that they match the ones its data was made with.
+save_cluster() {
+    local saved
+    saved="$(printf 'SAVED_HOSTS=%q\nSAVED_PORT=%q\nSAVED_STORAGE_PORT=%q\nSAVED_JMX_BASE=%q\nSAVED_HEAP=%q\n' \
+        "${HOSTS[*]}" "$PORT" "$STORAGE_PORT" "$JMX_BASE" "$HEAP")"
+    if [[ -f $CLUSTER_ENV ]]; then
+        # A node's data knows its address, its tokens and its peers: moving it is not a restart.
+        local before after
+        before="$(grep -v '^SAVED_HEAP=' "$CLUSTER_ENV")"
+        after="$(grep -v '^SAVED_HEAP=' <<< "$saved")"
+        [[ $before == "$after" ]] || die "the cluster in $CLUSTER_DIR was made with other addresses or ports ($(tr '\n' ' ' < "$CLUSTER_ENV")); remove the directory to start afresh, or set TWTR_CASSANDRA_DIR"
+    fi
+    mkdir -p "$CLUSTER_DIR"
+    echo "$saved" > "$CLUSTER_ENV"
+}
+
+# Points the node globals (HOST, CONF_DIR, DATA_DIR, LOG_DIR, PID_FILE, ...) at node $1.
+select_node() {
+    local i="$1"
+    HOST="${HOSTS[$((i - 1))]}"
+    CASS_DIR="$CLUSTER_DIR/node$i"
+    CONF_DIR="$CASS_DIR/conf"
+    DATA_DIR="$CASS_DIR/data"
+    LOG_DIR="$CASS_DIR/logs"
+    PID_FILE="$CASS_DIR/cassandra.pid"
+    INITIAL_TOKEN="${TOKENS[$((i - 1))]}"
+    JMX_PORT=$((JMX_BASE + i - 1))
+    LABEL="node$i: Cassandra"
+}
+
+# The node number NODE names: its number (1..N), nodeN, or its address.
+node_number() {
+    local name="$1" i
+    name="${name#node}"
+    if [[ $name =~ ^[0-9]+$ ]] && (( name >= 1 && name <= NODES )); then
+        echo "$name"
+        return
+    fi
+    for ((i = 1; i <= NODES; i++)); do
+        [[ ${HOSTS[$((i - 1))]} == "$1" ]] && { echo "$i"; return; }
+    done
+    die "no node $1 in the cluster in $CLUSTER_DIR (nodes 1..$NODES: ${HOSTS[*]})"
+}
+
+# UP or DOWN: what the selected node last logged about the peer at $1 since it started, or
+# nothing when it has not mentioned it yet. Gossip logs "InetAddress /<addr>:<port> is now UP"
+# (or DOWN) whenever its view of a peer changes.
+peer_state() {
+    local peer="$1" offset
+    offset="$(cat "$LOG_DIR/start.offset" 2>/dev/null || echo 0)"
+    # A log rotated since the start is read whole.
+    (( $(wc -l < "$LOG_DIR/system.log" 2>/dev/null || echo 0) >= offset )) || offset=0
+    tail -n +"$((offset + 1))" "$LOG_DIR/system.log" 2>/dev/null \
+        | grep -o "/$peer:$STORAGE_PORT is now [A-Z]*" | tail -n 1 | awk '{print $NF}'
+}
+
+# Waits until every running node of the cluster sees node $1 up (every node when $1 is empty),
+# as their gossip last logged it.
+wait_for_gossip() {
+    local only="$1" started="$2" deadline=$(( $(now_ms) + START_TIMEOUT * 1000 )) i j missing
+    while :; do
+        missing=""
+        for ((i = 1; i <= NODES; i++)); do
+            select_node "$i"
+            [[ -n $(our_pid) ]] || continue
+            for ((j = 1; j <= NODES; j++)); do
+                (( i == j )) && continue
+                [[ -n $only && $j != "$only" && $i != "$only" ]] && continue
+                [[ $(peer_state "${HOSTS[$((j - 1))]}") == UP ]] || missing+=" node$i->node$j"
+            done
+        done
+        [[ -z $missing ]] && break
+        if (( $(now_ms) > deadline )); then
+            die "gossip did not report every node up within ${START_TIMEOUT}s (still waiting for:$missing); see the nodes' logs in $CLUSTER_DIR/node*/logs"
+        fi
+        sleep 0.5
+    done
+    say "every node sees ${only:+node$only and }the others up (after $(elapsed "$started"))"
+}
+
+# Checks the selected node's ports are free before it starts.
+check_ports() {
+    port_in_use "$PORT" && die "port $HOST:$PORT is taken; set TWTR_CASSANDRA_HOSTS or TWTR_CASSANDRA_PORT (see the top of $0)"
+    port_in_use "$STORAGE_PORT" && die "storage port $HOST:$STORAGE_PORT is taken; set TWTR_CASSANDRA_HOSTS or TWTR_CASSANDRA_STORAGE_PORT"
+    local host="$HOST"
+    HOST=127.0.0.1
+    port_in_use "$JMX_PORT" && { HOST="$host"; die "JMX port 127.0.0.1:$JMX_PORT is taken; set TWTR_CASSANDRA_JMX_PORT"; }
+    HOST="$host"
+}
+
+# Starts the selected node unless it runs already; sets LAUNCHED_PID (empty when it was running).
+start_node() {
+    LAUNCHED_PID=""
+    local pid
+    pid="$(our_pid)"
+    if [[ -n $pid ]]; then
+        say "${LABEL%%:*} already runs (pid $pid)"
+        return 0
+    fi
+    check_ports
+    write_config
+    jvm_options
+    say "starting ${LABEL%%:*} on $HOST:$PORT (storage port $STORAGE_PORT, JMX 127.0.0.1:$JMX_PORT, heap $HEAP, token $INITIAL_TOKEN)"
+    launch
+}
+
+cmd_cluster_start() {
+    use_cluster "$1"
+    save_cluster
+    ensure_tools
+    resolve_jars
+    local started i pids=()
+    started="$(now_ms)"
+    say "starting a cluster of $NODES nodes (dc1) on ${HOSTS[*]}, CQL port $PORT, in $CLUSTER_DIR"
+    # All at once: fixed tokens and no bootstrap let every node start without waiting for the
+    # others, so the cluster takes about as long as one node on this machine's cores.
+    for ((i = 1; i <= NODES; i++)); do
+        select_node "$i"
+        start_node
+        pids+=("${LAUNCHED_PID:-$(our_pid)}")
+    done
+    for ((i = 1; i <= NODES; i++)); do
+        select_node "$i"
+        wait_until_ready "${pids[$((i - 1))]}" "$started"
+    done
+    wait_for_gossip "" "$started"
+    say "cluster of $NODES nodes ready in $(elapsed "$started"); contact points: TWTR_SCYLLA_NODES=$(contact_points)"
+}
+
+contact_points() {
+    local points=() host
+    for host in "${HOSTS[@]}"; do points+=("$host:$PORT"); done
+    (IFS=,; echo "${points[*]}")
+}
+
+cmd_node_start() {
+    use_cluster ""
+    local i started
+    i="$(node_number "$1")"
+    ensure_tools
+    select_node "$i"
+    if cql_answers && [[ -n $(our_pid) ]]; then
+        say "node$i already answers CQL on $HOST:$PORT (pid $(our_pid)); nothing to do"
+        return 0
+    fi
+    started="$(now_ms)"
+    start_node
+    wait_until_ready "${LAUNCHED_PID:-$(our_pid)}" "$started"
+    wait_for_gossip "$i" "$started"
+}
+
+cmd_node_kill() {
+    use_cluster ""
+    local i pid started
+    i="$(node_number "$1")"
+    select_node "$i"
+    pid="$(our_pid)"
+    [[ -n $pid ]] || { say "node$i ($HOST) is not running; nothing to kill"; return 0; }
+    started="$(now_ms)"
+    # SIGKILL: no drain, no flush, no goodbye to the peers; what a crashed machine looks like.
+    kill -KILL "$pid"
+    while running "$pid"; do sleep 0.1; done
+    rm -f "$PID_FILE"
+    say "killed node$i ($HOST:$PORT, pid $pid) with SIGKILL in $(elapsed "$started")"
+}
+
+cmd_node_stop() {
+    use_cluster ""
+    local i pid started waited=0
+    i="$(node_number "$1")"
+    select_node "$i"
+    pid="$(our_pid)"
+    [[ -n $pid ]] || { say "node$i ($HOST) is not running; nothing to stop"; return 0; }
+    started="$(now_ms)"
+    # SIGTERM runs the shutdown hook: the node announces its shutdown to its peers through gossip
+    # (they mark it down at once, with no failure-detector delay), then drains.
+    kill -TERM "$pid"
+    while running "$pid"; do
+        if (( waited >= 600 )); then   # 60 s in tenth-of-a-second polls
+            say "node$i still running after 60s; killing it"
+            kill -KILL "$pid" 2>/dev/null || true
+        fi
+        sleep 0.1
+        waited=$((waited + 1))
+    done
+    rm -f "$PID_FILE"
+    say "stopped node$i ($HOST:$PORT, pid $pid) in $(elapsed "$started")"
+}
+
+cmd_cluster_stop() {
+    use_cluster ""
+    local i pid pids=() waited=0
+    for ((i = 1; i <= NODES; i++)); do
+        select_node "$i"
+        pid="$(our_pid)"
+        [[ -n $pid ]] || continue
+        # SIGTERM runs Cassandra's shutdown hook, which drains: memtables are flushed to disk.
+        kill -TERM "$pid"
+        pids+=("$pid")
+        say "stopping node$i ($HOST, pid $pid)"
+    done
+    (( ${#pids[@]} )) || { say "no node of the cluster in $CLUSTER_DIR is running; nothing to stop"; return 0; }
+    for pid in "${pids[@]}"; do
+        while running "$pid"; do
+            if (( waited >= 120 )); then   # 60 s in half-second polls
+                say "pid $pid still running after 60s; killing it"
+                kill -KILL "$pid" 2>/dev/null || true
+            fi
+            sleep 0.5
+            waited=$((waited + 1))
+        done
+    done
+    for ((i = 1; i <= NODES; i++)); do
+        select_node "$i"
+        [[ -n $(our_pid) ]] || rm -f "$PID_FILE"
+    done
+    say "stopped"
+}
+
+cmd_cluster_status() {
+    use_cluster ""
+    local i j pid answers=0 line state
+    say "cluster in $CLUSTER_DIR: $NODES nodes, dc1, CQL port $PORT (TWTR_SCYLLA_NODES=$(contact_points))"
+    for ((i = 1; i <= NODES; i++)); do
+        select_node "$i"
+        pid="$(our_pid)"
+        line="node$i $HOST:"
+        if cql_answers; then
+            line+="$PORT answers CQL"
+            answers=$((answers + 1))
+        else
+            line+="$PORT does not answer CQL"
+        fi
+        if [[ -n $pid ]]; then
+            line+=", pid $pid, rss $(( $(awk '/VmRSS/ {print $2}' "/proc/$pid/status" 2>/dev/null || echo 0) / 1024 )) MiB; sees"
+            for ((j = 1; j <= NODES; j++)); do
+                (( i == j )) && continue
+                state="$(peer_state "${HOSTS[$((j - 1))]}")"
+                line+=" node$j ${state:-unknown}"
+            done
+        else
+            line+=", not running"
+        fi
+        say "$line"
+    done
+    (( answers == NODES ))
+}
+
+# nodetool against node $1 over its JMX port (127.0.0.1 only).
+cmd_nodetool() {
+    use_cluster ""
+    local i
+    i="$(node_number "$1")"
+    shift
+    ensure_tools
+    select_node "$i"
+    jvm_options
+    # The server's module-system options (nodetool's classes touch the same JDK internals), not
+    # its heap, agent or daemon settings.
+    local modules=() opt take=0
+    for opt in "${JVM_OPTS[@]}"; do
+        if (( take )); then modules+=("$opt"); take=0; continue; fi
+        case "$opt" in
+            --add-exports|--add-opens) modules+=("$opt"); take=1 ;;
+        esac
+    done
+    # Warnings and errors on stderr; never into the node's own system.log.
+    cat > "$CONF_DIR/logback-tools.xml" <<'EOF'
+<configuration scan="false">
+  <appender name="STDERR" class="ch.qos.logback.core.ConsoleAppender">
+    <target>System.err</target>
+    <encoder><pattern>%-5level %msg%n</pattern></encoder>
+  </appender>
+  <root level="WARN"><appender-ref ref="STDERR" /></root>
+</configuration>
+EOF
+    "$JAVA" -Xmx128m "${modules[@]}" -cp "$CONF_DIR:$LIB_DIR/*" \
+        -Dlogback.configurationFile="$CONF_DIR/logback-tools.xml" -Dcassandra.logdir="$LOG_DIR" \
+        org.apache.cassandra.tools.NodeTool -h 127.0.0.1 -p "$JMX_PORT" "$@"
+}
+
 # One start or stop at a time per directory, so two concurrent starts cannot launch two nodes on
 # the same data (the second waits, then finds the first node answering).
 take_lock() {
@@ -424,9 +846,39 @@ take_lock() {
     flock -w 300 9 || die "another cassandra.sh is still busy with $CASS_DIR"
 }
 
+take_cluster_lock() {
+    CASS_DIR="$CLUSTER_DIR" take_lock
+}
+
+# Whether stop and status mean the cluster: --cluster, or TWTR_CASSANDRA_DIR names a cluster's
+# directory.
+is_cluster() {
+    [[ ${1:-} == --cluster ]] || [[ -n ${TWTR_CASSANDRA_DIR:-} && -f $CLUSTER_ENV ]]
+}
+
+usage() {
+    echo "usage: $0 start [--nodes N | NODE] | stop [--cluster | NODE] | status [--cluster] | kill NODE | nodetool NODE ARGS..." >&2
+    exit 2
+}
+
 case "${1:-}" in
-    start) take_lock; cmd_start ;;
-    stop) take_lock; cmd_stop ;;
-    status) cmd_status ;;
-    *) echo "usage: $0 start|stop|status" >&2; exit 2 ;;
+    start)
+        case "${2:-}" in
+            "") if is_cluster; then take_cluster_lock; cmd_cluster_start ""; else take_lock; cmd_start; fi ;;
+            --nodes)
+                [[ -n ${3:-} ]] || usage
+                if [[ $3 == 1 ]]; then take_lock; cmd_start; else take_cluster_lock; cmd_cluster_start "$3"; fi ;;
+            -*) usage ;;
+            *) take_cluster_lock; cmd_node_start "$2" ;;
+        esac ;;
+    stop)
+        case "${2:-}" in
+            ""|--cluster) if is_cluster "${2:-}"; then take_cluster_lock; cmd_cluster_stop; else take_lock; cmd_stop; fi ;;
+            -*) usage ;;
+            *) take_cluster_lock; cmd_node_stop "$2" ;;
+        esac ;;
+    status) if is_cluster "${2:-}"; then cmd_cluster_status; else cmd_status; fi ;;
+    kill) [[ -n ${2:-} ]] || usage; take_cluster_lock; cmd_node_kill "$2" ;;
+    nodetool) [[ -n ${2:-} ]] || usage; node="$2"; shift 2; cmd_nodetool "$node" "$@" ;;
+    *) usage ;;
 esac

@@ -94,7 +94,18 @@ pub struct Cli {
     )]
     pub scylla_serial_consistency: String,
 
-    /// RabbitMQ URL (amqp://user:pass@host:5672/vhost); when set, RabbitMQ is the event bus.
+    /// Bound on every store call, its retries on other nodes and speculative attempts included
+    /// (milliseconds).
+    #[arg(
+        long,
+        env = "TWTR_SCYLLA_REQUEST_TIMEOUT_MS",
+        default_value_t = 10_000,
+        global = true
+    )]
+    pub scylla_request_timeout_ms: u64,
+
+    /// RabbitMQ URL (amqp://user:pass@host:5672/vhost), or the URLs of a cluster's nodes
+    /// separated by commas; when set, RabbitMQ is the event bus.
     #[arg(long, env = "TWTR_AMQP_URL", hide_env_values = true, global = true)]
     pub amqp_url: Option<String>,
 
@@ -337,6 +348,11 @@ impl Cli {
                 serial: parse_serial_consistency(&self.scylla_serial_consistency)
                     .context("invalid TWTR_SCYLLA_SERIAL_CONSISTENCY")?,
             };
+            anyhow::ensure!(
+                self.scylla_request_timeout_ms > 0,
+                "TWTR_SCYLLA_REQUEST_TIMEOUT_MS must be at least 1"
+            );
+            cql.request_timeout = Duration::from_millis(self.scylla_request_timeout_ms);
             // Fails on a bad prefix now rather than at the first keyspace.
             cql.keyspace("users")
                 .context("invalid TWTR_SCYLLA_KEYSPACE_PREFIX")?;
@@ -356,6 +372,10 @@ impl Cli {
                 && self.event_retry_max_delay_ms >= self.event_retry_delay_ms,
             "TWTR_EVENT_RETRY_DELAY_MS must be at least 1 and at most TWTR_EVENT_RETRY_MAX_DELAY_MS"
         );
+        if let Some(url) = self.amqp_url.as_deref().filter(|url| !url.is_empty()) {
+            // Fails on a malformed list now rather than at every connection attempt.
+            twtr_common::bus::Brokers::parse(url).context("invalid TWTR_AMQP_URL")?;
+        }
         let amqp = self
             .amqp_url
             .clone()
@@ -468,6 +488,7 @@ mod tests {
         };
         assert_eq!(cql.nodes, vec!["a:9042".to_owned(), "b:9042".to_owned()]);
         assert_eq!(cql.keyspace("users").unwrap(), "twtr_users");
+        assert_eq!(cql.request_timeout, Duration::from_secs(10));
         let urls = cli.config().unwrap().service_urls();
         assert_eq!(urls.users, "http://users:50051");
         assert_eq!(urls.tweets, "http://127.0.0.1:7000");
@@ -530,6 +551,26 @@ mod amqp_tests {
         assert!(
             !format!("{config:?}").contains("secret-pw"),
             "the broker password stays out of Debug output"
+        );
+    }
+
+    #[test]
+    fn a_cluster_s_brokers_are_listed_with_commas_and_a_bad_entry_is_refused_quietly() {
+        let cluster = "amqp://u:secret-pw@rabbit-0:5672/%2f,amqp://u:secret-pw@rabbit-1:5672/%2f";
+        let cli = Cli::try_parse_from(["twtr", "feeds", "--amqp-url", cluster]).unwrap();
+        let config = cli.config().unwrap();
+        assert_eq!(
+            config.amqp.as_ref().expect("RabbitMQ selected").url,
+            cluster
+        );
+
+        let bad = "amqp://u:secret-pw@rabbit-0:5672/%2f,http://u:secret-pw@rabbit-1";
+        let cli = Cli::try_parse_from(["twtr", "feeds", "--amqp-url", bad]).unwrap();
+        let err = format!("{:#}", cli.config().unwrap_err());
+        assert!(err.contains("entry 2"), "{err}");
+        assert!(
+            !err.contains("secret-pw"),
+            "the password stays out of errors: {err}"
         );
     }
 }

@@ -5,6 +5,7 @@
 
 mod accounts;
 mod binary;
+mod clusters;
 mod config;
 mod cql;
 mod dead_letters;

@@ -40,7 +40,7 @@ use tracing::Instrument as _;
 use twtr_proto::events::v1::Envelope;
 
 pub use in_process::InProcessBus;
-pub use rabbit::{QueueType, RabbitBus, RabbitConfig};
+pub use rabbit::{Brokers, InvalidBrokerUrl, QueueType, RabbitBus, RabbitConfig};
 
 use crate::error::error_chain;
 use crate::store::StoreError;

@@ -8,7 +8,7 @@
 //! | `<p>.<queue>` | queue (quorum by default) | a consuming service's work queue, bound to the keys it handles; its replicas are competing consumers |
 //! | `<p>.<queue>.retry.<delay>` | queue per delay tier ([`RetryPolicy::tiers`]: `1s`, `2s`, ... `300s`), message TTL = the tier | a failed message waits here (its own `expiration`, jittered, at most the tier), then dead-letters back into the tail of the work queue |
 //! | `<p>.<queue>.dead` | queue | messages given up on, with `x-twtr-last-error`, `x-twtr-failures`, `x-twtr-first-failed-at` and `x-twtr-dead-at` headers; re-driven into the work queue by an operator |
-//! | `<p>.unrouted` | classic queue, at most 100,000 messages | events that no queue was bound for (a mandatory publish came back); kept, not dropped |
+//! | `<p>.unrouted` | queue (quorum by default), at most 100,000 messages | events that no queue was bound for (a mandatory publish came back); kept, not dropped |
 //! | `<p>.worker.<n>` | exclusive queue | the lease on Snowflake worker number `n` held by one live process |
 //!
 //! # Failure handling
@@ -20,11 +20,37 @@
 //! anyone may publish. Subscriptions re-open their channel on the new connection; deliveries
 //! that were in flight are redelivered by the broker.
 //!
+//! # A cluster of brokers
+//!
+//! [`RabbitConfig::url`] may list several brokers, the nodes of one cluster
+//! ([`Brokers`]). A process connects to one of them, starting at a random one so that a
+//! deployment's connections spread over the nodes, and when that connection drops or an attempt
+//! fails it tries the next one at once, round-robin; only when every broker has failed in a row
+//! does it back off. Quorum queues keep their messages on a majority of the nodes, so with one
+//! node down every queue is still there: the new connection re-declares it, consumers resume
+//! from it, and what was delivered but not acknowledged on the lost connection is delivered
+//! again. Where each quorum queue's leader goes is the broker's choice (`queue_leader_locator =
+//! balanced` in `rabbitmq.conf` spreads them; see the README): queue arguments cannot say it,
+//! because RabbitMQ refuses to re-declare an existing queue with an argument it was not created
+//! with, which would lock every process of an existing deployment out of its queues.
+//!
+//! Everything published straight into a queue (a retry, a dead letter, a parked event) is
+//! mandatory: a queue the broker cannot reach right now (a classic queue whose node is down)
+//! sends the message back instead of dropping it, and the message it came from is kept.
+//!
+//! A negative confirm (nack) fails the message (the outbox keeps it) and also replaces the
+//! publisher channel with a new one. RabbitMQ 3.10 leaves a channel that first published to a
+//! quorum queue while the queue was electing a new leader (its old leader's node had just
+//! died) nacking every later message to that queue for good, while a new channel publishes to
+//! it at once; a nack otherwise only means the message was refused, and a new channel costs
+//! nothing.
+//!
 //! A message waits out a retry in the delay queue of the smallest tier that holds its delay:
 //! RabbitMQ expires messages only from the head of a queue, so one queue per tier keeps a short
 //! delay from waiting behind a long one (within a tier, a message waits at most the tier).
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -36,6 +62,7 @@ use lapin::options::{
     QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::uri::AMQPUri;
 use lapin::{
     BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
 };
@@ -88,7 +115,8 @@ impl QueueType {
 /// How to reach the broker and name things on it.
 #[derive(Clone)]
 pub struct RabbitConfig {
-    /// `amqp://user:password@host:5672/vhost`; it holds a password, so it never shows in `Debug`.
+    /// `amqp://user:password@host:5672/vhost`, or several such URLs separated by commas (the
+    /// nodes of a cluster; see [`Brokers`]). It holds a password, so it never shows in `Debug`.
     pub url: String,
     /// Prefix of every exchange and queue name, so several deployments can share a broker.
     pub prefix: String,
@@ -143,6 +171,87 @@ impl RabbitConfig {
     }
 }
 
+/// How long a connection may stay silent (no frame, not even a heartbeat) before it is taken for
+/// dead, unless the URL says otherwise (`?heartbeat=<seconds>`). RabbitMQ proposes 60 s; a broker
+/// that vanished without closing its sockets (a frozen VM, a network cut) would then hold the
+/// process's events for minutes instead of seconds.
+const HEARTBEAT_SECS: u16 = 10;
+/// How long opening a TCP connection to a broker may take, unless the URL says otherwise
+/// (`?connection_timeout=<ms>`): an address that drops packets must not stall the move to the
+/// next broker.
+const CONNECT_TIMEOUT_MS: u64 = 5_000;
+
+/// The brokers `TWTR_AMQP_URL` names: one `amqp://` (or `amqps://`) URL, or several separated by
+/// commas, the nodes of one cluster (`amqp://u:p@rabbit-0:5672/%2f,amqp://u:p@rabbit-1:5672/%2f`).
+/// A comma inside a password must be written `%2C`. Each URL gets a 10 s heartbeat and a 5 s
+/// connect timeout unless it sets its own.
+///
+/// `Debug` and [`Brokers::address`] show hosts and ports only, never credentials.
+#[derive(Clone)]
+pub struct Brokers {
+    uris: Vec<AMQPUri>,
+}
+
+/// A `TWTR_AMQP_URL` entry that is not a broker URL. Says which entry, never what it holds (it
+/// may hold a password).
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "entry {position} of the RabbitMQ URL list is not a valid amqp:// URL \
+     (amqp://user:password@host:port/vhost, several separated by commas)"
+)]
+pub struct InvalidBrokerUrl {
+    /// 1 for the first entry.
+    pub position: usize,
+}
+
+impl Brokers {
+    pub fn parse(urls: &str) -> Result<Self, InvalidBrokerUrl> {
+        let mut uris = Vec::new();
+        for (i, url) in urls.split(',').enumerate() {
+            let invalid = || InvalidBrokerUrl { position: i + 1 };
+            let url = url.trim();
+            if url.is_empty() {
+                return Err(invalid());
+            }
+            // The parser's own message quotes the URL, password included: not passed on.
+            let mut uri: AMQPUri = url.parse().map_err(|_| invalid())?;
+            if uri.authority.host.is_empty() {
+                return Err(invalid());
+            }
+            uri.query.heartbeat.get_or_insert(HEARTBEAT_SECS);
+            uri.query
+                .connection_timeout
+                .get_or_insert(CONNECT_TIMEOUT_MS);
+            uris.push(uri);
+        }
+        Ok(Self { uris })
+    }
+
+    pub fn len(&self) -> usize {
+        self.uris.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.uris.is_empty()
+    }
+
+    /// `host:port` of the `index`-th broker (modulo their number): what logs name.
+    pub fn address(&self, index: usize) -> String {
+        match self.uris.get(index % self.uris.len().max(1)) {
+            Some(uri) => format!("{}:{}", uri.authority.host, uri.authority.port),
+            None => String::new(),
+        }
+    }
+}
+
+impl std::fmt::Debug for Brokers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries((0..self.uris.len()).map(|i| self.address(i)))
+            .finish()
+    }
+}
+
 /// The RabbitMQ bus; cheap to clone, share one per process.
 #[derive(Clone)]
 pub struct RabbitBus {
@@ -159,6 +268,11 @@ impl std::fmt::Debug for RabbitBus {
 
 struct Inner {
     config: RabbitConfig,
+    /// [`RabbitConfig::url`], parsed; an invalid list fails every connection attempt.
+    brokers: Result<Brokers, String>,
+    /// The broker (an index into `brokers`) the next connection attempt goes to: after each
+    /// attempt, the one after it, so a lost or refused broker is not tried again first.
+    next_broker: AtomicUsize,
     /// The current connection, if it is up.
     live: Mutex<Option<Live>>,
     /// Every queue this process declared, re-declared on each new connection.
@@ -169,6 +283,9 @@ struct Inner {
     worker: Mutex<Option<u16>>,
     /// Routing keys already reported as unroutable (each is logged once).
     unrouted_keys: Mutex<HashSet<String>>,
+    /// When the publisher channel was last replaced after a nack (see the module docs): at most
+    /// once a second, so a burst of nacks does not open a burst of channels.
+    publisher_renewed: Mutex<Option<std::time::Instant>>,
     ready: watch::Sender<bool>,
     /// Stops the supervisor when the last handle goes.
     stop: CancellationToken,
@@ -179,6 +296,8 @@ struct Live {
     connection: Arc<Connection>,
     /// Confirm mode: every publish is acknowledged by the broker.
     publisher: Channel,
+    /// `host:port` of the broker this connection is to.
+    broker: String,
 }
 
 impl Live {
@@ -207,13 +326,22 @@ impl RabbitBus {
     /// when this returns, and an unreachable one is retried without holding up startup.
     pub async fn connect(config: RabbitConfig, connect_timeout: Duration) -> Self {
         let (ready, mut ready_rx) = watch::channel(false);
+        let brokers = Brokers::parse(&config.url).map_err(|err| err.to_string());
+        // A random first broker, so that a deployment's processes spread over a cluster's nodes.
+        let first = match (&brokers, getrandom::u64()) {
+            (Ok(brokers), Ok(random)) => (random % brokers.len().max(1) as u64) as usize,
+            _ => 0,
+        };
         let inner = Arc::new(Inner {
             config,
+            brokers,
+            next_broker: AtomicUsize::new(first),
             live: Mutex::new(None),
             queues: Mutex::new(Vec::new()),
             delay_queues: Mutex::new(HashSet::new()),
             worker: Mutex::new(None),
             unrouted_keys: Mutex::new(HashSet::new()),
+            publisher_renewed: Mutex::new(None),
             ready,
             stop: CancellationToken::new(),
         });
@@ -265,6 +393,11 @@ impl RabbitBus {
         let mut ready = self.inner.ready.subscribe();
         let _ = ready.wait_for(|up| *up).await;
     }
+
+    /// `host:port` of the broker the bus is connected to right now, if it is.
+    pub fn broker(&self) -> Option<String> {
+        self.inner.live().map(|live| live.broker)
+    }
 }
 
 impl Inner {
@@ -294,16 +427,28 @@ impl Inner {
         }
     }
 
-    /// Opens a connection and declares everything this process relies on, before anyone may
-    /// use it.
-    async fn open(&self) -> Result<Live, BusError> {
+    /// Opens a connection to the next broker and declares everything this process relies on,
+    /// before anyone may use it. Fails with the broker's `host:port` in the error.
+    async fn open(&self) -> Result<Live, BrokerError> {
+        let brokers = self
+            .brokers
+            .as_ref()
+            .map_err(|invalid| BrokerError::new("list", std::io::Error::other(invalid.clone())))?;
+        let index = self.next_broker.fetch_add(1, Ordering::Relaxed) % brokers.len().max(1);
+        let broker = brokers.address(index);
+        self.open_at(brokers.uris[index].clone(), broker.clone())
+            .await
+            .map_err(|err| BrokerError { broker, err })
+    }
+
+    async fn open_at(&self, uri: AMQPUri, broker: String) -> Result<Live, BusError> {
         let config = &self.config;
         // A new connection (perhaps to a broker that lost its queues) declares them anew.
         lock(&self.delay_queues).clear();
         let properties = ConnectionProperties::default()
             .with_connection_name(config.connection_name.as_str().into());
         let connection = Arc::new(
-            Connection::connect(&config.url, properties)
+            Connection::connect_uri(uri, properties)
                 .await
                 .map_err(bus_error)?,
         );
@@ -325,17 +470,23 @@ impl Inner {
             )
             .await
             .map_err(bus_error)?;
-        let mut unrouted_args = FieldTable::default();
-        unrouted_args.insert("x-queue-type".into(), long_string("classic"));
-        unrouted_args.insert("x-max-length".into(), AMQPValue::LongLongInt(UNROUTED_MAX));
-        publisher
-            .queue_declare(config.unrouted().into(), durable_queue(), unrouted_args)
-            .await
-            .map_err(bus_error)?;
         let live = Live {
             connection,
             publisher,
+            broker,
         };
+        if let Err(err) = declare_unrouted(&live, config).await {
+            if !live.is_up() {
+                return Err(err);
+            }
+            // Not a reason to stay disconnected: such events wait in the outbox meanwhile.
+            tracing::warn!(
+                queue = config.unrouted(),
+                broker = live.broker,
+                error = %error_chain(&err),
+                "the queue for unroutable events is unavailable; such events stay in the outbox until it is back"
+            );
+        }
         let queues = lock(&self.queues).clone();
         for spec in &queues {
             declare_queue(&live.publisher, config, spec).await?;
@@ -356,7 +507,8 @@ impl Inner {
     }
 
     /// Publishes `body` straight into `queue` (through the default exchange) and waits for the
-    /// broker's confirm.
+    /// broker's confirm. Mandatory: when the queue cannot take it right now (a classic queue on a
+    /// node that is down would otherwise swallow it), the message comes back and this fails.
     async fn publish_to_queue(
         &self,
         queue: &str,
@@ -372,22 +524,64 @@ impl Inner {
         if let Some(expiration) = expiration {
             properties = properties.with_expiration(expiration.as_millis().to_string().into());
         }
+        let mandatory = BasicPublishOptions {
+            mandatory: true,
+            ..BasicPublishOptions::default()
+        };
         let confirm = live
             .publisher
-            .basic_publish(
-                "".into(),
-                queue.into(),
-                BasicPublishOptions::default(),
-                body,
-                properties,
-            )
+            .basic_publish("".into(), queue.into(), mandatory, body, properties)
             .await
             .map_err(bus_error)?
             .await
             .map_err(bus_error)?;
         match confirm {
-            Confirmation::Ack(_) => Ok(()),
-            _ => Err(BusError::Refused),
+            Confirmation::Ack(None) => Ok(()),
+            Confirmation::Ack(Some(_returned)) => Err(BusError::Unroutable),
+            _ => {
+                self.renew_publisher(&live.publisher).await;
+                Err(BusError::Refused)
+            }
+        }
+    }
+
+    /// Replaces the publisher channel `stale` with a new confirm-mode channel, after a nack
+    /// (see the module docs), unless another task did already or one did in the last second.
+    /// Confirms still pending on `stale` fail when it closes; their messages stay in the outbox.
+    async fn renew_publisher(&self, stale: &Channel) {
+        const AT_MOST_EVERY: Duration = Duration::from_secs(1);
+        let Some(live) = self.live() else { return };
+        if live.publisher.id() != stale.id()
+            || lock(&self.publisher_renewed).is_some_and(|at| at.elapsed() < AT_MOST_EVERY)
+        {
+            return;
+        }
+        *lock(&self.publisher_renewed) = Some(std::time::Instant::now());
+        let Ok(fresh) = live.connection.create_channel().await else {
+            return;
+        };
+        if fresh
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .is_err()
+        {
+            return;
+        }
+        let mut fresh = Some(fresh);
+        let replaced = match lock(&self.live).as_mut() {
+            Some(current) if current.publisher.id() == stale.id() => fresh
+                .take()
+                .map(|fresh| std::mem::replace(&mut current.publisher, fresh)),
+            _ => None,
+        };
+        if let Some(old) = replaced {
+            tracing::debug!(
+                broker = live.broker,
+                "replaced the publisher channel after a nack"
+            );
+            let _ = old.close(200, "replaced after a nack".into()).await;
+        } else if let Some(unused) = fresh {
+            let _ = unused.close(200, "not needed".into()).await;
         }
     }
 
@@ -422,6 +616,35 @@ impl Inner {
         lock(&self.delay_queues).insert(name.clone());
         Ok(name)
     }
+}
+
+/// Declares the queue that keeps unroutable events: of the configured type (replicated on a
+/// cluster), on a channel of its own (a refused declaration closes its channel). Earlier
+/// versions made it a classic queue, which cannot be re-declared as another type: one that
+/// exists is kept as it is (delete it once empty to have it re-created).
+async fn declare_unrouted(live: &Live, config: &RabbitConfig) -> Result<(), BusError> {
+    let mut args = base_args(config);
+    args.insert("x-max-length".into(), AMQPValue::LongLongInt(UNROUTED_MAX));
+    let channel = live.connection.create_channel().await.map_err(bus_error)?;
+    if channel
+        .queue_declare(config.unrouted().into(), durable_queue(), args)
+        .await
+        .is_ok()
+    {
+        let _ = channel.close(200, "declared".into()).await;
+        return Ok(());
+    }
+    let channel = live.connection.create_channel().await.map_err(bus_error)?;
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..QueueDeclareOptions::default()
+    };
+    channel
+        .queue_declare(config.unrouted().into(), passive, FieldTable::default())
+        .await
+        .map_err(bus_error)?;
+    let _ = channel.close(200, "declared".into()).await;
+    Ok(())
 }
 
 fn durable_queue() -> QueueDeclareOptions {
@@ -544,11 +767,34 @@ async fn claim_worker(live: &Live, config: &RabbitConfig, worker: u16) -> Result
     }
 }
 
-/// Keeps the connection up: reconnects with backoff when it drops, and publishes readiness.
+/// A failed connection attempt, and the broker (`host:port`) it was to.
+#[derive(Debug, thiserror::Error)]
+#[error("broker {broker}")]
+struct BrokerError {
+    broker: String,
+    #[source]
+    err: BusError,
+}
+
+impl BrokerError {
+    fn new(broker: &str, err: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self {
+            broker: broker.to_owned(),
+            err: BusError::backend(err),
+        }
+    }
+}
+
+/// Keeps the connection up: reconnects when it drops, to the next broker at once and, once
+/// every broker has failed in a row, with capped exponential backoff; publishes readiness.
 /// Logs an outage once when it starts and once when it ends.
 async fn supervise(inner: std::sync::Weak<Inner>, stop: CancellationToken) {
     let mut backoff = MIN_BACKOFF;
     let mut outage_logged = false;
+    // Attempts that failed since the last connection: a full round of the brokers backs off.
+    let mut failed_in_a_row = 0_usize;
+    // The broker of the connection that was up at the last look, to report losing it.
+    let mut connected: Option<String> = None;
     loop {
         let Some(bus) = inner.upgrade() else { return };
         if bus.live().is_some() {
@@ -562,18 +808,33 @@ async fn supervise(inner: std::sync::Weak<Inner>, stop: CancellationToken) {
         }
         bus.ready
             .send_if_modified(|up| std::mem::replace(up, false));
+        if let Some(lost) = connected.take() {
+            metrics::dependency_up("event_broker", false);
+            tracing::warn!(
+                broker = lost,
+                "lost the connection to the event broker; reconnecting (events wait in the outbox)"
+            );
+            outage_logged = true;
+        }
         match bus.open().await {
             Ok(live) => {
+                let broker = live.broker.clone();
                 *lock(&bus.live) = Some(live);
                 bus.ready.send_replace(true);
                 metrics::dependency_up("event_broker", true);
                 if outage_logged {
-                    tracing::info!("event broker connection restored");
+                    tracing::info!(broker, "event broker connection restored");
                 } else {
-                    tracing::info!(prefix = bus.config.prefix, "connected to the event broker");
+                    tracing::info!(
+                        broker,
+                        prefix = bus.config.prefix,
+                        "connected to the event broker"
+                    );
                 }
+                connected = Some(broker);
                 outage_logged = false;
                 backoff = MIN_BACKOFF;
+                failed_in_a_row = 0;
             }
             Err(err) => {
                 *lock(&bus.live) = None;
@@ -587,12 +848,17 @@ async fn supervise(inner: std::sync::Weak<Inner>, stop: CancellationToken) {
                 } else {
                     tracing::debug!(error = %error_chain(&err), "event broker still unreachable");
                 }
+                failed_in_a_row += 1;
+                let brokers = bus.brokers.as_ref().map_or(1, Brokers::len).max(1);
                 drop(bus);
-                tokio::select! {
-                    () = tokio::time::sleep(backoff) => {}
-                    () = stop.cancelled() => return,
+                // The next broker at once, unless every one of them just failed.
+                if failed_in_a_row.is_multiple_of(brokers) {
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff) => {}
+                        () = stop.cancelled() => return,
+                    }
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
-                backoff = (backoff * 2).min(MAX_BACKOFF);
             }
         }
     }
@@ -637,6 +903,7 @@ impl EventBus for RabbitBus {
             }
         }
         let mut results = Vec::with_capacity(events.len());
+        let mut nacked = false;
         for (event, sent) in events.iter().zip(pending) {
             let result = match sent {
                 Err(err) => Err(err),
@@ -645,11 +912,17 @@ impl EventBus for RabbitBus {
                     Ok(Confirmation::Ack(Some(_returned))) => {
                         self.inner.park_unrouted(&event.r#type, &body).await
                     }
-                    Ok(_) => Err(BusError::Refused),
+                    Ok(_) => {
+                        nacked = true;
+                        Err(BusError::Refused)
+                    }
                     Err(err) => Err(bus_error(err)),
                 },
             };
             results.push(result);
+        }
+        if nacked {
+            self.inner.renew_publisher(&live.publisher).await;
         }
         // Whatever was not even sent failed too.
         results.resize_with(events.len(), || Err(BusError::Unavailable));
@@ -1043,6 +1316,49 @@ mod tests {
     }
 
     crate::event_bus_conformance!(open_bus);
+
+    #[test]
+    fn a_list_of_brokers_parses_in_order_and_shows_no_credentials() {
+        let brokers = Brokers::parse(
+            " amqp://guest:s3cret@10.0.0.1:5672/%2f , amqps://u:s3cret@rabbit-1/%2f,\
+             amqp://u:s3cret@rabbit-2:5673/%2f?heartbeat=30",
+        )
+        .expect("valid");
+        assert_eq!(brokers.len(), 3);
+        assert_eq!(brokers.address(0), "10.0.0.1:5672");
+        assert_eq!(brokers.address(1), "rabbit-1:5671", "amqps' default port");
+        assert_eq!(brokers.address(5), "rabbit-2:5673", "round-robin");
+        let shown = format!("{brokers:?}");
+        assert_eq!(
+            shown,
+            r#"["10.0.0.1:5672", "rabbit-1:5671", "rabbit-2:5673"]"#
+        );
+        assert_eq!(brokers.uris[0].query.heartbeat, Some(HEARTBEAT_SECS));
+        assert_eq!(
+            brokers.uris[2].query.heartbeat,
+            Some(30),
+            "the URL's own setting wins"
+        );
+        assert_eq!(
+            brokers.uris[0].query.connection_timeout,
+            Some(CONNECT_TIMEOUT_MS)
+        );
+    }
+
+    #[test]
+    fn a_bad_entry_is_named_by_position_never_by_content() {
+        for (list, position) in [
+            ("", 1),
+            ("amqp://u:s3cret@a:5672/%2f,", 2),
+            ("amqp://u:s3cret@a:5672/%2f,,amqp://b", 2),
+            ("amqp://u:s3cret@a:notaport/%2f", 1),
+            ("amqp://u:s3cret@a/%2f,http://u:s3cret@b/", 2),
+        ] {
+            let err = Brokers::parse(list).expect_err(list);
+            assert_eq!(err.position, position, "{list:?}");
+            assert!(!err.to_string().contains("s3cret"), "{err}");
+        }
+    }
 
     #[tokio::test]
     async fn an_event_no_queue_is_bound_for_is_parked_not_dropped() {

@@ -4,6 +4,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::time::Duration;
 
 use scylla::statement::{Consistency, SerialConsistency};
 
@@ -11,6 +12,11 @@ use super::CqlError;
 
 /// The keyspace prefix when none is configured: keyspaces are `twtr_users`, `twtr_tweets`, ...
 pub const DEFAULT_KEYSPACE_PREFIX: &str = "twtr";
+/// How long one store call may take when none is configured: every attempt, retry and speculative
+/// execution of a statement included. Long enough for one server-side timeout (ScyllaDB's are 2 s
+/// for writes and 5 s for reads, 10 s for a range) plus a retry on another node after it; no
+/// longer than the gateway's default request deadline, past which nobody waits for the answer.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest keyspace name we make. Cassandra allows 48 characters (ScyllaDB more); staying within
 /// the smaller limit keeps one schema valid on both.
 pub const MAX_KEYSPACE_LEN: usize = 48;
@@ -34,10 +40,13 @@ pub struct CqlConfig {
     /// The datacenter this process runs in. When set, requests go to its replicas first, which is
     /// what makes `LOCAL_QUORUM` local.
     pub local_dc: Option<String>,
+    /// The bound on every store call (see [`DEFAULT_REQUEST_TIMEOUT`]).
+    pub request_timeout: Duration,
 }
 
 impl CqlConfig {
-    /// Defaults (prefix `twtr`, RF 1, `LOCAL_QUORUM`) for the given contact points.
+    /// Defaults (prefix `twtr`, RF 1, `LOCAL_QUORUM`, a 10 s bound per call) for the given
+    /// contact points.
     pub fn new(nodes: Vec<String>) -> Self {
         Self {
             nodes,
@@ -45,6 +54,7 @@ impl CqlConfig {
             replication: Replication::default(),
             consistency: ConsistencySettings::default(),
             local_dc: None,
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
         }
     }
 

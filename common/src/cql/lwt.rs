@@ -29,8 +29,8 @@ pub enum Lwt {
     /// Its condition failed: it took no effect. The row holds the values that made it fail.
     NotApplied(LwtRow),
     /// It failed without telling whether it took effect: a write timeout in its Paxos round
-    /// (contention, or a slow replica), or no answer in time. A caller that can reads back
-    /// what is there, and maybe tries again.
+    /// (contention, or a slow replica), no answer in time, or its coordinator gone
+    /// mid-request. A caller that can reads back what is there, and maybe tries again.
     Unknown(OutcomeUnknown),
 }
 
@@ -113,18 +113,21 @@ pub fn lwt(result: Result<QueryResult, ExecutionError>) -> Result<Lwt, CqlError>
 }
 
 /// Whether a lightweight transaction failed without telling whether it took effect: a write
-/// timeout in its Paxos round, or no answer in time. Anything else is a real failure.
+/// timeout in its Paxos round (contention, or a slow replica), no answer in time, or its
+/// coordinator gone mid-request (killed, or cut off). Anything else is a real failure.
 fn outcome_unknown(err: &ExecutionError) -> bool {
     matches!(
         err,
         ExecutionError::RequestTimeout(_)
-            | ExecutionError::LastAttemptError(RequestAttemptError::DbError(
-                DbError::WriteTimeout {
-                    write_type: WriteType::Cas,
-                    ..
-                },
-                _,
-            ))
+            | ExecutionError::LastAttemptError(
+                RequestAttemptError::DbError(
+                    DbError::WriteTimeout {
+                        write_type: WriteType::Cas,
+                        ..
+                    },
+                    _,
+                ) | RequestAttemptError::BrokenConnectionError(_)
+            )
     )
 }
 

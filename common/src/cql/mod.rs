@@ -6,8 +6,10 @@
 //!
 //! - [`config`]: [`CqlConfig`], [`Replication`] (`simple:1`, `dc1:3,dc2:3`), consistency levels
 //!   and [`keyspace`] naming (`<prefix>_<service>`).
-//! - [`session`]: [`connect`] (token-aware, local-datacenter first, configured consistency) and
-//!   [`Keyspace`], which prepares a service's statements once at startup.
+//! - [`session`]: [`connect`] (token-aware, local-datacenter first, configured consistency,
+//!   bounded, and set up to ride out a dead node) and [`Keyspace`], which prepares a service's
+//!   statements once at startup and marks the idempotent ones.
+//! - [`retry`]: [`StoreRetryPolicy`], what the driver does when one attempt fails.
 //! - [`lwt`](mod@lwt): what a lightweight transaction did ([`Lwt`]: applied, not applied,
 //!   unknown), read by [`lwt()`] from its execution; and [`Retries`], the one [`backoff`] of
 //!   every write that loses to concurrent writers of its row.
@@ -35,19 +37,21 @@ pub mod lwt;
 pub mod migrate;
 pub mod outbox;
 pub mod purges;
+pub mod retry;
 pub mod session;
 #[cfg(any(test, feature = "testsuite"))]
 pub mod testing;
 
 pub use config::{
-    ConsistencySettings, CqlConfig, DEFAULT_KEYSPACE_PREFIX, Replication, keyspace,
-    parse_consistency, parse_serial_consistency,
+    ConsistencySettings, CqlConfig, DEFAULT_KEYSPACE_PREFIX, DEFAULT_REQUEST_TIMEOUT, Replication,
+    keyspace, parse_consistency, parse_serial_consistency,
 };
 pub use lwt::{Contended, Lwt, LwtRow, OutcomeUnknown, Retries, backoff, lwt};
 pub use migrate::{Migration, MigrationReport, Schema, ensure_current, migrate};
 pub use outbox::{CqlOutbox, OutboxRead, OutboxRow, ReadCounts, TracedRead, read_counts};
 pub use purges::{PurgeQueue, PurgeTables};
-pub use session::{Keyspace, connect, qualify};
+pub use retry::StoreRetryPolicy;
+pub use session::{Keyspace, connect, is_idempotent, mark_idempotence, qualify};
 
 use scylla::deserialize::DeserializationError;
 use scylla::errors::{

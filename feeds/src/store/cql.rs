@@ -39,7 +39,7 @@ use scylla::serialize::row::SerializeRow;
 use scylla::statement::batch::{Batch, BatchType};
 use scylla::statement::prepared::PreparedStatement;
 use scylla::value::CqlTimestamp;
-use twtr_common::cql::{CqlError, Keyspace};
+use twtr_common::cql::{CqlError, Keyspace, mark_idempotence};
 use twtr_common::store::StoreError;
 use twtr_common::{Page, PageRequest};
 
@@ -159,6 +159,7 @@ impl CqlFeedStore {
         let mut set_retweet = Batch::new(BatchType::Logged);
         set_retweet.append_statement(ks.prepare(SET_RETWEET).await?);
         set_retweet.append_statement(ks.prepare(SET_RETWEETER).await?);
+        mark_idempotence(&mut set_retweet);
         Ok(Self {
             insert_entry: ks.prepare(INSERT_ENTRY).await?,
             delete_entry: ks.prepare(DELETE_ENTRY).await?,
@@ -220,6 +221,7 @@ impl CqlFeedStore {
             for _ in &chunk {
                 batch.append_statement(statement.clone());
             }
+            mark_idempotence(&mut batch);
             session.batch(&batch, &chunk).await?;
         }
         Ok(())

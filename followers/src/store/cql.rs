@@ -82,7 +82,9 @@ use scylla::statement::prepared::PreparedStatement;
 use scylla::value::CqlTimestamp;
 use tokio::time::Instant;
 use twtr_common::clock;
-use twtr_common::cql::{CqlError, CqlOutbox, Keyspace, Lwt, PurgeQueue, PurgeTables, lwt};
+use twtr_common::cql::{
+    CqlError, CqlOutbox, Keyspace, Lwt, PurgeQueue, PurgeTables, lwt, mark_idempotence,
+};
 use twtr_common::outbox::Outbox;
 use twtr_common::store::{PendingPurge, StoreError};
 use twtr_common::{Page, PageRequest};
@@ -235,6 +237,9 @@ fn batch_of(statements: Vec<PreparedStatement>) -> Batch {
     for statement in statements {
         batch.append_statement(statement);
     }
+    // Idempotent when every statement is (none conditional): then the driver may send it again
+    // after a lost node.
+    mark_idempotence(&mut batch);
     batch
 }
 

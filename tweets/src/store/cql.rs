@@ -97,7 +97,9 @@ use scylla::statement::batch::{Batch, BatchType};
 use scylla::statement::prepared::PreparedStatement;
 use scylla::value::{CqlTimestamp, CqlValue};
 use tokio::time::Instant;
-use twtr_common::cql::{CqlError, CqlOutbox, Keyspace, Lwt, PurgeQueue, PurgeTables, lwt};
+use twtr_common::cql::{
+    CqlError, CqlOutbox, Keyspace, Lwt, PurgeQueue, PurgeTables, lwt, mark_idempotence,
+};
 use twtr_common::outbox::Outbox;
 use twtr_common::store::{PendingPurge, StoreError};
 use twtr_common::{IdGenerator, Page, PageRequest, clock, events, id};
@@ -350,6 +352,7 @@ impl Inner {
         let mut forget = Batch::new(BatchType::Logged);
         forget.append_statement(ks.prepare(INSERT_GONE).await?);
         forget.append_statement(purges.enqueue().clone());
+        mark_idempotence(&mut forget);
         Ok(Self {
             select_gone: ks.prepare(SELECT_GONE).await?,
             forget,
@@ -499,6 +502,7 @@ impl Inner {
         }
         batch.append_statement(self.outbox.insert().clone());
         values.push(Box::new(self.outbox.row(event)));
+        mark_idempotence(&mut batch);
         self.ks.session().batch(&batch, values).await?;
         self.outbox.notify();
         if new_bucket {
@@ -900,6 +904,7 @@ impl Inner {
         }
         batch.append_statement(self.outbox.insert().clone());
         values.push(Box::new(self.outbox.row(&event)));
+        mark_idempotence(&mut batch);
         self.ks.session().batch(&batch, values).await?;
         self.outbox.notify();
         let delta = if change.on { 1 } else { -1 };
@@ -1074,6 +1079,7 @@ impl Inner {
                 (written, bucket, tweet),
                 self.outbox.row(event),
             );
+            mark_idempotence(&mut batch);
             self.ks.session().batch(&batch, values).await?;
             self.outbox.notify();
         }

@@ -67,7 +67,9 @@ use scylla::statement::batch::{Batch, BatchType};
 use scylla::statement::prepared::PreparedStatement;
 use scylla::value::{CqlTimestamp, CqlValue, MaybeUnset};
 use twtr_common::clock;
-use twtr_common::cql::{CqlError, CqlOutbox, Keyspace, Lwt, LwtRow, Retries, lwt};
+use twtr_common::cql::{
+    CqlError, CqlOutbox, Keyspace, Lwt, LwtRow, Retries, lwt, mark_idempotence,
+};
 use twtr_common::outbox::Outbox;
 use twtr_common::store::StoreError;
 use twtr_proto::events::v1::Envelope;
@@ -448,6 +450,8 @@ fn logged_batch<const N: usize>(statements: [&PreparedStatement; N]) -> Batch {
     for statement in statements {
         batch.append_statement(statement.clone());
     }
+    // Unconditional writes: the driver may send the batch again after a lost node.
+    mark_idempotence(&mut batch);
     batch
 }
 
