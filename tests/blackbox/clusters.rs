@@ -38,13 +38,13 @@ use std::time::{Duration, Instant};
 
 use scylla::client::session::Session;
 use scylla::statement::Consistency;
-use scylla::statement::batch::{Batch, BatchType};
+use scylla::statement::batch::Batch;
 use tokio::process::Command;
 use twtr_common::bus::{
     EventBus as _, QueueSpec, QueueType, RabbitBus, RabbitConfig, conformance, publish,
 };
 use twtr_common::cql::testing::KeyspaceSet;
-use twtr_common::cql::{CqlConfig, Keyspace, Replication, connect, mark_idempotence};
+use twtr_common::cql::{CqlConfig, Keyspace, Replication, connect, logged_batch};
 use twtr_common::error::error_chain;
 use twtr_users::store::UserStore as _;
 use twtr_users::store::conformance::{event, fresh_user, unique_id};
@@ -138,18 +138,14 @@ struct Statements {
 }
 
 async fn prepare(ks: &Keyspace) -> Statements {
-    let mut batch = Batch::new(BatchType::Logged);
-    batch.append_statement(
-        ks.prepare("INSERT INTO {ks}.kv (k, v) VALUES (?, ?)")
+    let batch = logged_batch([
+        &ks.prepare("INSERT INTO {ks}.kv (k, v) VALUES (?, ?)")
             .await
             .expect("prepare"),
-    );
-    batch.append_statement(
-        ks.prepare("INSERT INTO {ks}.log (k, seq, note) VALUES (?, ?, ?)")
+        &ks.prepare("INSERT INTO {ks}.log (k, seq, note) VALUES (?, ?, ?)")
             .await
             .expect("prepare"),
-    );
-    mark_idempotence(&mut batch);
+    ]);
     Statements {
         write: ks
             .prepare("INSERT INTO {ks}.kv (k, v) VALUES (?, ?)")

@@ -8,7 +8,8 @@
 //!   and [`keyspace`] naming (`<prefix>_<service>`).
 //! - [`session`]: [`connect`] (token-aware, local-datacenter first, configured consistency,
 //!   bounded, and set up to ride out a dead node) and [`Keyspace`], which prepares a service's
-//!   statements once at startup and marks the idempotent ones.
+//!   statements once at startup and marks the idempotent ones; [`logged_batch`] (and
+//!   [`unlogged_batch`]), the one way to build a batch of them.
 //! - [`retry`]: [`StoreRetryPolicy`], what the driver does when one attempt fails.
 //! - [`lwt`](mod@lwt): what a lightweight transaction did ([`Lwt`]: applied, not applied,
 //!   unknown), read by [`lwt()`] from its execution; and [`Retries`], the one [`backoff`] of
@@ -51,7 +52,7 @@ pub use migrate::{Migration, MigrationReport, Schema, ensure_current, migrate};
 pub use outbox::{CqlOutbox, OutboxRead, OutboxRow, ReadCounts, TracedRead, read_counts};
 pub use purges::{PurgeQueue, PurgeTables};
 pub use retry::StoreRetryPolicy;
-pub use session::{Keyspace, connect, is_idempotent, mark_idempotence, qualify};
+pub use session::{Keyspace, connect, is_idempotent, logged_batch, qualify, unlogged_batch};
 
 use scylla::deserialize::DeserializationError;
 use scylla::errors::{

@@ -16,7 +16,7 @@
 //!   center: `LOCAL_QUORUM` coordinated there would be a quorum of *that* data center. No latency
 //!   awareness: the driver documents it as apt to pile load on a few nodes, and a slow node is
 //!   what speculative execution is for.
-//! - **Retries** ([`StoreRetryPolicy`](super::retry::StoreRetryPolicy)): a statement cut off with
+//! - **Retries** ([`StoreRetryPolicy`]): a statement cut off with
 //!   its node is retried on the next one when it is idempotent, and so is a logged batch whose
 //!   batchlog write timed out (the coordinator still thinks the dead node is alive, for 10 to 20
 //!   seconds); a node refusing the request as it shuts down sends any statement to the next.
@@ -39,7 +39,7 @@ use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
 use scylla::policies::load_balancing::{DefaultPolicy, LoadBalancingPolicy};
 use scylla::policies::speculative_execution::SimpleSpeculativeExecutionPolicy;
-use scylla::statement::batch::{Batch, BatchStatement};
+use scylla::statement::batch::{Batch, BatchStatement, BatchType};
 use scylla::statement::prepared::PreparedStatement;
 
 use super::retry::StoreRetryPolicy;
@@ -228,10 +228,37 @@ pub fn is_idempotent(cql: &str) -> bool {
     !words.contains(&"IF") && !computes && !code.contains(['+', '-'])
 }
 
+/// A logged batch of `statements`: the one way stores build a batch whose rows span partitions
+/// (all of them land, or none does). It runs at the session profile's consistencies (a batch
+/// ignores its statements'; every batch holds writes, which is what the profile carries), and
+/// it is marked idempotent exactly when every statement is ([`Keyspace::prepare`] marks them),
+/// so the driver sends it again after a lost node only when that is safe.
+pub fn logged_batch<'a>(statements: impl IntoIterator<Item = &'a PreparedStatement>) -> Batch {
+    batch(BatchType::Logged, statements)
+}
+
+/// An unlogged batch of `statements`, all in one partition (applied atomically without the batch
+/// log), otherwise as [`logged_batch`].
+pub fn unlogged_batch<'a>(statements: impl IntoIterator<Item = &'a PreparedStatement>) -> Batch {
+    batch(BatchType::Unlogged, statements)
+}
+
+fn batch<'a>(
+    kind: BatchType,
+    statements: impl IntoIterator<Item = &'a PreparedStatement>,
+) -> Batch {
+    let mut batch = Batch::new(kind);
+    for statement in statements {
+        batch.append_statement(statement.clone());
+    }
+    mark_idempotence(&mut batch);
+    batch
+}
+
 /// Marks `batch` idempotent exactly when every statement in it is (as [`Keyspace::prepare`]
 /// marked them): a batch carries an idempotence of its own, which the driver does not derive from
-/// its statements. Call it once the batch holds all its statements.
-pub fn mark_idempotence(batch: &mut Batch) {
+/// its statements.
+fn mark_idempotence(batch: &mut Batch) {
     let idempotent = batch.statements.iter().all(|statement| match statement {
         BatchStatement::PreparedStatement(prepared) => prepared.get_is_idempotent(),
         BatchStatement::Query(query) => query.get_is_idempotent(),

@@ -77,13 +77,13 @@ use futures_util::future::{try_join, try_join_all};
 use scylla::client::session::Session;
 use scylla::serialize::batch::BatchValues;
 use scylla::serialize::row::SerializeRow;
-use scylla::statement::batch::{Batch, BatchType};
+use scylla::statement::batch::Batch;
 use scylla::statement::prepared::PreparedStatement;
 use scylla::value::CqlTimestamp;
 use tokio::time::Instant;
 use twtr_common::clock;
 use twtr_common::cql::{
-    CqlError, CqlOutbox, Keyspace, Lwt, PurgeQueue, PurgeTables, lwt, mark_idempotence,
+    CqlError, CqlOutbox, Keyspace, Lwt, PurgeQueue, PurgeTables, logged_batch, lwt,
 };
 use twtr_common::outbox::Outbox;
 use twtr_common::store::{PendingPurge, StoreError};
@@ -224,25 +224,6 @@ impl std::fmt::Debug for CqlFollowStore {
     }
 }
 
-/// A logged batch of `statements`, at the consistency they were prepared with (a batch has a
-/// consistency of its own: take theirs rather than pick one).
-fn batch_of(statements: Vec<PreparedStatement>) -> Batch {
-    let mut batch = Batch::new(BatchType::Logged);
-    if let Some(first) = statements.first() {
-        if let Some(consistency) = first.get_consistency() {
-            batch.set_consistency(consistency);
-        }
-        batch.set_serial_consistency(first.get_serial_consistency());
-    }
-    for statement in statements {
-        batch.append_statement(statement);
-    }
-    // Idempotent when every statement is (none conditional): then the driver may send it again
-    // after a lost node.
-    mark_idempotence(&mut batch);
-    batch
-}
-
 impl CqlFollowStore {
     /// Prepares every statement in `ks` (so a bad one fails the start, not a request) and the
     /// keyspace's outbox.
@@ -265,28 +246,17 @@ impl CqlFollowStore {
             select_op: ks.prepare(SELECT_OP).await?,
             select_count: ks.prepare(SELECT_COUNT).await?,
             select_counts: ks.prepare(SELECT_COUNTS).await?,
-            follow_batch: batch_of(vec![
-                insert_following,
-                insert_follower,
-                outbox.insert().clone(),
-            ]),
-            unfollow_batch: batch_of(vec![
-                delete_following.clone(),
-                delete_follower.clone(),
-                outbox.insert().clone(),
-            ]),
-            quiet_unfollow_batch: batch_of(vec![delete_following, delete_follower]),
-            count_followers: batch_of(vec![record_op.clone(), set_followers]),
-            count_following: batch_of(vec![record_op, set_following]),
+            follow_batch: logged_batch([&insert_following, &insert_follower, outbox.insert()]),
+            unfollow_batch: logged_batch([&delete_following, &delete_follower, outbox.insert()]),
+            quiet_unfollow_batch: logged_batch([&delete_following, &delete_follower]),
+            count_followers: logged_batch([&record_op, &set_followers]),
+            count_following: logged_batch([&record_op, &set_following]),
             following_page: ks.prepare(FOLLOWING_PAGE).await?,
             followers_page: ks.prepare(FOLLOWERS_PAGE).await?,
             following_page_forward: ks.prepare(FOLLOWING_PAGE_FORWARD).await?,
             followers_page_forward: ks.prepare(FOLLOWERS_PAGE_FORWARD).await?,
             select_gone: ks.prepare(SELECT_GONE).await?,
-            forget: batch_of(vec![
-                ks.prepare(INSERT_GONE).await?,
-                purges.enqueue().clone(),
-            ]),
+            forget: logged_batch([&ks.prepare(INSERT_GONE).await?, purges.enqueue()]),
             purges,
             outbox,
             ks,

@@ -93,12 +93,12 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures_util::future::{join_all, try_join};
 use scylla::serialize::row::SerializeRow;
-use scylla::statement::batch::{Batch, BatchType};
+use scylla::statement::batch::Batch;
 use scylla::statement::prepared::PreparedStatement;
 use scylla::value::{CqlTimestamp, CqlValue};
 use tokio::time::Instant;
 use twtr_common::cql::{
-    CqlError, CqlOutbox, Keyspace, Lwt, PurgeQueue, PurgeTables, lwt, mark_idempotence,
+    CqlError, CqlOutbox, Keyspace, Lwt, PurgeQueue, PurgeTables, logged_batch, lwt,
 };
 use twtr_common::outbox::Outbox;
 use twtr_common::store::{PendingPurge, StoreError};
@@ -339,9 +339,10 @@ fn abandoned(at: i64, since: Instant) -> bool {
 
 impl Inner {
     async fn new(ks: Keyspace, ids: Arc<IdGenerator>) -> Result<Self, CqlError> {
-        let mut count_op = Batch::new(BatchType::Logged);
-        count_op.append_statement(ks.prepare(INSERT_COUNT_OP).await?);
-        count_op.append_statement(ks.prepare(SET_TWEET_COUNT).await?);
+        let count_op = logged_batch([
+            &ks.prepare(INSERT_COUNT_OP).await?,
+            &ks.prepare(SET_TWEET_COUNT).await?,
+        ]);
         let authors = Counter {
             what: "tweet count of author",
             op: count_op,
@@ -349,10 +350,7 @@ impl Inner {
             select_op: ks.prepare(SELECT_COUNT_OP).await?,
         };
         let purges = PurgeQueue::new(&ks, PURGE_TABLES).await?;
-        let mut forget = Batch::new(BatchType::Logged);
-        forget.append_statement(ks.prepare(INSERT_GONE).await?);
-        forget.append_statement(purges.enqueue().clone());
-        mark_idempotence(&mut forget);
+        let forget = logged_batch([&ks.prepare(INSERT_GONE).await?, purges.enqueue()]);
         Ok(Self {
             select_gone: ks.prepare(SELECT_GONE).await?,
             forget,
@@ -489,21 +487,22 @@ impl Inner {
         let (id, author) = (to_cql(tweet.id)?, to_cql(tweet.author_id)?);
         let bucket = id::millis_of(tweet.id) / BUCKET_MS;
         let written = tweet.created_at_ms.saturating_mul(1000);
-        let mut batch = Batch::new(BatchType::Logged);
-        let mut values: Vec<Box<dyn SerializeRow + Send + Sync>> = Vec::new();
-        batch.append_statement(self.insert_author_tweet.clone());
-        values.push(Box::new((author, id, written)));
-        batch.append_statement(self.insert_timeline.clone());
-        values.push(Box::new((bucket, id, author, written)));
+        let mut statements = vec![&self.insert_author_tweet, &self.insert_timeline];
+        let mut values: Vec<Box<dyn SerializeRow + Send + Sync>> = vec![
+            Box::new((author, id, written)),
+            Box::new((bucket, id, author, written)),
+        ];
         let new_bucket = *lock(&self.bucket_written) != Some(bucket);
         if new_bucket {
-            batch.append_statement(self.insert_timeline_bucket.clone());
+            statements.push(&self.insert_timeline_bucket);
             values.push(Box::new((bucket,)));
         }
-        batch.append_statement(self.outbox.insert().clone());
+        statements.push(self.outbox.insert());
         values.push(Box::new(self.outbox.row(event)));
-        mark_idempotence(&mut batch);
-        self.ks.session().batch(&batch, values).await?;
+        self.ks
+            .session()
+            .batch(&logged_batch(statements), values)
+            .await?;
         self.outbox.notify();
         if new_bucket {
             // Remembered only once a batch that wrote it succeeded.
@@ -886,25 +885,16 @@ impl Inner {
         let mut event = event.clone();
         event.headers.insert(COUNT_OP_HEADER.to_owned(), op.clone());
         super::stamp_reaction_version(&mut event, u64::try_from(change.version).unwrap_or(0));
-        let mut batch = Batch::new(BatchType::Logged);
-        let mut values: Vec<Box<dyn SerializeRow + Send + Sync>> = Vec::new();
-        if change.on {
-            batch.append_statement(statements.insert_mirror.clone());
+        let (mirror, mirror_row): (_, Box<dyn SerializeRow + Send + Sync>) = if change.on {
             let at = CqlTimestamp(change.at);
-            values.push(Box::new((
-                tweet_key,
-                user_key,
-                change.version,
-                at,
-                change.write_time(),
-            )));
+            let row = (tweet_key, user_key, change.version, at, change.write_time());
+            (&statements.insert_mirror, Box::new(row))
         } else {
-            batch.append_statement(statements.delete_mirror.clone());
-            values.push(Box::new((change.write_time(), tweet_key, user_key)));
-        }
-        batch.append_statement(self.outbox.insert().clone());
-        values.push(Box::new(self.outbox.row(&event)));
-        mark_idempotence(&mut batch);
+            let row = (change.write_time(), tweet_key, user_key);
+            (&statements.delete_mirror, Box::new(row))
+        };
+        let batch = logged_batch([mirror, self.outbox.insert()]);
+        let values = (mirror_row, self.outbox.row(&event));
         self.ks.session().batch(&batch, values).await?;
         self.outbox.notify();
         let delta = if change.on { 1 } else { -1 };
@@ -1070,16 +1060,16 @@ impl Inner {
         if let Some((event, deleted_at)) = announce {
             let bucket = id::millis_of(from_cql(tweet)?) / BUCKET_MS;
             let written = deleted_at.saturating_mul(1000);
-            let mut batch = Batch::new(BatchType::Logged);
-            batch.append_statement(self.delete_author_tweet.clone());
-            batch.append_statement(self.delete_timeline.clone());
-            batch.append_statement(self.outbox.insert().clone());
+            let batch = logged_batch([
+                &self.delete_author_tweet,
+                &self.delete_timeline,
+                self.outbox.insert(),
+            ]);
             let values = (
                 (written, author, tweet),
                 (written, bucket, tweet),
                 self.outbox.row(event),
             );
-            mark_idempotence(&mut batch);
             self.ks.session().batch(&batch, values).await?;
             self.outbox.notify();
         }
@@ -1494,20 +1484,17 @@ impl ReactionStatements {
                 "retweet_count",
             ),
         };
-        let mut op = Batch::new(BatchType::Logged);
-        op.append_statement(
-            ks.prepare(
+        let op = logged_batch([
+            &ks.prepare(
                 "INSERT INTO {ks}.tweet_counts (tweet_id, op, applied_at) VALUES (?, ?, ?) \
                  IF NOT EXISTS USING TTL 259200",
             )
             .await?,
-        );
-        op.append_statement(
-            ks.prepare(&format!(
+            &ks.prepare(&format!(
                 "UPDATE {{ks}}.tweet_counts SET {count} = ? WHERE tweet_id = ? IF {count} = ?"
             ))
             .await?,
-        );
+        ]);
         let counter = Counter {
             what: match reaction {
                 Reaction::Like => "like count of tweet",

@@ -63,13 +63,11 @@ use futures_util::future::{try_join, try_join_all};
 use scylla::DeserializeRow;
 use scylla::client::session::Session;
 use scylla::serialize::row::SerializeRow;
-use scylla::statement::batch::{Batch, BatchType};
+use scylla::statement::batch::Batch;
 use scylla::statement::prepared::PreparedStatement;
 use scylla::value::{CqlTimestamp, CqlValue, MaybeUnset};
 use twtr_common::clock;
-use twtr_common::cql::{
-    CqlError, CqlOutbox, Keyspace, Lwt, LwtRow, Retries, lwt, mark_idempotence,
-};
+use twtr_common::cql::{CqlError, CqlOutbox, Keyspace, Lwt, LwtRow, Retries, logged_batch, lwt};
 use twtr_common::outbox::Outbox;
 use twtr_common::store::StoreError;
 use twtr_proto::events::v1::Envelope;
@@ -438,21 +436,6 @@ impl CqlUserStore {
         }
         Ok(())
     }
-}
-
-/// A logged batch of `statements`, at the consistency of the first (a batch has a consistency
-/// of its own: take the statements' rather than pick one).
-fn logged_batch<const N: usize>(statements: [&PreparedStatement; N]) -> Batch {
-    let mut batch = Batch::new(BatchType::Logged);
-    if let Some(consistency) = statements.first().and_then(|s| s.get_consistency()) {
-        batch.set_consistency(consistency);
-    }
-    for statement in statements {
-        batch.append_statement(statement.clone());
-    }
-    // Unconditional writes: the driver may send the batch again after a lost node.
-    mark_idempotence(&mut batch);
-    batch
 }
 
 #[async_trait]
