@@ -17,6 +17,8 @@
 //! - [`outbox`]: [`CqlOutbox`], the sharded transactional outbox with a lease per shard, so any
 //!   number of replicas relay a service's events; read forward from a cursor, marked instead of
 //!   deleted and expired by TTL, so no read meets a tombstone. [`outbox_shard`] picks a shard.
+//! - [`ledger`]: [`CountLedger`], a count that moves once per op however often the op is
+//!   tried (the tweets and followers services keep their counts in them).
 //! - [`purges`]: [`PurgeQueue`], the deleted accounts a service still has to purge, in hourly
 //!   partitions read from a cursor (the tweets and followers services keep one each).
 //! - `testing` (with the `testsuite` feature): one migrated keyspace set per test process, for the CQL conformance suites.
@@ -34,6 +36,7 @@
 //! keyspace is routed token-aware without further setup.
 
 pub mod config;
+pub mod ledger;
 pub mod lwt;
 pub mod migrate;
 pub mod outbox;
@@ -47,6 +50,7 @@ pub use config::{
     ConsistencySettings, CqlConfig, DEFAULT_KEYSPACE_PREFIX, DEFAULT_REQUEST_TIMEOUT, Replication,
     keyspace, parse_consistency, parse_serial_consistency,
 };
+pub use ledger::{CountColumn, CountLedger};
 pub use lwt::{Contended, Lwt, LwtRow, OutcomeUnknown, Retries, backoff, lwt};
 pub use migrate::{Migration, MigrationReport, Schema, ensure_current, migrate};
 pub use outbox::{CqlOutbox, OutboxRead, OutboxRow, ReadCounts, TracedRead, read_counts};

@@ -68,14 +68,12 @@
 //! a follow undone since. That is the price of never blocking an edge on a dead caller.
 
 use std::collections::HashMap;
-use std::hash::BuildHasher as _;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use futures_util::future::{try_join, try_join_all};
 use scylla::client::session::Session;
-use scylla::serialize::batch::BatchValues;
 use scylla::serialize::row::SerializeRow;
 use scylla::statement::batch::Batch;
 use scylla::statement::prepared::PreparedStatement;
@@ -83,7 +81,8 @@ use scylla::value::CqlTimestamp;
 use tokio::time::Instant;
 use twtr_common::clock;
 use twtr_common::cql::{
-    CqlError, CqlOutbox, Keyspace, Lwt, PurgeQueue, PurgeTables, logged_batch, lwt,
+    CountColumn, CountLedger, CqlError, CqlOutbox, Keyspace, Lwt, PurgeQueue, PurgeTables, Retries,
+    logged_batch, lwt,
 };
 use twtr_common::outbox::Outbox;
 use twtr_common::store::{PendingPurge, StoreError};
@@ -121,21 +120,22 @@ const DELETE_FOLLOWING: &str =
     "DELETE FROM {ks}.following WHERE follower_id = ? AND follow_id = ? AND followee_id = ?";
 const DELETE_FOLLOWER: &str =
     "DELETE FROM {ks}.followers WHERE followee_id = ? AND follow_id = ? AND follower_id = ?";
-/// Whether an op has moved a user's counts (while its ledger row lives).
-const SELECT_OP: &str = "SELECT op FROM {ks}.follow_counts WHERE user_id = ? AND op = ?";
-/// One user's counts: the static row only, never the ledger.
-const SELECT_COUNT: &str = "SELECT DISTINCT user_id, followers_count, following_count \
-     FROM {ks}.follow_counts WHERE user_id = ?";
+/// Step 3: each user's two counts in `follow_counts`, each through its ledger.
+const FOLLOWERS_COUNT: CountColumn = CountColumn {
+    what: "followers count of user",
+    table: "follow_counts",
+    key: "user_id",
+    count: "followers_count",
+};
+const FOLLOWING_COUNT: CountColumn = CountColumn {
+    what: "following count of user",
+    table: "follow_counts",
+    key: "user_id",
+    count: "following_count",
+};
+/// Many users' counts: the static rows only, never the ledger.
 const SELECT_COUNTS: &str = "SELECT DISTINCT user_id, followers_count, following_count \
      FROM {ks}.follow_counts WHERE user_id IN ?";
-/// Step 3, with one of the two `SET_*` statements in a conditional batch. Its TTL is
-/// [`LEDGER_TTL`].
-const RECORD_OP: &str = "INSERT INTO {ks}.follow_counts (user_id, op, applied_at) \
-     VALUES (?, ?, ?) IF NOT EXISTS USING TTL 259200";
-const SET_FOLLOWERS_COUNT: &str = "UPDATE {ks}.follow_counts SET followers_count = ? \
-     WHERE user_id = ? IF followers_count = ?";
-const SET_FOLLOWING_COUNT: &str = "UPDATE {ks}.follow_counts SET following_count = ? \
-     WHERE user_id = ? IF following_count = ?";
 /// A page of a list, newest follow first, between exclusive follow-ID bounds.
 const FOLLOWING_PAGE: &str = "SELECT follow_id, followee_id FROM {ks}.following \
      WHERE follower_id = ? AND follow_id > ? AND follow_id < ? ORDER BY follow_id DESC LIMIT ?";
@@ -156,10 +156,9 @@ const PURGE_TABLES: PurgeTables = PurgeTables {
     legacy: "user_purges",
 };
 
-/// How long a ledger row lives (the `USING TTL` of the ledger insert): longer than any retry.
-pub const LEDGER_TTL: Duration = Duration::from_secs(259_200);
-/// How old a change may be for its counts to be applied again: well inside [`LEDGER_TTL`], so a
-/// repeat always finds the ledger row of an op that landed.
+/// How old a change may be for its counts to be applied again: well inside the
+/// [`LEDGER_TTL`](twtr_common::cql::ledger::LEDGER_TTL), so a repeat always finds the ledger row
+/// of an op that landed.
 pub const COUNT_REPAIR_WINDOW: Duration = Duration::from_secs(2 * 24 * 3600);
 /// How old a decided change whose batch never ran must be before another call finishes it: far
 /// longer than steps 2 and 3 take, even with the driver's retries, so a live caller is not
@@ -174,10 +173,6 @@ pub const IN_CHUNK: usize = 100;
 /// How many times a call tries to decide a change (each refusal means another caller changed
 /// the edge meanwhile, or Paxos contention left the outcome unknown).
 const DECIDE_ATTEMPTS: u32 = 64;
-/// How many times a count op is tried against concurrent ops on the same user.
-const COUNT_ATTEMPTS: u32 = 64;
-/// The ceiling of the random pause between attempts.
-const MAX_BACKOFF: Duration = Duration::from_millis(20);
 
 /// The follow graph in the `<prefix>_followers` keyspace.
 pub struct CqlFollowStore {
@@ -192,8 +187,6 @@ struct Inner {
     change_edge: PreparedStatement,
     take_over: PreparedStatement,
     select_listed: PreparedStatement,
-    select_op: PreparedStatement,
-    select_count: PreparedStatement,
     select_counts: PreparedStatement,
     /// Step 2, logged: the two list inserts and the outbox row.
     follow_batch: Batch,
@@ -201,10 +194,10 @@ struct Inner {
     unfollow_batch: Batch,
     /// Step 2 of an abandoned unfollow that a follow finishes: the deletes alone.
     quiet_unfollow_batch: Batch,
-    /// Step 3, conditional: the ledger insert and [`SET_FOLLOWERS_COUNT`].
-    count_followers: Batch,
-    /// Step 3, conditional: the ledger insert and [`SET_FOLLOWING_COUNT`].
-    count_following: Batch,
+    /// Step 3: the followee's followers count.
+    followers_count: CountLedger,
+    /// Step 3: the follower's following count.
+    following_count: CountLedger,
     following_page: PreparedStatement,
     followers_page: PreparedStatement,
     following_page_forward: PreparedStatement,
@@ -233,9 +226,6 @@ impl CqlFollowStore {
         let insert_follower = ks.prepare(INSERT_FOLLOWER).await?;
         let delete_following = ks.prepare(DELETE_FOLLOWING).await?;
         let delete_follower = ks.prepare(DELETE_FOLLOWER).await?;
-        let record_op = ks.prepare(RECORD_OP).await?;
-        let set_followers = ks.prepare(SET_FOLLOWERS_COUNT).await?;
-        let set_following = ks.prepare(SET_FOLLOWING_COUNT).await?;
         let purges = PurgeQueue::new(&ks, PURGE_TABLES).await?;
         let inner = Inner {
             select_edge: ks.prepare(SELECT_EDGE).await?,
@@ -243,14 +233,12 @@ impl CqlFollowStore {
             change_edge: ks.prepare(CHANGE_EDGE).await?,
             take_over: ks.prepare(TAKE_OVER).await?,
             select_listed: ks.prepare(SELECT_LISTED).await?,
-            select_op: ks.prepare(SELECT_OP).await?,
-            select_count: ks.prepare(SELECT_COUNT).await?,
             select_counts: ks.prepare(SELECT_COUNTS).await?,
             follow_batch: logged_batch([&insert_following, &insert_follower, outbox.insert()]),
             unfollow_batch: logged_batch([&delete_following, &delete_follower, outbox.insert()]),
             quiet_unfollow_batch: logged_batch([&delete_following, &delete_follower]),
-            count_followers: logged_batch([&record_op, &set_followers]),
-            count_following: logged_batch([&record_op, &set_following]),
+            followers_count: CountLedger::new(&ks, FOLLOWERS_COUNT).await?,
+            following_count: CountLedger::new(&ks, FOLLOWING_COUNT).await?,
             following_page: ks.prepare(FOLLOWING_PAGE).await?,
             followers_page: ks.prepare(FOLLOWERS_PAGE).await?,
             following_page_forward: ks.prepare(FOLLOWING_PAGE_FORWARD).await?,
@@ -327,17 +315,11 @@ impl Edge {
 /// [`SELECT_EDGE`]'s columns.
 type EdgeRow = (Option<bool>, Option<i32>, Option<i64>, Option<CqlTimestamp>);
 
-/// [`SELECT_COUNT`]'s columns: user, followers, following.
+/// [`SELECT_COUNTS`]'s columns: user, followers, following.
 type CountRow = (i64, Option<i64>, Option<i64>);
 
-/// Which count of a user an op moves.
-#[derive(Debug, Clone, Copy)]
-enum Column {
-    Followers,
-    Following,
-}
-
-/// Too many attempts lost to other callers; the caller may try again.
+/// Another caller's change of the edge stayed unwritten for [`MAX_WAIT`]; the caller may try
+/// again.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}: too much contention, try again")]
 struct Contended(&'static str);
@@ -355,7 +337,7 @@ impl Inner {
         let mut maybe_decided: Vec<Edge> = Vec::new();
         // The other caller's change this call waits for, and since when.
         let mut waiting: Option<(Edge, Instant)> = None;
-        let mut attempts = 0;
+        let mut retries = Retries::new("follow edge", DECIDE_ATTEMPTS);
         loop {
             let Some(edge) = self.edge(pair).await? else {
                 if !follow {
@@ -376,7 +358,7 @@ impl Inner {
                     Lwt::Unknown(_) => maybe_decided.push(first),
                     Lwt::NotApplied(_) => {}
                 }
-                retry(&mut attempts, DECIDE_ATTEMPTS, "follow edge").await?;
+                retries.lost().await?;
                 continue;
             };
             let written = self.is_listed(pair, &edge).await? == edge.following;
@@ -449,7 +431,7 @@ impl Inner {
                     Lwt::Unknown(_) => maybe_decided.push(taken),
                     Lwt::NotApplied(_) => {}
                 }
-                retry(&mut attempts, DECIDE_ATTEMPTS, "follow edge").await?;
+                retries.lost().await?;
                 continue;
             } else {
                 // An abandoned unfollow, and this call follows: finish it without an event; the
@@ -489,7 +471,7 @@ impl Inner {
                 Lwt::Unknown(_) => maybe_decided.push(next),
                 Lwt::NotApplied(_) => {}
             }
-            retry(&mut attempts, DECIDE_ATTEMPTS, "follow edge").await?;
+            retries.lost().await?;
         }
     }
 
@@ -551,43 +533,11 @@ impl Inner {
         let op = pair.op(edge);
         let delta = if edge.following { 1 } else { -1 };
         try_join(
-            self.count_op(key(pair.follower), Column::Following, delta, &op),
-            self.count_op(key(pair.followee), Column::Followers, delta, &op),
+            self.following_count.apply(key(pair.follower), &op, delta),
+            self.followers_count.apply(key(pair.followee), &op, delta),
         )
         .await?;
         Ok(())
-    }
-
-    /// Moves one count of `user` by `delta` under the op key `op`, unless the ledger shows it
-    /// moved already. Compare-and-set, so a concurrent op on the same user is never lost.
-    async fn count_op(
-        &self,
-        user: i64,
-        column: Column,
-        delta: i64,
-        op: &str,
-    ) -> Result<(), StoreError> {
-        let batch = match column {
-            Column::Followers => &self.count_followers,
-            Column::Following => &self.count_following,
-        };
-        let mut attempts = 0;
-        loop {
-            let (applied, row) = try_join(self.op_applied(user, op), self.count_row(user)).await?;
-            if applied {
-                return Ok(());
-            }
-            let current = row.and_then(|(_, followers, following)| match column {
-                Column::Followers => followers,
-                Column::Following => following,
-            });
-            let next = current.unwrap_or(0) + delta;
-            let values = ((user, op, ts(clock::now_millis())), (next, user, current));
-            if matches!(self.batch_lwt(batch, values).await?, Lwt::Applied) {
-                return Ok(());
-            }
-            retry(&mut attempts, COUNT_ATTEMPTS, "follow count").await?;
-        }
     }
 
     async fn edge(&self, pair: Pair) -> Result<Option<Edge>, StoreError> {
@@ -626,25 +576,6 @@ impl Inner {
             > 0)
     }
 
-    async fn op_applied(&self, user: i64, op: &str) -> Result<bool, StoreError> {
-        Ok(self
-            .session()
-            .execute_unpaged(&self.select_op, (user, op))
-            .await?
-            .into_rows_result()?
-            .rows_num()
-            > 0)
-    }
-
-    async fn count_row(&self, user: i64) -> Result<Option<CountRow>, StoreError> {
-        Ok(self
-            .session()
-            .execute_unpaged(&self.select_count, (user,))
-            .await?
-            .into_rows_result()?
-            .maybe_first_row::<CountRow>()?)
-    }
-
     /// The counts rows among `users` (at most [`IN_CHUNK`]), in no particular order.
     async fn count_rows(&self, users: Vec<i64>) -> Result<Vec<CountRow>, StoreError> {
         let rows = self
@@ -669,11 +600,6 @@ impl Inner {
             .session()
             .execute_unpaged(statement, values)
             .await)?)
-    }
-
-    /// Runs a conditional batch: what it did.
-    async fn batch_lwt(&self, batch: &Batch, values: impl BatchValues) -> Result<Lwt, StoreError> {
-        Ok(lwt(self.session().batch(batch, values).await)?)
     }
 }
 
@@ -862,23 +788,11 @@ fn rebuilt_follow(pair: Pair, edge: &Edge) -> Envelope {
     event
 }
 
-/// Counts an attempt lost to a concurrent one and pauses a random moment, so that contenders
-/// spread out; fails once `max` attempts are spent.
-async fn retry(attempts: &mut u32, max: u32, what: &'static str) -> Result<(), StoreError> {
-    *attempts += 1;
-    if *attempts >= max {
-        return Err(StoreError::backend(Contended(what)));
-    }
-    let random = std::collections::hash_map::RandomState::new().hash_one(*attempts);
-    let pause = MAX_BACKOFF.as_micros() as u64;
-    tokio::time::sleep(Duration::from_micros(random % pause)).await;
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+    use twtr_common::cql::ledger::LEDGER_TTL;
     use twtr_common::cql::testing::keyspace_for;
 
     use super::*;
@@ -1152,8 +1066,7 @@ mod tests {
     }
 
     #[test]
-    fn the_ledger_ttl_is_the_one_the_statement_uses() {
-        assert!(RECORD_OP.contains(&format!("USING TTL {}", LEDGER_TTL.as_secs())));
+    fn counts_are_repaired_only_while_the_ledger_remembers_ops() {
         assert!(COUNT_REPAIR_WINDOW < LEDGER_TTL);
     }
 }

@@ -13,8 +13,8 @@
 //!   and retweets (`Inner::react`) and deletions (`Inner::delete`), the last two as the schema's
 //!   header describes: a lightweight transaction on the row that owns the state, a logged batch
 //!   with the outbox row, then the count op through its ledger (`like:<user>:<version>`,
-//!   `retweet:<user>:<version>`, `tweet:<id>:deleted`), each applied by `Counter`'s conditional
-//!   batch. Each first finishes what the last change of its row left undone (see below).
+//!   `retweet:<user>:<version>`, `tweet:<id>:deleted`), each applied by its
+//!   [`CountLedger`]. Each first finishes what the last change of its row left undone (see below).
 //! - its reads: single rows by full primary key, several partitions by `IN` lists of at most
 //!   [`IN_CHUNK`] keys, put back in the order the trait promises. Every hydrated tweet carries
 //!   its like and retweet counts, read from `tweet_counts`' static columns in the same chunks.
@@ -86,7 +86,6 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::hash::{BuildHasher as _, RandomState};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -98,11 +97,12 @@ use scylla::statement::prepared::PreparedStatement;
 use scylla::value::{CqlTimestamp, CqlValue};
 use tokio::time::Instant;
 use twtr_common::cql::{
-    CqlError, CqlOutbox, Keyspace, Lwt, PurgeQueue, PurgeTables, logged_batch, lwt,
+    CountColumn, CountLedger, CqlError, CqlOutbox, Keyspace, Lwt, PurgeQueue, PurgeTables, Retries,
+    logged_batch, lwt,
 };
 use twtr_common::outbox::Outbox;
 use twtr_common::store::{PendingPurge, StoreError};
-use twtr_common::{IdGenerator, Page, PageRequest, clock, events, id};
+use twtr_common::{IdGenerator, Page, PageRequest, clock, events, id, lock};
 use twtr_proto::events::v1::envelope::Payload;
 use twtr_proto::events::v1::{
     Envelope, Retweeted, TweetCreated, TweetDeleted, TweetLiked, TweetUnliked, Unretweeted,
@@ -124,15 +124,14 @@ const INSERT_TIMELINE_BUCKET: &str =
 // What a retry reads to learn whether step 2 ran (and a deletion, whether its own step 2 did).
 const SELECT_AUTHOR_TWEET: &str =
     "SELECT tweet_id FROM {ks}.author_tweets WHERE author_id = ? AND tweet_id = ?";
-// Step 3: the count op, one conditional batch on the author's partition.
-const INSERT_COUNT_OP: &str = "INSERT INTO {ks}.author_counts (author_id, op, applied_at) \
-     VALUES (?, ?, ?) IF NOT EXISTS USING TTL 259200";
-const SET_TWEET_COUNT: &str =
-    "UPDATE {ks}.author_counts SET tweet_count = ? WHERE author_id = ? IF tweet_count = ?";
-const SELECT_COUNT_OP: &str = "SELECT op FROM {ks}.author_counts WHERE author_id = ? AND op = ?";
+// Step 3: the count op on the author's partition of `author_counts`, through its ledger.
+const AUTHOR_COUNTS: CountColumn = CountColumn {
+    what: "tweet count of author",
+    table: "author_counts",
+    key: "author_id",
+    count: "tweet_count",
+};
 // Reads. DISTINCT reads a count partition's static row only, never its ledger.
-const SELECT_COUNT: &str =
-    "SELECT DISTINCT author_id, tweet_count FROM {ks}.author_counts WHERE author_id = ?";
 const SELECT_COUNTS: &str =
     "SELECT DISTINCT author_id, tweet_count FROM {ks}.author_counts WHERE author_id IN ?";
 const SELECT_TWEETS: &str =
@@ -181,9 +180,6 @@ const PAGE_FORWARD: &str = "SELECT tweet_id FROM {ks}.author_tweets \
 pub const IN_CHUNK: usize = 100;
 /// The public timeline's partitions are hours of tweet time.
 const BUCKET_MS: i64 = 3_600_000;
-/// How many times a count op is tried against concurrent updates of the same count before the
-/// create fails (and its retry tries again).
-const COUNT_ATTEMPTS: u32 = 50;
 /// How many times a like, retweet or deletion is tried against concurrent changes of the same
 /// row before it fails (and its caller may try again).
 const DECIDE_ATTEMPTS: u32 = 20;
@@ -228,7 +224,7 @@ struct Inner {
     page_forward: PreparedStatement,
     select_tweet_counts: PreparedStatement,
     /// The authors' tweet counts in `author_counts`.
-    authors: Counter,
+    authors: CountLedger,
     likes: ReactionStatements,
     retweets: ReactionStatements,
     select_tweet_state: PreparedStatement,
@@ -339,16 +335,6 @@ fn abandoned(at: i64, since: Instant) -> bool {
 
 impl Inner {
     async fn new(ks: Keyspace, ids: Arc<IdGenerator>) -> Result<Self, CqlError> {
-        let count_op = logged_batch([
-            &ks.prepare(INSERT_COUNT_OP).await?,
-            &ks.prepare(SET_TWEET_COUNT).await?,
-        ]);
-        let authors = Counter {
-            what: "tweet count of author",
-            op: count_op,
-            read: ks.prepare(SELECT_COUNT).await?,
-            select_op: ks.prepare(SELECT_COUNT_OP).await?,
-        };
         let purges = PurgeQueue::new(&ks, PURGE_TABLES).await?;
         let forget = logged_batch([&ks.prepare(INSERT_GONE).await?, purges.enqueue()]);
         Ok(Self {
@@ -357,7 +343,7 @@ impl Inner {
             purges,
             claim_key: ks.prepare(CLAIM_KEY).await?,
             select_tweet_counts: ks.prepare(SELECT_TWEET_COUNTS).await?,
-            authors,
+            authors: CountLedger::new(&ks, AUTHOR_COUNTS).await?,
             likes: ReactionStatements::new(&ks, Reaction::Like).await?,
             retweets: ReactionStatements::new(&ks, Reaction::Retweet).await?,
             select_tweet_state: ks.prepare(SELECT_TWEET_STATE).await?,
@@ -542,65 +528,7 @@ impl Inner {
 
     /// Step 3: applies the count op `op` (+1) to `author`'s tweet count, once.
     async fn apply_count_op(&self, author: i64, op: &str) -> Result<(), StoreError> {
-        self.apply_op(&self.authors, author, op, 1).await
-    }
-
-    /// Moves `counter`'s count of `key` by `delta` under the op key `op`, once. Reads the count,
-    /// then compares-and-sets it together with the op's ledger row; a lost race re-reads and
-    /// tries again, and a found ledger row means the op was applied already (by an earlier
-    /// attempt, maybe one whose outcome this process never learned).
-    async fn apply_op(
-        &self,
-        counter: &Counter,
-        key: i64,
-        op: &str,
-        delta: i64,
-    ) -> Result<(), StoreError> {
-        let session = self.ks.session();
-        for attempt in 0..COUNT_ATTEMPTS {
-            let current = self.read_count(counter, key).await?;
-            let values = (
-                (key, op, CqlTimestamp(clock::now_millis())),
-                (current.unwrap_or(0) + delta, key, current),
-            );
-            match lwt(session.batch(&counter.op, values).await)? {
-                Lwt::Applied => return Ok(()),
-                // Paxos rounds that collide time out rather than fail: the outcome is unknown,
-                // which the ledger read below settles.
-                Lwt::NotApplied(_) | Lwt::Unknown(_) => {}
-            }
-            if self.op_applied(counter, key, op).await? {
-                return Ok(());
-            }
-            tokio::time::sleep(backoff(attempt)).await;
-        }
-        Err(StoreError::backend(CountContended {
-            what: counter.what,
-            key,
-            attempts: COUNT_ATTEMPTS,
-        }))
-    }
-
-    async fn read_count(&self, counter: &Counter, key: i64) -> Result<Option<i64>, StoreError> {
-        let rows = self
-            .ks
-            .session()
-            .execute_unpaged(&counter.read, (key,))
-            .await?
-            .into_rows_result()?;
-        Ok(rows
-            .maybe_first_row::<(i64, Option<i64>)>()?
-            .and_then(|(_, count)| count))
-    }
-
-    async fn op_applied(&self, counter: &Counter, key: i64, op: &str) -> Result<bool, StoreError> {
-        let rows = self
-            .ks
-            .session()
-            .execute_unpaged(&counter.select_op, (key, op))
-            .await?
-            .into_rows_result()?;
-        Ok(rows.rows_num() > 0)
+        self.authors.apply(author, op, 1).await
     }
 
     /// The live tweets among `ids` (each at most [`IN_CHUNK`] per query, queries in parallel),
@@ -718,7 +646,7 @@ impl Inner {
         let mut maybe_decided: Option<Change> = None;
         // Another caller's unsettled change this call waits for, and since when.
         let mut waiting: Option<(Change, Instant)> = None;
-        let mut attempts = 0;
+        let mut retries = Retries::new(statements.name, DECIDE_ATTEMPTS);
         loop {
             let last = self.last_change(statements, user_key, tweet_key).await?;
             if let Some(last) = last {
@@ -754,11 +682,8 @@ impl Inner {
                     // A crash between steps 2 and 3 left the count unmoved: move it (a no-op
                     // where the ledger shows it moved).
                     let op = reaction_op(statements, user, last.version);
-                    if !self.op_applied(&statements.counter, tweet_key, &op).await? {
-                        let delta = if on { 1 } else { -1 };
-                        self.apply_op(&statements.counter, tweet_key, &op, delta)
-                            .await?;
-                    }
+                    let delta = if on { 1 } else { -1 };
+                    statements.counter.apply(tweet_key, &op, delta).await?;
                 }
                 if last.on == on {
                     return Ok(Some(false));
@@ -799,11 +724,7 @@ impl Inner {
                 Lwt::Unknown(_) => maybe_decided = Some(next),
                 Lwt::NotApplied(_) => {}
             }
-            attempts += 1;
-            if attempts >= DECIDE_ATTEMPTS {
-                return Err(StoreError::backend(Contended(statements.name)));
-            }
-            tokio::time::sleep(backoff(attempts)).await;
+            retries.lost().await?;
         }
     }
 
@@ -898,8 +819,7 @@ impl Inner {
         self.ks.session().batch(&batch, values).await?;
         self.outbox.notify();
         let delta = if change.on { 1 } else { -1 };
-        self.apply_op(&statements.counter, tweet_key, &op, delta)
-            .await
+        statements.counter.apply(tweet_key, &op, delta).await
     }
 
     /// Which of `tweets` `user` has the reaction on, as a set of keys.
@@ -943,7 +863,7 @@ impl Inner {
         let mut maybe_decided = false;
         // Since when this call waits for the tweet's create to be written.
         let mut waiting: Option<Instant> = None;
-        let mut attempts = 0;
+        let mut retries = Retries::new("tweet deletion", DECIDE_ATTEMPTS);
         loop {
             let Some(state) = self.tweet_state(tweet).await? else {
                 return Ok(false);
@@ -991,11 +911,7 @@ impl Inner {
                 Lwt::Unknown(_) => maybe_decided = true,
                 Lwt::NotApplied(_) => {}
             }
-            attempts += 1;
-            if attempts >= DECIDE_ATTEMPTS {
-                return Err(StoreError::backend(Contended("tweet deletion")));
-            }
-            tokio::time::sleep(backoff(attempts)).await;
+            retries.lost().await?;
         }
     }
 
@@ -1078,10 +994,10 @@ impl Inner {
         let age = clock::now_millis() - id::millis_of(from_cql(tweet)?);
         // Past the ledger's lifetime the created op may have expired from it: it was applied
         // long ago (a create finishes within seconds), and applying it again would count twice.
-        if age < REPAIR_WINDOW_MS && !self.op_applied(&self.authors, author, &created).await? {
-            self.apply_op(&self.authors, author, &created, 1).await?;
+        if age < REPAIR_WINDOW_MS {
+            self.authors.apply(author, &created, 1).await?;
         }
-        self.apply_op(&self.authors, author, &deleted, -1).await
+        self.authors.apply(author, &deleted, -1).await
     }
 
     /// Up to `take` IDs of the public timeline within `bounds`, in the direction of `page`,
@@ -1252,9 +1168,7 @@ impl Inner {
         let (reaction, tweet, delta) = match &event.payload {
             Some(Payload::TweetCreated(created)) => {
                 let op = format!("tweet:{}:created", created.tweet_id);
-                return self
-                    .apply_op(&self.authors, to_cql(created.author_id)?, &op, 1)
-                    .await;
+                return self.authors.apply(to_cql(created.author_id)?, &op, 1).await;
             }
             Some(Payload::TweetDeleted(deleted)) => {
                 let (tweet, author) = (to_cql(deleted.tweet_id)?, to_cql(deleted.author_id)?);
@@ -1270,7 +1184,7 @@ impl Inner {
             return Ok(());
         };
         let counter = &self.reaction(reaction).counter;
-        self.apply_op(counter, to_cql(tweet)?, op, delta).await
+        counter.apply(to_cql(tweet)?, op, delta).await
     }
 
     async fn list_by_author(
@@ -1414,33 +1328,6 @@ enum Claim {
     Deleted,
 }
 
-/// Counting kept losing to concurrent updates of the same count.
-#[derive(Debug, thiserror::Error)]
-#[error("the {what} {key} stayed contended for {attempts} attempts")]
-struct CountContended {
-    what: &'static str,
-    key: i64,
-    attempts: u32,
-}
-
-/// A change of a like, a retweet or a deletion kept losing to concurrent changes of its row.
-#[derive(Debug, thiserror::Error)]
-#[error("{0} stayed contended; try again")]
-struct Contended(&'static str);
-
-/// A count in static columns beside its ledger of applied ops (see the schema's header): the
-/// conditional batch that applies an op, and the reads that learn the count and the ledger.
-struct Counter {
-    /// What is counted, for errors.
-    what: &'static str,
-    /// Ledger row `IF NOT EXISTS` + `SET <count> = ? IF <count> = ?`.
-    op: Batch,
-    /// `SELECT DISTINCT <key>, <count> ... WHERE <key> = ?`.
-    read: PreparedStatement,
-    /// `SELECT op ... WHERE <key> = ? AND op = ?`.
-    select_op: PreparedStatement,
-}
-
 /// The statements of likes or of retweets, which live in tables of the same shape.
 struct ReactionStatements {
     /// The op key prefix: `like` or `retweet`.
@@ -1461,7 +1348,8 @@ struct ReactionStatements {
     select_flags: PreparedStatement,
     /// `SELECT tweet_id, <flag> ... WHERE user_id = ? AND tweet_id < ? LIMIT ?`, newest first.
     scan: PreparedStatement,
-    counter: Counter,
+    /// The tweets' like or retweet counts in `tweet_counts`.
+    counter: CountLedger,
 }
 
 impl ReactionStatements {
@@ -1484,31 +1372,14 @@ impl ReactionStatements {
                 "retweet_count",
             ),
         };
-        let op = logged_batch([
-            &ks.prepare(
-                "INSERT INTO {ks}.tweet_counts (tweet_id, op, applied_at) VALUES (?, ?, ?) \
-                 IF NOT EXISTS USING TTL 259200",
-            )
-            .await?,
-            &ks.prepare(&format!(
-                "UPDATE {{ks}}.tweet_counts SET {count} = ? WHERE tweet_id = ? IF {count} = ?"
-            ))
-            .await?,
-        ]);
-        let counter = Counter {
+        let counter = CountColumn {
             what: match reaction {
                 Reaction::Like => "like count of tweet",
                 Reaction::Retweet => "retweet count of tweet",
             },
-            op,
-            read: ks
-                .prepare(&format!(
-                    "SELECT DISTINCT tweet_id, {count} FROM {{ks}}.tweet_counts WHERE tweet_id = ?"
-                ))
-                .await?,
-            select_op: ks
-                .prepare("SELECT op FROM {ks}.tweet_counts WHERE tweet_id = ? AND op = ?")
-                .await?,
+            table: "tweet_counts",
+            key: "tweet_id",
+            count,
         };
         Ok(Self {
             name,
@@ -1559,7 +1430,7 @@ impl ReactionStatements {
                      WHERE user_id = ? AND tweet_id < ? LIMIT ?"
                 ))
                 .await?,
-            counter,
+            counter: CountLedger::new(ks, counter).await?,
         })
     }
 }
@@ -1767,20 +1638,6 @@ fn to_cql(id: u64) -> Result<i64, StoreError> {
 
 fn from_cql(id: i64) -> Result<u64, StoreError> {
     u64::try_from(id).map_err(|_| StoreError::Corrupt(format!("negative id {id} stored")))
-}
-
-/// A random pause before the next count attempt, growing with `attempt` (up to 160 ms), so
-/// contenders stop colliding in step.
-fn backoff(attempt: u32) -> Duration {
-    let ceiling_ms = 5u64 << attempt.min(5);
-    let random = RandomState::new().hash_one(attempt);
-    Duration::from_millis(random % ceiling_ms + 1)
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[cfg(test)]
@@ -2377,9 +2234,7 @@ mod tests {
         assert_eq!(store.count_by_authors(vec![author]).await.unwrap(), vec![0]);
         for op in ["created", "deleted"] {
             let op = format!("tweet:{id}:{op}");
-            let applied = store
-                .inner
-                .op_applied(&store.inner.authors, author as i64, &op);
+            let applied = store.inner.authors.applied(author as i64, &op);
             assert!(applied.await.unwrap(), "{op}");
         }
         assert!(!has_row(&store, AUTHOR_TWEET, (author as i64, id as i64)).await);
