@@ -19,8 +19,9 @@
 //!   deleted and expired by TTL, so no read meets a tombstone. [`outbox_shard`] picks a shard.
 //! - [`ledger`]: [`CountLedger`], a count that moves once per op however often the op is
 //!   tried (the tweets and followers services keep their counts in them).
-//! - [`purges`]: [`PurgeQueue`], the deleted accounts a service still has to purge, in hourly
-//!   partitions read from a cursor (the tweets and followers services keep one each).
+//! - [`purges`]: [`DeletedAccounts`], the accounts the users service deleted and those a
+//!   service still has to purge, in hourly partitions read from a cursor (the tweets and
+//!   followers services keep one each).
 //! - `testing` (with the `testsuite` feature): one migrated keyspace set per test process, for the CQL conformance suites.
 //! - [`migrate`](mod@migrate): the numbered schema files under `cql/<service>/`, [`migrate()`] (what
 //!   `twtr migrate` runs) and [`ensure_current`] (what a service checks before serving).
@@ -54,7 +55,7 @@ pub use ledger::{CountColumn, CountLedger};
 pub use lwt::{Contended, Lwt, LwtRow, OutcomeUnknown, Retries, backoff, lwt};
 pub use migrate::{Migration, MigrationReport, Schema, ensure_current, migrate};
 pub use outbox::{CqlOutbox, OutboxRead, OutboxRow, ReadCounts, TracedRead, read_counts};
-pub use purges::{PurgeQueue, PurgeTables};
+pub use purges::{DeletedAccountTables, DeletedAccounts};
 pub use retry::StoreRetryPolicy;
 pub use session::{Keyspace, connect, is_idempotent, logged_batch, qualify, unlogged_batch};
 

@@ -13,8 +13,9 @@
 //!   page is one slice of a user's `following` or `followers` partition by follow ID.
 //! - deleted accounts (`cql/followers/002_gone_users.cql`): `gone_users`, which a follow reads
 //!   before deciding, and the accounts whose edges the service still removes, in
-//!   `user_purges_by_hour` (`003_purges_by_time.cql`, a [`PurgeQueue`]: hourly partitions read
-//!   from a cursor, finished purges marked by overwrite, never read through deletes).
+//!   `user_purges_by_hour` (`003_purges_by_time.cql`); both kept by a [`DeletedAccounts`]
+//!   (hourly partitions read from a cursor, finished purges marked by overwrite, never read
+//!   through deletes).
 //!
 //! # A change of an edge
 //!
@@ -81,8 +82,8 @@ use scylla::value::CqlTimestamp;
 use tokio::time::Instant;
 use twtr_common::clock;
 use twtr_common::cql::{
-    CountColumn, CountLedger, CqlError, CqlOutbox, Keyspace, Lwt, PurgeQueue, PurgeTables, Retries,
-    logged_batch, lwt,
+    CountColumn, CountLedger, CqlError, CqlOutbox, DeletedAccountTables, DeletedAccounts, Keyspace,
+    Lwt, Retries, logged_batch, lwt,
 };
 use twtr_common::outbox::Outbox;
 use twtr_common::store::{PendingPurge, StoreError};
@@ -146,11 +147,10 @@ const FOLLOWING_PAGE_FORWARD: &str = "SELECT follow_id, followee_id FROM {ks}.fo
      WHERE follower_id = ? AND follow_id > ? AND follow_id < ? ORDER BY follow_id ASC LIMIT ?";
 const FOLLOWERS_PAGE_FORWARD: &str = "SELECT follow_id, follower_id FROM {ks}.followers \
      WHERE followee_id = ? AND follow_id > ? AND follow_id < ? ORDER BY follow_id ASC LIMIT ?";
-/// Deleted accounts and their purges.
-const SELECT_GONE: &str = "SELECT user_id FROM {ks}.gone_users WHERE user_id = ?";
-const INSERT_GONE: &str = "INSERT INTO {ks}.gone_users (user_id, gone_at) VALUES (?, ?)";
-/// The purge queue's tables (see [`PurgeQueue`]); `user_purges` is the one it replaced.
-const PURGE_TABLES: PurgeTables = PurgeTables {
+/// Deleted accounts and their purges (see [`DeletedAccounts`]); `user_purges` is the queue
+/// `user_purges_by_hour` replaced.
+const DELETED_ACCOUNTS: DeletedAccountTables = DeletedAccountTables {
+    gone: "gone_users",
     queue: "user_purges_by_hour",
     id_column: "user_id",
     legacy: "user_purges",
@@ -202,10 +202,7 @@ struct Inner {
     followers_page: PreparedStatement,
     following_page_forward: PreparedStatement,
     followers_page_forward: PreparedStatement,
-    select_gone: PreparedStatement,
-    /// Logged: [`INSERT_GONE`] and the purge queue's insert.
-    forget: Batch,
-    purges: PurgeQueue,
+    deleted: DeletedAccounts,
     outbox: Arc<CqlOutbox>,
 }
 
@@ -226,7 +223,6 @@ impl CqlFollowStore {
         let insert_follower = ks.prepare(INSERT_FOLLOWER).await?;
         let delete_following = ks.prepare(DELETE_FOLLOWING).await?;
         let delete_follower = ks.prepare(DELETE_FOLLOWER).await?;
-        let purges = PurgeQueue::new(&ks, PURGE_TABLES).await?;
         let inner = Inner {
             select_edge: ks.prepare(SELECT_EDGE).await?,
             first_follow: ks.prepare(FIRST_FOLLOW).await?,
@@ -243,9 +239,7 @@ impl CqlFollowStore {
             followers_page: ks.prepare(FOLLOWERS_PAGE).await?,
             following_page_forward: ks.prepare(FOLLOWING_PAGE_FORWARD).await?,
             followers_page_forward: ks.prepare(FOLLOWERS_PAGE_FORWARD).await?,
-            select_gone: ks.prepare(SELECT_GONE).await?,
-            forget: logged_batch([&ks.prepare(INSERT_GONE).await?, purges.enqueue()]),
-            purges,
+            deleted: DeletedAccounts::new(&ks, DELETED_ACCOUNTS).await?,
             outbox,
             ks,
         };
@@ -716,34 +710,19 @@ impl FollowStore for CqlFollowStore {
     }
 
     async fn forget_user(&self, user: u64) -> Result<(), StoreError> {
-        if self.user_gone(user).await? {
-            return Ok(());
-        }
-        let values = ((key(user), ts(clock::now_millis())), PurgeQueue::row(user));
-        self.inner
-            .session()
-            .batch(&self.inner.forget, values)
-            .await?;
-        Ok(())
+        self.inner.deleted.forget(user).await
     }
 
     async fn user_gone(&self, user: u64) -> Result<bool, StoreError> {
-        Ok(self
-            .inner
-            .session()
-            .execute_unpaged(&self.inner.select_gone, (key(user),))
-            .await?
-            .into_rows_result()?
-            .rows_num()
-            > 0)
+        self.inner.deleted.is_gone(user).await
     }
 
     async fn pending_purges(&self, max: usize) -> Result<Vec<PendingPurge>, StoreError> {
-        self.inner.purges.pending(max).await
+        self.inner.deleted.pending(max).await
     }
 
     async fn purge_done(&self, purge: PendingPurge) -> Result<(), StoreError> {
-        self.inner.purges.done(purge).await
+        self.inner.deleted.done(purge).await
     }
 
     fn follow_races_deletion(&self) -> bool {

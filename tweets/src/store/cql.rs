@@ -22,8 +22,8 @@
 //!   first when polling), `BUCKETS_PER_READ` at a time, and each hour's partition of
 //!   `timeline` until the page is full: never a table scan.
 //! - deleted authors: `gone_authors`, which a create reads first, and the authors whose tweets,
-//!   likes and retweets the service still removes, in `author_purges_by_hour` (a
-//!   [`PurgeQueue`]: hourly partitions read from a cursor, never through deletes).
+//!   likes and retweets the service still removes, in `author_purges_by_hour` (one
+//!   [`DeletedAccounts`]: hourly partitions read from a cursor, never through deletes).
 //!
 //! # How a create lands, and how a retry finishes one cut short
 //!
@@ -92,13 +92,12 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures_util::future::{join_all, try_join};
 use scylla::serialize::row::SerializeRow;
-use scylla::statement::batch::Batch;
 use scylla::statement::prepared::PreparedStatement;
 use scylla::value::{CqlTimestamp, CqlValue};
 use tokio::time::Instant;
 use twtr_common::cql::{
-    CountColumn, CountLedger, CqlError, CqlOutbox, Keyspace, Lwt, PurgeQueue, PurgeTables, Retries,
-    logged_batch, lwt,
+    CountColumn, CountLedger, CqlError, CqlOutbox, DeletedAccountTables, DeletedAccounts, Keyspace,
+    Lwt, Retries, logged_batch, lwt,
 };
 use twtr_common::outbox::Outbox;
 use twtr_common::store::{PendingPurge, StoreError};
@@ -148,10 +147,9 @@ const DELETE_AUTHOR_TWEET: &str =
     "DELETE FROM {ks}.author_tweets USING TIMESTAMP ? WHERE author_id = ? AND tweet_id = ?";
 const DELETE_TIMELINE: &str =
     "DELETE FROM {ks}.timeline USING TIMESTAMP ? WHERE bucket = ? AND tweet_id = ?";
-// Deleted authors (`002_authors_and_post_keys.cql`) and their purges (`003`, see `PurgeQueue`).
-const SELECT_GONE: &str = "SELECT author_id FROM {ks}.gone_authors WHERE author_id = ?";
-const INSERT_GONE: &str = "INSERT INTO {ks}.gone_authors (author_id, gone_at) VALUES (?, ?)";
-const PURGE_TABLES: PurgeTables = PurgeTables {
+// Deleted authors (`002_authors_and_post_keys.cql`) and their purges (`003`).
+const DELETED_ACCOUNTS: DeletedAccountTables = DeletedAccountTables {
+    gone: "gone_authors",
     queue: "author_purges_by_hour",
     id_column: "author_id",
     legacy: "author_purges",
@@ -231,10 +229,7 @@ struct Inner {
     delete_tweet: PreparedStatement,
     delete_author_tweet: PreparedStatement,
     delete_timeline: PreparedStatement,
-    select_gone: PreparedStatement,
-    /// Logged: [`INSERT_GONE`] and the purge queue's insert.
-    forget: Batch,
-    purges: PurgeQueue,
+    deleted: DeletedAccounts,
     claim_key: PreparedStatement,
     buckets_backward: PreparedStatement,
     buckets_forward: PreparedStatement,
@@ -335,12 +330,8 @@ fn abandoned(at: i64, since: Instant) -> bool {
 
 impl Inner {
     async fn new(ks: Keyspace, ids: Arc<IdGenerator>) -> Result<Self, CqlError> {
-        let purges = PurgeQueue::new(&ks, PURGE_TABLES).await?;
-        let forget = logged_batch([&ks.prepare(INSERT_GONE).await?, purges.enqueue()]);
         Ok(Self {
-            select_gone: ks.prepare(SELECT_GONE).await?,
-            forget,
-            purges,
+            deleted: DeletedAccounts::new(&ks, DELETED_ACCOUNTS).await?,
             claim_key: ks.prepare(CLAIM_KEY).await?,
             select_tweet_counts: ks.prepare(SELECT_TWEET_COUNTS).await?,
             authors: CountLedger::new(&ks, AUTHOR_COUNTS).await?,
@@ -412,7 +403,7 @@ impl Inner {
     }
 
     async fn create(&self, tweet: TweetRecord, event: Envelope) -> Result<bool, StoreError> {
-        if self.author_gone(tweet.author_id).await? {
+        if self.deleted.is_gone(tweet.author_id).await? {
             return Ok(false);
         }
         match self.claim(&tweet).await? {
@@ -1092,31 +1083,6 @@ impl Inner {
         }
     }
 
-    async fn forget_author(&self, user: u64) -> Result<(), StoreError> {
-        if self.author_gone(user).await? {
-            return Ok(());
-        }
-        let values = (
-            (to_cql(user)?, CqlTimestamp(clock::now_millis())),
-            PurgeQueue::row(user),
-        );
-        self.ks.session().batch(&self.forget, values).await?;
-        Ok(())
-    }
-
-    async fn author_gone(&self, user: u64) -> Result<bool, StoreError> {
-        let Ok(user) = i64::try_from(user) else {
-            return Ok(false);
-        };
-        let rows = self
-            .ks
-            .session()
-            .execute_unpaged(&self.select_gone, (user,))
-            .await?
-            .into_rows_result()?;
-        Ok(rows.rows_num() > 0)
-    }
-
     /// The trait's `reacted`.
     async fn reacted(
         &self,
@@ -1464,19 +1430,19 @@ impl TweetStore for CqlTweetStore {
     }
 
     async fn forget_author(&self, user: u64) -> Result<(), StoreError> {
-        self.inner.forget_author(user).await
+        self.inner.deleted.forget(user).await
     }
 
     async fn author_gone(&self, user: u64) -> Result<bool, StoreError> {
-        self.inner.author_gone(user).await
+        self.inner.deleted.is_gone(user).await
     }
 
     async fn pending_purges(&self, max: usize) -> Result<Vec<PendingPurge>, StoreError> {
-        self.inner.purges.pending(max).await
+        self.inner.deleted.pending(max).await
     }
 
     async fn purge_done(&self, purge: PendingPurge) -> Result<(), StoreError> {
-        self.inner.purges.done(purge).await
+        self.inner.deleted.done(purge).await
     }
 
     async fn reacted(
