@@ -36,7 +36,7 @@ use twtr_proto::events::v1::Envelope;
 
 use crate::outbox::{Outbox, OutboxKey, PendingEvent};
 use crate::page::PageRequest;
-use crate::store::StoreError;
+use crate::store::{PendingPurge, StoreError};
 
 /// Events waiting to be published, by a sequence assigned inside the transaction that stored
 /// them (redb serializes write transactions, so sequence order is commit order).
@@ -448,6 +448,100 @@ pub fn scan_page<V: redb::Value + 'static>(
         }
     }
     Ok(ids)
+}
+
+/// The deleted accounts of an embedded store, as [`crate::cql::DeletedAccounts`] keeps them on
+/// CQL: the accounts the users service deleted, which writes that would add to one refuse, and
+/// those whose purge is not done yet. One transaction records both and one removes a finished
+/// purge, so no removed row is ever read.
+#[derive(Debug, Clone, Copy)]
+pub struct DeletedAccounts {
+    /// The name of account -> (): deleted.
+    gone: &'static str,
+    /// The name of account -> (): deleted, its purge not done.
+    purges: &'static str,
+}
+
+impl DeletedAccounts {
+    /// The two tables, by name.
+    pub const fn new(gone: &'static str, purges: &'static str) -> Self {
+        Self { gone, purges }
+    }
+
+    fn gone(self) -> TableDefinition<'static, u64, ()> {
+        TableDefinition::new(self.gone)
+    }
+
+    fn purges(self) -> TableDefinition<'static, u64, ()> {
+        TableDefinition::new(self.purges)
+    }
+
+    /// Makes the tables, for [`EmbeddedDb::open`].
+    pub fn create(&self, tx: &Tx<'_>) -> Result<(), StoreError> {
+        tx.open_table(self.gone())?;
+        tx.open_table(self.purges())?;
+        Ok(())
+    }
+
+    /// Whether `user`'s account is deleted, inside the write transaction `tx` (so no write can
+    /// land after the deletion is recorded).
+    pub fn is_gone_in(&self, tx: &Tx<'_>, user: u64) -> Result<bool, StoreError> {
+        Ok(tx.open_table(self.gone())?.get(user)?.is_some())
+    }
+
+    /// Records that `user`'s account is deleted and queues its purge, unless it was recorded
+    /// already. Idempotent.
+    pub async fn forget(&self, db: &EmbeddedDb, user: u64) -> Result<(), StoreError> {
+        let this = *self;
+        db.write(move |tx| {
+            let mut gone = tx.open_table(this.gone())?;
+            if gone.get(user)?.is_none() {
+                gone.insert(user, ())?;
+                tx.open_table(this.purges())?.insert(user, ())?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Whether `user`'s account is deleted.
+    pub async fn is_gone(&self, db: &EmbeddedDb, user: u64) -> Result<bool, StoreError> {
+        let gone = self.gone();
+        db.read(move |txn| Ok(txn.open_table(gone)?.get(user)?.is_some()))
+            .await
+    }
+
+    /// Up to `max` purges not done yet.
+    pub async fn pending(
+        &self,
+        db: &EmbeddedDb,
+        max: usize,
+    ) -> Result<Vec<PendingPurge>, StoreError> {
+        let purges = self.purges();
+        db.read(move |txn| {
+            txn.open_table(purges)?
+                .iter()?
+                .take(max)
+                .map(|entry| {
+                    Ok(PendingPurge {
+                        user: entry?.0.value(),
+                        slot: 0,
+                    })
+                })
+                .collect()
+        })
+        .await
+    }
+
+    /// Marks `purge` (one of [`DeletedAccounts::pending`]'s entries) done.
+    pub async fn done(&self, db: &EmbeddedDb, purge: PendingPurge) -> Result<(), StoreError> {
+        let purges = self.purges();
+        db.write(move |tx| {
+            tx.open_table(purges)?.remove(purge.user)?;
+            Ok(())
+        })
+        .await
+    }
 }
 
 #[cfg(test)]

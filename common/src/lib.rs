@@ -11,9 +11,11 @@
 //!   of domain events, their routing keys and envelopes.
 //! - **Storage.** [`store`]: what every backend shares ([`store::StoreError`], pending purges).
 //!   [`embedded`]: the embedded, durable engine (redb) each service's embedded store is built
-//!   on, with its transactional outbox table and group commit. [`cql`]: the ScyllaDB/Cassandra
-//!   foundation (config, session, keyspaces, schemas and migrations, the CQL outbox, purge
-//!   queues). [`outbox`]: the outbox trait both backends implement.
+//!   on, with its transactional outbox table, group commit and deleted-account tables. [`cql`]:
+//!   the ScyllaDB/Cassandra foundation (config, session, keyspaces, schemas and migrations,
+//!   lightweight transactions, batches, count ledgers, the CQL outbox, deleted accounts).
+//!   [`outbox`]: the outbox trait both backends implement. [`purge`]: the purge of deleted
+//!   accounts that services which keep what users did run in the background.
 //! - **Events.** [`bus`]: the event-bus trait, its in-process and RabbitMQ backends, the
 //!   consumer loop, the dead-letter admin service, and the conformance suite every backend
 //!   passes. [`relay`]: what moves stored events from an outbox onto the bus.
@@ -53,6 +55,7 @@ pub mod id;
 pub mod metrics;
 pub mod outbox;
 pub mod page;
+pub mod purge;
 pub mod relay;
 pub mod runtime;
 pub mod shutdown;

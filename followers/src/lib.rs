@@ -28,14 +28,14 @@ pub mod service;
 pub mod store;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::sync::Notify;
 use twtr_common::IdGenerator;
 use twtr_common::bus::{ConsumerSettings, EventBus, EventHandler, HandlerError, QueueSpec};
 use twtr_common::events::EventKind;
-use twtr_common::runtime::{Consumer, Pass, Schedule, ServiceRuntime};
+use twtr_common::purge;
+use twtr_common::runtime::{Consumer, ServiceRuntime};
 use twtr_common::tokens::TokenVerifier;
 use twtr_proto::events::v1::Envelope;
 use twtr_proto::events::v1::envelope::Payload;
@@ -43,13 +43,6 @@ use twtr_proto::followers::v1::followers_service_server::FollowersServiceServer;
 
 pub use service::{Followers, FollowersError, UserDirectory};
 pub use store::{CqlFollowStore, EmbeddedFollowStore, FollowStore, SCHEMA};
-
-/// The purge of deleted accounts runs when an account is deleted, every minute anyway (a purge
-/// left by a crash, or taken over from another replica), and 5 s after a failure.
-const PURGE_SCHEDULE: Schedule = Schedule {
-    poll: Duration::from_secs(60),
-    retry: Duration::from_secs(5),
-};
 
 /// The followers service's queue: `UserDeleted`, and with `settles` (a store whose follow can
 /// race a deletion, [`FollowStore::follow_races_deletion`]) its own `UserFollowed`.
@@ -87,16 +80,11 @@ pub async fn runtime(
         purge: Arc::clone(&purge),
     });
     let consumer = Consumer::subscribe(deps.bus.as_ref(), queue, handler, deps.consumer).await?;
-    let purging = Arc::clone(&followers);
-    let purge = Pass {
-        done: "purged the follows of deleted accounts",
-        run: Box::new(move || {
-            let followers = Arc::clone(&purging);
-            Box::pin(async move { Ok(followers.purge_pending().await?) })
-        }),
-        wake: purge,
-        schedule: PURGE_SCHEDULE,
-    };
+    let purge = purge::pass(
+        Arc::clone(&followers),
+        purge,
+        "purged the follows of deleted accounts",
+    );
     let pinged = Arc::clone(&followers);
     let ping = move || {
         let followers = Arc::clone(&pinged);

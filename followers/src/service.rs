@@ -7,7 +7,8 @@ use async_trait::async_trait;
 use futures_util::future::try_join;
 use tonic::transport::Channel;
 use twtr_common::page::InvalidLimit;
-use twtr_common::store::StoreError;
+use twtr_common::purge::{self, Purge};
+use twtr_common::store::{PendingPurge, StoreError};
 use twtr_common::{ErrorCode, IdGenerator, Limit, Page, PageRequest, ServiceError, events};
 use twtr_proto::events::v1::Envelope;
 use twtr_proto::events::v1::envelope::Payload;
@@ -255,25 +256,28 @@ impl Followers {
         self.store.follow_races_deletion()
     }
 
-    /// Removes every edge of deleted accounts, both directions, [`PURGE_BATCH`] at a time, each
-    /// an unfollow with its event and both counts; until no purge is pending. Returns how many
-    /// edges it removed. Safe to run in several replicas at once: the store decides each
+    /// Removes every edge of deleted accounts, both directions, each an unfollow with its event
+    /// and both counts, until no purge is pending (see [`twtr_common::purge`]). Returns how
+    /// many edges it removed. Safe to run in several replicas at once: the store decides each
     /// unfollow once.
     pub async fn purge_pending(&self) -> Result<usize, FollowersError> {
-        let mut removed = 0;
-        loop {
-            let purges = self.store.pending_purges(16).await?;
-            if purges.is_empty() {
-                return Ok(removed);
-            }
-            for purge in purges {
-                removed += self.purge(purge.user).await?;
-                self.store.purge_done(purge).await?;
-                tracing::info!(user_id = purge.user, "deleted account's follows purged");
-            }
-        }
+        purge::purge_pending(self).await
+    }
+}
+
+#[async_trait]
+impl Purge for Followers {
+    type Error = FollowersError;
+
+    async fn pending_purges(&self, max: usize) -> Result<Vec<PendingPurge>, StoreError> {
+        self.store.pending_purges(max).await
     }
 
+    async fn purge_done(&self, purge: PendingPurge) -> Result<(), StoreError> {
+        self.store.purge_done(purge).await
+    }
+
+    /// Both directions of `user`'s edges, [`PURGE_BATCH`] at a time.
     async fn purge(&self, user: u64) -> Result<usize, FollowersError> {
         let mut removed = 0;
         for direction in [Direction::Following, Direction::Followers] {

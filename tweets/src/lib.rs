@@ -33,7 +33,8 @@ use tokio::sync::Notify;
 use twtr_common::IdGenerator;
 use twtr_common::bus::{ConsumerSettings, EventBus, EventHandler, HandlerError, QueueSpec};
 use twtr_common::events::EventKind;
-use twtr_common::runtime::{Consumer, Pass, Schedule, ServiceRuntime};
+use twtr_common::purge;
+use twtr_common::runtime::{Consumer, ServiceRuntime};
 use twtr_common::tokens::TokenVerifier;
 use twtr_proto::events::v1::Envelope;
 use twtr_proto::events::v1::envelope::Payload;
@@ -41,13 +42,6 @@ use twtr_proto::tweets::v1::tweets_service_server::TweetsServiceServer;
 
 pub use service::{DEFAULT_IDEMPOTENCY_WINDOW, Tweets, TweetsError};
 pub use store::{CqlTweetStore, EmbeddedTweetStore, Reaction, SCHEMA, TweetStore};
-
-/// The purge of deleted accounts runs when an account is deleted, every minute anyway (a purge
-/// left by a crash, or taken over from another replica), and 5 s after a failure.
-const PURGE_SCHEDULE: Schedule = Schedule {
-    poll: Duration::from_secs(60),
-    retry: Duration::from_secs(5),
-};
 
 /// The tweets service's queue: `UserDeleted`, and with `settles` (a store that finishes its
 /// writes from its own events, [`TweetStore::settles_events`]) every event of its own.
@@ -94,16 +88,7 @@ pub async fn runtime(
         purge: Arc::clone(&purge),
     });
     let consumer = Consumer::subscribe(deps.bus.as_ref(), queue, handler, deps.consumer).await?;
-    let purging = Arc::clone(&tweets);
-    let purge = Pass {
-        done: "purged deleted accounts",
-        run: Box::new(move || {
-            let tweets = Arc::clone(&purging);
-            Box::pin(async move { Ok(tweets.purge_pending().await?) })
-        }),
-        wake: purge,
-        schedule: PURGE_SCHEDULE,
-    };
+    let purge = purge::pass(Arc::clone(&tweets), purge, "purged deleted accounts");
     let pinged = Arc::clone(&tweets);
     let ping = move || {
         let tweets = Arc::clone(&pinged);

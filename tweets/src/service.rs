@@ -3,8 +3,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_trait::async_trait;
 use twtr_common::page::InvalidLimit;
-use twtr_common::store::StoreError;
+use twtr_common::purge::{self, Purge};
+use twtr_common::store::{PendingPurge, StoreError};
 use twtr_common::{
     ErrorCode, IdGenerator, Limit, Page, PageRequest, ServiceError, clock, events, id,
 };
@@ -319,65 +321,11 @@ impl Tweets {
     }
 
     /// Removes what deleted accounts left (their tweets, likes and retweets, each with its
-    /// event and counts), [`PURGE_BATCH`] at a time, until no purge is pending. Returns how
+    /// event and counts), until no purge is pending (see [`twtr_common::purge`]). Returns how
     /// many things it removed. Safe to run in several replicas at once: every removal is
     /// decided once by the store.
     pub async fn purge_pending(&self) -> Result<usize, TweetsError> {
-        let mut removed = 0;
-        loop {
-            let purges = self.store.pending_purges(16).await?;
-            if purges.is_empty() {
-                return Ok(removed);
-            }
-            for purge in purges {
-                removed += self.purge(purge.user).await?;
-                self.store.purge_done(purge).await?;
-                tracing::info!(user_id = purge.user, "deleted account purged");
-            }
-        }
-    }
-
-    async fn purge(&self, user: u64) -> Result<usize, TweetsError> {
-        let mut removed = 0;
-        let batch = Limit::parse(Some(Limit::MAX)).map_err(TweetsError::from)?;
-        let mut page = PageRequest::first(batch);
-        loop {
-            let tweets = self.store.list_by_author(user, page).await?;
-            for tweet in &tweets.items {
-                removed += usize::from(self.remove_tweet(tweet.id, user).await?);
-            }
-            match tweets.next {
-                Some(next) => page.before = Some(next),
-                None => break,
-            }
-            tokio::task::yield_now().await;
-        }
-        for (reaction, undo) in [
-            (Reaction::Like, Action::Unlike),
-            (Reaction::Retweet, Action::Unretweet),
-        ] {
-            let mut before = None;
-            loop {
-                let batch = self
-                    .store
-                    .reacted(reaction, user, before, PURGE_BATCH)
-                    .await?;
-                for tweet in batch.tweets {
-                    match self.react(undo, user, tweet).await {
-                        Ok(changed) => removed += usize::from(changed),
-                        // Deleted meanwhile: nothing left to take back.
-                        Err(TweetsError::NotFound) => {}
-                        Err(err) => return Err(err),
-                    }
-                }
-                match batch.next {
-                    Some(next) => before = Some(next),
-                    None => break,
-                }
-                tokio::task::yield_now().await;
-            }
-        }
-        Ok(removed)
+        purge::purge_pending(self).await
     }
 
     /// One of this service's own events, consumed back: finishes the write behind it if its
@@ -429,6 +377,63 @@ impl Tweets {
         }
         let counts = self.store.count_by_authors(author_ids.clone()).await?;
         Ok(author_ids.into_iter().zip(counts).collect())
+    }
+}
+
+#[async_trait]
+impl Purge for Tweets {
+    type Error = TweetsError;
+
+    async fn pending_purges(&self, max: usize) -> Result<Vec<PendingPurge>, StoreError> {
+        self.store.pending_purges(max).await
+    }
+
+    async fn purge_done(&self, purge: PendingPurge) -> Result<(), StoreError> {
+        self.store.purge_done(purge).await
+    }
+
+    /// `user`'s tweets, then their likes and retweets, [`PURGE_BATCH`] at a time.
+    async fn purge(&self, user: u64) -> Result<usize, TweetsError> {
+        let mut removed = 0;
+        let batch = Limit::parse(Some(Limit::MAX)).map_err(TweetsError::from)?;
+        let mut page = PageRequest::first(batch);
+        loop {
+            let tweets = self.store.list_by_author(user, page).await?;
+            for tweet in &tweets.items {
+                removed += usize::from(self.remove_tweet(tweet.id, user).await?);
+            }
+            match tweets.next {
+                Some(next) => page.before = Some(next),
+                None => break,
+            }
+            tokio::task::yield_now().await;
+        }
+        for (reaction, undo) in [
+            (Reaction::Like, Action::Unlike),
+            (Reaction::Retweet, Action::Unretweet),
+        ] {
+            let mut before = None;
+            loop {
+                let batch = self
+                    .store
+                    .reacted(reaction, user, before, PURGE_BATCH)
+                    .await?;
+                for tweet in batch.tweets {
+                    match self.react(undo, user, tweet).await {
+                        Ok(changed) => removed += usize::from(changed),
+                        // Deleted meanwhile: nothing left to take back.
+                        Err(TweetsError::NotFound) => {}
+                        Err(err) => return Err(err),
+                    }
+                }
+                match batch.next {
+                    Some(next) => before = Some(next),
+                    None => break,
+                }
+                tokio::task::yield_now().await;
+            }
+        }
+        Ok(removed)
     }
 }
 

@@ -26,7 +26,8 @@ use scylla::client::session::Session;
 use scylla::value::{CqlTimestamp, CqlValue};
 use sha2::{Digest as _, Sha256};
 
-use super::session::{lwt_outcome, qualify};
+use super::lwt::{Lwt, lwt};
+use super::session::qualify;
 use super::{CqlConfig, CqlError};
 
 /// One schema file. Applied files are history: never edit one, add the next version instead.
@@ -525,25 +526,27 @@ async fn acquire_lease(session: &Session, keyspace: &str, owner: &str) -> Result
     let mut backoff = LEASE_BACKOFF_FIRST;
     let mut logged = false;
     loop {
-        let result = match session
+        let outcome = match session
             .query_unpaged(insert.as_str(), (LEASE_ID, owner))
             .await
         {
-            Ok(result) => result,
             Err(err) if table_not_there_yet(&err) && started.elapsed() < LEASE_WAIT => {
                 tracing::debug!(keyspace, "schema_lock not served yet; asking again");
                 tokio::time::sleep(backoff).await;
                 continue;
             }
-            Err(err) => return Err(err.into()),
+            result => lwt(result)?,
         };
-        let (applied, row) = lwt_outcome(result)?;
-        if applied {
-            tracing::debug!(keyspace, owner, "took schema lease");
-            return Ok(());
-        }
+        let row = match outcome {
+            Lwt::Applied => {
+                tracing::debug!(keyspace, owner, "took schema lease");
+                return Ok(());
+            }
+            Lwt::NotApplied(row) => row,
+            Lwt::Unknown(unknown) => return Err(unknown.into()),
+        };
         let holder = match row.get("owner") {
-            Some(Some(CqlValue::Text(holder))) => holder.clone(),
+            Some(CqlValue::Text(holder)) => holder.clone(),
             _ => "someone".to_owned(),
         };
         if !logged {
@@ -571,8 +574,8 @@ async fn renew_lease(session: &Session, keyspace: &str, owner: &str) -> Result<(
     );
     let result = session
         .query_unpaged(update, (owner, LEASE_ID, owner))
-        .await?;
-    if lwt_outcome(result)?.0 {
+        .await;
+    if lwt(result)?.applied()? {
         Ok(())
     } else {
         Err(CqlError::LeaseLost {

@@ -8,13 +8,20 @@
 //!   and [`keyspace`] naming (`<prefix>_<service>`).
 //! - [`session`]: [`connect`] (token-aware, local-datacenter first, configured consistency,
 //!   bounded, and set up to ride out a dead node) and [`Keyspace`], which prepares a service's
-//!   statements once at startup and marks the idempotent ones.
+//!   statements once at startup and marks the idempotent ones; [`logged_batch`] (and
+//!   [`unlogged_batch`]), the one way to build a batch of them.
 //! - [`retry`]: [`StoreRetryPolicy`], what the driver does when one attempt fails.
+//! - [`lwt`](mod@lwt): what a lightweight transaction did ([`Lwt`]: applied, not applied,
+//!   unknown), read by [`lwt()`] from its execution; and [`Retries`], the one [`backoff`] of
+//!   every write that loses to concurrent writers of its row.
 //! - [`outbox`]: [`CqlOutbox`], the sharded transactional outbox with a lease per shard, so any
 //!   number of replicas relay a service's events; read forward from a cursor, marked instead of
 //!   deleted and expired by TTL, so no read meets a tombstone. [`outbox_shard`] picks a shard.
-//! - [`purges`]: [`PurgeQueue`], the deleted accounts a service still has to purge, in hourly
-//!   partitions read from a cursor (the tweets and followers services keep one each).
+//! - [`ledger`]: [`CountLedger`], a count that moves once per op however often the op is
+//!   tried (the tweets and followers services keep their counts in them).
+//! - [`purges`]: [`DeletedAccounts`], the accounts the users service deleted and those a
+//!   service still has to purge, in hourly partitions read from a cursor (the tweets and
+//!   followers services keep one each).
 //! - `testing` (with the `testsuite` feature): one migrated keyspace set per test process, for the CQL conformance suites.
 //! - [`migrate`](mod@migrate): the numbered schema files under `cql/<service>/`, [`migrate()`] (what
 //!   `twtr migrate` runs) and [`ensure_current`] (what a service checks before serving).
@@ -30,6 +37,8 @@
 //! keyspace is routed token-aware without further setup.
 
 pub mod config;
+pub mod ledger;
+pub mod lwt;
 pub mod migrate;
 pub mod outbox;
 pub mod purges;
@@ -42,14 +51,13 @@ pub use config::{
     ConsistencySettings, CqlConfig, DEFAULT_KEYSPACE_PREFIX, DEFAULT_REQUEST_TIMEOUT, Replication,
     keyspace, parse_consistency, parse_serial_consistency,
 };
+pub use ledger::{CountColumn, CountLedger};
+pub use lwt::{Contended, Lwt, LwtRow, OutcomeUnknown, Retries, backoff, lwt};
 pub use migrate::{Migration, MigrationReport, Schema, ensure_current, migrate};
 pub use outbox::{CqlOutbox, OutboxRead, OutboxRow, ReadCounts, TracedRead, read_counts};
-pub use purges::{PurgeQueue, PurgeTables};
+pub use purges::{DeletedAccountTables, DeletedAccounts};
 pub use retry::StoreRetryPolicy;
-pub use session::{
-    Keyspace, cas_outcome_unknown, connect, is_idempotent, lwt_applied, lwt_outcome,
-    mark_idempotence, qualify,
-};
+pub use session::{Keyspace, connect, is_idempotent, logged_batch, qualify, unlogged_batch};
 
 use scylla::deserialize::DeserializationError;
 use scylla::errors::{

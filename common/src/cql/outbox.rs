@@ -81,7 +81,7 @@ use tokio::time::Instant;
 use twtr_proto::events::v1::Envelope;
 use uuid::Uuid;
 
-use super::{CqlError, Keyspace, OUTBOX_SHARDS, lwt_applied, outbox_shard};
+use super::{CqlError, Keyspace, Lwt, OUTBOX_SHARDS, lwt, outbox_shard};
 use crate::outbox::{Outbox, OutboxKey, PendingEvent};
 use crate::store::StoreError;
 use crate::{IdGenerator, clock, id, lock};
@@ -526,8 +526,9 @@ impl CqlOutbox {
             if self.read_cursor(shard).await?.is_none() {
                 let result = session
                     .execute_unpaged(&self.statements.init_cursor, (shard, start))
-                    .await?;
-                lwt_applied(result)?;
+                    .await;
+                // Refused: another process made the cursor first, which is as good.
+                lwt(result)?.applied()?;
             }
             Ok::<_, CqlError>(())
         });
@@ -624,7 +625,7 @@ impl CqlOutbox {
                         .execute_unpaged(&self.statements.acquire, (shard, &self.owner))
                         .await
                 };
-                let holds = result.map_err(CqlError::from).and_then(lwt_applied)?;
+                let holds = lwt(result).and_then(Lwt::applied)?;
                 // A shard just taken starts where the last relay's cursor says.
                 let cursor = if holds && !was_held {
                     Some(self.cursor_or_oldest(shard).await?)

@@ -1,15 +1,20 @@
-//! Deleted accounts waiting for their purge, on CQL: a queue that is never read through its own
+//! Deleted accounts on CQL: [`DeletedAccounts`], the ledger of accounts the users service
+//! deleted and the queue of those whose purge is not done yet, never read through its own
 //! deletes. The tweets and followers services each keep one in their keyspace
-//! (`cql/tweets/003_settled_changes.cql`, `cql/followers/003_purges_by_time.cql`).
+//! (`cql/tweets/002_authors_and_post_keys.cql` and `003_settled_changes.cql`,
+//! `cql/followers/002_gone_users.cql` and `003_purges_by_time.cql`).
 //!
 //! # Shape
 //!
+//! - the ledger (`gone_authors`, `gone_users`): a row per deleted account, which a write that
+//!   would add to an account reads first ([`DeletedAccounts::is_gone`]). [`DeletedAccounts::forget`]
+//!   writes it and queues the account's purge in one logged batch.
 //! - the queue table (`author_purges_by_hour`, `user_purges_by_hour`): one partition per hour of
 //!   deletion (`bucket` = Unix ms / 3,600,000), a row per account. A finished purge is marked by
 //!   overwriting `done = true`, never by a delete, and every row expires by the table's TTL
 //!   ([`QUEUE_TTL`]), far longer than any purge takes.
 //! - `purge_cursor`, one row: the first hour that may still hold an unfinished purge. A pass
-//!   ([`PurgeQueue::pending`]) reads the hours from the cursor to now, at most a day's
+//!   ([`DeletedAccounts::pending`]) reads the hours from the cursor to now, at most a day's
 //!   partitions per query, and moves the cursor up to the first hour with a pending row. So a
 //!   pass reads a bounded, recent range: live rows only, never what the TTL expired behind the
 //!   cursor. The cursor stays [`CURSOR_LAG`] behind now, so a deletion written late (a slow
@@ -27,10 +32,11 @@
 use std::time::Duration;
 
 use futures_util::TryStreamExt as _;
+use scylla::statement::batch::Batch;
 use scylla::statement::prepared::PreparedStatement;
 use scylla::value::CqlTimestamp;
 
-use super::{CqlError, Keyspace};
+use super::{CqlError, Keyspace, logged_batch};
 use crate::clock;
 use crate::store::{PendingPurge, StoreError};
 
@@ -47,21 +53,26 @@ const BUCKETS_PER_READ: i64 = 24;
 /// The slot of an entry read from the old table.
 const LEGACY_SLOT: i64 = -1;
 
-/// The names of one service's purge tables.
+/// The names of one service's deleted-account tables.
 #[derive(Debug, Clone, Copy)]
-pub struct PurgeTables {
+pub struct DeletedAccountTables {
+    /// The ledger: `<id_column> bigint PRIMARY KEY, gone_at timestamp`.
+    pub gone: &'static str,
     /// The queue, partitioned by hour.
     pub queue: &'static str,
-    /// Its (and the old table's) account column.
+    /// The account column of all three tables.
     pub id_column: &'static str,
     /// The old one-partition table that the passes drain.
     pub legacy: &'static str,
 }
 
-/// One keyspace's purge queue: its statements (see the [module docs](self)).
-pub struct PurgeQueue {
+/// One keyspace's deleted accounts: its statements (see the [module docs](self)).
+pub struct DeletedAccounts {
     ks: Keyspace,
-    enqueue: PreparedStatement,
+    select_gone: PreparedStatement,
+    /// Logged: the ledger row and the queue row (which leaves `done` alone, so writing it again
+    /// never makes a finished purge pending).
+    forget: Batch,
     read_buckets: PreparedStatement,
     mark_done: PreparedStatement,
     read_cursor: PreparedStatement,
@@ -71,28 +82,38 @@ pub struct PurgeQueue {
     delete_legacy: PreparedStatement,
 }
 
-impl std::fmt::Debug for PurgeQueue {
+impl std::fmt::Debug for DeletedAccounts {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PurgeQueue")
+        f.debug_struct("DeletedAccounts")
             .field("keyspace", &self.ks.name())
             .finish_non_exhaustive()
     }
 }
 
-impl PurgeQueue {
+impl DeletedAccounts {
     /// Prepares the statements on `tables` in `ks`.
-    pub async fn new(ks: &Keyspace, tables: PurgeTables) -> Result<Self, CqlError> {
-        let PurgeTables {
+    pub async fn new(ks: &Keyspace, tables: DeletedAccountTables) -> Result<Self, CqlError> {
+        let DeletedAccountTables {
+            gone,
             queue,
             id_column: id,
             legacy,
         } = tables;
+        let insert_gone = ks
+            .prepare(&format!(
+                "INSERT INTO {{ks}}.{gone} ({id}, gone_at) VALUES (?, ?)"
+            ))
+            .await?;
+        let enqueue = ks
+            .prepare(&format!(
+                "INSERT INTO {{ks}}.{queue} (bucket, {id}) VALUES (?, ?)"
+            ))
+            .await?;
         Ok(Self {
-            enqueue: ks
-                .prepare(&format!(
-                    "INSERT INTO {{ks}}.{queue} (bucket, {id}) VALUES (?, ?)"
-                ))
+            select_gone: ks
+                .prepare(&format!("SELECT {id} FROM {{ks}}.{gone} WHERE {id} = ?"))
                 .await?,
+            forget: logged_batch([&insert_gone, &enqueue]),
             read_buckets: ks
                 .prepare(&format!(
                     "SELECT bucket, {id}, done FROM {{ks}}.{queue} WHERE bucket IN ?"
@@ -128,16 +149,28 @@ impl PurgeQueue {
         })
     }
 
-    /// The insert that queues a purge, for the logged batch that records the deletion, with
-    /// [`PurgeQueue::row`] as its values. It leaves `done` alone, so writing it again never
-    /// makes a finished purge pending.
-    pub fn enqueue(&self) -> &PreparedStatement {
-        &self.enqueue
+    /// Records that `user`'s account is deleted and queues its purge, unless it was recorded
+    /// already. Idempotent.
+    pub async fn forget(&self, user: u64) -> Result<(), StoreError> {
+        if self.is_gone(user).await? {
+            return Ok(());
+        }
+        let now = clock::now_millis();
+        let key = user as i64;
+        let values = ((key, CqlTimestamp(now)), (bucket_of(now), key));
+        self.ks.session().batch(&self.forget, values).await?;
+        Ok(())
     }
 
-    /// The values of [`PurgeQueue::enqueue`] for `user`'s purge, queued now.
-    pub fn row(user: u64) -> (i64, i64) {
-        (bucket_of(clock::now_millis()), user as i64)
+    /// Whether `user`'s account is deleted.
+    pub async fn is_gone(&self, user: u64) -> Result<bool, StoreError> {
+        let rows = self
+            .ks
+            .session()
+            .execute_unpaged(&self.select_gone, (user as i64,))
+            .await?
+            .into_rows_result()?;
+        Ok(rows.rows_num() > 0)
     }
 
     /// Up to `max` purges not done yet: the old table's first, then the queue's, oldest hour
@@ -213,7 +246,7 @@ impl PurgeQueue {
         Ok(found)
     }
 
-    /// Marks `purge` (one of [`PurgeQueue::pending`]'s entries) done.
+    /// Marks `purge` (one of [`DeletedAccounts::pending`]'s entries) done.
     pub async fn done(&self, purge: PendingPurge) -> Result<(), StoreError> {
         let session = self.ks.session();
         let user = purge.user as i64;

@@ -25,7 +25,7 @@
 //! Everything else follows the default: a statement that might have been applied is retried only
 //! when it is idempotent ([`Keyspace::prepare`](super::Keyspace::prepare) marks which are); a
 //! lightweight transaction never is (its second attempt could see its own first one and report
-//! "not applied"): its caller reads back and decides ([`cas_outcome_unknown`](super::cas_outcome_unknown)).
+//! "not applied"): its caller reads back and decides ([`Lwt::Unknown`](super::Lwt::Unknown)).
 
 use scylla::errors::{DbError, RequestAttemptError, WriteType};
 use scylla::policies::retry::{RequestInfo, RetryDecision, RetryPolicy, RetrySession};

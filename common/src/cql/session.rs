@@ -1,7 +1,7 @@
 //! The driver session and the per-service handle stores build on: [`connect`] opens one session
 //! per process; [`Keyspace`] binds it to one service's keyspace and prepares that service's
 //! statements (`{ks}` placeholders substituted, read or write consistency chosen, idempotence
-//! marked); [`lwt_applied`] reads the outcome of a lightweight transaction.
+//! marked).
 //!
 //! # When a node dies
 //!
@@ -16,7 +16,7 @@
 //!   center: `LOCAL_QUORUM` coordinated there would be a quorum of *that* data center. No latency
 //!   awareness: the driver documents it as apt to pile load on a few nodes, and a slow node is
 //!   what speculative execution is for.
-//! - **Retries** ([`StoreRetryPolicy`](super::retry::StoreRetryPolicy)): a statement cut off with
+//! - **Retries** ([`StoreRetryPolicy`]): a statement cut off with
 //!   its node is retried on the next one when it is idempotent, and so is a logged batch whose
 //!   batchlog write timed out (the coordinator still thinks the dead node is alive, for 10 to 20
 //!   seconds); a node refusing the request as it shuts down sends any statement to the next.
@@ -31,20 +31,16 @@
 //!   [`CqlConfig::request_timeout`]; keepalives find a connection that stopped answering within
 //!   [`KEEPALIVE`] twice over even when the kernel does not.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use scylla::client::execution_profile::{ExecutionProfile, ExecutionProfileHandle};
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
-use scylla::errors::{DbError, ExecutionError, RequestAttemptError, WriteType};
 use scylla::policies::load_balancing::{DefaultPolicy, LoadBalancingPolicy};
 use scylla::policies::speculative_execution::SimpleSpeculativeExecutionPolicy;
-use scylla::response::query_result::QueryResult;
-use scylla::statement::batch::{Batch, BatchStatement};
+use scylla::statement::batch::{Batch, BatchStatement, BatchType};
 use scylla::statement::prepared::PreparedStatement;
-use scylla::value::{CqlValue, Row};
 
 use super::retry::StoreRetryPolicy;
 use super::{ConsistencySettings, CqlConfig, CqlError};
@@ -232,10 +228,37 @@ pub fn is_idempotent(cql: &str) -> bool {
     !words.contains(&"IF") && !computes && !code.contains(['+', '-'])
 }
 
+/// A logged batch of `statements`: the one way stores build a batch whose rows span partitions
+/// (all of them land, or none does). It runs at the session profile's consistencies (a batch
+/// ignores its statements'; every batch holds writes, which is what the profile carries), and
+/// it is marked idempotent exactly when every statement is ([`Keyspace::prepare`] marks them),
+/// so the driver sends it again after a lost node only when that is safe.
+pub fn logged_batch<'a>(statements: impl IntoIterator<Item = &'a PreparedStatement>) -> Batch {
+    batch(BatchType::Logged, statements)
+}
+
+/// An unlogged batch of `statements`, all in one partition (applied atomically without the batch
+/// log), otherwise as [`logged_batch`].
+pub fn unlogged_batch<'a>(statements: impl IntoIterator<Item = &'a PreparedStatement>) -> Batch {
+    batch(BatchType::Unlogged, statements)
+}
+
+fn batch<'a>(
+    kind: BatchType,
+    statements: impl IntoIterator<Item = &'a PreparedStatement>,
+) -> Batch {
+    let mut batch = Batch::new(kind);
+    for statement in statements {
+        batch.append_statement(statement.clone());
+    }
+    mark_idempotence(&mut batch);
+    batch
+}
+
 /// Marks `batch` idempotent exactly when every statement in it is (as [`Keyspace::prepare`]
 /// marked them): a batch carries an idempotence of its own, which the driver does not derive from
-/// its statements. Call it once the batch holds all its statements.
-pub fn mark_idempotence(batch: &mut Batch) {
+/// its statements.
+fn mark_idempotence(batch: &mut Batch) {
     let idempotent = batch.statements.iter().all(|statement| match statement {
         BatchStatement::PreparedStatement(prepared) => prepared.get_is_idempotent(),
         BatchStatement::Query(query) => query.get_is_idempotent(),
@@ -243,57 +266,6 @@ pub fn mark_idempotence(batch: &mut Batch) {
         _ => false,
     });
     batch.set_is_idempotent(idempotent);
-}
-
-/// Whether a lightweight transaction failed without telling whether it took effect: a write
-/// timeout in its Paxos round (contention, or a slow replica), no answer in time, or its
-/// coordinator gone mid-request (killed, or cut off). The caller reads back what is there and
-/// tries again; anything else is a real failure.
-pub fn cas_outcome_unknown(err: &ExecutionError) -> bool {
-    matches!(
-        err,
-        ExecutionError::RequestTimeout(_)
-            | ExecutionError::LastAttemptError(
-                RequestAttemptError::DbError(
-                    DbError::WriteTimeout {
-                        write_type: WriteType::Cas,
-                        ..
-                    },
-                    _,
-                ) | RequestAttemptError::BrokenConnectionError(_)
-            )
-    )
-}
-
-/// Whether a lightweight transaction (`... IF ...`) took effect: the `[applied]` column of its
-/// result. When it did not, the rest of the row holds the values that made the condition fail.
-pub fn lwt_applied(result: QueryResult) -> Result<bool, CqlError> {
-    Ok(lwt_outcome(result)?.0)
-}
-
-/// The `[applied]` column of a lightweight transaction's result, and the other columns by name:
-/// for callers that need the values the condition saw (for example, who holds a lease).
-pub fn lwt_outcome(
-    result: QueryResult,
-) -> Result<(bool, HashMap<String, Option<CqlValue>>), CqlError> {
-    let rows = result.into_rows_result()?;
-    let names: Vec<String> = rows
-        .column_specs()
-        .iter()
-        .map(|spec| spec.name().to_owned())
-        .collect();
-    let row: Row = rows.first_row()?;
-    let mut columns: HashMap<String, Option<CqlValue>> =
-        names.into_iter().zip(row.columns).collect();
-    match columns.remove("[applied]") {
-        Some(Some(CqlValue::Boolean(applied))) => Ok((applied, columns)),
-        None => Err(CqlError::UnexpectedResult(
-            "no [applied] column: not a lightweight transaction".to_owned(),
-        )),
-        Some(other) => Err(CqlError::UnexpectedResult(format!(
-            "[applied] is {other:?}, not a boolean"
-        ))),
-    }
 }
 
 #[cfg(test)]

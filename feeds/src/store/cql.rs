@@ -36,10 +36,10 @@ use futures_util::future::join_all;
 use futures_util::{StreamExt as _, TryStreamExt as _, stream};
 use scylla::deserialize::row::DeserializeRow;
 use scylla::serialize::row::SerializeRow;
-use scylla::statement::batch::{Batch, BatchType};
+use scylla::statement::batch::Batch;
 use scylla::statement::prepared::PreparedStatement;
 use scylla::value::CqlTimestamp;
-use twtr_common::cql::{CqlError, Keyspace, mark_idempotence};
+use twtr_common::cql::{CqlError, Keyspace, logged_batch, unlogged_batch};
 use twtr_common::store::StoreError;
 use twtr_common::{Page, PageRequest};
 
@@ -156,10 +156,10 @@ impl std::fmt::Debug for CqlFeedStore {
 impl CqlFeedStore {
     /// Prepares every statement in `ks` (whose schema must be current).
     pub async fn new(ks: Keyspace, limits: FeedLimits) -> Result<Self, CqlError> {
-        let mut set_retweet = Batch::new(BatchType::Logged);
-        set_retweet.append_statement(ks.prepare(SET_RETWEET).await?);
-        set_retweet.append_statement(ks.prepare(SET_RETWEETER).await?);
-        mark_idempotence(&mut set_retweet);
+        let set_retweet = logged_batch([
+            &ks.prepare(SET_RETWEET).await?,
+            &ks.prepare(SET_RETWEETER).await?,
+        ]);
         Ok(Self {
             insert_entry: ks.prepare(INSERT_ENTRY).await?,
             delete_entry: ks.prepare(DELETE_ENTRY).await?,
@@ -217,11 +217,7 @@ impl CqlFeedStore {
         let mut rows = rows.into_iter().peekable();
         while rows.peek().is_some() {
             let chunk: Vec<V> = rows.by_ref().take(BATCH_ROWS).collect();
-            let mut batch = Batch::new(BatchType::Unlogged);
-            for _ in &chunk {
-                batch.append_statement(statement.clone());
-            }
-            mark_idempotence(&mut batch);
+            let batch = unlogged_batch(std::iter::repeat_n(statement, chunk.len()));
             session.batch(&batch, &chunk).await?;
         }
         Ok(())

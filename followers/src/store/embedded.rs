@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use redb::{ReadableTable as _, TableDefinition};
-use twtr_common::embedded::{EmbeddedDb, Tx};
+use twtr_common::embedded::{DeletedAccounts, EmbeddedDb, Tx};
 use twtr_common::outbox::Outbox;
 use twtr_common::store::{PendingPurge, StoreError};
 use twtr_common::{IdGenerator, Page, PageRequest, id};
@@ -31,10 +31,8 @@ const FOLLOWING: TableDefinition<(u64, u64, u64), i64> = TableDefinition::new("f
 const FOLLOWERS: TableDefinition<(u64, u64, u64), i64> = TableDefinition::new("followers_list");
 /// User -> (followers, following).
 const COUNTS: TableDefinition<u64, (u64, u64)> = TableDefinition::new("follow_counts");
-/// Deleted accounts: refused on either end of a follow.
-const GONE: TableDefinition<u64, ()> = TableDefinition::new("gone_users");
-/// Deleted accounts whose purge is not done.
-const PURGES: TableDefinition<u64, ()> = TableDefinition::new("user_purges");
+/// Deleted accounts (refused on either end of a follow) and those whose purge is not done.
+const DELETED_ACCOUNTS: DeletedAccounts = DeletedAccounts::new("gone_users", "user_purges");
 /// The first format: (follower, followee) -> followed at (ms), without versions or follow IDs.
 /// Moved into the tables above when a store opens, then left empty.
 const LEGACY_FOLLOWING: TableDefinition<(u64, u64), i64> = TableDefinition::new("following");
@@ -54,8 +52,7 @@ impl EmbeddedFollowStore {
             tx.open_table(FOLLOWING)?;
             tx.open_table(FOLLOWERS)?;
             tx.open_table(COUNTS)?;
-            tx.open_table(GONE)?;
-            tx.open_table(PURGES)?;
+            DELETED_ACCOUNTS.create(tx)?;
             upgrade_legacy(tx)
         })?;
         Ok(Self { db })
@@ -141,8 +138,9 @@ impl FollowStore for EmbeddedFollowStore {
         let follow_id = event.event_id;
         self.db
             .write(move |tx| {
-                let gone = tx.open_table(GONE)?;
-                if gone.get(follower)?.is_some() || gone.get(followee)?.is_some() {
+                if DELETED_ACCOUNTS.is_gone_in(tx, follower)?
+                    || DELETED_ACCOUNTS.is_gone_in(tx, followee)?
+                {
                     return Ok(FollowOutcome::AccountGone);
                 }
                 let mut edges = tx.open_table(EDGES)?;
@@ -263,49 +261,19 @@ impl FollowStore for EmbeddedFollowStore {
     }
 
     async fn forget_user(&self, user: u64) -> Result<(), StoreError> {
-        self.db
-            .write(move |tx| {
-                let mut gone = tx.open_table(GONE)?;
-                if gone.get(user)?.is_none() {
-                    gone.insert(user, ())?;
-                    tx.open_table(PURGES)?.insert(user, ())?;
-                }
-                Ok(())
-            })
-            .await
+        DELETED_ACCOUNTS.forget(&self.db, user).await
     }
 
     async fn user_gone(&self, user: u64) -> Result<bool, StoreError> {
-        self.db
-            .read(move |txn| Ok(txn.open_table(GONE)?.get(user)?.is_some()))
-            .await
+        DELETED_ACCOUNTS.is_gone(&self.db, user).await
     }
 
     async fn pending_purges(&self, max: usize) -> Result<Vec<PendingPurge>, StoreError> {
-        // One transaction removes a purge when it is done, so no deleted row is ever read.
-        self.db
-            .read(move |txn| {
-                txn.open_table(PURGES)?
-                    .iter()?
-                    .take(max)
-                    .map(|entry| {
-                        Ok(PendingPurge {
-                            user: entry?.0.value(),
-                            slot: 0,
-                        })
-                    })
-                    .collect()
-            })
-            .await
+        DELETED_ACCOUNTS.pending(&self.db, max).await
     }
 
     async fn purge_done(&self, purge: PendingPurge) -> Result<(), StoreError> {
-        self.db
-            .write(move |tx| {
-                tx.open_table(PURGES)?.remove(purge.user)?;
-                Ok(())
-            })
-            .await
+        DELETED_ACCOUNTS.done(&self.db, purge).await
     }
 
     fn outbox(&self) -> Arc<dyn Outbox> {

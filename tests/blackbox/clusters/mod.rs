@@ -42,13 +42,13 @@ use std::time::{Duration, Instant};
 
 use scylla::client::session::Session;
 use scylla::statement::Consistency;
-use scylla::statement::batch::{Batch, BatchType};
+use scylla::statement::batch::Batch;
 use tokio::process::Command;
 use twtr_common::bus::{
     EventBus as _, QueueSpec, QueueType, RabbitBus, RabbitConfig, conformance, publish,
 };
 use twtr_common::cql::testing::KeyspaceSet;
-use twtr_common::cql::{CqlConfig, Keyspace, Replication, connect, mark_idempotence};
+use twtr_common::cql::{CqlConfig, Keyspace, Replication, connect, logged_batch};
 use twtr_common::error::error_chain;
 use twtr_users::store::UserStore as _;
 use twtr_users::store::conformance::{event, fresh_user, unique_id};
@@ -148,18 +148,14 @@ struct Statements {
 }
 
 async fn prepare(ks: &Keyspace) -> Statements {
-    let mut batch = Batch::new(BatchType::Logged);
-    batch.append_statement(
-        ks.prepare("INSERT INTO {ks}.kv (k, v) VALUES (?, ?)")
+    let batch = logged_batch([
+        &ks.prepare("INSERT INTO {ks}.kv (k, v) VALUES (?, ?)")
             .await
             .expect("prepare"),
-    );
-    batch.append_statement(
-        ks.prepare("INSERT INTO {ks}.log (k, seq, note) VALUES (?, ?, ?)")
+        &ks.prepare("INSERT INTO {ks}.log (k, seq, note) VALUES (?, ?, ?)")
             .await
             .expect("prepare"),
-    );
-    mark_idempotence(&mut batch);
+    ]);
     Statements {
         write: ks
             .prepare("INSERT INTO {ks}.kv (k, v) VALUES (?, ?)")
@@ -271,19 +267,17 @@ async fn lwt(
     statement: &scylla::statement::prepared::PreparedStatement,
     k: i64,
 ) -> Result<bool, twtr_common::cql::CqlError> {
+    use twtr_common::cql::Lwt;
     let mut unknown = false;
     for _ in 0..3 {
-        match session.execute_unpaged(statement, (2_i64, k, 1_i64)).await {
-            Ok(result) => {
-                let (applied, columns) = twtr_common::cql::lwt_outcome(result)?;
-                let already = matches!(
-                    columns.get("v"),
-                    Some(Some(scylla::value::CqlValue::BigInt(2)))
-                );
-                return Ok(applied || (unknown && already));
+        let result = session.execute_unpaged(statement, (2_i64, k, 1_i64)).await;
+        match twtr_common::cql::lwt(result)? {
+            Lwt::Applied => return Ok(true),
+            Lwt::NotApplied(columns) => {
+                let already = matches!(columns.get("v"), Some(scylla::value::CqlValue::BigInt(2)));
+                return Ok(unknown && already);
             }
-            Err(err) if twtr_common::cql::cas_outcome_unknown(&err) => unknown = true,
-            Err(err) => return Err(err.into()),
+            Lwt::Unknown(_) => unknown = true,
         }
     }
     Ok(false)

@@ -9,7 +9,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use prost::Message as _;
 use redb::{ReadableTable as _, TableDefinition};
-use twtr_common::embedded::{EmbeddedDb, scan_page};
+use twtr_common::embedded::{DeletedAccounts, EmbeddedDb, scan_page};
 use twtr_common::outbox::Outbox;
 use twtr_common::store::{PendingPurge, StoreError};
 use twtr_common::{Page, PageRequest, clock};
@@ -48,10 +48,8 @@ const REACTION_VERSIONS: TableDefinition<(u8, u64, u64), u64> =
 const LIKE_COUNTS: TableDefinition<u64, u64> = TableDefinition::new("like_counts");
 /// Tweet -> number of retweets.
 const RETWEET_COUNTS: TableDefinition<u64, u64> = TableDefinition::new("retweet_counts");
-/// Deleted accounts: no longer authors.
-const GONE_AUTHORS: TableDefinition<u64, ()> = TableDefinition::new("gone_authors");
-/// Deleted accounts whose purge is not done.
-const PURGES: TableDefinition<u64, ()> = TableDefinition::new("purges");
+/// Deleted accounts (no longer authors) and those whose purge is not done.
+const DELETED_ACCOUNTS: DeletedAccounts = DeletedAccounts::new("gone_authors", "purges");
 /// (author, idempotency key) -> an encoded [`KeyRecord`].
 const KEYS: TableDefinition<(u64, &str), &[u8]> = TableDefinition::new("idempotency_keys");
 /// (claimed at ms, author, key) -> (): the claims oldest first, for expiring them.
@@ -89,8 +87,7 @@ impl EmbeddedTweetStore {
             tx.open_table(TWEET_COUNTS)?;
             tx.open_table(PUBLIC_TIMELINE)?;
             tx.open_table(DELETED)?;
-            tx.open_table(GONE_AUTHORS)?;
-            tx.open_table(PURGES)?;
+            DELETED_ACCOUNTS.create(tx)?;
             tx.open_table(KEYS)?;
             tx.open_table(KEYS_BY_AGE)?;
             tx.open_table(REACTION_VERSIONS)?;
@@ -139,7 +136,7 @@ impl TweetStore for EmbeddedTweetStore {
     async fn create(&self, tweet: TweetRecord, event: Envelope) -> Result<bool, StoreError> {
         self.db
             .write(move |tx| {
-                if tx.open_table(GONE_AUTHORS)?.get(tweet.author_id)?.is_some() {
+                if DELETED_ACCOUNTS.is_gone_in(tx, tweet.author_id)? {
                     return Ok(false);
                 }
                 let mut tweets = tx.open_table(TWEETS)?;
@@ -229,49 +226,19 @@ impl TweetStore for EmbeddedTweetStore {
     }
 
     async fn forget_author(&self, user: u64) -> Result<(), StoreError> {
-        self.db
-            .write(move |tx| {
-                let mut gone = tx.open_table(GONE_AUTHORS)?;
-                if gone.get(user)?.is_none() {
-                    gone.insert(user, ())?;
-                    tx.open_table(PURGES)?.insert(user, ())?;
-                }
-                Ok(())
-            })
-            .await
+        DELETED_ACCOUNTS.forget(&self.db, user).await
     }
 
     async fn author_gone(&self, user: u64) -> Result<bool, StoreError> {
-        self.db
-            .read(move |txn| Ok(txn.open_table(GONE_AUTHORS)?.get(user)?.is_some()))
-            .await
+        DELETED_ACCOUNTS.is_gone(&self.db, user).await
     }
 
     async fn pending_purges(&self, max: usize) -> Result<Vec<PendingPurge>, StoreError> {
-        // One transaction removes a purge when it is done, so no deleted row is ever read.
-        self.db
-            .read(move |txn| {
-                txn.open_table(PURGES)?
-                    .iter()?
-                    .take(max)
-                    .map(|entry| {
-                        Ok(PendingPurge {
-                            user: entry?.0.value(),
-                            slot: 0,
-                        })
-                    })
-                    .collect()
-            })
-            .await
+        DELETED_ACCOUNTS.pending(&self.db, max).await
     }
 
     async fn purge_done(&self, purge: PendingPurge) -> Result<(), StoreError> {
-        self.db
-            .write(move |tx| {
-                tx.open_table(PURGES)?.remove(purge.user)?;
-                Ok(())
-            })
-            .await
+        DELETED_ACCOUNTS.done(&self.db, purge).await
     }
 
     async fn reacted(

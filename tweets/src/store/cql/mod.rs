@@ -1,0 +1,403 @@
+//! The CQL backend of [`TweetStore`]: tweets on ScyllaDB / Cassandra, in the tables of
+//! `cql/tweets/001_init.cql` (whose header explains the count ledger this module follows),
+//! `002_authors_and_post_keys.cql` and `003_settled_changes.cql` (how a call learns whether a
+//! change was settled, and the purge queue).
+//!
+//! # Layout
+//!
+//! - `statements`: every statement, each prepared once by [`CqlTweetStore::new`], and the
+//!   statements of likes and of retweets, which live in tables of the same shape.
+//! - this module: [`CqlTweetStore`], a handle on `Inner` (what the store holds), which runs
+//!   creates, reactions and deletions in a task of their own: once a change is decided, its
+//!   remaining steps run even if the caller goes away (a deadline drops its future); and
+//!   `Inner::settle`, which finishes a write from its event consumed back.
+//! - `create`, `reactions` and `delete`: the write paths, each in three steps (decide, batch,
+//!   count): creates (below), likes and retweets (`Inner::react`) and deletions
+//!   (`Inner::delete`), the last two as the schema's header describes: a lightweight transaction
+//!   on the row that owns the state, a logged batch with the outbox row, then the count op
+//!   through its ledger (`like:<user>:<version>`, `retweet:<user>:<version>`,
+//!   `tweet:<id>:deleted`), each applied by its [`CountLedger`].
+//!   Each first finishes what the last change of its row left undone (see below).
+//! - `reads`: single rows by full primary key, several partitions by `IN` lists of at most
+//!   [`IN_CHUNK`] keys, put back in the order the trait promises. Every hydrated tweet carries
+//!   its like and retweet counts, read from `tweet_counts`' static columns in the same chunks.
+//!   The public timeline reads the hours listed in `timeline_buckets` newest first (oldest
+//!   first when polling), `BUCKETS_PER_READ` at a time, and each hour's partition of
+//!   `timeline` until the page is full: never a table scan.
+//! - deleted authors: `gone_authors`, which a create reads first, and the authors whose tweets,
+//!   likes and retweets the service still removes, in `author_purges_by_hour` (one
+//!   [`DeletedAccounts`]: hourly partitions read from a
+//!   cursor, never through deletes).
+
+//! # How a create lands, and how a retry finishes one cut short
+//!
+//! 1. **Claim** the tweet ID: `INSERT INTO tweets ... IF NOT EXISTS`, a lightweight transaction
+//!    on the tweet's own partition, so it never contends with other tweets. It decides, once and
+//!    for all, which tweet owns the ID. An ID held by another tweet (minted twice: two
+//!    processes with one worker number) fails the create with [`StoreError::Conflict`], logged
+//!    as an error; the caller's retry gets a fresh ID.
+//! 2. **Batch**: one logged batch with the author's timeline row, the public timeline row, its
+//!    hour in `timeline_buckets` (once per hour per process) and the `TweetCreated` outbox row.
+//!    All of them land or none does; the batch is plain upserts, so running it again is harmless.
+//! 3. **Count**: the op `tweet:<id>:created` applied to `author_counts` through its ledger
+//!    (conditional batch: ledger row `IF NOT EXISTS` + `SET tweet_count = ? IF tweet_count = ?`),
+//!    exactly once however often it is attempted.
+//!
+//! A crash (or a timeout) between the steps leaves the claim without its batch, or the batch
+//! without its count. The caller's retry of the same tweet finds the ID claimed, and then:
+//! if the batch's author-timeline row is missing, the batch never ran, so it runs it now, with
+//! the retry's own event (the tweet gets announced exactly when it exists: a claim whose batch
+//! never ran was never announced, and the retry's event describes the same tweet); if the row is
+//! there, the batch ran, event included, so it skips it, and stages no second event. Either way it
+//! applies the count op, which the ledger turns into a no-op if it was done. A deletion of a tweet
+//! whose batch never ran finishes the create first (with an event rebuilt from the row), so
+//! that the deletion's own batch leaves a mark (below).
+//!
+//! The one race left: a retry that runs while the first attempt sits between its claim and its
+//! batch also finds the timeline row missing, and both attempts stage an event (with different
+//! event IDs) for the same tweet. Consumers take events at least once and key them by tweet ID,
+//! so a second announcement is harmless; a lost one would not be.
+//!
+//! # What a crash leaves of a like, a retweet or a deletion, and how the next call finishes it
+//!
+//! A crash, or a store error, between step 1 (decided) and step 2 (the batch with the event)
+//! would lose the event for good: a repeat finds the change made. So every call on a (user,
+//! tweet) pair, or on a deleted tweet, first looks at whether the last change was **settled**,
+//! which the rows written by its batch tell (`003_settled_changes.cql`): a like or retweet at
+//! version `v` is settled when its `tweet_likes` / `tweet_retweets` row holds `v`, its undoing
+//! when that row is gone, a deletion when the tweet's `author_tweets` row is gone. Then:
+//! - Settled, and the call repeats it: within `REPAIR_WINDOW` (a day) it applies the count op
+//!   again (a no-op when it was applied), for a crash between steps 2 and 3.
+//! - Not settled, and the change is this call's own (a lightweight transaction whose reply was
+//!   lost): it writes it with its own event.
+//! - Not settled and younger than [`ABANDONED_AFTER`]: its caller is taken to be writing it
+//!   still (a batch takes milliseconds), so the call waits for it, at most that long.
+//! - Not settled and older: abandoned (its caller died, or its batch failed). The call runs
+//!   step 2 with the change's event rebuilt from the decided row and the tweet's author: the
+//!   version decided, the count op of that version, a fresh event ID; then step 3. Consumers
+//!   keep the highest version they saw and the ledger moves a count once per op, so if the first
+//!   caller wakes up and writes its own event too, the two count as one.
+//!
+//! Only then does the call decide its own change; so a change is decided only once the one
+//! before it is settled, which is what makes those rows a faithful mark. They are written
+//! `USING TIMESTAMP` the change's decision time (in the decided row, one millisecond later at
+//! least than the previous version's), so a batch that lands late, after the next change's,
+//! loses to it and never brings a stale mirror or timeline row back.
+//!
+//! A deletion is a terminal change: the calls that find a deleted tweet are the repeated delete,
+//! a reaction to it, and the service's [`TweetStore::finish_deletion`] (which every write that
+//! finds the tweet gone calls), and each finishes an abandoned deletion the same way.
+
+mod create;
+mod delete;
+mod reactions;
+mod reads;
+mod statements;
+#[cfg(test)]
+mod tests;
+
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use scylla::statement::prepared::PreparedStatement;
+use tokio::time::Instant;
+use twtr_common::cql::{CountLedger, CqlError, CqlOutbox, DeletedAccounts, Keyspace};
+use twtr_common::outbox::Outbox;
+use twtr_common::store::{PendingPurge, StoreError};
+use twtr_common::{IdGenerator, Page, PageRequest, clock};
+use twtr_proto::events::v1::Envelope;
+use twtr_proto::events::v1::envelope::Payload;
+
+use self::statements::ReactionStatements;
+use super::{KeyClaim, Reacted, Reaction, TweetRecord, TweetStore};
+
+/// The most keys one `IN` list carries: a longer list makes one coordinator wait on many
+/// partitions at once; shorter lists run in parallel instead.
+pub const IN_CHUNK: usize = 100;
+/// The public timeline's partitions are hours of tweet time.
+const BUCKET_MS: i64 = 3_600_000;
+/// How many times a like, retweet or deletion is tried against concurrent changes of the same
+/// row before it fails (and its caller may try again).
+const DECIDE_ATTEMPTS: u32 = 20;
+/// How long after a change a repeat of it still makes sure the change's count op was applied:
+/// well within the three days ledger rows live, after which a repeat would count twice.
+const REPAIR_WINDOW_MS: i64 = 24 * 3_600_000;
+const REPAIR_WINDOW: Duration = Duration::from_millis(REPAIR_WINDOW_MS as u64);
+/// How old a decided change whose batch has not run must be before another call finishes it:
+/// far longer than its own caller takes to write it (milliseconds), so a live caller is seldom
+/// overtaken (and if it is, its event and the rebuilt one count as one).
+pub const ABANDONED_AFTER: Duration = Duration::from_secs(1);
+/// How often a call waiting for another caller's change looks again.
+const WAIT_POLL: Duration = Duration::from_millis(10);
+/// The header of a like's or retweet's event that names its count op, so the service can apply
+/// the op again when it consumes the event back ([`TweetStore::settle`]).
+pub const COUNT_OP_HEADER: &str = "x-twtr-count-op";
+/// The longest TTL CQL accepts (20 years), the cap of an idempotency window.
+const MAX_TTL_SECS: u64 = 630_720_000;
+/// How many timeline hours one read of `timeline_buckets` returns.
+const BUCKETS_PER_READ: i32 = 24;
+
+/// Tweets in a CQL keyspace (see the [module docs](self)).
+pub struct CqlTweetStore {
+    inner: Arc<Inner>,
+}
+
+/// What the store holds; shared with the tasks that run its writes.
+struct Inner {
+    ks: Keyspace,
+    outbox: Arc<CqlOutbox>,
+    /// Mints the IDs of events rebuilt for abandoned changes: this process's generator, so
+    /// they never collide with the events its service mints.
+    ids: Arc<IdGenerator>,
+    claim_tweet: PreparedStatement,
+    insert_author_tweet: PreparedStatement,
+    insert_timeline: PreparedStatement,
+    insert_timeline_bucket: PreparedStatement,
+    select_author_tweet: PreparedStatement,
+    select_counts: PreparedStatement,
+    select_tweets: PreparedStatement,
+    page_backward: PreparedStatement,
+    page_forward: PreparedStatement,
+    select_tweet_counts: PreparedStatement,
+    /// The authors' tweet counts in `author_counts`.
+    authors: CountLedger,
+    likes: ReactionStatements,
+    retweets: ReactionStatements,
+    select_tweet_state: PreparedStatement,
+    delete_tweet: PreparedStatement,
+    delete_author_tweet: PreparedStatement,
+    delete_timeline: PreparedStatement,
+    deleted: DeletedAccounts,
+    claim_key: PreparedStatement,
+    buckets_backward: PreparedStatement,
+    buckets_forward: PreparedStatement,
+    timeline_backward: PreparedStatement,
+    timeline_forward: PreparedStatement,
+    /// The newest timeline hour this process has written to `timeline_buckets`, so a batch adds
+    /// that row once an hour rather than with every tweet (the partition is one hot row set).
+    bucket_written: Mutex<Option<i64>>,
+}
+
+impl std::fmt::Debug for CqlTweetStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CqlTweetStore")
+            .field("keyspace", &self.inner.ks.name())
+            .finish_non_exhaustive()
+    }
+}
+
+impl CqlTweetStore {
+    /// Prepares every statement in `ks` (a typo fails the start, not a request) and the outbox.
+    /// `ids` is the process's ID generator (see `Inner::ids`).
+    pub async fn new(ks: Keyspace, ids: Arc<IdGenerator>) -> Result<Self, CqlError> {
+        Ok(Self {
+            inner: Arc::new(Inner::new(ks, ids).await?),
+        })
+    }
+
+    /// Runs `write` in a task of its own, so that a caller that goes away (a deadline drops
+    /// its future) cannot stop it between a change's decision and the steps that finish it.
+    async fn spawned<T, F, Fut>(&self, write: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(Arc<Inner>) -> Fut,
+        Fut: Future<Output = Result<T, StoreError>> + Send + 'static,
+        T: Send + 'static,
+    {
+        tokio::spawn(write(Arc::clone(&self.inner))).await?
+    }
+}
+
+/// A `tweets` row, as a write sees it.
+#[derive(Debug, Clone)]
+struct TweetState {
+    author: i64,
+    text: Option<String>,
+    /// Unix ms.
+    created_at: Option<i64>,
+    deleted: bool,
+    /// When the deletion was decided (Unix ms).
+    deleted_at: Option<i64>,
+}
+
+/// How long ago `at` (Unix ms) was; zero if it is ahead of this clock.
+fn age(at: i64) -> Duration {
+    Duration::from_millis(u64::try_from(clock::now_millis() - at).unwrap_or(0))
+}
+
+/// Whether another caller's change decided at `at`, which this call first saw unsettled at
+/// `since`, is abandoned: old enough, or waited for long enough (its decider's clock may be
+/// ahead of this one).
+fn abandoned(at: i64, since: Instant) -> bool {
+    age(at) >= ABANDONED_AFTER || since.elapsed() >= ABANDONED_AFTER
+}
+
+impl Inner {
+    /// Applies the count op of the write `event` announces (a no-op when it was), within the
+    /// window the ledger remembers ops: its batch ran (the event exists), but its process may
+    /// have died before the count moved.
+    async fn settle(&self, event: &Envelope) -> Result<(), StoreError> {
+        let occurred = event.occurred_at.as_ref().map_or(0, clock::from_timestamp);
+        if clock::now_millis() - occurred >= REPAIR_WINDOW_MS {
+            return Ok(());
+        }
+        let (reaction, tweet, delta) = match &event.payload {
+            Some(Payload::TweetCreated(created)) => {
+                let op = format!("tweet:{}:created", created.tweet_id);
+                return self.authors.apply(to_cql(created.author_id)?, &op, 1).await;
+            }
+            Some(Payload::TweetDeleted(deleted)) => {
+                let (tweet, author) = (to_cql(deleted.tweet_id)?, to_cql(deleted.author_id)?);
+                return self.write_deletion(tweet, author, None).await;
+            }
+            Some(Payload::TweetLiked(e)) => (Reaction::Like, e.tweet_id, 1),
+            Some(Payload::TweetUnliked(e)) => (Reaction::Like, e.tweet_id, -1),
+            Some(Payload::Retweeted(e)) => (Reaction::Retweet, e.tweet_id, 1),
+            Some(Payload::Unretweeted(e)) => (Reaction::Retweet, e.tweet_id, -1),
+            _ => return Ok(()),
+        };
+        let Some(op) = event.headers.get(COUNT_OP_HEADER) else {
+            return Ok(());
+        };
+        let counter = &self.reaction(reaction).counter;
+        counter.apply(to_cql(tweet)?, op, delta).await
+    }
+}
+
+#[async_trait]
+impl TweetStore for CqlTweetStore {
+    async fn ping(&self) -> Result<(), StoreError> {
+        Ok(self.inner.ks.ping().await?)
+    }
+
+    async fn create(&self, tweet: TweetRecord, event: Envelope) -> Result<bool, StoreError> {
+        self.spawned(|inner| async move { inner.create(tweet, event).await })
+            .await
+    }
+
+    async fn claim_key(
+        &self,
+        author: u64,
+        key: &str,
+        tweet_id: u64,
+        text: &str,
+        window: Duration,
+    ) -> Result<KeyClaim, StoreError> {
+        self.inner
+            .claim_key(author, key, tweet_id, text, window)
+            .await
+    }
+
+    async fn forget_author(&self, user: u64) -> Result<(), StoreError> {
+        self.inner.deleted.forget(user).await
+    }
+
+    async fn author_gone(&self, user: u64) -> Result<bool, StoreError> {
+        self.inner.deleted.is_gone(user).await
+    }
+
+    async fn pending_purges(&self, max: usize) -> Result<Vec<PendingPurge>, StoreError> {
+        self.inner.deleted.pending(max).await
+    }
+
+    async fn purge_done(&self, purge: PendingPurge) -> Result<(), StoreError> {
+        self.inner.deleted.done(purge).await
+    }
+
+    async fn reacted(
+        &self,
+        reaction: Reaction,
+        user: u64,
+        before: Option<u64>,
+        max: usize,
+    ) -> Result<Reacted, StoreError> {
+        self.inner.reacted(reaction, user, before, max).await
+    }
+
+    fn settles_events(&self) -> bool {
+        true
+    }
+
+    async fn settle(&self, event: &Envelope) -> Result<(), StoreError> {
+        self.inner.settle(event).await
+    }
+
+    async fn get(&self, id: u64) -> Result<Option<TweetRecord>, StoreError> {
+        Ok(self.inner.fetch(&[id]).await?.pop())
+    }
+
+    async fn get_many(&self, ids: Vec<u64>) -> Result<Vec<TweetRecord>, StoreError> {
+        self.inner.fetch(&ids).await
+    }
+
+    async fn list_by_author(
+        &self,
+        author_id: u64,
+        page: PageRequest,
+    ) -> Result<Page<TweetRecord>, StoreError> {
+        self.inner.list_by_author(author_id, page).await
+    }
+
+    async fn count_by_authors(&self, author_ids: Vec<u64>) -> Result<Vec<u64>, StoreError> {
+        self.inner.count_by_authors(author_ids).await
+    }
+
+    /// Likes or retweets (`on`), or takes one back: step 1 decides the change on the user's own
+    /// row (a lightweight transaction that never contends with other users), step 2 writes the
+    /// mirror row and the event in one logged batch, step 3 moves the count through its ledger
+    /// under the op key `<like|retweet>:<user>:<version>`; first finishing the pair's last change
+    /// if it was abandoned (see the [module docs](self)).
+    ///
+    /// A repeat that finds the change made already returns `Some(false)`; if the change is
+    /// recent, it first makes sure the change's count op was applied (a no-op when it was), so a
+    /// retry after a crash between steps 2 and 3 finishes the count. Two calls of the same user
+    /// racing with the same change, whose lightweight transactions both time out, may both take
+    /// it for their own and stage an event each; the count still moves once.
+    async fn react(
+        &self,
+        reaction: Reaction,
+        user: u64,
+        tweet: u64,
+        on: bool,
+        event: Envelope,
+    ) -> Result<Option<bool>, StoreError> {
+        self.spawned(|inner| async move { inner.react(reaction, user, tweet, on, event).await })
+            .await
+    }
+
+    async fn liked_and_retweeted(
+        &self,
+        user: u64,
+        tweets: Vec<u64>,
+    ) -> Result<Vec<(bool, bool)>, StoreError> {
+        self.inner.liked_and_retweeted(user, tweets).await
+    }
+
+    async fn delete(&self, id: u64, event: Envelope) -> Result<bool, StoreError> {
+        self.spawned(|inner| async move { inner.delete(id, event).await })
+            .await
+    }
+
+    async fn finish_deletion(&self, id: u64) -> Result<(), StoreError> {
+        self.spawned(|inner| async move { inner.finish_deletion(id).await })
+            .await
+    }
+
+    async fn public_timeline(&self, page: PageRequest) -> Result<Page<TweetRecord>, StoreError> {
+        self.inner.public_timeline(page).await
+    }
+
+    fn outbox(&self) -> Arc<dyn Outbox> {
+        Arc::clone(&self.inner.outbox) as Arc<dyn Outbox>
+    }
+}
+
+/// An ID as the `bigint` that stores it. Snowflake IDs stay below 2^63 for decades.
+fn to_cql(id: u64) -> Result<i64, StoreError> {
+    i64::try_from(id).map_err(|_| StoreError::Corrupt(format!("id {id} does not fit a bigint")))
+}
+
+fn from_cql(id: i64) -> Result<u64, StoreError> {
+    u64::try_from(id).map_err(|_| StoreError::Corrupt(format!("negative id {id} stored")))
+}
