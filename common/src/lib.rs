@@ -21,7 +21,8 @@
 //!   and background passes, one drain order. [`grpc`]: serving one tonic service with health,
 //!   reflection and readiness. [`client`]: channels to other services, balanced per request.
 //!   [`shutdown`]: process signals.
-//! - **Security.** [`text`]: the characters user-written text may hold. [`tokens`]: signing
+//! - **Security.** [`text`]: the characters user-written text may hold. [`files`]: the data
+//!   directory and its secrets kept private to this user. [`tokens`]: signing
 //!   and verifying the bearer tokens users log in with. [`auth`]: the internal boundary (every
 //!   gRPC server checks the caller's forwarded token; a call that acts as a user needs that
 //!   user's token).
@@ -49,6 +50,7 @@ pub mod cql;
 pub mod embedded;
 pub mod error;
 pub mod events;
+pub mod files;
 pub mod grpc;
 pub mod id;
 pub mod metrics;

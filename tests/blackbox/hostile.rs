@@ -1,6 +1,7 @@
 //! Hostile clients (issue 20): text that would lie when shown (terminal escapes, NULs,
 //! bidirectional overrides, zero-width characters) is refused with a 400 naming the rule and
-//! writes nothing, through the gateway and over gRPC alike.
+//! writes nothing, through the gateway and over gRPC alike; the data directory and the files
+//! holding secrets are private to the owner, even when an older version left them open.
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -110,4 +111,56 @@ pub async fn text_that_lies_when_shown_is_refused_and_writes_nothing(mesh: &Test
         (json!("mallory"), json!("")),
         "refused updates changed nothing"
     );
+}
+
+/// The permission bits of `path`.
+#[cfg(unix)]
+fn mode(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::metadata(path)
+        .expect("metadata")
+        .permissions()
+        .mode()
+        & 0o7777
+}
+
+/// `users.redb` (the password hashes) used to be created 0644. Now every store and the signing
+/// key are 0600 in a 0700 directory, and loose ones left by an older version are tightened at
+/// start.
+#[cfg(unix)]
+#[tokio::test]
+async fn the_data_directory_and_its_secrets_are_private_to_the_owner() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let root = std::sync::Arc::new(tempfile::tempdir().expect("temp dir"));
+    let data = root.path().join("data");
+    let start = || TestMesh::start_with(twtr::Config::embedded(&data), root.clone());
+    let mesh = start().await;
+    mesh.user("olivia").await;
+    mesh.stop().await;
+    let secrets = [
+        "users.redb",
+        "tweets.redb",
+        "followers.redb",
+        "feeds.redb",
+        "bus.redb",
+        "token_private.pem",
+    ];
+    assert_eq!(mode(&data), 0o700, "a new data directory");
+    for file in secrets {
+        assert_eq!(mode(&data.join(file)), 0o600, "a new {file}");
+    }
+
+    // As an older version (or a careless restore) left them.
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+    for file in secrets {
+        std::fs::set_permissions(data.join(file), std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    let mesh = start().await;
+    let (status, _) = mesh.get("/v1/users/by-username/olivia", None).await;
+    assert_eq!(status, StatusCode::OK, "the data is still there");
+    mesh.stop().await;
+    assert_eq!(mode(&data), 0o700, "a loose data directory is tightened");
+    for file in secrets {
+        assert_eq!(mode(&data.join(file)), 0o600, "a loose {file} is tightened");
+    }
 }
