@@ -164,3 +164,79 @@ async fn the_data_directory_and_its_secrets_are_private_to_the_owner() {
         assert_eq!(mode(&data.join(file)), 0o600, "a loose {file} is tightened");
     }
 }
+
+/// The security pass: three `POST /attacker/path-N` calls with a bad token made three new
+/// `twtr_grpc_server_requests_total` series (the token is refused before routing, and the raw
+/// path was the label). Made-up paths and HTTP methods must add no series, gRPC nor HTTP.
+#[tokio::test]
+async fn made_up_paths_and_methods_add_no_metric_series() {
+    let mesh = TestMesh::start().await;
+    for n in 1..=3 {
+        let path = format!("/attacker/path-{n}");
+        let refused = raw_grpc_call(mesh.tweets, &path, Some("not-a-token")).await;
+        assert_eq!(refused, tonic::Code::Unauthenticated, "{path}");
+        // Without a token the call reaches routing: there is no such method.
+        let unrouted = raw_grpc_call(mesh.users, &path, None).await;
+        assert_eq!(unrouted, tonic::Code::Unimplemented, "{path}");
+    }
+    let http = reqwest::Client::new();
+    for n in 1..=3 {
+        let made_up = reqwest::Method::from_bytes(format!("ATTACKER{n}").as_bytes()).unwrap();
+        for (method, path) in [
+            (reqwest::Method::POST, format!("/attacker/path-{n}")),
+            (made_up.clone(), "/v1/timeline".to_owned()),
+            (made_up, format!("/attacker/path-{n}")),
+        ] {
+            let status = http
+                .request(method, format!("{}{path}", mesh.http))
+                .bearer_auth("not-a-token")
+                .send()
+                .await
+                .expect("an HTTP request")
+                .status();
+            assert!(status.is_client_error(), "{path}: {status}");
+        }
+    }
+    let metrics = reqwest::get(format!("{}/metrics", mesh.http))
+        .await
+        .expect("scrape")
+        .text()
+        .await
+        .expect("metrics text");
+    let leaked: Vec<&str> = metrics
+        .lines()
+        .filter(|line| line.contains("attacker") || line.contains("ATTACKER"))
+        .collect();
+    assert!(leaked.is_empty(), "made-up labels: {leaked:#?}");
+    for expected in [
+        r#"twtr_grpc_server_requests_total{method="unknown",code="Unauthenticated"}"#,
+        r#"twtr_grpc_server_requests_total{method="unknown",code="Unimplemented"}"#,
+        r#"twtr_http_requests_total{route="unknown",method="POST",status="404"}"#,
+        r#"twtr_http_requests_total{route="/v1/timeline",method="unknown",status="405"}"#,
+    ] {
+        assert!(metrics.contains(expected), "{expected} in:\n{metrics}");
+    }
+    mesh.stop().await;
+}
+
+/// Calls `path` on the gRPC server at `addr` (an empty message), with `token` if any; the code
+/// it answered.
+async fn raw_grpc_call(addr: std::net::SocketAddr, path: &str, token: Option<&str>) -> tonic::Code {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .expect("an endpoint")
+        .connect()
+        .await
+        .expect("connect");
+    let mut client = tonic::client::Grpc::new(channel);
+    client.ready().await.expect("ready");
+    let request = match token {
+        Some(token) => as_user(token, ()),
+        None => tonic::Request::new(()),
+    };
+    let path = tonic::codegen::http::uri::PathAndQuery::try_from(path).expect("a path");
+    let codec = tonic_prost::ProstCodec::<(), ()>::default();
+    match client.unary(request, path, codec).await {
+        Ok(_) => tonic::Code::Ok,
+        Err(status) => status.code(),
+    }
+}
