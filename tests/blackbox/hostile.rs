@@ -1,17 +1,21 @@
 //! Hostile clients (issue 20): text that would lie when shown (terminal escapes, NULs,
 //! bidirectional overrides, zero-width characters) is refused with a 400 naming the rule and
 //! writes nothing, through the gateway and over gRPC alike; the data directory and the files
-//! holding secrets are private to the owner, even when an older version left them open.
+//! holding secrets are private to the owner, even when an older version left them open; made-up
+//! paths and methods add no metric series; a revoked token stays revoked over gRPC.
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use twtr_proto::tweets::v1::CreateTweetRequest;
 use twtr_proto::tweets::v1::tweets_service_client::TweetsServiceClient;
+use twtr_proto::users::v1::users_service_client::UsersServiceClient;
+use twtr_proto::users::v1::{DeleteUserRequest, UpdateUserRequest};
 
 use crate::support::{TestMesh, as_user, on_both_backends};
 
 on_both_backends! {
     text_policy => text_that_lies_when_shown_is_refused_and_writes_nothing,
+    revoked_over_grpc => a_revoked_token_cannot_change_or_delete_the_account_over_grpc,
 }
 
 fn message(body: &Value) -> &str {
@@ -239,4 +243,59 @@ async fn raw_grpc_call(addr: std::net::SocketAddr, path: &str, token: Option<&st
         Ok(_) => tonic::Code::Ok,
         Err(status) => status.code(),
     }
+}
+
+/// The gateway's revocation cache is not the only check: a caller who reaches the users service
+/// directly with a token issued before a password change can neither change nor delete the
+/// account (the users service owns the token generation and checks it).
+pub async fn a_revoked_token_cannot_change_or_delete_the_account_over_grpc(mesh: &TestMesh) {
+    let (me, old) = mesh.user("victor").await;
+    let (status, body) = mesh
+        .patch(
+            "/v1/users/me",
+            Some(&old),
+            json!({ "password": "a-brand-new-pw", "current_password": "victor-password" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let user_id: u64 = me.parse().expect("an id");
+    let mut users = UsersServiceClient::connect(format!("http://{}", mesh.users))
+        .await
+        .expect("connect to the users service");
+    let rename = || UpdateUserRequest {
+        user_id,
+        display_name: Some("hijacked".into()),
+        ..UpdateUserRequest::default()
+    };
+    let refused = users
+        .update_user(as_user(&old, rename()))
+        .await
+        .expect_err("an old token cannot change the profile");
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+    assert!(refused.message().contains("revoked"), "{refused:?}");
+    let refused = users
+        .delete_user(as_user(&old, DeleteUserRequest { user_id }))
+        .await
+        .expect_err("an old token cannot delete the account");
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+    let (status, user) = mesh.get(&format!("/v1/users/{me}"), None).await;
+    assert_eq!(status, StatusCode::OK, "the account stands: {user}");
+    assert_eq!(user["display_name"], "victor");
+
+    // A token from a login since the change works.
+    let (status, session) = mesh
+        .post(
+            "/v1/sessions",
+            None,
+            json!({ "username": "victor", "password": "a-brand-new-pw" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{session}");
+    let new = session["token"].as_str().expect("a token").to_owned();
+    let renamed = users
+        .update_user(as_user(&new, rename()))
+        .await
+        .expect("a current token changes the profile")
+        .into_inner();
+    assert_eq!(renamed.display_name, "hijacked");
 }
