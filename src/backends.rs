@@ -255,7 +255,10 @@ fn host_hash() -> u64 {
 pub fn token_signer(config: &Config, deployment: Deployment) -> anyhow::Result<TokenSigner> {
     warn_about_retired_secret();
     let pem = match (&config.token_private_key, deployment) {
-        (Some(path), _) => read_key(path)?,
+        (Some(path), _) => {
+            twtr_common::files::warn_if_readable(path);
+            read_key(path)?
+        }
         (None, Deployment::AllInOne) => local_key_pair(&config.data_dir)?.0,
         (None, Deployment::Split) => anyhow::bail!(
             "TWTR_TOKEN_PRIVATE_KEY must name the PEM file of the Ed25519 key that signs tokens \
@@ -317,11 +320,15 @@ fn local_key_pair(data_dir: &Path) -> anyhow::Result<(String, String)> {
     let private_path = data_dir.join("token_private.pem");
     let public_path = data_dir.join("token_public.pem");
     if let Ok(private) = std::fs::read_to_string(&private_path) {
+        twtr_common::files::private_dir(data_dir)
+            .with_context(|| format!("failed to check {}", data_dir.display()))?;
+        twtr_common::files::private_file(&private_path)
+            .with_context(|| format!("failed to check {}", private_path.display()))?;
         let public = tokens::public_key_of(&private)
             .with_context(|| format!("invalid key in {}", private_path.display()))?;
         return Ok((private, public));
     }
-    std::fs::create_dir_all(data_dir)
+    twtr_common::files::private_dir(data_dir)
         .with_context(|| format!("failed to create {}", data_dir.display()))?;
     let (private, public) =
         tokens::generate_key_pair().context("failed to generate a token key")?;

@@ -9,9 +9,11 @@
 //! call each other's reads and operators can use `grpcurl` without a token; `twtr token` mints
 //! one for the calls that need it.
 //!
-//! Revocation (a deleted account, a changed password) is the gateway's check; a service only
-//! checks signature, expiry and subject. Each service's own rules still apply on top (the tweets
-//! service refuses posts by an account it knows is deleted).
+//! Revocation (a deleted account, a changed password) is checked by the gateway and by the
+//! users service, which owns the token generation: its acting calls take the token with
+//! [`acting_token`] and refuse one older than the account's generation. The other services
+//! check signature, expiry and subject; their own rules still apply on top (the tweets service
+//! refuses posts by an account it knows is deleted).
 //!
 //! The pieces: [`bearer_token`] reads the token out of `authorization` (the gateway reads its
 //! users' requests with it too); [`CallerLayer`] (a tower layer every gRPC server runs, see
@@ -30,7 +32,7 @@ use std::task::{Context, Poll};
 
 use tonic::codegen::http;
 
-use crate::tokens::{TokenError, TokenVerifier};
+use crate::tokens::{TokenError, TokenVerifier, Verified};
 
 /// The metadata key that carries the bearer token.
 pub const AUTHORIZATION: &str = "authorization";
@@ -57,6 +59,21 @@ pub fn acting_as<T>(request: &tonic::Request<T>, user_id: u64) -> Result<(), ton
              (metadata `authorization: Bearer <token>`; `twtr token --user {user_id}` makes one)"
         ))),
     }
+}
+
+/// Like [`acting_as`], and returns what the token says, for the service that owns the token
+/// generation (the users service) to check it against the account's: a token issued before a
+/// password change is signed and unexpired, yet revoked.
+pub fn acting_token<T>(
+    request: &tonic::Request<T>,
+    user_id: u64,
+) -> Result<Verified, tonic::Status> {
+    acting_as(request, user_id)?;
+    request
+        .extensions()
+        .get::<Verified>()
+        .copied()
+        .ok_or_else(|| tonic::Status::unauthenticated("the call's token was not verified"))
 }
 
 /// An `authorization` header (or metadata entry) that is there but is not `Bearer <token>`.
@@ -100,9 +117,10 @@ impl CallerLayer {
         Self { keys }
     }
 
-    fn caller<B>(&self, request: &http::Request<B>) -> Result<Caller, tonic::Status> {
+    /// The verified token of the call, `None` when it carries none.
+    fn caller<B>(&self, request: &http::Request<B>) -> Result<Option<Verified>, tonic::Status> {
         let token = match bearer_token(request.headers()) {
-            Ok(None) => return Ok(Caller::Anonymous),
+            Ok(None) => return Ok(None),
             Ok(Some(token)) => token,
             Err(NotBearer) => {
                 return Err(tonic::Status::unauthenticated(
@@ -114,7 +132,7 @@ impl CallerLayer {
             tonic::Status::unauthenticated("this server has no keys to verify tokens with")
         })?;
         match keys.verify(token) {
-            Ok(verified) => Ok(Caller::User(verified.user_id)),
+            Ok(verified) => Ok(Some(verified)),
             Err(TokenError::Expired) => Err(tonic::Status::unauthenticated("token has expired")),
             Err(_) => Err(tonic::Status::unauthenticated("invalid token")),
         }
@@ -163,8 +181,12 @@ where
 
     fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
         match self.layer.caller(&request) {
-            Ok(caller) => {
+            Ok(verified) => {
+                let caller = verified.map_or(Caller::Anonymous, |v| Caller::User(v.user_id));
                 request.extensions_mut().insert(caller);
+                if let Some(verified) = verified {
+                    request.extensions_mut().insert(verified);
+                }
                 Box::pin(self.inner.call(request))
             }
             Err(status) => {

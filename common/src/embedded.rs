@@ -128,15 +128,19 @@ impl std::fmt::Debug for EmbeddedDb {
 }
 
 impl EmbeddedDb {
-    /// Opens (or creates) the database at `path`, creating its parent directory, and runs
+    /// Opens (or creates) the database at `path`, creating its parent directory (both private
+    /// to this user, see [`crate::files`]), and runs
     /// `create_tables` so that every table exists before the first read.
     pub fn open(
         path: &Path,
         create_tables: impl FnOnce(&Tx<'_>) -> Result<(), StoreError>,
     ) -> Result<Self, StoreError> {
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent).map_err(StoreError::backend)?;
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            crate::files::private_dir(parent).map_err(StoreError::backend)?;
         }
+        // Created empty with mode 0600 (redb initializes an empty file), or tightened: a store
+        // holds password hashes and private data.
+        crate::files::private_file(path).map_err(StoreError::backend)?;
         let db = Database::builder()
             .set_cache_size(CACHE_BYTES)
             .create(path)?;

@@ -40,7 +40,7 @@ use crate::bus::Readiness;
 use crate::bus::admin::DeadLetterAdmin;
 use crate::context::RequestIdLayer;
 use crate::error::error_chain;
-use crate::metrics::{self, GrpcMetricsLayer};
+use crate::metrics::{self, GrpcMethods, GrpcMetricsLayer};
 use crate::store::StoreError;
 use crate::tokens::TokenVerifier;
 
@@ -211,10 +211,14 @@ where
         }
     };
     let callers = CallerLayer::new(serving.tokens);
+    let mut served = vec![S::NAME];
+    if serves_dead_letters {
+        served.push(DEAD_LETTERS_SERVICE);
+    }
     metrics::install();
     // Outermost first: every call is counted, refused ones included.
     tonic::transport::Server::builder()
-        .layer(GrpcMetricsLayer)
+        .layer(GrpcMetricsLayer::new(GrpcMethods::of(&served)))
         .layer(RequestIdLayer)
         .layer(callers)
         .add_service(health_service)

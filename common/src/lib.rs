@@ -23,9 +23,11 @@
 //!   and background passes, one drain order. [`grpc`]: serving one tonic service with health,
 //!   reflection and readiness. [`client`]: channels to other services, balanced per request.
 //!   [`shutdown`]: process signals.
-//! - **Security.** [`tokens`]: signing and verifying the bearer tokens users log in with.
-//!   [`auth`]: the internal boundary (every gRPC server checks the caller's forwarded token; a
-//!   call that acts as a user needs that user's token).
+//! - **Security.** [`text`]: the characters user-written text may hold. [`files`]: the data
+//!   directory and its secrets kept private to this user. [`tokens`]: signing
+//!   and verifying the bearer tokens users log in with. [`auth`]: the internal boundary (every
+//!   gRPC server checks the caller's forwarded token; a call that acts as a user needs that
+//!   user's token).
 //! - **Observability.** [`context`]: the request id and trace context that follow a request
 //!   across services and events. [`metrics`]: Prometheus metrics of every process.
 //!   [`telemetry`]: structured logs and OpenTelemetry traces.
@@ -50,6 +52,7 @@ pub mod cql;
 pub mod embedded;
 pub mod error;
 pub mod events;
+pub mod files;
 pub mod grpc;
 pub mod id;
 pub mod metrics;
@@ -63,6 +66,7 @@ pub mod store;
 pub mod telemetry;
 #[cfg(any(test, feature = "testsuite"))]
 pub mod testing;
+pub mod text;
 pub mod tokens;
 
 pub use error::{ErrorCode, ServiceError};

@@ -13,12 +13,15 @@
 //! | `twtr_outbox_depth` | gauge | `service`: events stored and not yet published (sampled, capped at 10,000) |
 //! | `twtr_queue_depth`, `twtr_dead_letter_depth` | gauge | `queue`: messages not yet handed to a consumer (ready or waiting to retry: the consumers' lag), and dead-lettered ones (sampled by the consuming process) |
 //!
-//! Label values are bounded: routes are patterns (`/v1/tweets/{id}`), not paths, and a gRPC
-//! method the server does not implement is counted as `unknown`.
+//! Label values are bounded, whatever callers send: a route is a pattern the gateway serves
+//! (`/v1/tweets/{id}`), an HTTP method a standard one, a gRPC method one the server registered;
+//! anything else (an unmatched path, a made-up method, a call refused before routing) is
+//! `unknown`.
 
+use std::collections::HashSet;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -164,13 +167,27 @@ pub async fn scrape() -> impl axum::response::IntoResponse {
     )
 }
 
-/// One HTTP request answered by the gateway.
-pub fn http_request(route: &str, method: &str, status: u16, elapsed: Duration) {
-    let (route, method) = (route.to_owned(), method.to_owned());
+/// One HTTP request answered by the gateway. `route` is the pattern the router matched, `None`
+/// when none did: that, and a method outside the standard ones, is labelled `unknown`.
+pub fn http_request(route: Option<&str>, method: &http::Method, status: u16, elapsed: Duration) {
+    let route = route.unwrap_or("unknown").to_owned();
+    let method = http_method_label(method).to_owned();
     counter!("twtr_http_requests_total", "route" => route.clone(), "method" => method.clone(), "status" => status.to_string())
         .increment(1);
     histogram!("twtr_http_request_duration_seconds", "route" => route, "method" => method)
         .record(elapsed.as_secs_f64());
+}
+
+/// A bounded label for an HTTP method: the standard ones by name, any extension method (which
+/// a caller may make up freely) `unknown`.
+fn http_method_label(method: &http::Method) -> &'static str {
+    const STANDARD: [&str; 9] = [
+        "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE",
+    ];
+    STANDARD
+        .into_iter()
+        .find(|known| *known == method.as_str())
+        .unwrap_or("unknown")
 }
 
 /// Events the relay published, by routing key.
@@ -247,20 +264,95 @@ pub fn dependency_up(dependency: &str, up: bool) {
 /// Tower layer for gRPC servers: counts every call by method and status code, and times it. A
 /// call dropped before it answered (its deadline passed, or the caller went away) counts as
 /// `Cancelled`.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct GrpcMetricsLayer;
+///
+/// The `method` label is one of the methods this server registered (see [`GrpcMethods`]), or
+/// `unknown`: a call refused before routing (a bad token is refused by an inner layer, whatever
+/// its path) must not turn a caller's made-up paths into new series.
+#[derive(Debug, Clone)]
+pub struct GrpcMetricsLayer {
+    known: Arc<GrpcMethods>,
+}
+
+impl GrpcMetricsLayer {
+    pub fn new(known: GrpcMethods) -> Self {
+        Self {
+            known: Arc::new(known),
+        }
+    }
+}
+
+/// The method paths (`/package.Service/Method`) a gRPC server serves: the methods of the named
+/// services, read from the twtr descriptor set and from the standard health and reflection
+/// services.
+#[derive(Debug, Clone, Default)]
+pub struct GrpcMethods(HashSet<String>);
+
+/// The standard services every twtr server adds beside its own, with their methods.
+const STANDARD_METHODS: [&str; 4] = [
+    "/grpc.health.v1.Health/Check",
+    "/grpc.health.v1.Health/Watch",
+    "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+];
+
+impl GrpcMethods {
+    /// The methods of `services` (full names, `twtr.tweets.v1.TweetsService`), plus health and
+    /// reflection.
+    pub fn of(services: &[&str]) -> Self {
+        use prost::Message as _;
+        let mut known: HashSet<String> = STANDARD_METHODS.iter().map(|m| (*m).to_owned()).collect();
+        // The descriptor set is compiled in by the proto crate's build script; it decodes.
+        let files = prost_types::FileDescriptorSet::decode(twtr_proto::FILE_DESCRIPTOR_SET)
+            .map(|set| set.file)
+            .unwrap_or_default();
+        for file in files {
+            let package = file.package();
+            for service in &file.service {
+                let full = format!("{package}.{}", service.name());
+                if services.contains(&full.as_str()) {
+                    known.extend(
+                        service
+                            .method
+                            .iter()
+                            .map(|method| format!("/{full}/{}", method.name())),
+                    );
+                }
+            }
+        }
+        Self(known)
+    }
+
+    /// Exactly `paths`, for tests.
+    #[cfg(test)]
+    fn exactly(paths: &[&str]) -> Self {
+        Self(paths.iter().map(|p| (*p).to_owned()).collect())
+    }
+
+    /// The label for a call to `path`: the path if it is served here, else `unknown`.
+    pub fn label(&self, path: &str) -> String {
+        if self.0.contains(path) {
+            path.to_owned()
+        } else {
+            "unknown".to_owned()
+        }
+    }
+}
 
 impl<S> tower::Layer<S> for GrpcMetricsLayer {
     type Service = GrpcMetrics<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        GrpcMetrics { inner }
+        GrpcMetrics {
+            inner,
+            known: Arc::clone(&self.known),
+        }
     }
 }
 
 #[derive(Debug, Clone)]
 pub struct GrpcMetrics<S> {
     inner: S,
+    known: Arc<GrpcMethods>,
 }
 
 /// Records a call when it ends, however it ends.
@@ -273,11 +365,7 @@ struct CallRecord {
 impl Drop for CallRecord {
     fn drop(&mut self) {
         let code = self.code.unwrap_or(tonic::Code::Cancelled);
-        let method = if code == tonic::Code::Unimplemented {
-            "unknown".to_owned()
-        } else {
-            std::mem::take(&mut self.method)
-        };
+        let method = std::mem::take(&mut self.method);
         counter!("twtr_grpc_server_requests_total", "method" => method.clone(), "code" => format!("{code:?}"))
             .increment(1);
         histogram!("twtr_grpc_server_duration_seconds", "method" => method)
@@ -300,7 +388,7 @@ where
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         let record = CallRecord {
-            method: request.uri().path().to_owned(),
+            method: self.known.label(request.uri().path()),
             started: Instant::now(),
             code: None,
         };
@@ -354,20 +442,28 @@ mod tests {
         http::Request::builder().uri(path).body(()).unwrap()
     }
 
+    fn layer() -> GrpcMetricsLayer {
+        GrpcMetricsLayer::new(GrpcMethods::exactly(&[
+            "/test.Metrics/Fine",
+            "/test.Metrics/Missing",
+            "/test.Metrics/Abandoned",
+        ]))
+    }
+
     #[tokio::test]
     async fn calls_are_counted_by_method_and_code() {
         install().expect("the recorder");
-        GrpcMetricsLayer
+        layer()
             .layer(answering(None))
             .oneshot(call("/test.Metrics/Fine"))
             .await
             .unwrap();
-        GrpcMetricsLayer
+        layer()
             .layer(answering(Some(tonic::Code::NotFound)))
             .oneshot(call("/test.Metrics/Missing"))
             .await
             .unwrap();
-        GrpcMetricsLayer
+        layer()
             .layer(answering(Some(tonic::Code::Unimplemented)))
             .oneshot(call("/test.Metrics/random-garbage-1234"))
             .await
@@ -394,7 +490,7 @@ mod tests {
             std::future::pending::<()>().await;
             Ok::<_, std::convert::Infallible>(http::Response::new(()))
         });
-        let call_future = GrpcMetricsLayer
+        let call_future = layer()
             .layer(stuck)
             .oneshot(call("/test.Metrics/Abandoned"));
         let abandoned = tokio::time::timeout(Duration::from_millis(10), call_future).await;
@@ -402,5 +498,86 @@ mod tests {
         let text = render();
         let expected = r#"twtr_grpc_server_requests_total{method="/test.Metrics/Abandoned",code="Cancelled"} 1"#;
         assert!(text.contains(expected), "{text}");
+    }
+
+    /// The security pass: three `POST /attacker/path-N` calls with a bad token (refused by the
+    /// token layer, inside this one, before any routing) made three new series.
+    #[tokio::test]
+    async fn calls_refused_before_routing_add_no_series() {
+        install().expect("the recorder");
+        for n in 1..=3 {
+            layer()
+                .layer(answering(Some(tonic::Code::Unauthenticated)))
+                .oneshot(call(&format!("/attacker/path-{n}")))
+                .await
+                .unwrap();
+        }
+        let text = render();
+        assert!(!text.contains("attacker"), "{text}");
+        assert!(
+            text.contains(
+                r#"twtr_grpc_server_requests_total{method="unknown",code="Unauthenticated"}"#
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_server_knows_its_own_methods_health_and_reflection() {
+        let known = GrpcMethods::of(&["twtr.tweets.v1.TweetsService"]);
+        for path in [
+            "/twtr.tweets.v1.TweetsService/CreateTweet",
+            "/twtr.tweets.v1.TweetsService/BatchGetTweets",
+            "/grpc.health.v1.Health/Check",
+            "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+        ] {
+            assert_eq!(known.label(path), path);
+        }
+        for path in [
+            "/twtr.users.v1.UsersService/UpdateUser",
+            "/twtr.tweets.v1.TweetsService/Nope",
+            "/attacker/path-1",
+            "",
+        ] {
+            assert_eq!(known.label(path), "unknown", "{path}");
+        }
+        let with_admin =
+            GrpcMethods::of(&["twtr.feeds.v1.FeedsService", "twtr.events.v1.DeadLetters"]);
+        assert!(
+            with_admin
+                .0
+                .iter()
+                .any(|m| m.starts_with("/twtr.events.v1.DeadLetters/"))
+        );
+    }
+
+    #[tokio::test]
+    async fn unmatched_routes_and_made_up_http_methods_add_no_series() {
+        install().expect("the recorder");
+        for n in 1..=3 {
+            let method = http::Method::from_bytes(format!("HAXX{n}").as_bytes()).unwrap();
+            http_request(None, &method, 404, Duration::from_millis(1));
+            http_request(
+                Some("/test/metrics/{id}"),
+                &method,
+                405,
+                Duration::from_millis(1),
+            );
+        }
+        http_request(
+            Some("/test/metrics/{id}"),
+            &http::Method::PATCH,
+            200,
+            Duration::from_millis(1),
+        );
+        let text = render();
+        assert!(!text.contains("HAXX"), "{text}");
+        for expected in [
+            r#"twtr_http_requests_total{route="unknown",method="unknown",status="404"} 3"#,
+            r#"twtr_http_requests_total{route="/test/metrics/{id}",method="unknown",status="405"} 3"#,
+            r#"twtr_http_requests_total{route="/test/metrics/{id}",method="PATCH",status="200"} 1"#,
+        ] {
+            assert!(text.contains(expected), "{expected} in:\n{text}");
+        }
     }
 }

@@ -5,6 +5,11 @@
 //! newest first, so a poller that repeats with `since` = the newest ID it holds never skips one).
 //! Cursors are item IDs, so pages never overlap and never skip, whatever is written meanwhile.
 
+/// The most IDs one batch RPC may carry (`BatchGetUsers`, `BatchGetTweets`, `GetTokenStates`,
+/// ...): every service refuses more, and every caller splits its questions into batches of at
+/// most this many. One constant for both sides, so a caller cannot outgrow the callee's limit.
+pub const MAX_BATCH: usize = 500;
+
 /// How many items a page holds: 1..=[`Limit::MAX`], [`Limit::DEFAULT`] when unspecified.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limit(u32);

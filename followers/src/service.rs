@@ -18,8 +18,8 @@ use twtr_proto::users::v1::users_service_client::UsersServiceClient;
 
 use crate::store::{Counts, Direction, FollowEntry, FollowOutcome, FollowStore};
 
-/// The most users one counts lookup may ask for.
-pub const MAX_BATCH: usize = 500;
+/// The most IDs one batch lookup may ask for (shared with every caller).
+pub use twtr_common::page::MAX_BATCH;
 /// How many edges of a deleted account one purge step removes before it reads the next page.
 pub const PURGE_BATCH: u32 = 100;
 

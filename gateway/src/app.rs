@@ -97,8 +97,7 @@ async fn request_context(
     let route = request
         .extensions()
         .get::<MatchedPath>()
-        .map_or("unmatched", MatchedPath::as_str)
-        .to_owned();
+        .map(|matched| matched.as_str().to_owned());
     let span = tracing::info_span!(
         "http", %method, %path, request_id = %id, trace_id = tracing::field::Empty
     );
@@ -107,7 +106,7 @@ async fn request_context(
     let work = upstream::scope(timeout, next.run(request)).instrument(span.clone());
     let mut response = context::scope(id.clone(), work).await;
     let status = response.status().as_u16();
-    metrics::http_request(&route, method.as_str(), status, started.elapsed());
+    metrics::http_request(route.as_deref(), &method, status, started.elapsed());
     span.in_scope(|| {
         tracing::info!(
             status,

@@ -5,12 +5,16 @@
 //! service answers that (`GetTokenStates`: is the account live, what is its token generation),
 //! and the gateway remembers each answer for [`FRESH_FOR`]. So a revoked token stops working
 //! within that time, and a busy user costs one small RPC per period, not one per request. If the
-//! users service cannot be reached, an answer up to [`STALE_FOR`] old is used rather than
-//! failing every request.
+//! users service cannot be reached (unavailable or timed out, and only then: never when it
+//! refused the question), an answer up to [`STALE_FOR`] old is used rather than failing every
+//! request.
 //!
 //! The questions are batched: while one `GetTokenStates` is in flight, the users asked about
-//! meanwhile wait together and go out in the next one. Under load a call answers many requests
-//! (and the same user asked twice is asked once); a lone request waits for nobody.
+//! meanwhile wait together and go out in the next one, at most [`MAX_BATCH`] at a time (the users
+//! service's limit). Under load a call answers many requests (and the same user asked twice is
+//! asked once); a lone request waits for nobody.
+//!
+//! [`MAX_BATCH`]: twtr_common::page::MAX_BATCH
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -18,8 +22,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 use tonic::transport::Channel;
-use twtr_common::lock;
 use twtr_common::tokens::Verified;
+use twtr_common::{ErrorCode, lock};
 use twtr_proto::users::v1::GetTokenStatesRequest;
 use twtr_proto::users::v1::users_service_client::UsersServiceClient;
 
@@ -32,8 +36,9 @@ pub const FRESH_FOR: Duration = Duration::from_secs(2);
 const STALE_FOR: Duration = Duration::from_secs(60);
 /// Answers kept at most (a few MB); beyond it, stale ones are dropped first.
 const CAPACITY: usize = 100_000;
-/// Users asked about in one call at most.
-const BATCH_MAX: usize = 512;
+/// Users asked about in one call at most: the users service's own limit, the one constant both
+/// sides share (512 here once made every call of a burst a refusal).
+const BATCH_MAX: usize = twtr_common::page::MAX_BATCH;
 /// How long one batched call may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -96,7 +101,7 @@ impl Revocations {
             _ => match self.fetch(token.user_id).await {
                 Ok(state) => state,
                 Err(err) => match cached {
-                    Some(state) if state.fetched.elapsed() < STALE_FOR => {
+                    Some(state) if unreachable(&err) && state.fetched.elapsed() < STALE_FOR => {
                         tracing::warn!(
                             user_id = token.user_id,
                             "users service unreachable; checking the token against an older answer"
@@ -133,6 +138,17 @@ impl Revocations {
             .await
             .unwrap_or_else(|_| Err(tonic::Status::internal("the revocation check was dropped")))
     }
+}
+
+/// Whether a failed `GetTokenStates` means the users service could not answer (down, broken
+/// connection, overloaded, timed out), when an older answer may stand in. Any other failure is
+/// an answer (a refusal, a bug) and must not be papered over with a stale state: that once let a
+/// revoked token through when every call of a burst was refused.
+fn unreachable(status: &tonic::Status) -> bool {
+    matches!(
+        ErrorCode::from_status(status),
+        ErrorCode::Unavailable | ErrorCode::DeadlineExceeded
+    )
 }
 
 impl Shared {
@@ -205,5 +221,179 @@ impl Shared {
             }
         }
         states.insert(user_id, state);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+    use tonic::{Request, Response, Status};
+    use twtr_common::page::MAX_BATCH;
+    use twtr_proto::users::v1 as pb;
+    use twtr_proto::users::v1::users_service_server::{UsersService, UsersServiceServer};
+
+    use super::*;
+
+    /// A users service that answers `GetTokenStates` as the real one does (at most
+    /// [`MAX_BATCH`] IDs, else a refusal), or fails every call with `failing`.
+    #[derive(Default)]
+    struct FakeUsers {
+        generation: AtomicU64,
+        largest_batch: AtomicUsize,
+        failing: Mutex<Option<tonic::Code>>,
+    }
+
+    /// The server's handle on the shared fake.
+    struct Fake(Arc<FakeUsers>);
+
+    #[tonic::async_trait]
+    impl UsersService for Fake {
+        async fn create_user(
+            &self,
+            _: Request<pb::CreateUserRequest>,
+        ) -> Result<Response<pb::User>, Status> {
+            Err(Status::unimplemented("fake"))
+        }
+        async fn login(
+            &self,
+            _: Request<pb::LoginRequest>,
+        ) -> Result<Response<pb::LoginResponse>, Status> {
+            Err(Status::unimplemented("fake"))
+        }
+        async fn get_user(
+            &self,
+            _: Request<pb::GetUserRequest>,
+        ) -> Result<Response<pb::User>, Status> {
+            Err(Status::unimplemented("fake"))
+        }
+        async fn get_user_by_username(
+            &self,
+            _: Request<pb::GetUserByUsernameRequest>,
+        ) -> Result<Response<pb::User>, Status> {
+            Err(Status::unimplemented("fake"))
+        }
+        async fn batch_get_users(
+            &self,
+            _: Request<pb::BatchGetUsersRequest>,
+        ) -> Result<Response<pb::BatchGetUsersResponse>, Status> {
+            Err(Status::unimplemented("fake"))
+        }
+        async fn update_user(
+            &self,
+            _: Request<pb::UpdateUserRequest>,
+        ) -> Result<Response<pb::User>, Status> {
+            Err(Status::unimplemented("fake"))
+        }
+        async fn delete_user(
+            &self,
+            _: Request<pb::DeleteUserRequest>,
+        ) -> Result<Response<pb::DeleteUserResponse>, Status> {
+            Err(Status::unimplemented("fake"))
+        }
+        async fn get_token_states(
+            &self,
+            request: Request<pb::GetTokenStatesRequest>,
+        ) -> Result<Response<pb::GetTokenStatesResponse>, Status> {
+            if let Some(code) = *lock(&self.0.failing) {
+                return Err(Status::new(code, "failing on purpose"));
+            }
+            let ids = request.into_inner().user_ids;
+            self.0.largest_batch.fetch_max(ids.len(), Ordering::SeqCst);
+            if ids.len() > MAX_BATCH {
+                return Err(Status::invalid_argument(format!(
+                    "at most {MAX_BATCH} IDs per batch"
+                )));
+            }
+            let generation = self.0.generation.load(Ordering::SeqCst);
+            let states = ids
+                .into_iter()
+                .map(|user_id| pb::TokenState {
+                    user_id,
+                    active: true,
+                    generation,
+                })
+                .collect();
+            Ok(Response::new(pb::GetTokenStatesResponse { states }))
+        }
+    }
+
+    async fn serve(fake: Arc<FakeUsers>) -> Revocations {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(UsersServiceServer::new(Fake(fake)))
+                .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+        );
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect_lazy();
+        Revocations::new(UsersServiceClient::new(channel))
+    }
+
+    fn token(user_id: u64, generation: u64) -> Verified {
+        Verified {
+            user_id,
+            generation,
+        }
+    }
+
+    /// An answer old enough to be asked again, as if fetched `FRESH_FOR` ago.
+    fn remember_old(revocations: &Revocations, user_id: u64, generation: u64) {
+        let fetched = Instant::now()
+            .checked_sub(FRESH_FOR + Duration::from_millis(100))
+            .unwrap();
+        revocations.shared.remember(
+            user_id,
+            State {
+                active: true,
+                generation,
+                fetched,
+            },
+        );
+    }
+
+    /// The security pass: a burst batched 512 users per call against a limit of 500, and every
+    /// such call was refused.
+    #[tokio::test]
+    async fn a_burst_is_asked_in_batches_the_users_service_accepts() {
+        let fake = Arc::new(FakeUsers::default());
+        let revocations = serve(Arc::clone(&fake)).await;
+        let mut checks = tokio::task::JoinSet::new();
+        for user in 1..=3 * MAX_BATCH as u64 {
+            let revocations = revocations.clone();
+            checks.spawn(async move { revocations.check(token(user, 0)).await });
+        }
+        while let Some(answer) = checks.join_next().await {
+            assert!(answer.unwrap().is_ok());
+        }
+        let largest = fake.largest_batch.load(Ordering::SeqCst);
+        assert!((1..=MAX_BATCH).contains(&largest), "{largest}");
+    }
+
+    /// A refusal is an answer, not an outage: no older state stands in for it.
+    #[tokio::test]
+    async fn an_older_answer_stands_in_only_when_the_users_service_is_unreachable() {
+        let fake = Arc::new(FakeUsers::default());
+        let revocations = serve(Arc::clone(&fake)).await;
+        for (code, stands_in) in [
+            (tonic::Code::Unavailable, true),
+            (tonic::Code::DeadlineExceeded, true),
+            (tonic::Code::InvalidArgument, false),
+            (tonic::Code::Internal, false),
+            (tonic::Code::PermissionDenied, false),
+        ] {
+            *lock(&fake.failing) = Some(code);
+            remember_old(&revocations, 7, 0);
+            let answer = revocations.check(token(7, 0)).await;
+            assert_eq!(answer.is_ok(), stands_in, "{code:?}: {answer:?}");
+        }
+        // Once the service answers again, a revoked token is refused.
+        *lock(&fake.failing) = None;
+        fake.generation.store(5, Ordering::SeqCst);
+        remember_old(&revocations, 7, 0);
+        assert!(revocations.check(token(7, 0)).await.is_err());
+        assert!(revocations.check(token(7, 5)).await.is_ok());
     }
 }

@@ -15,6 +15,7 @@ mod faults;
 mod feeds;
 mod follows;
 mod grpcurl;
+mod hostile;
 mod mesh;
 mod observability;
 mod processes;

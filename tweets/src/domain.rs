@@ -1,9 +1,11 @@
 //! Validated tweet input.
 
+use twtr_common::text::{self, TextKind, TextViolation};
 use unicode_normalization::UnicodeNormalization as _;
 
-/// The text of a tweet: NFC-normalized, surrounding whitespace trimmed, then 1 to 280
-/// characters counted as Unicode scalar values.
+/// The text of a tweet: within the text policy for tweets (no control characters but newline
+/// and tab, no bidirectional overrides or isolates), NFC-normalized, surrounding whitespace
+/// trimmed, then 1 to 280 characters counted as Unicode scalar values.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TweetText(String);
 
@@ -11,6 +13,7 @@ impl TweetText {
     pub const MAX: usize = 280;
 
     pub fn parse(raw: &str) -> Result<Self, InvalidText> {
+        text::check("tweet text", raw, TextKind::Tweet)?;
         let text: String = raw.trim().nfc().collect();
         let len = text.chars().count();
         if len == 0 {
@@ -33,6 +36,8 @@ pub enum InvalidText {
     Empty,
     #[error("tweet text must be at most 280 characters, got {0}")]
     TooLong(usize),
+    #[error(transparent)]
+    Forbidden(#[from] TextViolation),
 }
 
 /// An `Idempotency-Key`: 1 to 255 visible ASCII characters, as clients generate them (UUIDs,
@@ -103,6 +108,27 @@ mod tests {
         // 280 emoji are 1120 bytes and still fit.
         assert!(TweetText::parse(&"🦀".repeat(280)).is_ok());
         assert!(TweetText::parse(&"🦀".repeat(281)).is_err());
+    }
+
+    #[test]
+    fn text_follows_the_text_policy() {
+        // What the security pass stored: a NUL, a terminal escape and a right-to-left override.
+        let err = TweetText::parse("hi\u{0}there\u{1b}[31mRED\u{202e}").unwrap_err();
+        assert!(matches!(err, InvalidText::Forbidden(_)), "{err:?}");
+        assert!(
+            err.to_string()
+                .starts_with("tweet text must not contain control characters")
+        );
+        let err = TweetText::parse("RED\u{202e}").unwrap_err();
+        assert!(err.to_string().contains("bidirectional"), "{err}");
+        // Even where trimming would have hidden it.
+        assert!(TweetText::parse("text\r\n").is_err());
+        assert_eq!(
+            TweetText::parse("two\nlines\tand 👩\u{200d}💻")
+                .unwrap()
+                .into_inner(),
+            "two\nlines\tand 👩\u{200d}💻"
+        );
     }
 
     #[test]

@@ -19,8 +19,8 @@ use twtr_proto::events::v1::{
 use crate::domain::{IdempotencyKey, InvalidKey, InvalidText, TweetText};
 use crate::store::{KeyClaim, Reaction, TweetRecord, TweetStore};
 
-/// The most IDs one batch lookup may ask for.
-pub const MAX_BATCH: usize = 500;
+/// The most IDs one batch lookup may ask for (shared with every caller).
+pub use twtr_common::page::MAX_BATCH;
 /// How long an idempotency key keeps returning its first tweet, unless configured.
 pub const DEFAULT_IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(24 * 3600);
 /// How many tweets (or likes, or retweets) of a deleted account one purge step removes before

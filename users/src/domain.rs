@@ -1,6 +1,7 @@
 //! Validated user input. Each type's `parse` is the only way to build it, and its error says
 //! exactly what rule was broken, in words fit for an API response.
 
+use twtr_common::text::{self, TextKind};
 use unicode_normalization::UnicodeNormalization as _;
 
 /// 3 to 15 characters of `A-Za-z0-9_`. Unique ignoring case; the original case is kept for
@@ -70,18 +71,15 @@ impl std::fmt::Debug for Password {
     }
 }
 
-/// Free text shown in a profile: NFC-normalized, trimmed, no control characters, at most
-/// `max` characters.
-fn profile_text(field: &str, raw: &str, max: usize) -> Result<String, InvalidInput> {
+/// Free text shown in a profile: NFC-normalized, trimmed, at most `max` characters, and within
+/// the text policy for profiles (no control, bidirectional-override or zero-width characters,
+/// checked before trimming so none hides at an end).
+fn profile_text(field: &'static str, raw: &str, max: usize) -> Result<String, InvalidInput> {
+    text::check(field, raw, TextKind::Profile).map_err(|v| InvalidInput::new(v.to_string()))?;
     let text: String = raw.trim().nfc().collect();
     if text.chars().count() > max {
         return Err(InvalidInput::new(format!(
             "{field} must be at most {max} characters long"
-        )));
-    }
-    if text.chars().any(char::is_control) {
-        return Err(InvalidInput::new(format!(
-            "{field} must not contain control characters"
         )));
     }
     Ok(text)
@@ -214,5 +212,23 @@ mod tests {
             160
         );
         assert!(Bio::parse(&"b".repeat(161)).is_err());
+    }
+
+    #[test]
+    fn profile_text_follows_the_text_policy() {
+        // The security pass's display name: a zero-width space and a right-to-left override.
+        let err = DisplayName::parse("ad\u{200b}min\u{202e}").unwrap_err();
+        assert!(err.to_string().contains("zero-width"), "{err}");
+        let err = DisplayName::parse("nimda\u{202e}").unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("display_name must not contain bidirectional")
+        );
+        let err = Bio::parse("line\none").unwrap_err();
+        assert!(err.to_string().starts_with("bio must not contain control"));
+        // Even at an end, where trimming would have hidden it.
+        assert!(Bio::parse("bio\u{85}").is_err());
+        assert!(Bio::parse("\u{feff}bio").is_err());
+        assert!(DisplayName::parse("Émile مرحبا\u{200f}").is_ok());
     }
 }

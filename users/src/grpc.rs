@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
-use twtr_common::auth::acting_as;
+use twtr_common::auth::acting_token;
 use twtr_common::{ServiceError as _, clock};
 use twtr_proto::users::v1 as pb;
 use twtr_proto::users::v1::users_service_server::{UsersService, UsersServiceServer};
@@ -112,7 +112,7 @@ impl UsersService for UsersGrpc {
         &self,
         request: Request<pb::UpdateUserRequest>,
     ) -> Result<Response<pb::User>, Status> {
-        acting_as(&request, request.get_ref().user_id)?;
+        let token = acting_token(&request, request.get_ref().user_id)?;
         let r = request.into_inner();
         let update = ProfileUpdate {
             display_name: r.display_name,
@@ -122,7 +122,7 @@ impl UsersService for UsersGrpc {
         };
         let user = self
             .users
-            .update_user(r.user_id, update)
+            .update_user(token, update)
             .await
             .map_err(|e| e.to_status())?;
         Ok(Response::new(to_pb(user)))
@@ -132,9 +132,9 @@ impl UsersService for UsersGrpc {
         &self,
         request: Request<pb::DeleteUserRequest>,
     ) -> Result<Response<pb::DeleteUserResponse>, Status> {
-        acting_as(&request, request.get_ref().user_id)?;
+        let token = acting_token(&request, request.get_ref().user_id)?;
         self.users
-            .delete_user(request.into_inner().user_id)
+            .delete_user(token)
             .await
             .map_err(|e| e.to_status())?;
         Ok(Response::new(pb::DeleteUserResponse {}))

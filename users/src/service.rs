@@ -6,7 +6,7 @@ use argon2::Argon2;
 use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::{PasswordHash, PasswordHasher as _, PasswordVerifier as _, SaltString};
 use twtr_common::store::StoreError;
-use twtr_common::tokens::{IssuedToken, TokenError, TokenSigner};
+use twtr_common::tokens::{IssuedToken, TokenError, TokenSigner, Verified};
 use twtr_common::{ErrorCode, IdGenerator, ServiceError, clock, events};
 use twtr_proto::events::v1::envelope::Payload;
 use twtr_proto::events::v1::{UserCreated, UserDeleted, UserUpdated};
@@ -14,8 +14,8 @@ use twtr_proto::events::v1::{UserCreated, UserDeleted, UserUpdated};
 use crate::domain::{Bio, DisplayName, InvalidInput, Password, Username};
 use crate::store::{Created, ProfileChanges, UserRecord, UserStore};
 
-/// The most IDs one batch lookup may ask for.
-pub const MAX_BATCH: usize = 500;
+/// The most IDs one batch lookup may ask for (shared with every caller).
+pub use twtr_common::page::MAX_BATCH;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UsersError {
@@ -29,6 +29,8 @@ pub enum UsersError {
     WrongCurrentPassword,
     #[error("current_password is required to change the password")]
     CurrentPasswordRequired,
+    #[error("this token was revoked (the password changed); log in again")]
+    TokenRevoked,
     #[error("too many logins and sign-ups at once; try again shortly")]
     Overloaded,
     #[error("user not found")]
@@ -50,7 +52,9 @@ impl ServiceError for UsersError {
                 ErrorCode::InvalidArgument
             }
             Self::UsernameTaken => ErrorCode::AlreadyExists,
-            Self::WrongCredentials | Self::WrongCurrentPassword => ErrorCode::Unauthenticated,
+            Self::WrongCredentials | Self::WrongCurrentPassword | Self::TokenRevoked => {
+                ErrorCode::Unauthenticated
+            }
             Self::Overloaded => ErrorCode::Unavailable,
             Self::NotFound => ErrorCode::NotFound,
             Self::Store(err) => err.error_code(),
@@ -208,14 +212,15 @@ impl Users {
             .ok_or(UsersError::NotFound)
     }
 
-    /// Changes the profile of `user_id`, who the caller (the gateway) has authenticated. A new
-    /// password needs the current one, and raises the token generation so every token issued
-    /// before stops working.
+    /// Changes the profile of the user of `token`, a verified token whose generation is checked
+    /// here (see [`Users::acting_user`]). A new password needs the current one, and raises the
+    /// token generation so every token issued before stops working.
     pub async fn update_user(
         &self,
-        user_id: u64,
+        token: Verified,
         update: ProfileUpdate,
     ) -> Result<UserRecord, UsersError> {
+        let user_id = token.user_id;
         let display_name = update
             .display_name
             .as_deref()
@@ -232,7 +237,7 @@ impl Users {
             .as_deref()
             .map(Password::parse)
             .transpose()?;
-        let user = self.get_user(user_id).await?;
+        let user = self.acting_user(token).await?;
         let display_name = display_name.map(|name| name.or(&user.username));
         let password = match new_password {
             None => None,
@@ -274,9 +279,10 @@ impl Users {
         self.get_user(user_id).await
     }
 
-    /// Deletes the account of `user_id`, who the caller has authenticated.
-    pub async fn delete_user(&self, user_id: u64) -> Result<(), UsersError> {
-        let user = self.get_user(user_id).await?;
+    /// Deletes the account of the user of `token` (checked as by [`Users::update_user`]).
+    pub async fn delete_user(&self, token: Verified) -> Result<(), UsersError> {
+        let user_id = token.user_id;
+        let user = self.acting_user(token).await?;
         let event = events::envelope(
             self.ids.next_id(),
             user_id,
@@ -294,6 +300,18 @@ impl Users {
         }
         tracing::info!(user_id, "user deleted");
         Ok(())
+    }
+
+    /// The account a verified token acts as, unless the token was revoked: this service owns
+    /// the token generation, so it checks it itself rather than trusting the gateway's cache (a
+    /// caller that reaches the gRPC port directly skips the gateway). A deleted account is
+    /// `NotFound`.
+    async fn acting_user(&self, token: Verified) -> Result<UserRecord, UsersError> {
+        let user = self.get_user(token.user_id).await?;
+        if token.generation < user.token_generation {
+            return Err(UsersError::TokenRevoked);
+        }
+        Ok(user)
     }
 
     /// For token verifiers: each account's liveness and token generation.
@@ -444,6 +462,49 @@ mod tests {
                 "{name}: {err:?}"
             );
         }
+    }
+
+    /// The gateway's revocation cache is not the only check: a caller that reaches this
+    /// service directly with a token issued before a password change cannot change or delete
+    /// the account.
+    #[tokio::test]
+    async fn a_token_older_than_the_password_cannot_change_or_delete_the_account() {
+        let dir = tempfile::tempdir().unwrap();
+        let (users, tokens) = users(dir.path());
+        users
+            .create_user(sign_up("Ada", "correct horse"))
+            .await
+            .unwrap();
+        let verify = |token: &IssuedToken| tokens.verify(&token.token).unwrap();
+        let old = verify(&users.login("ada", "correct horse").await.unwrap().token);
+        let change = ProfileUpdate {
+            password: Some("battery staple".into()),
+            current_password: Some("correct horse".into()),
+            ..ProfileUpdate::default()
+        };
+        users.update_user(old, change).await.unwrap();
+
+        let rename = || ProfileUpdate {
+            display_name: Some("Mallory".into()),
+            ..ProfileUpdate::default()
+        };
+        let err = users.update_user(old, rename()).await.unwrap_err();
+        assert!(matches!(err, UsersError::TokenRevoked), "{err:?}");
+        assert_eq!(err.error_code(), ErrorCode::Unauthenticated);
+        let err = users.delete_user(old).await.unwrap_err();
+        assert!(matches!(err, UsersError::TokenRevoked), "{err:?}");
+        assert_eq!(
+            users.get_user(old.user_id).await.unwrap().display_name,
+            "Ada"
+        );
+
+        // A token issued since works.
+        let new = verify(&users.login("ada", "battery staple").await.unwrap().token);
+        let renamed = users.update_user(new, rename()).await.unwrap();
+        assert_eq!(renamed.display_name, "Mallory");
+        users.delete_user(new).await.unwrap();
+        let err = users.delete_user(new).await.unwrap_err();
+        assert!(matches!(err, UsersError::NotFound), "{err:?}");
     }
 
     #[tokio::test]
