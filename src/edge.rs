@@ -6,7 +6,7 @@ use std::num::NonZeroU32;
 use std::time::Duration;
 
 use clap::Args;
-use twtr_gateway::{EdgeLimits, RateLimits};
+use twtr_gateway::{ConnectionLimits, EdgeLimits, RateLimits};
 
 /// The gateway's limits (see `gateway/src/limits.rs`).
 #[derive(Debug, Args)]
@@ -43,7 +43,8 @@ pub struct EdgeArgs {
     pub rate_limit_auth_per_ip: u32,
 
     /// Proxies in front of the gateway that append to X-Forwarded-For (0: the client is the TCP
-    /// peer; behind a GKE Ingress: 2, the client and Google's front end).
+    /// peer; behind a GKE Ingress: 2, the client and Google's front end). Needs
+    /// TWTR_HTTP_TRUSTED_PROXIES: the header is believed only from those networks.
     #[arg(
         long,
         env = "TWTR_HTTP_TRUSTED_PROXY_HOPS",
@@ -52,13 +53,38 @@ pub struct EdgeArgs {
     )]
     pub http_trusted_proxy_hops: usize,
 
+    /// Comma-separated networks (CIDR) the proxies in front connect from; X-Forwarded-For from
+    /// any other peer is ignored. Behind Google's load balancers: 130.211.0.0/22,35.191.0.0/16.
+    #[arg(long, env = "TWTR_HTTP_TRUSTED_PROXIES", value_delimiter = ',', value_parser = twtr_gateway::limits::parse_network, global = true)]
+    pub http_trusted_proxies: Vec<twtr_gateway::limits::IpNet>,
+
+    /// Milliseconds an HTTP/1 client has to send a whole request head; it also bounds how long
+    /// an idle keep-alive connection stays open (behind a load balancer that keeps connections
+    /// to backends, set it above that balancer's keep-alive: 620000 behind Google's).
+    #[arg(long, env = "TWTR_HTTP_HEADER_READ_TIMEOUT_MS", default_value_t = millis(ConnectionLimits::default().header_read_timeout), global = true)]
+    pub http_header_read_timeout_ms: u64,
+
+    /// Milliseconds a connection may go without a byte read or written before it is closed.
+    #[arg(long, env = "TWTR_HTTP_IDLE_TIMEOUT_MS", default_value_t = millis(ConnectionLimits::default().idle_timeout), global = true)]
+    pub http_idle_timeout_ms: u64,
+
+    /// Largest request head (HTTP/1: request line and headers, 431 above) or header list
+    /// (HTTP/2), in bytes; at least 8192.
+    #[arg(long, env = "TWTR_HTTP_MAX_HEADER_BYTES", default_value_t = ConnectionLimits::default().max_header_bytes, global = true)]
+    pub http_max_header_bytes: usize,
+
+    /// Concurrent streams one HTTP/2 connection may open.
+    #[arg(long, env = "TWTR_HTTP2_MAX_CONCURRENT_STREAMS", default_value_t = ConnectionLimits::default().http2_max_concurrent_streams, global = true)]
+    pub http2_max_concurrent_streams: u32,
+
     /// Comma-separated origins allowed to call the API from a browser (`*`: any); unset: no
     /// CORS headers.
     #[arg(long, env = "TWTR_CORS_ORIGINS", value_delimiter = ',', global = true)]
     pub cors_origins: Vec<String>,
 
-    /// Where this process serves Prometheus metrics (`/metrics`), e.g. `0.0.0.0:9090`; unset:
-    /// no metrics listener (the gateway serves `/metrics` on its HTTP port anyway).
+    /// Where this process serves Prometheus metrics (`/metrics`), e.g. `0.0.0.0:9090`. Unset: no
+    /// metrics listener, and the gateway serves `/metrics` on its HTTP port instead (set: only
+    /// here, never on the public port).
     #[arg(long, env = "TWTR_METRICS_ADDR", global = true)]
     pub metrics_addr: Option<String>,
 
@@ -66,6 +92,10 @@ pub struct EdgeArgs {
     /// from OTEL_EXPORTER_OTLP_ENDPOINT. Unset: no export (trace context is still propagated).
     #[arg(long, env = "TWTR_OTLP_ENDPOINT", global = true)]
     pub otlp_endpoint: Option<String>,
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
 fn per_minute(limit: Option<NonZeroU32>) -> u32 {
@@ -86,6 +116,31 @@ impl EdgeArgs {
             self.http_max_in_flight > 0,
             "TWTR_HTTP_MAX_IN_FLIGHT must be at least 1"
         );
+        anyhow::ensure!(
+            self.http_trusted_proxy_hops == 0 || !self.http_trusted_proxies.is_empty(),
+            "TWTR_HTTP_TRUSTED_PROXY_HOPS is {} but TWTR_HTTP_TRUSTED_PROXIES is empty: name the \
+             networks the proxies connect from (behind Google's load balancers: \
+             130.211.0.0/22,35.191.0.0/16), or X-Forwarded-For would be believed from anyone",
+            self.http_trusted_proxy_hops
+        );
+        anyhow::ensure!(
+            self.http_trusted_proxies.is_empty() || self.http_trusted_proxy_hops > 0,
+            "TWTR_HTTP_TRUSTED_PROXIES is set but TWTR_HTTP_TRUSTED_PROXY_HOPS is 0: say how many \
+             X-Forwarded-For entries the proxies append (behind a GKE Ingress: 2)"
+        );
+        anyhow::ensure!(
+            self.http_header_read_timeout_ms > 0 && self.http_idle_timeout_ms > 0,
+            "TWTR_HTTP_HEADER_READ_TIMEOUT_MS and TWTR_HTTP_IDLE_TIMEOUT_MS must be at least 1"
+        );
+        anyhow::ensure!(
+            self.http_max_header_bytes >= twtr_gateway::server::MIN_HEADER_BYTES,
+            "TWTR_HTTP_MAX_HEADER_BYTES must be at least {}",
+            twtr_gateway::server::MIN_HEADER_BYTES
+        );
+        anyhow::ensure!(
+            self.http2_max_concurrent_streams > 0,
+            "TWTR_HTTP2_MAX_CONCURRENT_STREAMS must be at least 1"
+        );
         Ok(EdgeLimits {
             body_limit: self.http_body_limit_bytes,
             request_timeout: Duration::from_millis(self.request_timeout_ms),
@@ -102,6 +157,13 @@ impl EdgeArgs {
                 .filter(|o| !o.is_empty())
                 .collect(),
             trusted_proxy_hops: self.http_trusted_proxy_hops,
+            trusted_proxies: self.http_trusted_proxies.clone(),
+            connections: ConnectionLimits {
+                header_read_timeout: Duration::from_millis(self.http_header_read_timeout_ms),
+                idle_timeout: Duration::from_millis(self.http_idle_timeout_ms),
+                max_header_bytes: self.http_max_header_bytes,
+                http2_max_concurrent_streams: self.http2_max_concurrent_streams,
+            },
         })
     }
 

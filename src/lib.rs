@@ -502,6 +502,7 @@ pub async fn start(
             upstreams: urls.clone(),
             tokens: verifier.clone(),
             limits: config.edge.clone(),
+            metrics_on_http_port: config.metrics_addr.is_none(),
         };
         let stop = shutdown.clone();
         tokio::spawn(async move {

@@ -23,6 +23,11 @@ pub enum ErrorCode {
     /// The request body is over the size limit. Edge-only: the gateway answers it before any
     /// service sees the request; a service never returns it.
     PayloadTooLarge,
+    /// The request did not arrive in time: its body was still being sent when its deadline
+    /// passed (a client too slow, or one holding a slot on purpose). Edge-only.
+    RequestTimeout,
+    /// The request's path and query are over the edge's length limit. Edge-only.
+    UriTooLong,
     /// The caller sent too many requests; retry after a while (`Retry-After` over HTTP). Over
     /// gRPC it is `RESOURCE_EXHAUSTED`.
     RateLimited,
@@ -45,7 +50,8 @@ impl ErrorCode {
             Self::NotFound => Code::NotFound,
             Self::AlreadyExists => Code::AlreadyExists,
             // A service that gets an over-large message refuses it as an invalid argument.
-            Self::PayloadTooLarge => Code::InvalidArgument,
+            Self::PayloadTooLarge | Self::UriTooLong => Code::InvalidArgument,
+            Self::RequestTimeout => Code::DeadlineExceeded,
             Self::RateLimited => Code::ResourceExhausted,
             Self::Unavailable => Code::Unavailable,
             Self::DeadlineExceeded => Code::DeadlineExceeded,
@@ -61,7 +67,9 @@ impl ErrorCode {
             Self::PermissionDenied => 403,
             Self::NotFound => 404,
             Self::AlreadyExists => 409,
+            Self::RequestTimeout => 408,
             Self::PayloadTooLarge => 413,
+            Self::UriTooLong => 414,
             Self::RateLimited => 429,
             Self::Unavailable => 503,
             Self::DeadlineExceeded => 504,
@@ -78,6 +86,8 @@ impl ErrorCode {
             Self::NotFound => "not_found",
             Self::AlreadyExists => "already_exists",
             Self::PayloadTooLarge => "payload_too_large",
+            Self::RequestTimeout => "request_timeout",
+            Self::UriTooLong => "uri_too_long",
             Self::RateLimited => "rate_limited",
             Self::Unavailable => "unavailable",
             Self::DeadlineExceeded => "deadline_exceeded",
@@ -122,17 +132,22 @@ impl ErrorCode {
 
     /// Codes only the gateway answers with, which no gRPC status reads back into.
     pub const fn edge_only(self) -> bool {
-        matches!(self, Self::PayloadTooLarge)
+        matches!(
+            self,
+            Self::PayloadTooLarge | Self::RequestTimeout | Self::UriTooLong
+        )
     }
 
     /// Every code, for exhaustive tests.
-    pub const ALL: [Self; 10] = [
+    pub const ALL: [Self; 12] = [
         Self::InvalidArgument,
         Self::Unauthenticated,
         Self::PermissionDenied,
         Self::NotFound,
         Self::AlreadyExists,
         Self::PayloadTooLarge,
+        Self::RequestTimeout,
+        Self::UriTooLong,
         Self::RateLimited,
         Self::Unavailable,
         Self::DeadlineExceeded,

@@ -14,7 +14,7 @@ use axum::Json;
 use axum::error_handling::HandleErrorLayer;
 use axum::extract::{DefaultBodyLimit, MatchedPath, State};
 use axum::http::{HeaderValue, StatusCode};
-use axum::response::Response;
+use axum::response::{IntoResponse as _, Response};
 use axum::routing::get;
 use axum::{Router, middleware};
 use serde_json::json;
@@ -24,7 +24,7 @@ use tower::ServiceBuilder;
 use tower::limit::GlobalConcurrencyLimitLayer;
 use tower::load_shed::LoadShedLayer;
 use tracing::Instrument as _;
-use twtr_common::{context, metrics};
+use twtr_common::{ErrorCode, context, metrics};
 
 use crate::error::ApiError;
 use crate::limits::{self, EdgeLimits, RateLimiter};
@@ -34,9 +34,18 @@ use crate::{openapi, upstream};
 
 const READINESS_DEADLINE: Duration = Duration::from_secs(1);
 
+/// How long past its deadline a request may run before it is dropped: the work that honours the
+/// deadline (RPCs, reading the body) answers at it, with its own, more precise error.
+const DEADLINE_GRACE: Duration = Duration::from_secs(1);
+
 /// The application, with its rate limiters (which the caller keeps trimmed, see
 /// [`limits::forget_idle_keys`]).
-pub fn router(state: AppState, limits: &EdgeLimits, rate_limiter: Arc<RateLimiter>) -> Router {
+pub fn router(
+    state: AppState,
+    limits: &EdgeLimits,
+    rate_limiter: Arc<RateLimiter>,
+    serve_metrics: bool,
+) -> Router {
     let (api, document) = openapi::split(routes::api());
     let document = Arc::new(document);
     let api = api
@@ -58,7 +67,6 @@ pub fn router(state: AppState, limits: &EdgeLimits, rate_limiter: Arc<RateLimite
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/health/details", get(health_details))
-        .route("/metrics", get(metrics::scrape))
         .route(
             "/openapi.json",
             get(move || async move { openapi::json(&document) }),
@@ -67,8 +75,11 @@ pub fn router(state: AppState, limits: &EdgeLimits, rate_limiter: Arc<RateLimite
         .route("/docs/swagger-ui-bundle.js", get(openapi::swagger_ui_js))
         .route("/docs/swagger-ui.css", get(openapi::swagger_ui_css))
         .fallback(|| async { ApiError::not_found("no such route") })
-        .method_not_allowed_fallback(|| async { crate::error::method_not_allowed() })
-        .with_state(state);
+        .method_not_allowed_fallback(|| async { crate::error::method_not_allowed() });
+    if serve_metrics {
+        app = app.route("/metrics", get(metrics::scrape));
+    }
+    let mut app = app.with_state(state);
     if let Some(cors) = limits::cors(&limits.cors_origins) {
         app = app.layer(cors);
     }
@@ -80,8 +91,12 @@ pub fn router(state: AppState, limits: &EdgeLimits, rate_limiter: Arc<RateLimite
 
 /// Gives every request an id (the caller's `x-request-id` when it is safe, else a fresh one)
 /// and a deadline, runs it with both current (so every RPC and event it causes carries the id,
-/// and every RPC what is left of the deadline), echoes the id in the response, and logs and
-/// counts one line per request.
+/// every RPC what is left of the deadline, and reading the body the deadline itself), echoes
+/// the id in the response, and logs and counts one line per request.
+///
+/// The deadline holds for the whole request: whatever is still running a moment after it (the
+/// RPCs and the body read answer at the deadline themselves) is dropped, its in-flight slot
+/// freed, and answered 504. A path and query over [`limits::MAX_URI_BYTES`] is a 414.
 async fn request_context(
     State(timeout): State<Duration>,
     request: axum::extract::Request,
@@ -103,8 +118,25 @@ async fn request_context(
     );
     context::continue_trace(&span, &context::Headers(request.headers()));
     let started = Instant::now();
-    let work = upstream::scope(timeout, next.run(request)).instrument(span.clone());
-    let mut response = context::scope(id.clone(), work).await;
+    let mut response = if limits::uri_too_long(request.uri()) {
+        ApiError::new(
+            ErrorCode::UriTooLong,
+            format!(
+                "the path and query are over {} bytes",
+                limits::MAX_URI_BYTES
+            ),
+        )
+        .into_response()
+    } else {
+        let work = upstream::scope(timeout, next.run(request));
+        let bounded = tokio::time::timeout(timeout + DEADLINE_GRACE, work);
+        context::scope(id.clone(), bounded.instrument(span.clone()))
+            .await
+            .unwrap_or_else(|_| {
+                ApiError::new(ErrorCode::DeadlineExceeded, "the request took too long")
+                    .into_response()
+            })
+    };
     let status = response.status().as_u16();
     metrics::http_request(route.as_deref(), &method, status, started.elapsed());
     span.in_scope(|| {

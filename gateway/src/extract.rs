@@ -77,7 +77,19 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &AppState) -> Result<Self, ApiError> {
-        match axum::Json::<T>::from_request(request, state).await {
+        // The body must arrive by the request's deadline: a client sending it slowly (on
+        // purpose or not) would otherwise hold its in-flight slot for as long as it likes.
+        let read = axum::Json::<T>::from_request(request, state);
+        let read = match crate::upstream::deadline() {
+            Some(deadline) => tokio::time::timeout_at(deadline, read).await.map_err(|_| {
+                ApiError::new(
+                    ErrorCode::RequestTimeout,
+                    "the request body did not arrive in time",
+                )
+            })?,
+            None => read.await,
+        };
+        match read {
             Ok(axum::Json(value)) => Ok(Self(value)),
             Err(rejection) if rejection.status().as_u16() == 413 => Err(ApiError::new(
                 ErrorCode::PayloadTooLarge,

@@ -45,21 +45,22 @@ pub mod limits;
 pub mod openapi;
 pub mod revocation;
 pub mod routes;
+pub mod server;
 pub mod state;
 pub mod upstream;
 pub mod views;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
-use axum::serve::ListenerExt as _;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use twtr_common::tokens::TokenVerifier;
 
 pub use error::ApiError;
 pub use limits::{EdgeLimits, RateLimits};
+pub use server::ConnectionLimits;
 pub use upstream::{UpstreamUrls, Upstreams};
 
 /// Everything the gateway needs, built by the binary from configuration.
@@ -67,6 +68,9 @@ pub struct GatewayDeps {
     pub upstreams: UpstreamUrls,
     pub tokens: TokenVerifier,
     pub limits: EdgeLimits,
+    /// Whether `/metrics` is served on the HTTP port: only when no metrics listener of its own
+    /// is configured, so a deployment that has one keeps metrics off the public port.
+    pub metrics_on_http_port: bool,
 }
 
 /// Serves the HTTP API on `listener` until `shutdown`, then drains requests in flight.
@@ -82,24 +86,16 @@ pub async fn serve(
     let upstreams = Upstreams::connect(&deps.upstreams)?;
     let rate_limiter = Arc::new(limits::RateLimiter::new(&deps.limits, deps.tokens.clone()));
     let state = state::AppState::new(upstreams, deps.tokens, deps.limits.body_limit);
-    let app = app::router(state, &deps.limits, Arc::clone(&rate_limiter));
+    let app = app::router(
+        state,
+        &deps.limits,
+        Arc::clone(&rate_limiter),
+        deps.metrics_on_http_port,
+    );
     tokio::spawn(limits::forget_idle_keys(rate_limiter, shutdown.clone()));
     tracing::info!(service = "gateway", %addr, "http server listening");
-    // The peer address is the client's (or the last proxy's) for the per-IP limits.
-    // Nagle's algorithm off, or a response's last piece may wait for the client's delayed ACK.
-    let listener = listener.tap_io(|tcp| {
-        if let Err(err) = tcp.set_nodelay(true) {
-            tracing::warn!(error = %err, "could not turn Nagle's algorithm off");
-        }
-    });
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move {
-        shutdown.cancelled().await;
-        tracing::info!(service = "gateway", "http server shutting down");
-    })
-    .await
-    .context("HTTP server failed")
+    // Requests in flight at shutdown have their deadline to finish, and a little to answer.
+    let drain = deps.limits.request_timeout + Duration::from_secs(1);
+    server::serve(listener, app, deps.limits.connections, drain, shutdown).await;
+    Ok(())
 }

@@ -28,11 +28,13 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse as _, Response};
 use governor::clock::{Clock as _, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota};
+pub use ipnet::IpNet;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use twtr_common::tokens::TokenVerifier;
 use twtr_common::{ErrorCode, auth};
 
 use crate::error::ApiError;
+use crate::server::ConnectionLimits;
 
 /// The edge's limits (configuration; `twtr gateway --help` lists the variables).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,8 +49,15 @@ pub struct EdgeLimits {
     /// Origins allowed to call the API from a browser (`*` for any); empty: no CORS headers.
     pub cors_origins: Vec<String>,
     /// Proxies in front of the gateway that append to `X-Forwarded-For`: 0 means the client is
-    /// the TCP peer; n means it is the n-th address from the right of that header.
+    /// the TCP peer; n means it is the n-th address from the right of that header, when the
+    /// TCP peer is in [`Self::trusted_proxies`].
     pub trusted_proxy_hops: usize,
+    /// The networks the proxies in front connect from; `X-Forwarded-For` from any other peer is
+    /// ignored (anyone can send the header).
+    pub trusted_proxies: Vec<IpNet>,
+    /// The HTTP server's per-connection limits (header read and idle timeouts, header size,
+    /// HTTP/2 streams).
+    pub connections: ConnectionLimits,
 }
 
 /// Requests per minute allowed to one key (a burst of that many, refilled evenly over the
@@ -91,6 +100,8 @@ impl Default for EdgeLimits {
             rates: RateLimits::default(),
             cors_origins: Vec::new(),
             trusted_proxy_hops: 0,
+            trusted_proxies: Vec::new(),
+            connections: ConnectionLimits::default(),
         }
     }
 }
@@ -104,6 +115,7 @@ pub struct RateLimiter {
     auth_per_ip: Keyed<IpAddr>,
     tokens: TokenVerifier,
     trusted_proxy_hops: usize,
+    trusted_proxies: Vec<IpNet>,
     clock: DefaultClock,
 }
 
@@ -118,6 +130,7 @@ impl RateLimiter {
             auth_per_ip: keyed(limits.rates.auth_per_ip),
             tokens,
             trusted_proxy_hops: limits.trusted_proxy_hops,
+            trusted_proxies: limits.trusted_proxies.clone(),
             clock: DefaultClock::default(),
         }
     }
@@ -149,8 +162,7 @@ impl RateLimiter {
 
     /// Checks every limit that applies to `request`.
     fn check(&self, request: &Request) -> Result<(), ApiError> {
-        let ip = self.client_ip(request);
-        if let Some(ip) = ip {
+        if let Some(ip) = self.client_ip(request).map(rate_key) {
             self.take(&self.per_ip, &ip, "from this address")?;
             if is_login_or_sign_up(request) {
                 self.take(
@@ -174,15 +186,15 @@ impl RateLimiter {
         self.tokens.verify(token).ok().map(|v| v.user_id)
     }
 
-    /// The client's address: the TCP peer, or with proxies in front, the address the last
-    /// trusted proxy saw (`X-Forwarded-For`, counted from the right).
+    /// The client's address: the TCP peer, or, when that peer is one of the trusted proxies,
+    /// the address the first of them saw (`X-Forwarded-For`, the n-th entry from the right).
     fn client_ip(&self, request: &Request) -> Option<IpAddr> {
         let peer = request
             .extensions()
             .get::<ConnectInfo<SocketAddr>>()
-            .map(|ConnectInfo(addr)| addr.ip());
-        if self.trusted_proxy_hops == 0 {
-            return peer;
+            .map(|ConnectInfo(addr)| addr.ip().to_canonical())?;
+        if self.trusted_proxy_hops == 0 || !self.trusted_proxies.iter().any(|n| n.contains(&peer)) {
+            return Some(peer);
         }
         let forwarded: Vec<&str> = request
             .headers()
@@ -192,13 +204,40 @@ impl RateLimiter {
             .flat_map(|v| v.split(','))
             .map(str::trim)
             .collect();
-        forwarded
+        let client = forwarded
             .len()
             .checked_sub(self.trusted_proxy_hops)
             .and_then(|i| forwarded.get(i))
-            .and_then(|addr| addr.parse().ok())
-            .or(peer)
+            .and_then(|addr| addr.parse::<IpAddr>().ok())
+            .map(|ip| ip.to_canonical());
+        Some(client.unwrap_or(peer))
     }
+}
+
+/// The key a client address is rate limited by: an IPv4 address, or an IPv6 address's /64 (one
+/// subscriber's network: rotating addresses inside it must not escape a limit).
+fn rate_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !u128::from(u64::MAX)).into()),
+    }
+}
+
+/// Reads a network in CIDR notation (`130.211.0.0/22`, `2600:1900::/28`); a bare address is a
+/// network of one.
+pub fn parse_network(text: &str) -> Result<IpNet, String> {
+    let text = text.trim();
+    text.parse::<IpNet>()
+        .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
+        .map_err(|_| format!("{text:?} is not a network (CIDR, e.g. 130.211.0.0/22) or an address"))
+}
+
+/// The longest path and query the gateway reads (longer: 414). No route needs more than a few
+/// hundred bytes; the header size limit bounds the request head as a whole.
+pub const MAX_URI_BYTES: usize = 4096;
+
+pub fn uri_too_long(uri: &axum::http::Uri) -> bool {
+    uri.path_and_query().map_or(0, |pq| pq.as_str().len()) > MAX_URI_BYTES
 }
 
 fn is_login_or_sign_up(request: &Request) -> bool {
@@ -298,6 +337,14 @@ mod tests {
         request
     }
 
+    fn behind(hops: usize, proxies: &[&str]) -> RateLimiter {
+        limiter(EdgeLimits {
+            trusted_proxy_hops: hops,
+            trusted_proxies: proxies.iter().map(|n| n.parse().unwrap()).collect(),
+            ..EdgeLimits::default()
+        })
+    }
+
     #[test]
     fn the_client_is_the_peer_unless_proxies_are_trusted() {
         let r = request(
@@ -306,32 +353,62 @@ mod tests {
             "10.0.0.9:5000",
             Some("203.0.113.7, 198.51.100.2"),
         );
-        let direct = limiter(EdgeLimits::default());
-        assert_eq!(direct.client_ip(&r), Some("10.0.0.9".parse().unwrap()));
-        let behind_one = limiter(EdgeLimits {
-            trusted_proxy_hops: 1,
-            ..EdgeLimits::default()
-        });
-        assert_eq!(
-            behind_one.client_ip(&r),
-            Some("198.51.100.2".parse().unwrap())
+        let ip = |s: &str| Some(s.parse::<IpAddr>().unwrap());
+        assert_eq!(limiter(EdgeLimits::default()).client_ip(&r), ip("10.0.0.9"));
+        assert_eq!(behind(1, &["10.0.0.0/8"]).client_ip(&r), ip("198.51.100.2"));
+        assert_eq!(behind(2, &["10.0.0.0/8"]).client_ip(&r), ip("203.0.113.7"));
+        // Fewer entries than trusted hops: the header is not to be trusted; the peer it is.
+        assert_eq!(behind(3, &["10.0.0.0/8"]).client_ip(&r), ip("10.0.0.9"));
+    }
+
+    #[test]
+    fn forwarded_for_from_a_peer_outside_the_proxy_networks_is_ignored() {
+        // Anyone can send the header: a client connecting directly names whom it likes.
+        let spoofed = request(
+            Method::GET,
+            "/v1/timeline",
+            "192.0.2.50:5000",
+            Some("203.0.113.7, 198.51.100.2"),
         );
-        let behind_two = limiter(EdgeLimits {
-            trusted_proxy_hops: 2,
-            ..EdgeLimits::default()
-        });
+        let limiter = behind(2, &["130.211.0.0/22", "35.191.0.0/16"]);
         assert_eq!(
-            behind_two.client_ip(&r),
+            limiter.client_ip(&spoofed),
+            Some("192.0.2.50".parse().unwrap())
+        );
+        let via_google = request(
+            Method::GET,
+            "/v1/timeline",
+            "35.191.3.4:5000",
+            Some("203.0.113.7, 34.120.1.1"),
+        );
+        assert_eq!(
+            limiter.client_ip(&via_google),
             Some("203.0.113.7".parse().unwrap())
         );
-        // Fewer entries than trusted hops: the header is not to be trusted; the peer it is.
-        let behind_three = limiter(EdgeLimits {
-            trusted_proxy_hops: 3,
+    }
+
+    #[test]
+    fn ipv6_clients_share_a_limit_per_64() {
+        let limits = EdgeLimits {
+            rates: RateLimits {
+                per_ip: NonZeroU32::new(2),
+                per_caller: None,
+                auth_per_ip: None,
+            },
             ..EdgeLimits::default()
-        });
+        };
+        let limiter = limiter(limits);
+        let from = |peer: &str| request(Method::GET, "/v1/timeline", peer, None);
+        assert!(limiter.check(&from("[2001:db8:1:2::1]:1")).is_ok());
+        assert!(limiter.check(&from("[2001:db8:1:2:ffff::9]:1")).is_ok());
+        // A third address in the same /64: the same subscriber, over the limit.
+        assert!(limiter.check(&from("[2001:db8:1:2:abcd::1]:1")).is_err());
+        // The next /64 is someone else.
+        assert!(limiter.check(&from("[2001:db8:1:3::1]:1")).is_ok());
+        // An IPv4 client on a dual-stack socket is keyed by its IPv4 address.
         assert_eq!(
-            behind_three.client_ip(&r),
-            Some("10.0.0.9".parse().unwrap())
+            rate_key("::ffff:192.0.2.1".parse::<IpAddr>().unwrap().to_canonical()),
+            "192.0.2.1".parse::<IpAddr>().unwrap()
         );
     }
 

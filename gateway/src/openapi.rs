@@ -54,8 +54,8 @@ pub struct ErrorBody {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorDetail {
     /// Machine-readable: `invalid_argument`, `unauthenticated`, `permission_denied`,
-    /// `not_found`, `already_exists`, `payload_too_large`, `rate_limited`, `unavailable`,
-    /// `deadline_exceeded`, `internal`, `method_not_allowed`.
+    /// `not_found`, `already_exists`, `request_timeout`, `payload_too_large`, `uri_too_long`,
+    /// `rate_limited`, `unavailable`, `deadline_exceeded`, `internal`, `method_not_allowed`.
     #[schema(example = "not_found")]
     pub code: String,
     /// For people.
@@ -115,7 +115,8 @@ pub const BEARER: &str = "bearer";
 /// Adds the bearer scheme, and to every API operation what the gateway may answer whatever the
 /// route: 401 where a token is accepted, 400 where an ID, a page query or a body is parsed
 /// (see `bad_request`), 429 (rate limits), 500, 503 (overload, a service down), 504
-/// (deadline), and 413 where there is a body. A route that documents one of these statuses
+/// (deadline), 414 (a path and query over the edge's limit), and 408 (the body did not arrive by
+/// the deadline) and 413 where there is a body. A route that documents one of these statuses
 /// itself, to say more (a wrong password, a field's rules), keeps its own. Applied to the
 /// document once the router has added the routes.
 pub struct EdgeResponses;
@@ -245,7 +246,15 @@ fn add_edge_responses(operation: &mut Operation) {
         "504",
         error_response("the request's deadline passed", false),
     );
+    add(
+        "414",
+        error_response("the path and query are over the length limit", false),
+    );
     if operation.request_body.is_some() {
+        add(
+            "408",
+            error_response("the body did not arrive before the deadline", false),
+        );
         add(
             "413",
             error_response("the body is over the size limit", false),

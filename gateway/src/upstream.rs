@@ -99,6 +99,11 @@ pub async fn scope<F: Future>(timeout: Duration, work: F) -> F::Output {
     CALL.scope(call, work).await
 }
 
+/// The deadline of the request being served (`None` outside a request).
+pub fn deadline() -> Option<Instant> {
+    CALL.try_with(|call| call.deadline).ok()
+}
+
 /// Whether the deadline of the request being served has passed (false outside a request).
 pub fn deadline_passed() -> bool {
     CALL.try_with(|call| Instant::now() >= call.deadline)

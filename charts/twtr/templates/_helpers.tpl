@@ -188,7 +188,7 @@ app.kubernetes.io/component: {{ .part }}
 {{/* The gateway's limits (empty values: the binary's defaults). */}}
 {{- define "twtr.env.limits" -}}
 {{- $limits := .Values.gateway.limits }}
-{{- $vars := dict "requestTimeoutMs" "TWTR_REQUEST_TIMEOUT_MS" "maxInFlight" "TWTR_HTTP_MAX_IN_FLIGHT" "bodyLimitBytes" "TWTR_HTTP_BODY_LIMIT_BYTES" "rateLimitPerIp" "TWTR_RATE_LIMIT_PER_IP" "rateLimitPerCaller" "TWTR_RATE_LIMIT_PER_CALLER" "rateLimitAuthPerIp" "TWTR_RATE_LIMIT_AUTH_PER_IP" }}
+{{- $vars := dict "requestTimeoutMs" "TWTR_REQUEST_TIMEOUT_MS" "maxInFlight" "TWTR_HTTP_MAX_IN_FLIGHT" "bodyLimitBytes" "TWTR_HTTP_BODY_LIMIT_BYTES" "rateLimitPerIp" "TWTR_RATE_LIMIT_PER_IP" "rateLimitPerCaller" "TWTR_RATE_LIMIT_PER_CALLER" "rateLimitAuthPerIp" "TWTR_RATE_LIMIT_AUTH_PER_IP" "maxHeaderBytes" "TWTR_HTTP_MAX_HEADER_BYTES" "http2MaxConcurrentStreams" "TWTR_HTTP2_MAX_CONCURRENT_STREAMS" }}
 {{- range $key := keys $vars | sortAlpha }}
 {{- $value := get $limits $key }}
 {{- if ne (toString $value) "" }}
@@ -196,12 +196,35 @@ app.kubernetes.io/component: {{ .part }}
   value: {{ $value | quote }}
 {{- end }}
 {{- end }}
+{{- $gce := and .Values.ingress.enabled (eq .Values.ingress.className "gce") }}
 {{- $hops := toString $limits.trustedProxyHops }}
 {{- if eq $hops "" }}
-{{- $hops = ternary "2" "0" (and .Values.ingress.enabled (eq .Values.ingress.className "gce")) }}
+{{- $hops = ternary "2" "0" $gce }}
 {{- end }}
 - name: TWTR_HTTP_TRUSTED_PROXY_HOPS
   value: {{ $hops | quote }}
+{{- $proxies := $limits.trustedProxies }}
+{{- if and (not $proxies) $gce }}
+{{- /* Google's front ends connect from these ranges (its load balancers' documented sources). */}}
+{{- $proxies = list "130.211.0.0/22" "35.191.0.0/16" }}
+{{- end }}
+{{- with $proxies }}
+- name: TWTR_HTTP_TRUSTED_PROXIES
+  value: {{ join "," . | quote }}
+{{- end }}
+{{- /* Google's load balancers keep idle connections to backends for 600 s: a backend closing
+       them sooner races their next request (a 502). They read request heads themselves, so
+       a slow head never reaches the gateway there. */}}
+{{- range $key, $var := dict "headerReadTimeoutMs" "TWTR_HTTP_HEADER_READ_TIMEOUT_MS" "idleTimeoutMs" "TWTR_HTTP_IDLE_TIMEOUT_MS" }}
+{{- $value := toString (get $limits $key) }}
+{{- if and (eq $value "") $gce }}
+{{- $value = "620000" }}
+{{- end }}
+{{- if ne $value "" }}
+- name: {{ $var }}
+  value: {{ $value | quote }}
+{{- end }}
+{{- end }}
 {{- with $limits.corsOrigins }}
 - name: TWTR_CORS_ORIGINS
   value: {{ join "," . | quote }}
