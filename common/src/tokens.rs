@@ -226,6 +226,9 @@ impl TokenVerifier {
             .ok_or(TokenError::Invalid)?;
         let mut validation = Validation::new(Algorithm::EdDSA);
         validation.leeway = 0;
+        // Not valid before `nbf`, when a token says so (ours do not; a forged or foreign one
+        // might, and jsonwebtoken ignores `nbf` unless asked).
+        validation.validate_nbf = true;
         validation.set_required_spec_claims(&["exp", "sub"]);
         let data =
             jsonwebtoken::decode::<Claims>(token, key, &validation).map_err(|err| {
@@ -392,6 +395,37 @@ MC4CAQAwBQYDK2VwBCIEILfpRZFUs5ORQcAJ46pnUyLmSK8/Jc4Ue64MJczw7tpH
         )
         .unwrap();
         assert_eq!(verifier.verify(&hs), Err(TokenError::Invalid));
+    }
+
+    #[test]
+    fn a_token_not_valid_yet_is_refused() {
+        let (private, public) = generate_key_pair().unwrap();
+        let signer = TokenSigner::from_pem(&private, Duration::from_secs(60)).unwrap();
+        let verifier = TokenVerifier::from_pems(&[public]).unwrap();
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some(signer.key_id().to_owned());
+        let now = clock::now_millis() / 1000;
+        #[derive(Serialize)]
+        struct Early {
+            sub: &'static str,
+            iat: i64,
+            exp: i64,
+            nbf: i64,
+        }
+        let with_nbf = |nbf: i64| {
+            let claims = Early {
+                sub: "42",
+                iat: now,
+                exp: now + 600,
+                nbf,
+            };
+            jsonwebtoken::encode(&header, &claims, &signer.encoding).unwrap()
+        };
+        assert_eq!(
+            verifier.verify(&with_nbf(now + 300)),
+            Err(TokenError::Invalid)
+        );
+        assert_eq!(verifier.verify(&with_nbf(now - 5)).unwrap().user_id, 42);
     }
 
     #[test]

@@ -20,5 +20,6 @@ mod mesh;
 mod observability;
 mod processes;
 mod rabbitmq;
+mod security;
 mod support;
 mod tweets;
