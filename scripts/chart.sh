@@ -210,7 +210,7 @@ check() {
         --compose docker-compose.yml "${rendered[@]}"
 
     PYTHONPATH="$VALIDATE_PATH" python3 scripts/chart_scenarios.py --helm "$HELM" \
-        --chart "$CHART" --deploy scripts/deploy.sh
+        --chart "$CHART" --deploy scripts/deploy.sh --guide docs/gke.md
 
     local dashboard
     for dashboard in "$CHART"/dashboards/*.json; do

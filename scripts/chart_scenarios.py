@@ -25,6 +25,9 @@ Usage: chart_scenarios.py --helm .tools/bin/helm --chart charts/twtr [--deploy s
   gke-monitoring  with managed Prometheus's API present: a PodMonitoring for every part, alert
                   Rules, and the metrics NetworkPolicy admitting its collectors (gmp-system)
                   where the values narrow who may scrape
+  gke-guide       (with --guide docs/gke.md) every Google Cloud object the production values
+                  name but the chart cannot make (the static IP, the Cloud Armor policy) is
+                  created by a command in the guide, and the nodes get the registry's reader role
 
 Label, Secret-key, Ingress and metric-name checks on every render are check_chart.py's; this
 file only makes the renders that exercise them.
@@ -47,8 +50,8 @@ DIGEST = "sha256:" + "0123456789abcdef" * 4
 
 
 class Run:
-    def __init__(self, helm, chart, deploy):
-        self.helm, self.chart, self.deploy = helm, chart, deploy
+    def __init__(self, helm, chart, deploy, guide=None):
+        self.helm, self.chart, self.deploy, self.guide = helm, chart, deploy, guide
         self.failed = []
         self.scratch = tempfile.mkdtemp(prefix="chart-scenarios-")
 
@@ -282,6 +285,31 @@ def gke_monitoring(run):
     assert not kind(docs, "PodMonitoring"), "a PodMonitoring without managed Prometheus's API"
 
 
+def gke_guide(run):
+    if not run.guide:
+        return
+    with open(os.path.join(run.chart, PRODUCTION)) as f:
+        values = yaml.safe_load(f)
+    with open(run.guide) as f:
+        guide = " ".join(f.read().replace("\\\n", " ").split())
+    ingress = values.get("ingress") or {}
+    ip = ingress.get("staticIpName") or (ingress.get("annotations") or {}).get(
+        "kubernetes.io/ingress.global-static-ip-name")
+    if ip:
+        assert f"gcloud compute addresses create {ip} --global" in guide, \
+            f"the production values use the static IP {ip!r}, which no step of {run.guide} creates"
+    policy = (ingress.get("backendConfig") or {}).get("securityPolicy")
+    if policy:
+        assert f"gcloud compute security-policies create {policy}" in guide, \
+            f"the production values use the Cloud Armor policy {policy!r}, which no step of {run.guide} creates"
+    certificates = (ingress.get("annotations") or {}).get("networking.gke.io/managed-certificates")
+    assert not certificates, \
+        f"the production values name ManagedCertificate(s) {certificates!r} by annotation; let the chart make them"
+    assert "--role roles/artifactregistry.reader" in guide, \
+        f"{run.guide} does not grant the nodes roles/artifactregistry.reader (ImagePullBackOff)"
+    assert "--workload-pool" in guide, f"{run.guide} does not enable Workload Identity on the cluster"
+
+
 SCENARIOS = [
     ("tracing", tracing),
     ("extra-egress", extra_egress),
@@ -292,6 +320,7 @@ SCENARIOS = [
     ("digest", digest),
     ("per-part", per_part),
     ("gke-monitoring", gke_monitoring),
+    ("gke-guide", gke_guide),
 ]
 
 
@@ -300,9 +329,10 @@ def main():
     parser.add_argument("--helm", required=True)
     parser.add_argument("--chart", required=True)
     parser.add_argument("--deploy", help="scripts/deploy.sh, run with --template")
+    parser.add_argument("--guide", help="docs/gke.md, checked against the production values")
     parser.add_argument("only", nargs="*", help="scenario names (default: all)")
     args = parser.parse_args()
-    run = Run(args.helm, args.chart, args.deploy)
+    run = Run(args.helm, args.chart, args.deploy, args.guide)
     for name, scenario in SCENARIOS:
         if not args.only or name in args.only:
             run.check(name, scenario)
