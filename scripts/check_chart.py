@@ -16,14 +16,32 @@ manifests (and every twtr service in the compose file):
     name of that part's package that the binary contains (tonic-health answers NOT_FOUND for a
     name nobody registered, and the probe would never pass).
 
-Custom resources have no schema in kubernetes-validate; the two kinds the chart renders are
-checked here against the fields GKE and the Prometheus Operator document (a structural check,
-not the real CRD schema). Any other kind is an error.
+And across every rendered object:
+
+  - every label value is a valid one (at most 63 characters of [A-Za-z0-9._-], alphanumeric at
+    both ends): a digest in app.kubernetes.io/version would be refused by the API server,
+  - every key a pod mounts from a Secret (volume items, secretKeyRef) exists in that Secret
+    when the render makes it: a missing one is a FailedMount,
+  - the Ingress routes only the public API (/v1, /docs, /openapi.json), never /metrics,
+    /healthz, /readyz or /health/details, and has no default backend that would route them,
+  - a `gce` Ingress with TLS answers plain HTTP with a redirect (a FrontendConfig it names,
+    rendered, with redirectToHttps), and every ManagedCertificate / FrontendConfig it names is
+    rendered,
+  - every twtr_* metric the alert rules and the dashboard query is one the binary exports.
+
+Custom resources have no schema in kubernetes-validate; the kinds the chart renders are checked
+here against the fields GKE, managed Prometheus and the Prometheus Operator document (a
+structural check, not the real CRD schema). Any other kind is an error.
+
+For the compose file: every bind mount of a twtr service uses the long syntax with
+`create_host_path: false`, so a missing key file stops `docker compose up` with a clear error
+instead of Docker creating a root-owned directory in its place.
 
 Needs PyYAML (scripts/chart.sh puts it on PYTHONPATH with kubernetes-validate).
 """
 
 import argparse
+import json
 import mmap
 import re
 import subprocess
@@ -35,7 +53,17 @@ import yaml
 CUSTOM_KINDS = {
     ("cloud.google.com/v1", "BackendConfig"),
     ("monitoring.coreos.com/v1", "ServiceMonitor"),
+    ("monitoring.coreos.com/v1", "PrometheusRule"),
+    ("monitoring.googleapis.com/v1", "PodMonitoring"),
+    ("monitoring.googleapis.com/v1", "Rules"),
+    ("networking.gke.io/v1", "ManagedCertificate"),
+    ("networking.gke.io/v1beta1", "FrontendConfig"),
 }
+LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+# Paths the Ingress must route, and paths it must never route (they are for probes and scrapes).
+PUBLIC_PATHS = {"/v1": "Prefix", "/docs": "Prefix", "/openapi.json": "Exact"}
+PRIVATE_PATHS = ["/metrics", "/healthz", "/readyz", "/health/details"]
+METRIC = re.compile(r"\b(twtr_[a-z0-9_]+)")
 WORKLOAD_KINDS = {"Deployment", "Job", "StatefulSet", "DaemonSet"}
 ENV_PATTERN = re.compile(r"\[env: (TWTR_[A-Z0-9_]+)")
 
@@ -176,17 +204,48 @@ def check_custom(doc, failures):
         draining = (spec.get("connectionDraining") or {}).get("drainingTimeoutSec", 0)
         if not isinstance(draining, int):
             failures.add(where, "connectionDraining.drainingTimeoutSec must be an integer")
+        policy = spec.get("securityPolicy")
+        if policy is not None and not (isinstance(policy, dict) and policy.get("name")):
+            failures.add(where, "securityPolicy must be {name: <Cloud Armor policy>}")
+        if "timeoutSec" in spec and not isinstance(spec["timeoutSec"], int):
+            failures.add(where, "timeoutSec must be an integer")
         unknown = set(spec) - {"healthCheck", "connectionDraining", "timeoutSec", "cdn",
                                "iap", "securityPolicy", "sessionAffinity", "logging",
                                "customRequestHeaders", "customResponseHeaders"}
         if unknown:
             failures.add(where, f"unknown spec fields {sorted(unknown)}")
-    elif doc["kind"] == "ServiceMonitor":
+    elif doc["kind"] in {"PodMonitoring", "ServiceMonitor"}:
         if not (spec.get("selector") or {}).get("matchLabels"):
             failures.add(where, "spec.selector.matchLabels is required")
         endpoints = spec.get("endpoints") or []
         if not endpoints or not all(isinstance(e, dict) and e.get("port") for e in endpoints):
             failures.add(where, "every endpoint needs a named port")
+    elif doc["kind"] in {"PrometheusRule", "Rules"}:
+        groups = spec.get("groups") or []
+        if not groups:
+            failures.add(where, "spec.groups is empty")
+        for group in groups:
+            if not group.get("name") or not group.get("rules"):
+                failures.add(where, "every group needs a name and rules")
+            for rule in group.get("rules") or []:
+                if not rule.get("alert") or not isinstance(rule.get("expr"), str):
+                    failures.add(where, f"rule {rule!r} needs an alert name and an expr")
+                if set(rule) - {"alert", "record", "expr", "for", "labels", "annotations",
+                                "keep_firing_for"}:
+                    failures.add(where, f"rule {rule.get('alert')}: unknown fields")
+    elif doc["kind"] == "ManagedCertificate":
+        domains = spec.get("domains") or []
+        if not domains or len(domains) > 100 or any("*" in str(d) for d in domains):
+            failures.add(where, "spec.domains must list 1 to 100 domains, no wildcards")
+    elif doc["kind"] == "FrontendConfig":
+        unknown = set(spec) - {"redirectToHttps", "sslPolicy"}
+        if unknown:
+            failures.add(where, f"unknown spec fields {sorted(unknown)}")
+        redirect = spec.get("redirectToHttps") or {}
+        if redirect and redirect.get("responseCodeName", "MOVED_PERMANENTLY_DEFAULT") not in {
+                "MOVED_PERMANENTLY_DEFAULT", "FOUND", "SEE_OTHER", "TEMPORARY_REDIRECT",
+                "PERMANENT_REDIRECT"}:
+            failures.add(where, "redirectToHttps.responseCodeName is not one GKE knows")
 
 
 def check_disruption_budget(doc, failures):
@@ -199,12 +258,138 @@ def check_disruption_budget(doc, failures):
         failures.add(name_of(doc), f"unhealthyPodEvictionPolicy is {policy!r}, not AlwaysAllow")
 
 
+def labels_of(doc):
+    """Every label map of an object: its own and its pod template's."""
+    yield (doc.get("metadata") or {}).get("labels") or {}
+    template = ((doc.get("spec") or {}).get("template") or {}).get("metadata") or {}
+    yield template.get("labels") or {}
+
+
+def check_labels(doc, failures):
+    for labels in labels_of(doc):
+        for key, value in labels.items():
+            value = str(value)
+            if len(value) > 63 or not LABEL_VALUE.match(value):
+                failures.add(name_of(doc), f"label {key}={value!r} is not a valid label value "
+                                           f"({len(value)} characters; at most 63 of "
+                                           "[A-Za-z0-9._-], alphanumeric at both ends)")
+
+
+def check_secret_keys(docs, failures):
+    """Keys pods take from Secrets that the render makes must be in them (else FailedMount)."""
+    secrets = {}
+    for doc in docs:
+        if doc.get("kind") == "Secret":
+            keys = set((doc.get("data") or {})) | set((doc.get("stringData") or {}))
+            secrets[doc["metadata"]["name"]] = keys
+    for doc in docs:
+        pod = pod_spec(doc)
+        if pod is None:
+            continue
+        wanted = []
+        for volume in pod.get("volumes") or []:
+            secret = volume.get("secret")
+            if secret:
+                for item in secret.get("items") or []:
+                    wanted.append((secret.get("secretName"), item.get("key"), "volume"))
+        for container in (pod.get("initContainers") or []) + pod["containers"]:
+            for env in container.get("env") or []:
+                ref = (env.get("valueFrom") or {}).get("secretKeyRef")
+                if ref:
+                    wanted.append((ref.get("name"), ref.get("key"), f"env {env['name']}"))
+        for secret, key, use in wanted:
+            if secret in secrets and key not in secrets[secret]:
+                failures.add(name_of(doc), f"{use} takes key {key!r} of Secret {secret}, which "
+                                           f"the render makes with only {sorted(secrets[secret])}")
+
+
+def path_matches(rule_path, path_type, path):
+    if path_type == "Exact":
+        return path == rule_path
+    # Prefix (and GKE's ImplementationSpecific): element-wise prefix.
+    prefix = rule_path.rstrip("/")
+    return prefix == "" or path == prefix or path.startswith(prefix + "/")
+
+
+def check_ingress(doc, by_kind_name, failures):
+    where = name_of(doc)
+    spec = doc.get("spec") or {}
+    annotations = (doc.get("metadata") or {}).get("annotations") or {}
+    if spec.get("defaultBackend"):
+        failures.add(where, "has a defaultBackend: every path, /metrics included, reaches the gateway")
+    routed = {}
+    for rule in spec.get("rules") or []:
+        for entry in ((rule.get("http") or {}).get("paths")) or []:
+            routed[entry.get("path")] = entry.get("pathType")
+    for path in PRIVATE_PATHS:
+        for rule_path, path_type in routed.items():
+            if path_matches(rule_path, path_type, path):
+                failures.add(where, f"routes {path} (through {rule_path} {path_type}): it must "
+                                    "stay off the public entry")
+    if routed != PUBLIC_PATHS:
+        failures.add(where, f"routes {routed}, not the public API {PUBLIC_PATHS}")
+    gce = annotations.get("kubernetes.io/ingress.class") == "gce"
+    certs = [c.strip() for c in annotations.get("networking.gke.io/managed-certificates", "").split(",") if c.strip()]
+    for cert in certs:
+        if ("ManagedCertificate", cert) not in by_kind_name:
+            failures.add(where, f"names ManagedCertificate {cert}, which nothing renders")
+    frontend = annotations.get("networking.gke.io/v1beta1.FrontendConfig")
+    if frontend and ("FrontendConfig", frontend) not in by_kind_name:
+        failures.add(where, f"names FrontendConfig {frontend}, which nothing renders")
+    tls = spec.get("tls") or certs or annotations.get("ingress.gcp.kubernetes.io/pre-shared-cert")
+    if gce and tls and annotations.get("kubernetes.io/ingress.allow-http") != "false":
+        config = by_kind_name.get(("FrontendConfig", frontend)) or {}
+        if not ((config.get("spec") or {}).get("redirectToHttps") or {}).get("enabled"):
+            failures.add(where, "serves HTTPS but accepts plain HTTP on port 80 (no FrontendConfig "
+                                "with redirectToHttps, no allow-http: \"false\"): passwords "
+                                "would be accepted in clear text")
+
+
+def check_metric_names(doc, strings, failures):
+    """Every twtr_* metric a rule or the dashboard queries must be one the binary exports."""
+    if doc.get("kind") in {"PrometheusRule", "Rules"}:
+        exprs = [r.get("expr", "") for g in (doc.get("spec") or {}).get("groups") or []
+                 for r in g.get("rules") or []]
+    elif doc.get("kind") == "ConfigMap" and any(k.endswith(".json") for k in doc.get("data") or {}):
+        exprs = []
+        for key, text in doc["data"].items():
+            if key.endswith(".json"):
+                try:
+                    exprs += json_exprs(json.loads(text))
+                except ValueError as e:
+                    failures.add(name_of(doc), f"{key} is not JSON: {e}")
+    else:
+        return
+    for expr in exprs:
+        for metric in METRIC.findall(expr):
+            base = re.sub(r"_(bucket|sum|count)$", "", metric)
+            if base not in strings:
+                failures.add(name_of(doc), f"queries {metric}, which the binary does not export")
+
+
+def json_exprs(node):
+    if isinstance(node, dict):
+        found = [node["expr"]] if isinstance(node.get("expr"), str) else []
+        for value in node.values():
+            found += json_exprs(value)
+        return found
+    if isinstance(node, list):
+        return [e for item in node for e in json_exprs(item)]
+    return []
+
+
 def check_manifests(path, truth, strings, failures):
     with open(path) as f:
         docs = [d for d in yaml.safe_load_all(f) if d]
     seen_custom, containers = set(), 0
+    by_kind_name = {(d.get("kind"), (d.get("metadata") or {}).get("name")): d for d in docs}
+    check_secret_keys(docs, failures)
     for doc in docs:
         check_disruption_budget(doc, failures)
+        check_labels(doc, failures)
+        check_metric_names(doc, strings, failures)
+        if doc.get("kind") == "Ingress":
+            check_ingress(doc, by_kind_name, failures)
         kind = (doc.get("apiVersion"), doc.get("kind"))
         if kind in CUSTOM_KINDS:
             seen_custom.add(kind[1])
@@ -242,6 +427,15 @@ def check_compose(path, truth, failures):
         env = service.get("environment") or {}
         names = list(env) if isinstance(env, dict) else [e.split("=", 1)[0] for e in env]
         check_command(where, args, names, truth, failures)
+        for volume in service.get("volumes") or []:
+            if isinstance(volume, str):
+                source = volume.split(":", 1)[0]
+                if source.startswith((".", "/", "~")):
+                    failures.add(where, f"bind mount {volume!r} in the short syntax: Docker "
+                                        "creates a missing source as a root-owned directory")
+            elif volume.get("type") == "bind" and (volume.get("bind") or {}).get("create_host_path") is not False:
+                failures.add(where, f"bind mount of {volume.get('source')} lacks "
+                                    "bind.create_host_path: false")
         for dependency in service.get("depends_on") or {}:
             if dependency not in services:
                 failures.add(where, f"depends on {dependency!r}, which is not a service")

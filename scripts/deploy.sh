@@ -2,7 +2,7 @@
 # Installs or upgrades twtr on the current kubectl context with Helm (charts/twtr).
 #
 #   scripts/deploy.sh -f my-values.yaml [--keys DIR] [--amqp-url-file FILE] [--image REF]
-#                     [--release NAME] [--namespace NS] [-- more helm arguments]
+#                     [--release NAME] [--namespace NS] [--template] [-- more helm arguments]
 #
 #   -f FILE             values file (repeatable); it must name the ScyllaDB nodes (scylla.nodes)
 #   --keys DIR          make (or update) the Secret <release>-token-keys from DIR/token_private.pem
@@ -11,8 +11,12 @@
 #   --amqp-url-file F   make (or update) the Secret <release>-amqp, key amqp-url, from the first
 #                       line of F (the RabbitMQ URL with its password), and point the chart at it
 #                       (rabbitmq.existingSecret)
-#   --image REF         the image scripts/image.sh printed (repository:tag)
+#   --image REF         the image scripts/image.sh printed: repository:tag, repository@sha256:...
+#                       (image.digest; what runs cannot change when a tag moves) or
+#                       repository:tag@sha256:... (both: the tag names the version label)
 #   --release NAME      Helm release (default twtr), --namespace NS (default twtr, created)
+#   --template          print what would be applied (helm template with the same values) and
+#                       stop: no cluster is touched, no Secret made (scripts/chart.sh uses it)
 #
 # Secrets are made with kubectl from the files, so credentials never pass through a values file
 # or the command line. Helm runs the migration Job first (a pre-install/pre-upgrade hook) and
@@ -30,6 +34,7 @@ keys=""
 amqp_file=""
 image=""
 helm_args=()
+template=0
 
 usage() {
     sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2
@@ -44,11 +49,38 @@ while (($#)); do
         --image) image="${2:?--image needs repository:tag}"; shift 2 ;;
         --release) release="${2:?}"; shift 2 ;;
         --namespace | -n) namespace="${2:?}"; shift 2 ;;
+        --template) template=1; shift ;;
         --) shift; helm_args+=("$@"); break ;;
         -h | --help) usage ;;
         *) echo "deploy.sh: unknown argument $1" >&2; usage ;;
     esac
 done
+
+# The chart's image values from a reference: [registry[:port]/]path[:tag][@sha256:digest].
+# A colon after the last slash starts the tag (a registry's port comes before a slash).
+if [[ -n "$image" ]]; then
+    ref="$image"
+    if [[ "$ref" == *@* ]]; then
+        digest="${ref#*@}"
+        ref="${ref%%@*}"
+        [[ "$digest" =~ ^sha256:[0-9a-f]{64}$ ]] || {
+            echo "deploy.sh: --image digest '$digest' is not sha256:<64 hex digits>" >&2
+            exit 1
+        }
+        helm_args+=(--set "image.digest=$digest")
+    fi
+    if [[ "${ref##*/}" == *:* ]]; then
+        helm_args+=(--set "image.tag=${ref##*:}")
+        ref="${ref%:*}"
+    fi
+    helm_args+=(--set "image.repository=$ref")
+fi
+
+if ((template)); then
+    [[ -z "$keys" ]] || helm_args+=(--set "tokens.existingSecret=$release-token-keys")
+    [[ -z "$amqp_file" ]] || helm_args+=(--set "rabbitmq.existingSecret=$release-amqp" --set "rabbitmq.existingSecretKey=amqp-url")
+    exec helm template "$release" charts/twtr --namespace "$namespace" "${helm_args[@]}"
+fi
 
 for tool in helm kubectl; do
     command -v "$tool" >/dev/null 2>&1 || {
@@ -89,10 +121,6 @@ if [[ -n "$amqp_file" ]]; then
     printf '%s' "$url" >"$tmp"
     apply_secret "$release-amqp" --from-file=amqp-url="$tmp"
     helm_args+=(--set "rabbitmq.existingSecret=$release-amqp" --set "rabbitmq.existingSecretKey=amqp-url")
-fi
-
-if [[ -n "$image" ]]; then
-    helm_args+=(--set "image.repository=${image%:*}" --set "image.tag=${image##*:}")
 fi
 
 helm upgrade --install "$release" charts/twtr \

@@ -38,7 +38,7 @@ gateway users tweets followers feeds
 {{- define "twtr.labels" -}}
 helm.sh/chart: {{ include "twtr.chart" .root }}
 {{ include "twtr.selectorLabels" . }}
-app.kubernetes.io/version: {{ .root.Values.image.tag | default .root.Chart.AppVersion | quote }}
+app.kubernetes.io/version: {{ include "twtr.versionLabel" .root | quote }}
 app.kubernetes.io/managed-by: {{ .root.Release.Service }}
 app.kubernetes.io/part-of: twtr
 {{- end }}
@@ -62,9 +62,78 @@ app.kubernetes.io/component: {{ .part }}
 {{- end }}
 {{- end }}
 
+{{/*
+The migration Job's ServiceAccount. The Job is a pre-install hook, so it runs before the
+chart's own ServiceAccount exists: with serviceAccount.create the chart makes a second one for
+it as a hook (weight -30, before the Secret), which Workload Identity needs as much as the parts'.
+*/}}
+{{- define "twtr.migrateServiceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- printf "%s-migrate" (include "twtr.serviceAccountName" .) | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/* A ServiceAccount's annotations: Workload Identity's Google service account, then the values'. */}}
+{{- define "twtr.serviceAccountAnnotations" -}}
+{{- $annotations := deepCopy (.Values.serviceAccount.annotations | default dict) }}
+{{- if and .Values.workloadIdentity.enabled .Values.workloadIdentity.gcpServiceAccount }}
+{{- $_ := set $annotations "iam.gke.io/gcp-service-account" .Values.workloadIdentity.gcpServiceAccount }}
+{{- end }}
+{{- with $annotations }}
+{{- toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/*
+The image reference: repository@digest when image.digest is set (the digest alone names the
+image; a tag beside it would only be a comment), else repository:tag.
+*/}}
 {{- define "twtr.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
 {{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) }}
 {{- end }}
+{{- end }}
+
+{{/*
+app.kubernetes.io/version: the tag (else the chart's appVersion), made a valid label value: at
+most 63 characters of [A-Za-z0-9._-], alphanumeric at both ends. Never the digest, which is
+71 characters and has a colon.
+*/}}
+{{- define "twtr.versionLabel" -}}
+{{- $version := .Values.image.tag | default .Chart.AppVersion | toString }}
+{{- $version = regexReplaceAll "[^A-Za-z0-9._-]" $version "_" | trunc 63 }}
+{{- regexReplaceAll "^[^A-Za-z0-9]+|[^A-Za-z0-9]+$" $version "" }}
+{{- end }}
+
+{{/*
+A pod template's annotations: a checksum of the chart-made Secret (so a new rabbitmq.url or
+new key PEMs roll the pods, which read them only at start), the names of the Secrets named in
+the values (a Secret made elsewhere is not visible to the chart: after changing one in place,
+`kubectl rollout restart`), then the shared and the part's own podAnnotations.
+Usage: include "twtr.podAnnotations" (dict "root" $ "part" "users")
+*/}}
+{{- define "twtr.podAnnotations" -}}
+{{- $root := .root }}
+checksum/credentials: {{ include (print $root.Template.BasePath "/secret.yaml") $root | sha256sum }}
+checksum/secret-names: {{ printf "%s/%s" (include "twtr.amqpSecretName" $root) (include "twtr.tokensSecretName" $root) | sha256sum | trunc 16 }}
+{{- $annotations := merge (deepCopy ((get $root.Values .part).podAnnotations | default dict)) ($root.Values.podAnnotations | default dict) }}
+{{- with $annotations }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* A pod template's extra labels: the shared podLabels, then the part's own. */}}
+{{- define "twtr.podLabels" -}}
+{{- $labels := merge (deepCopy ((get .root.Values .part).podLabels | default dict)) (.root.Values.podLabels | default dict) }}
+{{- with $labels }}
+{{- toYaml . }}
+{{- end }}
+{{- end }}
+
 
 {{/* The gRPC service name each part registers with grpc.health.v1 (common/src/grpc.rs). */}}
 {{- define "twtr.healthService" -}}
@@ -103,7 +172,27 @@ app.kubernetes.io/component: {{ .part }}
 {{- end }}
 {{- if not .Values.tokens.existingSecret }}
 {{- $_ := required "tokens.existingSecret (or tokens.privateKey and tokens.publicKey) is required: the Ed25519 key pair that signs and verifies tokens." .Values.tokens.privateKey }}
-{{- $_ := required "tokens.publicKey is required with tokens.privateKey (or name tokens.existingSecret)." .Values.tokens.publicKey }}
+{{- $pems := include "twtr.publicKeyPems" . | fromJsonArray }}
+{{- if not $pems }}
+{{- fail "tokens.publicKey (or tokens.publicKeys) is required with tokens.privateKey (or name tokens.existingSecret)." }}
+{{- end }}
+{{- if ne (len $pems) (len .Values.tokens.publicKeyNames) }}
+{{- fail (printf "tokens.publicKeyNames has %d name(s) but %d public key PEM(s) are given (tokens.publicKey, tokens.publicKeys): the chart-made Secret needs one PEM per name, in the same order, or the pods fail to mount the missing ones." (len .Values.tokens.publicKeyNames) (len $pems)) }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+The public key PEMs given in the values, as a JSON list: tokens.publicKeys (one per name in
+tokens.publicKeyNames, in order; two during a key rotation), or tokens.publicKey alone.
+*/}}
+{{- define "twtr.publicKeyPems" -}}
+{{- if .Values.tokens.publicKeys }}
+{{- .Values.tokens.publicKeys | toJson }}
+{{- else if .Values.tokens.publicKey }}
+{{- list .Values.tokens.publicKey | toJson }}
+{{- else }}
+{{- list | toJson }}
 {{- end }}
 {{- end }}
 
@@ -182,6 +271,22 @@ app.kubernetes.io/component: {{ .part }}
 {{- with .Values.tracing.otlpEndpoint }}
 - name: TWTR_OTLP_ENDPOINT
   value: {{ . | quote }}
+{{- end }}
+{{- end }}
+
+{{/*
+The port of tracing.otlpEndpoint (http://collector.ns.svc:4317): the one written in the URL,
+else the scheme's (443 for https, 4317, OTLP/gRPC's, otherwise).
+*/}}
+{{- define "twtr.otlpPort" -}}
+{{- $url := urlParse .Values.tracing.otlpEndpoint }}
+{{- $hostPort := splitList ":" (get $url "host") }}
+{{- if gt (len $hostPort) 1 }}
+{{- last $hostPort }}
+{{- else if eq (get $url "scheme") "https" }}
+{{- 443 }}
+{{- else }}
+{{- 4317 }}
 {{- end }}
 {{- end }}
 
@@ -314,4 +419,9 @@ lifecycle:
     sleep:
       seconds: {{ int .Values.shutdown.preStopSleepSeconds }}
 {{- end }}
+{{- end }}
+
+{{/* "true" when the PodMonitoring renders: metrics on, the toggle on, managed Prometheus's API present. */}}
+{{- define "twtr.podMonitoring" -}}
+{{- if and .Values.metrics.enabled .Values.metrics.podMonitoring.enabled (.Capabilities.APIVersions.Has "monitoring.googleapis.com/v1") }}true{{ end }}
 {{- end }}
