@@ -21,4 +21,5 @@ mod observability;
 mod processes;
 mod rabbitmq;
 mod support;
+mod tls;
 mod tweets;
