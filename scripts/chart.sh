@@ -17,6 +17,8 @@
 #     there: kubernetes-validate only warns about them, scripts/check_chart.py checks their
 #     fields structurally, and a warning about any other kind fails the check,
 #   - helm template without values must fail with the message naming scylla.nodes,
+#   - with mutual TLS (ci/tls-values.yaml), every part mounts the TLS Secret and sets
+#     TWTR_GRPC_TLS_*, and the chart refuses grpc.tls.enabled without grpc.tls.secretName,
 #   - scripts/check_chart.py: every container runs a subcommand the built binary has, sets only
 #     TWTR_* variables that subcommand reads (both from `twtr --help` of target/debug/twtr,
 #     built first if needed; TWTR_BIN overrides), runs locked down, and probes the right gRPC
@@ -188,6 +190,21 @@ check() {
         return 1
     }
     rendered+=("$out/production-gke.yaml")
+    # Mutual TLS (ci/tls-values.yaml): every part mounts the Secret and reaches the services
+    # over https (check_chart.py checks each container's files, mounts and probes).
+    local parts
+    parts="$(grep -c '^kind: Deployment' "$out/tls-values.yaml")"
+    [ "$(grep -c 'secretName: twtr-grpc-tls' "$out/tls-values.yaml")" = "$parts" ] &&
+        [ "$(grep -c 'name: TWTR_GRPC_TLS_CERT' "$out/tls-values.yaml")" = "$parts" ] &&
+        grep -q 'value: "https://twtr-users:50051"' "$out/tls-values.yaml" || {
+        echo "chart.sh: with grpc.tls.enabled, not every part mounts the TLS Secret and sets TWTR_GRPC_TLS_*" >&2
+        return 1
+    }
+    if "$HELM" template twtr "$CHART" -f "$CHART/ci/tls-values.yaml" --set grpc.tls.secretName= \
+        >/dev/null 2>"$out/tls.err" || ! grep -q 'grpc.tls.secretName is required' "$out/tls.err"; then
+        echo "chart.sh: grpc.tls.enabled without grpc.tls.secretName must refuse to render" >&2
+        return 1
+    fi
 
     local file
     for file in "${rendered[@]}"; do

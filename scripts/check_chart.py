@@ -14,7 +14,9 @@ manifests (and every twtr service in the compose file):
     capabilities and the RuntimeDefault seccomp profile (Helm manifests only),
   - a gRPC part's readiness probe is a native gRPC health check on its own port, for a service
     name of that part's package that the binary contains (tonic-health answers NOT_FOUND for a
-    name nobody registered, and the probe would never pass).
+    name nobody registered, and the probe would never pass); with mutual TLS on (the container
+    sets TWTR_GRPC_TLS_CERT), which native gRPC probes cannot speak, a TCP check of that port,
+    and the three TLS files are all set and under a read-only mount,
 
 And across every rendered object:
 
@@ -171,14 +173,39 @@ class BinaryStrings:
         return self.cache[text]
 
 
+def check_tls(where, container, failures):
+    """With mutual TLS on, the three files are set and mounted read-only; True when it is on."""
+    env = {e["name"]: e.get("value") for e in container.get("env") or []}
+    files = [env.get(f"TWTR_GRPC_TLS_{name}") for name in ("CERT", "KEY", "CA")]
+    if not any(files):
+        return False
+    if not all(files):
+        failures.add(where, "sets only some of TWTR_GRPC_TLS_CERT, _KEY and _CA")
+        return True
+    mounts = [m for m in container.get("volumeMounts") or [] if m.get("readOnly")]
+    for path in files:
+        if not any(path.startswith(m["mountPath"].rstrip("/") + "/") for m in mounts):
+            failures.add(where, f"{path} is not under a read-only volume mount")
+    return True
+
+
 def check_probes(where, command, container, strings, failures):
+    tls = check_tls(where, container, failures)
     if command not in {"users", "tweets", "followers", "feeds"}:
+        return
+    ports = {p.get("containerPort") for p in container.get("ports") or []}
+    port_names = {p.get("name") for p in container.get("ports") or []}
+    if tls:
+        tcp = (container.get("readinessProbe") or {}).get("tcpSocket")
+        if not tcp or tcp.get("port") not in ports | port_names:
+            failures.add(where, "with mutual TLS, readiness must be a TCP check of the gRPC port")
+        if (container.get("livenessProbe") or {}).get("grpc"):
+            failures.add(where, "with mutual TLS, a native gRPC liveness probe cannot connect")
         return
     probe = (container.get("readinessProbe") or {}).get("grpc")
     if not probe:
         failures.add(where, "readiness is not a native gRPC health probe")
         return
-    ports = {p.get("containerPort") for p in container.get("ports") or []}
     if probe.get("port") not in ports:
         failures.add(where, f"gRPC probe port {probe.get('port')} is not a container port")
     service = probe.get("service", "")

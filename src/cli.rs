@@ -33,6 +33,9 @@ pub struct Cli {
     #[command(flatten)]
     pub edge: crate::edge::EdgeArgs,
 
+    #[command(flatten)]
+    pub grpc_tls: GrpcTlsArgs,
+
     /// Directory for the embedded store, the in-process bus and a generated token secret.
     #[arg(long, env = "TWTR_DATA_DIR", default_value = "./data", global = true)]
     pub data_dir: PathBuf,
@@ -308,6 +311,56 @@ pub struct Addrs {
     pub feeds_url: Option<String>,
 }
 
+/// Mutual TLS between the parts (all three files, or none).
+#[derive(Debug, Args)]
+pub struct GrpcTlsArgs {
+    /// PEM certificate this process presents, serving gRPC and calling the other parts. With
+    /// TWTR_GRPC_TLS_KEY and TWTR_GRPC_TLS_CA it turns mutual TLS on.
+    #[arg(long, env = "TWTR_GRPC_TLS_CERT", global = true)]
+    pub grpc_tls_cert: Option<PathBuf>,
+    /// PEM private key of TWTR_GRPC_TLS_CERT.
+    #[arg(long, env = "TWTR_GRPC_TLS_KEY", global = true)]
+    pub grpc_tls_key: Option<PathBuf>,
+    /// PEM certificate of the CA that signed every part's certificate: callers must present a
+    /// certificate it signed, and servers' certificates are checked against it.
+    #[arg(long, env = "TWTR_GRPC_TLS_CA", global = true)]
+    pub grpc_tls_ca: Option<PathBuf>,
+    /// The name servers' certificates must carry, instead of the host of each service URL.
+    #[arg(long, env = "TWTR_GRPC_TLS_SERVER_NAME", global = true)]
+    pub grpc_tls_server_name: Option<String>,
+    /// Comma-separated names that make a client certificate a twtr part's (its common name, a
+    /// DNS or URI name, or a DNS name's first label): only those may call the service-only
+    /// methods (token states, login, batch reads). Default: twtr-gateway, twtr-users,
+    /// twtr-tweets, twtr-followers, twtr-feeds.
+    #[arg(
+        long,
+        env = "TWTR_GRPC_TLS_SERVICE_NAMES",
+        value_delimiter = ',',
+        global = true
+    )]
+    pub grpc_tls_service_names: Vec<String>,
+}
+
+impl GrpcTlsArgs {
+    fn config(&self) -> anyhow::Result<Option<crate::GrpcTls>> {
+        let files = twtr_common::tls::TlsFiles::from_settings(
+            self.grpc_tls_cert.clone(),
+            self.grpc_tls_key.clone(),
+            self.grpc_tls_ca.clone(),
+        )?;
+        Ok(files.map(|files| crate::GrpcTls {
+            files,
+            server_name: self.grpc_tls_server_name.clone().filter(|n| !n.is_empty()),
+            service_names: self
+                .grpc_tls_service_names
+                .iter()
+                .map(|n| n.trim().to_owned())
+                .filter(|n| !n.is_empty())
+                .collect(),
+        }))
+    }
+}
+
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
 pub enum QueueTypeArg {
     Quorum,
@@ -421,6 +474,7 @@ impl Cli {
             idempotency_window: Duration::from_secs(self.idempotency_window_secs),
             celebrity_threshold: (self.celebrity_threshold > 0).then_some(self.celebrity_threshold),
             edge: self.edge.limits()?,
+            grpc_tls: self.grpc_tls.config()?,
             metrics_addr: self.edge.metrics_addr.clone().filter(|a| !a.is_empty()),
             otlp_endpoint: self.edge.otlp_endpoint(),
             listen: crate::ListenAddrs {
@@ -512,6 +566,34 @@ mod tests {
             ]
         );
         assert_eq!(config.token_private_key, None);
+    }
+
+    #[test]
+    fn mutual_tls_takes_all_three_files_and_a_partial_set_is_refused() {
+        let plain = Cli::try_parse_from(["twtr"]).unwrap().config().unwrap();
+        assert_eq!(plain.grpc_tls, None);
+
+        let cli = Cli::try_parse_from([
+            "twtr",
+            "users",
+            "--grpc-tls-cert=/tls/tls.crt",
+            "--grpc-tls-key=/tls/tls.key",
+            "--grpc-tls-ca=/tls/ca.crt",
+            "--grpc-tls-service-names",
+            "prod-twtr-gateway, prod-twtr-users",
+        ])
+        .unwrap();
+        let tls = cli.config().unwrap().grpc_tls.expect("mutual TLS on");
+        assert_eq!(tls.files.key, PathBuf::from("/tls/tls.key"));
+        assert_eq!(tls.service_names, ["prod-twtr-gateway", "prod-twtr-users"]);
+        assert_eq!(tls.server_name, None);
+
+        let partial = Cli::try_parse_from(["twtr", "--grpc-tls-cert=/tls/tls.crt"]).unwrap();
+        let err = partial.config().unwrap_err().to_string();
+        assert!(
+            err.contains("missing: TWTR_GRPC_TLS_KEY, TWTR_GRPC_TLS_CA"),
+            "{err}"
+        );
     }
 }
 

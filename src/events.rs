@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, Subcommand, ValueEnum};
-use tonic::transport::Endpoint;
 use twtr_common::clock;
+use twtr_common::tls::MeshTls;
 use twtr_gateway::UpstreamUrls;
 use twtr_proto::events::v1::dead_letters_client::DeadLettersClient;
 use twtr_proto::events::v1::envelope::Payload;
@@ -83,7 +83,12 @@ pub enum DeadCommand {
 }
 
 /// Runs an `events` command against the services at `urls`, printing to stdout.
-pub async fn run(args: EventsArgs, urls: &UpstreamUrls) -> anyhow::Result<()> {
+/// Over mutual TLS when `tls` is given.
+pub async fn run(
+    args: EventsArgs,
+    urls: &UpstreamUrls,
+    tls: Option<&MeshTls>,
+) -> anyhow::Result<()> {
     let EventsCommand::Dead { command } = args.command;
     let queue = match &command {
         DeadCommand::List { queue, .. }
@@ -91,8 +96,7 @@ pub async fn run(args: EventsArgs, urls: &UpstreamUrls) -> anyhow::Result<()> {
         | DeadCommand::Redrive { queue, .. } => *queue,
     };
     let url = queue.url(urls);
-    let channel = Endpoint::from_shared(url.to_owned())
-        .with_context(|| format!("invalid service URL {url:?}"))?
+    let channel = twtr_common::client::endpoint(url, tls)?
         .timeout(TIMEOUT)
         .connect()
         .await

@@ -37,6 +37,7 @@ use tokio_util::sync::CancellationToken;
 use twtr_common::bus::{ConsumerSettings, QueueType};
 use twtr_common::cql::CqlConfig;
 use twtr_common::telemetry::{self, LogFormat};
+use twtr_common::tls::{MeshTls, TlsFiles};
 use twtr_feeds::FeedLimits;
 use twtr_gateway::UpstreamUrls;
 use twtr_proto::users::v1::users_service_client::UsersServiceClient;
@@ -79,6 +80,8 @@ pub struct Config {
     pub idempotency_window: Duration,
     /// The gateway's limits: body size, deadline, concurrency, rate limits, CORS.
     pub edge: twtr_gateway::EdgeLimits,
+    /// Mutual TLS between the parts; `None`: plaintext gRPC.
+    pub grpc_tls: Option<GrpcTls>,
     /// Where this process serves Prometheus metrics, besides the gateway's `/metrics`.
     pub metrics_addr: Option<String>,
     /// Where traces are exported (OTLP over gRPC); `None`: not exported.
@@ -137,6 +140,7 @@ impl std::fmt::Debug for Config {
             .field("celebrity_threshold", &self.celebrity_threshold)
             .field("idempotency_window", &self.idempotency_window)
             .field("edge", &self.edge)
+            .field("grpc_tls", &self.grpc_tls)
             .field("metrics_addr", &self.metrics_addr)
             .field("otlp_endpoint", &self.otlp_endpoint)
             .field("listen", &self.listen)
@@ -164,6 +168,7 @@ impl Config {
             celebrity_threshold: Some(twtr_feeds::DEFAULT_CELEBRITY_THRESHOLD),
             idempotency_window: twtr_tweets::DEFAULT_IDEMPOTENCY_WINDOW,
             edge: twtr_gateway::EdgeLimits::default(),
+            grpc_tls: None,
             metrics_addr: None,
             otlp_endpoint: None,
             log_format: LogFormat::Text,
@@ -186,6 +191,34 @@ impl Config {
             followers: url(&self.urls.followers, &self.listen.followers),
             feeds: url(&self.urls.feeds, &self.listen.feeds),
         }
+    }
+}
+
+/// Mutual TLS between the parts: the files, and how peers are named (see `twtr_common::tls`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GrpcTls {
+    pub files: TlsFiles,
+    /// Checked against servers' certificates instead of each service URL's host.
+    pub server_name: Option<String>,
+    /// Names that make a client certificate a twtr part's; empty: the default list.
+    pub service_names: Vec<String>,
+}
+
+impl GrpcTls {
+    /// Reads and checks the files.
+    pub fn load(&self) -> anyhow::Result<MeshTls> {
+        MeshTls::load(
+            &self.files,
+            self.server_name.clone(),
+            self.service_names.clone(),
+        )
+    }
+}
+
+impl Config {
+    /// Mutual TLS, loaded, when it is configured.
+    pub fn mesh_tls(&self) -> anyhow::Result<Option<MeshTls>> {
+        self.grpc_tls.as_ref().map(GrpcTls::load).transpose()
     }
 }
 
@@ -374,7 +407,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Token(_) => Ok(()),
         Command::Seed(args) => twtr_bench::seed(args).await,
         Command::Bench { command } => twtr_bench::bench(command).await,
-        Command::Events(args) => events::run(args, &config.service_urls()).await,
+        Command::Events(args) => match config.mesh_tls() {
+            Ok(tls) => events::run(args, &config.service_urls(), tls.as_ref()).await,
+            Err(err) => Err(err),
+        },
         Command::Migrate => backends::migrate(&config).await,
         Command::All
         | Command::Gateway
@@ -465,12 +501,21 @@ pub async fn start(
         }
     }
     let verifier = backends::token_verifier(&config, deployment)?;
-    let mut services = Services::build(&config, &listeners, &urls, &verifier, deployment).await?;
+    let tls = config.mesh_tls()?;
+    let mut services = Services::build(
+        &config,
+        &listeners,
+        &urls,
+        &verifier,
+        tls.as_ref(),
+        deployment,
+    )
+    .await?;
     tracing::info!(
         parts = ?parts.iter().map(|p| p.name()).collect::<Vec<_>>(),
         http = %listeners.http.as_ref().map(local_url).transpose()?.unwrap_or_default(),
         users = %urls.users, tweets = %urls.tweets, followers = %urls.followers,
-        feeds = %urls.feeds,
+        feeds = %urls.feeds, grpc_tls = tls.is_some(),
         "twtr mesh starting"
     );
 
@@ -500,6 +545,7 @@ pub async fn start(
     let mut gateway = http.map(|listener| {
         let deps = twtr_gateway::GatewayDeps {
             upstreams: urls.clone(),
+            grpc_tls: tls.clone(),
             tokens: verifier.clone(),
             limits: config.edge.clone(),
             metrics_on_http_port: config.metrics_addr.is_none(),
@@ -572,6 +618,7 @@ impl Services {
         listeners: &Listeners,
         urls: &UpstreamUrls,
         verifier: &twtr_common::tokens::TokenVerifier,
+        tls: Option<&MeshTls>,
         deployment: Deployment,
     ) -> anyhow::Result<Self> {
         let mut built: std::collections::BTreeMap<Part, RunService> = Default::default();
@@ -597,6 +644,7 @@ impl Services {
                 verifier: verifier.clone(),
             })
             .await?;
+            let runtime = runtime.with_tls(tls.cloned());
             built.insert(
                 Part::Feeds,
                 Box::new(|l, stop| Box::pin(runtime.run(l, stop))),
@@ -612,13 +660,14 @@ impl Services {
                 verifier: verifier.clone(),
             })
             .await?;
+            let runtime = runtime.with_tls(tls.cloned());
             built.insert(
                 Part::Tweets,
                 Box::new(|l, stop| Box::pin(runtime.run(l, stop))),
             );
         }
         if here(&listeners.followers) {
-            let users = UsersServiceClient::new(twtr_common::client::channel(&urls.users)?);
+            let users = UsersServiceClient::new(twtr_common::client::channel(&urls.users, tls)?);
             let runtime = twtr_followers::runtime(twtr_followers::FollowersDeps {
                 store: storage.follow_store(Arc::clone(&ids)).await?,
                 bus: Arc::clone(&bus),
@@ -628,6 +677,7 @@ impl Services {
                 verifier: verifier.clone(),
             })
             .await?;
+            let runtime = runtime.with_tls(tls.cloned());
             built.insert(
                 Part::Followers,
                 Box::new(|l, stop| Box::pin(runtime.run(l, stop))),
@@ -641,6 +691,7 @@ impl Services {
                 tokens: backends::token_signer(config, deployment)?,
                 verifier: verifier.clone(),
             })?;
+            let runtime = runtime.with_tls(tls.cloned());
             built.insert(
                 Part::Users,
                 Box::new(|l, stop| Box::pin(runtime.run(l, stop))),

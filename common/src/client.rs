@@ -19,6 +19,10 @@
 //!
 //! Whether a name currently has addresses is the gateway's readiness ([`Routable`]): behind a
 //! headless Service, a name with no ready pod resolves to nothing.
+//!
+//! With mutual TLS ([`crate::tls::MeshTls`]) every connection is TLS, whatever the URL's scheme
+//! (`http://` is taken as `https://`), presents this process's certificate and checks that the
+//! server's names the URL's host, also when the balancer connects to a resolved address.
 
 use std::collections::BTreeSet;
 use std::future::Future;
@@ -32,6 +36,8 @@ use tokio::sync::mpsc::Sender;
 use tonic::transport::channel::Change;
 use tonic::transport::{Channel, Endpoint, Uri};
 
+use crate::tls::MeshTls;
+
 /// How often a balanced channel looks its host name up again. Pods that became ready since get
 /// requests after at most this long; a pod that went away keeps being tried (and failing fast)
 /// at most this long after DNS stopped naming it.
@@ -40,6 +46,9 @@ pub const RESOLVE_EVERY: Duration = Duration::from_secs(5);
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(3);
 /// Changes queued for the balancer before the resolver task waits for it.
 const CHANGES_QUEUE: usize = 64;
+
+/// The connection options applied to the endpoint of each address (timeouts, TLS).
+pub type Configure = Arc<dyn Fn(Endpoint) -> Endpoint + Send + Sync>;
 
 /// Whether a service's URL leads anywhere: for a balanced name, whether its latest successful
 /// lookup found an address (a failed lookup changes nothing); always for a single server.
@@ -97,7 +106,7 @@ pub fn host_to_balance(uri: &Uri) -> Option<(String, u16)> {
 pub fn balanced_channel(
     url: Endpoint,
     host: (String, u16),
-    configure: fn(Endpoint) -> Endpoint,
+    configure: Configure,
 ) -> (Channel, Routable) {
     balanced_channel_with(url, configure, RESOLVE_EVERY, move || {
         let (name, port) = host.clone();
@@ -117,7 +126,7 @@ pub fn balanced_channel(
 /// [`balanced_channel`] with the lookup and its period given (tests use a scripted lookup).
 fn balanced_channel_with<L, F>(
     url: Endpoint,
-    configure: fn(Endpoint) -> Endpoint,
+    configure: Configure,
     every: Duration,
     lookup: L,
 ) -> (Channel, Routable)
@@ -141,7 +150,7 @@ where
 /// Keeps the balancer's set equal to the latest successful lookup until the channel is gone.
 async fn resolve_loop<L, F>(
     url: Endpoint,
-    configure: fn(Endpoint) -> Endpoint,
+    configure: Configure,
     every: Duration,
     mut lookup: L,
     changes: Sender<Change<Target, Endpoint>>,
@@ -249,28 +258,66 @@ fn plan(current: &BTreeSet<Target>, resolved: Option<Vec<SocketAddr>>) -> Plan {
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// A lazily connected channel to `url`: to the one server of an IP literal (or `localhost`), or
-/// balanced across the addresses a host name resolves to. Must be called within a tokio runtime.
-pub fn channel(url: &str) -> anyhow::Result<Channel> {
-    Ok(routed_channel(url)?.0)
+/// balanced across the addresses a host name resolves to; over mutual TLS when `tls` is given.
+/// Must be called within a tokio runtime.
+pub fn channel(url: &str, tls: Option<&MeshTls>) -> anyhow::Result<Channel> {
+    Ok(routed_channel(url, tls)?.0)
 }
 
 /// [`channel`], and whether it currently leads anywhere.
-pub fn routed_channel(url: &str) -> anyhow::Result<(Channel, Routable)> {
-    use anyhow::Context as _;
-    let endpoint = Endpoint::from_shared(url.to_owned())
-        .with_context(|| format!("invalid service URL {url:?}"))?;
+pub fn routed_channel(url: &str, tls: Option<&MeshTls>) -> anyhow::Result<(Channel, Routable)> {
+    let (endpoint, configure) = service_endpoint(url, tls)?;
     Ok(match host_to_balance(endpoint.uri()) {
-        Some(host) => balanced_channel(endpoint, host, connection_options),
-        None => (
-            connection_options(endpoint).connect_lazy(),
-            Routable::always(),
-        ),
+        Some(host) => balanced_channel(endpoint, host, configure),
+        None => (configure(endpoint).connect_lazy(), Routable::always()),
     })
 }
 
-/// The options of every connection to a service.
-fn connection_options(endpoint: Endpoint) -> Endpoint {
-    endpoint.connect_timeout(CONNECT_TIMEOUT).tcp_nodelay(true)
+/// An endpoint of the one server at `url`, with the options of every connection to a service
+/// (over mutual TLS when `tls` is given), for a client that connects once (a command).
+pub fn endpoint(url: &str, tls: Option<&MeshTls>) -> anyhow::Result<Endpoint> {
+    let (endpoint, configure) = service_endpoint(url, tls)?;
+    Ok(configure(endpoint))
+}
+
+/// `url` as an endpoint (`https://` with TLS), and the options of its connections.
+fn service_endpoint(url: &str, tls: Option<&MeshTls>) -> anyhow::Result<(Endpoint, Configure)> {
+    use anyhow::Context as _;
+    let url = match (tls, url.strip_prefix("http://")) {
+        (Some(_), Some(rest)) => format!("https://{rest}"),
+        _ => url.to_owned(),
+    };
+    anyhow::ensure!(
+        tls.is_some() || !url.starts_with("https://"),
+        "{url}: an https:// service URL needs mutual TLS (TWTR_GRPC_TLS_CERT, \
+         TWTR_GRPC_TLS_KEY, TWTR_GRPC_TLS_CA)"
+    );
+    let endpoint = Endpoint::from_shared(url.clone())
+        .with_context(|| format!("invalid service URL {url:?}"))?;
+    let configure = connection_options(tls, endpoint.uri());
+    Ok((endpoint, configure))
+}
+
+/// The options of every connection to the service at `uri`: timeouts, and with `tls`, TLS
+/// that checks the server's certificate names `uri`'s host.
+fn connection_options(tls: Option<&MeshTls>, uri: &Uri) -> Configure {
+    let tls = tls.map(|tls| tls.client_config(uri.host().unwrap_or_default()));
+    Arc::new(move |endpoint: Endpoint| {
+        let endpoint = endpoint.connect_timeout(CONNECT_TIMEOUT).tcp_nodelay(true);
+        match &tls {
+            None => endpoint,
+            // The configuration was built once at startup (`MeshTls::from_pem`), so this does
+            // not fail; if it did, the endpoint stays `https://` without TLS, and every
+            // connection fails rather than going out in plaintext.
+            Some(config) => match endpoint.clone().tls_config(config.clone()) {
+                Ok(endpoint) => endpoint,
+                Err(error) => {
+                    tracing::error!(%error, "cannot configure TLS for a service; its calls will fail");
+                    endpoint
+                }
+            },
+        }
+    })
 }
 
 #[cfg(test)]
@@ -403,7 +450,8 @@ mod tests {
             async move { next.ok_or_else(|| io::Error::other("no new answer")) }
         };
         let url = Endpoint::from_static("http://twtr-test.invalid:1");
-        let (channel, _) = balanced_channel_with(url, |e| e, Duration::from_millis(20), lookup);
+        let (channel, _) =
+            balanced_channel_with(url, Arc::new(|e| e), Duration::from_millis(20), lookup);
         let mut health = HealthClient::new(channel);
 
         // Each server knows only its own name, so the answer says which one served the call.
@@ -449,7 +497,8 @@ mod tests {
             async { Ok(vec![addr("127.0.0.1:9")]) }
         };
         let url = Endpoint::from_static("http://twtr-test.invalid:1");
-        let (channel, _) = balanced_channel_with(url, |e| e, Duration::from_millis(10), lookup);
+        let (channel, _) =
+            balanced_channel_with(url, Arc::new(|e| e), Duration::from_millis(10), lookup);
         tokio::time::sleep(Duration::from_millis(50)).await;
         drop(channel);
         tokio::time::sleep(Duration::from_millis(50)).await;

@@ -5,7 +5,10 @@
 //! Every request runs with the caller's request id (see [`crate::context`]), and with its caller
 //! checked: a bearer token in the metadata is verified with the service's keys
 //! ([`Serving::tokens`]) and the [`crate::auth::Caller`] recorded for the service's
-//! [`crate::auth::acting_as`].
+//! [`crate::auth::acting_as`]. With mutual TLS on ([`Serving::tls`]), the server speaks TLS
+//! only, to callers whose certificate the CA signed, and keeps the service-only methods to the
+//! parts ([`crate::tls`]); health and reflection are behind TLS too, so probes and `grpcurl`
+//! need a certificate.
 //! The deadline a caller sets (`grpc-timeout`) is honored by tonic itself: when it passes, the
 //! handler's future is dropped (the work stops) and the caller gets `CANCELLED`.
 //!
@@ -42,6 +45,7 @@ use crate::context::RequestIdLayer;
 use crate::error::error_chain;
 use crate::metrics::{self, GrpcMethods, GrpcMetricsLayer};
 use crate::store::StoreError;
+use crate::tls::{MeshTls, ServiceOnlyLayer};
 use crate::tokens::TokenVerifier;
 
 const HEALTH_SERVICE: &str = "grpc.health.v1.Health";
@@ -65,6 +69,9 @@ pub struct Serving {
     /// The keys callers' tokens are verified with; `None` refuses every call that acts as a
     /// user.
     pub tokens: Option<Arc<TokenVerifier>>,
+    /// Mutual TLS: serve over TLS only, to callers with a certificate the CA signed, and keep
+    /// the service-only methods to the parts ([`crate::tls`]). `None`: plaintext.
+    pub tls: Option<MeshTls>,
 }
 
 impl Serving {
@@ -75,6 +82,7 @@ impl Serving {
             events: Readiness::always(),
             dead_letters: None,
             tokens: None,
+            tls: None,
         }
     }
 }
@@ -197,7 +205,14 @@ where
         .build_v1alpha()
         .context("failed to build reflection v1alpha")?;
 
-    tracing::info!(service = S::NAME, %addr, "grpc server listening");
+    let mut server = tonic::transport::Server::builder();
+    if let Some(tls) = &serving.tls {
+        server = server
+            .tls_config(tls.server_config())
+            .context("failed to configure TLS")?;
+    }
+    let service_only = ServiceOnlyLayer::new(serving.tls);
+    tracing::info!(service = S::NAME, %addr, tls = service_only.enabled(), "grpc server listening");
     let drained = async move {
         shutdown.cancelled().await;
         tracing::info!(service = S::NAME, "grpc server shutting down");
@@ -217,9 +232,10 @@ where
     }
     metrics::install();
     // Outermost first: every call is counted, refused ones included.
-    tonic::transport::Server::builder()
+    server
         .layer(GrpcMetricsLayer::new(GrpcMethods::of(&served)))
         .layer(RequestIdLayer)
+        .layer(service_only)
         .layer(callers)
         .add_service(health_service)
         .add_service(reflection_v1)

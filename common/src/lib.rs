@@ -27,7 +27,8 @@
 //!   directory and its secrets kept private to this user. [`tokens`]: signing
 //!   and verifying the bearer tokens users log in with. [`auth`]: the internal boundary (every
 //!   gRPC server checks the caller's forwarded token; a call that acts as a user needs that
-//!   user's token).
+//!   user's token). [`tls`]: optional mutual TLS between the parts, and the methods only the
+//!   parts may call when it is on.
 //! - **Observability.** [`context`]: the request id and trace context that follow a request
 //!   across services and events. [`metrics`]: Prometheus metrics of every process.
 //!   [`telemetry`]: structured logs and OpenTelemetry traces.
@@ -67,6 +68,7 @@ pub mod telemetry;
 #[cfg(any(test, feature = "testsuite"))]
 pub mod testing;
 pub mod text;
+pub mod tls;
 pub mod tokens;
 
 pub use error::{ErrorCode, ServiceError};

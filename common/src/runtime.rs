@@ -40,6 +40,7 @@ use crate::bus::{self, ConsumerSettings, EventBus, EventHandler, QueueSpec, Subs
 use crate::grpc;
 use crate::outbox::Outbox;
 use crate::store::StoreError;
+use crate::tls::MeshTls;
 use crate::tokens::TokenVerifier;
 
 /// A probe of a service's own store: its readiness, and what its consumer asks before it
@@ -105,6 +106,7 @@ pub struct ServiceRuntime<S> {
     ping: Ping,
     bus: Arc<dyn EventBus>,
     tokens: Option<Arc<TokenVerifier>>,
+    tls: Option<MeshTls>,
     outbox: Option<Arc<dyn Outbox>>,
     consumer: Option<Consumer>,
     passes: Vec<Pass>,
@@ -115,6 +117,7 @@ impl<S> std::fmt::Debug for ServiceRuntime<S> {
         f.debug_struct("ServiceRuntime")
             .field("name", &self.name)
             .field("verifies_tokens", &self.tokens.is_some())
+            .field("tls", &self.tls.is_some())
             .field("relays", &self.outbox.is_some())
             .field("consumes", &self.consumer.as_ref().map(|c| &c.queue.name))
             .field("passes", &self.passes.len())
@@ -147,6 +150,7 @@ where
             ping: Arc::new(move || Box::pin(ping())),
             bus,
             tokens: None,
+            tls: None,
             outbox: None,
             consumer: None,
             passes: Vec::new(),
@@ -157,6 +161,12 @@ where
     /// that acts as a user is refused.
     pub fn verifying(mut self, tokens: TokenVerifier) -> Self {
         self.tokens = Some(Arc::new(tokens));
+        self
+    }
+
+    /// Serves over mutual TLS when `tls` is given (see [`crate::tls`]); plaintext otherwise.
+    pub fn with_tls(mut self, tls: Option<MeshTls>) -> Self {
+        self.tls = tls;
         self
     }
 
@@ -190,6 +200,7 @@ where
             ping,
             bus,
             tokens,
+            tls,
             outbox,
             consumer,
             passes,
@@ -231,6 +242,7 @@ where
                 .as_ref()
                 .map(|c| DeadLetterAdmin::server(Arc::clone(&bus), &c.queue.name)),
             tokens,
+            tls,
         };
         let server = grpc::serve(service, listener, serving, grpc_stop.clone());
         let served = match consumer {

@@ -3,6 +3,8 @@
 //! Such a test runs against the server when one answers, is skipped with a note on stderr when
 //! none does, and fails when none does in CI (`CI=true`), where nothing may be skipped.
 
+pub mod pki;
+
 use std::net::{TcpStream, ToSocketAddrs as _};
 use std::time::Duration;
 

@@ -168,7 +168,7 @@ mod tests {
         let (foreign, _) = generate_key_pair().unwrap();
         let verifier = TokenVerifier::from_pems(&[trusted]).unwrap();
         let signer = TokenSigner::from_pem(&foreign, Duration::from_secs(60)).unwrap();
-        let state = AppState::new(Upstreams::connect(&urls).unwrap(), verifier, 1024);
+        let state = AppState::new(Upstreams::connect(&urls, None).unwrap(), verifier, 1024);
         (state, signer.issue(42, 0).unwrap().token)
     }
 

@@ -56,6 +56,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use twtr_common::tls::MeshTls;
 use twtr_common::tokens::TokenVerifier;
 
 pub use error::ApiError;
@@ -66,6 +67,8 @@ pub use upstream::{UpstreamUrls, Upstreams};
 /// Everything the gateway needs, built by the binary from configuration.
 pub struct GatewayDeps {
     pub upstreams: UpstreamUrls,
+    /// Mutual TLS to the services (`None`: plaintext).
+    pub grpc_tls: Option<MeshTls>,
     pub tokens: TokenVerifier,
     pub limits: EdgeLimits,
     /// Whether `/metrics` is served on the HTTP port: only when no metrics listener of its own
@@ -83,7 +86,7 @@ pub async fn serve(
         .local_addr()
         .context("failed to read the HTTP listen address")?;
     twtr_common::metrics::install();
-    let upstreams = Upstreams::connect(&deps.upstreams)?;
+    let upstreams = Upstreams::connect(&deps.upstreams, deps.grpc_tls.as_ref())?;
     let rate_limiter = Arc::new(limits::RateLimiter::new(&deps.limits, deps.tokens.clone()));
     let state = state::AppState::new(upstreams, deps.tokens, deps.limits.body_limit);
     let app = app::router(

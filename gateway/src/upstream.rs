@@ -22,6 +22,7 @@ use twtr_proto::tweets::v1::tweets_service_client::TweetsServiceClient;
 use twtr_proto::users::v1::users_service_client::UsersServiceClient;
 
 use twtr_common::client::{Routable, routed_channel};
+use twtr_common::tls::MeshTls;
 
 /// The deadline of a request, and so of the RPCs it makes, when none is configured.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -49,12 +50,13 @@ pub struct Upstreams {
 }
 
 impl Upstreams {
-    pub fn connect(urls: &UpstreamUrls) -> anyhow::Result<Self> {
+    /// Channels to the services at `urls`, over mutual TLS when `tls` is given.
+    pub fn connect(urls: &UpstreamUrls, tls: Option<&MeshTls>) -> anyhow::Result<Self> {
         let (users, tweets, followers, feeds) = (
-            routed_channel(&urls.users)?,
-            routed_channel(&urls.tweets)?,
-            routed_channel(&urls.followers)?,
-            routed_channel(&urls.feeds)?,
+            routed_channel(&urls.users, tls)?,
+            routed_channel(&urls.tweets, tls)?,
+            routed_channel(&urls.followers, tls)?,
+            routed_channel(&urls.feeds, tls)?,
         );
         let health = |(channel, routable): &(Channel, Routable)| {
             (HealthClient::new(channel.clone()), routable.clone())

@@ -39,6 +39,7 @@ async fn with_its_services_down_the_gateway_answers_503_not_500() {
     let gateway = tokio::spawn(twtr_gateway::serve(
         GatewayDeps {
             upstreams,
+            grpc_tls: None,
             tokens: TokenVerifier::from_pems(&[public]).unwrap(),
             limits: twtr_gateway::EdgeLimits::default(),
             metrics_on_http_port: true,
@@ -120,6 +121,7 @@ async fn a_service_name_without_addresses_makes_the_gateway_unready() {
     let gateway = tokio::spawn(twtr_gateway::serve(
         GatewayDeps {
             upstreams,
+            grpc_tls: None,
             tokens: TokenVerifier::from_pems(&[public]).unwrap(),
             limits: twtr_gateway::EdgeLimits::default(),
             metrics_on_http_port: true,

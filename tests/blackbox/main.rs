@@ -22,4 +22,5 @@ mod processes;
 mod rabbitmq;
 mod security;
 mod support;
+mod tls;
 mod tweets;

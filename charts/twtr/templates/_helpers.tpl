@@ -148,7 +148,35 @@ checksum/secret-names: {{ printf "%s/%s" (include "twtr.amqpSecretName" $root) (
 
 {{/* Where callers reach a service: its headless Service, balanced per request by the caller. */}}
 {{- define "twtr.serviceUrl" -}}
-{{- printf "http://%s:%v" (include "twtr.partName" .) (get .root.Values .part).port }}
+{{- $scheme := ternary "https" "http" .root.Values.grpc.tls.enabled }}
+{{- printf "%s://%s:%v" $scheme (include "twtr.partName" .) (get .root.Values .part).port }}
+{{- end }}
+
+{{/* Where the gRPC TLS Secret (tls.crt, tls.key, ca.crt) is mounted. */}}
+{{- define "twtr.tlsDir" -}}
+/etc/twtr/tls
+{{- end }}
+
+{{/* Environment of mutual TLS between the parts (every part, when on). */}}
+{{- define "twtr.env.tls" -}}
+{{- if .Values.grpc.tls.enabled }}
+{{- $dir := include "twtr.tlsDir" . }}
+- name: TWTR_GRPC_TLS_CERT
+  value: {{ printf "%s/tls.crt" $dir | quote }}
+- name: TWTR_GRPC_TLS_KEY
+  value: {{ printf "%s/tls.key" $dir | quote }}
+- name: TWTR_GRPC_TLS_CA
+  value: {{ printf "%s/ca.crt" $dir | quote }}
+{{- $names := .Values.grpc.tls.serviceNames }}
+{{- if not $names }}
+{{- $root := . }}
+{{- range $part := splitList " " (include "twtr.parts" .) }}
+{{- $names = append $names (include "twtr.partName" (dict "root" $root "part" $part)) }}
+{{- end }}
+{{- end }}
+- name: TWTR_GRPC_TLS_SERVICE_NAMES
+  value: {{ join "," $names | quote }}
+{{- end }}
 {{- end }}
 
 {{/* Secret holding the chart-made credentials (when no existing Secrets are named). */}}
@@ -193,6 +221,9 @@ tokens.publicKeyNames, in order; two during a key rotation), or tokens.publicKey
 {{- list .Values.tokens.publicKey | toJson }}
 {{- else }}
 {{- list | toJson }}
+{{- end }}
+{{- if .Values.grpc.tls.enabled }}
+{{- $_ := required "grpc.tls.secretName is required with grpc.tls.enabled: a kubernetes.io/tls Secret with tls.crt, tls.key and ca.crt (as cert-manager writes it)." .Values.grpc.tls.secretName }}
 {{- end }}
 {{- end }}
 
@@ -347,6 +378,9 @@ The gateway needs no store or broker: it reaches the services and verifies token
 {{- /* Every part checks tokens: the gateway its callers', each service who a call acts as. */}}
 - name: TWTR_TOKEN_PUBLIC_KEYS
   value: {{ include "twtr.publicKeyFiles" $root | quote }}
+{{- with include "twtr.env.tls" $root | trim }}
+{{ . }}
+{{- end }}
 {{- if eq .part "gateway" }}
 - name: TWTR_HTTP_ADDR
   value: {{ printf "0.0.0.0:%v" $values.port | quote }}
