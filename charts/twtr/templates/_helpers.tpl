@@ -208,6 +208,9 @@ checksum/secret-names: {{ printf "%s/%s" (include "twtr.amqpSecretName" $root) (
 {{- fail (printf "tokens.publicKeyNames has %d name(s) but %d public key PEM(s) are given (tokens.publicKey, tokens.publicKeys): the chart-made Secret needs one PEM per name, in the same order, or the pods fail to mount the missing ones." (len .Values.tokens.publicKeyNames) (len $pems)) }}
 {{- end }}
 {{- end }}
+{{- if .Values.grpc.tls.enabled }}
+{{- $_ := required "grpc.tls.secretName is required with grpc.tls.enabled: a kubernetes.io/tls Secret with tls.crt, tls.key and ca.crt (as cert-manager writes it)." .Values.grpc.tls.secretName }}
+{{- end }}
 {{- end }}
 
 {{/*
