@@ -97,3 +97,15 @@ async fn a_service_alone_serves_its_metrics_on_its_own_listener() {
     .await;
     assert_eq!(counted, 1.0);
 }
+
+#[tokio::test]
+async fn with_a_metrics_listener_the_public_port_serves_no_metrics() {
+    let mesh = TestMesh::start_configured(|config| {
+        config.metrics_addr = Some("127.0.0.1:0".into());
+    })
+    .await;
+    // (Without one, the first test here scrapes the gateway's port.)
+    let (status, body) = mesh.get("/metrics", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    mesh.stop().await;
+}
