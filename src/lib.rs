@@ -580,10 +580,16 @@ pub async fn start(
                 shutdown.cancel();
             }
             ended = &mut gateway_done => {
-                let error = failure(ended)
-                    .unwrap_or_else(|| anyhow::anyhow!("the gateway stopped unexpectedly"));
-                tracing::error!(error = format!("{error:#}"), "shutting the mesh down");
-                first_error = Some(error);
+                // The gateway also stops on the shutdown signal, and may be done draining by
+                // the time this select looks: then it ended as asked.
+                let error = failure(ended).or_else(|| {
+                    (!shutdown.is_cancelled())
+                        .then(|| anyhow::anyhow!("the gateway stopped unexpectedly"))
+                });
+                if let Some(error) = error {
+                    tracing::error!(error = format!("{error:#}"), "shutting the mesh down");
+                    first_error = Some(error);
+                }
                 gateway_ended = Some(());
                 shutdown.cancel();
             }

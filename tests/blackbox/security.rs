@@ -465,14 +465,26 @@ async fn slow_clients_hold_nothing_past_their_deadline() {
     .await;
     let addr = mesh.http.trim_start_matches("http://").to_owned();
     let (_, token) = mesh.user("slowpoke").await;
+    // A fresh connection per probe: the gateway closes idle keep-alive connections at the
+    // (short, here) header read timeout, and a pooled one may be reused just as it closes.
+    let probe = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .expect("an HTTP client");
+    let timeline = format!("{}/v1/timeline", mesh.http);
 
     // Slow heads hold no slot (a request takes one once its head has arrived) and are cut off
     // at the header read timeout.
     let heads: Vec<_> = (0..SLOTS)
         .map(|_| tokio::spawn(slow_head(addr.clone())))
         .collect();
-    let (status, body) = mesh.get("/v1/timeline", None).await;
-    assert_eq!(status, StatusCode::OK, "slow heads keep nobody out: {body}");
+    let status = probe
+        .get(&timeline)
+        .send()
+        .await
+        .expect("HTTP request")
+        .status();
+    assert_eq!(status, StatusCode::OK, "slow heads keep nobody out");
     for head in heads {
         let closed = head.await.expect("slow head task");
         let closed = closed.expect("the gateway closes a connection whose head never ends");
@@ -487,7 +499,9 @@ async fn slow_clients_hold_nothing_past_their_deadline() {
     let mut lockout_began = None;
     let mut served = None;
     while locked.elapsed() < TRICKLE_FOR {
-        let (status, body) = mesh.get("/v1/timeline", None).await;
+        let response = probe.get(&timeline).send().await.expect("HTTP request");
+        let status = response.status();
+        let body = response.text().await.unwrap_or_default();
         match status {
             StatusCode::SERVICE_UNAVAILABLE => {
                 lockout_began.get_or_insert_with(|| locked.elapsed());
@@ -520,7 +534,15 @@ async fn slow_clients_hold_nothing_past_their_deadline() {
         assert!(answer.starts_with("HTTP/1.1 408"), "{answer:?}");
         assert!(answer.contains("request_timeout"), "{answer:?}");
     }
-    let (_, me) = mesh.get("/v1/users/me", Some(&token)).await;
+    let me: Value = probe
+        .get(format!("{}/v1/users/me", mesh.http))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("HTTP request")
+        .json()
+        .await
+        .expect("JSON");
     assert_eq!(
         text(&me["display_name"]),
         "slowpoke",
