@@ -12,7 +12,7 @@ use twtr_proto::events::v1::envelope::Payload;
 use twtr_proto::events::v1::{UserCreated, UserDeleted, UserUpdated};
 
 use crate::domain::{Bio, DisplayName, InvalidInput, Password, Username};
-use crate::store::{Created, ProfileChanges, UserRecord, UserStore};
+use crate::store::{Created, ProfileChanges, Updated, UserRecord, UserStore};
 
 /// The most IDs one batch lookup may ask for (shared with every caller).
 pub use twtr_common::page::MAX_BATCH;
@@ -261,6 +261,7 @@ impl Users {
             bio: bio.clone(),
             password,
             updated_at_ms: clock::now_millis(),
+            acting_generation: token.generation,
         };
         let event = events::envelope(
             self.ids.next_id(),
@@ -272,8 +273,11 @@ impl Users {
             }),
         );
         let password_changed = changes.password.is_some();
-        if !self.store.update(user_id, changes, event).await? {
-            return Err(UsersError::NotFound);
+        match self.store.update(user_id, changes, event).await? {
+            Updated::Updated => {}
+            Updated::NoSuchUser => return Err(UsersError::NotFound),
+            // A password change landed since the check above.
+            Updated::Revoked => return Err(UsersError::TokenRevoked),
         }
         tracing::info!(user_id, password_changed, "user updated");
         self.get_user(user_id).await

@@ -13,7 +13,7 @@ use futures_util::future::join_all;
 use twtr_common::IdGenerator;
 use twtr_proto::events::v1::Envelope;
 
-use super::{Created, ProfileChanges, UserRecord, UserStore};
+use super::{Created, ProfileChanges, Updated, UserRecord, UserStore};
 
 /// Runs every check against the backend `$open` returns: `$open` is an async fn returning
 /// `(Arc<dyn UserStore>, guard)`, or with `optional`, `Option<(Arc<dyn UserStore>, guard)>`
@@ -32,6 +32,7 @@ macro_rules! user_store_conformance {
                 update_changes_only_the_fields_given,
                 update_of_an_unknown_or_deleted_user_writes_nothing,
                 a_password_change_stores_the_hash_and_generation,
+                an_update_by_a_revoked_token_writes_nothing,
                 delete_removes_the_user_and_frees_the_name,
                 deleting_twice_or_replaying_the_sign_up_changes_nothing,
                 debug_output_hides_password_hashes,
@@ -50,6 +51,7 @@ macro_rules! user_store_conformance {
                 update_changes_only_the_fields_given,
                 update_of_an_unknown_or_deleted_user_writes_nothing,
                 a_password_change_stores_the_hash_and_generation,
+                an_update_by_a_revoked_token_writes_nothing,
                 delete_removes_the_user_and_frees_the_name,
                 deleting_twice_or_replaying_the_sign_up_changes_nothing,
                 debug_output_hides_password_hashes,
@@ -375,13 +377,15 @@ pub async fn update_changes_only_the_fields_given(store: Arc<dyn UserStore>) {
     let changes = ProfileChanges {
         display_name: Some("Countess".to_owned()),
         updated_at_ms: ada.created_at_ms + 1_000,
+        acting_generation: ada.token_generation,
         ..ProfileChanges::default()
     };
-    assert!(
+    assert_eq!(
         store
             .update(ada.id, changes, renamed.clone())
             .await
-            .unwrap()
+            .unwrap(),
+        Updated::Updated
     );
     let expected = UserRecord {
         display_name: "Countess".to_owned(),
@@ -395,13 +399,15 @@ pub async fn update_changes_only_the_fields_given(store: Arc<dyn UserStore>) {
     let changes = ProfileChanges {
         bio: Some(String::new()),
         updated_at_ms: ada.created_at_ms + 2_000,
+        acting_generation: ada.token_generation,
         ..ProfileChanges::default()
     };
-    assert!(
+    assert_eq!(
         store
             .update(ada.id, changes, cleared.clone())
             .await
-            .unwrap()
+            .unwrap(),
+        Updated::Updated
     );
     let expected = UserRecord {
         bio: String::new(),
@@ -439,13 +445,15 @@ pub async fn update_of_an_unknown_or_deleted_user_writes_nothing(store: Arc<dyn 
         bio: Some("boo".to_owned()),
         password: Some(("$argon2id$ghost".to_owned(), 9)),
         updated_at_ms: 1_800_000_000_000,
+        acting_generation: 0,
     };
     let unknown = event_of(nobody, "users.user_updated");
-    assert!(
-        !store
+    assert_eq!(
+        store
             .update(nobody, changes.clone(), unknown.clone())
             .await
-            .unwrap()
+            .unwrap(),
+        Updated::NoSuchUser
     );
     assert_eq!(store.get(nobody).await.unwrap(), None);
 
@@ -459,7 +467,10 @@ pub async fn update_of_an_unknown_or_deleted_user_writes_nothing(store: Arc<dyn 
             .unwrap()
     );
     let late = event_of(gone.id, "users.user_updated");
-    assert!(!store.update(gone.id, changes, late.clone()).await.unwrap());
+    assert_eq!(
+        store.update(gone.id, changes, late.clone()).await.unwrap(),
+        Updated::NoSuchUser
+    );
     assert_absent(store.as_ref(), &gone).await;
 
     let staged = staged(store.as_ref()).await;
@@ -467,6 +478,58 @@ pub async fn update_of_an_unknown_or_deleted_user_writes_nothing(store: Arc<dyn 
     assert!(
         !staged.contains(&late.event_id),
         "no event for a deleted user"
+    );
+}
+
+/// A change made with a token older than the account's generation (a password change revoked
+/// it after the service checked it) writes nothing and stages nothing; one made with the
+/// current generation goes through.
+pub async fn an_update_by_a_revoked_token_writes_nothing(store: Arc<dyn UserStore>) {
+    let ada = fresh_user("Ada");
+    sign_up(store.as_ref(), &ada).await;
+    let password = ProfileChanges {
+        password: Some(("$argon2id$new".to_owned(), 5)),
+        updated_at_ms: ada.created_at_ms + 1_000,
+        acting_generation: ada.token_generation,
+        ..ProfileChanges::default()
+    };
+    let changed = event_of(ada.id, "users.password_changed");
+    assert_eq!(
+        store.update(ada.id, password, changed).await.unwrap(),
+        Updated::Updated
+    );
+    let after_the_change = store.get(ada.id).await.unwrap();
+
+    let stale = ProfileChanges {
+        display_name: Some("Mallory".to_owned()),
+        updated_at_ms: ada.created_at_ms + 2_000,
+        acting_generation: 4,
+        ..ProfileChanges::default()
+    };
+    let refused = event_of(ada.id, "users.user_updated");
+    assert_eq!(
+        store.update(ada.id, stale, refused.clone()).await.unwrap(),
+        Updated::Revoked
+    );
+    assert_eq!(store.get(ada.id).await.unwrap(), after_the_change);
+    assert!(!staged(store.as_ref()).await.contains(&refused.event_id));
+
+    let current = ProfileChanges {
+        display_name: Some("Countess".to_owned()),
+        updated_at_ms: ada.created_at_ms + 3_000,
+        acting_generation: 5,
+        ..ProfileChanges::default()
+    };
+    assert_eq!(
+        store
+            .update(ada.id, current, event_of(ada.id, "users.user_updated"))
+            .await
+            .unwrap(),
+        Updated::Updated
+    );
+    assert_eq!(
+        store.get(ada.id).await.unwrap().map(|u| u.display_name),
+        Some("Countess".to_owned())
     );
 }
 
@@ -480,13 +543,15 @@ pub async fn a_password_change_stores_the_hash_and_generation(store: Arc<dyn Use
     let changes = ProfileChanges {
         password: Some(("$argon2id$new".to_owned(), 7)),
         updated_at_ms: ada.created_at_ms + 1_000,
+        acting_generation: ada.token_generation,
         ..ProfileChanges::default()
     };
-    assert!(
+    assert_eq!(
         store
             .update(ada.id, changes, changed.clone())
             .await
-            .unwrap()
+            .unwrap(),
+        Updated::Updated
     );
     let expected = UserRecord {
         password_hash: "$argon2id$new".to_owned(),
@@ -503,10 +568,14 @@ pub async fn a_password_change_stores_the_hash_and_generation(store: Arc<dyn Use
     let changes = ProfileChanges {
         bio: Some("new bio".to_owned()),
         updated_at_ms: ada.created_at_ms + 2_000,
+        acting_generation: 7,
         ..ProfileChanges::default()
     };
     let bio = event_of(ada.id, "users.user_updated");
-    assert!(store.update(ada.id, changes, bio).await.unwrap());
+    assert_eq!(
+        store.update(ada.id, changes, bio).await.unwrap(),
+        Updated::Updated
+    );
     assert_eq!(
         store
             .get_by_username(&ada.username.to_ascii_lowercase())
@@ -643,15 +712,17 @@ pub async fn debug_output_hides_password_hashes(store: Arc<dyn UserStore>) {
     let new_hash = format!("$argon2id$v=19$m=19456,t=2,p=1$other{}", unique_id());
     let changes = ProfileChanges {
         password: Some((new_hash.clone(), 2)),
+        acting_generation: ada.token_generation,
         ..ProfileChanges::default()
     };
     let shown = format!("{changes:?}");
     assert!(!shown.contains(&new_hash), "{shown}");
-    assert!(
+    assert_eq!(
         store
             .update(ada.id, changes, event_of(ada.id, "users.password_changed"))
             .await
-            .unwrap()
+            .unwrap(),
+        Updated::Updated
     );
     let shown = format!("{:?}", store.get(ada.id).await.unwrap());
     assert!(!shown.contains(&new_hash), "{shown}");

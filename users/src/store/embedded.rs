@@ -14,7 +14,7 @@ use twtr_common::outbox::Outbox;
 use twtr_common::store::StoreError;
 use twtr_proto::events::v1::Envelope;
 
-use super::{Created, ProfileChanges, UserRecord, UserStore};
+use super::{Created, ProfileChanges, Updated, UserRecord, UserStore};
 
 const USERS: TableDefinition<u64, &[u8]> = TableDefinition::new("users");
 /// Lowercase username -> user ID: the uniqueness claim.
@@ -118,7 +118,7 @@ impl UserStore for EmbeddedUserStore {
         user_id: u64,
         changes: ProfileChanges,
         event: Envelope,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<Updated, StoreError> {
         self.db
             .write(move |tx| {
                 let mut users = tx.open_table(USERS)?;
@@ -127,12 +127,15 @@ impl UserStore for EmbeddedUserStore {
                     .map(|row| decode(row.value()))
                     .transpose()?
                 else {
-                    return Ok(false);
+                    return Ok(Updated::NoSuchUser);
                 };
+                if user.token_generation > changes.acting_generation {
+                    return Ok(Updated::Revoked);
+                }
                 changes.apply_to(&mut user);
                 users.insert(user_id, user.encode_to_vec().as_slice())?;
                 tx.stage_event(&event)?;
-                Ok(true)
+                Ok(Updated::Updated)
             })
             .await
     }

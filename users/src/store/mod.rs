@@ -79,6 +79,9 @@ pub struct ProfileChanges {
     /// A new password hash, and the token generation that revokes every token issued before.
     pub password: Option<(String, u64)>,
     pub updated_at_ms: i64,
+    /// The token generation of the caller making the change: a store whose account has a
+    /// higher one (a password change revoked the token meanwhile) writes nothing.
+    pub acting_generation: u64,
 }
 
 impl std::fmt::Debug for ProfileChanges {
@@ -92,6 +95,7 @@ impl std::fmt::Debug for ProfileChanges {
             .field("bio", &self.bio)
             .field("password", &password)
             .field("updated_at_ms", &self.updated_at_ms)
+            .field("acting_generation", &self.acting_generation)
             .finish()
     }
 }
@@ -111,6 +115,18 @@ impl ProfileChanges {
         }
         user.updated_at_ms = self.updated_at_ms;
     }
+}
+
+/// The outcome of [`UserStore::update`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Updated {
+    Updated,
+    /// No live user has this ID; nothing was written.
+    NoSuchUser,
+    /// The account's token generation is above the caller's
+    /// ([`ProfileChanges::acting_generation`]): the caller's token was revoked; nothing was
+    /// written.
+    Revoked,
 }
 
 /// The outcome of [`UserStore::create`].
@@ -147,14 +163,19 @@ pub trait UserStore: Send + Sync {
     async fn get_by_username(&self, canonical: &str) -> Result<Option<UserRecord>, StoreError>;
     /// The users that exist among `ids`, in the order given.
     async fn get_many(&self, ids: Vec<u64>) -> Result<Vec<UserRecord>, StoreError>;
-    /// Applies `changes` to a live user and stages `event`, atomically. Returns false (writing
-    /// nothing) when there is no such live user.
+    /// Applies `changes` to a live user and stages `event`, atomically, unless there is no such
+    /// live user or the caller's token was revoked (see [`Updated`]): then nothing is written.
+    ///
+    /// The generation check is atomic with the write on the embedded store; on CQL it reads the
+    /// account just before the write, so a password change landing within that round trip
+    /// cannot stop an update already checked (a compare-and-set would cost a Paxos round on
+    /// every profile change, and a logged batch cannot carry one across tables).
     async fn update(
         &self,
         user_id: u64,
         changes: ProfileChanges,
         event: Envelope,
-    ) -> Result<bool, StoreError>;
+    ) -> Result<Updated, StoreError>;
     /// Deletes a live user: the profile and credentials go, the username is free again at once,
     /// the ID is kept as a tombstone (never reused; a late write cannot bring the account back),
     /// and `event` is staged, atomically where the backend allows. Returns false when there is

@@ -78,7 +78,7 @@ use twtr_common::store::StoreError;
 use twtr_proto::events::v1::Envelope;
 
 use self::names::Claim;
-use super::{Created, ProfileChanges, UserRecord, UserStore};
+use super::{Created, ProfileChanges, Updated, UserRecord, UserStore};
 
 /// How old a claim without a `users` row must be before another sign-up may take it over: far
 /// longer than a sign-up's two steps take, even with retries, so a live sign-up is never robbed.
@@ -138,6 +138,7 @@ impl CqlUserStore {
             bio,
             password,
             updated_at_ms,
+            acting_generation: _,
         } = changes;
         let (password_hash, generation) = password.unzip();
         let user = (
@@ -277,13 +278,15 @@ impl UserStore for CqlUserStore {
         user_id: u64,
         changes: ProfileChanges,
         event: Envelope,
-    ) -> Result<bool, StoreError> {
-        match self.user_row(user_id).await? {
-            Some(row) if !row.is_deleted() => {}
-            _ => return Ok(false),
+    ) -> Result<Updated, StoreError> {
+        let Some(user) = self.get(user_id).await? else {
+            return Ok(Updated::NoSuchUser);
+        };
+        if user.token_generation > changes.acting_generation {
+            return Ok(Updated::Revoked);
         }
         self.write_changes(user_id, changes, &event).await?;
-        Ok(true)
+        Ok(Updated::Updated)
     }
 
     async fn delete(

@@ -249,6 +249,7 @@ async fn an_update_overtaken_by_a_deletion_leaves_no_profile_behind() {
         bio: Some("late bio".to_owned()),
         password: Some(("$argon2id$late".to_owned(), 5)),
         updated_at_ms: clock::now_millis(),
+        acting_generation: 0,
     };
     let late = event_of(ada.id, "users.user_updated");
     store.write_changes(ada.id, changes, &late).await.unwrap();
