@@ -112,4 +112,26 @@ impl FollowersService for FollowersGrpc {
     ) -> Result<Response<pb::ListFollowsResponse>, Status> {
         self.list(request.into_inner(), Direction::Following).await
     }
+
+    async fn suggest_follows(
+        &self,
+        request: Request<pb::SuggestFollowsRequest>,
+    ) -> Result<Response<pb::SuggestFollowsResponse>, Status> {
+        let request = request.into_inner();
+        let suggestions = self
+            .followers
+            .suggestions(request.user_id, request.limit)
+            .await
+            .map_err(|e| e.to_status())?;
+        Ok(Response::new(pb::SuggestFollowsResponse {
+            suggestions: suggestions
+                .into_iter()
+                .map(|s| pb::Suggestion {
+                    user_id: s.user_id,
+                    followed_by: s.followed_by,
+                    followers_count: s.followers_count,
+                })
+                .collect(),
+        }))
+    }
 }

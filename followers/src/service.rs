@@ -23,6 +23,28 @@ pub use twtr_common::page::MAX_BATCH;
 /// How many edges of a deleted account one purge step removes before it reads the next page.
 pub const PURGE_BATCH: u32 = 100;
 
+/// Follow suggestions read at most this many of the caller's follows (the newest)...
+pub const SUGGESTION_SOURCES: u32 = 100;
+/// ...and at most this many of each of theirs (the newest), so a request reads at most
+/// 1 + 100 pages of at most 100 edges, whoever the caller follows.
+pub const SUGGESTION_FAN_IN: u32 = 100;
+/// At most this many suggestions per request (and the default is [`DEFAULT_SUGGESTIONS`]).
+pub const MAX_SUGGESTIONS: u32 = 50;
+pub const DEFAULT_SUGGESTIONS: u32 = 10;
+/// How many of the best-supported candidates are checked further (already followed by the
+/// caller beyond the sources read, deleted, follower count): the rest never could rank.
+const SUGGESTION_CANDIDATES: usize = 4 * MAX_SUGGESTIONS as usize;
+/// Lists read at once while gathering suggestions.
+const SUGGESTION_READS_IN_FLIGHT: usize = 16;
+
+/// A user the caller might follow: followed by `followed_by` of the people the caller follows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Suggestion {
+    pub user_id: u64,
+    pub followed_by: u32,
+    pub followers_count: u64,
+}
+
 /// Answers whether a user exists; the users service owns that fact.
 #[async_trait]
 pub trait UserDirectory: Send + Sync {
@@ -57,6 +79,8 @@ pub enum FollowersError {
     BatchTooLarge,
     #[error(transparent)]
     InvalidLimit(#[from] InvalidLimit),
+    #[error("limit must be between 1 and {MAX_SUGGESTIONS}, got {0}")]
+    SuggestionLimit(u32),
     #[error("the users service is unavailable: {0}")]
     UsersUnavailable(String),
     #[error("storage failed")]
@@ -66,9 +90,11 @@ pub enum FollowersError {
 impl ServiceError for FollowersError {
     fn error_code(&self) -> ErrorCode {
         match self {
-            Self::SelfFollow | Self::MissingUser | Self::BatchTooLarge | Self::InvalidLimit(_) => {
-                ErrorCode::InvalidArgument
-            }
+            Self::SelfFollow
+            | Self::MissingUser
+            | Self::BatchTooLarge
+            | Self::InvalidLimit(_)
+            | Self::SuggestionLimit(_) => ErrorCode::InvalidArgument,
             Self::NotFound => ErrorCode::NotFound,
             Self::UsersUnavailable(_) => ErrorCode::Unavailable,
             Self::Store(err) => err.error_code(),
@@ -226,6 +252,92 @@ impl Followers {
         Ok(self.store.list(user, direction, page).await?)
     }
 
+    /// People followed by the people `user` follows, best first: by how many of those follow
+    /// them, then by follower count, then by ID; never `user`, anyone `user` follows, or a
+    /// deleted account. Bounded work whatever the graph (see [`SUGGESTION_SOURCES`],
+    /// [`SUGGESTION_FAN_IN`]): the newest follows on both hops stand for the rest, so for a
+    /// caller who follows thousands the suggestions come from their 100 most recent follows.
+    pub async fn suggestions(
+        &self,
+        user: u64,
+        limit: u32,
+    ) -> Result<Vec<Suggestion>, FollowersError> {
+        use futures_util::{StreamExt as _, TryStreamExt as _};
+
+        if user == 0 {
+            return Err(FollowersError::MissingUser);
+        }
+        let limit = match limit {
+            0 => DEFAULT_SUGGESTIONS,
+            n if n <= MAX_SUGGESTIONS => n,
+            n => return Err(FollowersError::SuggestionLimit(n)),
+        };
+        let page =
+            |limit: u32| PageRequest::first(Limit::parse(Some(limit)).expect("within Limit::MAX"));
+        let sources: Vec<u64> = self
+            .store
+            .list(user, Direction::Following, page(SUGGESTION_SOURCES))
+            .await?
+            .items
+            .into_iter()
+            .map(|entry| entry.user_id)
+            .collect();
+        let their_follows: Vec<Page<FollowEntry>> = futures_util::stream::iter(sources.clone())
+            .map(|source| {
+                self.store
+                    .list(source, Direction::Following, page(SUGGESTION_FAN_IN))
+            })
+            .buffer_unordered(SUGGESTION_READS_IN_FLIGHT)
+            .try_collect()
+            .await?;
+        let mut support: std::collections::HashMap<u64, u32> = Default::default();
+        for entry in their_follows.into_iter().flat_map(|page| page.items) {
+            *support.entry(entry.user_id).or_default() += 1;
+        }
+        support.remove(&user);
+        for source in &sources {
+            support.remove(source);
+        }
+        let mut candidates: Vec<(u64, u32)> = support.into_iter().collect();
+        candidates.sort_unstable_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        candidates.truncate(SUGGESTION_CANDIDATES);
+
+        // Who is left out: anyone the caller follows beyond the sources read, and the deleted.
+        let ids: Vec<u64> = candidates.iter().map(|(id, _)| *id).collect();
+        let excluded: Vec<bool> = futures_util::stream::iter(ids.clone())
+            .map(|candidate| async move {
+                let (followed, gone) = try_join(
+                    self.store.is_following(user, candidate),
+                    self.store.user_gone(candidate),
+                )
+                .await?;
+                Ok::<_, StoreError>(followed || gone)
+            })
+            .buffered(SUGGESTION_READS_IN_FLIGHT)
+            .try_collect()
+            .await?;
+        let counts = self.store.counts(ids).await?;
+        let mut ranked: Vec<Suggestion> = candidates
+            .into_iter()
+            .zip(excluded)
+            .zip(counts)
+            .filter(|((_, excluded), _)| !excluded)
+            .map(|(((user_id, followed_by), _), counts)| Suggestion {
+                user_id,
+                followed_by,
+                followers_count: counts.followers,
+            })
+            .collect();
+        ranked.sort_unstable_by(|a, b| {
+            b.followed_by
+                .cmp(&a.followed_by)
+                .then(b.followers_count.cmp(&a.followers_count))
+                .then(a.user_id.cmp(&b.user_id))
+        });
+        ranked.truncate(limit as usize);
+        Ok(ranked)
+    }
+
     /// The users service deleted `user`'s account (its `UserDeleted` event): from now on they
     /// can neither follow nor be followed, and their edges are due for
     /// [`Followers::purge_pending`]. Idempotent.
@@ -343,6 +455,54 @@ mod tests {
     async fn listed(f: &Followers, user: u64, direction: Direction) -> Vec<u64> {
         let page = f.list(user, direction, first_page()).await.unwrap();
         page.items.iter().map(|entry| entry.user_id).collect()
+    }
+
+    #[tokio::test]
+    async fn suggestions_rank_friends_of_friends_and_leave_out_the_followed_and_the_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = service(store(dir.path()), 1..=20);
+        // 1 follows 2, 3, 4 and (long ago, beyond what suggestions read) nobody else.
+        for followee in [2, 3, 4] {
+            f.follow(1, followee).await.unwrap();
+        }
+        // 10 is followed by all three, 11 by two, 12 and 13 by one each; 13 has more followers.
+        for (follower, followee) in [
+            (2, 10),
+            (3, 10),
+            (4, 10),
+            (2, 11),
+            (3, 11),
+            (2, 12),
+            (4, 13),
+        ] {
+            f.follow(follower, followee).await.unwrap();
+        }
+        f.follow(15, 13).await.unwrap();
+        // Candidates that must not appear: the caller, someone the caller follows (3 follows 4),
+        // and a deleted account (followed by two).
+        f.follow(3, 1).await.unwrap();
+        f.follow(3, 4).await.unwrap();
+        f.follow(2, 14).await.unwrap();
+        f.follow(3, 14).await.unwrap();
+        f.forget_user(14).await.unwrap();
+
+        let ranked = f.suggestions(1, 0).await.unwrap();
+        let shown: Vec<(u64, u32, u64)> = ranked
+            .iter()
+            .map(|s| (s.user_id, s.followed_by, s.followers_count))
+            .collect();
+        assert_eq!(
+            shown,
+            vec![(10, 3, 3), (11, 2, 2), (13, 1, 2), (12, 1, 1)],
+            "by support, then by followers"
+        );
+        assert_eq!(f.suggestions(1, 2).await.unwrap().len(), 2);
+        assert!(matches!(
+            f.suggestions(1, MAX_SUGGESTIONS + 1).await,
+            Err(FollowersError::SuggestionLimit(_))
+        ));
+        // Nobody followed: nothing to suggest from.
+        assert!(f.suggestions(20, 0).await.unwrap().is_empty());
     }
 
     #[tokio::test]

@@ -17,6 +17,76 @@ on_both_backends! {
     lists => lists_page_newest_follow_first_without_overlap_or_skip,
     concurrent_followers => concurrent_followers_are_counted_exactly,
     account_deletion => a_deleted_account_leaves_no_edge_in_any_list_or_count,
+    suggestions => suggestions_are_friends_of_friends_best_supported_first,
+}
+
+/// `GET /v1/users/me/suggestions`: people followed by the people the caller follows, by how many
+/// of those follow them; never the caller, whom they follow, or a deleted account.
+pub async fn suggestions_are_friends_of_friends_best_supported_first(mesh: &TestMesh) {
+    let (_, my_token) = mesh.user("sugg_me").await;
+    let (b, b_token) = mesh.user("sugg_b").await;
+    let (c, c_token) = mesh.user("sugg_c").await;
+    let (d, d_token) = mesh.user("sugg_d").await;
+    let (e, _) = mesh.user("sugg_e").await;
+    let (f, _) = mesh.user("sugg_f").await;
+    for followee in [&b, &c, &e] {
+        mesh.follow(&my_token, followee).await;
+    }
+    // d: followed by b and c; f: by b only; e: by b, but the caller follows e already.
+    mesh.follow(&b_token, &d).await;
+    mesh.follow(&c_token, &d).await;
+    mesh.follow(&b_token, &f).await;
+    mesh.follow(&b_token, &e).await;
+
+    let suggested = |body: &Value| -> Vec<(String, u64)> {
+        body["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .map(|item| {
+                (
+                    text(&item["user"]["id"]),
+                    item["followed_by"].as_u64().expect("a count"),
+                )
+            })
+            .collect()
+    };
+    let (status, body) = mesh.get("/v1/users/me/suggestions", Some(&my_token)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        suggested(&body),
+        vec![(d.clone(), 2), (f.clone(), 1)],
+        "{body}"
+    );
+    assert_eq!(
+        body["items"][0]["user"]["username"], "sugg_d",
+        "hydrated users"
+    );
+
+    let (status, body) = mesh
+        .get("/v1/users/me/suggestions?limit=1", Some(&my_token))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(suggested(&body), vec![(d.clone(), 2)]);
+    let (status, _) = mesh
+        .get("/v1/users/me/suggestions?limit=51", Some(&my_token))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, _) = mesh.get("/v1/users/me/suggestions", None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+
+    // A deleted account is suggested no more.
+    let (status, body) = mesh.delete("/v1/users/me", Some(&d_token)).await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    eventually(
+        "the deleted account leaves the suggestions",
+        CONVERGE,
+        || async {
+            let (_, body) = mesh.get("/v1/users/me/suggestions", Some(&my_token)).await;
+            (suggested(&body) == vec![(f.clone(), 1)]).then_some(())
+        },
+    )
+    .await;
 }
 
 async fn follow_status(mesh: &TestMesh, method: Method, token: &str, user_id: &str) -> StatusCode {

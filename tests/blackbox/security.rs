@@ -43,6 +43,7 @@ const BEARER_ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/tweets/{tweet}/retweet"),
     ("DELETE", "/v1/tweets/{tweet}/retweet"),
     ("GET", "/v1/users/me"),
+    ("GET", "/v1/users/me/suggestions"),
     ("PATCH", "/v1/users/me"),
     ("DELETE", "/v1/users/me"),
     ("POST", "/v1/users/{user}/follow"),

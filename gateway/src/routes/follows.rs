@@ -2,10 +2,14 @@
 //! and following.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use twtr_proto::followers::v1::{FollowRequest, ListFollowsRequest, UnfollowRequest};
+use serde::{Deserialize, Serialize};
+use twtr_proto::followers::v1::{
+    FollowRequest, ListFollowsRequest, SuggestFollowsRequest, UnfollowRequest,
+};
 use twtr_proto::users::v1::GetUserRequest;
+use utoipa::{IntoParams, ToSchema};
 
 use crate::error::ApiError;
 use crate::extract::{AuthenticatedUser, PageParams, parse_id};
@@ -157,4 +161,86 @@ pub(super) async fn following(
     PageParams(page): PageParams,
 ) -> Result<Json<PageView<UserView>>, ApiError> {
     follow_list(&state, &id, page, FollowList::Following).await
+}
+
+/// `?limit=` of the suggestions.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(super) struct SuggestionsQuery {
+    /// How many suggestions (1 to 50, default 10).
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 50)]
+    limit: Option<String>,
+}
+
+/// Someone the caller might follow.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SuggestionView {
+    pub user: UserView,
+    /// How many of the people the caller follows (of their 100 newest follows) follow them.
+    pub followed_by: u32,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SuggestionsView {
+    pub items: Vec<SuggestionView>,
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/users/me/suggestions",
+    tag = "follows",
+    summary = "People the caller might follow: followed by the people they follow",
+    description = "Ranked by how many of the people the caller follows follow them, then by \
+        follower count; never the caller, anyone they follow, or a deleted account. Bounded \
+        work: the caller's 100 newest follows, and the 100 newest follows of each of those.",
+    security(("bearer" = [])),
+    params(SuggestionsQuery),
+    responses(
+        (status = 200, description = "the suggestions, best first", body = SuggestionsView),
+        (status = 400, description = "a bad limit", body = ErrorBody),
+    )
+)]
+pub(super) async fn suggestions(
+    State(state): State<AppState>,
+    AuthenticatedUser(me): AuthenticatedUser,
+    Query(query): Query<SuggestionsQuery>,
+) -> Result<Json<SuggestionsView>, ApiError> {
+    let limit = match query.limit.as_deref() {
+        None => 0,
+        Some(raw) => raw
+            .parse::<u32>()
+            .ok()
+            .filter(|n| (1..=50).contains(n))
+            .ok_or_else(|| ApiError::invalid(format!("limit must be 1 to 50, got {raw:?}")))?,
+    };
+    let suggested = state
+        .up()
+        .followers
+        .clone()
+        .suggest_follows(rpc(SuggestFollowsRequest { user_id: me, limit }))
+        .await?
+        .into_inner()
+        .suggestions;
+    let listed = suggested.iter().map(|s| s.user_id).collect();
+    // The caller is the list's owner: a deleted caller is a 404, as for their own lists.
+    let users = views::listed_users(state.up(), me, listed)
+        .await?
+        .ok_or_else(|| ApiError::not_found("user not found"))?;
+    let support: std::collections::HashMap<u64, u32> = suggested
+        .iter()
+        .map(|s| (s.user_id, s.followed_by))
+        .collect();
+    let items = users
+        .into_iter()
+        .map(|user| {
+            let followed_by = user
+                .id
+                .parse()
+                .ok()
+                .and_then(|id: u64| support.get(&id).copied())
+                .unwrap_or_default();
+            SuggestionView { user, followed_by }
+        })
+        .collect();
+    Ok(Json(SuggestionsView { items }))
 }

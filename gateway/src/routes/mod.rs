@@ -40,6 +40,7 @@ pub fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(follows::follow, follows::unfollow))
         .routes(routes!(follows::followers))
         .routes(routes!(follows::following))
+        .routes(routes!(follows::suggestions))
         .routes(routes!(tweets::user_tweets))
         .routes(routes!(tweets::create_tweet))
         .routes(routes!(tweets::tweet_by_id, tweets::delete_tweet))
