@@ -272,21 +272,18 @@ impl Followers {
             n if n <= MAX_SUGGESTIONS => n,
             n => return Err(FollowersError::SuggestionLimit(n)),
         };
-        let page =
-            |limit: u32| PageRequest::first(Limit::parse(Some(limit)).expect("within Limit::MAX"));
+        let sources_page = PageRequest::first(Limit::parse(Some(SUGGESTION_SOURCES))?);
+        let fan_in_page = PageRequest::first(Limit::parse(Some(SUGGESTION_FAN_IN))?);
         let sources: Vec<u64> = self
             .store
-            .list(user, Direction::Following, page(SUGGESTION_SOURCES))
+            .list(user, Direction::Following, sources_page)
             .await?
             .items
             .into_iter()
             .map(|entry| entry.user_id)
             .collect();
         let their_follows: Vec<Page<FollowEntry>> = futures_util::stream::iter(sources.clone())
-            .map(|source| {
-                self.store
-                    .list(source, Direction::Following, page(SUGGESTION_FAN_IN))
-            })
+            .map(|source| self.store.list(source, Direction::Following, fan_in_page))
             .buffer_unordered(SUGGESTION_READS_IN_FLIGHT)
             .try_collect()
             .await?;
