@@ -24,6 +24,7 @@ pub mod domain;
 pub mod grpc;
 pub mod service;
 pub mod store;
+pub mod words;
 
 use std::sync::Arc;
 use std::time::Duration;
