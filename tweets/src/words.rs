@@ -196,7 +196,15 @@ mod tests {
     fn tags_come_first_then_words_each_once() {
         assert_eq!(
             terms("Loving #Rust and rust, #rust again! #Tokio_rs"),
-            ["#rust", "#tokio_rs", "loving", "rust", "and", "again", "tokio_rs"]
+            [
+                "#rust",
+                "#tokio_rs",
+                "loving",
+                "rust",
+                "and",
+                "again",
+                "tokio_rs"
+            ]
         );
     }
 
@@ -220,7 +228,10 @@ mod tests {
 
     #[test]
     fn a_hash_after_a_word_character_opens_no_tag() {
-        assert_eq!(terms("c# a#b #ok ##x"), ["#ok", "#x", "c", "a", "b", "ok", "x"]);
+        assert_eq!(
+            terms("c# a#b #ok ##x"),
+            ["#ok", "#x", "c", "a", "b", "ok", "x"]
+        );
         assert_eq!(terms("#"), Vec::<String>::new());
         assert_eq!(terms("(#paren)"), ["#paren", "paren"]);
     }
