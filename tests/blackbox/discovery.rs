@@ -79,7 +79,7 @@ pub async fn tags_and_search_find_posts_newest_first(mesh: &TestMesh) {
     );
     assert_eq!(
         listed(mesh, "/v1/search/tweets?q=TOKIO+async+rust").await,
-        [b.clone()]
+        [b.as_str()]
     );
     assert!(listed(mesh, "/v1/search/tweets?q=nothing").await.is_empty());
 
@@ -94,12 +94,12 @@ pub async fn tags_and_search_find_posts_newest_first(mesh: &TestMesh) {
             None,
         )
         .await;
-    assert_eq!(ids(&rest), [a.clone()]);
+    assert_eq!(ids(&rest), [a.as_str()]);
     assert_eq!(rest["next"], Value::Null);
     let (_, polled) = mesh
         .get(&format!("/v1/tags/rust/tweets?since={a}"), None)
         .await;
-    assert_eq!(ids(&polled), [b.clone()]);
+    assert_eq!(ids(&polled), [b.as_str()]);
 
     for bad in [
         "/v1/search/tweets",
