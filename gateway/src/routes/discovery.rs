@@ -41,8 +41,8 @@ pub(super) struct SearchQuery {
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub(super) struct TrendsQuery {
-    /// How many tags (default 20).
-    #[param(minimum = 1, maximum = 100)]
+    /// How many tags (default 20). Read as text, so a bad one gets the API's 400.
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 100)]
     limit: Option<String>,
 }
 
