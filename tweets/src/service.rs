@@ -99,6 +99,8 @@ pub struct Tweets {
     store: Arc<dyn TweetStore>,
     ids: Arc<IdGenerator>,
     idempotency_window: Duration,
+    /// The most postings one tag page or search examines ([`SEARCH_BUDGET`] unless set).
+    search_budget: usize,
 }
 
 impl Tweets {
@@ -112,7 +114,15 @@ impl Tweets {
             store,
             ids,
             idempotency_window: DEFAULT_IDEMPOTENCY_WINDOW,
+            search_budget: SEARCH_BUDGET,
         }
+    }
+
+    /// How many postings one tag page or search examines at most (at least the page's
+    /// `limit + 1` whatever this says, so a tag page is always whole).
+    pub fn with_search_budget(mut self, postings: usize) -> Self {
+        self.search_budget = postings.max(1);
+        self
     }
 
     /// How long an idempotency key keeps returning its first tweet.
@@ -439,11 +449,12 @@ impl Tweets {
         let (mut before, mut since) = (page.before, page.since);
         let mut matched: Vec<u64> = Vec::new();
         let (mut examined, mut last_examined, mut exhausted) = (0, None, false);
-        while matched.len() <= limit && examined < SEARCH_BUDGET {
+        let budget = self.search_budget.max(limit + 1);
+        while matched.len() <= limit && examined < budget {
             let want = if terms.len() == 1 {
                 limit + 1 - matched.len()
             } else {
-                SEARCH_BATCH.min(SEARCH_BUDGET - examined)
+                SEARCH_BATCH.min(budget - examined)
             };
             let batch = self.store.postings(driver, before, since, want).await?;
             for posting in &batch {
@@ -733,6 +744,41 @@ mod tests {
         );
         let trends = tweets.trends(Limit::DEFAULT).await.unwrap();
         assert_eq!(trends, vec![("rust".to_owned(), 1)]);
+    }
+
+    #[tokio::test]
+    async fn a_search_past_its_budget_answers_short_with_a_cursor_to_go_on_from() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(EmbeddedTweetStore::open(&dir.path().join("tweets.redb")).unwrap());
+        let tweets =
+            Tweets::new(store, Arc::new(IdGenerator::new(1).unwrap())).with_search_budget(4);
+        let old = post_indexed(&tweets, 7, "needle haystack").await;
+        for n in 0..6 {
+            post_indexed(&tweets, 7, &format!("haystack {n}")).await;
+        }
+        let new = post_indexed(&tweets, 7, "haystack needle").await;
+        let limit = Limit::parse(Some(2)).unwrap();
+        let mut request = PageRequest::first(limit);
+        let mut found = Vec::new();
+        let mut pages = 0;
+        loop {
+            // Walks "haystack" (the longer word), four postings per call.
+            let page = tweets.search("needle haystack", request).await.unwrap();
+            pages += 1;
+            found.extend(ids(&page));
+            match page.next {
+                Some(next) => request.before = Some(next),
+                None => break,
+            }
+        }
+        assert_eq!(found, vec![new, old]);
+        // 8 postings, 4 a call: two short pages (one match each), then an empty last one,
+        // since a call that used its whole budget cannot tell whether more follow.
+        assert_eq!(pages, 3);
+        // One term (a tag page, too) reads a whole page whatever the budget.
+        let many = Limit::parse(Some(10)).unwrap();
+        let tagged = tweets.search("haystack", PageRequest::first(many)).await;
+        assert_eq!(tagged.unwrap().items.len(), 8);
     }
 
     #[tokio::test]
