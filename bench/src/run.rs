@@ -66,7 +66,7 @@ pub struct RunArgs {
     /// Followers watched per post.
     #[arg(long, default_value_t = 20)]
     pub fanout_sample: usize,
-    /// Skip phases, by name: ceiling, feed-max, feed-rate, posts, mixed, fanout.
+    /// Skip phases, by name: ceiling, feed-max, feed-rate, posts, mixed, discovery, fanout.
     #[arg(long, value_delimiter = ',')]
     pub skip: Vec<String>,
 }
@@ -257,6 +257,18 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             &run,
         );
     }
+    if wants("discovery") {
+        let op = discovery_op(&world);
+        let _ = load::closed_loop(args.connections, warmup, Arc::clone(&op)).await;
+        let run = load::closed_loop(args.connections, duration, op).await;
+        push(
+            &mut results,
+            "discovery",
+            &["tag", "search", "trends"],
+            "closed",
+            &run,
+        );
+    }
     if wants("fanout") {
         for tier in &args.fanout_tiers {
             if let Some(visibility) = visibility(&world, &args, tier).await? {
@@ -367,11 +379,43 @@ fn mixed_op(world: &Arc<World>) -> Op {
                 }
                 _ => world
                     .api
-                    .post(world.token(user), &format!("mixed workload post {i}"), None)
+                    .post(
+                        world.token(user),
+                        &load_post_text("mixed workload post", i),
+                        None,
+                    )
                     .await
                     .map(drop),
             };
             (op, result.map_err(|e| e.to_string()))
+        })
+    })
+}
+
+/// The text of a post of the load phases: tagged (`#bench` and one of ten `#load<n>`), so the
+/// discovery phase's tag pages and trends have something to read.
+fn load_post_text(what: &str, i: u64) -> String {
+    format!("{what} {i} #bench #load{}", i % 10)
+}
+
+/// The discovery reads, at maximum throughput: 40% a tag's first page (one of the ten tags
+/// the load phases post), 40% a two-word search every seeded tweet matches (the walk of one
+/// word's postings, checking the other on each), 20% trends.
+fn discovery_op(world: &Arc<World>) -> Op {
+    let world = Arc::clone(world);
+    let mix = Arc::new(Mix::new(vec![(0usize, 40.0), (1, 40.0), (2, 20.0)]));
+    Arc::new(move |i| {
+        let (world, mix) = (Arc::clone(&world), Arc::clone(&mix));
+        Box::pin(async move {
+            let mut rng = ChaCha8Rng::seed_from_u64(i ^ 0xD15C);
+            let op = mix.pick(rng.random_range(0.0..1.0)).unwrap_or(0);
+            let path = match op {
+                0 => format!("/v1/tags/load{}/tweets?limit=20", rng.random_range(0..10)),
+                1 => "/v1/search/tweets?q=quick+fox&limit=20".to_owned(),
+                _ => "/v1/trends".to_owned(),
+            };
+            let read = world.api.get(&path, None).await;
+            (op, read.map(drop).map_err(|e| e.to_string()))
         })
     })
 }
@@ -413,7 +457,11 @@ async fn posts(
                 let author = authors[i as usize % authors.len()];
                 let posted = world
                     .api
-                    .post(world.token(author), &format!("benchmark post {i}"), None)
+                    .post(
+                        world.token(author),
+                        &load_post_text("benchmark post", i),
+                        None,
+                    )
                     .await;
                 if let Ok(id) = posted {
                     let fanned = world.followers[author as usize].len() as u64 + 1;

@@ -39,7 +39,8 @@ use utoipa_axum::router::OpenApiRouter;
         (name = "users", description = "Sign-up, login, profiles"),
         (name = "follows", description = "The follow graph"),
         (name = "tweets", description = "Tweets, likes, retweets, timelines"),
-        (name = "feed", description = "The caller's home feed")
+        (name = "feed", description = "The caller's home feed"),
+        (name = "discovery", description = "Hashtags, search and trends")
     ),
     components(schemas(ErrorBody))
 )]

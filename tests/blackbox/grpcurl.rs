@@ -120,3 +120,52 @@ async fn an_operator_acts_as_a_user_with_a_token_from_twtr_token() {
     assert_eq!(page["items"].as_array().map(Vec::len), Some(1), "{page}");
     mesh.stop().await;
 }
+
+/// Hashtags, search and trends over gRPC with reflection alone, as an operator would look.
+#[tokio::test]
+async fn tags_search_and_trends_answer_grpcurl() {
+    let mesh = TestMesh::start().await;
+    let (_, token) = mesh.user("grpcurl_tags").await;
+    let id = mesh.tweet(&token, "reflection works #grpcurl").await;
+    let tweets = mesh.tweets.to_string();
+    let service = "twtr.tweets.v1.TweetsService";
+    let described = grpcurl(&["-plaintext", &tweets, "describe", service]).await;
+    for method in ["ListTagTweets", "SearchTweets", "GetTrends"] {
+        assert!(described.contains(method), "{method}: {described}");
+    }
+    let tagged = crate::support::eventually("the tag over gRPC", crate::support::CONVERGE, || {
+        let (tweets, wanted) = (tweets.clone(), format!("\"id\": \"{id}\""));
+        async move {
+            let found = grpcurl(&[
+                "-plaintext",
+                "-d",
+                r##"{"tag":"#GRPCURL"}"##,
+                &tweets,
+                "twtr.tweets.v1.TweetsService/ListTagTweets",
+            ])
+            .await;
+            found.contains(&wanted).then_some(found)
+        }
+    })
+    .await;
+    assert!(tagged.contains("reflection works"), "{tagged}");
+    let found = grpcurl(&[
+        "-plaintext",
+        "-d",
+        r#"{"query":"reflection #grpcurl"}"#,
+        &tweets,
+        "twtr.tweets.v1.TweetsService/SearchTweets",
+    ])
+    .await;
+    assert!(found.contains(&id), "{found}");
+    let trends = grpcurl(&[
+        "-plaintext",
+        "-d",
+        "{}",
+        &tweets,
+        "twtr.tweets.v1.TweetsService/GetTrends",
+    ])
+    .await;
+    assert!(trends.contains("\"tag\": \"grpcurl\""), "{trends}");
+    mesh.stop().await;
+}

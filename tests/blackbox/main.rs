@@ -10,6 +10,7 @@ mod config;
 mod cql;
 mod dead_letters;
 mod degraded;
+mod discovery;
 mod edge;
 mod faults;
 mod feeds;

@@ -34,6 +34,9 @@ pub struct TestMesh {
     pub followers: SocketAddr,
     pub feeds: SocketAddr,
     pub data_dir: Arc<TempDir>,
+    /// The broker a CQL mesh's events go through (its URL and exchange prefix), if any: for a
+    /// test that publishes events of its own (a redelivery).
+    pub amqp: Option<(String, String)>,
     /// The CQL keyspaces of a CQL mesh, dropped after the mesh.
     keyspaces: Option<twtr_common::cql::testing::KeyspaceSet>,
     shutdown: CancellationToken,
@@ -85,8 +88,13 @@ impl TestMesh {
         twtr::backends::migrate(&config)
             .await
             .expect("migrate the test keyspaces");
+        let amqp = config
+            .amqp
+            .as_ref()
+            .map(|amqp| (amqp.url.clone(), amqp.prefix.clone()));
         let mut mesh = Self::start_with(config, data_dir).await;
         mesh.keyspaces = Some(keyspaces);
+        mesh.amqp = amqp;
         Some(mesh)
     }
 
@@ -116,6 +124,7 @@ impl TestMesh {
             followers,
             feeds,
             data_dir,
+            amqp: None,
             keyspaces: None,
             shutdown,
             handle: Some(handle),

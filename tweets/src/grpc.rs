@@ -208,6 +208,51 @@ impl TweetsService for TweetsGrpc {
             .map_err(|e| e.to_status())?;
         Ok(Response::new(to_pb_page(page)))
     }
+
+    async fn list_tag_tweets(
+        &self,
+        request: Request<pb::ListTagTweetsRequest>,
+    ) -> Result<Response<pb::TweetPage>, Status> {
+        let r = request.into_inner();
+        let page = page_request(r.before, r.since, r.limit)?;
+        let page = self
+            .tweets
+            .tag_tweets(&r.tag, page)
+            .await
+            .map_err(|e| e.to_status())?;
+        Ok(Response::new(to_pb_page(page)))
+    }
+
+    async fn search_tweets(
+        &self,
+        request: Request<pb::SearchTweetsRequest>,
+    ) -> Result<Response<pb::TweetPage>, Status> {
+        let r = request.into_inner();
+        let page = page_request(r.before, r.since, r.limit)?;
+        let page = self
+            .tweets
+            .search(&r.query, page)
+            .await
+            .map_err(|e| e.to_status())?;
+        Ok(Response::new(to_pb_page(page)))
+    }
+
+    async fn get_trends(
+        &self,
+        request: Request<pb::GetTrendsRequest>,
+    ) -> Result<Response<pb::GetTrendsResponse>, Status> {
+        let limit = Limit::parse(Some(request.into_inner().limit))
+            .map_err(|e| TweetsError::from(e).to_status())?;
+        let trends = self.tweets.trends(limit).await.map_err(|e| e.to_status())?;
+        Ok(Response::new(pb::GetTrendsResponse {
+            trends: trends
+                .into_iter()
+                .map(|(tag, tweet_count)| pb::Trend { tag, tweet_count })
+                .collect(),
+            as_of: Some(clock::to_timestamp(clock::now_millis())),
+            window_minutes: crate::service::TRENDS_WINDOW_MINUTES as u32,
+        }))
+    }
 }
 
 impl TweetsGrpc {

@@ -8,6 +8,8 @@
 //!   [`CqlTweetStore`] on ScyllaDB / Cassandra) and the conformance suite both pass.
 //! - [`service`]: the domain logic ([`Tweets`]).
 //! - [`grpc`]: the thin tonic adapter for `twtr.tweets.v1.TweetsService`.
+//! - [`words`]: how text is cut into the words and `#tags` the index holds, and how a search
+//!   query and a tag are read.
 //!
 //! # How data flows
 //!
@@ -17,13 +19,16 @@
 //!
 //! The service consumes one queue of its own, `tweets`: the users service's `UserDeleted` (the
 //! account's tweets, likes and retweets are then removed by a background purge, in batches, so a
-//! prolific account never stalls the queue) and, on a backend whose writes are not one
-//! transaction (CQL), its own events, to finish a write whose process died half-way.
+//! prolific account never stalls the queue); its own `TweetCreated` and `TweetDeleted`, which
+//! feed the index behind hashtags, search and trends (a projection, like the feeds service's,
+//! kept out of the write path: see `store::cql::index`); and, on a backend whose writes are not
+//! one transaction (CQL), its other own events, to finish a write whose process died half-way.
 
 pub mod domain;
 pub mod grpc;
 pub mod service;
 pub mod store;
+pub mod words;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -43,14 +48,17 @@ use twtr_proto::tweets::v1::tweets_service_server::TweetsServiceServer;
 pub use service::{DEFAULT_IDEMPOTENCY_WINDOW, Tweets, TweetsError};
 pub use store::{CqlTweetStore, EmbeddedTweetStore, Reaction, SCHEMA, TweetStore};
 
-/// The tweets service's queue: `UserDeleted`, and with `settles` (a store that finishes its
+/// The tweets service's queue: `UserDeleted`, its own `TweetCreated` and `TweetDeleted` (which
+/// feed the index of hashtags, search and trends), and with `settles` (a store that finishes its
 /// writes from its own events, [`TweetStore::settles_events`]) every event of its own.
 pub fn queue(settings: &ConsumerSettings, settles: bool) -> QueueSpec {
-    let mut kinds = vec![EventKind::UserDeleted];
+    let mut kinds = vec![
+        EventKind::UserDeleted,
+        EventKind::TweetCreated,
+        EventKind::TweetDeleted,
+    ];
     if settles {
         kinds.extend([
-            EventKind::TweetCreated,
-            EventKind::TweetDeleted,
             EventKind::TweetLiked,
             EventKind::TweetUnliked,
             EventKind::Retweeted,
@@ -117,10 +125,14 @@ impl EventHandler for TweetsEvents {
                 self.tweets.forget_user(deleted.user_id).await?;
                 self.purge.notify_one();
             }
+            Some(Payload::TweetCreated(_) | Payload::TweetDeleted(_)) => {
+                // Settled first: a tweet whose author went while it was stored is deleted
+                // there, and then stays out of the index.
+                self.tweets.settle(event).await?;
+                self.tweets.index_event(event).await?;
+            }
             Some(
-                Payload::TweetCreated(_)
-                | Payload::TweetDeleted(_)
-                | Payload::TweetLiked(_)
+                Payload::TweetLiked(_)
                 | Payload::TweetUnliked(_)
                 | Payload::Retweeted(_)
                 | Payload::Unretweeted(_),

@@ -18,6 +18,7 @@ use twtr_proto::events::v1::{
 
 use crate::domain::{IdempotencyKey, InvalidKey, InvalidText, TweetText};
 use crate::store::{KeyClaim, Reaction, TweetRecord, TweetStore};
+use crate::words::{self, InvalidQuery, Query};
 
 /// The most IDs one batch lookup may ask for (shared with every caller).
 pub use twtr_common::page::MAX_BATCH;
@@ -26,6 +27,18 @@ pub const DEFAULT_IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(24 * 3600);
 /// How many tweets (or likes, or retweets) of a deleted account one purge step removes before
 /// it reads the next batch.
 pub const PURGE_BATCH: usize = 100;
+/// The most index entries (postings) one tag page or search examines: a search of several
+/// terms walks one term's postings and keeps those holding the others, so a page may need many;
+/// past this many it answers with what it found and a cursor to go on from.
+pub const SEARCH_BUDGET: usize = 1_000;
+/// How many postings a search of several terms reads at a time.
+const SEARCH_BATCH: usize = 200;
+/// Trends count the tag uses of the tweets of the last this many minutes, the current one
+/// included.
+pub const TRENDS_WINDOW_MINUTES: i64 = 60;
+/// At most this many tag uses are counted per minute (a bound on one trends read; past it,
+/// counts are of a sample of that minute).
+pub const TREND_USES_PER_MINUTE: usize = 10_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TweetsError {
@@ -49,6 +62,8 @@ pub enum TweetsError {
     KeyReused,
     #[error("the account is deleted")]
     AccountGone,
+    #[error(transparent)]
+    InvalidQuery(#[from] InvalidQuery),
     #[error("storage failed")]
     Store(#[from] StoreError),
 }
@@ -62,7 +77,8 @@ impl ServiceError for TweetsError {
             | Self::BatchTooLarge
             | Self::MissingUser
             | Self::InvalidKey(_)
-            | Self::KeyReused => ErrorCode::InvalidArgument,
+            | Self::KeyReused
+            | Self::InvalidQuery(_) => ErrorCode::InvalidArgument,
             Self::NotFound | Self::AccountGone => ErrorCode::NotFound,
             Self::NotAuthor => ErrorCode::PermissionDenied,
             Self::Store(err) => err.error_code(),
@@ -83,6 +99,8 @@ pub struct Tweets {
     store: Arc<dyn TweetStore>,
     ids: Arc<IdGenerator>,
     idempotency_window: Duration,
+    /// The most postings one tag page or search examines ([`SEARCH_BUDGET`] unless set).
+    search_budget: usize,
 }
 
 impl Tweets {
@@ -96,7 +114,15 @@ impl Tweets {
             store,
             ids,
             idempotency_window: DEFAULT_IDEMPOTENCY_WINDOW,
+            search_budget: SEARCH_BUDGET,
         }
+    }
+
+    /// How many postings one tag page or search examines at most (at least the page's
+    /// `limit + 1` whatever this says, so a tag page is always whole).
+    pub fn with_search_budget(mut self, postings: usize) -> Self {
+        self.search_budget = postings.max(1);
+        self
     }
 
     /// How long an idempotency key keeps returning its first tweet.
@@ -371,6 +397,121 @@ impl Tweets {
         Ok(self.store.public_timeline(page).await?)
     }
 
+    /// One of this service's own events, consumed back, kept in the index: a `TweetCreated`
+    /// indexes the tweet under the terms of its text, a `TweetDeleted` removes it. Idempotent,
+    /// and in any order the two arrive in the tweet ends up indexed only while it is live.
+    pub async fn index_event(&self, event: &Envelope) -> Result<(), TweetsError> {
+        match &event.payload {
+            Some(Payload::TweetCreated(created)) => {
+                let terms = words::index_terms(&created.text);
+                self.store.index(created.tweet_id, terms).await?;
+            }
+            Some(Payload::TweetDeleted(deleted)) => self.store.unindex(deleted.tweet_id).await?,
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// One page of the tweets tagged `tag` (`rust`, `#rust`), newest first.
+    pub async fn tag_tweets(
+        &self,
+        tag: &str,
+        page: PageRequest,
+    ) -> Result<Page<TweetRecord>, TweetsError> {
+        let tag = words::parse_tag(tag)?;
+        self.walk(std::slice::from_ref(&tag), &tag, page).await
+    }
+
+    /// One page of the tweets holding every term of `query`, newest first; short, with a
+    /// cursor, when [`SEARCH_BUDGET`] postings were examined first.
+    pub async fn search(
+        &self,
+        query: &str,
+        page: PageRequest,
+    ) -> Result<Page<TweetRecord>, TweetsError> {
+        let query = Query::parse(query)?;
+        self.walk(query.terms(), query.driver(), page).await
+    }
+
+    /// Walks `driver`'s postings in the direction of `page`, keeping those that hold every one
+    /// of `terms`, until the page is full, the postings end or [`SEARCH_BUDGET`] are examined.
+    /// `next` is the last item of a full page, or the last posting examined when the budget ran
+    /// out first (a backward page may then be short, or empty). Polling (`since`) returns what
+    /// the budget found, without a cursor, as every poll does.
+    async fn walk(
+        &self,
+        terms: &[String],
+        driver: &str,
+        page: PageRequest,
+    ) -> Result<Page<TweetRecord>, TweetsError> {
+        let limit = page.limit.get();
+        let forward = page.since.is_some();
+        let (mut before, mut since) = (page.before, page.since);
+        let mut matched: Vec<u64> = Vec::new();
+        let (mut examined, mut last_examined, mut exhausted) = (0, None, false);
+        let budget = self.search_budget.max(limit + 1);
+        while matched.len() <= limit && examined < budget {
+            let want = if terms.len() == 1 {
+                limit + 1 - matched.len()
+            } else {
+                SEARCH_BATCH.min(budget - examined)
+            };
+            let batch = self.store.postings(driver, before, since, want).await?;
+            for posting in &batch {
+                examined += 1;
+                last_examined = Some(posting.tweet_id);
+                if terms.iter().all(|term| posting.terms.contains(term)) {
+                    matched.push(posting.tweet_id);
+                    if matched.len() > limit {
+                        break;
+                    }
+                }
+            }
+            if batch.len() < want {
+                exhausted = true;
+                break;
+            }
+            if forward {
+                since = last_examined;
+            } else {
+                before = last_examined;
+            }
+        }
+        let full = matched.len() > limit;
+        matched.truncate(limit);
+        let next = if forward {
+            matched.reverse();
+            None
+        } else if full {
+            matched.last().copied()
+        } else if !exhausted {
+            last_examined
+        } else {
+            None
+        };
+        // Newest first; a tweet deleted since it was indexed (its event not yet handled) is
+        // left out.
+        let items = self.store.get_many(matched).await?;
+        Ok(Page { items, next })
+    }
+
+    /// The `limit` tags most used over the last [`TRENDS_WINDOW_MINUTES`], with how many
+    /// tweets used each, most first (ties by tag). Tags without their `#`.
+    pub async fn trends(&self, limit: Limit) -> Result<Vec<(String, u64)>, TweetsError> {
+        let now = clock::now_millis() / 60_000;
+        let from = now - (TRENDS_WINDOW_MINUTES - 1);
+        let mut uses = self
+            .store
+            .tag_uses(from, now, TREND_USES_PER_MINUTE)
+            .await?;
+        uses.sort_unstable_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        uses.truncate(limit.get());
+        Ok(uses
+            .into_iter()
+            .map(|(tag, count)| (tag.trim_start_matches('#').to_owned(), count))
+            .collect())
+    }
+
     pub async fn tweet_counts(&self, author_ids: Vec<u64>) -> Result<Vec<(u64, u64)>, TweetsError> {
         if author_ids.len() > MAX_BATCH {
             return Err(TweetsError::BatchTooLarge);
@@ -517,6 +658,127 @@ mod tests {
             tweets.act(Action::Like, gone, kept.id).await,
             Err(TweetsError::AccountGone)
         ));
+    }
+
+    /// Posts `text` as `author` and hands its `TweetCreated` to the index, as the consumer does.
+    async fn post_indexed(tweets: &Tweets, author: u64, text: &str) -> u64 {
+        let tweet = tweets.create_tweet(author, text, None).await.unwrap();
+        let created = events::envelope(
+            1,
+            tweet.id,
+            Payload::TweetCreated(TweetCreated {
+                tweet_id: tweet.id,
+                author_id: author,
+                text: tweet.text,
+                created_at: None,
+            }),
+        );
+        tweets.index_event(&created).await.unwrap();
+        tweets.index_event(&created).await.unwrap(); // redelivered
+        tweet.id
+    }
+
+    fn ids(page: &Page<TweetRecord>) -> Vec<u64> {
+        page.items.iter().map(|t| t.id).collect()
+    }
+
+    #[tokio::test]
+    async fn tags_search_and_trends_read_the_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let tweets = tweets(dir.path());
+        let a = post_indexed(&tweets, 7, "Learning #Rust with tokio").await;
+        let b = post_indexed(&tweets, 8, "tokio and #rust again, #async").await;
+        let c = post_indexed(&tweets, 7, "rust without the tag").await;
+        let first = PageRequest::first(Limit::DEFAULT);
+        let tagged = tweets.tag_tweets("RUST", first).await.unwrap();
+        assert_eq!(ids(&tagged), vec![b, a]);
+        assert_eq!(tagged.next, None);
+        let found = tweets.search("tokio #rust", first).await.unwrap();
+        assert_eq!(ids(&found), vec![b, a]);
+        let found = tweets.search("rust", first).await.unwrap();
+        assert_eq!(ids(&found), vec![c, b, a]);
+        let one = Limit::parse(Some(1)).unwrap();
+        let page = tweets.search("Rust Tokio", PageRequest::first(one)).await;
+        let page = page.unwrap();
+        assert_eq!((ids(&page), page.next), (vec![b], Some(b)));
+        let rest = PageRequest {
+            before: page.next,
+            since: None,
+            limit: one,
+        };
+        let page = tweets.search("Rust Tokio", rest).await.unwrap();
+        assert_eq!((ids(&page), page.next), (vec![a], None));
+        let polled = PageRequest {
+            before: None,
+            since: Some(a),
+            limit: Limit::DEFAULT,
+        };
+        assert_eq!(
+            ids(&tweets.search("rust", polled).await.unwrap()),
+            vec![c, b]
+        );
+        for bad in ["", "a b c d", "!!"] {
+            let err = tweets.search(bad, first).await.unwrap_err();
+            assert_eq!(err.error_code(), ErrorCode::InvalidArgument, "{bad:?}");
+        }
+        assert!(tweets.tag_tweets("two words", first).await.is_err());
+        let trends = tweets.trends(Limit::DEFAULT).await.unwrap();
+        assert_eq!(
+            trends,
+            vec![("rust".to_owned(), 2), ("async".to_owned(), 1)]
+        );
+
+        tweets.delete_tweet(8, b).await.unwrap();
+        let deleted = events::envelope(
+            2,
+            b,
+            Payload::TweetDeleted(TweetDeleted {
+                tweet_id: b,
+                author_id: 8,
+            }),
+        );
+        tweets.index_event(&deleted).await.unwrap();
+        assert_eq!(
+            ids(&tweets.tag_tweets("rust", first).await.unwrap()),
+            vec![a]
+        );
+        let trends = tweets.trends(Limit::DEFAULT).await.unwrap();
+        assert_eq!(trends, vec![("rust".to_owned(), 1)]);
+    }
+
+    #[tokio::test]
+    async fn a_search_past_its_budget_answers_short_with_a_cursor_to_go_on_from() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(EmbeddedTweetStore::open(&dir.path().join("tweets.redb")).unwrap());
+        let tweets =
+            Tweets::new(store, Arc::new(IdGenerator::new(1).unwrap())).with_search_budget(4);
+        let old = post_indexed(&tweets, 7, "needle haystack").await;
+        for n in 0..6 {
+            post_indexed(&tweets, 7, &format!("haystack {n}")).await;
+        }
+        let new = post_indexed(&tweets, 7, "haystack needle").await;
+        let limit = Limit::parse(Some(2)).unwrap();
+        let mut request = PageRequest::first(limit);
+        let mut found = Vec::new();
+        let mut pages = 0;
+        loop {
+            // Walks "haystack" (the longer word), four postings per call.
+            let page = tweets.search("needle haystack", request).await.unwrap();
+            pages += 1;
+            found.extend(ids(&page));
+            match page.next {
+                Some(next) => request.before = Some(next),
+                None => break,
+            }
+        }
+        assert_eq!(found, vec![new, old]);
+        // 8 postings, 4 a call: two short pages (one match each), then an empty last one,
+        // since a call that used its whole budget cannot tell whether more follow.
+        assert_eq!(pages, 3);
+        // One term (a tag page, too) reads a whole page whatever the budget.
+        let many = Limit::parse(Some(10)).unwrap();
+        let tagged = tweets.search("haystack", PageRequest::first(many)).await;
+        assert_eq!(tagged.unwrap().items.len(), 8);
     }
 
     #[tokio::test]

@@ -11,7 +11,9 @@
 //! - `reactions`: like and retweet, and their undoing.
 //! - `feed`: the caller's home feed.
 //! - `timeline`: everyone's tweets.
+//! - `discovery`: the tweets under a hashtag, search, trends.
 
+mod discovery;
 mod feed;
 mod follows;
 mod reactions;
@@ -48,4 +50,7 @@ pub fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(reactions::retweet, reactions::unretweet))
         .routes(routes!(timeline::timeline))
         .routes(routes!(feed::feed))
+        .routes(routes!(discovery::tag_tweets))
+        .routes(routes!(discovery::search_tweets))
+        .routes(routes!(discovery::trends))
 }

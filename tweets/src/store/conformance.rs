@@ -50,6 +50,11 @@ macro_rules! tweet_store_conformance {
                 reacted_walks_every_reaction_in_batches,
                 settling_finished_writes_changes_nothing,
                 reaction_events_carry_the_pairs_version,
+                indexed_tweets_are_found_under_each_term,
+                indexing_twice_changes_nothing,
+                deleted_tweets_leave_the_index_whatever_the_order,
+                postings_span_hours_both_ways,
+                tag_uses_count_each_tweet_once_in_its_minute,
             );
         }
     };
@@ -1023,4 +1028,190 @@ pub async fn reaction_events_carry_the_pairs_version(store: Arc<dyn TweetStore>)
         .collect();
     // The repeat staged nothing; likes count 1, 2, 3; the retweet is its own pair.
     assert_eq!(versions, vec![(e[0], 1), (e[2], 2), (e[3], 3), (e[4], 1)]);
+}
+
+/// Creates the tweet `id` with `text` and indexes it, as the service does with its event.
+async fn post(store: &dyn TweetStore, id: u64, author: u64, text: &str) {
+    let mut record = tweet(id, author);
+    record.text = text.to_owned();
+    store.create(record, event(unique_id())).await.unwrap();
+    store
+        .index(id, crate::words::index_terms(text))
+        .await
+        .unwrap();
+}
+
+/// Every posting of `term`, newest first.
+async fn posted(store: &dyn TweetStore, term: &str) -> Vec<u64> {
+    let postings = store.postings(term, None, None, 10_000).await.unwrap();
+    postings.iter().map(|p| p.tweet_id).collect()
+}
+
+/// How many tweets used `tag` (with its `#`) in the last hour and the next minute.
+async fn uses_of(store: &dyn TweetStore, tag: &str) -> u64 {
+    let now = clock::now_millis() / 60_000;
+    let uses = store.tag_uses(now - 59, now + 1, 10_000).await.unwrap();
+    uses.into_iter()
+        .find(|(used, _)| used == tag)
+        .map_or(0, |(_, n)| n)
+}
+
+fn id_minutes_ago(minutes: u64) -> u64 {
+    unique_id() - ((minutes * 60_000) << 22)
+}
+
+/// A tweet is found under each of its words and tags, newest first, each posting carrying all
+/// of the tweet's terms; bounds and `max` page through them.
+pub async fn indexed_tweets_are_found_under_each_term(store: Arc<dyn TweetStore>) {
+    let author = unique_id();
+    let (word, tag) = (format!("w{}", unique_id()), format!("t{}", unique_id()));
+    let [a, b] = [unique_id(), unique_id()];
+    let first = format!("First {word} #{tag}");
+    post(store.as_ref(), a, author, &first).await;
+    post(store.as_ref(), b, author, &format!("second {word}")).await;
+    assert_eq!(posted(store.as_ref(), &word).await, vec![b, a]);
+    assert_eq!(posted(store.as_ref(), &format!("#{tag}")).await, vec![a]);
+    assert_eq!(
+        posted(store.as_ref(), &tag).await,
+        vec![a],
+        "a tag is a word too"
+    );
+    assert!(
+        posted(store.as_ref(), &format!("w{}", unique_id()))
+            .await
+            .is_empty()
+    );
+    let postings = store.postings(&tag, None, None, 10).await.unwrap();
+    assert_eq!(postings[0].terms, crate::words::index_terms(&first));
+    let ids = |postings: Vec<super::Posting>| -> Vec<u64> {
+        postings.into_iter().map(|p| p.tweet_id).collect()
+    };
+    let page = |before, since, max| store.postings(&word, before, since, max);
+    assert_eq!(ids(page(None, None, 1).await.unwrap()), vec![b]);
+    assert_eq!(ids(page(Some(b), None, 10).await.unwrap()), vec![a]);
+    assert_eq!(ids(page(None, Some(a), 10).await.unwrap()), vec![b]);
+    assert_eq!(
+        ids(page(None, Some(a - 1), 10).await.unwrap()),
+        vec![a, b],
+        "oldest first"
+    );
+    assert!(page(Some(b), Some(a), 10).await.unwrap().is_empty());
+    assert!(page(Some(a), None, 10).await.unwrap().is_empty());
+}
+
+/// An event delivered twice indexes once: one posting, one tag use.
+pub async fn indexing_twice_changes_nothing(store: Arc<dyn TweetStore>) {
+    let (author, id) = (unique_id(), unique_id());
+    let tag = format!("#t{}", unique_id());
+    let text = format!("{tag} {tag} again");
+    post(store.as_ref(), id, author, &text).await;
+    store
+        .index(id, crate::words::index_terms(&text))
+        .await
+        .unwrap();
+    assert_eq!(posted(store.as_ref(), &tag).await, vec![id]);
+    assert_eq!(uses_of(store.as_ref(), &tag).await, 1);
+    // Indexing a tweet that does not exist writes nothing.
+    let ghost = unique_id();
+    store.index(ghost, vec![tag.clone()]).await.unwrap();
+    assert_eq!(posted(store.as_ref(), &tag).await, vec![id]);
+    // Nor does unindexing a live tweet remove it.
+    store.unindex(id).await.unwrap();
+    assert_eq!(posted(store.as_ref(), &tag).await, vec![id]);
+}
+
+/// A deleted tweet leaves every posting and its tag uses, whether its deletion is handled
+/// after its indexing, before it (events reordered), or twice, and a late or repeated indexing
+/// never brings it back.
+pub async fn deleted_tweets_leave_the_index_whatever_the_order(store: Arc<dyn TweetStore>) {
+    let author = unique_id();
+    let tag = format!("#t{}", unique_id());
+    let [in_order, reordered, kept] = [unique_id(), unique_id(), unique_id()];
+    for id in [in_order, kept] {
+        post(store.as_ref(), id, author, &format!("{tag} post")).await;
+    }
+    assert_eq!(uses_of(store.as_ref(), &tag).await, 2);
+    assert!(store.delete(in_order, event(unique_id())).await.unwrap());
+    store.unindex(in_order).await.unwrap();
+    store.unindex(in_order).await.unwrap();
+    let terms = crate::words::index_terms(&format!("{tag} post"));
+    store.index(in_order, terms.clone()).await.unwrap();
+    assert_eq!(posted(store.as_ref(), &tag).await, vec![kept]);
+    assert_eq!(uses_of(store.as_ref(), &tag).await, 1);
+
+    // Created, deleted, and the deletion's event handled before the creation's.
+    let mut record = tweet(reordered, author);
+    record.text = format!("{tag} post");
+    store.create(record, event(unique_id())).await.unwrap();
+    assert!(store.delete(reordered, event(unique_id())).await.unwrap());
+    store.unindex(reordered).await.unwrap();
+    store.index(reordered, terms.clone()).await.unwrap();
+    store.index(reordered, terms).await.unwrap();
+    assert_eq!(posted(store.as_ref(), &tag).await, vec![kept]);
+    assert!(!posted(store.as_ref(), "post").await.contains(&reordered));
+    assert_eq!(uses_of(store.as_ref(), &tag).await, 1);
+}
+
+/// Postings over more hours than one read of the CQL backend's hour list, some hours empty,
+/// read in small batches backwards and forwards: none skipped, none twice.
+pub async fn postings_span_hours_both_ways(store: Arc<dyn TweetStore>) {
+    let author = unique_id();
+    let word = format!("w{}", unique_id());
+    // One tweet an hour from now on, 30 hours ahead (IDs from the future): on a shared store,
+    // `public_timeline_spans_hours` reads every tweet older than 11 hours ago as its own.
+    let mut t = unique_ids(2);
+    t.extend((1..=30).map(|k| unique_id() + ((k * 3_600_000) << 22)));
+    for &id in &t {
+        post(store.as_ref(), id, author, &format!("{word} hourly")).await;
+    }
+    let mut backwards = Vec::new();
+    let mut before = None;
+    loop {
+        let batch = store.postings(&word, before, None, 7).await.unwrap();
+        backwards.extend(batch.iter().map(|p| p.tweet_id));
+        match batch.last() {
+            Some(last) if batch.len() == 7 => before = Some(last.tweet_id),
+            _ => break,
+        }
+    }
+    assert_eq!(backwards, t.iter().rev().copied().collect::<Vec<_>>());
+    let mut forwards = Vec::new();
+    let mut since = Some(t[0] - 1);
+    loop {
+        let batch = store.postings(&word, None, since, 7).await.unwrap();
+        forwards.extend(batch.iter().map(|p| p.tweet_id));
+        match batch.last() {
+            Some(last) if batch.len() == 7 => since = Some(last.tweet_id),
+            _ => break,
+        }
+    }
+    assert_eq!(forwards, t);
+}
+
+/// Tag uses count distinct tweets in the minute of each tweet's ID: older than the window
+/// they count in no window of the last hour, and very old tweets write no use at all.
+pub async fn tag_uses_count_each_tweet_once_in_its_minute(store: Arc<dyn TweetStore>) {
+    let author = unique_id();
+    let tag = format!("#t{}", unique_id());
+    let text = format!("{tag} {tag}");
+    let now = unique_ids(3);
+    let half_hour_ago = id_minutes_ago(30);
+    let three_hours_ago = id_minutes_ago(180);
+    for &id in now.iter().chain([&half_hour_ago, &three_hours_ago]) {
+        post(store.as_ref(), id, author, &text).await;
+    }
+    assert_eq!(uses_of(store.as_ref(), &tag).await, 4);
+    let minute = super::minute_of(now[0]);
+    let recent = store
+        .tag_uses(minute - 10, minute + 1, 10_000)
+        .await
+        .unwrap();
+    let recent = recent.into_iter().find(|(used, _)| *used == tag);
+    assert_eq!(recent, Some((tag.clone(), 3)));
+    let old = super::minute_of(three_hours_ago);
+    let old = store.tag_uses(old, old, 10_000).await.unwrap();
+    assert!(old.iter().all(|(used, _)| *used != tag), "{old:?}");
+    assert!(store.delete(now[1], event(unique_id())).await.unwrap());
+    store.unindex(now[1]).await.unwrap();
+    assert_eq!(uses_of(store.as_ref(), &tag).await, 3);
 }

@@ -15,7 +15,11 @@ use twtr_common::store::{PendingPurge, StoreError};
 use twtr_common::{Page, PageRequest, clock};
 use twtr_proto::events::v1::Envelope;
 
-use super::{KeyClaim, Reacted, Reaction, TweetRecord, TweetStore};
+use super::{
+    IndexedTerms, KeyClaim, Posting, Reacted, Reaction, TREND_RETENTION_MINUTES, TweetRecord,
+    TweetStore, minute_of,
+};
+use crate::words::is_tag;
 
 /// A claimed idempotency key.
 #[derive(Clone, PartialEq, prost::Message)]
@@ -55,6 +59,16 @@ const KEYS: TableDefinition<(u64, &str), &[u8]> = TableDefinition::new("idempote
 /// (claimed at ms, author, key) -> (): the claims oldest first, for expiring them.
 const KEYS_BY_AGE: TableDefinition<(i64, u64, &str), ()> =
     TableDefinition::new("idempotency_keys_by_age");
+/// (term, tweet) -> the tweet's encoded [`IndexedTerms`]: each term's tweets, scanned newest
+/// first (hashtags and search).
+const TERM_POSTINGS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("term_postings");
+/// Tweet -> its encoded [`IndexedTerms`], for its deletion to find its postings.
+const INDEXED: TableDefinition<u64, &[u8]> = TableDefinition::new("indexed_tweets");
+/// (minute of the tweet, tag, tweet) -> (): tag uses for trends, one per (tag, tweet).
+const TAG_USES: TableDefinition<(i64, &str, u64), ()> = TableDefinition::new("tag_uses");
+/// How many expired tag uses one indexing sweeps away (more than it writes, so they never
+/// pile up).
+const EXPIRE_USES_PER_INDEX: usize = 64;
 /// How many expired claims one claim sweeps away.
 const EXPIRE_PER_CLAIM: usize = 8;
 /// The public timeline's one partition.
@@ -91,6 +105,9 @@ impl EmbeddedTweetStore {
             tx.open_table(KEYS)?;
             tx.open_table(KEYS_BY_AGE)?;
             tx.open_table(REACTION_VERSIONS)?;
+            tx.open_table(TERM_POSTINGS)?;
+            tx.open_table(INDEXED)?;
+            tx.open_table(TAG_USES)?;
             for reaction in [Reaction::Like, Reaction::Retweet] {
                 let (edges, counts) = tables_of(reaction);
                 tx.open_table(edges)?;
@@ -401,6 +418,132 @@ impl TweetStore for EmbeddedTweetStore {
                 let ids = scan_page(&txn.open_table(PUBLIC_TIMELINE)?, EVERYONE, &page)?;
                 let tweets = read_many(txn, ids)?;
                 Ok(Page::from_scan(&page, tweets, |t| t.id))
+            })
+            .await
+    }
+
+    /// One transaction: the tweet is looked at (live?) in the same transaction that writes its
+    /// postings, and its deletion marks it deleted before its event exists, so an indexing that
+    /// comes after [`TweetStore::unindex`] finds it deleted.
+    async fn index(&self, tweet: u64, terms: Vec<String>) -> Result<(), StoreError> {
+        self.db
+            .write(move |tx| {
+                let live = tx.open_table(TWEETS)?.get(tweet)?.is_some()
+                    && tx.open_table(DELETED)?.get(tweet)?.is_none();
+                if !live {
+                    return Ok(());
+                }
+                let record = IndexedTerms {
+                    terms: terms.clone(),
+                }
+                .encode_to_vec();
+                tx.open_table(INDEXED)?.insert(tweet, record.as_slice())?;
+                let mut postings = tx.open_table(TERM_POSTINGS)?;
+                for term in &terms {
+                    postings.insert((term.as_str(), tweet), record.as_slice())?;
+                }
+                let now = clock::now_millis() / 60_000;
+                let oldest = now - TREND_RETENTION_MINUTES;
+                let mut uses = tx.open_table(TAG_USES)?;
+                let minute = minute_of(tweet);
+                if minute > oldest {
+                    for tag in terms.iter().filter(|term| is_tag(term)) {
+                        uses.insert((minute, tag.as_str(), tweet), ())?;
+                    }
+                }
+                let expired: Vec<(i64, String, u64)> = uses
+                    .range((i64::MIN, "", 0)..(oldest, "", 0))?
+                    .take(EXPIRE_USES_PER_INDEX)
+                    .map(|entry| {
+                        let (key, _) = entry?;
+                        let (minute, tag, tweet) = key.value();
+                        Ok((minute, tag.to_owned(), tweet))
+                    })
+                    .collect::<Result<_, StoreError>>()?;
+                for (minute, tag, tweet) in expired {
+                    uses.remove((minute, tag.as_str(), tweet))?;
+                }
+                Ok(())
+            })
+            .await
+    }
+
+    async fn unindex(&self, tweet: u64) -> Result<(), StoreError> {
+        self.db
+            .write(move |tx| {
+                if tx.open_table(DELETED)?.get(tweet)?.is_none() {
+                    return Ok(());
+                }
+                let terms = match tx.open_table(INDEXED)?.remove(tweet)? {
+                    Some(row) => IndexedTerms::decode(row.value())?.terms,
+                    None => return Ok(()),
+                };
+                let mut postings = tx.open_table(TERM_POSTINGS)?;
+                let mut uses = tx.open_table(TAG_USES)?;
+                let minute = minute_of(tweet);
+                for term in &terms {
+                    postings.remove((term.as_str(), tweet))?;
+                    if is_tag(term) {
+                        uses.remove((minute, term.as_str(), tweet))?;
+                    }
+                }
+                Ok(())
+            })
+            .await
+    }
+
+    async fn postings(
+        &self,
+        term: &str,
+        before: Option<u64>,
+        since: Option<u64>,
+        max: usize,
+    ) -> Result<Vec<Posting>, StoreError> {
+        let term = term.to_owned();
+        self.db
+            .read(move |txn| {
+                let low = since.map_or(0, |since| since.saturating_add(1));
+                let high = before.unwrap_or(u64::MAX);
+                if low >= high {
+                    return Ok(Vec::new());
+                }
+                let table = txn.open_table(TERM_POSTINGS)?;
+                let range = table.range((term.as_str(), low)..(term.as_str(), high))?;
+                let decode = |entry: Result<_, redb::StorageError>| {
+                    let (key, value): (redb::AccessGuard<(&str, u64)>, redb::AccessGuard<&[u8]>) =
+                        entry?;
+                    Ok::<_, StoreError>(Posting {
+                        tweet_id: key.value().1,
+                        terms: IndexedTerms::decode(value.value())?.terms,
+                    })
+                };
+                if since.is_some() {
+                    range.take(max).map(decode).collect()
+                } else {
+                    range.rev().take(max).map(decode).collect()
+                }
+            })
+            .await
+    }
+
+    async fn tag_uses(
+        &self,
+        from: i64,
+        to: i64,
+        per_minute: usize,
+    ) -> Result<Vec<(String, u64)>, StoreError> {
+        self.db
+            .read(move |txn| {
+                let uses = txn.open_table(TAG_USES)?;
+                let mut counts = std::collections::HashMap::<String, u64>::new();
+                for minute in from..=to {
+                    let range = uses.range((minute, "", 0)..(minute + 1, "", 0))?;
+                    for entry in range.take(per_minute) {
+                        let (key, _) = entry?;
+                        *counts.entry(key.value().1.to_owned()).or_default() += 1;
+                    }
+                }
+                Ok(counts.into_iter().collect())
             })
             .await
     }

@@ -84,6 +84,31 @@ pub struct Reacted {
     pub next: Option<u64>,
 }
 
+/// One tweet under one term of the index: the tweet, and every term it is indexed under (so a
+/// search of several terms checks the others without another read).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Posting {
+    pub tweet_id: u64,
+    pub terms: Vec<String>,
+}
+
+/// The terms a tweet is indexed under, as the embedded store keeps them.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct IndexedTerms {
+    #[prost(string, repeated, tag = "1")]
+    pub terms: Vec<String>,
+}
+
+/// How long a tag use counts towards trends: uses of tweets older than this are not written
+/// (and, on CQL, expire), twice the trends window so a late event still lands in it.
+pub const TREND_RETENTION_MINUTES: i64 = 120;
+
+/// The minute (Unix ms / 60,000) a tweet's tag uses count in: its ID's time, so a redelivered
+/// or late event lands in the same minute as the first.
+pub fn minute_of(tweet: u64) -> i64 {
+    twtr_common::id::millis_of(tweet) / 60_000
+}
+
 /// The `tweets` keyspace's schema: the numbered files in `cql/tweets/`, which `twtr migrate`
 /// applies (see `twtr_common::cql::migrate`). A file added there must be added here too (a test
 /// checks).
@@ -93,6 +118,7 @@ pub const SCHEMA: twtr_common::cql::Schema = twtr_common::cql_schema!(
     2 => "002_authors_and_post_keys.cql",
     3 => "003_settled_changes.cql",
     4 => "004_outbox_by_time.cql",
+    5 => "005_search_and_trends.cql",
 );
 
 #[async_trait]
@@ -225,6 +251,33 @@ pub trait TweetStore: Send + Sync {
     }
     /// One page of everyone's live tweets, newest first.
     async fn public_timeline(&self, page: PageRequest) -> Result<Page<TweetRecord>, StoreError>;
+    /// Indexes the tweet `tweet` under `terms` (its `words::index_terms`): a posting per term
+    /// and, for each tag (`#` term) and a tweet younger than [`TREND_RETENTION_MINUTES`], a use
+    /// in the tweet's minute ([`minute_of`]). Idempotent (indexing twice leaves one posting and
+    /// one use), and a no-op for an unknown or deleted tweet: once [`TweetStore::delete`] has
+    /// run, the tweet stays out of the index whatever order this and
+    /// [`TweetStore::unindex`] run in, even concurrently.
+    async fn index(&self, tweet: u64, terms: Vec<String>) -> Result<(), StoreError>;
+    /// Removes the deleted tweet `tweet` from the index and from trends. Idempotent; a no-op
+    /// for a tweet never indexed or not deleted.
+    async fn unindex(&self, tweet: u64) -> Result<(), StoreError>;
+    /// Up to `max` postings of `term` with IDs below `before` and above `since`: newest first,
+    /// or, with `since`, oldest first (polling).
+    async fn postings(
+        &self,
+        term: &str,
+        before: Option<u64>,
+        since: Option<u64>,
+        max: usize,
+    ) -> Result<Vec<Posting>, StoreError>;
+    /// How many distinct tweets used each tag in the minutes `from..=to` ([`minute_of`]), the
+    /// tag with its `#`, in no order; at most `per_minute` uses are read from each minute.
+    async fn tag_uses(
+        &self,
+        from: i64,
+        to: i64,
+        per_minute: usize,
+    ) -> Result<Vec<(String, u64)>, StoreError>;
     /// The outbox that `create` stages events into.
     fn outbox(&self) -> Arc<dyn Outbox>;
 }

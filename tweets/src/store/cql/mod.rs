@@ -11,6 +11,8 @@
 //!   creates, reactions and deletions in a task of their own: once a change is decided, its
 //!   remaining steps run even if the caller goes away (a deadline drops its future); and
 //!   `Inner::settle`, which finishes a write from its event consumed back.
+//! - `index`: hashtags, search and trends (`005_search_and_trends.cql`): the index a tweet's
+//!   own events feed, its postings read hour by hour, tag uses counted minute by minute.
 //! - `create`, `reactions` and `delete`: the write paths, each in three steps (decide, batch,
 //!   count): creates (below), likes and retweets (`Inner::react`) and deletions
 //!   (`Inner::delete`), the last two as the schema's header describes: a lightweight transaction
@@ -90,6 +92,7 @@
 
 mod create;
 mod delete;
+mod index;
 mod reactions;
 mod reads;
 mod statements;
@@ -111,7 +114,7 @@ use twtr_proto::events::v1::Envelope;
 use twtr_proto::events::v1::envelope::Payload;
 
 use self::statements::ReactionStatements;
-use super::{KeyClaim, Reacted, Reaction, TweetRecord, TweetStore};
+use super::{KeyClaim, Posting, Reacted, Reaction, TweetRecord, TweetStore};
 
 /// The most keys one `IN` list carries: a longer list makes one coordinator wait on many
 /// partitions at once; shorter lists run in parallel instead.
@@ -175,6 +178,8 @@ struct Inner {
     buckets_forward: PreparedStatement,
     timeline_backward: PreparedStatement,
     timeline_forward: PreparedStatement,
+    /// Hashtags, search and trends (`index`).
+    search: index::IndexStatements,
     /// The newest timeline hour this process has written to `timeline_buckets`, so a batch adds
     /// that row once an hour rather than with every tweet (the partition is one hot row set).
     bucket_written: Mutex<Option<i64>>,
@@ -386,6 +391,33 @@ impl TweetStore for CqlTweetStore {
 
     async fn public_timeline(&self, page: PageRequest) -> Result<Page<TweetRecord>, StoreError> {
         self.inner.public_timeline(page).await
+    }
+
+    async fn index(&self, tweet: u64, terms: Vec<String>) -> Result<(), StoreError> {
+        self.inner.index(tweet, terms).await
+    }
+
+    async fn unindex(&self, tweet: u64) -> Result<(), StoreError> {
+        self.inner.unindex(tweet).await
+    }
+
+    async fn postings(
+        &self,
+        term: &str,
+        before: Option<u64>,
+        since: Option<u64>,
+        max: usize,
+    ) -> Result<Vec<Posting>, StoreError> {
+        self.inner.postings(term, before, since, max).await
+    }
+
+    async fn tag_uses(
+        &self,
+        from: i64,
+        to: i64,
+        per_minute: usize,
+    ) -> Result<Vec<(String, u64)>, StoreError> {
+        self.inner.tag_uses(from, to, per_minute).await
     }
 
     fn outbox(&self) -> Arc<dyn Outbox> {

@@ -105,6 +105,7 @@ impl Inner {
             page_backward: ks.prepare(PAGE_BACKWARD).await?,
             page_forward: ks.prepare(PAGE_FORWARD).await?,
             bucket_written: Mutex::new(None),
+            search: super::index::IndexStatements::new(&ks).await?,
             ks,
         })
     }
