@@ -20,6 +20,7 @@
 //! `twtr_common::runtime`).
 
 pub mod backends;
+mod backup;
 mod cli;
 mod edge;
 mod events;
@@ -34,6 +35,7 @@ use futures_util::future::BoxFuture;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use twtr_common::runtime::ServiceRuntime;
 use twtr_common::bus::{ConsumerSettings, QueueType};
 use twtr_common::cql::CqlConfig;
 use twtr_common::telemetry::{self, LogFormat};
@@ -412,6 +414,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Err(err) => Err(err),
         },
         Command::Migrate => backends::migrate(&config).await,
+        Command::Backup(args) => match config.mesh_tls() {
+            Ok(tls) => {
+                let url = args
+                    .url
+                    .clone()
+                    .unwrap_or_else(|| config.service_urls().users);
+                backup::backup(args, &url, tls.as_ref()).await
+            }
+            Err(err) => Err(err),
+        },
+        Command::Restore(args) => backup::restore(&args, &config.data_dir),
         Command::All
         | Command::Gateway
         | Command::Users
@@ -610,6 +623,26 @@ pub async fn start(
     first_error.map_or(Ok(()), Err)
 }
 
+/// `runtime`, serving backups of the data directory when the store is embedded.
+fn backups<S>(runtime: ServiceRuntime<S>, config: &Config) -> ServiceRuntime<S>
+where
+    S: tonic::codegen::Service<
+            tonic::codegen::http::Request<tonic::body::Body>,
+            Response = tonic::codegen::http::Response<tonic::body::Body>,
+            Error = std::convert::Infallible,
+        > + tonic::server::NamedService
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
+    match &config.storage {
+        Storage::Embedded { data_dir } => runtime.serving_backups(data_dir.clone()),
+        Storage::Cql(_) => runtime,
+    }
+}
+
 /// A built service: runs on its listener until its stop token.
 type RunService = Box<
     dyn FnOnce(TcpListener, CancellationToken) -> BoxFuture<'static, anyhow::Result<()>> + Send,
@@ -650,7 +683,7 @@ impl Services {
                 verifier: verifier.clone(),
             })
             .await?;
-            let runtime = runtime.with_tls(tls.cloned());
+            let runtime = backups(runtime.with_tls(tls.cloned()), config);
             built.insert(
                 Part::Feeds,
                 Box::new(|l, stop| Box::pin(runtime.run(l, stop))),
@@ -666,7 +699,7 @@ impl Services {
                 verifier: verifier.clone(),
             })
             .await?;
-            let runtime = runtime.with_tls(tls.cloned());
+            let runtime = backups(runtime.with_tls(tls.cloned()), config);
             built.insert(
                 Part::Tweets,
                 Box::new(|l, stop| Box::pin(runtime.run(l, stop))),
@@ -683,7 +716,7 @@ impl Services {
                 verifier: verifier.clone(),
             })
             .await?;
-            let runtime = runtime.with_tls(tls.cloned());
+            let runtime = backups(runtime.with_tls(tls.cloned()), config);
             built.insert(
                 Part::Followers,
                 Box::new(|l, stop| Box::pin(runtime.run(l, stop))),
@@ -697,7 +730,7 @@ impl Services {
                 tokens: backends::token_signer(config, deployment)?,
                 verifier: verifier.clone(),
             })?;
-            let runtime = runtime.with_tls(tls.cloned());
+            let runtime = backups(runtime.with_tls(tls.cloned()), config);
             built.insert(
                 Part::Users,
                 Box::new(|l, stop| Box::pin(runtime.run(l, stop))),

@@ -45,6 +45,7 @@
 //! hands each delivery to an idempotent handler and acknowledges only after the effect is stored.
 
 pub mod auth;
+pub mod backup;
 pub mod bus;
 pub mod client;
 pub mod clock;

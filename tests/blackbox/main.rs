@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
 mod accounts;
+mod backup;
 mod binary;
 mod clusters;
 mod config;
