@@ -24,6 +24,7 @@ mod backup;
 mod cli;
 mod edge;
 mod events;
+mod export;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -425,6 +426,20 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Err(err) => Err(err),
         },
         Command::Restore(args) => backup::restore(&args, &config.data_dir),
+        Command::Export(args) => match &config.storage {
+            Storage::Cql(cql) => export::export(args, cql, &backends::SCHEMAS).await,
+            Storage::Embedded { .. } => Err(anyhow::anyhow!(
+                "export reads CQL keyspaces: set TWTR_SCYLLA_NODES (for the embedded store, \
+                 use `twtr backup`)"
+            )),
+        },
+        Command::Import(args) => match &config.storage {
+            Storage::Cql(cql) => export::import(args, cql, &backends::SCHEMAS).await,
+            Storage::Embedded { .. } => Err(anyhow::anyhow!(
+                "import writes CQL keyspaces: set TWTR_SCYLLA_NODES (for the embedded store, \
+                 use `twtr restore`)"
+            )),
+        },
         Command::All
         | Command::Gateway
         | Command::Users

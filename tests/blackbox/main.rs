@@ -12,6 +12,7 @@ mod cql;
 mod dead_letters;
 mod degraded;
 mod edge;
+mod export;
 mod faults;
 mod feeds;
 mod follows;
