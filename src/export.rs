@@ -227,9 +227,7 @@ pub async fn export(
             }
             service.tables.insert(table.name.clone(), rows);
         }
-        manifest
-            .services
-            .insert(schema.service.to_owned(), service);
+        manifest.services.insert(schema.service.to_owned(), service);
     }
     write_json(dir, MANIFEST, &manifest)?;
     let total: u64 = manifest
@@ -254,14 +252,13 @@ pub async fn import(
 ) -> anyhow::Result<()> {
     let started = Instant::now();
     let dir = &args.from;
-    let manifest: Manifest = serde_json::from_slice(
-        &std::fs::read(dir.join(MANIFEST)).with_context(|| {
+    let manifest: Manifest =
+        serde_json::from_slice(&std::fs::read(dir.join(MANIFEST)).with_context(|| {
             format!(
                 "no finished export in {} (no {MANIFEST}; run the export again to finish it)",
                 dir.display()
             )
-        })?,
-    )?;
+        })?)?;
     anyhow::ensure!(
         manifest.format == FORMAT,
         "an export of format {}; this twtr reads format {FORMAT}",

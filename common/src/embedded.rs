@@ -190,7 +190,9 @@ impl EmbeddedDb {
             shared,
             writer: Some((jobs, thread)),
         });
-        let mut open = OPEN.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut open = OPEN
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         open.retain(|db| db.strong_count() > 0);
         open.push(Arc::downgrade(&inner));
         Ok(Self { inner })
@@ -303,7 +305,9 @@ static OPEN: Mutex<Vec<Weak<Inner>>> = Mutex::new(Vec::new());
 /// The databases this process has open in `dir`, by file name.
 pub fn open_under(dir: &Path) -> Vec<EmbeddedDb> {
     let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_owned());
-    let open = OPEN.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let open = OPEN
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let mut found: Vec<EmbeddedDb> = open
         .iter()
         .filter_map(Weak::upgrade)

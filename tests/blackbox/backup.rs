@@ -191,8 +191,16 @@ async fn a_backup_under_load_restores_every_acknowledged_write() {
         let (status, user) = mesh.get(&format!("/v1/users/{id}"), None).await;
         assert_eq!(status, StatusCode::OK);
         assert_eq!(user["tweets_count"], listed.len(), "writer {i}: {user}");
-        assert_eq!(user["following_count"], following.len(), "writer {i}: {user}");
-        assert_eq!(user["followers_count"], followers.len(), "writer {i}: {user}");
+        assert_eq!(
+            user["following_count"],
+            following.len(),
+            "writer {i}: {user}"
+        );
+        assert_eq!(
+            user["followers_count"],
+            followers.len(),
+            "writer {i}: {user}"
+        );
     }
     // Feeds converge: writer 0 follows every other writer, so every tweet of theirs in the
     // restored store reaches its feed, fan-outs in flight at the backup included (re-relayed

@@ -123,7 +123,11 @@ async fn an_export_imported_into_fresh_keyspaces_serves_the_same_data() {
         }
     }
     let (status, _) = source
-        .post(&format!("/v1/tweets/{}/like", tweets[4]), Some(&users[0].1), json!({}))
+        .post(
+            &format!("/v1/tweets/{}/like", tweets[4]),
+            Some(&users[0].1),
+            json!({}),
+        )
         .await;
     assert_eq!(status, StatusCode::NO_CONTENT);
     // Users 0, 1 and 2 tweeted three times each, and user 0 follows 1 and 2.
@@ -162,7 +166,11 @@ async fn an_export_imported_into_fresh_keyspaces_serves_the_same_data() {
     let once: Vec<&str> = once.iter().map(String::as_str).collect();
     twtr(&once, &env).await;
     let files = exported(&resumed);
-    assert_eq!(files, exported(&whole), "a resumed export writes what one run does");
+    assert_eq!(
+        files,
+        exported(&whole),
+        "a resumed export writes what one run does"
+    );
     assert!(
         files.keys().any(|f| f.starts_with("tweets/tweets/")),
         "{:?}",
@@ -190,7 +198,10 @@ async fn an_export_imported_into_fresh_keyspaces_serves_the_same_data() {
     })
     .await;
     let after = view(&imported, &names).await;
-    assert_eq!(after, before, "the imported keyspaces serve what the source did");
+    assert_eq!(
+        after, before,
+        "the imported keyspaces serve what the source did"
+    );
     imported.stop().await;
     drop(target);
     source.stop().await;
