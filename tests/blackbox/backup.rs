@@ -94,7 +94,7 @@ async fn a_backup_under_load_restores_every_acknowledged_write() {
                         id: text(&tweet["id"]),
                     };
                     acked.lock().unwrap().push((Instant::now(), write));
-                    if n % 5 == 0 {
+                    if n.is_multiple_of(5) {
                         // Follow the next user along (idempotent when repeated).
                         let followee = (w + n / 5) % users.len();
                         if followee != w {
