@@ -328,3 +328,79 @@ impl admin_server::Admin for BackupAdmin {
         }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use redb::{ReadableDatabase as _, ReadableTableMetadata as _, TableDefinition};
+
+    use super::*;
+
+    const ROWS: TableDefinition<u64, u64> = TableDefinition::new("rows");
+
+    async fn database(dir: &Path) -> EmbeddedDb {
+        let db = EmbeddedDb::open(&dir.join("t.redb"), |tx| {
+            tx.open_table(ROWS)?;
+            Ok(())
+        })
+        .unwrap();
+        db.write(|tx| {
+            let mut rows = tx.open_table(ROWS)?;
+            for i in 0..100 {
+                rows.insert(i, i * 2)?;
+            }
+            Ok(())
+        })
+        .await
+        .unwrap();
+        db
+    }
+
+    #[tokio::test]
+    async fn a_backup_restores_whole_and_refuses_what_is_not_empty_or_not_intact() {
+        let data = tempfile::tempdir().unwrap();
+        let db = database(data.path()).await;
+        let out = tempfile::tempdir().unwrap();
+        let to = out.path().join("backup");
+        let done = tokio::task::spawn_blocking({
+            let (data, to) = (data.path().to_owned(), to.clone());
+            move || backup(&data, &to)
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        assert_eq!(done.manifest.files.len(), 1, "{:?}", done.manifest);
+        // Writes go on once the backup is done.
+        db.write(|tx| Ok(tx.open_table(ROWS)?.insert(1000, 1).map(|_| ())?))
+            .await
+            .unwrap();
+
+        let again = backup(data.path(), &to).unwrap_err();
+        assert!(format!("{again:#}").contains("not empty"), "{again:#}");
+        let into_live = restore(&to, data.path()).unwrap_err();
+        assert!(
+            format!("{into_live:#}").contains("not empty"),
+            "{into_live:#}"
+        );
+
+        let restored = out.path().join("restored");
+        restore(&to, &restored).unwrap();
+        let copy = redb::Database::open(restored.join("t.redb")).unwrap();
+        let read = copy.begin_read().unwrap();
+        let rows = read.open_table(ROWS).unwrap();
+        assert_eq!(
+            rows.len().unwrap(),
+            100,
+            "the rows of the cut, not the write after it"
+        );
+        drop((rows, read, copy));
+
+        // One byte changed: the restore refuses the file.
+        let file = to.join("t.redb");
+        let mut bytes = std::fs::read(&file).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0xff;
+        std::fs::write(&file, bytes).unwrap();
+        let damaged = restore(&to, &out.path().join("again")).unwrap_err();
+        assert!(format!("{damaged:#}").contains("damaged"), "{damaged:#}");
+    }
+}
