@@ -11,6 +11,9 @@
 //!   service is a real gRPC server on its own listener, and the gateway calls the services over
 //!   gRPC whether they run in its process or elsewhere: a part that runs here is reached at its
 //!   listener, the others at their configured URLs.
+//! - The operator commands that run and exit: `migrate`, `token`, `events` (dead letters),
+//!   `backup` / `restore` (the embedded store, `backup.rs`), `export` / `import` (the CQL
+//!   keyspaces, `export.rs`), `seed` / `bench`.
 //!
 //! # Shutdown
 //!
