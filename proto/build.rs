@@ -9,6 +9,7 @@ use prost::Message as _;
 const PROTOS: &[&str] = &[
     "twtr/events/v1/events.proto",
     "twtr/events/v1/dead_letters.proto",
+    "twtr/admin/v1/admin.proto",
     "twtr/users/v1/users.proto",
     "twtr/tweets/v1/tweets.proto",
     "twtr/followers/v1/followers.proto",

@@ -25,6 +25,11 @@ Usage: chart_scenarios.py --helm .tools/bin/helm --chart charts/twtr [--deploy s
   gke-monitoring  with managed Prometheus's API present: a PodMonitoring for every part, alert
                   Rules, and the metrics NetworkPolicy admitting its collectors (gmp-system)
                   where the values narrow who may scrape
+  backup-cronjob  backup.enabled renders a CronJob (none by default) on the default schedule,
+                  with the parts' restricted security contexts, writing to the named claim, or
+                  exporting to scratch and uploading with the named gsutil image to the bucket;
+                  its NetworkPolicy reaches ScyllaDB (and HTTPS for a bucket); no destination
+                  is refused
   gke-guide       (with --guide docs/gke.md) every Google Cloud object the production values
                   name but the chart cannot make (the static IP, the Cloud Armor policy) is
                   created by a command in the guide, and the nodes get the registry's reader role
@@ -310,6 +315,44 @@ def gke_guide(run):
     assert "--workload-pool" in guide, f"{run.guide} does not enable Workload Identity on the cluster"
 
 
+def backup_cronjob(run):
+    assert not kind(run.render(MINIMAL), "CronJob"), "a backup CronJob although backup.enabled is off"
+    docs = run.render(MINIMAL, {"backup": {"enabled": True, "volume": {"claimName": "twtr-backups"}}})
+    jobs = kind(docs, "CronJob")
+    assert len(jobs) == 1, f"{len(jobs)} CronJobs"
+    job = jobs[0]
+    assert job["spec"]["schedule"] == "0 */4 * * *", job["spec"]["schedule"]
+    assert job["spec"]["concurrencyPolicy"] == "Forbid"
+    pod = job["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    assert pod["securityContext"].get("runAsNonRoot") is True, "the backup pod may run as root"
+    [export] = pod["containers"]
+    assert export["args"][:3] == ["export", "--to", "/backup/$(JOB_NAME)"], export["args"]
+    assert export["securityContext"].get("readOnlyRootFilesystem") is True
+    assert export["securityContext"].get("allowPrivilegeEscalation") is False
+    assert any(e["name"] == "TWTR_SCYLLA_NODES" for e in export["env"]), "no TWTR_SCYLLA_NODES"
+    claims = [v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"] if "persistentVolumeClaim" in v]
+    assert claims == ["twtr-backups"], claims
+    policy = named(docs, "NetworkPolicy", job["metadata"]["name"])
+    assert allows(policy, 9042), "the backup pods cannot reach ScyllaDB"
+    assert not allows(policy, 443), "the backup pods may reach HTTPS without a bucket"
+    assert policy["spec"]["ingress"] == [], "something may reach the backup pods"
+
+    docs = run.render(MINIMAL, {"backup": {"enabled": True, "bucket": "gs://twtr-backups",
+                                           "uploader": {"image": "google-cloud-cli:slim"}}})
+    pod = kind(docs, "CronJob")[0]["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    assert [c["name"] for c in pod["initContainers"]] == ["export"], "the export does not run first"
+    [upload] = pod["containers"]
+    assert upload["image"] == "google-cloud-cli:slim"
+    assert upload["command"][-2:] == ["/backup/$(JOB_NAME)", "gs://twtr-backups/$(JOB_NAME)"], upload["command"]
+    assert upload["securityContext"].get("readOnlyRootFilesystem") is True
+    policy = named(docs, "NetworkPolicy", kind(docs, "CronJob")[0]["metadata"]["name"])
+    assert allows(policy, 443), "the uploader cannot reach Cloud Storage"
+
+    done = run.render(MINIMAL, {"backup": {"enabled": True}}, expect_failure=True)
+    assert done.returncode != 0, "a backup CronJob with nowhere to write rendered"
+    assert "needs a destination" in done.stderr, done.stderr.strip()
+
+
 SCENARIOS = [
     ("tracing", tracing),
     ("extra-egress", extra_egress),
@@ -320,6 +363,7 @@ SCENARIOS = [
     ("digest", digest),
     ("per-part", per_part),
     ("gke-monitoring", gke_monitoring),
+    ("backup-cronjob", backup_cronjob),
     ("gke-guide", gke_guide),
 ]
 

@@ -244,6 +244,18 @@ pub enum Command {
     /// Operate on events: `twtr events dead list|show|redrive --queue feeds` (a running
     /// service's dead letters, on either bus).
     Events(crate::events::EventsArgs),
+    /// Copy the embedded store of a running process (every part's file, one consistent cut)
+    /// into a new directory on its host: `twtr backup --to DIR`.
+    Backup(crate::backup::BackupArgs),
+    /// Put a backup into an empty data directory (TWTR_DATA_DIR), with the mesh stopped:
+    /// `twtr restore --from DIR`. Checks every file against the backup's manifest.
+    Restore(crate::backup::RestoreArgs),
+    /// Export the CQL keyspaces through the driver, table by table, in token ranges, into a
+    /// directory of JSON lines (resumable: run again to go on): `twtr export --to DIR`.
+    Export(crate::export::ExportArgs),
+    /// Import an export into keyspaces `twtr migrate` made (another prefix or cluster, Cassandra
+    /// or ScyllaDB): `twtr import --from DIR`.
+    Import(crate::export::ImportArgs),
     /// Write a deterministic data set (users, a heavy-tailed follow graph, tweets) into a
     /// running mesh through its public API; safe to repeat, resumable.
     Seed(twtr_bench::SeedArgs),

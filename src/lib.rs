@@ -11,6 +11,9 @@
 //!   service is a real gRPC server on its own listener, and the gateway calls the services over
 //!   gRPC whether they run in its process or elsewhere: a part that runs here is reached at its
 //!   listener, the others at their configured URLs.
+//! - The operator commands that run and exit: `migrate`, `token`, `events` (dead letters),
+//!   `backup` / `restore` (the embedded store, `backup.rs`), `export` / `import` (the CQL
+//!   keyspaces, `export.rs`), `seed` / `bench`.
 //!
 //! # Shutdown
 //!
@@ -20,9 +23,11 @@
 //! `twtr_common::runtime`).
 
 pub mod backends;
+mod backup;
 mod cli;
 mod edge;
 mod events;
+mod export;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -36,6 +41,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use twtr_common::bus::{ConsumerSettings, QueueType};
 use twtr_common::cql::CqlConfig;
+use twtr_common::runtime::ServiceRuntime;
 use twtr_common::telemetry::{self, LogFormat};
 use twtr_common::tls::{MeshTls, TlsFiles};
 use twtr_feeds::FeedLimits;
@@ -412,6 +418,31 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Err(err) => Err(err),
         },
         Command::Migrate => backends::migrate(&config).await,
+        Command::Backup(args) => match config.mesh_tls() {
+            Ok(tls) => {
+                let url = args
+                    .url
+                    .clone()
+                    .unwrap_or_else(|| config.service_urls().users);
+                backup::backup(args, &url, tls.as_ref()).await
+            }
+            Err(err) => Err(err),
+        },
+        Command::Restore(args) => backup::restore(&args, &config.data_dir),
+        Command::Export(args) => match &config.storage {
+            Storage::Cql(cql) => export::export(args, cql, &backends::SCHEMAS).await,
+            Storage::Embedded { .. } => Err(anyhow::anyhow!(
+                "export reads CQL keyspaces: set TWTR_SCYLLA_NODES (for the embedded store, \
+                 use `twtr backup`)"
+            )),
+        },
+        Command::Import(args) => match &config.storage {
+            Storage::Cql(cql) => export::import(args, cql, &backends::SCHEMAS).await,
+            Storage::Embedded { .. } => Err(anyhow::anyhow!(
+                "import writes CQL keyspaces: set TWTR_SCYLLA_NODES (for the embedded store, \
+                 use `twtr restore`)"
+            )),
+        },
         Command::All
         | Command::Gateway
         | Command::Users
@@ -610,6 +641,26 @@ pub async fn start(
     first_error.map_or(Ok(()), Err)
 }
 
+/// `runtime`, serving backups of the data directory when the store is embedded.
+fn backups<S>(runtime: ServiceRuntime<S>, config: &Config) -> ServiceRuntime<S>
+where
+    S: tonic::codegen::Service<
+            tonic::codegen::http::Request<tonic::body::Body>,
+            Response = tonic::codegen::http::Response<tonic::body::Body>,
+            Error = std::convert::Infallible,
+        > + tonic::server::NamedService
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
+    match &config.storage {
+        Storage::Embedded { data_dir } => runtime.serving_backups(data_dir.clone()),
+        Storage::Cql(_) => runtime,
+    }
+}
+
 /// A built service: runs on its listener until its stop token.
 type RunService = Box<
     dyn FnOnce(TcpListener, CancellationToken) -> BoxFuture<'static, anyhow::Result<()>> + Send,
@@ -650,7 +701,7 @@ impl Services {
                 verifier: verifier.clone(),
             })
             .await?;
-            let runtime = runtime.with_tls(tls.cloned());
+            let runtime = backups(runtime.with_tls(tls.cloned()), config);
             built.insert(
                 Part::Feeds,
                 Box::new(|l, stop| Box::pin(runtime.run(l, stop))),
@@ -666,7 +717,7 @@ impl Services {
                 verifier: verifier.clone(),
             })
             .await?;
-            let runtime = runtime.with_tls(tls.cloned());
+            let runtime = backups(runtime.with_tls(tls.cloned()), config);
             built.insert(
                 Part::Tweets,
                 Box::new(|l, stop| Box::pin(runtime.run(l, stop))),
@@ -683,7 +734,7 @@ impl Services {
                 verifier: verifier.clone(),
             })
             .await?;
-            let runtime = runtime.with_tls(tls.cloned());
+            let runtime = backups(runtime.with_tls(tls.cloned()), config);
             built.insert(
                 Part::Followers,
                 Box::new(|l, stop| Box::pin(runtime.run(l, stop))),
@@ -697,7 +748,7 @@ impl Services {
                 tokens: backends::token_signer(config, deployment)?,
                 verifier: verifier.clone(),
             })?;
-            let runtime = runtime.with_tls(tls.cloned());
+            let runtime = backups(runtime.with_tls(tls.cloned()), config);
             built.insert(
                 Part::Users,
                 Box::new(|l, stop| Box::pin(runtime.run(l, stop))),

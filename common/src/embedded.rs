@@ -19,10 +19,15 @@
 //! moment, the write is lost although someone saw it, and its caller, who never heard back,
 //! retries. The outbox is the exception, because what leaves it cannot be taken back: the relay
 //! only ever reads events whose fsync has completed.
+//!
+//! **Backups.** [`open_under`] finds the databases this process has open in a data directory,
+//! and [`EmbeddedDb::hold_writes`] parks a database's writer thread after an fsync, so the file
+//! stays exactly as it is on disk while reads go on: [`crate::backup`] holds every file's writes
+//! at once and copies them, which is one consistent cut across the files.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, mpsc};
+use std::sync::{Arc, Mutex, Weak, mpsc};
 use std::thread::JoinHandle;
 
 use async_trait::async_trait;
@@ -80,6 +85,8 @@ pub struct EmbeddedDb {
 struct Inner {
     db: Arc<Database>,
     path: PathBuf,
+    /// The directory the file is in, canonical, for [`open_under`].
+    dir: PathBuf,
     shared: Arc<Shared>,
     /// The writer thread and the way to it; taken on drop, to close the database for good
     /// before the handle is gone (a test may open the same file right after).
@@ -172,14 +179,63 @@ impl EmbeddedDb {
                 .spawn(move || write_groups(&db, &queue, &shared))
                 .map_err(StoreError::backend)?
         };
-        Ok(Self {
-            inner: Arc::new(Inner {
-                db,
-                path: path.to_owned(),
-                shared,
-                writer: Some((jobs, thread)),
-            }),
-        })
+        let dir = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let inner = Arc::new(Inner {
+            db,
+            path: path.to_owned(),
+            dir: dir.canonicalize().unwrap_or_else(|_| dir.to_owned()),
+            shared,
+            writer: Some((jobs, thread)),
+        });
+        let mut open = OPEN
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        open.retain(|db| db.strong_count() > 0);
+        open.push(Arc::downgrade(&inner));
+        Ok(Self { inner })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Makes every commit so far durable, then parks the writer thread until the returned
+    /// guard is dropped: until then the file on disk is exactly the last commit, and stays so
+    /// (reads go on; writes wait in the queue). Blocks until the writer gets to it, behind the
+    /// writes already queued. For [`crate::backup`], which copies the file meanwhile.
+    pub fn hold_writes(&self) -> Result<WritesHeld, StoreError> {
+        let (parked, is_parked) = mpsc::channel::<Result<(), String>>();
+        let (release, released) = mpsc::channel::<()>();
+        let job: Job = Box::new(move |db, _| {
+            let _ = parked.send(sync(db).map_err(|err| err.to_string()));
+            // Returns when the guard's sender is dropped.
+            let _ = released.recv();
+            Done {
+                committed: false,
+                staged_up_to: None,
+                reply: Box::new(|_| {}),
+            }
+        });
+        let gone = || {
+            StoreError::backend(std::io::Error::other(
+                "the database's writer thread is gone",
+            ))
+        };
+        let writer = self.inner.writer.as_ref().map(|(jobs, _)| jobs);
+        if writer.is_none_or(|jobs| jobs.send(job).is_err()) {
+            return Err(gone());
+        }
+        match is_parked.recv() {
+            Ok(Ok(())) => Ok(WritesHeld { _release: release }),
+            Ok(Err(err)) => Err(StoreError::backend(std::io::Error::other(format!(
+                "the fsync before holding writes failed: {err}"
+            )))),
+            Err(_) => Err(gone()),
+        }
     }
 
     /// Runs `f` in one write transaction on the writer thread and commits it if `f` returns
@@ -240,6 +296,31 @@ impl EmbeddedDb {
         })
         .await?
     }
+}
+
+/// Every database this process opened and still has open (a redb file can be open once per
+/// process anyway), for [`open_under`].
+static OPEN: Mutex<Vec<Weak<Inner>>> = Mutex::new(Vec::new());
+
+/// The databases this process has open in `dir`, by file name.
+pub fn open_under(dir: &Path) -> Vec<EmbeddedDb> {
+    let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_owned());
+    let open = OPEN
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut found: Vec<EmbeddedDb> = open
+        .iter()
+        .filter_map(Weak::upgrade)
+        .filter(|inner| inner.dir == dir && inner.writer.is_some())
+        .map(|inner| EmbeddedDb { inner })
+        .collect();
+    found.sort_by(|a, b| a.inner.path.cmp(&b.inner.path));
+    found
+}
+
+/// Writes held by [`EmbeddedDb::hold_writes`]; dropping it lets them go on.
+pub struct WritesHeld {
+    _release: mpsc::Sender<()>,
 }
 
 /// One write transaction at `durability`: `f`'s value and the last outbox sequence it staged.

@@ -36,9 +36,11 @@ use tonic::codegen::{Service, http};
 use tonic::server::NamedService;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
+use twtr_proto::admin::v1::admin_server::AdminServer;
 use twtr_proto::events::v1::dead_letters_server::DeadLettersServer;
 
 use crate::auth::CallerLayer;
+use crate::backup::BackupAdmin;
 use crate::bus::Readiness;
 use crate::bus::admin::DeadLetterAdmin;
 use crate::context::RequestIdLayer;
@@ -52,6 +54,7 @@ const HEALTH_SERVICE: &str = "grpc.health.v1.Health";
 /// The health entry of the event broker (see the [module docs](self)).
 pub const EVENTS_HEALTH: &str = "twtr.events";
 const DEAD_LETTERS_SERVICE: &str = "twtr.events.v1.DeadLetters";
+const ADMIN_SERVICE: &str = "twtr.admin.v1.Admin";
 /// How often a ready store is probed, and an unready one.
 const PROBE_READY: std::time::Duration = std::time::Duration::from_secs(5);
 const PROBE_UNREADY: std::time::Duration = std::time::Duration::from_secs(1);
@@ -66,6 +69,8 @@ pub struct Serving {
     pub events: Readiness,
     /// The dead letters of the queue the service consumes, if it consumes one.
     pub dead_letters: Option<DeadLettersServer<DeadLetterAdmin>>,
+    /// Backups of the process's embedded files, if it keeps its data in them.
+    pub admin: Option<AdminServer<BackupAdmin>>,
     /// The keys callers' tokens are verified with; `None` refuses every call that acts as a
     /// user.
     pub tokens: Option<Arc<TokenVerifier>>,
@@ -81,6 +86,7 @@ impl Serving {
             ready: Readiness::always(),
             events: Readiness::always(),
             dead_letters: None,
+            admin: None,
             tokens: None,
             tls: None,
         }
@@ -183,6 +189,8 @@ where
     ];
     let dead_letters = serving.dead_letters;
     let serves_dead_letters = dead_letters.is_some();
+    let admin = serving.admin;
+    let serves_admin = admin.is_some();
 
     let reflection = || {
         let mut builder = tonic_reflection::server::Builder::configure()
@@ -195,6 +203,9 @@ where
         }
         if serves_dead_letters {
             builder = builder.with_service_name(DEAD_LETTERS_SERVICE);
+        }
+        if serves_admin {
+            builder = builder.with_service_name(ADMIN_SERVICE);
         }
         builder
     };
@@ -230,6 +241,9 @@ where
     if serves_dead_letters {
         served.push(DEAD_LETTERS_SERVICE);
     }
+    if serves_admin {
+        served.push(ADMIN_SERVICE);
+    }
     metrics::install();
     // Outermost first: every call is counted, refused ones included.
     server
@@ -242,6 +256,7 @@ where
         .add_service(reflection_v1alpha)
         .add_service(service)
         .add_optional_service(dead_letters)
+        .add_optional_service(admin)
         .serve_with_incoming_shutdown(without_nagle(listener), drained)
         .await
         .with_context(|| format!("gRPC server for {} failed", S::NAME))

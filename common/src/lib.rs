@@ -15,7 +15,9 @@
 //!   the ScyllaDB/Cassandra foundation (config, session, keyspaces, schemas and migrations,
 //!   lightweight transactions, batches, count ledgers, the CQL outbox, deleted accounts).
 //!   [`outbox`]: the outbox trait both backends implement. [`purge`]: the purge of deleted
-//!   accounts that services which keep what users did run in the background.
+//!   accounts that services which keep what users did run in the background. [`backup`]: a
+//!   consistent copy of a running process's embedded files (`twtr.admin.v1.Admin/Backup`) and
+//!   its restore.
 //! - **Events.** [`bus`]: the event-bus trait, its in-process and RabbitMQ backends, the
 //!   consumer loop, the dead-letter admin service, and the conformance suite every backend
 //!   passes. [`relay`]: what moves stored events from an outbox onto the bus.
@@ -45,6 +47,7 @@
 //! hands each delivery to an idempotent handler and acknowledges only after the effect is stored.
 
 pub mod auth;
+pub mod backup;
 pub mod bus;
 pub mod client;
 pub mod clock;

@@ -23,6 +23,7 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -35,6 +36,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::codegen::{Service, http};
 use tonic::server::NamedService;
 
+use crate::backup::BackupAdmin;
 use crate::bus::admin::DeadLetterAdmin;
 use crate::bus::{self, ConsumerSettings, EventBus, EventHandler, QueueSpec, Subscription};
 use crate::grpc;
@@ -110,6 +112,8 @@ pub struct ServiceRuntime<S> {
     outbox: Option<Arc<dyn Outbox>>,
     consumer: Option<Consumer>,
     passes: Vec<Pass>,
+    /// The data directory whose embedded files `twtr.admin.v1.Admin/Backup` copies.
+    backups: Option<PathBuf>,
 }
 
 impl<S> std::fmt::Debug for ServiceRuntime<S> {
@@ -154,6 +158,7 @@ where
             outbox: None,
             consumer: None,
             passes: Vec::new(),
+            backups: None,
         }
     }
 
@@ -182,6 +187,13 @@ where
         self
     }
 
+    /// Serves backups of the embedded files in `data_dir` (`twtr.admin.v1.Admin`, see
+    /// [`crate::backup`]).
+    pub fn serving_backups(mut self, data_dir: PathBuf) -> Self {
+        self.backups = Some(data_dir);
+        self
+    }
+
     /// Runs `pass` in the background.
     pub fn with_pass(mut self, pass: Pass) -> Self {
         self.passes.push(pass);
@@ -204,6 +216,7 @@ where
             outbox,
             consumer,
             passes,
+            backups,
         } = self;
         if tokens.is_none() {
             tracing::warn!(
@@ -241,6 +254,7 @@ where
             dead_letters: consumer
                 .as_ref()
                 .map(|c| DeadLetterAdmin::server(Arc::clone(&bus), &c.queue.name)),
+            admin: backups.map(BackupAdmin::server),
             tokens,
             tls,
         };

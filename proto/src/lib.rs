@@ -9,6 +9,12 @@
 
 #![allow(clippy::all, clippy::pedantic, missing_docs)]
 
+pub mod admin {
+    pub mod v1 {
+        tonic::include_proto!("twtr.admin.v1");
+    }
+}
+
 pub mod users {
     pub mod v1 {
         tonic::include_proto!("twtr.users.v1");

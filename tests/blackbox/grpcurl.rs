@@ -40,19 +40,21 @@ async fn every_service_answers_grpcurl_list_and_health_check() {
             "{service} not listed at {addr}: {listed:?}"
         );
         assert!(listed.contains(&"grpc.health.v1.Health"), "{listed:?}");
-        // Each port serves its own service, not the whole mesh's, and a consuming service its
-        // queue's dead letters for operators.
-        let dead_letters = "twtr.events.v1.DeadLetters";
+        // Each port serves its own service, not the whole mesh's, a consuming service its
+        // queue's dead letters for operators, and (on the embedded store) every port the
+        // process's backups.
+        let (dead_letters, admin) = ("twtr.events.v1.DeadLetters", "twtr.admin.v1.Admin");
         assert_eq!(
             listed
                 .iter()
-                .filter(|s| s.starts_with("twtr.") && **s != dead_letters)
+                .filter(|s| s.starts_with("twtr.") && **s != dead_letters && **s != admin)
                 .count(),
             1,
             "{listed:?}"
         );
         let consumes = service != "twtr.users.v1.UsersService";
         assert_eq!(listed.contains(&dead_letters), consumes, "{listed:?}");
+        assert!(listed.contains(&admin), "{listed:?}");
 
         let request = format!(r#"{{"service":"{service}"}}"#);
         let health = grpcurl(&[

@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
 mod accounts;
+mod backup;
 mod binary;
 mod clusters;
 mod config;
@@ -12,6 +13,7 @@ mod dead_letters;
 mod degraded;
 mod discovery;
 mod edge;
+mod export;
 mod faults;
 mod feeds;
 mod follows;

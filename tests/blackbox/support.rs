@@ -144,6 +144,11 @@ impl TestMesh {
             .token
     }
 
+    /// The keyspace prefix of a CQL mesh.
+    pub fn keyspaces_prefix(&self) -> Option<&str> {
+        self.keyspaces.as_ref().map(|k| k.prefix.as_str())
+    }
+
     /// Shuts the mesh down gracefully and returns its data directory (and drops its CQL
     /// keyspaces, if it had any).
     pub async fn stop(mut self) -> Arc<TempDir> {

@@ -462,3 +462,32 @@ lifecycle:
 {{- define "twtr.podMonitoring" -}}
 {{- if and .Values.metrics.enabled .Values.metrics.podMonitoring.enabled (.Capabilities.APIVersions.Has "monitoring.googleapis.com/v1") }}true{{ end }}
 {{- end }}
+
+{{/* The Job's name, which names each backup run's directory (a retried pod goes on with it). */}}
+{{- define "twtr.backup.jobName" -}}
+- name: JOB_NAME
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.labels['batch.kubernetes.io/job-name']
+{{- end }}
+
+{{/* The backup CronJob's `twtr export` container, writing to .to. */}}
+{{- define "twtr.backup.export" -}}
+{{- $root := .root }}
+{{- $b := $root.Values.backup }}
+- name: export
+  image: {{ include "twtr.image" $root | quote }}
+  imagePullPolicy: {{ $root.Values.image.pullPolicy }}
+  args: ["export", "--to", {{ .to | quote }}, "--ranges", {{ $b.ranges | quote }}, "--page-size", {{ $b.pageSize | quote }}]
+  env:
+    {{- include "twtr.backup.jobName" $root | nindent 4 }}
+    {{- include "twtr.env.common" $root | nindent 4 }}
+    {{- include "twtr.env.scylla" $root | nindent 4 }}
+  resources:
+    {{- toYaml $b.resources | nindent 4 }}
+  securityContext:
+    {{- toYaml $root.Values.securityContext | nindent 4 }}
+  volumeMounts:
+    - name: backup
+      mountPath: /backup
+{{- end }}
