@@ -35,6 +35,8 @@ on_both_backends! {
 const BEARER_ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/feed"),
     ("GET", "/v1/timeline"),
+    ("GET", "/v1/search/tweets?q=mine"),
+    ("GET", "/v1/tags/{tag}/tweets"),
     ("POST", "/v1/tweets"),
     ("GET", "/v1/tweets/{tweet}"),
     ("DELETE", "/v1/tweets/{tweet}"),
@@ -51,12 +53,61 @@ const BEARER_ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/users/{user}/tweets"),
 ];
 
+/// The list above is every route the OpenAPI contract says takes a bearer token, no more, no
+/// less: a new route joins the suite or this fails.
+#[test]
+fn the_suite_covers_every_bearer_route_of_the_contract() {
+    fn shape(method: &str, path: &str) -> String {
+        let path = path.split('?').next().unwrap_or(path);
+        let mut shaped = String::new();
+        let mut in_param = false;
+        for c in path.chars() {
+            match c {
+                '{' => in_param = true,
+                '}' => {
+                    in_param = false;
+                    shaped.push_str("{}");
+                }
+                _ if !in_param => shaped.push(c),
+                _ => {}
+            }
+        }
+        format!("{method} {shaped}")
+    }
+    let contract = include_str!("../../gateway/tests/openapi_operations.txt");
+    let mut documented: Vec<String> = contract
+        .lines()
+        .filter(|line| !line.starts_with('#') && line.contains(" security="))
+        .filter(|line| {
+            line.split_whitespace()
+                .find_map(|field| field.strip_prefix("security="))
+                .is_some_and(|security| security.split(',').any(|s| s == "bearer"))
+        })
+        .map(|line| {
+            let mut fields = line.split_whitespace();
+            let (method, path) = (fields.next().unwrap(), fields.next().unwrap());
+            shape(method, path)
+        })
+        .collect();
+    let mut covered: Vec<String> = BEARER_ROUTES
+        .iter()
+        .map(|(method, path)| shape(method, path))
+        .collect();
+    documented.sort();
+    covered.sort();
+    assert_eq!(covered, documented);
+}
+
 /// The routes on which a token is optional: anonymous callers are welcome there.
 fn token_optional(method: &str, path: &str) -> bool {
     method == "GET"
         && matches!(
             path,
-            "/v1/timeline" | "/v1/tweets/{tweet}" | "/v1/users/{user}/tweets"
+            "/v1/timeline"
+                | "/v1/search/tweets?q=mine"
+                | "/v1/tags/{tag}/tweets"
+                | "/v1/tweets/{tweet}"
+                | "/v1/users/{user}/tweets"
         )
 }
 
@@ -124,6 +175,7 @@ async fn snapshot(mesh: &TestMesh, victim: &Victim) -> Value {
 fn fill(path: &str, victim: &Victim, user: &str) -> String {
     path.replace("{tweet}", &victim.tweet)
         .replace("{user}", user)
+        .replace("{tag}", "mine")
 }
 
 fn now() -> i64 {
