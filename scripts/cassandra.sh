@@ -637,6 +637,24 @@ wait_for_gossip() {
     say "every node sees ${only:+node$only and }the others up (after $(elapsed "$started"))"
 }
 
+# Waits until every node reports one schema version (nodetool describecluster on node 1), so the
+# first schema change made on the new cluster is not waited out behind the nodes' own start-up
+# changes; dies with what each node reports when they still differ after START_TIMEOUT.
+wait_for_schema_agreement() {
+    local started="$1" deadline=$(( $(now_ms) + START_TIMEOUT * 1000 )) report versions
+    while :; do
+        report="$( (cmd_nodetool 1 describecluster) 2>&1 || true)"
+        versions="$(sed -n '/Schema versions:/,/^[[:space:]]*$/p' <<< "$report" | grep -c '^[[:space:]]*[0-9a-f-]\{36\}:' || true)"
+        (( versions == 1 )) && break
+        if (( $(now_ms) > deadline )); then
+            die "the nodes did not agree on one schema within ${START_TIMEOUT}s; nodetool describecluster said:
+$report"
+        fi
+        sleep 2
+    done
+    say "every node has the same schema (after $(elapsed "$started"))"
+}
+
 # Checks the selected node's ports are free before it starts.
 check_ports() {
     port_in_use "$PORT" && die "port $HOST:$PORT is taken; set TWTR_CASSANDRA_HOSTS or TWTR_CASSANDRA_PORT (see the top of $0)"
@@ -683,6 +701,7 @@ cmd_cluster_start() {
         wait_until_ready "${pids[$((i - 1))]}" "$started"
     done
     wait_for_gossip "" "$started"
+    wait_for_schema_agreement "$started"
     say "cluster of $NODES nodes ready in $(elapsed "$started"); contact points: TWTR_SCYLLA_NODES=$(contact_points)"
 }
 

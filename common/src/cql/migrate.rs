@@ -18,16 +18,25 @@
 //!
 //! Every statement in a file is idempotent (`IF NOT EXISTS`), so a run that dies between a
 //! statement and its file's record is finished by the next run.
+//!
+//! # Schema agreement
+//!
+//! After each change the run waits until every reachable node reports the same schema version,
+//! up to [`SCHEMA_AGREEMENT_WAIT`] in rounds of [`SCHEMA_AGREEMENT_ROUND`] (renewing the lease
+//! between rounds). Usually that takes well under a second. On a Cassandra cluster a node that
+//! missed a change (busy or just started when it was pushed) pulls it only after a 60-second
+//! delay, so a wait bounded by the driver's one minute failed runs on freshly started clusters.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use scylla::client::session::Session;
+use scylla::errors::{ExecutionError, SchemaAgreementError};
 use scylla::value::{CqlTimestamp, CqlValue};
 use sha2::{Digest as _, Sha256};
 
 use super::lwt::{Lwt, lwt};
-use super::session::qualify;
+use super::session::{SCHEMA_AGREEMENT_ROUND, qualify};
 use super::{CqlConfig, CqlError};
 
 /// One schema file. Applied files are history: never edit one, add the next version instead.
@@ -270,12 +279,10 @@ async fn apply_leased(
             continue;
         }
         let started = Instant::now();
+        let lease = Some((keyspace, owner));
         for statement in statements {
-            session
-                .query_unpaged(qualify(statement, keyspace), ())
-                .await?;
+            change_schema(session, qualify(statement, keyspace), lease).await?;
         }
-        session.await_schema_agreement().await?;
         let values = (
             version_column(file.version)?,
             file.name,
@@ -363,8 +370,7 @@ async fn ensure_keyspace(
                 config.replication.to_cql(),
                 keyspace_options(session).await?
             );
-            session.query_unpaged(create, ()).await?;
-            session.await_schema_agreement().await?;
+            change_schema(session, create, None).await?;
             tracing::info!(keyspace, replication = %config.replication, "created keyspace");
         }
     }
@@ -404,17 +410,97 @@ async fn ensure_bookkeeping(session: &Session, keyspace: &str) -> Result<(), Cql
             "CREATE TABLE IF NOT EXISTS {keyspace}.schema_migrations \
              (version int PRIMARY KEY, name text, checksum text, applied_at timestamp)"
         );
-        session.query_unpaged(create, ()).await?;
+        change_schema(session, create, None).await?;
     }
     if !tables.contains("schema_lock") {
         let create = format!(
             "CREATE TABLE IF NOT EXISTS {keyspace}.schema_lock (id text PRIMARY KEY, owner text)"
         );
-        session.query_unpaged(create, ()).await?;
+        change_schema(session, create, None).await?;
     }
     // Even when another process created them, wait until every node agrees on them.
-    session.await_schema_agreement().await?;
-    Ok(())
+    await_agreement(session, None).await
+}
+
+/// How long a run waits in all for the nodes to agree on one schema change (see the [module
+/// docs](self#schema-agreement)): past Cassandra's 60-second pull delay with room to spare.
+pub(crate) const SCHEMA_AGREEMENT_WAIT: Duration = Duration::from_secs(240);
+
+/// Runs one DDL statement and waits until every node agrees on its outcome, for up to
+/// [`SCHEMA_AGREEMENT_WAIT`]: what a tool creating tables of its own outside the migrations
+/// should use instead of `query_unpaged`, whose wait is one [`SCHEMA_AGREEMENT_ROUND`].
+pub async fn schema_change(
+    session: &Session,
+    statement: impl Into<String>,
+) -> Result<(), CqlError> {
+    change_schema(session, statement.into(), None).await
+}
+
+/// [`schema_change`], keeping the lease of `lease` (keyspace and owner) renewed while it waits.
+async fn change_schema(
+    session: &Session,
+    statement: String,
+    lease: Option<(&str, &str)>,
+) -> Result<(), CqlError> {
+    match session.query_unpaged(statement, ()).await {
+        Ok(_) => Ok(()),
+        // The statement took effect; only the driver's own wait (one round) ran out.
+        Err(ExecutionError::SchemaAgreementError(SchemaAgreementError::Timeout(_))) => {
+            await_agreement(session, lease).await
+        }
+        Err(err) => Err(err.into()),
+    }
+}
+
+/// Waits for schema agreement in rounds until [`SCHEMA_AGREEMENT_WAIT`] has passed, renewing
+/// `lease` between rounds.
+async fn await_agreement(session: &Session, lease: Option<(&str, &str)>) -> Result<(), CqlError> {
+    let started = Instant::now();
+    loop {
+        match session.await_schema_agreement().await {
+            Ok(_) => return Ok(()),
+            Err(SchemaAgreementError::Timeout(_))
+                if started.elapsed() + SCHEMA_AGREEMENT_ROUND <= SCHEMA_AGREEMENT_WAIT =>
+            {
+                tracing::warn!(
+                    waited_secs = started.elapsed().as_secs(),
+                    versions = %schema_versions(session).await,
+                    "the CQL nodes do not agree on the schema yet; waiting on"
+                );
+                if let Some((keyspace, owner)) = lease {
+                    renew_lease(session, keyspace, owner).await?;
+                }
+            }
+            Err(err) => return Err(err.into()),
+        }
+    }
+}
+
+/// Each node's schema version as one node sees it (its own and its peers'), for the operator
+/// reading why a run waits; best effort.
+async fn schema_versions(session: &Session) -> String {
+    let local = "SELECT broadcast_address, schema_version FROM system.local WHERE key = 'local'";
+    let mut versions = Vec::new();
+    for query in [local, "SELECT peer, schema_version FROM system.peers"] {
+        let rows = match session.query_unpaged(query, ()).await {
+            Ok(result) => result.into_rows_result(),
+            Err(err) => return format!("unknown ({err})"),
+        };
+        let Ok(rows) = rows else {
+            return "unknown".to_owned();
+        };
+        let Ok(rows) = rows.rows::<(Option<std::net::IpAddr>, Option<uuid::Uuid>)>() else {
+            return "unknown".to_owned();
+        };
+        for (node, version) in rows.flatten() {
+            versions.push(format!(
+                "{}: {}",
+                node.map_or("?".to_owned(), |n| n.to_string()),
+                version.map_or("none".to_owned(), |v| v.to_string())
+            ));
+        }
+    }
+    versions.join(", ")
 }
 
 /// Whether `err` says a table is unknown: a table another process just created can show in

@@ -53,7 +53,7 @@ pub use config::{
 };
 pub use ledger::{CountColumn, CountLedger};
 pub use lwt::{Contended, Lwt, LwtRow, OutcomeUnknown, Retries, backoff, lwt};
-pub use migrate::{Migration, MigrationReport, Schema, ensure_current, migrate};
+pub use migrate::{Migration, MigrationReport, Schema, ensure_current, migrate, schema_change};
 pub use outbox::{CqlOutbox, OutboxRead, OutboxRow, ReadCounts, TracedRead, read_counts};
 pub use purges::{DeletedAccountTables, DeletedAccounts};
 pub use retry::StoreRetryPolicy;

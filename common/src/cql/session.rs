@@ -59,6 +59,12 @@ pub const SPECULATIVE_DELAY: Duration = Duration::from_millis(300);
 /// VM) is noticed within seconds even with no request in flight.
 pub const KEEPALIVE: Duration = Duration::from_secs(5);
 
+/// How long a schema change waits, in one go, for every node to report the same schema version.
+/// Shorter than the driver's default (60 s) so a migration can renew its lease between waits and
+/// go on waiting (see [`super::migrate`]): on Cassandra a node that missed a change pulls it only
+/// after a 60-second delay, so agreement can take longer than any single wait.
+pub const SCHEMA_AGREEMENT_ROUND: Duration = Duration::from_secs(20);
+
 /// Opens a session to the cluster, set up to ride out a dead node (see the [module
 /// docs](self#when-a-node-dies)). The default execution profile carries the configured write and
 /// serial consistency; [`Keyspace::prepare`] sets each read's.
@@ -81,6 +87,7 @@ pub async fn connect(config: &CqlConfig) -> Result<Arc<Session>, CqlError> {
         .default_execution_profile_handle(profile.into_handle())
         .keepalive_interval(KEEPALIVE)
         .keepalive_timeout(KEEPALIVE * 2)
+        .schema_agreement_timeout(SCHEMA_AGREEMENT_ROUND)
         .build()
         .await?;
     tracing::info!(nodes = ?config.nodes, local_dc = ?config.local_dc, "connected to cql cluster");

@@ -48,7 +48,7 @@ use twtr_common::bus::{
     EventBus as _, QueueSpec, QueueType, RabbitBus, RabbitConfig, conformance, publish,
 };
 use twtr_common::cql::testing::KeyspaceSet;
-use twtr_common::cql::{CqlConfig, Keyspace, Replication, connect, logged_batch};
+use twtr_common::cql::{CqlConfig, Keyspace, Replication, connect, logged_batch, schema_change};
 use twtr_common::error::error_chain;
 use twtr_users::store::UserStore as _;
 use twtr_users::store::conformance::{event, fresh_user, unique_id};
@@ -403,12 +403,10 @@ async fn cassandra_a_restart_fails_nothing_and_a_crash_only_batches_until_the_pe
             "CREATE TABLE {failover}.log (k bigint, seq bigint, note text, PRIMARY KEY (k, seq))"
         ),
     ] {
-        session.query_unpaged(ddl, ()).await.expect("DDL");
+        schema_change(&session, ddl)
+            .await
+            .expect("DDL, agreed on by every node");
     }
-    session
-        .await_schema_agreement()
-        .await
-        .expect("schema agreement");
     let ks = Keyspace::new(Arc::clone(&session), &config, "failover").expect("keyspace");
     let statements = Arc::new(prepare(&ks).await);
     let users = Arc::new(
