@@ -73,6 +73,7 @@ pub mod testing;
 pub mod text;
 pub mod tls;
 pub mod tokens;
+pub mod words;
 
 pub use error::{ErrorCode, ServiceError};
 

@@ -1,15 +1,9 @@
 //! How tweet text is cut into the terms that hashtags and search index, and how a search query
 //! and a tag in a URL are read: the one place both sides of the index agree on.
 //!
-//! - **Normalization.** NFKC (so fullwidth `＃ｒｕｓｔ` and the ligature `ﬁ` read as `#rust` and
-//!   `fi`), then Unicode lowercase (`str::to_lowercase`, so `Straße` is `straße` and `ΣΑΣ` is
-//!   `σας`). Nothing else: no stemming, no accent folding (`café` and `cafe` differ), no stop
-//!   words.
-//! - **Words** are the maximal runs of Unicode alphanumerics (letters and digits of every
-//!   script), `_` and combining marks (without them Devanagari or a decomposed accent would split
-//!   a word in two). Everything else separates words: spaces, punctuation, symbols, emoji, `#`
-//!   and `@`. Scripts written without spaces (Chinese, Japanese, Thai) are not segmented: a run
-//!   of them is one word, found only whole.
+//! - **Normalization and words**: as [`twtr_common::words`] says (NFKC then lowercase; words
+//!   are runs of letters, digits, `_` and combining marks; `#` and `@` separate words), shared
+//!   with the people search of the users service.
 //! - **Tags**: `#` directly followed by a word, where the `#` does not itself follow a word
 //!   character (`c#` and `a#b` hold no tag). A tag is indexed as the term `#word`, and its word
 //!   as the term `word` too, so a search for `rust` finds `#rust`, while `#rust` finds only the
@@ -19,8 +13,8 @@
 //!   its tags first, then its words, each in order of first appearance. A query holds 1 to
 //!   [`MAX_QUERY_TERMS`] distinct terms and at most [`MAX_QUERY_CHARS`] characters.
 
-use unicode_normalization::UnicodeNormalization as _;
-use unicode_normalization::char::is_combining_mark;
+use twtr_common::words::is_word_char;
+pub use twtr_common::words::normalize;
 
 /// The longest word or tag (without its `#`) that is indexed or searched, in characters.
 pub const MAX_TERM_CHARS: usize = 64;
@@ -30,15 +24,6 @@ pub const MAX_TERMS_PER_TWEET: usize = 32;
 pub const MAX_QUERY_TERMS: usize = 3;
 /// The longest search query, in characters before normalization.
 pub const MAX_QUERY_CHARS: usize = 280;
-
-/// `text` as the index reads it: NFKC, then lowercase.
-pub fn normalize(text: &str) -> String {
-    text.nfkc().collect::<String>().to_lowercase()
-}
-
-fn is_word_char(c: char) -> bool {
-    c.is_alphanumeric() || c == '_' || is_combining_mark(c)
-}
 
 /// The words of normalized text, in order, each with whether it is a tag (`#word`).
 fn runs(normalized: &str) -> Vec<(bool, &str)> {
