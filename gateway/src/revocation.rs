@@ -291,6 +291,12 @@ mod tests {
         ) -> Result<Response<pb::DeleteUserResponse>, Status> {
             Err(Status::unimplemented("fake"))
         }
+        async fn search_users(
+            &self,
+            _: Request<pb::SearchUsersRequest>,
+        ) -> Result<Response<pb::SearchUsersResponse>, Status> {
+            Err(Status::unimplemented("fake"))
+        }
         async fn get_token_states(
             &self,
             request: Request<pb::GetTokenStatesRequest>,

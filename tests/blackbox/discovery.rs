@@ -1,5 +1,6 @@
-//! Hashtags, search and trends, end to end: posts are found under their tags and words, leave
-//! when deleted or when their author's account goes, and trends count each tweet once, also
+//! Hashtags, search, trends and people search, end to end: posts are found under their tags and
+//! words, leave when deleted or when their author's account goes, people by their usernames and
+//! display names (best first, gone when renamed or deleted), and trends count each tweet once, also
 //! when the broker delivers an event twice or late (the CQL mesh, through RabbitMQ; on the
 //! embedded mesh the in-process bus is out of a test's reach, and the store conformance suite
 //! and the service's unit tests hold redelivery and reordering).
@@ -19,6 +20,7 @@ on_both_backends! {
     tags_and_search => tags_and_search_find_posts_newest_first,
     deletions => deleted_tweets_and_accounts_leave_tags_search_and_trends,
     trends => trends_rank_tags_by_tweets_in_the_last_hour,
+    people => people_are_found_by_username_and_display_name_best_first,
 }
 
 /// The ids of `path`'s first page, once it answers 200.
@@ -238,4 +240,80 @@ async fn redelivered_and_reordered_events_change_nothing() {
         [three.clone(), one.clone()]
     );
     mesh.stop().await;
+}
+
+/// The usernames `GET /v1/users/search?<query>` answers, once it answers 200.
+async fn people(mesh: &TestMesh, query: &str) -> Vec<String> {
+    let (status, body) = mesh.get(&format!("/v1/users/search?{query}"), None).await;
+    assert_eq!(status, StatusCode::OK, "{query}: {body}");
+    body["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|user| text(&user["username"]))
+        .collect()
+}
+
+async fn await_people(mesh: &TestMesh, query: &str, expected: &[&str]) {
+    eventually(
+        &format!("{query} to find {expected:?}"),
+        CONVERGE,
+        || async { (people(mesh, query).await == expected).then_some(()) },
+    )
+    .await;
+}
+
+pub async fn people_are_found_by_username_and_display_name_best_first(mesh: &TestMesh) {
+    mesh.user("ada").await;
+    mesh.user("Ada_b").await;
+    let (ada_c, ada_c_token) = mesh.user("ada_c").await;
+    let (_, countess_token) = mesh.user("countess").await;
+    let (_, fan_token) = mesh.user("fan").await;
+    let (status, body) = mesh
+        .patch(
+            "/v1/users/me",
+            Some(&countess_token),
+            serde_json::json!({ "display_name": "Ada, Countess of Lovelace" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    mesh.follow(&fan_token, &ada_c).await;
+
+    // The exact name, then the names it starts, most followed first, then display names.
+    await_people(mesh, "q=ADA", &["ada", "ada_c", "Ada_b", "countess"]).await;
+    let (_, body) = mesh.get("/v1/users/search?q=ada", None).await;
+    assert_eq!(body["items"][1]["followers_count"], 1, "hydrated: {body}");
+    assert_eq!(people(mesh, "q=ada&limit=2").await, ["ada", "ada_c"]);
+    assert_eq!(people(mesh, "q=%40ada_").await, ["ada_c", "Ada_b"]);
+    assert_eq!(people(mesh, "q=lovelace").await, ["countess"]);
+    assert_eq!(people(mesh, "q=LOVELACE%20ada").await, ["countess"]);
+    assert!(people(mesh, "q=lovelace%20babbage").await.is_empty());
+    assert!(people(mesh, "q=zz").await.is_empty());
+
+    // A new display name leaves the old words; a deleted account is found no more.
+    let (status, body) = mesh
+        .patch(
+            "/v1/users/me",
+            Some(&countess_token),
+            serde_json::json!({ "display_name": "The Enchantress of Numbers" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(people(mesh, "q=lovelace").await.is_empty());
+    assert_eq!(people(mesh, "q=enchantress").await, ["countess"]);
+    let (status, body) = mesh.delete("/v1/users/me", Some(&ada_c_token)).await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    assert_eq!(people(mesh, "q=ada").await, ["ada", "Ada_b"]);
+
+    for bad in [
+        "",
+        "q=",
+        "q=%21%21",
+        "q=one%20two%20three%20four",
+        "q=ada&limit=0",
+        "q=ada&limit=51",
+    ] {
+        let (status, body) = mesh.get(&format!("/v1/users/search?{bad}"), None).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {body}");
+    }
 }

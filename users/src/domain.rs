@@ -137,7 +137,7 @@ impl Bio {
 pub struct InvalidInput(String);
 
 impl InvalidInput {
-    fn new(message: impl Into<String>) -> Self {
+    pub(crate) fn new(message: impl Into<String>) -> Self {
         Self(message.into())
     }
 }

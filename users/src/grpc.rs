@@ -9,6 +9,7 @@ use twtr_common::{ServiceError as _, clock};
 use twtr_proto::users::v1 as pb;
 use twtr_proto::users::v1::users_service_server::{UsersService, UsersServiceServer};
 
+use crate::search::MatchKind;
 use crate::service::{ProfileUpdate, SignUp, Users};
 use crate::store::UserRecord;
 
@@ -138,6 +139,31 @@ impl UsersService for UsersGrpc {
             .await
             .map_err(|e| e.to_status())?;
         Ok(Response::new(pb::DeleteUserResponse {}))
+    }
+
+    async fn search_users(
+        &self,
+        request: Request<pb::SearchUsersRequest>,
+    ) -> Result<Response<pb::SearchUsersResponse>, Status> {
+        let found = self
+            .users
+            .search_users(&request.into_inner().query)
+            .await
+            .map_err(|e| e.to_status())?;
+        Ok(Response::new(pb::SearchUsersResponse {
+            matches: found
+                .into_iter()
+                .map(|(user, kind)| pb::UserMatch {
+                    user: Some(to_pb(user)),
+                    kind: match kind {
+                        MatchKind::ExactUsername => pb::MatchKind::ExactUsername,
+                        MatchKind::UsernamePrefix => pb::MatchKind::UsernamePrefix,
+                        MatchKind::DisplayName => pb::MatchKind::DisplayName,
+                    }
+                    .into(),
+                })
+                .collect(),
+        }))
     }
 
     async fn get_token_states(

@@ -6,6 +6,7 @@
 //!   values, so everything past parsing works with known-good data.
 //! - [`store`]: the [`UserStore`] trait, its backends ([`EmbeddedUserStore`] on redb,
 //!   [`CqlUserStore`] on ScyllaDB / Cassandra) and the conformance suite every backend passes.
+//! - [`search`]: people search: the display-name words indexed, how a query is read, its bounds.
 //! - [`service`]: the domain logic ([`Users`]): validate, store the user with its event, answer.
 //! - [`grpc`]: the thin tonic adapter for `twtr.users.v1.UsersService`.
 //!
@@ -17,6 +18,7 @@
 
 pub mod domain;
 pub mod grpc;
+pub mod search;
 pub mod service;
 pub mod store;
 

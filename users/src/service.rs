@@ -1,5 +1,6 @@
 //! The users domain: each operation validates, then stores, then answers.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use argon2::Argon2;
@@ -12,6 +13,7 @@ use twtr_proto::events::v1::envelope::Payload;
 use twtr_proto::events::v1::{UserCreated, UserDeleted, UserUpdated};
 
 use crate::domain::{Bio, DisplayName, InvalidInput, Password, Username};
+use crate::search::{MatchKind, PREFIX_CANDIDATES, PeopleQuery, WORD_CANDIDATES, name_words};
 use crate::store::{Created, ProfileChanges, Updated, UserRecord, UserStore};
 
 /// The most IDs one batch lookup may ask for (shared with every caller).
@@ -332,6 +334,53 @@ impl Users {
                 }
             })
             .collect())
+    }
+
+    /// People search (see [`crate::search`]): the matches of `query`, best kind first, each
+    /// user once.
+    pub async fn search_users(
+        &self,
+        query: &str,
+    ) -> Result<Vec<(UserRecord, MatchKind)>, UsersError> {
+        let query = PeopleQuery::parse(query)?;
+        let by_name = async {
+            match query.prefix() {
+                Some(prefix) => {
+                    self.store
+                        .find_by_username_prefix(prefix, PREFIX_CANDIDATES)
+                        .await
+                }
+                None => Ok(Vec::new()),
+            }
+        };
+        let by_words = async {
+            match query.words.first() {
+                Some(word) => self.store.find_by_name_word(word, WORD_CANDIDATES).await,
+                None => Ok(Vec::new()),
+            }
+        };
+        let (by_name, by_words) = tokio::try_join!(by_name, by_words)?;
+        let exact = query.username.as_deref();
+        let mut seen = HashSet::new();
+        let mut found = Vec::with_capacity(by_name.len() + by_words.len());
+        for user in by_name {
+            let kind = if Some(user.username.to_ascii_lowercase().as_str()) == exact {
+                MatchKind::ExactUsername
+            } else {
+                MatchKind::UsernamePrefix
+            };
+            seen.insert(user.id);
+            found.push((user, kind));
+        }
+        for user in by_words {
+            let words = name_words(&user.display_name);
+            if query.words.iter().all(|word| words.contains(word)) && seen.insert(user.id) {
+                found.push((user, MatchKind::DisplayName));
+            }
+        }
+        // Stable: within a kind, the order the store read them in.
+        found.sort_by_key(|(_, kind)| *kind);
+        Ok(found)
     }
 
     pub async fn batch_get_users(&self, ids: Vec<u64>) -> Result<Vec<UserRecord>, UsersError> {

@@ -1,6 +1,7 @@
-//! Discovery: the tweets under a hashtag, a search of tweets by words and tags, and the tags
-//! trending over the last hour. The tweets service owns the index and reads it; these routes
-//! parse, ask it, and hydrate as every list of tweets does.
+//! Discovery: the tweets under a hashtag, a search of tweets by words and tags, the tags
+//! trending over the last hour, and a search of people. The tweets service owns the tweet index
+//! and the users service the people lookups; these routes parse, ask them, and hydrate as every
+//! list does.
 
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
@@ -8,6 +9,7 @@ use axum::extract::{Path, Query, State};
 use serde::{Deserialize, Serialize};
 use twtr_common::{Limit, clock};
 use twtr_proto::tweets::v1::{GetTrendsRequest, ListTagTweetsRequest, SearchTweetsRequest};
+use twtr_proto::users::v1::SearchUsersRequest;
 use utoipa::{IntoParams, ToSchema};
 
 use crate::error::ApiError;
@@ -15,7 +17,7 @@ use crate::extract::{AuthenticatedUser, PageParams};
 use crate::openapi::{ErrorBody, PageQuery};
 use crate::state::AppState;
 use crate::upstream::rpc;
-use crate::views::{self, Listed, PageView, TweetView};
+use crate::views::{self, Listed, PageView, TweetView, UserView};
 
 /// A hashtag in a path.
 #[derive(Debug, IntoParams)]
@@ -142,6 +144,86 @@ pub(super) async fn search_tweets(
     let viewer = viewer.map(|AuthenticatedUser(id)| id);
     let tweets = views::tweets(state.up(), viewer, Listed::Tweets(page.tweets)).await?;
     Ok(Json(PageView::new(tweets, page.next)))
+}
+
+/// `?q=` and `?limit=` of a people search.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(super) struct PeopleQuery {
+    /// A username or its start (from two characters; a leading `@` is ignored), or 1 to 3
+    /// words of a display name; at most 64 characters.
+    #[param(example = "ada")]
+    q: Option<String>,
+    /// How many people (1 to 50, default 10). Read as text, so a bad one gets the API's 400.
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 50)]
+    limit: Option<String>,
+}
+
+/// The people a search found, best first.
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct PeopleView {
+    items: Vec<UserView>,
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/users/search",
+    tag = "discovery",
+    summary = "People by username or display name, best matches first",
+    description = "The exact username first (ignoring case), then usernames starting with q, \
+        then people whose display name holds every word of q; within each, most followers \
+        first. Bounded work: at most 50 accounts are read by username prefix and 100 by display \
+        name word, so a common prefix or word finds some of its people, not all.",
+    params(PeopleQuery),
+    responses(
+        (status = 200, description = "the people found, best first", body = PeopleView),
+        (status = 400, description = "q missing, with nothing to match, over 3 words or 64 characters, or a bad limit", body = ErrorBody),
+    )
+)]
+pub(super) async fn search_users(
+    State(state): State<AppState>,
+    query: Result<Query<PeopleQuery>, QueryRejection>,
+) -> Result<Json<PeopleView>, ApiError> {
+    let Query(query) = query.map_err(|rejection| ApiError::invalid(rejection.body_text()))?;
+    let limit = parse_limit(query.limit.as_deref(), 10, 50)?;
+    let text = query
+        .q
+        .ok_or_else(|| ApiError::invalid("q is required: a username or words of a display name"))?;
+    let matches = state
+        .up()
+        .users
+        .clone()
+        .search_users(rpc(SearchUsersRequest { query: text }))
+        .await?
+        .into_inner()
+        .matches;
+    let (users, kinds): (Vec<_>, Vec<_>) = matches
+        .into_iter()
+        .filter_map(|found| Some((found.user?, found.kind)))
+        .unzip();
+    // Every candidate's counts in one pair of RPCs, then ranked: kind of match, then followers.
+    let views = views::users(state.up(), users).await?;
+    let mut ranked: Vec<(i32, UserView)> = kinds.into_iter().zip(views).collect();
+    ranked.sort_by_key(|(kind, user)| (*kind, std::cmp::Reverse(user.followers_count)));
+    Ok(Json(PeopleView {
+        items: ranked
+            .into_iter()
+            .take(limit as usize)
+            .map(|(_, user)| user)
+            .collect(),
+    }))
+}
+
+/// `?limit=` of a list that is not paged: `default` when absent, else 1 to `max`.
+pub(super) fn parse_limit(raw: Option<&str>, default: u32, max: u32) -> Result<u32, ApiError> {
+    match raw {
+        None => Ok(default),
+        Some(raw) => raw
+            .parse::<u32>()
+            .ok()
+            .filter(|n| (1..=max).contains(n))
+            .ok_or_else(|| ApiError::invalid(format!("limit must be 1 to {max}, got {raw:?}"))),
+    }
 }
 
 #[utoipa::path(

@@ -205,14 +205,8 @@ pub(super) async fn suggestions(
     AuthenticatedUser(me): AuthenticatedUser,
     Query(query): Query<SuggestionsQuery>,
 ) -> Result<Json<SuggestionsView>, ApiError> {
-    let limit = match query.limit.as_deref() {
-        None => 0,
-        Some(raw) => raw
-            .parse::<u32>()
-            .ok()
-            .filter(|n| (1..=50).contains(n))
-            .ok_or_else(|| ApiError::invalid(format!("limit must be 1 to 50, got {raw:?}")))?,
-    };
+    // 0 asks the followers service for its default.
+    let limit = super::discovery::parse_limit(query.limit.as_deref(), 0, 50)?;
     let suggested = state
         .up()
         .followers

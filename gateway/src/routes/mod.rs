@@ -53,4 +53,5 @@ pub fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(discovery::tag_tweets))
         .routes(routes!(discovery::search_tweets))
         .routes(routes!(discovery::trends))
+        .routes(routes!(discovery::search_users))
 }

@@ -36,6 +36,8 @@ macro_rules! user_store_conformance {
                 delete_removes_the_user_and_frees_the_name,
                 deleting_twice_or_replaying_the_sign_up_changes_nothing,
                 debug_output_hides_password_hashes,
+                people_are_found_by_username_prefix_in_name_order,
+                people_are_found_by_the_words_of_their_display_names,
             );
         }
     };
@@ -55,6 +57,8 @@ macro_rules! user_store_conformance {
                 delete_removes_the_user_and_frees_the_name,
                 deleting_twice_or_replaying_the_sign_up_changes_nothing,
                 debug_output_hides_password_hashes,
+                people_are_found_by_username_prefix_in_name_order,
+                people_are_found_by_the_words_of_their_display_names,
             );
         }
     };
@@ -726,4 +730,136 @@ pub async fn debug_output_hides_password_hashes(store: Arc<dyn UserStore>) {
     );
     let shown = format!("{:?}", store.get(ada.id).await.unwrap());
     assert!(!shown.contains(&new_hash), "{shown}");
+}
+
+/// Every live user whose lowercase name starts with the prefix, the name itself first, in name
+/// order, up to the limit; a deleted one is gone from the lookup at once.
+pub async fn people_are_found_by_username_prefix_in_name_order(store: Arc<dyn UserStore>) {
+    let stem = unique_name("pf");
+    let exact = user(unique_id(), &stem);
+    let b = user(unique_id(), &format!("{stem}B"));
+    let a = user(unique_id(), &format!("{}a", stem.to_ascii_uppercase()));
+    let c = user(unique_id(), &format!("{stem}c"));
+    // Shares all but the last character of the stem: not a match.
+    let mut near = stem.clone();
+    near.pop();
+    let near = user(unique_id(), &format!("{near}_"));
+    for each in [&c, &near, &b, &exact, &a] {
+        sign_up(store.as_ref(), each).await;
+    }
+    let names = |found: Vec<UserRecord>| found.into_iter().map(|u| u.username).collect::<Vec<_>>();
+    let prefix = stem.to_ascii_lowercase();
+    assert_eq!(
+        names(store.find_by_username_prefix(&prefix, 10).await.unwrap()),
+        [
+            exact.username.as_str(),
+            a.username.as_str(),
+            b.username.as_str(),
+            c.username.as_str()
+        ],
+        "the name itself, then the longer ones in lowercase order"
+    );
+    assert_eq!(
+        names(store.find_by_username_prefix(&prefix, 2).await.unwrap()),
+        [exact.username.as_str(), a.username.as_str()],
+        "at most the limit"
+    );
+    let longer = format!("{prefix}b");
+    assert_eq!(
+        names(store.find_by_username_prefix(&longer, 10).await.unwrap()),
+        [b.username.as_str()]
+    );
+
+    let deleted = event_of(a.id, "users.user_deleted");
+    assert!(
+        store
+            .delete(a.id, 1_800_000_000_000, deleted)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        names(store.find_by_username_prefix(&prefix, 10).await.unwrap()),
+        [
+            exact.username.as_str(),
+            b.username.as_str(),
+            c.username.as_str()
+        ],
+        "a deleted account is not found"
+    );
+}
+
+/// A display name's words find its user, in ID order, up to the limit; a new display name
+/// moves the user from the old words to the new; a deletion removes them.
+pub async fn people_are_found_by_the_words_of_their_display_names(store: Arc<dyn UserStore>) {
+    let word = format!("w{}", unique_id());
+    let other = format!("v{}", unique_id());
+    let mut ada = fresh_user("Ada");
+    ada.display_name = format!("Ada {word}");
+    let mut bob = fresh_user("Bob");
+    bob.display_name = format!("{} the Bob, {word}", word.to_uppercase());
+    let mut cy = fresh_user("Cy");
+    cy.display_name = format!("Cy {word}x");
+    for each in [&ada, &bob, &cy] {
+        sign_up(store.as_ref(), each).await;
+    }
+    let ids = |found: Vec<UserRecord>| found.into_iter().map(|u| u.id).collect::<Vec<_>>();
+    assert_eq!(
+        ids(store.find_by_name_word(&word, 10).await.unwrap()),
+        [ada.id, bob.id],
+        "whole words, any case, each user once"
+    );
+    assert_eq!(
+        ids(store.find_by_name_word(&word, 1).await.unwrap()),
+        [ada.id]
+    );
+    assert_eq!(
+        ids(store.find_by_name_word("the", 10).await.unwrap()),
+        [bob.id],
+        "every word of the name"
+    );
+
+    // A bio change leaves the words; a new display name moves them.
+    let bio_only = ProfileChanges {
+        bio: Some("new bio".to_owned()),
+        updated_at_ms: 1_800_000_000_000,
+        acting_generation: 1,
+        ..ProfileChanges::default()
+    };
+    let updated = event_of(bob.id, "users.user_updated");
+    assert_eq!(
+        store.update(bob.id, bio_only, updated).await.unwrap(),
+        Updated::Updated
+    );
+    let renamed = ProfileChanges {
+        display_name: Some(format!("Ada {other}")),
+        updated_at_ms: 1_800_000_000_000,
+        acting_generation: 1,
+        ..ProfileChanges::default()
+    };
+    let updated = event_of(ada.id, "users.user_updated");
+    assert_eq!(
+        store.update(ada.id, renamed, updated).await.unwrap(),
+        Updated::Updated
+    );
+    assert_eq!(
+        ids(store.find_by_name_word(&word, 10).await.unwrap()),
+        [bob.id],
+        "the old name's word no longer finds her"
+    );
+    assert_eq!(
+        ids(store.find_by_name_word(&other, 10).await.unwrap()),
+        [ada.id]
+    );
+
+    let deleted = event_of(bob.id, "users.user_deleted");
+    assert!(
+        store
+            .delete(bob.id, 1_800_000_000_000, deleted)
+            .await
+            .unwrap()
+    );
+    assert!(
+        store.find_by_name_word(&word, 10).await.unwrap().is_empty(),
+        "a deleted account is not found"
+    );
 }

@@ -2,6 +2,9 @@
 //! a sign-up checks the username claim and stores the claim, the user and its `UserCreated`
 //! event; an update rewrites the record; a deletion removes the record and the claim (so the
 //! name is free at once) and keeps the ID in `deleted_users`, so it is never used again.
+//!
+//! People search reads `usernames` by range (its keys are the lowercase names, in order) and
+//! `name_words`, which each write keeps in step with the display name in its transaction.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -9,18 +12,21 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use prost::Message as _;
 use redb::{ReadableTable as _, TableDefinition};
-use twtr_common::embedded::EmbeddedDb;
+use twtr_common::embedded::{EmbeddedDb, Tx};
 use twtr_common::outbox::Outbox;
 use twtr_common::store::StoreError;
 use twtr_proto::events::v1::Envelope;
 
 use super::{Created, ProfileChanges, Updated, UserRecord, UserStore};
+use crate::search::name_words;
 
 const USERS: TableDefinition<u64, &[u8]> = TableDefinition::new("users");
 /// Lowercase username -> user ID: the uniqueness claim.
 const USERNAMES: TableDefinition<&str, u64> = TableDefinition::new("usernames");
 /// User ID -> when it was deleted: tombstones, so a deleted ID is never stored again.
 const DELETED_USERS: TableDefinition<u64, i64> = TableDefinition::new("deleted_users");
+/// (word of a display name, user ID): people search by display name (`crate::search`).
+const NAME_WORDS: TableDefinition<(&str, u64), ()> = TableDefinition::new("name_words");
 
 /// Users in a redb file (`users.redb` under the data directory).
 #[derive(Debug, Clone)]
@@ -34,6 +40,7 @@ impl EmbeddedUserStore {
             tx.open_table(USERS)?;
             tx.open_table(USERNAMES)?;
             tx.open_table(DELETED_USERS)?;
+            tx.open_table(NAME_WORDS)?;
             Ok(())
         })?;
         Ok(Self { db })
@@ -42,6 +49,35 @@ impl EmbeddedUserStore {
 
 fn decode(bytes: &[u8]) -> Result<UserRecord, StoreError> {
     Ok(UserRecord::decode(bytes)?)
+}
+
+/// Adds `user_id` under each of `words` and removes it from each of `gone`.
+fn write_name_words(
+    tx: &Tx<'_>,
+    user_id: u64,
+    words: &[String],
+    gone: &[String],
+) -> Result<(), StoreError> {
+    let mut table = tx.open_table(NAME_WORDS)?;
+    for word in gone {
+        table.remove((word.as_str(), user_id))?;
+    }
+    for word in words {
+        table.insert((word.as_str(), user_id), ())?;
+    }
+    Ok(())
+}
+
+/// The live users of `ids`, in that order.
+fn users_of(txn: &redb::ReadTransaction, ids: Vec<u64>) -> Result<Vec<UserRecord>, StoreError> {
+    let users = txn.open_table(USERS)?;
+    let mut found = Vec::with_capacity(ids.len());
+    for id in ids {
+        if let Some(row) = users.get(id)? {
+            found.push(decode(row.value())?);
+        }
+    }
+    Ok(found)
 }
 
 #[async_trait]
@@ -67,6 +103,7 @@ impl UserStore for EmbeddedUserStore {
                 usernames.insert(canonical.as_str(), user.id)?;
                 tx.open_table(USERS)?
                     .insert(user.id, user.encode_to_vec().as_slice())?;
+                write_name_words(tx, user.id, &name_words(&user.display_name), &[])?;
                 tx.stage_event(&event)?;
                 Ok(Created::Created)
             })
@@ -99,18 +136,7 @@ impl UserStore for EmbeddedUserStore {
     }
 
     async fn get_many(&self, ids: Vec<u64>) -> Result<Vec<UserRecord>, StoreError> {
-        self.db
-            .read(move |txn| {
-                let users = txn.open_table(USERS)?;
-                let mut found = Vec::with_capacity(ids.len());
-                for id in ids {
-                    if let Some(row) = users.get(id)? {
-                        found.push(decode(row.value())?);
-                    }
-                }
-                Ok(found)
-            })
-            .await
+        self.db.read(move |txn| users_of(txn, ids)).await
     }
 
     async fn update(
@@ -132,8 +158,14 @@ impl UserStore for EmbeddedUserStore {
                 if user.token_generation > changes.acting_generation {
                     return Ok(Updated::Revoked);
                 }
+                let before = name_words(&user.display_name);
                 changes.apply_to(&mut user);
                 users.insert(user_id, user.encode_to_vec().as_slice())?;
+                drop(users);
+                let after = name_words(&user.display_name);
+                if before != after {
+                    write_name_words(tx, user_id, &after, &before)?;
+                }
                 tx.stage_event(&event)?;
                 Ok(Updated::Updated)
             })
@@ -162,10 +194,53 @@ impl UserStore for EmbeddedUserStore {
                 if owner == Some(user_id) {
                     usernames.remove(canonical.as_str())?;
                 }
+                drop((users, usernames));
+                write_name_words(tx, user_id, &[], &name_words(&user.display_name))?;
                 tx.open_table(DELETED_USERS)?
                     .insert(user_id, deleted_at_ms)?;
                 tx.stage_event(&event)?;
                 Ok(true)
+            })
+            .await
+    }
+
+    async fn find_by_username_prefix(
+        &self,
+        prefix: &str,
+        limit: usize,
+    ) -> Result<Vec<UserRecord>, StoreError> {
+        let prefix = prefix.to_owned();
+        self.db
+            .read(move |txn| {
+                let usernames = txn.open_table(USERNAMES)?;
+                let mut ids = Vec::new();
+                for entry in usernames.range(prefix.as_str()..)?.take(limit) {
+                    let (name, id) = entry?;
+                    if !name.value().starts_with(prefix.as_str()) {
+                        break;
+                    }
+                    ids.push(id.value());
+                }
+                users_of(txn, ids)
+            })
+            .await
+    }
+
+    async fn find_by_name_word(
+        &self,
+        word: &str,
+        limit: usize,
+    ) -> Result<Vec<UserRecord>, StoreError> {
+        let word = word.to_owned();
+        self.db
+            .read(move |txn| {
+                let words = txn.open_table(NAME_WORDS)?;
+                let range = (word.as_str(), 0)..=(word.as_str(), u64::MAX);
+                let mut ids = Vec::new();
+                for entry in words.range(range)?.take(limit) {
+                    ids.push(entry?.0.value().1);
+                }
+                users_of(txn, ids)
             })
             .await
     }

@@ -145,6 +145,7 @@ pub const SCHEMA: twtr_common::cql::Schema = twtr_common::cql_schema!(
     1 => "001_init.cql",
     2 => "002_token_generation.cql",
     3 => "003_outbox_by_time.cql",
+    4 => "004_people_search.cql",
 );
 
 #[async_trait]
@@ -187,6 +188,24 @@ pub trait UserStore: Send + Sync {
         deleted_at_ms: i64,
         event: Envelope,
     ) -> Result<bool, StoreError>;
+    /// People search by username (see [`crate::search`]): the live users whose lowercase
+    /// username starts with `prefix` (lowercase, at least
+    /// [`MIN_PREFIX_CHARS`](crate::search::MIN_PREFIX_CHARS) characters), the name itself
+    /// included, in username order, at most `limit`.
+    async fn find_by_username_prefix(
+        &self,
+        prefix: &str,
+        limit: usize,
+    ) -> Result<Vec<UserRecord>, StoreError>;
+    /// People search by display name (see [`crate::search`]): live users whose display name
+    /// has `word` among its [`name_words`](crate::search::name_words), at most `limit`, in
+    /// ID order. A display name's words are written with it: a change moves the user from the
+    /// old words to the new, a deletion removes them.
+    async fn find_by_name_word(
+        &self,
+        word: &str,
+        limit: usize,
+    ) -> Result<Vec<UserRecord>, StoreError>;
     /// The outbox that `create`, `update` and `delete` stage events into.
     fn outbox(&self) -> Arc<dyn Outbox>;
 }

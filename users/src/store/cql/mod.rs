@@ -1,6 +1,7 @@
 //! [`CqlUserStore`]: users on ScyllaDB / Cassandra, in the tables of `cql/users/001_init.cql`
-//! (`users` by ID, `usernames` as the case-insensitive uniqueness claim, and the outbox) and
-//! `002_token_generation.cql` (`user_tokens`: each account's token generation).
+//! (`users` by ID, `usernames` as the case-insensitive uniqueness claim, and the outbox),
+//! `002_token_generation.cql` (`user_tokens`: each account's token generation) and
+//! `004_people_search.cql` (the people search lookups).
 //!
 //! # Layout
 //!
@@ -53,6 +54,13 @@
 //! gone. So an update reads the row again after its batch and, if it is deleted by then, nulls
 //! the personal fields and credentials once more.
 //!
+//! People search (`cql/users/004_people_search.cql`): a sign-up's batch also writes its row of
+//! `username_prefixes` and a `name_words` row per display-name word; an update with a new
+//! display name deletes the old words' rows and writes the new ones in its batch (the rows to
+//! delete come from the account it read first); a deletion's batch deletes them all. The reads
+//! check each candidate against its account, so a row left by two renames racing each other
+//! finds nobody.
+//!
 //! This store keeps no counts (they live with the services whose events move them), so the
 //! count-ledger pattern of the other keyspaces has no use here.
 
@@ -69,16 +77,18 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures_util::future::try_join_all;
 use scylla::client::session::Session;
-use scylla::statement::batch::Batch;
+use scylla::serialize::row::SerializeRow;
 use scylla::statement::prepared::PreparedStatement;
 use scylla::value::{CqlTimestamp, MaybeUnset};
-use twtr_common::cql::{CqlOutbox, Keyspace};
+use twtr_common::cql::{CqlOutbox, Keyspace, logged_batch};
 use twtr_common::outbox::Outbox;
 use twtr_common::store::StoreError;
 use twtr_proto::events::v1::Envelope;
 
 use self::names::Claim;
+use self::reads::UserRow;
 use super::{Created, ProfileChanges, Updated, UserRecord, UserStore};
+use crate::search::{MIN_PREFIX_CHARS, name_words};
 
 /// How old a claim without a `users` row must be before another sign-up may take it over: far
 /// longer than a sign-up's two steps take, even with retries, so a live sign-up is never robbed.
@@ -96,19 +106,18 @@ pub struct CqlUserStore {
     select_users: PreparedStatement,
     select_tokens: PreparedStatement,
     select_tokens_in: PreparedStatement,
-    /// The logged batches, built once and bound per write. A sign-up: `INSERT_USER`,
-    /// `INSERT_TOKENS` and the outbox insert.
-    create_batch: Batch,
-    /// A profile change that keeps the password: `UPDATE_USER` and the outbox insert.
-    update_batch: Batch,
-    /// A profile change with a new password: `UPDATE_USER`, `UPDATE_TOKENS` and the outbox
-    /// insert.
-    password_batch: Batch,
-    /// A deletion: `TOMBSTONE_USER`, `DELETE_TOKENS` and the outbox insert.
-    delete_batch: Batch,
-    /// `TOMBSTONE_USER` and `DELETE_TOKENS`, with no event: clears what an update racing a
-    /// deletion wrote onto the tombstone.
-    scrub_batch: Batch,
+    insert_user: PreparedStatement,
+    insert_tokens: PreparedStatement,
+    update_user: PreparedStatement,
+    update_tokens: PreparedStatement,
+    tombstone_user: PreparedStatement,
+    delete_tokens: PreparedStatement,
+    insert_username_prefix: PreparedStatement,
+    delete_username_prefix: PreparedStatement,
+    select_username_prefix: PreparedStatement,
+    insert_name_word: PreparedStatement,
+    delete_name_word: PreparedStatement,
+    select_name_word: PreparedStatement,
     outbox: Arc<CqlOutbox>,
 }
 
@@ -125,11 +134,11 @@ impl CqlUserStore {
         self.ks.session()
     }
 
-    /// The batch of an update whose user was live a moment ago, then the check for a deletion
-    /// that overtook it (see the module docs).
+    /// The batch of an update of `user`, live a moment ago, then the check for a deletion that
+    /// overtook it (see the module docs).
     async fn write_changes(
         &self,
-        user_id: u64,
+        user: &UserRecord,
         changes: ProfileChanges,
         event: &Envelope,
     ) -> Result<(), StoreError> {
@@ -140,43 +149,132 @@ impl CqlUserStore {
             updated_at_ms,
             acting_generation: _,
         } = changes;
+        let id = key(user.id);
+        // A new display name moves the account from the old name's words to the new one's.
+        let words = display_name.as_deref().map(|name| {
+            let (before, after) = (name_words(&user.display_name), name_words(name));
+            let gone: Vec<String> = before.into_iter().filter(|w| !after.contains(w)).collect();
+            (after, gone)
+        });
         let (password_hash, generation) = password.unzip();
-        let user = (
-            MaybeUnset::from_option(display_name),
-            MaybeUnset::from_option(bio),
-            MaybeUnset::from_option(password_hash),
-            CqlTimestamp(updated_at_ms),
-            key(user_id),
+        let mut batch = BatchRows::default();
+        batch.push(
+            &self.update_user,
+            (
+                MaybeUnset::from_option(display_name),
+                MaybeUnset::from_option(bio),
+                MaybeUnset::from_option(password_hash),
+                CqlTimestamp(updated_at_ms),
+                id,
+            ),
         );
-        let outbox_row = self.outbox.row(event);
-        match generation {
-            Some(generation) => {
-                let tokens = (generation as i64, key(user_id));
-                self.session()
-                    .batch(&self.password_batch, (user, tokens, outbox_row))
-                    .await?;
-            }
-            None => {
-                self.session()
-                    .batch(&self.update_batch, (user, outbox_row))
-                    .await?;
-            }
+        if let Some(generation) = generation {
+            batch.push(&self.update_tokens, (generation as i64, id));
         }
+        if let Some((after, gone)) = &words {
+            self.name_word_rows(&mut batch, id, after, gone);
+        }
+        batch.push(self.outbox.insert(), self.outbox.row(event));
+        batch.run(self.session()).await?;
         self.outbox.notify();
         if self
-            .user_row(user_id)
+            .user_row(user.id)
             .await?
             .is_some_and(|row| row.is_deleted())
         {
             tracing::info!(
-                user_id,
+                user_id = user.id,
                 "a profile update landed on a deleted account, clearing it again"
             );
-            let tombstone = (MaybeUnset::<CqlTimestamp>::Unset, key(user_id));
-            self.session()
-                .batch(&self.scrub_batch, (tombstone, (key(user_id),)))
-                .await?;
+            let mut scrub = BatchRows::default();
+            scrub.push(
+                &self.tombstone_user,
+                (MaybeUnset::<CqlTimestamp>::Unset, id),
+            );
+            scrub.push(&self.delete_tokens, (id,));
+            if let Some((after, _)) = &words {
+                self.name_word_rows(&mut scrub, id, &[], after);
+            }
+            scrub.run(self.session()).await?;
         }
+        Ok(())
+    }
+
+    /// The logged batch of the deletion of the live account `row` (see the module docs),
+    /// its search rows included.
+    async fn write_deletion(
+        &self,
+        row: &UserRow,
+        deleted_at_ms: i64,
+        event: &Envelope,
+    ) -> Result<(), StoreError> {
+        let id = row.user_id;
+        let mut batch = BatchRows::default();
+        batch.push(
+            &self.tombstone_user,
+            (MaybeUnset::Set(CqlTimestamp(deleted_at_ms)), id),
+        );
+        batch.push(&self.delete_tokens, (id,));
+        if let Some(username) = &row.username {
+            let canonical = username.to_ascii_lowercase();
+            batch.push(
+                &self.delete_username_prefix,
+                (prefix_partition(&canonical), canonical, id),
+            );
+        }
+        let words = name_words(row.display_name.as_deref().unwrap_or_default());
+        self.name_word_rows(&mut batch, id, &[], &words);
+        batch.push(self.outbox.insert(), self.outbox.row(event));
+        batch.run(self.session()).await?;
+        self.outbox.notify();
+        Ok(())
+    }
+
+    /// Adds to `batch` the rows that put `id` under each of `words` and take it from `gone`.
+    fn name_word_rows<'a>(
+        &'a self,
+        batch: &mut BatchRows<'a>,
+        id: i64,
+        words: &[String],
+        gone: &[String],
+    ) {
+        for word in gone {
+            batch.push(&self.delete_name_word, (word.clone(), id));
+        }
+        for word in words {
+            batch.push(&self.insert_name_word, (word.clone(), id));
+        }
+    }
+}
+
+/// The partition of `canonical` (a lowercase username) in `username_prefixes`: its first two
+/// characters (every username has at least three).
+fn prefix_partition(canonical: &str) -> String {
+    canonical.chars().take(MIN_PREFIX_CHARS).collect()
+}
+
+/// A logged batch being put together whose statements depend on the write (how many words a
+/// display name has): statements and their values, in step.
+#[derive(Default)]
+struct BatchRows<'a> {
+    statements: Vec<&'a PreparedStatement>,
+    values: Vec<Box<dyn SerializeRow + Send + Sync + 'a>>,
+}
+
+impl<'a> BatchRows<'a> {
+    fn push(
+        &mut self,
+        statement: &'a PreparedStatement,
+        values: impl SerializeRow + Send + Sync + 'a,
+    ) {
+        self.statements.push(statement);
+        self.values.push(Box::new(values));
+    }
+
+    async fn run(self, session: &Session) -> Result<(), StoreError> {
+        session
+            .batch(&logged_batch(self.statements), self.values)
+            .await?;
         Ok(())
     }
 }
@@ -221,19 +319,29 @@ impl UserStore for CqlUserStore {
             }
             Claim::Taken => return Ok(Created::UsernameTaken),
         }
-        let row = (
-            key(user.id),
-            &user.username,
-            &user.display_name,
-            &user.bio,
-            &user.password_hash,
-            CqlTimestamp(user.created_at_ms),
-            CqlTimestamp(user.updated_at_ms),
+        let id = key(user.id);
+        let mut batch = BatchRows::default();
+        batch.push(
+            &self.insert_user,
+            (
+                id,
+                &user.username,
+                &user.display_name,
+                &user.bio,
+                &user.password_hash,
+                CqlTimestamp(user.created_at_ms),
+                CqlTimestamp(user.updated_at_ms),
+            ),
         );
-        let tokens = (key(user.id), user.token_generation as i64);
-        self.session()
-            .batch(&self.create_batch, (row, tokens, self.outbox.row(&event)))
-            .await?;
+        batch.push(&self.insert_tokens, (id, user.token_generation as i64));
+        batch.push(
+            &self.insert_username_prefix,
+            (prefix_partition(&canonical), canonical.clone(), id),
+        );
+        let words = name_words(&user.display_name);
+        self.name_word_rows(&mut batch, id, &words, &[]);
+        batch.push(self.outbox.insert(), self.outbox.row(&event));
+        batch.run(self.session()).await?;
         self.outbox.notify();
         Ok(Created::Created)
     }
@@ -285,7 +393,7 @@ impl UserStore for CqlUserStore {
         if user.token_generation > changes.acting_generation {
             return Ok(Updated::Revoked);
         }
-        self.write_changes(user_id, changes, &event).await?;
+        self.write_changes(&user, changes, &event).await?;
         Ok(Updated::Updated)
     }
 
@@ -300,14 +408,7 @@ impl UserStore for CqlUserStore {
         };
         let live = !row.is_deleted();
         if live {
-            let tombstone = (MaybeUnset::Set(CqlTimestamp(deleted_at_ms)), key(user_id));
-            self.session()
-                .batch(
-                    &self.delete_batch,
-                    (tombstone, (key(user_id),), self.outbox.row(&event)),
-                )
-                .await?;
-            self.outbox.notify();
+            self.write_deletion(&row, deleted_at_ms, &event).await?;
         }
         // Also when the row was deleted already: a deletion that stopped after its batch left
         // the name held, and this retry frees it.
@@ -317,9 +418,47 @@ impl UserStore for CqlUserStore {
         Ok(live)
     }
 
+    async fn find_by_username_prefix(
+        &self,
+        prefix: &str,
+        limit: usize,
+    ) -> Result<Vec<UserRecord>, StoreError> {
+        let values = (
+            prefix_partition(prefix),
+            prefix,
+            format!("{prefix}~"),
+            limit_value(limit),
+        );
+        let ids = self.user_ids(&self.select_username_prefix, values).await?;
+        // Checked against the account itself, as the display-name lookup is.
+        let mut found = self.get_many(ids).await?;
+        found.retain(|user| user.username.to_ascii_lowercase().starts_with(prefix));
+        Ok(found)
+    }
+
+    async fn find_by_name_word(
+        &self,
+        word: &str,
+        limit: usize,
+    ) -> Result<Vec<UserRecord>, StoreError> {
+        let ids = self
+            .user_ids(&self.select_name_word, (word, limit_value(limit)))
+            .await?;
+        // Two changes of one display name racing each other can leave a row of a word the
+        // name no longer has (each removes the words it read): such a row is skipped here.
+        let mut found = self.get_many(ids).await?;
+        found.retain(|user| name_words(&user.display_name).iter().any(|w| w == word));
+        Ok(found)
+    }
+
     fn outbox(&self) -> Arc<dyn Outbox> {
         self.outbox.clone()
     }
+}
+
+/// A read's `LIMIT`, an `int` in CQL.
+fn limit_value(limit: usize) -> i32 {
+    i32::try_from(limit).unwrap_or(i32::MAX)
 }
 
 /// IDs are `u64` here and `bigint` in CQL: stored bit for bit, so every ID round-trips.

@@ -5,6 +5,8 @@ use std::collections::HashMap;
 
 use futures_util::future::try_join;
 use scylla::DeserializeRow;
+use scylla::serialize::row::SerializeRow;
+use scylla::statement::prepared::PreparedStatement;
 use scylla::value::CqlTimestamp;
 use twtr_common::store::StoreError;
 
@@ -76,6 +78,25 @@ impl CqlUserStore {
             found.push(row?);
         }
         Ok(found)
+    }
+
+    /// The `user_id` column of the rows a search lookup (`statement` with `values`) reads, in
+    /// the order read.
+    pub(super) async fn user_ids(
+        &self,
+        statement: &PreparedStatement,
+        values: impl SerializeRow,
+    ) -> Result<Vec<u64>, StoreError> {
+        let rows = self
+            .session()
+            .execute_unpaged(statement, values)
+            .await?
+            .into_rows_result()?;
+        let mut ids = Vec::with_capacity(rows.rows_num());
+        for row in rows.rows::<(i64,)>()? {
+            ids.push(from_key(row?.0));
+        }
+        Ok(ids)
     }
 
     /// The live users among `ids` (at most [`IN_CHUNK`](super::IN_CHUNK)), in no particular order.

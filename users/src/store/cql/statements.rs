@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use twtr_common::IdGenerator;
-use twtr_common::cql::{CqlError, CqlOutbox, Keyspace, logged_batch};
+use twtr_common::cql::{CqlError, CqlOutbox, Keyspace};
 
 use super::CqlUserStore;
 
@@ -46,18 +46,29 @@ pub(super) const SELECT_TOKENS: &str =
 pub(super) const SELECT_TOKENS_IN: &str =
     "SELECT user_id, token_generation FROM {ks}.user_tokens WHERE user_id IN ?";
 
+/// People search (see `crate::search`): each account's username under its first two
+/// characters, written with the account and removed with it.
+pub(super) const INSERT_USERNAME_PREFIX: &str =
+    "INSERT INTO {ks}.username_prefixes (prefix, username, user_id) VALUES (?, ?, ?)";
+pub(super) const DELETE_USERNAME_PREFIX: &str =
+    "DELETE FROM {ks}.username_prefixes WHERE prefix = ? AND username = ? AND user_id = ?";
+/// The names from a prefix up to (not including) the prefix followed by `~`, which sorts
+/// after every character a username may hold.
+pub(super) const SELECT_USERNAME_PREFIX: &str = "SELECT user_id FROM {ks}.username_prefixes \
+     WHERE prefix = ? AND username >= ? AND username < ? LIMIT ?";
+/// Each word of a display name, written and removed with the name.
+pub(super) const INSERT_NAME_WORD: &str =
+    "INSERT INTO {ks}.name_words (word, user_id) VALUES (?, ?)";
+pub(super) const DELETE_NAME_WORD: &str =
+    "DELETE FROM {ks}.name_words WHERE word = ? AND user_id = ?";
+pub(super) const SELECT_NAME_WORD: &str =
+    "SELECT user_id FROM {ks}.name_words WHERE word = ? LIMIT ?";
+
 impl CqlUserStore {
     /// Prepares every statement in `ks` (so a bad one fails the start, not a request) and the
     /// keyspace's outbox.
     pub async fn new(ks: Keyspace, ids: Arc<IdGenerator>) -> Result<Self, CqlError> {
         let outbox = Arc::new(CqlOutbox::new(ks.clone(), ids).await?);
-        let insert_user = ks.prepare(INSERT_USER).await?;
-        let insert_tokens = ks.prepare(INSERT_TOKENS).await?;
-        let update_user = ks.prepare(UPDATE_USER).await?;
-        let update_tokens = ks.prepare(UPDATE_TOKENS).await?;
-        let tombstone_user = ks.prepare(TOMBSTONE_USER).await?;
-        let delete_tokens = ks.prepare(DELETE_TOKENS).await?;
-        let event = outbox.insert();
         Ok(Self {
             claim_username: ks.prepare(CLAIM_USERNAME).await?,
             take_over_claim: ks.prepare(TAKE_OVER_CLAIM).await?,
@@ -67,11 +78,18 @@ impl CqlUserStore {
             select_users: ks.prepare(SELECT_USERS).await?,
             select_tokens: ks.prepare(SELECT_TOKENS).await?,
             select_tokens_in: ks.prepare(SELECT_TOKENS_IN).await?,
-            create_batch: logged_batch([&insert_user, &insert_tokens, event]),
-            update_batch: logged_batch([&update_user, event]),
-            password_batch: logged_batch([&update_user, &update_tokens, event]),
-            delete_batch: logged_batch([&tombstone_user, &delete_tokens, event]),
-            scrub_batch: logged_batch([&tombstone_user, &delete_tokens]),
+            insert_user: ks.prepare(INSERT_USER).await?,
+            insert_tokens: ks.prepare(INSERT_TOKENS).await?,
+            update_user: ks.prepare(UPDATE_USER).await?,
+            update_tokens: ks.prepare(UPDATE_TOKENS).await?,
+            tombstone_user: ks.prepare(TOMBSTONE_USER).await?,
+            delete_tokens: ks.prepare(DELETE_TOKENS).await?,
+            insert_username_prefix: ks.prepare(INSERT_USERNAME_PREFIX).await?,
+            delete_username_prefix: ks.prepare(DELETE_USERNAME_PREFIX).await?,
+            select_username_prefix: ks.prepare(SELECT_USERNAME_PREFIX).await?,
+            insert_name_word: ks.prepare(INSERT_NAME_WORD).await?,
+            delete_name_word: ks.prepare(DELETE_NAME_WORD).await?,
+            select_name_word: ks.prepare(SELECT_NAME_WORD).await?,
             outbox,
             ks,
         })

@@ -189,16 +189,9 @@ async fn a_retry_frees_the_name_of_a_deletion_that_stopped_after_its_batch() {
     store.create(ada.clone(), event(&ada)).await.unwrap();
     // What a deletion that died before its last step leaves: the batch, not the release.
     let deleted = event_of(ada.id, "users.user_deleted");
-    let tombstone = (
-        MaybeUnset::Set(CqlTimestamp(clock::now_millis())),
-        key(ada.id),
-    );
+    let row = store.user_row(ada.id).await.unwrap().expect("the row");
     store
-        .session()
-        .batch(
-            &store.delete_batch,
-            (tombstone, (key(ada.id),), store.outbox.row(&deleted)),
-        )
+        .write_deletion(&row, clock::now_millis(), &deleted)
         .await
         .unwrap();
     assert_eq!(store.get(ada.id).await.unwrap(), None);
@@ -252,7 +245,20 @@ async fn an_update_overtaken_by_a_deletion_leaves_no_profile_behind() {
         acting_generation: 0,
     };
     let late = event_of(ada.id, "users.user_updated");
-    store.write_changes(ada.id, changes, &late).await.unwrap();
+    store.write_changes(&ada, changes, &late).await.unwrap();
+    assert!(
+        store
+            .find_by_name_word("late", 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "the late name is not findable"
+    );
+    let rows = store
+        .user_ids(&store.select_name_word, ("late", 10))
+        .await
+        .unwrap();
+    assert!(rows.is_empty(), "nor left in the name's rows: {rows:?}");
 
     let row = store
         .user_row(ada.id)
