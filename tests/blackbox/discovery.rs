@@ -312,8 +312,10 @@ pub async fn people_are_found_by_username_and_display_name_best_first(mesh: &Tes
         "q=one%20two%20three%20four",
         "q=ada&limit=0",
         "q=ada&limit=51",
+        "q=ada&q=bob",
     ] {
         let (status, body) = mesh.get(&format!("/v1/users/search?{bad}"), None).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {body}");
+        assert_eq!(body["error"]["code"], "invalid_argument", "{bad}: {body}");
     }
 }

@@ -68,10 +68,13 @@ pub async fn suggestions_are_friends_of_friends_best_supported_first(mesh: &Test
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(suggested(&body), vec![(d.clone(), 2)]);
-    let (status, _) = mesh
-        .get("/v1/users/me/suggestions?limit=51", Some(&my_token))
-        .await;
-    assert_eq!(status, StatusCode::BAD_REQUEST);
+    for bad in ["limit=51", "limit=0", "limit=1&limit=2"] {
+        let (status, body) = mesh
+            .get(&format!("/v1/users/me/suggestions?{bad}"), Some(&my_token))
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {body}");
+        assert_eq!(body["error"]["code"], "invalid_argument", "{bad}: {body}");
+    }
     let (status, _) = mesh.get("/v1/users/me/suggestions", None).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
 

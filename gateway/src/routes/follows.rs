@@ -2,6 +2,7 @@
 //! and following.
 
 use axum::Json;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
@@ -203,8 +204,10 @@ pub struct SuggestionsView {
 pub(super) async fn suggestions(
     State(state): State<AppState>,
     AuthenticatedUser(me): AuthenticatedUser,
-    Query(query): Query<SuggestionsQuery>,
+    query: Result<Query<SuggestionsQuery>, QueryRejection>,
 ) -> Result<Json<SuggestionsView>, ApiError> {
+    // A query axum cannot read (`?limit=1&limit=2`) gets the API's JSON 400, not axum's text.
+    let Query(query) = query.map_err(|rejection| ApiError::invalid(rejection.body_text()))?;
     // 0 asks the followers service for its default.
     let limit = super::discovery::parse_limit(query.limit.as_deref(), 0, 50)?;
     let suggested = state
