@@ -192,6 +192,17 @@ pub async fn user(up: &Upstreams, user: users_pb::User) -> Result<UserView, ApiE
         .ok_or_else(|| ApiError::new(ErrorCode::Internal, "hydration lost an item"))
 }
 
+/// A page of tweets as the tweets service answered it (a user's tweets, the public timeline, a
+/// tag, a search), hydrated for `viewer`: what every list of tweets returns.
+pub async fn tweet_page(
+    up: &Upstreams,
+    viewer: Option<u64>,
+    page: tweets_pb::TweetPage,
+) -> Result<PageView<TweetView>, ApiError> {
+    let items = tweets(up, viewer, Listed::Tweets(page.tweets)).await?;
+    Ok(PageView::new(items, page.next))
+}
+
 /// The tweets of a page as they were listed, before [`tweets`] hydrates them.
 #[derive(Debug)]
 pub enum Listed {

@@ -17,7 +17,7 @@ use crate::extract::{AuthenticatedUser, PageParams};
 use crate::openapi::{ErrorBody, PageQuery};
 use crate::state::AppState;
 use crate::upstream::rpc;
-use crate::views::{self, Listed, PageView, TweetView, UserView};
+use crate::views::{self, PageView, TweetView, UserView};
 
 /// A hashtag in a path.
 #[derive(Debug, IntoParams)]
@@ -100,8 +100,7 @@ pub(super) async fn tag_tweets(
         .await?
         .into_inner();
     let viewer = viewer.map(|AuthenticatedUser(id)| id);
-    let tweets = views::tweets(state.up(), viewer, Listed::Tweets(page.tweets)).await?;
-    Ok(Json(PageView::new(tweets, page.next)))
+    Ok(Json(views::tweet_page(state.up(), viewer, page).await?))
 }
 
 #[utoipa::path(
@@ -142,8 +141,7 @@ pub(super) async fn search_tweets(
         .await?
         .into_inner();
     let viewer = viewer.map(|AuthenticatedUser(id)| id);
-    let tweets = views::tweets(state.up(), viewer, Listed::Tweets(page.tweets)).await?;
-    Ok(Json(PageView::new(tweets, page.next)))
+    Ok(Json(views::tweet_page(state.up(), viewer, page).await?))
 }
 
 /// `?q=` and `?limit=` of a people search.
@@ -242,23 +240,9 @@ pub(super) async fn trends(
     query: Result<Query<TrendsQuery>, QueryRejection>,
 ) -> Result<Json<TrendsView>, ApiError> {
     let Query(query) = query.map_err(|rejection| ApiError::invalid(rejection.body_text()))?;
-    let limit = match query.limit {
-        None => Limit::DEFAULT,
-        Some(text) => text
-            .parse::<u32>()
-            .ok()
-            .filter(|n| *n > 0)
-            .and_then(|n| Limit::parse(Some(n)).ok())
-            .ok_or_else(|| {
-                ApiError::invalid(format!(
-                    "limit must be between 1 and {}, got {text:?}",
-                    Limit::MAX
-                ))
-            })?,
-    };
-    let request = GetTrendsRequest {
-        limit: limit.get() as u32,
-    };
+    let default = Limit::DEFAULT.get() as u32;
+    let limit = parse_limit(query.limit.as_deref(), default, Limit::MAX)?;
+    let request = GetTrendsRequest { limit };
     let trends = state
         .up()
         .tweets

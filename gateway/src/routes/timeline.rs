@@ -9,7 +9,7 @@ use crate::extract::{AuthenticatedUser, PageParams};
 use crate::openapi::PageQuery;
 use crate::state::AppState;
 use crate::upstream::rpc;
-use crate::views::{self, Listed, PageView, TweetView};
+use crate::views::{self, PageView, TweetView};
 
 #[utoipa::path(
     get,
@@ -40,6 +40,5 @@ pub(super) async fn timeline(
         .await?
         .into_inner();
     let viewer = viewer.map(|AuthenticatedUser(id)| id);
-    let tweets = views::tweets(state.up(), viewer, Listed::Tweets(page.tweets)).await?;
-    Ok(Json(PageView::new(tweets, page.next)))
+    Ok(Json(views::tweet_page(state.up(), viewer, page).await?))
 }

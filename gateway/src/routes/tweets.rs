@@ -16,7 +16,7 @@ use crate::extract::{AuthenticatedUser, JsonBody, PageParams, parse_id};
 use crate::openapi::{ErrorBody, IdempotencyKeyHeader, PageQuery, TweetIdPath, UserIdPath};
 use crate::state::AppState;
 use crate::upstream::rpc;
-use crate::views::{self, Listed, PageView, TweetView};
+use crate::views::{self, PageView, TweetView};
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -170,6 +170,5 @@ pub(super) async fn user_tweets(
     )?;
     let page = page.into_inner();
     let viewer = viewer.map(|AuthenticatedUser(id)| id);
-    let tweets = views::tweets(state.up(), viewer, Listed::Tweets(page.tweets)).await?;
-    Ok(Json(PageView::new(tweets, page.next)))
+    Ok(Json(views::tweet_page(state.up(), viewer, page).await?))
 }
