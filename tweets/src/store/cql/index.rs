@@ -10,6 +10,7 @@ use twtr_common::cql::{CqlError, Keyspace};
 use twtr_common::store::StoreError;
 use twtr_common::{clock, id};
 
+use super::reads::BucketWalk;
 use super::{BUCKET_MS, BUCKETS_PER_READ, Inner, from_cql, to_cql};
 use crate::store::{Posting, TREND_RETENTION_MINUTES, minute_of};
 use crate::words::is_tag;
@@ -225,40 +226,26 @@ impl Inner {
         };
         let bucket_of =
             |key: i64| -> Result<i64, StoreError> { Ok(id::millis_of(from_cql(key)?) / BUCKET_MS) };
-        let (mut low_bucket, mut high_bucket) = (bucket_of(low)?, bucket_of(high)?);
+        let mut walk = BucketWalk::new(bucket_of(low)?, bucket_of(high)?, forward);
         let session = self.ks.session();
         let mut found = Vec::new();
-        while low_bucket <= high_bucket {
+        while let Some(bucket) = walk
+            .next(|from, to| session.execute_unpaged(buckets, (term, from, to, BUCKETS_PER_READ)))
+            .await?
+        {
+            let left = i32::try_from(max - found.len()).unwrap_or(i32::MAX);
             let rows = session
-                .execute_unpaged(buckets, (term, low_bucket, high_bucket, BUCKETS_PER_READ))
+                .execute_unpaged(postings, (term, bucket, low, high, left))
                 .await?
                 .into_rows_result()?;
-            let mut read = 0;
-            for row in rows.rows::<(i64,)>()? {
-                let (bucket,) = row?;
-                read += 1;
-                let left = i32::try_from(max - found.len()).unwrap_or(i32::MAX);
-                let rows = session
-                    .execute_unpaged(postings, (term, bucket, low, high, left))
-                    .await?
-                    .into_rows_result()?;
-                for row in rows.rows::<(i64, Option<Vec<String>>)>()? {
-                    let (tweet, terms) = row?;
-                    found.push(Posting {
-                        tweet_id: from_cql(tweet)?,
-                        terms: terms.unwrap_or_default(),
-                    });
-                }
-                if found.len() >= max {
-                    return Ok(found);
-                }
-                if forward {
-                    low_bucket = bucket + 1;
-                } else {
-                    high_bucket = bucket - 1;
-                }
+            for row in rows.rows::<(i64, Option<Vec<String>>)>()? {
+                let (tweet, terms) = row?;
+                found.push(Posting {
+                    tweet_id: from_cql(tweet)?,
+                    terms: terms.unwrap_or_default(),
+                });
             }
-            if read < BUCKETS_PER_READ {
+            if found.len() >= max {
                 break;
             }
         }

@@ -1,9 +1,11 @@
 //! The reads: tweets by ID with their counts, an author's timeline, the public timeline hour by
 //! hour, tweet counts, and whether a user liked or retweeted tweets.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 
 use futures_util::future::{join_all, try_join};
+use scylla::errors::ExecutionError;
+use scylla::response::query_result::QueryResult;
 use scylla::value::CqlTimestamp;
 use twtr_common::store::StoreError;
 use twtr_common::{Page, PageRequest, id};
@@ -105,36 +107,22 @@ impl Inner {
         };
         let bucket_of =
             |key: i64| -> Result<i64, StoreError> { Ok(id::millis_of(from_cql(key)?) / BUCKET_MS) };
-        let (mut low, mut high) = (bucket_of(bounds.low)?, bucket_of(bounds.high)?);
+        let mut walk = BucketWalk::new(bucket_of(bounds.low)?, bucket_of(bounds.high)?, forward);
         let session = self.ks.session();
         let mut ids = Vec::new();
-        while low <= high {
+        while let Some(bucket) = walk
+            .next(|low, high| session.execute_unpaged(buckets, (low, high, BUCKETS_PER_READ)))
+            .await?
+        {
+            let left = i32::try_from(take - ids.len()).unwrap_or(i32::MAX);
             let rows = session
-                .execute_unpaged(buckets, (low, high, BUCKETS_PER_READ))
+                .execute_unpaged(timeline, (bucket, bounds.low, bounds.high, left))
                 .await?
                 .into_rows_result()?;
-            let mut read = 0;
             for row in rows.rows::<(i64,)>()? {
-                let (bucket,) = row?;
-                read += 1;
-                let left = i32::try_from(take - ids.len()).unwrap_or(i32::MAX);
-                let rows = session
-                    .execute_unpaged(timeline, (bucket, bounds.low, bounds.high, left))
-                    .await?
-                    .into_rows_result()?;
-                for row in rows.rows::<(i64,)>()? {
-                    ids.push(from_cql(row?.0)?);
-                }
-                if ids.len() >= take {
-                    return Ok(ids);
-                }
-                if forward {
-                    low = bucket + 1;
-                } else {
-                    high = bucket - 1;
-                }
+                ids.push(from_cql(row?.0)?);
             }
-            if read < BUCKETS_PER_READ {
+            if ids.len() >= take {
                 break;
             }
         }
@@ -301,4 +289,55 @@ pub(super) fn distinct_keys(ids: &[u64]) -> Vec<i64> {
 /// A stored count; never below zero (clamped rather than wrapped if one ever were).
 pub(super) fn count(stored: Option<i64>) -> u64 {
     stored.unwrap_or(0).max(0) as u64
+}
+
+/// The hour buckets a listing (`timeline_buckets`, `term_buckets`) names between two buckets, in
+/// the direction of a read (newest first, or oldest first when polling): listed
+/// [`BUCKETS_PER_READ`] at a time, handed out one by one, so a read that is satisfied early lists
+/// no more than it uses.
+pub(super) struct BucketWalk {
+    low: i64,
+    high: i64,
+    forward: bool,
+    listed: VecDeque<i64>,
+    /// The last listing came back short: nothing is left to list.
+    exhausted: bool,
+}
+
+impl BucketWalk {
+    pub(super) fn new(low: i64, high: i64, forward: bool) -> Self {
+        Self {
+            low,
+            high,
+            forward,
+            listed: VecDeque::new(),
+            exhausted: false,
+        }
+    }
+
+    /// The next bucket, or `None` when the range holds no more. When the buckets listed so far
+    /// are used up, `list(low, high)` runs the listing on what is left of the range (in the
+    /// walk's direction, at most [`BUCKETS_PER_READ`] rows of one `bigint` column).
+    pub(super) async fn next<F, Fut>(&mut self, list: F) -> Result<Option<i64>, StoreError>
+    where
+        F: FnOnce(i64, i64) -> Fut,
+        Fut: Future<Output = Result<QueryResult, ExecutionError>>,
+    {
+        if self.listed.is_empty() && !self.exhausted && self.low <= self.high {
+            let rows = list(self.low, self.high).await?.into_rows_result()?;
+            for row in rows.rows::<(i64,)>()? {
+                self.listed.push_back(row?.0);
+            }
+            self.exhausted = self.listed.len() < BUCKETS_PER_READ as usize;
+        }
+        let Some(bucket) = self.listed.pop_front() else {
+            return Ok(None);
+        };
+        if self.forward {
+            self.low = bucket + 1;
+        } else {
+            self.high = bucket - 1;
+        }
+        Ok(Some(bucket))
+    }
 }
