@@ -651,8 +651,9 @@ fn node_of(urls: &[String], broker: &str) -> usize {
         .unwrap_or_else(|| panic!("{broker} is not one of {urls:?}"))
 }
 
-/// The node leading the quorum queue `queue`, from `rabbitmqctl list_queues` on a live node.
-async fn leader_of(urls: &[String], alive: usize, queue: &str) -> usize {
+/// Every quorum queue of the cluster and the node leading it, from `rabbitmqctl list_queues` on
+/// the live node `alive` (a classic queue has no leader and is left out).
+async fn queue_leaders(urls: &[String], alive: usize) -> Vec<(String, usize)> {
     let path = format!("{}/scripts/rabbitmq.sh", env!("CARGO_MANIFEST_DIR"));
     let out = Command::new(&path)
         .args([
@@ -666,23 +667,31 @@ async fn leader_of(urls: &[String], alive: usize, queue: &str) -> usize {
         .output()
         .await
         .expect("run rabbitmqctl");
-    let listing = String::from_utf8_lossy(&out.stdout);
-    let leader = listing
-        .lines()
-        .find_map(|line| {
-            let mut columns = line.split_whitespace();
-            (columns.next() == Some(queue))
-                .then(|| columns.next())
-                .flatten()
-        })
-        .unwrap_or_else(|| panic!("no leader for {queue} in {listing}"));
-    // Nodes are twtr<port>@localhost.
-    let port = leader
-        .trim_start_matches("twtr")
-        .split('@')
-        .next()
-        .unwrap_or_default();
-    node_of(urls, &format!("127.0.0.1:{port}"))
+    let mut leaders = Vec::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let mut columns = line.split_whitespace();
+        let (Some(name), Some(leader)) = (columns.next(), columns.next()) else {
+            continue;
+        };
+        // Nodes are twtr<port>@localhost.
+        let Some(port) = leader
+            .strip_prefix("twtr")
+            .and_then(|rest| rest.split('@').next())
+        else {
+            continue;
+        };
+        leaders.push((name.to_owned(), node_of(urls, &format!("127.0.0.1:{port}"))));
+    }
+    leaders
+}
+
+/// The node leading the quorum queue `queue`.
+async fn leader_of(urls: &[String], alive: usize, queue: &str) -> usize {
+    let leaders = queue_leaders(urls, alive).await;
+    leaders
+        .iter()
+        .find_map(|(name, node)| (name == queue).then_some(*node))
+        .unwrap_or_else(|| panic!("no leader for {queue} in {leaders:?}"))
 }
 
 /// What the publisher and the consumer saw, with when (since the test started).
@@ -816,36 +825,9 @@ async fn kill_and_restart(
 /// How many quorum queues each node leads, cluster-wide (every test run's queues, until they
 /// expire).
 async fn leaders_per_node(urls: &[String], alive: usize) -> BTreeMap<usize, usize> {
-    let path = format!("{}/scripts/rabbitmq.sh", env!("CARGO_MANIFEST_DIR"));
-    let out = Command::new(&path)
-        .args([
-            "ctl",
-            &alive.to_string(),
-            "-q",
-            "list_queues",
-            "name",
-            "leader",
-        ])
-        .output()
-        .await
-        .expect("run rabbitmqctl");
     let mut per_node = BTreeMap::new();
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        let mut columns = line.split_whitespace();
-        let (Some(_name), Some(leader)) = (columns.next(), columns.next()) else {
-            continue;
-        };
-        if !leader.starts_with("twtr") {
-            continue; // a classic queue has no leader
-        }
-        let port = leader
-            .trim_start_matches("twtr")
-            .split('@')
-            .next()
-            .unwrap_or_default();
-        *per_node
-            .entry(node_of(urls, &format!("127.0.0.1:{port}")))
-            .or_insert(0) += 1;
+    for (_, node) in queue_leaders(urls, alive).await {
+        *per_node.entry(node).or_insert(0) += 1;
     }
     per_node
 }
