@@ -496,13 +496,17 @@ impl PrivateCassandra {
         self.script("start").await;
     }
 
-    /// Runs `scripts/cassandra.sh command` for this node. A start is tried three times: a JVM
-    /// that dies during start-up on a machine short of memory (seen once, with builds running
-    /// beside the suite) is the harness's failure, not the outage's under test.
+    /// Runs `scripts/cassandra.sh command` for this node. A start is tried up to five times,
+    /// a little later each time: a JVM that dies during start-up (seen right after a stop, with
+    /// builds running beside the suite: it printed the JDK's start-up warnings and exited
+    /// without a word in its log) is the harness's failure, not the outage's under test.
     async fn script(&self, command: &str) {
         let repo = env!("CARGO_MANIFEST_DIR");
-        let attempts = if command == "start" { 3 } else { 1 };
+        let attempts = if command == "start" { 5 } else { 1 };
         for attempt in 1..=attempts {
+            if attempt > 1 {
+                tokio::time::sleep(Duration::from_secs(2 * (attempt - 1))).await;
+            }
             let status = Command::new(format!("{repo}/scripts/cassandra.sh"))
                 .arg(command)
                 .env("TWTR_CASSANDRA_DIR", self.dir.path())
