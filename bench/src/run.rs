@@ -264,7 +264,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         push(
             &mut results,
             "discovery",
-            &["tag", "search", "trends"],
+            &["tag", "search", "trends", "people"],
             "closed",
             &run,
         );
@@ -398,12 +398,19 @@ fn load_post_text(what: &str, i: u64) -> String {
     format!("{what} {i} #bench #load{}", i % 10)
 }
 
-/// The discovery reads, at maximum throughput: 40% a tag's first page (one of the ten tags
-/// the load phases post), 40% a two-word search every seeded tweet matches (the walk of one
-/// word's postings, checking the other on each), 20% trends.
+/// The discovery reads, at maximum throughput: 30% a tag's first page (one of the ten tags
+/// the load phases post), 30% a two-word search every seeded tweet matches (the walk of one
+/// word's postings, checking the other on each), 20% trends, 20% a people search for a seeded
+/// username, which is also the prefix of up to 50 others (`s<seed>x1` starts `s<seed>x10` to
+/// `s<seed>x19`, `s<seed>x100`, ...): the exact match, the prefix read and its ranking.
 fn discovery_op(world: &Arc<World>) -> Op {
     let world = Arc::clone(world);
-    let mix = Arc::new(Mix::new(vec![(0usize, 40.0), (1, 40.0), (2, 20.0)]));
+    let mix = Arc::new(Mix::new(vec![
+        (0usize, 30.0),
+        (1, 30.0),
+        (2, 20.0),
+        (3, 20.0),
+    ]));
     Arc::new(move |i| {
         let (world, mix) = (Arc::clone(&world), Arc::clone(&mix));
         Box::pin(async move {
@@ -412,7 +419,12 @@ fn discovery_op(world: &Arc<World>) -> Op {
             let path = match op {
                 0 => format!("/v1/tags/load{}/tweets?limit=20", rng.random_range(0..10)),
                 1 => "/v1/search/tweets?q=quick+fox&limit=20".to_owned(),
-                _ => "/v1/trends".to_owned(),
+                2 => "/v1/trends".to_owned(),
+                _ => {
+                    let who = rng.random_range(0..world.state.users.clamp(1, 100));
+                    let name = graph::username(world.state.seed, who);
+                    format!("/v1/users/search?q={name}&limit=10")
+                }
             };
             let read = world.api.get(&path, None).await;
             (op, read.map(drop).map_err(|e| e.to_string()))
