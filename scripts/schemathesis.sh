@@ -6,6 +6,8 @@
 # does not describe (status, content type, headers, body schema), any bad input the API
 # accepts, and any route that ignores a missing or wrong token.
 #
+# Bad input may be refused with a size status too (413, 414, 431): scripts/schemathesis.toml.
+#
 # Not checked: positive_data_acceptance ("every schema-valid request succeeds"). The API has
 # rules JSON Schema cannot state (no self-follow, unique usernames, lengths counted after NFC
 # and trimming, no control characters, a password change needs the current password), so a
@@ -15,8 +17,8 @@
 # black-box tests cover it.
 #
 # Usage: scripts/schemathesis.sh [path/to/twtr]   (default: target/debug/twtr, built if missing)
-# Environment: SCHEMATHESIS_EXAMPLES (test cases per operation, default 50), CI=true (nothing
-# may be skipped).
+# Environment: SCHEMATHESIS_EXAMPLES (test cases per operation, default 50), SCHEMATHESIS_SEED
+# (replay the run a failure printed the seed of), CI=true (nothing may be skipped).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,6 +27,7 @@ MIN_REQUESTS=1000
 EXAMPLES="${SCHEMATHESIS_EXAMPLES:-50}"
 TOOLS="$PWD/.tools/pypi-schemathesis"
 TWTR="${1:-target/debug/twtr}"
+config="$PWD/scripts/schemathesis.toml"
 
 not_run() {
     if [[ "${CI:-}" == "true" ]]; then
@@ -93,12 +96,13 @@ echo "schemathesis.sh: schemathesis $VERSION against $http/openapi.json ($EXAMPL
 started=$SECONDS
 # From the temporary directory, so schemathesis's own files (.schemathesis/) do not land in the
 # repository.
-(cd "$work" && schemathesis run "$http/openapi.json" \
+(cd "$work" && schemathesis --config-file "$config" run "$http/openapi.json" \
     --checks all --exclude-checks positive_data_acceptance \
     --max-examples "$EXAMPLES" \
     --header "Authorization: Bearer $token" \
     --exclude-operation-id delete_me \
     --request-timeout 20 \
+    ${SCHEMATHESIS_SEED:+--seed "$SCHEMATHESIS_SEED"} \
     --no-color)
 
 requests=$(curl -fsS "$http/metrics" |

@@ -5,6 +5,7 @@ use axum::http::HeaderMap;
 use axum::http::request::Parts;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
+use serde_json::value::RawValue;
 use twtr_common::tokens::TokenError;
 use twtr_common::{ErrorCode, Limit, PageRequest, auth};
 
@@ -68,8 +69,8 @@ impl OptionalFromRequestParts<AppState> for AuthenticatedUser {
     }
 }
 
-/// A JSON request body. Malformed JSON, a wrong shape or unknown fields are a 400 that says what
-/// is wrong; a body over the size limit is a 413.
+/// A JSON request body, always an object. Malformed JSON, another type, a wrong shape or unknown
+/// fields are a 400 that says what is wrong; a body over the size limit is a 413.
 #[derive(Debug, Clone)]
 pub struct JsonBody<T>(pub T);
 
@@ -79,7 +80,7 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
     async fn from_request(request: Request, state: &AppState) -> Result<Self, ApiError> {
         // The body must arrive by the request's deadline: a client sending it slowly (on
         // purpose or not) would otherwise hold its in-flight slot for as long as it likes.
-        let read = axum::Json::<T>::from_request(request, state);
+        let read = axum::Json::<Box<RawValue>>::from_request(request, state);
         let read = match crate::upstream::deadline() {
             Some(deadline) => tokio::time::timeout_at(deadline, read).await.map_err(|_| {
                 ApiError::new(
@@ -89,14 +90,24 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
             })?,
             None => read.await,
         };
-        match read {
-            Ok(axum::Json(value)) => Ok(Self(value)),
-            Err(rejection) if rejection.status().as_u16() == 413 => Err(ApiError::new(
-                ErrorCode::PayloadTooLarge,
-                format!("request body is over {} bytes", state.body_limit()),
-            )),
-            Err(rejection) => Err(ApiError::invalid(rejection.body_text())),
+        let raw = match read {
+            Ok(axum::Json(raw)) => raw,
+            Err(rejection) if rejection.status().as_u16() == 413 => {
+                return Err(ApiError::new(
+                    ErrorCode::PayloadTooLarge,
+                    format!("request body is over {} bytes", state.body_limit()),
+                ));
+            }
+            Err(rejection) => return Err(ApiError::invalid(rejection.body_text())),
+        };
+        // Every body this API takes is an object. serde would otherwise read a struct from an
+        // array too, field by field in order (`[null, null]` as a PATCH that changes nothing).
+        if !raw.get().starts_with('{') {
+            return Err(ApiError::invalid("the request body must be a JSON object"));
         }
+        axum::Json::<T>::from_bytes(raw.get().as_bytes())
+            .map(|axum::Json(value)| Self(value))
+            .map_err(|rejection| ApiError::invalid(rejection.body_text()))
     }
 }
 
@@ -248,5 +259,68 @@ mod tests {
         assert!(parse_id("4x2", "id").is_err());
         assert!(parse_id("", "id").is_err());
         assert!(parse_id("18446744073709551616", "id").is_err());
+    }
+
+    #[derive(Debug, Deserialize, PartialEq)]
+    #[serde(deny_unknown_fields)]
+    struct Patch {
+        name: Option<String>,
+        bio: Option<String>,
+    }
+
+    async fn body(content_type: Option<&str>, body: &str) -> Result<Patch, ApiError> {
+        let (state, _) = state_and_foreign_token();
+        let mut request = HttpRequest::patch("/x");
+        if let Some(value) = content_type {
+            request = request.header("content-type", value);
+        }
+        let request = request
+            .body(axum::body::Body::from(body.to_owned()))
+            .unwrap();
+        JsonBody::<Patch>::from_request(request, &state)
+            .await
+            .map(|b| b.0)
+    }
+
+    #[tokio::test]
+    async fn a_body_must_be_a_json_object_of_the_known_fields() {
+        let json = Some("application/json");
+        let read = body(json, " \n {\"name\": \"ada\"} ").await.unwrap();
+        assert_eq!(
+            read,
+            Patch {
+                name: Some("ada".into()),
+                bio: None
+            }
+        );
+        let read = body(Some("application/merge-patch+json"), "{}")
+            .await
+            .unwrap();
+        assert_eq!(
+            read,
+            Patch {
+                name: None,
+                bio: None
+            }
+        );
+
+        // serde alone reads a struct from an array, field by field: schemathesis sent a PATCH
+        // of `[null, null, null, null]` and it was answered 200.
+        for (content_type, sent, says) in [
+            (json, "[null, null]", "JSON object"),
+            (json, "[]", "JSON object"),
+            (json, "null", "JSON object"),
+            (json, "\"name\"", "JSON object"),
+            (json, "{\"name\": 1}", "name"),
+            (json, "{\"id\": \"1\"}", "unknown field"),
+            (json, "{\"name\": \"ada\"} x", "trailing"),
+            (json, "{", "EOF"),
+            (None, "{}", "Content-Type"),
+            (Some("text/plain"), "{}", "Content-Type"),
+        ] {
+            let err = body(content_type, sent).await.unwrap_err();
+            assert_eq!(err.code, ErrorCode::InvalidArgument, "{sent}");
+            assert!(err.message.contains(says), "{sent}: {}", err.message);
+        }
     }
 }
