@@ -97,6 +97,12 @@ cargo test --test blackbox -- --ignored faults:: --nocapture
 cluster_suite() (
     export TWTR_CASSANDRA_HOSTS=127.0.0.4,127.0.0.5,127.0.0.6 TWTR_RABBITMQ_PORT=5682
     trap 'scripts/cassandra.sh stop --cluster || true; scripts/rabbitmq.sh stop --cluster || true' EXIT
+    # Fresh clusters each run, as a clean checkout has (below for RabbitMQ): a Cassandra cluster
+    # carries every earlier run's dropped keyspaces in its schema otherwise.
+    if [[ -z ${TWTR_CASSANDRA_DIR:-} ]]; then
+        scripts/cassandra.sh stop --cluster >/dev/null 2>&1 || true
+        rm -rf .cassandra-cluster
+    fi
     scripts/cassandra.sh start --nodes 3 &
     local cassandra=$!
     # A fresh RabbitMQ cluster each run, as a clean checkout has: a cluster restarted on the

@@ -32,6 +32,8 @@ use std::time::{Duration, Instant};
 
 use scylla::client::session::Session;
 use scylla::errors::{ExecutionError, SchemaAgreementError};
+use scylla::policies::load_balancing::{NodeIdentifier, SingleTargetLoadBalancingPolicy};
+use scylla::statement::unprepared::Statement;
 use scylla::value::{CqlTimestamp, CqlValue};
 use sha2::{Digest as _, Sha256};
 
@@ -476,29 +478,28 @@ async fn await_agreement(session: &Session, lease: Option<(&str, &str)>) -> Resu
     }
 }
 
-/// Each node's schema version as one node sees it (its own and its peers'), for the operator
+/// Each node's schema version, asked of the node itself (a node's view of its peers lags behind
+/// by a gossip round, and mixing two nodes' views lists one node twice), for the operator
 /// reading why a run waits; best effort.
 async fn schema_versions(session: &Session) -> String {
-    let local = "SELECT broadcast_address, schema_version FROM system.local WHERE key = 'local'";
     let mut versions = Vec::new();
-    for query in [local, "SELECT peer, schema_version FROM system.peers"] {
-        let rows = match session.query_unpaged(query, ()).await {
-            Ok(result) => result.into_rows_result(),
-            Err(err) => return format!("unknown ({err})"),
+    for node in session.get_cluster_state().get_nodes_info() {
+        let mut ask = Statement::new("SELECT schema_version FROM system.local WHERE key = 'local'");
+        ask.set_load_balancing_policy(Some(SingleTargetLoadBalancingPolicy::new(
+            NodeIdentifier::Node(node.clone()),
+            None,
+        )));
+        let version = match session.query_unpaged(ask, ()).await {
+            Ok(result) => result
+                .into_rows_result()
+                .ok()
+                .and_then(|rows| rows.maybe_first_row::<(Option<uuid::Uuid>,)>().ok())
+                .flatten()
+                .and_then(|(version,)| version)
+                .map_or_else(|| "none".to_owned(), |v| v.to_string()),
+            Err(err) => format!("unreachable ({err})"),
         };
-        let Ok(rows) = rows else {
-            return "unknown".to_owned();
-        };
-        let Ok(rows) = rows.rows::<(Option<std::net::IpAddr>, Option<uuid::Uuid>)>() else {
-            return "unknown".to_owned();
-        };
-        for (node, version) in rows.flatten() {
-            versions.push(format!(
-                "{}: {}",
-                node.map_or("?".to_owned(), |n| n.to_string()),
-                version.map_or("none".to_owned(), |v| v.to_string())
-            ));
-        }
+        versions.push(format!("{}: {version}", node.address.ip()));
     }
     versions.join(", ")
 }
