@@ -986,7 +986,7 @@ mod tests {
             deliveries.sort_unstable();
             let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
             let dir = tempfile::tempdir().unwrap();
-            let limits = FeedLimits { feed_len: 1_000, trim_slack: 0, recent_per_author: 1_000 };
+            let limits = FeedLimits { feed_len: 1_000, trim_slack: 0, recent_per_author: 1_000, notifications_len: 1_000 };
             let feeds = feeds_with(dir.path(), limits);
             runtime.block_on(async {
                 for (_, i) in &deliveries {
