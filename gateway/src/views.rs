@@ -332,7 +332,7 @@ async fn tweets_and_flags(
 }
 
 /// The users among `ids` (repeats allowed), by ID: one RPC.
-async fn authors(
+pub(crate) async fn authors(
     up: &Upstreams,
     mut ids: Vec<u64>,
 ) -> Result<HashMap<u64, users_pb::User>, tonic::Status> {

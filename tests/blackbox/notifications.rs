@@ -62,6 +62,15 @@ async fn await_notified(mesh: &TestMesh, token: &str, expected: &[String]) {
     .await;
 }
 
+/// Likes and retweets `tweet` as `token`.
+async fn like_and_retweet(mesh: &TestMesh, token: &str, tweet: &str) {
+    for action in ["like", "retweet"] {
+        let path = format!("/v1/tweets/{tweet}/{action}");
+        let (status, body) = mesh.call(Method::POST, &path, Some(token), None).await;
+        assert_eq!(status, StatusCode::NO_CONTENT, "{action}: {body}");
+    }
+}
+
 fn line(kind: &str, actor: &str, tweet: &str) -> String {
     format!("{kind} {actor} {tweet}")
 }
@@ -143,27 +152,9 @@ pub async fn follows_likes_and_retweets_notify_until_undone(mesh: &TestMesh) {
     let (bob_id, bob) = mesh.user("bob").await;
     let tweet = mesh.tweet(&alice, "like me").await;
     mesh.follow(&bob, &alice_id).await;
-    for action in ["like", "retweet"] {
-        let (status, body) = mesh
-            .call(
-                Method::POST,
-                &format!("/v1/tweets/{tweet}/{action}"),
-                Some(&bob),
-                None,
-            )
-            .await;
-        assert_eq!(status, StatusCode::NO_CONTENT, "{action}: {body}");
-        // Their own like notifies no one.
-        let (status, _) = mesh
-            .call(
-                Method::POST,
-                &format!("/v1/tweets/{tweet}/{action}"),
-                Some(&alice),
-                None,
-            )
-            .await;
-        assert_eq!(status, StatusCode::NO_CONTENT);
-    }
+    like_and_retweet(mesh, &bob, &tweet).await;
+    // Their own like and retweet notify no one.
+    like_and_retweet(mesh, &alice, &tweet).await;
     let follow = line("follow", &bob_id, "-");
     let like = line("like", &bob_id, &tweet);
     let retweet = line("retweet", &bob_id, &tweet);
@@ -199,17 +190,7 @@ pub async fn deleting_a_tweet_or_an_account_takes_its_notifications_away(mesh: &
     let (bob_id, bob) = mesh.user("bob").await;
     let (carol_id, carol) = mesh.user("carol").await;
     let tweet = mesh.tweet(&alice, "hello @carol").await;
-    for action in ["like", "retweet"] {
-        let (status, _) = mesh
-            .call(
-                Method::POST,
-                &format!("/v1/tweets/{tweet}/{action}"),
-                Some(&bob),
-                None,
-            )
-            .await;
-        assert_eq!(status, StatusCode::NO_CONTENT);
-    }
+    like_and_retweet(mesh, &bob, &tweet).await;
     mesh.follow(&bob, &alice_id).await;
     let answer = mesh.tweet(&bob, "@alice hi back").await;
     await_notified(mesh, &carol, &[line("mention", &alice_id, &tweet)]).await;
@@ -352,17 +333,7 @@ async fn redelivered_and_reordered_events_change_nothing() {
     let tweet = mesh.tweet(&alice, "like me").await;
     let gone = mesh.tweet(&bob, "soon gone @alice").await;
     mesh.follow(&bob, &alice_id).await;
-    for action in ["like", "retweet"] {
-        let (status, _) = mesh
-            .call(
-                Method::POST,
-                &format!("/v1/tweets/{tweet}/{action}"),
-                Some(&bob),
-                None,
-            )
-            .await;
-        assert_eq!(status, StatusCode::NO_CONTENT);
-    }
+    like_and_retweet(&mesh, &bob, &tweet).await;
     let retweet = line("retweet", &bob_id, &tweet);
     await_notified(
         &mesh,

@@ -12,7 +12,6 @@ use twtr_proto::feeds::v1::{
     self as feeds_pb, FeedEntry, ListNotificationsRequest, MarkNotificationsReadRequest,
     NotificationKind,
 };
-use twtr_proto::users::v1::BatchGetUsersRequest;
 use utoipa::{IntoParams, ToSchema};
 
 use crate::error::ApiError;
@@ -146,22 +145,8 @@ async fn actors(
     up: &crate::upstream::Upstreams,
     notifications: &[feeds_pb::Notification],
 ) -> Result<HashMap<u64, UserView>, ApiError> {
-    let mut ids: Vec<u64> = notifications.iter().map(|n| n.actor_id).collect();
-    ids.sort_unstable();
-    ids.dedup();
-    if ids.is_empty() {
-        return Ok(HashMap::new());
-    }
-    let found = up
-        .users
-        .clone()
-        .batch_get_users(rpc(BatchGetUsersRequest {
-            user_ids: ids,
-            ..Default::default()
-        }))
-        .await?
-        .into_inner()
-        .users;
+    let ids = notifications.iter().map(|n| n.actor_id).collect();
+    let found = views::authors(up, ids).await?.into_values().collect();
     let users = views::users(up, found).await?;
     Ok(users
         .into_iter()
