@@ -175,7 +175,7 @@ pub async fn follows_likes_and_retweets_notify_until_undone(mesh: &TestMesh) {
     undo(format!("/v1/tweets/{tweet}/like")).await;
     await_notified(mesh, &alice, &[retweet.clone(), follow.clone()]).await;
     undo(format!("/v1/tweets/{tweet}/retweet")).await;
-    await_notified(mesh, &alice, &[follow.clone()]).await;
+    await_notified(mesh, &alice, std::slice::from_ref(&follow)).await;
     undo(format!("/v1/users/{alice_id}/follow")).await;
     await_notified(mesh, &alice, &[]).await;
     assert_eq!(page(mesh, &alice, "").await["unread_count"], 0);
