@@ -482,6 +482,7 @@ impl Cli {
                 feed_len: self.feed_len,
                 trim_slack: self.feed_trim_slack,
                 recent_per_author: self.feed_backfill,
+                ..FeedLimits::default()
             },
             idempotency_window: Duration::from_secs(self.idempotency_window_secs),
             celebrity_threshold: (self.celebrity_threshold > 0).then_some(self.celebrity_threshold),

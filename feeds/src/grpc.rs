@@ -9,6 +9,16 @@ use twtr_proto::feeds::v1 as pb;
 use twtr_proto::feeds::v1::feeds_service_server::{FeedsService, FeedsServiceServer};
 
 use crate::service::{Feeds, FeedsError};
+use crate::store::NotificationKind;
+
+fn kind_to_pb(kind: NotificationKind) -> pb::NotificationKind {
+    match kind {
+        NotificationKind::Mention => pb::NotificationKind::Mention,
+        NotificationKind::Follow => pb::NotificationKind::Follow,
+        NotificationKind::Like => pb::NotificationKind::Like,
+        NotificationKind::Retweet => pb::NotificationKind::Retweet,
+    }
+}
 
 pub fn server(feeds: Arc<Feeds>) -> FeedsServiceServer<FeedsGrpc> {
     FeedsServiceServer::new(FeedsGrpc { feeds })
@@ -49,6 +59,57 @@ impl FeedsService for FeedsGrpc {
                 })
                 .collect(),
             next: page.next,
+        }))
+    }
+
+    async fn list_notifications(
+        &self,
+        request: Request<pb::ListNotificationsRequest>,
+    ) -> Result<Response<pb::ListNotificationsResponse>, Status> {
+        // Notifications are private to their recipient.
+        acting_as(&request, request.get_ref().user_id)?;
+        let r = request.into_inner();
+        let limit = Limit::parse(Some(r.limit)).map_err(|e| FeedsError::from(e).to_status())?;
+        let page = PageRequest {
+            before: r.before,
+            since: None,
+            limit,
+        };
+        let (page, state) = self
+            .feeds
+            .notifications(r.user_id, page)
+            .await
+            .map_err(|e| e.to_status())?;
+        Ok(Response::new(pb::ListNotificationsResponse {
+            notifications: page
+                .items
+                .into_iter()
+                .map(|n| pb::Notification {
+                    id: n.id,
+                    kind: kind_to_pb(n.kind).into(),
+                    actor_id: n.actor,
+                    tweet_id: (n.tweet_id != 0).then_some(n.tweet_id),
+                    read: n.id <= state.read_up_to,
+                })
+                .collect(),
+            next: page.next,
+            unread_count: state.unread,
+        }))
+    }
+
+    async fn mark_notifications_read(
+        &self,
+        request: Request<pb::MarkNotificationsReadRequest>,
+    ) -> Result<Response<pb::MarkNotificationsReadResponse>, Status> {
+        acting_as(&request, request.get_ref().user_id)?;
+        let r = request.into_inner();
+        let read_up_to = self
+            .feeds
+            .mark_notifications_read(r.user_id, r.up_to)
+            .await
+            .map_err(|e| e.to_status())?;
+        Ok(Response::new(pb::MarkNotificationsReadResponse {
+            read_up_to,
         }))
     }
 }

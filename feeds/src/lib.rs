@@ -13,7 +13,8 @@
 //! # How data flows
 //!
 //! The service consumes, from its own durable queue, `TweetCreated`, `TweetDeleted`,
-//! `Retweeted`, `Unretweeted`, `UserFollowed`, `UserUnfollowed` and `UserDeleted`. It keeps its
+//! `Retweeted`, `Unretweeted`, `UserFollowed`, `UserUnfollowed`, `UserDeleted`, and (for
+//! notifications only) `TweetLiked` and `TweetUnliked`. It keeps its
 //! own projections (the follow graph with a version per edge, deleted tweets, standing retweets
 //! with a version per pair, each author's recent tweets and retweets) and writes a feed entry
 //! only as they imply it ([`service::Feeds`] says exactly what a feed holds): a new tweet is
@@ -21,6 +22,11 @@
 //! retweet reaches the retweeter's followers once. Every handler is idempotent and re-checks
 //! what a concurrent one could change, so feeds converge whatever the delivery order; a
 //! delivery is acknowledged only after its effect is stored.
+//!
+//! Beside the feeds, the same events keep each user's notifications (a mention, a new follower,
+//! a like or a retweet of their tweet): one per (recipient, kind, actor, tweet), at the highest
+//! version its events carry, so the undoing event (unfollow, unlike, unretweet, the tweet's
+//! deletion) takes it away whatever the delivery order. See [`store::FeedStore::set_notification`].
 
 pub mod grpc;
 pub mod service;
@@ -35,7 +41,9 @@ use twtr_common::tokens::TokenVerifier;
 use twtr_proto::feeds::v1::feeds_service_server::FeedsServiceServer;
 
 pub use service::{Feeds, FeedsError};
-pub use store::{CqlFeedStore, EmbeddedFeedStore, FeedLimits, FeedStore, SCHEMA};
+pub use store::{
+    CqlFeedStore, EmbeddedFeedStore, FeedLimits, FeedStore, Notification, NotificationKind, SCHEMA,
+};
 
 /// Followers above which an author is a celebrity, unless configured.
 pub const DEFAULT_CELEBRITY_THRESHOLD: usize = 10_000;
@@ -52,6 +60,9 @@ pub fn queue(settings: &ConsumerSettings) -> QueueSpec {
             EventKind::UserFollowed,
             EventKind::UserUnfollowed,
             EventKind::UserDeleted,
+            // For notifications only: the liked tweet's author is told.
+            EventKind::TweetLiked,
+            EventKind::TweetUnliked,
         ],
     )
 }

@@ -14,7 +14,9 @@ use twtr_proto::events::v1::{
     Envelope, TweetCreated, TweetDeleted, UserDeleted, UserFollowed, UserUnfollowed,
 };
 
-use crate::store::{FeedEntry, FeedStore};
+use crate::store::{
+    FeedEntry, FeedStore, Notification, NotificationKey, NotificationKind, NotificationState,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum FeedsError {
@@ -22,6 +24,8 @@ pub enum FeedsError {
     InvalidLimit(#[from] InvalidLimit),
     #[error("user_id is required")]
     MissingUser,
+    #[error("up_to is not a notification id")]
+    InvalidCursor,
     #[error("storage failed")]
     Store(#[from] StoreError),
 }
@@ -29,7 +33,9 @@ pub enum FeedsError {
 impl ServiceError for FeedsError {
     fn error_code(&self) -> ErrorCode {
         match self {
-            Self::InvalidLimit(_) | Self::MissingUser => ErrorCode::InvalidArgument,
+            Self::InvalidLimit(_) | Self::MissingUser | Self::InvalidCursor => {
+                ErrorCode::InvalidArgument
+            }
             Self::Store(err) => err.error_code(),
         }
     }
@@ -141,6 +147,84 @@ impl Feeds {
             None
         };
         Ok(Page { items, next })
+    }
+
+    /// One page of `user`'s notifications, newest first (`before` and `limit` of `page`), with
+    /// their read state.
+    pub async fn notifications(
+        &self,
+        user: u64,
+        page: PageRequest,
+    ) -> Result<(Page<Notification>, NotificationState), FeedsError> {
+        if user == 0 {
+            return Err(FeedsError::MissingUser);
+        }
+        let listed = self.store.notifications(user, page).await?;
+        let state = self.store.notification_state(user).await?;
+        Ok((listed, state))
+    }
+
+    /// Marks `user`'s notifications read up to `up_to` (`None`: the newest), never back; returns
+    /// the read cursor after.
+    pub async fn mark_notifications_read(
+        &self,
+        user: u64,
+        up_to: Option<u64>,
+    ) -> Result<u64, FeedsError> {
+        if user == 0 {
+            return Err(FeedsError::MissingUser);
+        }
+        if up_to.is_some_and(|id| id == 0 || i64::try_from(id).is_err()) {
+            return Err(FeedsError::InvalidCursor);
+        }
+        Ok(self.store.mark_notifications_read(user, up_to).await?)
+    }
+
+    /// Lists (`id`) or takes back (`None`) the notification `key` as of `version`. Nobody is told
+    /// of their own action, and an event without a version (from before versions) cannot be
+    /// ordered against its undoing, so it notifies no one. A like or retweet of a tweet deleted
+    /// meanwhile goes again at once: [`Feeds::on_tweet_deleted`] records the deletion before it
+    /// removes the tweet's notifications, and this re-reads it after listing, so of the two at
+    /// least one sees the other.
+    async fn notify(
+        &self,
+        key: NotificationKey,
+        version: u64,
+        id: Option<u64>,
+    ) -> Result<(), StoreError> {
+        if key.recipient == key.actor || key.recipient == 0 || key.actor == 0 || version == 0 {
+            return Ok(());
+        }
+        self.store.set_notification(key, version, id).await?;
+        let about_tweet = matches!(key.kind, NotificationKind::Like | NotificationKind::Retweet);
+        if about_tweet && id.is_some() && self.store.deleted(vec![key.tweet_id]).await?[0] {
+            self.store
+                .remove_tweet_notifications(key.recipient, key.tweet_id)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// A tweet's mentions, listed (under the tweet's ID) or taken back (its deletion): version 1
+    /// is the post, 2 the deletion, so a late post stays taken back.
+    async fn notify_mentions(
+        &self,
+        tweet: u64,
+        author: u64,
+        mentioned: &[u64],
+        posted: bool,
+    ) -> Result<(), StoreError> {
+        for &recipient in mentioned {
+            let key = NotificationKey {
+                recipient,
+                kind: NotificationKind::Mention,
+                actor: author,
+                tweet_id: tweet,
+            };
+            let (version, id) = if posted { (1, Some(tweet)) } else { (2, None) };
+            self.notify(key, version, id).await?;
+        }
+        Ok(())
     }
 
     /// What each of `users`' feeds should hold for `tweet` by `author`, per the projections now.
@@ -342,9 +426,21 @@ impl Feeds {
         Ok(())
     }
 
+    /// A deleted tweet leaves every feed, and its notifications go: its mentions (by the
+    /// mentioned IDs the event carries) and the likes and retweets its author was told of.
     async fn on_tweet_deleted(&self, event: &TweetDeleted) -> Result<(), StoreError> {
         self.store
             .delete_tweet(event.author_id, event.tweet_id)
+            .await?;
+        self.notify_mentions(
+            event.tweet_id,
+            event.author_id,
+            &event.mentioned_user_ids,
+            false,
+        )
+        .await?;
+        self.store
+            .remove_tweet_notifications(event.author_id, event.tweet_id)
             .await?;
         self.remove_everywhere(event.tweet_id, event.author_id)
             .await
@@ -433,26 +529,73 @@ impl Feeds {
     /// An account was deleted: its own feed goes. (Its tweets, retweets and edges leave the
     /// other feeds through the TweetDeleted, Unretweeted and UserUnfollowed events the tweets
     /// and followers services emit as they purge it.)
+    ///
+    /// Its notifications go too. Those its own actions caused go as the purges emit the
+    /// undoing events (`UserUnfollowed`, `TweetUnliked`, `Unretweeted`, `TweetDeleted`).
     async fn on_user_deleted(&self, event: &UserDeleted) -> Result<(), StoreError> {
-        self.store.drop_feed(event.user_id).await
+        self.store.drop_feed(event.user_id).await?;
+        self.store.drop_notifications(event.user_id).await
     }
 }
 
 #[async_trait]
 impl EventHandler for Feeds {
     async fn handle(&self, event: &Envelope) -> Result<(), HandlerError> {
+        // The notification a reaction or follow lists is named by its event: time-ordered, and
+        // the same for every delivery of it.
+        let listed = Some(event.event_id);
+        let key = |recipient, kind, actor, tweet_id| NotificationKey {
+            recipient,
+            kind,
+            actor,
+            tweet_id,
+        };
         match &event.payload {
-            Some(Payload::TweetCreated(e)) => self.on_tweet_created(e).await?,
+            Some(Payload::TweetCreated(e)) => {
+                self.notify_mentions(e.tweet_id, e.author_id, &e.mentioned_user_ids, true)
+                    .await?;
+                self.on_tweet_created(e).await?;
+            }
             Some(Payload::TweetDeleted(e)) => self.on_tweet_deleted(e).await?,
-            Some(Payload::UserFollowed(e)) => self.on_user_followed(e).await?,
-            Some(Payload::UserUnfollowed(e)) => self.on_user_unfollowed(e).await?,
+            Some(Payload::UserFollowed(e)) => {
+                self.on_user_followed(e).await?;
+                let follow = key(e.followee_id, NotificationKind::Follow, e.follower_id, 0);
+                self.notify(follow, e.version, listed).await?;
+            }
+            Some(Payload::UserUnfollowed(e)) => {
+                self.on_user_unfollowed(e).await?;
+                let follow = key(e.followee_id, NotificationKind::Follow, e.follower_id, 0);
+                self.notify(follow, e.version, None).await?;
+            }
             Some(Payload::Retweeted(e)) => {
                 self.on_retweet(e.user_id, e.tweet_id, e.author_id, true, e.version)
                     .await?;
+                let retweet = key(
+                    e.author_id,
+                    NotificationKind::Retweet,
+                    e.user_id,
+                    e.tweet_id,
+                );
+                self.notify(retweet, e.version, listed).await?;
             }
             Some(Payload::Unretweeted(e)) => {
                 self.on_retweet(e.user_id, e.tweet_id, e.author_id, false, e.version)
                     .await?;
+                let retweet = key(
+                    e.author_id,
+                    NotificationKind::Retweet,
+                    e.user_id,
+                    e.tweet_id,
+                );
+                self.notify(retweet, e.version, None).await?;
+            }
+            Some(Payload::TweetLiked(e)) => {
+                let like = key(e.author_id, NotificationKind::Like, e.user_id, e.tweet_id);
+                self.notify(like, e.version, listed).await?;
+            }
+            Some(Payload::TweetUnliked(e)) => {
+                let like = key(e.author_id, NotificationKind::Like, e.user_id, e.tweet_id);
+                self.notify(like, e.version, None).await?;
             }
             Some(Payload::UserDeleted(e)) => self.on_user_deleted(e).await?,
             // Events this service is not bound to (or a newer publisher's payloads) need no work.
@@ -493,6 +636,7 @@ mod tests {
         envelope(Payload::TweetDeleted(TweetDeleted {
             tweet_id,
             author_id,
+            ..Default::default()
         }))
     }
 
@@ -564,6 +708,142 @@ mod tests {
             feeds.handle(event).await.unwrap();
             feeds.handle(event).await.unwrap();
         }
+    }
+
+    /// `user`'s notifications, newest first, as (kind, actor, tweet), and the unread count.
+    async fn notified(feeds: &Feeds, user: u64) -> (Vec<(NotificationKind, u64, u64)>, u64) {
+        let page = PageRequest::first(Limit::parse(Some(100)).unwrap());
+        let (page, state) = feeds.notifications(user, page).await.unwrap();
+        let items = page
+            .items
+            .iter()
+            .map(|n| (n.kind, n.actor, n.tweet_id))
+            .collect();
+        (items, state.unread)
+    }
+
+    /// A history touching every kind of notification, each event with its own ID (as the
+    /// outboxes mint them); the final state: user 2 is followed by 1 (again), their tweet 50 is
+    /// retweeted by 3 (its like taken back), their tweet 60 (liked by 1) is deleted, and user 4
+    /// is mentioned by 2 in 50 (and was in the deleted 60). Plus the author's own like.
+    fn notification_history() -> Vec<Envelope> {
+        use twtr_proto::events::v1::{TweetLiked, TweetUnliked};
+        let payloads = vec![
+            Payload::UserFollowed(UserFollowed {
+                follower_id: 1,
+                followee_id: 2,
+                version: 1,
+            }),
+            Payload::UserUnfollowed(UserUnfollowed {
+                follower_id: 1,
+                followee_id: 2,
+                version: 2,
+            }),
+            Payload::UserFollowed(UserFollowed {
+                follower_id: 1,
+                followee_id: 2,
+                version: 3,
+            }),
+            Payload::TweetCreated(TweetCreated {
+                tweet_id: 50,
+                author_id: 2,
+                mentioned_user_ids: vec![4],
+                ..Default::default()
+            }),
+            Payload::TweetCreated(TweetCreated {
+                tweet_id: 60,
+                author_id: 2,
+                mentioned_user_ids: vec![4],
+                ..Default::default()
+            }),
+            Payload::TweetLiked(TweetLiked {
+                tweet_id: 50,
+                author_id: 2,
+                user_id: 3,
+                version: 1,
+            }),
+            Payload::TweetUnliked(TweetUnliked {
+                tweet_id: 50,
+                author_id: 2,
+                user_id: 3,
+                version: 2,
+            }),
+            Payload::TweetLiked(TweetLiked {
+                tweet_id: 50,
+                author_id: 2,
+                user_id: 2,
+                version: 1,
+            }),
+            Payload::Retweeted(Retweeted {
+                tweet_id: 50,
+                author_id: 2,
+                user_id: 3,
+                version: 1,
+            }),
+            Payload::TweetLiked(TweetLiked {
+                tweet_id: 60,
+                author_id: 2,
+                user_id: 1,
+                version: 1,
+            }),
+            Payload::TweetDeleted(TweetDeleted {
+                tweet_id: 60,
+                author_id: 2,
+                mentioned_user_ids: vec![4],
+            }),
+        ];
+        payloads
+            .into_iter()
+            .enumerate()
+            .map(|(i, payload)| twtr_common::events::envelope(1_000 + i as u64, 1, payload))
+            .collect()
+    }
+
+    /// Notifications converge on what the final state implies whatever order and repetition
+    /// the events arrive in: in order, backwards, and shuffled, each delivered twice.
+    #[tokio::test]
+    async fn notifications_converge_whatever_the_delivery_order() {
+        let history = notification_history();
+        let expected_for_2 = vec![
+            (NotificationKind::Retweet, 3, 50),
+            (NotificationKind::Follow, 1, 0),
+        ];
+        let mut orders = vec![history.clone(), history.iter().rev().cloned().collect()];
+        let mut shuffled = history.clone();
+        shuffled.rotate_left(4);
+        shuffled.swap(0, 6);
+        orders.push(shuffled);
+        for events in orders {
+            let dir = tempfile::tempdir().unwrap();
+            let feeds = feeds(dir.path());
+            apply(&feeds, &events).await;
+            assert_eq!(notified(&feeds, 2).await, (expected_for_2.clone(), 2));
+            assert_eq!(
+                notified(&feeds, 4).await,
+                (vec![(NotificationKind::Mention, 2, 50)], 1)
+            );
+            assert_eq!(notified(&feeds, 1).await, (vec![], 0));
+            assert_eq!(notified(&feeds, 3).await, (vec![], 0));
+        }
+    }
+
+    #[tokio::test]
+    async fn reading_notifications_and_deleting_an_account() {
+        let dir = tempfile::tempdir().unwrap();
+        let feeds = feeds(dir.path());
+        apply(&feeds, &notification_history()).await;
+        assert_eq!(feeds.mark_notifications_read(2, None).await.unwrap(), 1_008);
+        assert_eq!(notified(&feeds, 2).await.1, 0);
+        assert!(matches!(
+            feeds.mark_notifications_read(2, Some(u64::MAX)).await,
+            Err(FeedsError::InvalidCursor)
+        ));
+        let gone = envelope(Payload::UserDeleted(UserDeleted {
+            user_id: 2,
+            username: "gone".into(),
+        }));
+        apply(&feeds, &[gone]).await;
+        assert_eq!(notified(&feeds, 2).await, (vec![], 0));
     }
 
     #[tokio::test]
@@ -986,7 +1266,7 @@ mod tests {
             deliveries.sort_unstable();
             let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
             let dir = tempfile::tempdir().unwrap();
-            let limits = FeedLimits { feed_len: 1_000, trim_slack: 0, recent_per_author: 1_000 };
+            let limits = FeedLimits { feed_len: 1_000, trim_slack: 0, recent_per_author: 1_000, notifications_len: 1_000 };
             let feeds = feeds_with(dir.path(), limits);
             runtime.block_on(async {
                 for (_, i) in &deliveries {

@@ -40,6 +40,7 @@ use utoipa_axum::router::OpenApiRouter;
         (name = "follows", description = "The follow graph"),
         (name = "tweets", description = "Tweets, likes, retweets, timelines"),
         (name = "feed", description = "The caller's home feed"),
+        (name = "notifications", description = "Mentions, new followers, likes and retweets of the caller's tweets"),
         (name = "discovery", description = "Hashtags, tweet and people search, trends")
     ),
     components(schemas(ErrorBody))

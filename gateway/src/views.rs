@@ -61,6 +61,18 @@ pub struct TweetView {
     /// Set on a feed entry that is a retweet: who retweeted it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retweeted_by: Option<AuthorView>,
+    /// The users the text mentions (`@username`), as resolved when it was posted; a name that
+    /// was nobody's stays plain text and is not listed.
+    pub mentions: Vec<MentionView>,
+}
+
+/// A user a tweet mentions.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct MentionView {
+    #[schema(pattern = "^[0-9]+$")]
+    pub id: String,
+    /// As it was when the tweet was posted.
+    pub username: String,
 }
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -170,7 +182,10 @@ pub async fn listed_users(
     let mut found: HashMap<u64, users_pb::User> = up
         .users
         .clone()
-        .batch_get_users(rpc(BatchGetUsersRequest { user_ids: ids }))
+        .batch_get_users(rpc(BatchGetUsersRequest {
+            user_ids: ids,
+            ..Default::default()
+        }))
         .await?
         .into_inner()
         .users
@@ -317,7 +332,7 @@ async fn tweets_and_flags(
 }
 
 /// The users among `ids` (repeats allowed), by ID: one RPC.
-async fn authors(
+pub(crate) async fn authors(
     up: &Upstreams,
     mut ids: Vec<u64>,
 ) -> Result<HashMap<u64, users_pb::User>, tonic::Status> {
@@ -329,7 +344,10 @@ async fn authors(
     let users = up
         .users
         .clone()
-        .batch_get_users(rpc(BatchGetUsersRequest { user_ids: ids }))
+        .batch_get_users(rpc(BatchGetUsersRequest {
+            user_ids: ids,
+            ..Default::default()
+        }))
         .await?;
     Ok(users
         .into_inner()
@@ -365,7 +383,48 @@ fn assemble(
                 liked_by_me: mine.map(|(liked, _)| liked),
                 retweeted_by_me: mine.map(|(_, retweeted)| retweeted),
                 retweeted_by: retweeter.and_then(|id| authors.get(&id)).map(author),
+                mentions: tweet
+                    .mentions
+                    .into_iter()
+                    .map(|m| MentionView {
+                        id: m.user_id.to_string(),
+                        username: m.username,
+                    })
+                    .collect(),
             })
         })
         .collect()
+}
+
+/// The users `text` mentions (`@username`, see `twtr_common::words::mentioned_names`) that
+/// exist, in the order the text names them: one users RPC, none when it names nobody.
+pub async fn mentions(up: &Upstreams, text: &str) -> Result<Vec<tweets_pb::Mention>, ApiError> {
+    let names = twtr_common::words::mentioned_names(text);
+    if names.is_empty() {
+        return Ok(Vec::new());
+    }
+    let request = BatchGetUsersRequest {
+        usernames: names.clone(),
+        ..Default::default()
+    };
+    let mut found: HashMap<String, users_pb::User> = up
+        .users
+        .clone()
+        .batch_get_users(rpc(request))
+        .await?
+        .into_inner()
+        .users
+        .into_iter()
+        .map(|u| (u.username.to_ascii_lowercase(), u))
+        .collect();
+    Ok(names
+        .into_iter()
+        .filter_map(|name| {
+            let user = found.remove(&name)?;
+            Some(tweets_pb::Mention {
+                user_id: user.id,
+                username: user.username,
+            })
+        })
+        .collect())
 }

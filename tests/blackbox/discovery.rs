@@ -211,6 +211,7 @@ async fn redelivered_and_reordered_events_change_nothing() {
             author_id,
             text: words.to_owned(),
             created_at: None,
+            mentioned_user_ids: Vec::new(),
         });
         twtr_common::events::envelope(ids.next_id(), tweet_id, payload)
     };
@@ -219,6 +220,7 @@ async fn redelivered_and_reordered_events_change_nothing() {
         let payload = Payload::TweetDeleted(TweetDeleted {
             tweet_id,
             author_id,
+            mentioned_user_ids: Vec::new(),
         });
         twtr_common::events::envelope(ids.next_id(), tweet_id, payload)
     };

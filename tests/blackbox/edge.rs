@@ -306,6 +306,7 @@ async fn a_caller_inside_the_mesh_cannot_act_as_someone_else() {
         author_id: alice_n,
         text: "am I alice?".into(),
         idempotency_key: String::new(),
+        mentions: Vec::new(),
     };
     // A token signed by another key: a forgery.
     let (forger_key, _) = twtr_common::tokens::generate_key_pair().unwrap();

@@ -67,6 +67,20 @@ async fn every_service_answers_grpcurl_list_and_health_check() {
         .await;
         assert!(health.contains("\"SERVING\""), "{service}: {health}");
     }
+    // Reflection describes the notification methods with the feed's.
+    let described = grpcurl(&[
+        "-plaintext",
+        &mesh.feeds.to_string(),
+        "describe",
+        "twtr.feeds.v1.FeedsService",
+    ])
+    .await;
+    for method in ["GetFeed", "ListNotifications", "MarkNotificationsRead"] {
+        assert!(
+            described.contains(&format!("rpc {method} (")),
+            "{described}"
+        );
+    }
 
     // A real call through reflection alone: a user created over HTTP, read back over gRPC.
     let (user_id, _) = mesh.user("grpcurl_user").await;

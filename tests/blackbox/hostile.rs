@@ -62,6 +62,7 @@ pub async fn text_that_lies_when_shown_is_refused_and_writes_nothing(mesh: &Test
                 author_id: me.parse().expect("an id"),
                 text: "hi\u{0}there\u{1b}[31mRED\u{202e}".into(),
                 idempotency_key: String::new(),
+                mentions: Vec::new(),
             },
         ))
         .await

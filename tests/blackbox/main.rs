@@ -20,6 +20,7 @@ mod follows;
 mod grpcurl;
 mod hostile;
 mod mesh;
+mod notifications;
 mod observability;
 mod processes;
 mod rabbitmq;

@@ -34,6 +34,8 @@ on_both_backends! {
 /// `security=none,bearer`.)
 const BEARER_ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/feed"),
+    ("GET", "/v1/notifications"),
+    ("POST", "/v1/notifications/read"),
     ("GET", "/v1/timeline"),
     ("GET", "/v1/search/tweets?q=mine"),
     ("GET", "/v1/tags/{tag}/tweets"),
@@ -116,6 +118,7 @@ fn body_for(method: &str, path: &str) -> Option<Value> {
     match (method, path) {
         ("POST", "/v1/tweets") => Some(json!({ "text": "not mine to post" })),
         ("PATCH", "/v1/users/me") => Some(json!({ "display_name": "pwned" })),
+        ("POST", "/v1/notifications/read") => Some(json!({})),
         _ => None,
     }
 }

@@ -371,6 +371,7 @@ pub async fn a_post_retried_with_its_idempotency_key_creates_one_tweet(mesh: &Te
                 author_id,
                 text: "over grpc".to_owned(),
                 idempotency_key: "key-3".to_owned(),
+                mentions: Vec::new(),
             },
         )
     };
@@ -507,6 +508,7 @@ pub async fn a_deleted_accounts_tweets_likes_and_retweets_go(mesh: &TestMesh) {
                 author_id: gone_id.parse().unwrap(),
                 text: "from beyond".to_owned(),
                 idempotency_key: String::new(),
+                mentions: Vec::new(),
             },
         ))
         .await

@@ -27,6 +27,7 @@ fn to_pb(tweet: TweetRecord) -> pb::Tweet {
         created_at: Some(clock::to_timestamp(tweet.created_at_ms)),
         like_count: tweet.like_count,
         retweet_count: tweet.retweet_count,
+        mentions: tweet.mentions,
     }
 }
 
@@ -65,6 +66,7 @@ impl TweetsService for TweetsGrpc {
                 r.author_id,
                 &r.text,
                 Some(r.idempotency_key.as_str()).filter(|key| !key.is_empty()),
+                r.mentions,
             )
             .await
             .map_err(|e| e.to_status())?;

@@ -15,6 +15,7 @@ use twtr_proto::events::v1::envelope::Payload;
 use twtr_proto::events::v1::{
     Retweeted, TweetCreated, TweetDeleted, TweetLiked, TweetUnliked, Unretweeted,
 };
+use twtr_proto::tweets::v1::Mention;
 
 use crate::domain::{IdempotencyKey, InvalidKey, InvalidText, TweetText};
 use crate::store::{KeyClaim, Reaction, TweetRecord, TweetStore};
@@ -22,6 +23,20 @@ use crate::words::{self, InvalidQuery, Query};
 
 /// The most IDs one batch lookup may ask for (shared with every caller).
 pub use twtr_common::page::MAX_BATCH;
+/// Users a tweet may mention; the gateway resolves at most this many names.
+pub use twtr_common::words::MAX_MENTIONS;
+
+/// The users a tweet's mentions notify: each mentioned user once, never its author.
+pub(crate) fn notified(author_id: u64, mentions: &[Mention]) -> Vec<u64> {
+    let mut ids: Vec<u64> = Vec::new();
+    for m in mentions {
+        if m.user_id != author_id && !ids.contains(&m.user_id) {
+            ids.push(m.user_id);
+        }
+    }
+    ids
+}
+
 /// How long an idempotency key keeps returning its first tweet, unless configured.
 pub const DEFAULT_IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(24 * 3600);
 /// How many tweets (or likes, or retweets) of a deleted account one purge step removes before
@@ -50,6 +65,8 @@ pub enum TweetsError {
     MissingAuthor,
     #[error("tweet not found")]
     NotFound,
+    #[error("a tweet mentions at most {MAX_MENTIONS} users, each with an ID and a username")]
+    InvalidMentions,
     #[error("only its author can delete a tweet")]
     NotAuthor,
     #[error("user_id is required")]
@@ -75,6 +92,7 @@ impl ServiceError for TweetsError {
             | Self::InvalidLimit(_)
             | Self::MissingAuthor
             | Self::BatchTooLarge
+            | Self::InvalidMentions
             | Self::MissingUser
             | Self::InvalidKey(_)
             | Self::KeyReused
@@ -131,7 +149,8 @@ impl Tweets {
         self
     }
 
-    /// Posts `text` as `author_id`, who the caller (the gateway) has authenticated. With `key`,
+    /// Posts `text` as `author_id`, who the caller (the gateway) has authenticated, mentioning
+    /// `mentions` (the users its `@names` resolved to, at most [`MAX_MENTIONS`]). With `key`,
     /// a repeat of the request (same author, key and text) within the idempotency window
     /// returns the first tweet and creates nothing, also when the first attempt's caller never
     /// saw its answer; reusing the key for another text is refused.
@@ -140,9 +159,17 @@ impl Tweets {
         author_id: u64,
         text: &str,
         key: Option<&str>,
+        mentions: Vec<Mention>,
     ) -> Result<TweetRecord, TweetsError> {
         if author_id == 0 {
             return Err(TweetsError::MissingAuthor);
+        }
+        if mentions.len() > MAX_MENTIONS
+            || mentions
+                .iter()
+                .any(|m| m.user_id == 0 || m.username.is_empty())
+        {
+            return Err(TweetsError::InvalidMentions);
         }
         let text = TweetText::parse(text)?.into_inner();
         let key = key.map(IdempotencyKey::parse).transpose()?;
@@ -161,13 +188,14 @@ impl Tweets {
                 KeyClaim::Held { tweet_id, .. } => {
                     // The first attempt may have died before storing the tweet, or be storing
                     // it now: creating is idempotent by ID, so finish it, then answer as it.
-                    self.store_tweet(tweet_id, author_id, text).await?;
+                    self.store_tweet(tweet_id, author_id, text, mentions)
+                        .await?;
                     tracing::info!(tweet_id, author_id, "repeated post answered by its key");
                     return self.get_tweet(tweet_id).await;
                 }
             }
         }
-        let tweet = self.store_tweet(id, author_id, text).await?;
+        let tweet = self.store_tweet(id, author_id, text, mentions).await?;
         tracing::info!(tweet_id = id, author_id, "tweet created");
         Ok(tweet)
     }
@@ -178,6 +206,7 @@ impl Tweets {
         id: u64,
         author_id: u64,
         text: String,
+        mentions: Vec<Mention>,
     ) -> Result<TweetRecord, TweetsError> {
         let tweet = TweetRecord {
             id,
@@ -186,6 +215,7 @@ impl Tweets {
             created_at_ms: id::millis_of(id),
             like_count: 0,
             retweet_count: 0,
+            mentions,
         };
         let event = events::envelope(
             self.ids.next_id(),
@@ -195,6 +225,7 @@ impl Tweets {
                 author_id,
                 text,
                 created_at: Some(clock::to_timestamp(tweet.created_at_ms)),
+                mentioned_user_ids: notified(author_id, &tweet.mentions),
             }),
         );
         if !self.store.create(tweet.clone(), event).await? {
@@ -237,22 +268,24 @@ impl Tweets {
         if tweet.author_id != caller {
             return Err(TweetsError::NotAuthor);
         }
-        if !self.remove_tweet(id, tweet.author_id).await? {
+        if !self.remove_tweet(&tweet).await? {
             return Err(TweetsError::NotFound);
         }
         tracing::info!(tweet_id = id, "tweet deleted");
         Ok(())
     }
 
-    /// Deletes the tweet `id` by `author_id` with its `TweetDeleted` event; `false` when it
+    /// Deletes `tweet` with its `TweetDeleted` event; `false` when it
     /// was gone already.
-    async fn remove_tweet(&self, id: u64, author_id: u64) -> Result<bool, TweetsError> {
+    async fn remove_tweet(&self, tweet: &TweetRecord) -> Result<bool, TweetsError> {
+        let id = tweet.id;
         let event = events::envelope(
             self.ids.next_id(),
             id,
             Payload::TweetDeleted(TweetDeleted {
                 tweet_id: id,
-                author_id,
+                author_id: tweet.author_id,
+                mentioned_user_ids: notified(tweet.author_id, &tweet.mentions),
             }),
         );
         Ok(self.store.delete(id, event).await?)
@@ -361,9 +394,8 @@ impl Tweets {
         self.store.settle(event).await?;
         if let Some(Payload::TweetCreated(created)) = &event.payload
             && self.store.author_gone(created.author_id).await?
-            && self
-                .remove_tweet(created.tweet_id, created.author_id)
-                .await?
+            && let Some(tweet) = self.store.get(created.tweet_id).await?
+            && self.remove_tweet(&tweet).await?
         {
             tracing::info!(
                 tweet_id = created.tweet_id,
@@ -541,7 +573,7 @@ impl Purge for Tweets {
         loop {
             let tweets = self.store.list_by_author(user, page).await?;
             for tweet in &tweets.items {
-                removed += usize::from(self.remove_tweet(tweet.id, user).await?);
+                removed += usize::from(self.remove_tweet(tweet).await?);
             }
             match tweets.next {
                 Some(next) => page.before = Some(next),
@@ -593,7 +625,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let tweets = tweets(dir.path());
         let posted = tweets
-            .create_tweet(7, "  cafe\u{301}  ", None)
+            .create_tweet(7, "  cafe\u{301}  ", None, Vec::new())
             .await
             .unwrap();
         assert_eq!(posted.text, "café");
@@ -602,15 +634,56 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn mentions_are_stored_with_the_tweet_and_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let tweets = tweets(dir.path());
+        let mention = |user_id, name: &str| Mention {
+            user_id,
+            username: name.into(),
+        };
+        let mentions = vec![mention(8, "ada"), mention(7, "me")];
+        let posted = tweets
+            .create_tweet(7, "hi @ada and @me", Some("k1"), mentions.clone())
+            .await
+            .unwrap();
+        assert_eq!(posted.mentions, mentions);
+        assert_eq!(
+            tweets.get_tweet(posted.id).await.unwrap().mentions,
+            mentions
+        );
+        // A retry with the key answers the first tweet, mentions included.
+        let again = tweets
+            .create_tweet(7, "hi @ada and @me", Some("k1"), mentions.clone())
+            .await
+            .unwrap();
+        assert_eq!(again, posted);
+        assert_eq!(notified(7, &mentions), vec![8], "never the author");
+        let eleven = (1..=11).map(|i| mention(100 + i, "someone")).collect();
+        assert!(matches!(
+            tweets.create_tweet(7, "hi", None, eleven).await,
+            Err(TweetsError::InvalidMentions)
+        ));
+        assert!(matches!(
+            tweets
+                .create_tweet(7, "hi", None, vec![mention(0, "x")])
+                .await,
+            Err(TweetsError::InvalidMentions)
+        ));
+    }
+
+    #[tokio::test]
     async fn invalid_tweets_write_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let tweets = tweets(dir.path());
         for text in ["", "   ", &"x".repeat(281)] {
-            let err = tweets.create_tweet(7, text, None).await.unwrap_err();
+            let err = tweets
+                .create_tweet(7, text, None, Vec::new())
+                .await
+                .unwrap_err();
             assert_eq!(err.error_code(), ErrorCode::InvalidArgument, "{text:?}");
         }
         assert!(matches!(
-            tweets.create_tweet(0, "hi", None).await,
+            tweets.create_tweet(0, "hi", None, Vec::new()).await,
             Err(TweetsError::MissingAuthor)
         ));
         assert_eq!(tweets.tweet_counts(vec![7]).await.unwrap(), vec![(7, 0)]);
@@ -621,9 +694,21 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let tweets = tweets(dir.path());
         let (gone, other) = (7, 8);
-        let first = tweets.create_tweet(gone, "a", None).await.unwrap().id;
-        let second = tweets.create_tweet(gone, "b", None).await.unwrap().id;
-        let kept = tweets.create_tweet(other, "c", None).await.unwrap().id;
+        let first = tweets
+            .create_tweet(gone, "a", None, Vec::new())
+            .await
+            .unwrap()
+            .id;
+        let second = tweets
+            .create_tweet(gone, "b", None, Vec::new())
+            .await
+            .unwrap()
+            .id;
+        let kept = tweets
+            .create_tweet(other, "c", None, Vec::new())
+            .await
+            .unwrap()
+            .id;
         for action in [Action::Like, Action::Retweet] {
             tweets.act(action, gone, kept).await.unwrap();
         }
@@ -651,7 +736,7 @@ mod tests {
             vec![(gone, 0)]
         );
         assert!(matches!(
-            tweets.create_tweet(gone, "again", None).await,
+            tweets.create_tweet(gone, "again", None, Vec::new()).await,
             Err(TweetsError::AccountGone)
         ));
         assert!(matches!(
@@ -662,11 +747,15 @@ mod tests {
 
     /// Posts `text` as `author` and hands its `TweetCreated` to the index, as the consumer does.
     async fn post_indexed(tweets: &Tweets, author: u64, text: &str) -> u64 {
-        let tweet = tweets.create_tweet(author, text, None).await.unwrap();
+        let tweet = tweets
+            .create_tweet(author, text, None, Vec::new())
+            .await
+            .unwrap();
         let created = events::envelope(
             1,
             tweet.id,
             Payload::TweetCreated(TweetCreated {
+                mentioned_user_ids: Vec::new(),
                 tweet_id: tweet.id,
                 author_id: author,
                 text: tweet.text,
@@ -733,6 +822,7 @@ mod tests {
             2,
             b,
             Payload::TweetDeleted(TweetDeleted {
+                mentioned_user_ids: Vec::new(),
                 tweet_id: b,
                 author_id: 8,
             }),
@@ -785,8 +875,16 @@ mod tests {
     async fn batches_come_back_newest_first_without_duplicates() {
         let dir = tempfile::tempdir().unwrap();
         let tweets = tweets(dir.path());
-        let a = tweets.create_tweet(7, "a", None).await.unwrap().id;
-        let b = tweets.create_tweet(8, "b", None).await.unwrap().id;
+        let a = tweets
+            .create_tweet(7, "a", None, Vec::new())
+            .await
+            .unwrap()
+            .id;
+        let b = tweets
+            .create_tweet(8, "b", None, Vec::new())
+            .await
+            .unwrap()
+            .id;
         let got: Vec<u64> = tweets
             .batch_get_tweets(vec![a, b, a, 12345])
             .await

@@ -99,9 +99,10 @@ impl UsersService for UsersGrpc {
         &self,
         request: Request<pb::BatchGetUsersRequest>,
     ) -> Result<Response<pb::BatchGetUsersResponse>, Status> {
+        let r = request.into_inner();
         let users = self
             .users
-            .batch_get_users(request.into_inner().user_ids)
+            .batch_get_users(r.user_ids, r.usernames)
             .await
             .map_err(|e| e.to_status())?;
         Ok(Response::new(pb::BatchGetUsersResponse {

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use argon2::Argon2;
 use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::{PasswordHash, PasswordHasher as _, PasswordVerifier as _, SaltString};
+use futures_util::future::join_all;
 use twtr_common::store::StoreError;
 use twtr_common::tokens::{IssuedToken, TokenError, TokenSigner, Verified};
 use twtr_common::{ErrorCode, IdGenerator, ServiceError, clock, events};
@@ -39,6 +40,8 @@ pub enum UsersError {
     NotFound,
     #[error("at most {MAX_BATCH} IDs per batch")]
     BatchTooLarge,
+    #[error("at most {MAX_USERNAMES} usernames per batch")]
+    TooManyUsernames,
     #[error("storage failed")]
     Store(#[from] StoreError),
     #[error("password hashing failed: {0}")]
@@ -50,9 +53,10 @@ pub enum UsersError {
 impl ServiceError for UsersError {
     fn error_code(&self) -> ErrorCode {
         match self {
-            Self::Invalid(_) | Self::BatchTooLarge | Self::CurrentPasswordRequired => {
-                ErrorCode::InvalidArgument
-            }
+            Self::Invalid(_)
+            | Self::BatchTooLarge
+            | Self::TooManyUsernames
+            | Self::CurrentPasswordRequired => ErrorCode::InvalidArgument,
             Self::UsernameTaken => ErrorCode::AlreadyExists,
             Self::WrongCredentials | Self::WrongCurrentPassword | Self::TokenRevoked => {
                 ErrorCode::Unauthenticated
@@ -322,7 +326,7 @@ impl Users {
 
     /// For token verifiers: each account's liveness and token generation.
     pub async fn token_states(&self, ids: Vec<u64>) -> Result<Vec<TokenState>, UsersError> {
-        let live = self.batch_get_users(ids.clone()).await?;
+        let live = self.batch_get_users(ids.clone(), Vec::new()).await?;
         Ok(ids
             .into_iter()
             .map(|user_id| {
@@ -383,16 +387,50 @@ impl Users {
         Ok(found)
     }
 
-    pub async fn batch_get_users(&self, ids: Vec<u64>) -> Result<Vec<UserRecord>, UsersError> {
+    /// The live accounts among `ids` (at most [`MAX_BATCH`]) and those named by `usernames` (at
+    /// most [`MAX_USERNAMES`], ignoring case: a tweet's `@mentions`), each once; unknown IDs and
+    /// names, and deleted accounts, are simply absent.
+    pub async fn batch_get_users(
+        &self,
+        ids: Vec<u64>,
+        usernames: Vec<String>,
+    ) -> Result<Vec<UserRecord>, UsersError> {
         if ids.len() > MAX_BATCH {
             return Err(UsersError::BatchTooLarge);
+        }
+        if usernames.len() > MAX_USERNAMES {
+            return Err(UsersError::TooManyUsernames);
         }
         let mut ids = ids;
         ids.sort_unstable();
         ids.dedup();
-        Ok(self.store.get_many(ids).await?)
+        let mut users = if ids.is_empty() {
+            Vec::new()
+        } else {
+            self.store.get_many(ids).await?
+        };
+        // A name that breaks the rules cannot belong to anyone.
+        let mut names: Vec<String> = usernames
+            .iter()
+            .filter_map(|name| Username::parse(name).ok())
+            .map(|name| name.canonical())
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        let named = join_all(names.iter().map(|name| self.store.get_by_username(name))).await;
+        for user in named {
+            if let Some(user) = user?
+                && !users.iter().any(|u| u.id == user.id)
+            {
+                users.push(user);
+            }
+        }
+        Ok(users)
     }
 }
+
+/// Usernames one [`Users::batch_get_users`] resolves: a tweet's mentions.
+pub const MAX_USERNAMES: usize = twtr_common::words::MAX_MENTIONS;
 
 fn hash_password(password: String) -> Result<String, UsersError> {
     let salt = SaltString::generate(&mut OsRng);
@@ -574,6 +612,37 @@ mod tests {
             users.get_user_by_username("ok_name").await,
             Err(UsersError::NotFound)
         ));
+    }
+
+    #[tokio::test]
+    async fn users_are_found_by_username_in_batches() {
+        let dir = tempfile::tempdir().unwrap();
+        let (users, _) = users(dir.path());
+        let ada = users
+            .create_user(sign_up("Ada", "correct horse"))
+            .await
+            .unwrap();
+        let bob = users
+            .create_user(sign_up("bob", "correct horse"))
+            .await
+            .unwrap();
+        let names = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+        let found = users
+            .batch_get_users(vec![bob.id], names(&["ADA", "ada", "nobody", "x", "bob"]))
+            .await
+            .unwrap();
+        let mut ids: Vec<u64> = found.iter().map(|u| u.id).collect();
+        ids.sort_unstable();
+        assert_eq!(
+            ids,
+            vec![ada.id, bob.id],
+            "each once; unknown and invalid names absent"
+        );
+        let eleven: Vec<String> = (0..11).map(|i| format!("user{i}")).collect();
+        let err = users.batch_get_users(Vec::new(), eleven).await.unwrap_err();
+        assert!(matches!(err, UsersError::TooManyUsernames));
+        assert_eq!(err.to_string(), "at most 10 usernames per batch");
+        assert_eq!(err.error_code(), ErrorCode::InvalidArgument);
     }
 
     #[tokio::test]

@@ -11,7 +11,10 @@ use std::sync::{Arc, OnceLock};
 
 use twtr_common::{IdGenerator, Limit, PageRequest};
 
-use super::{FeedEntry, FeedLimits, FeedStore};
+use super::{
+    FeedEntry, FeedLimits, FeedStore, Notification, NotificationKey, NotificationKind,
+    NotificationState,
+};
 
 /// Runs every check against the backend `$open` returns: `$open` is an async fn returning
 /// `(Arc<dyn FeedStore>, guard)`, or with `optional`, `Option<(Arc<dyn FeedStore>, guard)>`
@@ -39,6 +42,12 @@ macro_rules! feed_store_conformance {
                 retweets_keep_their_latest_version,
                 entries_via_and_dropping_a_feed,
                 celebrities_are_marked_and_unmarked,
+                notifications_page_newest_first,
+                notification_keys_keep_their_latest_version,
+                notifications_are_capped,
+                a_deleted_tweets_notifications_stay_removed,
+                the_read_cursor_moves_forward_and_counts_unread,
+                dropping_notifications,
             );
         }
     };
@@ -55,6 +64,7 @@ pub const LIMITS: FeedLimits = FeedLimits {
     feed_len: 3,
     trim_slack: 2,
     recent_per_author: 2,
+    notifications_len: 3,
 };
 
 /// An ID no other check in this process uses (nor, as far as the worker number goes, another
@@ -607,4 +617,299 @@ pub async fn celebrities_are_marked_and_unmarked(store: Arc<dyn FeedStore>) {
     store.set_celebrity(star, false).await.unwrap();
     store.set_celebrity(other, false).await.unwrap();
     assert!(!store.celebrities().await.unwrap().contains(&star));
+}
+
+// ---- Notifications ----------------------------------------------------------------------------
+
+fn like_key(recipient: u64, actor: u64, tweet_id: u64) -> NotificationKey {
+    NotificationKey {
+        recipient,
+        kind: NotificationKind::Like,
+        actor,
+        tweet_id,
+    }
+}
+
+/// Every notification of `recipient`, newest first, as (id, actor).
+async fn listed(store: &Arc<dyn FeedStore>, recipient: u64) -> Vec<(u64, u64)> {
+    let page = PageRequest::first(Limit::parse(Some(100)).unwrap());
+    let page = store.notifications(recipient, page).await.unwrap();
+    page.items.iter().map(|n| (n.id, n.actor)).collect()
+}
+
+/// Notifications of every kind come back newest first, page by page, without overlap.
+pub async fn notifications_page_newest_first(store: Arc<dyn FeedStore>) {
+    let [recipient, alice, bob, tweet] = unique_ids();
+    let [mention, follow, like] = unique_ids();
+    let key = |kind, actor, tweet_id| NotificationKey {
+        recipient,
+        kind,
+        actor,
+        tweet_id,
+    };
+    store
+        .set_notification(key(NotificationKind::Follow, alice, 0), 1, Some(follow))
+        .await
+        .unwrap();
+    store
+        .set_notification(key(NotificationKind::Mention, bob, tweet), 1, Some(mention))
+        .await
+        .unwrap();
+    store
+        .set_notification(key(NotificationKind::Like, bob, tweet), 1, Some(like))
+        .await
+        .unwrap();
+    let limit = Limit::parse(Some(2)).unwrap();
+    let first = store
+        .notifications(recipient, PageRequest::first(limit))
+        .await
+        .unwrap();
+    assert_eq!(
+        first.items,
+        vec![
+            Notification {
+                id: like,
+                kind: NotificationKind::Like,
+                actor: bob,
+                tweet_id: tweet
+            },
+            Notification {
+                id: follow,
+                kind: NotificationKind::Follow,
+                actor: alice,
+                tweet_id: 0
+            },
+        ]
+    );
+    assert_eq!(first.next, Some(follow));
+    let mut request = PageRequest::first(limit);
+    request.before = first.next;
+    let second = store.notifications(recipient, request).await.unwrap();
+    assert_eq!(second.items.len(), 1);
+    assert_eq!(second.items[0].kind, NotificationKind::Mention);
+    assert_eq!(second.next, None);
+    assert!(
+        listed(&store, unique_id()).await.is_empty(),
+        "a stranger has none"
+    );
+}
+
+/// The highest version of a key decides whatever the order: an undo before its action, an
+/// action replayed after its undo, a repeat, and a new action after an undo.
+pub async fn notification_keys_keep_their_latest_version(store: Arc<dyn FeedStore>) {
+    let [recipient, liker, tweet] = unique_ids();
+    let [first, second, third] = unique_ids();
+    let key = like_key(recipient, liker, tweet);
+    // In order: like, unlike, a late repeat of the like.
+    store.set_notification(key, 1, Some(first)).await.unwrap();
+    assert_eq!(listed(&store, recipient).await, vec![(first, liker)]);
+    store.set_notification(key, 1, Some(first)).await.unwrap();
+    assert_eq!(
+        listed(&store, recipient).await,
+        vec![(first, liker)],
+        "once"
+    );
+    store.set_notification(key, 2, None).await.unwrap();
+    assert!(listed(&store, recipient).await.is_empty());
+    store.set_notification(key, 1, Some(first)).await.unwrap();
+    assert!(listed(&store, recipient).await.is_empty(), "stale like");
+    // Liked again: listed under its new ID.
+    store.set_notification(key, 3, Some(second)).await.unwrap();
+    assert_eq!(listed(&store, recipient).await, vec![(second, liker)]);
+
+    // Out of order: the unlike first, then its like; and a newer like before an older undo.
+    let [other, tweet2] = unique_ids();
+    let key2 = like_key(recipient, other, tweet2);
+    store.set_notification(key2, 2, None).await.unwrap();
+    store
+        .set_notification(key2, 1, Some(unique_id()))
+        .await
+        .unwrap();
+    assert_eq!(listed(&store, recipient).await, vec![(second, liker)]);
+    let fourth = unique_id();
+    store.set_notification(key2, 3, Some(third)).await.unwrap();
+    store.set_notification(key2, 5, Some(fourth)).await.unwrap();
+    store.set_notification(key2, 4, None).await.unwrap();
+    assert_eq!(
+        listed(&store, recipient).await,
+        vec![(fourth, other), (second, liker)],
+        "only the newest like's listing"
+    );
+}
+
+/// A user's notifications keep the newest `notifications_len` (within the slack).
+pub async fn notifications_are_capped(store: Arc<dyn FeedStore>) {
+    let recipient = unique_id();
+    let cap = LIMITS.notifications_len;
+    let mut ids = Vec::new();
+    for _ in 0..cap + LIMITS.trim_slack + 4 {
+        let (actor, id) = (unique_id(), unique_id());
+        let key = NotificationKey {
+            recipient,
+            kind: NotificationKind::Follow,
+            actor,
+            tweet_id: 0,
+        };
+        store.set_notification(key, 1, Some(id)).await.unwrap();
+        ids.push(id);
+    }
+    let held: Vec<u64> = listed(&store, recipient)
+        .await
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    assert!(
+        held.len() >= cap && held.len() <= cap + LIMITS.trim_slack,
+        "{held:?}"
+    );
+    let newest: Vec<u64> = ids.iter().rev().take(cap).copied().collect();
+    assert_eq!(&held[..cap], &newest[..], "the newest are kept");
+    let state = store.notification_state(recipient).await.unwrap();
+    assert_eq!(state.unread, held.len() as u64);
+}
+
+/// A deleted tweet's notifications go, and a repeated event does not bring them back.
+pub async fn a_deleted_tweets_notifications_stay_removed(store: Arc<dyn FeedStore>) {
+    let [author, liker, retweeter, follower, tweet, other_tweet] = unique_ids();
+    let [like, retweet, follow, other] = unique_ids();
+    let retweet_key = NotificationKey {
+        kind: NotificationKind::Retweet,
+        ..like_key(author, retweeter, tweet)
+    };
+    let follow_key = NotificationKey {
+        kind: NotificationKind::Follow,
+        ..like_key(author, follower, 0)
+    };
+    let other_key = like_key(author, liker, other_tweet);
+    store
+        .set_notification(like_key(author, liker, tweet), 1, Some(like))
+        .await
+        .unwrap();
+    store
+        .set_notification(retweet_key, 1, Some(retweet))
+        .await
+        .unwrap();
+    store
+        .set_notification(follow_key, 1, Some(follow))
+        .await
+        .unwrap();
+    store
+        .set_notification(other_key, 1, Some(other))
+        .await
+        .unwrap();
+    store
+        .remove_tweet_notifications(author, tweet)
+        .await
+        .unwrap();
+    store
+        .remove_tweet_notifications(author, tweet)
+        .await
+        .unwrap();
+    assert_eq!(
+        listed(&store, author).await,
+        vec![(other, liker), (follow, follower)]
+    );
+    store
+        .set_notification(like_key(author, liker, tweet), 1, Some(like))
+        .await
+        .unwrap();
+    assert_eq!(
+        listed(&store, author).await.len(),
+        2,
+        "a replay stays removed"
+    );
+}
+
+/// The read cursor only moves forward; unread counts what is newer.
+pub async fn the_read_cursor_moves_forward_and_counts_unread(store: Arc<dyn FeedStore>) {
+    let recipient = unique_id();
+    assert_eq!(
+        store.notification_state(recipient).await.unwrap(),
+        NotificationState::default()
+    );
+    assert_eq!(
+        store
+            .mark_notifications_read(recipient, None)
+            .await
+            .unwrap(),
+        0,
+        "nothing to read"
+    );
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let (actor, id) = (unique_id(), unique_id());
+        let key = NotificationKey {
+            kind: NotificationKind::Follow,
+            ..like_key(recipient, actor, 0)
+        };
+        store.set_notification(key, 1, Some(id)).await.unwrap();
+        ids.push(id);
+    }
+    let state = |read_up_to, unread| NotificationState { read_up_to, unread };
+    assert_eq!(
+        store.notification_state(recipient).await.unwrap(),
+        state(0, 3)
+    );
+    let marked = store
+        .mark_notifications_read(recipient, Some(ids[1]))
+        .await
+        .unwrap();
+    assert_eq!(marked, ids[1]);
+    assert_eq!(
+        store.notification_state(recipient).await.unwrap(),
+        state(ids[1], 1)
+    );
+    let back = store
+        .mark_notifications_read(recipient, Some(ids[0]))
+        .await
+        .unwrap();
+    assert_eq!(back, ids[1], "never back");
+    assert_eq!(
+        store
+            .mark_notifications_read(recipient, None)
+            .await
+            .unwrap(),
+        ids[2],
+        "up to the newest"
+    );
+    assert_eq!(
+        store.notification_state(recipient).await.unwrap(),
+        state(ids[2], 0)
+    );
+    let (actor, id) = (unique_id(), unique_id());
+    let key = NotificationKey {
+        kind: NotificationKind::Follow,
+        ..like_key(recipient, actor, 0)
+    };
+    store.set_notification(key, 1, Some(id)).await.unwrap();
+    assert_eq!(
+        store.notification_state(recipient).await.unwrap(),
+        state(ids[2], 1)
+    );
+}
+
+/// Dropping a user's notifications empties their list and read cursor, and no one else's.
+pub async fn dropping_notifications(store: Arc<dyn FeedStore>) {
+    let [gone, kept, actor] = unique_ids();
+    let [a, b] = unique_ids();
+    let follow = |recipient| NotificationKey {
+        kind: NotificationKind::Follow,
+        ..like_key(recipient, actor, 0)
+    };
+    store
+        .set_notification(follow(gone), 1, Some(a))
+        .await
+        .unwrap();
+    store
+        .set_notification(follow(kept), 1, Some(b))
+        .await
+        .unwrap();
+    store.mark_notifications_read(gone, None).await.unwrap();
+    store.drop_notifications(gone).await.unwrap();
+    assert!(listed(&store, gone).await.is_empty());
+    assert_eq!(
+        store.notification_state(gone).await.unwrap(),
+        NotificationState::default()
+    );
+    assert_eq!(listed(&store, kept).await, vec![(b, actor)]);
 }

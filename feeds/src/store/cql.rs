@@ -43,7 +43,10 @@ use twtr_common::cql::{CqlError, Keyspace, logged_batch, unlogged_batch};
 use twtr_common::store::StoreError;
 use twtr_common::{Page, PageRequest};
 
-use super::{FeedEntry, FeedLimits, FeedStore};
+use super::{
+    FeedEntry, FeedLimits, FeedStore, Notification, NotificationKey, NotificationKind,
+    NotificationState,
+};
 
 const INSERT_ENTRY: &str =
     "INSERT INTO {ks}.feeds (user_id, tweet_id, author_id, retweeted_by) VALUES (?, ?, ?, ?)";
@@ -100,6 +103,37 @@ const SET_CELEBRITY: &str = "INSERT INTO {ks}.celebrities (scope, author_id) VAL
 const UNSET_CELEBRITY: &str = "DELETE FROM {ks}.celebrities WHERE scope = 'all' AND author_id = ?";
 const CELEBRITIES: &str = "SELECT author_id FROM {ks}.celebrities WHERE scope = 'all'";
 
+const LIST_NOTIFICATION: &str = "INSERT INTO {ks}.notifications \
+     (recipient_id, id, kind, actor_id, tweet_id) VALUES (?, ?, ?, ?, ?) USING TIMESTAMP ?";
+/// Takes a listing away at the timestamp of the version that no longer names it.
+const UNLIST_NOTIFICATION: &str =
+    "DELETE FROM {ks}.notifications USING TIMESTAMP ? WHERE recipient_id = ? AND id = ?";
+/// Takes a listing away for good (its tweet was deleted): at the current time, above every
+/// version.
+const REMOVE_NOTIFICATION: &str =
+    "DELETE FROM {ks}.notifications WHERE recipient_id = ? AND id = ?";
+const NOTIFICATION_VERSION: &str = "INSERT INTO {ks}.notification_versions \
+     (recipient_id, kind, actor_id, tweet_id, version, id) VALUES (?, ?, ?, ?, ?, ?)";
+const NOTIFICATION_VERSIONS: &str = "SELECT version, id FROM {ks}.notification_versions \
+     WHERE recipient_id = ? AND kind = ? AND actor_id = ? AND tweet_id = ?";
+const NEWEST_NOTIFICATIONS: &str =
+    "SELECT id FROM {ks}.notifications WHERE recipient_id = ? LIMIT ?";
+const TRIM_NOTIFICATIONS: &str =
+    "DELETE FROM {ks}.notifications WHERE recipient_id = ? AND id <= ?";
+const NOTIFICATIONS_FIRST: &str = "SELECT id, kind, actor_id, tweet_id FROM {ks}.notifications \
+     WHERE recipient_id = ? LIMIT ?";
+const NOTIFICATIONS_BEFORE: &str = "SELECT id, kind, actor_id, tweet_id FROM {ks}.notifications \
+     WHERE recipient_id = ? AND id < ? LIMIT ?";
+const NOTIFICATION_TWEETS: &str =
+    "SELECT id, tweet_id FROM {ks}.notifications WHERE recipient_id = ?";
+const UNREAD_NOTIFICATIONS: &str =
+    "SELECT id FROM {ks}.notifications WHERE recipient_id = ? AND id > ? LIMIT ?";
+const READ_CURSOR: &str = "SELECT read_up_to FROM {ks}.notification_reads WHERE recipient_id = ?";
+const SET_READ_CURSOR: &str = "INSERT INTO {ks}.notification_reads (recipient_id, read_up_to) \
+     VALUES (?, ?) USING TIMESTAMP ?";
+const DROP_NOTIFICATIONS: &str = "DELETE FROM {ks}.notifications WHERE recipient_id = ?";
+const DROP_READ_CURSOR: &str = "DELETE FROM {ks}.notification_reads WHERE recipient_id = ?";
+
 /// Statements per batch: keeps a batch well under the size at which the cluster warns.
 const BATCH_ROWS: usize = 100;
 /// Feeds written at once by one fan-out: enough to hide round trips, few enough not to flood
@@ -116,6 +150,8 @@ pub struct CqlFeedStore {
     limits: FeedLimits,
     /// Per feed, the entries this process inserted since it last trimmed it.
     untrimmed: moka::sync::Cache<i64, usize>,
+    /// Per user, the notifications this process listed since it last trimmed their list.
+    untrimmed_notifications: moka::sync::Cache<i64, usize>,
     insert_entry: PreparedStatement,
     delete_entry: PreparedStatement,
     newest_in_feed: PreparedStatement,
@@ -142,6 +178,21 @@ pub struct CqlFeedStore {
     set_celebrity: PreparedStatement,
     unset_celebrity: PreparedStatement,
     celebrities: PreparedStatement,
+    list_notification: PreparedStatement,
+    unlist_notification: PreparedStatement,
+    remove_notification: PreparedStatement,
+    notification_version: PreparedStatement,
+    notification_versions: PreparedStatement,
+    newest_notifications: PreparedStatement,
+    trim_notifications: PreparedStatement,
+    notifications_first: PreparedStatement,
+    notifications_before: PreparedStatement,
+    notification_tweets: PreparedStatement,
+    unread_notifications: PreparedStatement,
+    read_cursor: PreparedStatement,
+    set_read_cursor: PreparedStatement,
+    drop_notifications: PreparedStatement,
+    drop_read_cursor: PreparedStatement,
 }
 
 impl std::fmt::Debug for CqlFeedStore {
@@ -187,25 +238,52 @@ impl CqlFeedStore {
             set_celebrity: ks.prepare(SET_CELEBRITY).await?,
             unset_celebrity: ks.prepare(UNSET_CELEBRITY).await?,
             celebrities: ks.prepare(CELEBRITIES).await?,
+            list_notification: ks.prepare(LIST_NOTIFICATION).await?,
+            unlist_notification: ks.prepare(UNLIST_NOTIFICATION).await?,
+            remove_notification: ks.prepare(REMOVE_NOTIFICATION).await?,
+            notification_version: ks.prepare(NOTIFICATION_VERSION).await?,
+            notification_versions: ks.prepare(NOTIFICATION_VERSIONS).await?,
+            newest_notifications: ks.prepare(NEWEST_NOTIFICATIONS).await?,
+            trim_notifications: ks.prepare(TRIM_NOTIFICATIONS).await?,
+            notifications_first: ks.prepare(NOTIFICATIONS_FIRST).await?,
+            notifications_before: ks.prepare(NOTIFICATIONS_BEFORE).await?,
+            notification_tweets: ks.prepare(NOTIFICATION_TWEETS).await?,
+            unread_notifications: ks.prepare(UNREAD_NOTIFICATIONS).await?,
+            read_cursor: ks.prepare(READ_CURSOR).await?,
+            set_read_cursor: ks.prepare(SET_READ_CURSOR).await?,
+            drop_notifications: ks.prepare(DROP_NOTIFICATIONS).await?,
+            drop_read_cursor: ks.prepare(DROP_READ_CURSOR).await?,
             ks,
             limits,
             untrimmed: moka::sync::Cache::new(TRIM_COUNTS_KEPT),
+            untrimmed_notifications: moka::sync::Cache::new(TRIM_COUNTS_KEPT),
         })
     }
 
     /// Counts `inserted` entries into `user`'s feed; whether a trim is due (see the module
     /// documentation). A due trim resets the count, so concurrent inserts do not all trim.
     fn trim_due(&self, user: i64, inserted: usize) -> bool {
-        let slack = self.limits.trim_slack;
-        let mut due = false;
-        self.untrimmed.entry(user).and_upsert_with(|counted| {
-            let count = counted.map_or(usize::MAX, |c| c.into_value().saturating_add(inserted));
-            due = count > slack;
-            if due { 0 } else { count }
-        });
-        due
+        trim_due(&self.untrimmed, self.limits.trim_slack, user, inserted)
     }
+}
 
+/// Counts `inserted` rows into `partition` in `untrimmed`: whether a trim is due.
+fn trim_due(
+    untrimmed: &moka::sync::Cache<i64, usize>,
+    slack: usize,
+    partition: i64,
+    inserted: usize,
+) -> bool {
+    let mut due = false;
+    untrimmed.entry(partition).and_upsert_with(|counted| {
+        let count = counted.map_or(usize::MAX, |c| c.into_value().saturating_add(inserted));
+        due = count > slack;
+        if due { 0 } else { count }
+    });
+    due
+}
+
+impl CqlFeedStore {
     /// Runs `statement` once per row of `rows`, all in one partition: one unlogged batch per
     /// [`BATCH_ROWS`]. A single-partition batch is applied atomically without the batch log.
     async fn write_partition<V: SerializeRow>(
@@ -703,6 +781,221 @@ impl FeedStore for CqlFeedStore {
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
         Ok(Page::from_scan(&page, entries, |e| e.tweet_id))
+    }
+
+    async fn set_notification(
+        &self,
+        key: NotificationKey,
+        version: u64,
+        id: Option<u64>,
+    ) -> Result<(), StoreError> {
+        let session = self.ks.session();
+        let recipient = to_cql(key.recipient)?;
+        let (kind, actor, tweet) = (
+            i32::from(key.kind.code()),
+            to_cql(key.actor)?,
+            to_cql(key.tweet_id)?,
+        );
+        let stamp = to_cql(version)?;
+        let listed = id.map(to_cql).transpose()?;
+        session
+            .execute_unpaged(
+                &self.notification_version,
+                (recipient, kind, actor, tweet, stamp, listed.unwrap_or(0)),
+            )
+            .await?;
+        if let Some(listed) = listed {
+            session
+                .execute_unpaged(
+                    &self.list_notification,
+                    (recipient, listed, kind, actor, tweet, stamp),
+                )
+                .await?;
+            if trim_due(
+                &self.untrimmed_notifications,
+                self.limits.trim_slack,
+                recipient,
+                1,
+            ) {
+                let trimmed = self
+                    .trim(
+                        &self.newest_notifications,
+                        &self.trim_notifications,
+                        recipient,
+                        self.limits.notifications_len,
+                    )
+                    .await;
+                if trimmed.is_err() {
+                    self.untrimmed_notifications.invalidate(&recipient);
+                }
+                trimmed?;
+            }
+        }
+        // Read back every version of the key: the highest decides, and every listing it does not
+        // name goes, at its timestamp (so a listing written later by a lower version stays
+        // shadowed).
+        let versions: Vec<(i64, i64)> = session
+            .execute_unpaged(&self.notification_versions, (recipient, kind, actor, tweet))
+            .await?
+            .into_rows_result()?
+            .rows::<(i64, i64)>()?
+            .collect::<Result<_, _>>()?;
+        let Some(&(latest, latest_id)) = versions.first() else {
+            return Ok(());
+        };
+        for &(_, stale) in &versions[1..] {
+            if stale != 0 && stale != latest_id {
+                session
+                    .execute_unpaged(&self.unlist_notification, (latest, recipient, stale))
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn remove_tweet_notifications(
+        &self,
+        recipient: u64,
+        tweet: u64,
+    ) -> Result<(), StoreError> {
+        let (recipient, tweet) = (to_cql(recipient)?, to_cql(tweet)?);
+        let rows: Vec<(i64, i64)> = self
+            .read_partition(&self.notification_tweets, recipient)
+            .await?;
+        let ids: Vec<(i64, i64)> = rows
+            .into_iter()
+            .filter(|&(_, about)| about == tweet)
+            .map(|(id, _)| (recipient, id))
+            .collect();
+        self.write_partition(&self.remove_notification, ids).await
+    }
+
+    async fn notifications(
+        &self,
+        recipient: u64,
+        page: PageRequest,
+    ) -> Result<Page<Notification>, StoreError> {
+        let page = PageRequest {
+            since: None,
+            ..page
+        };
+        let recipient = to_cql(recipient)?;
+        let limit = cql_limit(page.limit.get().saturating_add(1));
+        let session = self.ks.session();
+        let result = match page.before.and_then(|before| i64::try_from(before).ok()) {
+            Some(before) => {
+                session
+                    .execute_unpaged(&self.notifications_before, (recipient, before, limit))
+                    .await?
+            }
+            None => {
+                session
+                    .execute_unpaged(&self.notifications_first, (recipient, limit))
+                    .await?
+            }
+        };
+        let items = result
+            .into_rows_result()?
+            .rows::<(i64, i32, i64, i64)>()?
+            .map(|row| {
+                let (id, kind, actor, tweet_id) = row?;
+                let kind = u8::try_from(kind)
+                    .ok()
+                    .and_then(NotificationKind::from_code)
+                    .ok_or_else(|| StoreError::Corrupt(format!("notification kind {kind}")))?;
+                Ok(Notification {
+                    id: from_cql(id)?,
+                    kind,
+                    actor: from_cql(actor)?,
+                    tweet_id: from_cql(tweet_id)?,
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        Ok(Page::from_scan(&page, items, |n| n.id))
+    }
+
+    async fn notification_state(&self, recipient: u64) -> Result<NotificationState, StoreError> {
+        let recipient = to_cql(recipient)?;
+        let read_up_to = self.read_cursor(recipient).await?;
+        let cap = self
+            .limits
+            .notifications_len
+            .saturating_add(self.limits.trim_slack);
+        let unread = self
+            .ks
+            .session()
+            .execute_unpaged(
+                &self.unread_notifications,
+                (recipient, read_up_to, cql_limit(cap)),
+            )
+            .await?
+            .into_rows_result()?
+            .rows_num() as u64;
+        Ok(NotificationState {
+            read_up_to: from_cql(read_up_to)?,
+            unread,
+        })
+    }
+
+    async fn mark_notifications_read(
+        &self,
+        recipient: u64,
+        up_to: Option<u64>,
+    ) -> Result<u64, StoreError> {
+        let recipient = to_cql(recipient)?;
+        let up_to = match up_to {
+            Some(up_to) => to_cql(up_to)?,
+            None => {
+                let newest = self
+                    .newest_ids(&self.newest_notifications, recipient, 1)
+                    .await?;
+                match newest.first() {
+                    Some(&newest) => newest,
+                    None => return from_cql(self.read_cursor(recipient).await?),
+                }
+            }
+        };
+        // The cursor's own time orders the writes (never later than now, so an account's
+        // deletion, at the current time, still removes it).
+        let millis =
+            twtr_common::id::millis_of(from_cql(up_to)?).min(twtr_common::clock::now_millis());
+        self.ks
+            .session()
+            .execute_unpaged(
+                &self.set_read_cursor,
+                (recipient, up_to, millis.saturating_mul(1000)),
+            )
+            .await?;
+        from_cql(self.read_cursor(recipient).await?)
+    }
+
+    async fn drop_notifications(&self, recipient: u64) -> Result<(), StoreError> {
+        let recipient = to_cql(recipient)?;
+        let session = self.ks.session();
+        session
+            .execute_unpaged(&self.drop_notifications, (recipient,))
+            .await?;
+        session
+            .execute_unpaged(&self.drop_read_cursor, (recipient,))
+            .await?;
+        self.untrimmed_notifications.invalidate(&recipient);
+        Ok(())
+    }
+}
+
+impl CqlFeedStore {
+    /// `recipient`'s read cursor (0: nothing read).
+    async fn read_cursor(&self, recipient: i64) -> Result<i64, StoreError> {
+        let rows = self
+            .ks
+            .session()
+            .execute_unpaged(&self.read_cursor, (recipient,))
+            .await?
+            .into_rows_result()?;
+        Ok(rows
+            .maybe_first_row::<(Option<i64>,)>()?
+            .and_then(|(cursor,)| cursor)
+            .unwrap_or(0))
     }
 }
 

@@ -9,7 +9,10 @@ use twtr_common::embedded::{EmbeddedDb, Tx, scan_page};
 use twtr_common::store::StoreError;
 use twtr_common::{Page, PageRequest};
 
-use super::{FeedEntry, FeedLimits, FeedStore};
+use super::{
+    FeedEntry, FeedLimits, FeedStore, Notification, NotificationKey, NotificationKind,
+    NotificationState,
+};
 
 /// (user, tweet) -> (author, retweeted by or 0): home feeds.
 const FEEDS: TableDefinition<(u64, u64), (u64, u64)> = TableDefinition::new("feeds");
@@ -33,6 +36,19 @@ const RECENT_RETWEETS: TableDefinition<(u64, u64), u64> = TableDefinition::new("
 /// Author -> (): the celebrities, merged at read time rather than fanned out.
 const CELEBRITIES: TableDefinition<u64, ()> = TableDefinition::new("celebrities");
 
+/// (recipient, notification id) -> (kind, actor, tweet or 0): each user's notifications.
+const NOTIFICATIONS: TableDefinition<(u64, u64), (u8, u64, u64)> =
+    TableDefinition::new("notifications");
+/// Recipient -> number of their notifications, to trim without counting.
+const NOTIFICATION_LENGTHS: TableDefinition<u64, u64> =
+    TableDefinition::new("notification_lengths");
+/// (recipient, kind, actor, tweet or 0) -> (version, listed id or 0): every notification key
+/// ever seen, at its latest version.
+const NOTIFICATION_KEYS: TableDefinition<(u64, u8, u64, u64), (u64, u64)> =
+    TableDefinition::new("notification_keys");
+/// Recipient -> the ID up to which their notifications are read.
+const NOTIFICATION_READS: TableDefinition<u64, u64> = TableDefinition::new("notification_reads");
+
 /// Feeds in a redb file (`feeds.redb` under the data directory).
 #[derive(Debug, Clone)]
 pub struct EmbeddedFeedStore {
@@ -53,6 +69,10 @@ impl EmbeddedFeedStore {
             tx.open_table(RETWEETERS)?;
             tx.open_table(RECENT_RETWEETS)?;
             tx.open_table(CELEBRITIES)?;
+            tx.open_table(NOTIFICATIONS)?;
+            tx.open_table(NOTIFICATION_LENGTHS)?;
+            tx.open_table(NOTIFICATION_KEYS)?;
+            tx.open_table(NOTIFICATION_READS)?;
             Ok(())
         })?;
         Ok(Self { db, limits })
@@ -117,6 +137,66 @@ fn remove_from_feed(tx: &Tx<'_>, user: u64, tweets: &[u64]) -> Result<(), StoreE
         lengths.insert(user, len.saturating_sub(removed))?;
     }
     Ok(())
+}
+
+/// Lists a notification, keeping the length counter exact and trimming the oldest past the cap
+/// (within the slack), as [`FeedTables::insert`] does for feeds.
+fn list_notification(
+    tx: &Tx<'_>,
+    limits: FeedLimits,
+    recipient: u64,
+    item: Notification,
+) -> Result<(), StoreError> {
+    let mut listed = tx.open_table(NOTIFICATIONS)?;
+    let value = (item.kind.code(), item.actor, item.tweet_id);
+    if listed.insert((recipient, item.id), value)?.is_some() {
+        return Ok(());
+    }
+    let mut lengths = tx.open_table(NOTIFICATION_LENGTHS)?;
+    let mut len = lengths.get(recipient)?.map_or(0, |l| l.value()) + 1;
+    let (cap, slack) = (limits.notifications_len as u64, limits.trim_slack as u64);
+    if len > cap + slack {
+        let oldest: Vec<(u64, u64)> = listed
+            .range((recipient, 0)..=(recipient, u64::MAX))?
+            .take((len - cap) as usize)
+            .map(|row| Ok(row?.0.value()))
+            .collect::<Result<_, StoreError>>()?;
+        for key in oldest {
+            listed.remove(key)?;
+            len -= 1;
+        }
+    }
+    lengths.insert(recipient, len)?;
+    Ok(())
+}
+
+/// Removes notifications `ids` of `recipient` (absent ones are fine), keeping the count exact.
+fn unlist_notifications(tx: &Tx<'_>, recipient: u64, ids: &[u64]) -> Result<(), StoreError> {
+    let mut listed = tx.open_table(NOTIFICATIONS)?;
+    let mut removed = 0;
+    for &id in ids {
+        removed += u64::from(listed.remove((recipient, id))?.is_some());
+    }
+    if removed > 0 {
+        let mut lengths = tx.open_table(NOTIFICATION_LENGTHS)?;
+        let len = lengths.get(recipient)?.map_or(0, |l| l.value());
+        lengths.insert(recipient, len.saturating_sub(removed))?;
+    }
+    Ok(())
+}
+
+fn notification_of(
+    id: u64,
+    (kind, actor, tweet_id): (u8, u64, u64),
+) -> Result<Notification, StoreError> {
+    let kind = NotificationKind::from_code(kind)
+        .ok_or_else(|| StoreError::Corrupt(format!("notification kind {kind}")))?;
+    Ok(Notification {
+        id,
+        kind,
+        actor,
+        tweet_id,
+    })
 }
 
 fn keys_in<V: redb::Value + 'static>(
@@ -426,6 +506,145 @@ impl FeedStore for EmbeddedFeedStore {
                     }
                 }
                 Ok(Page::from_scan(&page, entries, |e| e.tweet_id))
+            })
+            .await
+    }
+
+    async fn set_notification(
+        &self,
+        key: NotificationKey,
+        version: u64,
+        id: Option<u64>,
+    ) -> Result<(), StoreError> {
+        let limits = self.limits;
+        self.db
+            .write(move |tx| {
+                let mut keys = tx.open_table(NOTIFICATION_KEYS)?;
+                let k = (key.recipient, key.kind.code(), key.actor, key.tweet_id);
+                let stored = keys.get(k)?.map(|v| v.value());
+                if stored.is_some_and(|(latest, _)| latest >= version) {
+                    return Ok(()); // stale, or a repeat of the latest
+                }
+                keys.insert(k, (version, id.unwrap_or(0)))?;
+                drop(keys);
+                if let Some((_, old)) = stored.filter(|&(_, old)| old != 0) {
+                    unlist_notifications(tx, key.recipient, &[old])?;
+                }
+                if let Some(id) = id {
+                    let item = Notification {
+                        id,
+                        kind: key.kind,
+                        actor: key.actor,
+                        tweet_id: key.tweet_id,
+                    };
+                    list_notification(tx, limits, key.recipient, item)?;
+                }
+                Ok(())
+            })
+            .await
+    }
+
+    async fn remove_tweet_notifications(
+        &self,
+        recipient: u64,
+        tweet: u64,
+    ) -> Result<(), StoreError> {
+        self.db
+            .write(move |tx| {
+                let mut ids = Vec::new();
+                for row in tx
+                    .open_table(NOTIFICATIONS)?
+                    .range((recipient, 0)..=(recipient, u64::MAX))?
+                {
+                    let (key, value) = row?;
+                    if value.value().2 == tweet {
+                        ids.push(key.value().1);
+                    }
+                }
+                unlist_notifications(tx, recipient, &ids)
+            })
+            .await
+    }
+
+    async fn notifications(
+        &self,
+        recipient: u64,
+        page: PageRequest,
+    ) -> Result<Page<Notification>, StoreError> {
+        let page = PageRequest {
+            since: None,
+            ..page
+        };
+        self.db
+            .read(move |txn| {
+                let listed = txn.open_table(NOTIFICATIONS)?;
+                let mut items = Vec::new();
+                for id in scan_page(&listed, recipient, &page)? {
+                    if let Some(value) = listed.get((recipient, id))? {
+                        items.push(notification_of(id, value.value())?);
+                    }
+                }
+                Ok(Page::from_scan(&page, items, |n| n.id))
+            })
+            .await
+    }
+
+    async fn notification_state(&self, recipient: u64) -> Result<NotificationState, StoreError> {
+        self.db
+            .read(move |txn| {
+                let read_up_to = txn
+                    .open_table(NOTIFICATION_READS)?
+                    .get(recipient)?
+                    .map_or(0, |v| v.value());
+                if read_up_to == u64::MAX {
+                    return Ok(NotificationState {
+                        read_up_to,
+                        unread: 0,
+                    });
+                }
+                let unread = txn
+                    .open_table(NOTIFICATIONS)?
+                    .range((recipient, read_up_to + 1)..=(recipient, u64::MAX))?
+                    .count() as u64;
+                Ok(NotificationState { read_up_to, unread })
+            })
+            .await
+    }
+
+    async fn mark_notifications_read(
+        &self,
+        recipient: u64,
+        up_to: Option<u64>,
+    ) -> Result<u64, StoreError> {
+        self.db
+            .write(move |tx| {
+                let up_to = match up_to {
+                    Some(up_to) => up_to,
+                    None => tx
+                        .open_table(NOTIFICATIONS)?
+                        .range((recipient, 0)..=(recipient, u64::MAX))?
+                        .next_back()
+                        .transpose()?
+                        .map_or(0, |(key, _)| key.value().1),
+                };
+                let mut reads = tx.open_table(NOTIFICATION_READS)?;
+                let current = reads.get(recipient)?.map_or(0, |v| v.value());
+                if up_to > current {
+                    reads.insert(recipient, up_to)?;
+                }
+                Ok(up_to.max(current))
+            })
+            .await
+    }
+
+    async fn drop_notifications(&self, recipient: u64) -> Result<(), StoreError> {
+        self.db
+            .write(move |tx| {
+                let ids = keys_in(&tx.open_table(NOTIFICATIONS)?, recipient)?;
+                unlist_notifications(tx, recipient, &ids)?;
+                tx.open_table(NOTIFICATION_LENGTHS)?.remove(recipient)?;
+                tx.open_table(NOTIFICATION_READS)?.remove(recipient)?;
+                Ok(())
             })
             .await
     }

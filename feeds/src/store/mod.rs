@@ -5,7 +5,8 @@
 //!
 //! # Layout
 //!
-//! - this module: the [`FeedStore`] trait, [`FeedEntry`] and [`FeedLimits`].
+//! - this module: the [`FeedStore`] trait, [`FeedEntry`], [`FeedLimits`] and the notification
+//!   types ([`Notification`], [`NotificationKey`]).
 //! - [`embedded`]: [`EmbeddedFeedStore`], feeds in a redb file (one transaction per write, with
 //!   an exact length per feed, trimmed past the slack).
 //! - [`cql`]: [`CqlFeedStore`], feeds on ScyllaDB / Cassandra (idempotent upserts, then a trim
@@ -48,6 +49,9 @@ pub struct FeedLimits {
     pub trim_slack: usize,
     /// Recent tweets remembered per author, for backfilling a new follower's feed.
     pub recent_per_author: usize,
+    /// Notifications kept per user, newest first; the oldest fall off (trimmed like feeds,
+    /// within [`FeedLimits::trim_slack`]).
+    pub notifications_len: usize,
 }
 
 impl Default for FeedLimits {
@@ -56,6 +60,7 @@ impl Default for FeedLimits {
             feed_len: 800,
             trim_slack: 50,
             recent_per_author: 50,
+            notifications_len: 800,
         }
     }
 }
@@ -70,7 +75,70 @@ pub const SCHEMA: twtr_common::cql::Schema = twtr_common::cql_schema!(
     3 => "003_celebrities.cql",
     4 => "004_drop_feed_meta.cql",
     5 => "005_outbox_by_time.cql",
+    6 => "006_notifications.cql",
 );
+
+/// What a notification tells its recipient.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum NotificationKind {
+    /// The actor mentioned the recipient in the tweet.
+    Mention = 1,
+    /// The actor followed the recipient.
+    Follow = 2,
+    /// The actor liked the recipient's tweet.
+    Like = 3,
+    /// The actor retweeted the recipient's tweet.
+    Retweet = 4,
+}
+
+impl NotificationKind {
+    /// The stored code (also the wire enum's number).
+    pub fn code(self) -> u8 {
+        self as u8
+    }
+
+    pub fn from_code(code: u8) -> Option<Self> {
+        Some(match code {
+            1 => Self::Mention,
+            2 => Self::Follow,
+            3 => Self::Like,
+            4 => Self::Retweet,
+            _ => return None,
+        })
+    }
+}
+
+/// What identifies a notification: a recipient holds at most one per key, and the action's
+/// undoing removes it by key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct NotificationKey {
+    pub recipient: u64,
+    pub kind: NotificationKind,
+    pub actor: u64,
+    /// The tweet it is about; 0 for a follow.
+    pub tweet_id: u64,
+}
+
+/// One item of a user's notifications.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Notification {
+    /// Time-ordered (a Snowflake ID: the mentioning tweet's, or the event's that caused it):
+    /// the list's order and its cursor.
+    pub id: u64,
+    pub kind: NotificationKind,
+    pub actor: u64,
+    /// The tweet it is about; 0 for a follow.
+    pub tweet_id: u64,
+}
+
+/// A user's read state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct NotificationState {
+    /// Notifications with IDs up to this one are read (0: none).
+    pub read_up_to: u64,
+    /// Listed notifications newer than `read_up_to` (at most the cap plus the slack).
+    pub unread: u64,
+}
 
 #[async_trait]
 pub trait FeedStore: Send + Sync {
@@ -150,6 +218,45 @@ pub trait FeedStore: Send + Sync {
     async fn drop_feed(&self, user: u64) -> Result<(), StoreError>;
     /// One page of `user`'s feed, newest first.
     async fn feed(&self, user: u64, page: PageRequest) -> Result<Page<FeedEntry>, StoreError>;
+
+    // --- Notifications -------------------------------------------------------------------------
+
+    /// Records the notification `key` as of `version` (the version of the pair or edge the
+    /// event carries): `Some(id)` lists it under `id`, `None` takes it out (its action was
+    /// undone). Of all the calls for a key, the highest version decides, whatever their order,
+    /// and a repeated call changes nothing; a listing the highest version does not name is
+    /// removed. `version` must be above 0, and two calls with one version must agree.
+    async fn set_notification(
+        &self,
+        key: NotificationKey,
+        version: u64,
+        id: Option<u64>,
+    ) -> Result<(), StoreError>;
+    /// Removes `recipient`'s notifications about `tweet` (it was deleted) for good: a repeated
+    /// [`FeedStore::set_notification`] of one of them does not bring it back.
+    async fn remove_tweet_notifications(
+        &self,
+        recipient: u64,
+        tweet: u64,
+    ) -> Result<(), StoreError>;
+    /// One page of `recipient`'s notifications, newest first (`before` and `limit`; `since` is
+    /// not supported and reads as absent).
+    async fn notifications(
+        &self,
+        recipient: u64,
+        page: PageRequest,
+    ) -> Result<Page<Notification>, StoreError>;
+    /// `recipient`'s read cursor and unread count.
+    async fn notification_state(&self, recipient: u64) -> Result<NotificationState, StoreError>;
+    /// Moves `recipient`'s read cursor to `up_to` (`None`: their newest notification), never
+    /// back. Returns the cursor after the call.
+    async fn mark_notifications_read(
+        &self,
+        recipient: u64,
+        up_to: Option<u64>,
+    ) -> Result<u64, StoreError>;
+    /// Drops `recipient`'s notifications and read cursor (their account was deleted).
+    async fn drop_notifications(&self, recipient: u64) -> Result<(), StoreError>;
 }
 
 #[cfg(test)]

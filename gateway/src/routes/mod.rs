@@ -10,12 +10,14 @@
 //! - `tweets`: post, read and delete a tweet; a user's tweets.
 //! - `reactions`: like and retweet, and their undoing.
 //! - `feed`: the caller's home feed.
+//! - `notifications`: the caller's notifications, and marking them read.
 //! - `timeline`: everyone's tweets.
 //! - `discovery`: the tweets under a hashtag, search, trends.
 
 mod discovery;
 mod feed;
 mod follows;
+mod notifications;
 mod reactions;
 mod sessions;
 mod timeline;
@@ -50,6 +52,8 @@ pub fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(reactions::retweet, reactions::unretweet))
         .routes(routes!(timeline::timeline))
         .routes(routes!(feed::feed))
+        .routes(routes!(notifications::notifications))
+        .routes(routes!(notifications::mark_read))
         .routes(routes!(discovery::tag_tweets))
         .routes(routes!(discovery::search_tweets))
         .routes(routes!(discovery::trends))

@@ -60,10 +60,12 @@ pub(super) async fn create_tweet(
             })?
             .to_owned(),
     };
+    let mentions = views::mentions(state.up(), &body.text).await?;
     let request = CreateTweetRequest {
         author_id: me,
         text: body.text,
         idempotency_key,
+        mentions,
     };
     let tweet = state
         .up()

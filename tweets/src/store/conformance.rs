@@ -55,6 +55,7 @@ macro_rules! tweet_store_conformance {
                 deleted_tweets_leave_the_index_whatever_the_order,
                 postings_span_hours_both_ways,
                 tag_uses_count_each_tweet_once_in_its_minute,
+                mentions_are_read_with_their_tweet,
             );
         }
     };
@@ -88,6 +89,7 @@ fn unique_ids(n: usize) -> Vec<u64> {
 
 pub fn tweet(id: u64, author_id: u64) -> TweetRecord {
     TweetRecord {
+        mentions: Vec::new(),
         id,
         author_id,
         text: format!("tweet {id}"),
@@ -905,6 +907,7 @@ pub async fn settling_finished_writes_changes_nothing(store: Arc<dyn TweetStore>
     };
     let created = |tweet_id| {
         Payload::TweetCreated(TweetCreated {
+            mentioned_user_ids: Vec::new(),
             tweet_id,
             author_id: author,
             text: format!("tweet {tweet_id}"),
@@ -941,6 +944,7 @@ pub async fn settling_finished_writes_changes_nothing(store: Arc<dyn TweetStore>
         .await
         .unwrap();
     let deleted = Payload::TweetDeleted(TweetDeleted {
+        mentioned_user_ids: Vec::new(),
         tweet_id: gone,
         author_id: author,
     });
@@ -1214,4 +1218,48 @@ pub async fn tag_uses_count_each_tweet_once_in_its_minute(store: Arc<dyn TweetSt
     assert!(store.delete(now[1], event(unique_id())).await.unwrap());
     store.unindex(now[1]).await.unwrap();
     assert_eq!(uses_of(store.as_ref(), &tag).await, 3);
+}
+
+/// A tweet's mentions come back with it, alone and in batches and pages; a tweet without any
+/// has none.
+pub async fn mentions_are_read_with_their_tweet(store: Arc<dyn TweetStore>) {
+    let ids = unique_ids(4);
+    let (author, plain) = (ids[0], ids[1]);
+    let mentioned = TweetRecord {
+        mentions: vec![
+            twtr_proto::tweets::v1::Mention {
+                user_id: ids[3],
+                username: "ada".into(),
+            },
+            twtr_proto::tweets::v1::Mention {
+                user_id: author,
+                username: "self_".into(),
+            },
+        ],
+        ..tweet(ids[2], author)
+    };
+    assert!(
+        store
+            .create(tweet(plain, author), event(unique_id()))
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .create(mentioned.clone(), event(unique_id()))
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store.get(mentioned.id).await.unwrap(),
+        Some(mentioned.clone())
+    );
+    let both = store.get_many(vec![mentioned.id, plain]).await.unwrap();
+    assert_eq!(both[0].mentions, mentioned.mentions);
+    assert!(both[1].mentions.is_empty());
+    let page = store
+        .list_by_author(author, PageRequest::first(Limit::DEFAULT))
+        .await
+        .unwrap();
+    assert_eq!(page.items[0].mentions, mentioned.mentions);
 }

@@ -64,6 +64,9 @@ pub struct TweetRecord {
     pub like_count: u64,
     #[prost(uint64, tag = "6")]
     pub retweet_count: u64,
+    /// The users the text mentions, as resolved when it was posted.
+    #[prost(message, repeated, tag = "7")]
+    pub mentions: Vec<twtr_proto::tweets::v1::Mention>,
 }
 
 /// Who holds an author's idempotency key.
@@ -119,6 +122,7 @@ pub const SCHEMA: twtr_common::cql::Schema = twtr_common::cql_schema!(
     3 => "003_settled_changes.cql",
     4 => "004_outbox_by_time.cql",
     5 => "005_search_and_trends.cql",
+    6 => "006_mentions.cql",
 );
 
 #[async_trait]

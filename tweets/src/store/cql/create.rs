@@ -65,6 +65,23 @@ impl Inner {
         if self.deleted.is_gone(tweet.author_id).await? {
             return Ok(false);
         }
+        if !tweet.mentions.is_empty() {
+            // Before the claim, so whoever finishes this create finds them.
+            let (user_ids, usernames): (Vec<i64>, Vec<String>) = tweet
+                .mentions
+                .iter()
+                .map(|m| Ok((to_cql(m.user_id)?, m.username.clone())))
+                .collect::<Result<Vec<_>, StoreError>>()?
+                .into_iter()
+                .unzip();
+            self.ks
+                .session()
+                .execute_unpaged(
+                    &self.insert_mentions,
+                    (to_cql(tweet.id)?, user_ids, usernames),
+                )
+                .await?;
+        }
         match self.claim(&tweet).await? {
             Claim::Won => self.write_batch(&tweet, &event).await?,
             Claim::HeldBySame => {
@@ -170,6 +187,11 @@ impl Inner {
             created_at_ms: created_at,
             like_count: 0,
             retweet_count: 0,
+            mentions: self
+                .mentions_of(&[tweet])
+                .await?
+                .remove(&tweet)
+                .unwrap_or_default(),
         };
         tracing::info!(tweet_id = record.id, "finishing an abandoned create");
         let payload = Payload::TweetCreated(TweetCreated {
@@ -177,6 +199,7 @@ impl Inner {
             author_id: record.author_id,
             text: record.text.clone(),
             created_at: Some(clock::to_timestamp(created_at)),
+            mentioned_user_ids: crate::service::notified(record.author_id, &record.mentions),
         });
         let event = events::envelope(self.ids.next_id(), record.id, payload);
         self.write_batch(&record, &event).await?;

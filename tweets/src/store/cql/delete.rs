@@ -111,9 +111,11 @@ impl Inner {
         }
         let (tweet_id, author_id) = (from_cql(tweet)?, from_cql(state.author)?);
         tracing::info!(tweet_id, "finishing an abandoned tweet deletion");
+        let mentions = self.mentions_of(&[tweet]).await?.remove(&tweet);
         let payload = Payload::TweetDeleted(TweetDeleted {
             tweet_id,
             author_id,
+            mentioned_user_ids: crate::service::notified(author_id, &mentions.unwrap_or_default()),
         });
         let event = events::envelope(self.ids.next_id(), tweet_id, payload);
         self.write_deletion(tweet, state.author, Some((&event, deleted_at)))

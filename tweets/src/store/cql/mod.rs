@@ -161,6 +161,8 @@ struct Inner {
     select_author_tweet: PreparedStatement,
     select_counts: PreparedStatement,
     select_tweets: PreparedStatement,
+    insert_mentions: PreparedStatement,
+    select_mentions: PreparedStatement,
     page_backward: PreparedStatement,
     page_forward: PreparedStatement,
     select_tweet_counts: PreparedStatement,

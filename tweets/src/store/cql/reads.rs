@@ -10,8 +10,9 @@ use scylla::value::CqlTimestamp;
 use twtr_common::store::StoreError;
 use twtr_common::{Page, PageRequest, id};
 
-use super::{BUCKET_MS, BUCKETS_PER_READ, IN_CHUNK, Inner, TweetState, from_cql};
+use super::{BUCKET_MS, BUCKETS_PER_READ, IN_CHUNK, Inner, TweetState, from_cql, to_cql};
 use crate::store::TweetRecord;
+use twtr_proto::tweets::v1::Mention;
 
 impl Inner {
     /// The live tweets among `ids` (each at most [`IN_CHUNK`] per query, queries in parallel),
@@ -44,10 +45,14 @@ impl Inner {
                 Ok::<_, StoreError>(counts)
             };
             let (mut found, counts) = try_join(tweets, counts).await?;
+            let mut mentions = self.mentions_of(chunk).await?;
             for tweet in &mut found {
                 if let Some(&(likes, retweets)) = counts.get(&tweet.id) {
                     tweet.like_count = likes;
                     tweet.retweet_count = retweets;
+                }
+                if let Some(mentions) = mentions.remove(&to_cql(tweet.id)?) {
+                    tweet.mentions = mentions;
                 }
             }
             Ok::<_, StoreError>(found)
@@ -57,6 +62,36 @@ impl Inner {
             by_id.extend(found?.into_iter().map(|t| (t.id, t)));
         }
         Ok(ids.iter().filter_map(|id| by_id.get(id).cloned()).collect())
+    }
+
+    /// The mentions of those of `tweets` that have any, by tweet.
+    pub(super) async fn mentions_of(
+        &self,
+        tweets: &[i64],
+    ) -> Result<HashMap<i64, Vec<Mention>>, StoreError> {
+        let rows = self
+            .ks
+            .session()
+            .execute_unpaged(&self.select_mentions, (tweets,))
+            .await?
+            .into_rows_result()?;
+        let mut found = HashMap::new();
+        for row in rows.rows::<(i64, Option<Vec<i64>>, Option<Vec<String>>)>()? {
+            let (tweet, user_ids, usernames) = row?;
+            let mentions = user_ids
+                .unwrap_or_default()
+                .into_iter()
+                .zip(usernames.unwrap_or_default())
+                .map(|(user_id, username)| {
+                    Ok(Mention {
+                        user_id: from_cql(user_id)?,
+                        username,
+                    })
+                })
+                .collect::<Result<_, StoreError>>()?;
+            found.insert(tweet, mentions);
+        }
+        Ok(found)
     }
 
     /// The `tweets` row of `tweet`; `None` when no such tweet.
@@ -250,6 +285,7 @@ pub(super) fn record(row: TweetRow) -> Result<Option<TweetRecord>, StoreError> {
         created_at_ms: created_at.0,
         like_count: 0,
         retweet_count: 0,
+        mentions: Vec::new(),
     }))
 }
 

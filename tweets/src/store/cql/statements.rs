@@ -57,6 +57,11 @@ const DELETED_ACCOUNTS: DeletedAccountTables = DeletedAccountTables {
     id_column: "author_id",
     legacy: "author_purges",
 };
+// A tweet's mentions (`006_mentions.cql`), written before its claim, read beside its row.
+const INSERT_MENTIONS: &str =
+    "INSERT INTO {ks}.tweet_mentions (tweet_id, user_ids, usernames) VALUES (?, ?, ?)";
+const SELECT_MENTIONS: &str =
+    "SELECT tweet_id, user_ids, usernames FROM {ks}.tweet_mentions WHERE tweet_id IN ?";
 // An idempotency key, claimed for the window by its TTL.
 const CLAIM_KEY: &str = "INSERT INTO {ks}.post_keys \
      (author_id, idempotency_key, tweet_id, text, claimed_at) VALUES (?, ?, ?, ?, ?) \
@@ -102,6 +107,8 @@ impl Inner {
             select_author_tweet: ks.prepare(SELECT_AUTHOR_TWEET).await?,
             select_counts: ks.prepare(SELECT_COUNTS).await?,
             select_tweets: ks.prepare(SELECT_TWEETS).await?,
+            insert_mentions: ks.prepare(INSERT_MENTIONS).await?,
+            select_mentions: ks.prepare(SELECT_MENTIONS).await?,
             page_backward: ks.prepare(PAGE_BACKWARD).await?,
             page_forward: ks.prepare(PAGE_FORWARD).await?,
             bucket_written: Mutex::new(None),

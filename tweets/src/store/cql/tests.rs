@@ -75,6 +75,7 @@ async fn settling_its_event_finishes_writes_cut_short_before_their_counts() {
     };
     let created = announce(Payload::TweetCreated(
         twtr_proto::events::v1::TweetCreated {
+            mentioned_user_ids: Vec::new(),
             tweet_id: id,
             author_id: author,
             text: tweet.text.clone(),
@@ -480,6 +481,7 @@ async fn staged_deletions(store: &CqlTweetStore, tweet: u64) -> Vec<u64> {
 
 fn deletion_event(tweet: u64, author: u64) -> Envelope {
     let payload = Payload::TweetDeleted(TweetDeleted {
+        mentioned_user_ids: Vec::new(),
         tweet_id: tweet,
         author_id: author,
     });
