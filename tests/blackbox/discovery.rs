@@ -5,16 +5,14 @@
 //! embedded mesh the in-process bus is out of a test's reach, and the store conformance suite
 //! and the service's unit tests hold redelivery and reordering).
 
-use std::time::Duration;
-
 use reqwest::StatusCode;
 use serde_json::Value;
 use twtr_common::IdGenerator;
-use twtr_common::bus::{self, QueueType, RabbitBus, RabbitConfig};
+use twtr_common::bus;
 use twtr_proto::events::v1::envelope::Payload;
 use twtr_proto::events::v1::{TweetCreated, TweetDeleted};
 
-use crate::support::{CONVERGE, TestMesh, eventually, ids, on_both_backends, text};
+use crate::support::{CONVERGE, TestMesh, eventually, ids, on_both_backends, operator_bus, text};
 
 on_both_backends! {
     tags_and_search => tags_and_search_find_posts_newest_first,
@@ -191,17 +189,7 @@ async fn redelivered_and_reordered_events_change_nothing() {
     assert_eq!(status, StatusCode::NO_CONTENT);
     await_listed(&mesh, "/v1/tags/echo/tweets", &[&one]).await;
 
-    let broker = RabbitBus::connect(
-        RabbitConfig {
-            url,
-            prefix,
-            queue_type: QueueType::Quorum,
-            queue_expiry: Some(Duration::from_secs(600)),
-            connection_name: "twtr black-box test".into(),
-        },
-        CONVERGE,
-    )
-    .await;
+    let broker = operator_bus(&url, &prefix).await;
     let ids = IdGenerator::new(1023).unwrap();
     let author_id: u64 = alice_id.parse().unwrap();
     let created = |id: &str, words: &str| {

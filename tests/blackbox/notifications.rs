@@ -6,16 +6,14 @@
 //! in-process bus is out of a test's reach: the feeds service's unit tests and the store
 //! conformance suite hold redelivery and reordering there).
 
-use std::time::Duration;
-
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use twtr_common::IdGenerator;
-use twtr_common::bus::{self, QueueType, RabbitBus, RabbitConfig};
+use twtr_common::bus;
 use twtr_proto::events::v1::envelope::Payload;
 use twtr_proto::events::v1::{TweetCreated, TweetLiked, TweetUnliked, UserFollowed};
 
-use crate::support::{CONVERGE, TestMesh, eventually, on_both_backends, text};
+use crate::support::{CONVERGE, TestMesh, eventually, on_both_backends, operator_bus, text};
 
 on_both_backends! {
     mentions => mentions_link_known_users_and_notify_them,
@@ -359,17 +357,7 @@ async fn redelivered_and_reordered_events_change_nothing() {
     assert_eq!(status, StatusCode::NO_CONTENT);
     await_notified(&mesh, &alice, std::slice::from_ref(&retweet)).await;
 
-    let broker = RabbitBus::connect(
-        RabbitConfig {
-            url,
-            prefix,
-            queue_type: QueueType::Quorum,
-            queue_expiry: Some(Duration::from_secs(600)),
-            connection_name: "twtr black-box test".into(),
-        },
-        CONVERGE,
-    )
-    .await;
+    let broker = operator_bus(&url, &prefix).await;
     let ids = IdGenerator::new(1023).unwrap();
     let (alice_n, bob_n): (u64, u64) = (alice_id.parse().unwrap(), bob_id.parse().unwrap());
     let (tweet_n, gone_n): (u64, u64) = (tweet.parse().unwrap(), gone.parse().unwrap());

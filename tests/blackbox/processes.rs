@@ -11,9 +11,9 @@ use serde_json::Value;
 use tempfile::TempDir;
 use tokio::io::{AsyncBufReadExt as _, BufReader};
 use tokio::process::{Child, Command};
-use twtr_common::bus::{EventBus as _, QueueType, RabbitBus, RabbitConfig};
+use twtr_common::bus::{EventBus as _, RabbitBus};
 
-use crate::support::{Api, CONVERGE, eventually, text};
+use crate::support::{Api, CONVERGE, eventually, operator_bus, text};
 
 /// How long a part may take to log its listen address: generous, because a part on CQL and
 /// RabbitMQ connects to both, leases a worker number and checks the schema before listening,
@@ -354,14 +354,7 @@ impl Cluster {
 
     /// A bus client on this cluster's exchange and queues, for looking at them as an operator.
     pub async fn broker(&self) -> RabbitBus {
-        let config = RabbitConfig {
-            url: self.amqp_url.clone(),
-            prefix: self.prefix.clone(),
-            queue_type: QueueType::Quorum,
-            queue_expiry: Some(Duration::from_secs(600)),
-            connection_name: "twtr black-box test".into(),
-        };
-        let bus = RabbitBus::connect(config, CONVERGE).await;
+        let bus = operator_bus(&self.amqp_url, &self.prefix).await;
         assert!(bus.readiness().is_ready(), "the test reaches the broker");
         bus
     }

@@ -14,6 +14,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use twtr::{Config, MeshListeners};
+use twtr_common::bus::{QueueType, RabbitBus, RabbitConfig};
 
 /// How long `eventually` waits for the mesh to converge (events are asynchronous).
 pub const CONVERGE: Duration = Duration::from_secs(15);
@@ -373,6 +374,20 @@ pub fn sample(metrics: &str, series: &str) -> Option<f64> {
         .find(|line| line.starts_with(series))
         .and_then(|line| line.rsplit(' ').next())
         .and_then(|value| value.parse().ok())
+}
+
+/// A bus client on the exchange and queues of `prefix` at the broker `url` (a mesh's
+/// `amqp`), connected as an operator's tool would be: for tests that publish beside the mesh's
+/// own events or look at its queues.
+pub async fn operator_bus(url: &str, prefix: &str) -> RabbitBus {
+    let config = RabbitConfig {
+        url: url.to_owned(),
+        prefix: prefix.to_owned(),
+        queue_type: QueueType::Quorum,
+        queue_expiry: Some(Duration::from_secs(600)),
+        connection_name: "twtr black-box test".into(),
+    };
+    RabbitBus::connect(config, CONVERGE).await
 }
 
 /// Polls `check` until it returns `Some`, or panics after `deadline` saying what was awaited.
