@@ -246,6 +246,14 @@ mod tests {
         async fn redrive(&self, queue: &str, max: usize, only: &[u64]) -> Result<usize, BusError> {
             self.inner.redrive(queue, max, only).await
         }
+
+        async fn broadcast(&self, topic: &str, payload: &[u8]) -> Result<(), BusError> {
+            self.inner.broadcast(topic, payload).await
+        }
+
+        async fn listen(&self, topic: &str) -> Result<Box<dyn crate::bus::Listener>, BusError> {
+            self.inner.listen(topic).await
+        }
     }
 
     #[tokio::test]

@@ -31,8 +31,8 @@ use tokio::sync::Notify;
 use twtr_proto::events::v1::Envelope;
 
 use super::{
-    Acker, BusError, DeadLetter, Delivery, EventBus, FailureRecord, QueueDepths, QueueSpec,
-    Subscription, topic_matches,
+    Acker, BusError, DeadLetter, Delivery, EventBus, FailureRecord, Heard, Listener, QueueDepths,
+    QueueSpec, Subscription, topic_matches,
 };
 use crate::clock;
 use crate::embedded::{EmbeddedDb, Tx};
@@ -91,7 +91,13 @@ pub struct InProcessBus {
 struct Shared {
     db: EmbeddedDb,
     state: Mutex<State>,
+    /// Notice topics that someone listened to, each a broadcast channel (notices are not
+    /// stored: a topic without listeners drops them).
+    notices: Mutex<HashMap<String, tokio::sync::broadcast::Sender<Arc<[u8]>>>>,
 }
+
+/// Notices a listener may fall behind by before it hears [`Heard::Missed`].
+const NOTICE_BACKLOG: usize = 1024;
 
 #[derive(Debug, Default)]
 struct State {
@@ -152,8 +158,26 @@ impl InProcessBus {
                     bindings,
                     queues: HashMap::new(),
                 }),
+                notices: Mutex::new(HashMap::new()),
             }),
         })
+    }
+}
+
+/// A listener of one notice topic: a receiver of its broadcast channel.
+struct InProcessListener {
+    receiver: tokio::sync::broadcast::Receiver<Arc<[u8]>>,
+}
+
+#[async_trait]
+impl Listener for InProcessListener {
+    async fn next(&mut self) -> Option<Heard> {
+        use tokio::sync::broadcast::error::RecvError;
+        match self.receiver.recv().await {
+            Ok(notice) => Some(Heard::Notice(notice.to_vec())),
+            Err(RecvError::Lagged(_)) => Some(Heard::Missed),
+            Err(RecvError::Closed) => None,
+        }
     }
 }
 
@@ -305,6 +329,22 @@ impl EventBus for InProcessBus {
             shared: Arc::clone(&self.shared),
             queue: spec.name.clone(),
         }))
+    }
+
+    async fn broadcast(&self, topic: &str, payload: &[u8]) -> Result<(), BusError> {
+        if let Some(sender) = crate::lock(&self.shared.notices).get(topic) {
+            // No receiver left is fine: nobody listens.
+            let _ = sender.send(Arc::from(payload));
+        }
+        Ok(())
+    }
+
+    async fn listen(&self, topic: &str) -> Result<Box<dyn Listener>, BusError> {
+        let receiver = crate::lock(&self.shared.notices)
+            .entry(topic.to_owned())
+            .or_insert_with(|| tokio::sync::broadcast::channel(NOTICE_BACKLOG).0)
+            .subscribe();
+        Ok(Box::new(InProcessListener { receiver }))
     }
 
     async fn depths(&self, queue: &str) -> Result<QueueDepths, BusError> {

@@ -131,12 +131,43 @@ pub trait EventBus: Send + Sync {
         )))
     }
 
+    /// Sends `payload` to every process listening on `topic` right now ([`EventBus::listen`]):
+    /// a notice, not an event. It is not stored, confirmed or retried, and a process that is not
+    /// listening (or not connected) at that moment never hears it, so a notice may only tell a
+    /// listener to look at state that is kept elsewhere, and listeners must cope with missing
+    /// one (see [`Heard::Missed`]). Returns once the bus has taken it, or an error when it
+    /// cannot send at all (e.g. the broker is down): callers log it and go on.
+    async fn broadcast(&self, topic: &str, payload: &[u8]) -> Result<(), BusError>;
+
+    /// Starts hearing the notices broadcast on `topic` from now on, by any process on this bus.
+    /// The listener lives until dropped, across broker reconnections (after which it hears
+    /// [`Heard::Missed`] once).
+    async fn listen(&self, topic: &str) -> Result<Box<dyn Listener>, BusError>;
+
     /// Whether the bus can publish and deliver right now. It is not a service's readiness (a
     /// broker outage delays events, it does not stop a service from answering): services show
     /// it as a health entry of its own ([`crate::grpc::EVENTS_HEALTH`]) and in a metric.
     fn readiness(&self) -> Readiness {
         Readiness::always()
     }
+}
+
+/// What a [`Listener`] hears.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Heard {
+    /// A notice broadcast on the listened topic, as sent.
+    Notice(Vec<u8>),
+    /// Notices may have been lost just before this (the listener fell behind, or the bus lost
+    /// its broker and is back): whoever acts on notices should look at everything once.
+    Missed,
+}
+
+/// A subscription to a notice topic (see [`EventBus::listen`]).
+#[async_trait]
+pub trait Listener: Send {
+    /// The next thing heard, in the order broadcast (per sender); `None` once the bus is
+    /// closed for good.
+    async fn next(&mut self) -> Option<Heard>;
 }
 
 /// How full a consumer queue is (see [`EventBus::depths`]).

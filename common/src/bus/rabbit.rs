@@ -1041,6 +1041,15 @@ impl EventBus for RabbitBus {
     fn readiness(&self) -> Readiness {
         Readiness::new(self.inner.ready.subscribe())
     }
+
+    // INTERIM (being written on the `notices` branch): RabbitMQ notices.
+    async fn broadcast(&self, _topic: &str, _payload: &[u8]) -> Result<(), BusError> {
+        Err(BusError::Unavailable)
+    }
+
+    async fn listen(&self, _topic: &str) -> Result<Box<dyn super::Listener>, BusError> {
+        Err(BusError::Unavailable)
+    }
 }
 
 fn header<'a>(properties: &'a BasicProperties, name: &str) -> Option<&'a AMQPValue> {
