@@ -12,6 +12,7 @@ use twtr_common::cql::{
 };
 use twtr_common::telemetry::LogFormat;
 use twtr_feeds::FeedLimits;
+use twtr_feeds::live::LiveSettings;
 
 use crate::{Amqp, Config, Storage};
 
@@ -207,6 +208,25 @@ pub struct Cli {
     /// follower's feed on follow.
     #[arg(long, env = "TWTR_FEED_BACKFILL", default_value_t = FeedLimits::default().recent_per_author, global = true)]
     pub feed_backfill: usize,
+
+    /// How long a feed's arrivals are kept, in seconds: how far back a live feed
+    /// (GET /v1/feed/stream) can resume with Last-Event-ID; an older one restarts from now.
+    #[arg(long, env = "TWTR_FEED_ARRIVALS_KEPT_SECS", default_value_t = FeedLimits::default().arrivals_kept.as_secs(), global = true)]
+    pub feed_arrivals_kept_secs: u64,
+
+    /// Milliseconds a fan-out write may land after it was stamped and still reach live feeds
+    /// that already read past its stamp (include the feeds replicas' clock skew).
+    #[arg(long, env = "TWTR_FEED_STREAM_SETTLE_MS", default_value_t = LiveSettings::default().settle.as_millis() as u64, global = true)]
+    pub feed_stream_settle_ms: u64,
+
+    /// Milliseconds between a live feed's reads when no notice wakes it (notices are best
+    /// effort; a celebrity's post is not announced per follower).
+    #[arg(long, env = "TWTR_FEED_STREAM_POLL_MS", default_value_t = LiveSettings::default().poll.as_millis() as u64, global = true)]
+    pub feed_stream_poll_ms: u64,
+
+    /// Milliseconds a live feed stays quiet before it sends a keep-alive (with its cursor).
+    #[arg(long, env = "TWTR_FEED_STREAM_KEEPALIVE_MS", default_value_t = LiveSettings::default().keep_alive.as_millis() as u64, global = true)]
+    pub feed_stream_keepalive_ms: u64,
 
     /// Authors with more followers than this are not fanned out on write; their recent tweets
     /// are merged into readers' pages at read time. 0 turns this off (everyone is fanned out).
@@ -482,7 +502,14 @@ impl Cli {
                 feed_len: self.feed_len,
                 trim_slack: self.feed_trim_slack,
                 recent_per_author: self.feed_backfill,
+                arrivals_kept: Duration::from_secs(self.feed_arrivals_kept_secs.max(1)),
                 ..FeedLimits::default()
+            },
+            live_feed: LiveSettings {
+                settle: Duration::from_millis(self.feed_stream_settle_ms),
+                poll: Duration::from_millis(self.feed_stream_poll_ms.max(1)),
+                keep_alive: Duration::from_millis(self.feed_stream_keepalive_ms.max(1)),
+                kept: Duration::from_secs(self.feed_arrivals_kept_secs.max(1)),
             },
             idempotency_window: Duration::from_secs(self.idempotency_window_secs),
             celebrity_threshold: (self.celebrity_threshold > 0).then_some(self.celebrity_threshold),

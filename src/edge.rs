@@ -6,6 +6,7 @@ use std::num::NonZeroU32;
 use std::time::Duration;
 
 use clap::Args;
+use twtr_gateway::limits::StreamLimits;
 use twtr_gateway::{ConnectionLimits, EdgeLimits, RateLimits};
 
 /// The gateway's limits (see `gateway/src/limits.rs`).
@@ -29,6 +30,14 @@ pub struct EdgeArgs {
     /// API requests the gateway serves at once; one more is shed at once with a 503.
     #[arg(long, env = "TWTR_HTTP_MAX_IN_FLIGHT", default_value_t = EdgeLimits::default().max_in_flight, global = true)]
     pub http_max_in_flight: usize,
+
+    /// Live feeds (GET /v1/feed/stream) one gateway serves at once; one more: 429.
+    #[arg(long, env = "TWTR_FEED_STREAMS_MAX", default_value_t = StreamLimits::default().total, global = true)]
+    pub feed_streams_max: usize,
+
+    /// Live feeds one caller may hold open on one gateway at once; one more: 429.
+    #[arg(long, env = "TWTR_FEED_STREAMS_PER_CALLER", default_value_t = StreamLimits::default().per_caller, global = true)]
+    pub feed_streams_per_caller: usize,
 
     /// API requests per minute from one client IP (0: no limit); over it: 429 with Retry-After.
     #[arg(long, env = "TWTR_RATE_LIMIT_PER_IP", default_value_t = per_minute(RateLimits::default().per_ip), global = true)]
@@ -163,6 +172,10 @@ impl EdgeArgs {
                 idle_timeout: Duration::from_millis(self.http_idle_timeout_ms),
                 max_header_bytes: self.http_max_header_bytes,
                 http2_max_concurrent_streams: self.http2_max_concurrent_streams,
+            },
+            streams: StreamLimits {
+                total: self.feed_streams_max,
+                per_caller: self.feed_streams_per_caller,
             },
         })
     }

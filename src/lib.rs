@@ -80,6 +80,8 @@ pub struct Config {
     /// This process's Snowflake worker number; `None` means derive one.
     pub worker_id: Option<u16>,
     pub feed_limits: FeedLimits,
+    /// How live feeds (`WatchFeed`) read and wait.
+    pub live_feed: twtr_feeds::live::LiveSettings,
     /// Authors with more followers than this are merged into feeds at read time.
     pub celebrity_threshold: Option<usize>,
     /// How long an `Idempotency-Key` keeps returning its first tweet.
@@ -143,6 +145,7 @@ impl std::fmt::Debug for Config {
             .field("token_ttl", &self.token_ttl)
             .field("worker_id", &self.worker_id)
             .field("feed_limits", &self.feed_limits)
+            .field("live_feed", &self.live_feed)
             .field("celebrity_threshold", &self.celebrity_threshold)
             .field("idempotency_window", &self.idempotency_window)
             .field("edge", &self.edge)
@@ -171,6 +174,7 @@ impl Config {
             token_ttl: Duration::from_secs(24 * 3600),
             worker_id: None,
             feed_limits: FeedLimits::default(),
+            live_feed: twtr_feeds::live::LiveSettings::default(),
             celebrity_threshold: Some(twtr_feeds::DEFAULT_CELEBRITY_THRESHOLD),
             idempotency_window: twtr_tweets::DEFAULT_IDEMPOTENCY_WINDOW,
             edge: twtr_gateway::EdgeLimits::default(),
@@ -698,6 +702,7 @@ impl Services {
                 bus: Arc::clone(&bus),
                 consumer: config.consumer,
                 celebrity_threshold: config.celebrity_threshold,
+                live: config.live_feed,
                 verifier: verifier.clone(),
             })
             .await?;

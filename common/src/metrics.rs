@@ -99,6 +99,10 @@ fn describe() {
         "time to answer an HTTP request"
     );
     describe_counter!("twtr_grpc_server_requests_total", "gRPC calls answered");
+    describe_gauge!(
+        "twtr_live_feed_streams",
+        "live feeds (GET /v1/feed/stream) the gateway serves now"
+    );
     describe_histogram!(
         "twtr_grpc_server_duration_seconds",
         Unit::Seconds,
@@ -228,6 +232,11 @@ pub fn event_consumed(queue: &str, event_type: &str, outcome: Outcome, occurred_
         histogram!("twtr_event_delivery_lag_seconds", "queue" => queue.to_owned())
             .record(lag_ms as f64 / 1000.0);
     }
+}
+
+/// Live feeds (`GET /v1/feed/stream`) this gateway serves now.
+pub fn live_streams(open: usize) {
+    gauge!("twtr_live_feed_streams").set(open as f64);
 }
 
 /// A sample of a service's outbox depth.

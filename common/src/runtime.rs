@@ -114,7 +114,11 @@ pub struct ServiceRuntime<S> {
     passes: Vec<Pass>,
     /// The data directory whose embedded files `twtr.admin.v1.Admin/Backup` copies.
     backups: Option<PathBuf>,
+    tasks: Vec<Task>,
 }
+
+/// Work that runs beside a service until its shutdown (see [`ServiceRuntime::with_task`]).
+pub type Task = Box<dyn FnOnce(CancellationToken) -> BoxFuture<'static, ()> + Send>;
 
 impl<S> std::fmt::Debug for ServiceRuntime<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -159,6 +163,7 @@ where
             consumer: None,
             passes: Vec::new(),
             backups: None,
+            tasks: Vec::new(),
         }
     }
 
@@ -194,6 +199,18 @@ where
         self
     }
 
+    /// Runs `task` beside the server, given a token cancelled as soon as shutdown begins (before
+    /// calls drain: a task that ends long-lived calls, such as streams, does it then). It is
+    /// dropped once the server has ended.
+    pub fn with_task<F, Fut>(mut self, task: F) -> Self
+    where
+        F: FnOnce(CancellationToken) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.tasks.push(Box::new(move |stop| Box::pin(task(stop))));
+        self
+    }
+
     /// Runs `pass` in the background.
     pub fn with_pass(mut self, pass: Pass) -> Self {
         self.passes.push(pass);
@@ -217,6 +234,7 @@ where
             consumer,
             passes,
             backups,
+            tasks,
         } = self;
         if tokens.is_none() {
             tracing::warn!(
@@ -245,6 +263,11 @@ where
         let passes: Vec<JoinHandle<()>> = passes
             .into_iter()
             .map(|pass| tokio::spawn(run_passes(pass, passes_stop.clone())))
+            .collect();
+
+        let tasks: Vec<JoinHandle<()>> = tasks
+            .into_iter()
+            .map(|task| tokio::spawn(task(shutdown.clone())))
             .collect();
 
         let grpc_stop = shutdown.child_token();
@@ -279,6 +302,14 @@ where
             None => server.await,
         };
 
+        for task in tasks {
+            task.abort();
+            if let Err(err) = task.await
+                && err.is_panic()
+            {
+                anyhow::bail!("a {name} task panicked");
+            }
+        }
         passes_stop.cancel();
         for pass in passes {
             pass.await

@@ -201,16 +201,22 @@ impl TokenVerifier {
 
     /// What a valid, unexpired token signed by one of the keys says.
     pub fn verify(&self, token: &str) -> Result<Verified, TokenError> {
+        self.verify_until(token).map(|(verified, _)| verified)
+    }
+
+    /// As [`TokenVerifier::verify`], with the token's expiry (Unix seconds): for a call that
+    /// lasts, such as a stream, which must end when its token does.
+    pub fn verify_until(&self, token: &str) -> Result<(Verified, i64), TokenError> {
         if let Some((verified, exp)) = self.verified.get(token) {
             return if clock::now_millis() / 1000 <= exp {
-                Ok(verified)
+                Ok((verified, exp))
             } else {
                 Err(TokenError::Expired)
             };
         }
         let (verified, exp) = self.check_signature(token)?;
         self.verified.insert(token.to_owned(), (verified, exp));
-        Ok(verified)
+        Ok((verified, exp))
     }
 
     /// The signature check itself: what the token says, and its expiry.

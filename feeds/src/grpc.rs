@@ -8,6 +8,9 @@ use twtr_common::{Limit, PageRequest, ServiceError as _};
 use twtr_proto::feeds::v1 as pb;
 use twtr_proto::feeds::v1::feeds_service_server::{FeedsService, FeedsServiceServer};
 
+use futures_util::StreamExt as _;
+
+use crate::live::{Cursor, Live};
 use crate::service::{Feeds, FeedsError};
 use crate::store::NotificationKind;
 
@@ -20,16 +23,44 @@ fn kind_to_pb(kind: NotificationKind) -> pb::NotificationKind {
     }
 }
 
-pub fn server(feeds: Arc<Feeds>) -> FeedsServiceServer<FeedsGrpc> {
-    FeedsServiceServer::new(FeedsGrpc { feeds })
+pub fn server(feeds: Arc<Feeds>, live: Arc<Live>) -> FeedsServiceServer<FeedsGrpc> {
+    FeedsServiceServer::new(FeedsGrpc { feeds, live })
 }
 
 pub struct FeedsGrpc {
     feeds: Arc<Feeds>,
+    live: Arc<Live>,
 }
+
+type WatchStream = std::pin::Pin<
+    Box<dyn futures_util::Stream<Item = Result<pb::WatchFeedResponse, Status>> + Send>,
+>;
 
 #[tonic::async_trait]
 impl FeedsService for FeedsGrpc {
+    type WatchFeedStream = WatchStream;
+
+    async fn watch_feed(
+        &self,
+        request: Request<pb::WatchFeedRequest>,
+    ) -> Result<Response<WatchStream>, Status> {
+        // A home feed is private to its owner, live or not.
+        acting_as(&request, request.get_ref().user_id)?;
+        let r = request.into_inner();
+        if r.user_id == 0 {
+            return Err(FeedsError::MissingUser.to_status());
+        }
+        let cursor = match r.cursor.as_str() {
+            "" => None,
+            text => {
+                Some(Cursor::parse(text).map_err(|_| FeedsError::InvalidLiveCursor.to_status())?)
+            }
+        };
+        let messages = self.live.watch(r.user_id, cursor);
+        let stream = tokio_stream::wrappers::ReceiverStream::new(messages).map(Ok);
+        Ok(Response::new(Box::pin(stream)))
+    }
+
     async fn get_feed(
         &self,
         request: Request<pb::GetFeedRequest>,

@@ -29,16 +29,20 @@
 //! deletion) takes it away whatever the delivery order. See [`store::FeedStore::set_notification`].
 
 pub mod grpc;
+pub mod live;
 pub mod service;
 pub mod store;
 
 use std::sync::Arc;
 
+use tokio_util::sync::CancellationToken;
 use twtr_common::bus::{ConsumerSettings, EventBus, QueueSpec};
 use twtr_common::events::EventKind;
 use twtr_common::runtime::{Consumer, ServiceRuntime};
 use twtr_common::tokens::TokenVerifier;
 use twtr_proto::feeds::v1::feeds_service_server::FeedsServiceServer;
+
+use crate::live::{Live, LiveSettings};
 
 pub use service::{Feeds, FeedsError};
 pub use store::{
@@ -76,6 +80,8 @@ pub struct FeedsDeps {
     pub celebrity_threshold: Option<usize>,
     /// Verifies the tokens of calls that act as a user (see `twtr_common::auth`).
     pub verifier: TokenVerifier,
+    /// How the live feed (`WatchFeed`) reads and waits.
+    pub live: LiveSettings,
 }
 
 /// The feeds service, ready to run, its queue declared (events published from now on reach
@@ -83,7 +89,12 @@ pub struct FeedsDeps {
 pub async fn runtime(
     deps: FeedsDeps,
 ) -> anyhow::Result<ServiceRuntime<FeedsServiceServer<grpc::FeedsGrpc>>> {
-    let feeds = Arc::new(Feeds::new(deps.store).with_celebrity_threshold(deps.celebrity_threshold));
+    let feeds = Arc::new(
+        Feeds::new(Arc::clone(&deps.store))
+            .with_celebrity_threshold(deps.celebrity_threshold)
+            .announcing(Arc::clone(&deps.bus)),
+    );
+    let live = Arc::new(Live::new(deps.store, deps.live, CancellationToken::new()));
     let handler = Arc::clone(&feeds);
     let consumer = Consumer::subscribe(
         deps.bus.as_ref(),
@@ -97,9 +108,19 @@ pub async fn runtime(
         let feeds = Arc::clone(&pinged);
         async move { feeds.ping().await }
     };
+    let listening = Arc::clone(&live);
+    let bus = Arc::clone(&deps.bus);
     Ok(
-        ServiceRuntime::new("feeds", grpc::server(feeds), deps.bus, ping)
+        ServiceRuntime::new("feeds", grpc::server(feeds, live), deps.bus, ping)
             .verifying(deps.verifier)
-            .consuming(consumer),
+            .consuming(consumer)
+            .with_task(move |shutdown| async move {
+                tokio::select! {
+                    () = Arc::clone(&listening).listen(bus) => shutdown.cancelled().await,
+                    () = shutdown.cancelled() => {}
+                }
+                // Streams end first, so the server can drain.
+                listening.stop();
+            }),
     )
 }

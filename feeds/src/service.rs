@@ -5,7 +5,9 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use futures_util::StreamExt as _;
 use futures_util::stream::FuturesUnordered;
-use twtr_common::bus::{EventHandler, HandlerError};
+use prost::Message as _;
+use twtr_common::bus::{EventBus, EventHandler, HandlerError};
+use twtr_common::clock;
 use twtr_common::page::InvalidLimit;
 use twtr_common::store::StoreError;
 use twtr_common::{ErrorCode, Page, PageRequest, ServiceError};
@@ -14,6 +16,7 @@ use twtr_proto::events::v1::{
     Envelope, TweetCreated, TweetDeleted, UserDeleted, UserFollowed, UserUnfollowed,
 };
 
+use crate::live;
 use crate::store::{
     FeedEntry, FeedStore, Notification, NotificationKey, NotificationKind, NotificationState,
 };
@@ -26,6 +29,8 @@ pub enum FeedsError {
     MissingUser,
     #[error("up_to is not a notification id")]
     InvalidCursor,
+    #[error("not a live feed cursor: resume with the cursor of a message this service sent")]
+    InvalidLiveCursor,
     #[error("storage failed")]
     Store(#[from] StoreError),
 }
@@ -33,9 +38,10 @@ pub enum FeedsError {
 impl ServiceError for FeedsError {
     fn error_code(&self) -> ErrorCode {
         match self {
-            Self::InvalidLimit(_) | Self::MissingUser | Self::InvalidCursor => {
-                ErrorCode::InvalidArgument
-            }
+            Self::InvalidLimit(_)
+            | Self::MissingUser
+            | Self::InvalidCursor
+            | Self::InvalidLiveCursor => ErrorCode::InvalidArgument,
             Self::Store(err) => err.error_code(),
         }
     }
@@ -64,6 +70,8 @@ pub struct Feeds {
     /// Authors with more followers than this are celebrities: not fanned out, merged at read
     /// time. `None`: everyone is fanned out.
     celebrity_threshold: Option<usize>,
+    /// Where fan-out announces the feeds it wrote to (see [`crate::live`]); `None`: nowhere.
+    notices: Option<Arc<dyn EventBus>>,
 }
 
 impl Feeds {
@@ -76,7 +84,29 @@ impl Feeds {
         Self {
             store,
             celebrity_threshold: None,
+            notices: None,
         }
+    }
+
+    /// Announces each fan-out on `bus`'s notice topic [`live::TOPIC`], for the live feeds of
+    /// every replica.
+    pub fn announcing(mut self, bus: Arc<dyn EventBus>) -> Self {
+        self.notices = Some(bus);
+        self
+    }
+
+    /// Tells every replica's live feeds that `notice`'s feeds gained entries: best effort (a
+    /// stream also reads on its own every poll).
+    async fn announce(&self, notice: live::FeedArrivals) {
+        let Some(bus) = &self.notices else { return };
+        if let Err(err) = bus.broadcast(live::TOPIC, &notice.encode_to_vec()).await {
+            tracing::debug!(error = %twtr_common::error::error_chain(&err), "cannot announce feed arrivals");
+        }
+    }
+
+    /// The feeds store (for the live feed, which reads it too).
+    pub fn store(&self) -> &Arc<dyn FeedStore> {
+        &self.store
     }
 
     /// Authors with more than `threshold` followers are merged into readers' pages at read time
@@ -325,7 +355,14 @@ impl Feeds {
             author_id: author,
             retweeted_by: None,
         };
-        self.store.fan_out(vec![author], entry).await?;
+        self.store
+            .fan_out(vec![author], entry, clock::now_millis())
+            .await?;
+        self.announce(live::FeedArrivals {
+            user_ids: vec![author],
+            celebrity_id: None,
+        })
+        .await;
         if let Some(threshold) = self.celebrity_threshold {
             let followers = self
                 .store
@@ -338,6 +375,11 @@ impl Feeds {
                     self.remove_everywhere(tweet, author).await?;
                 }
                 tracing::debug!(tweet_id = tweet, "a celebrity's tweet, merged at read time");
+                self.announce(live::FeedArrivals {
+                    user_ids: Vec::new(),
+                    celebrity_id: Some(author),
+                })
+                .await;
                 return Ok(());
             }
             if self.store.celebrities().await?.contains(&author) {
@@ -351,7 +393,14 @@ impl Feeds {
         let readers = &readers;
         self.for_followers(author, |chunk| async move {
             readers.fetch_add(chunk.len(), std::sync::atomic::Ordering::Relaxed);
-            self.store.fan_out(chunk.clone(), entry).await?;
+            self.store
+                .fan_out(chunk.clone(), entry, clock::now_millis())
+                .await?;
+            self.announce(live::FeedArrivals {
+                user_ids: chunk.clone(),
+                celebrity_id: None,
+            })
+            .await;
             let pairs = chunk.iter().map(|&f| (f, author)).collect();
             let live = self.store.edges(pairs).await?;
             let gone: Vec<u64> = chunk
@@ -1266,7 +1315,7 @@ mod tests {
             deliveries.sort_unstable();
             let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
             let dir = tempfile::tempdir().unwrap();
-            let limits = FeedLimits { feed_len: 1_000, trim_slack: 0, recent_per_author: 1_000, notifications_len: 1_000 };
+            let limits = FeedLimits { feed_len: 1_000, trim_slack: 0, recent_per_author: 1_000, notifications_len: 1_000, ..FeedLimits::default() };
             let feeds = feeds_with(dir.path(), limits);
             runtime.block_on(async {
                 for (_, i) in &deliveries {

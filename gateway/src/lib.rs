@@ -21,6 +21,8 @@
 //! - [`routes`]: one handler per route, each a straight run: parse, call, hydrate, respond; a
 //!   module per resource (`users`, `sessions`, `follows`, `tweets`, `reactions`, `feed`,
 //!   `timeline`), and `routes/mod.rs`, which builds the router from them.
+//! - [`streams`]: live feeds (`GET /v1/feed/stream`): their slots, and the Server-Sent Events
+//!   a feeds service's `WatchFeed` becomes.
 //! - [`limits`]: the edge's limits (body size, rate limits, deadline, load shedding, CORS).
 //! - [`openapi`]: the OpenAPI document, generated from the routes' annotations, plus the
 //!   responses every route shares (added once, by [`openapi::EdgeResponses`]), and the `/docs`
@@ -47,6 +49,7 @@ pub mod revocation;
 pub mod routes;
 pub mod server;
 pub mod state;
+pub mod streams;
 pub mod upstream;
 pub mod views;
 
@@ -88,7 +91,13 @@ pub async fn serve(
     twtr_common::metrics::install();
     let upstreams = Upstreams::connect(&deps.upstreams, deps.grpc_tls.as_ref())?;
     let rate_limiter = Arc::new(limits::RateLimiter::new(&deps.limits, deps.tokens.clone()));
-    let state = state::AppState::new(upstreams, deps.tokens, deps.limits.body_limit);
+    let state = state::AppState::with_streams(
+        upstreams,
+        deps.tokens,
+        deps.limits.body_limit,
+        deps.limits.streams,
+        shutdown.clone(),
+    );
     let app = app::router(
         state,
         &deps.limits,

@@ -58,6 +58,27 @@ pub struct EdgeLimits {
     /// The HTTP server's per-connection limits (header read and idle timeouts, header size,
     /// HTTP/2 streams).
     pub connections: ConnectionLimits,
+    /// Live feeds (`GET /v1/feed/stream`) this gateway serves at once.
+    pub streams: StreamLimits,
+}
+
+/// How many live feeds one gateway serves (a stream holds no in-flight slot: it would hold it
+/// for hours). One more is a 429 with `Retry-After`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamLimits {
+    /// In all.
+    pub total: usize,
+    /// Per caller (a user with several tabs or devices).
+    pub per_caller: usize,
+}
+
+impl Default for StreamLimits {
+    fn default() -> Self {
+        Self {
+            total: 10_000,
+            per_caller: 5,
+        }
+    }
 }
 
 /// Requests per minute allowed to one key (a burst of that many, refilled evenly over the
@@ -102,6 +123,7 @@ impl Default for EdgeLimits {
             trusted_proxy_hops: 0,
             trusted_proxies: Vec::new(),
             connections: ConnectionLimits::default(),
+            streams: StreamLimits::default(),
         }
     }
 }

@@ -12,7 +12,7 @@ use std::sync::{Arc, OnceLock};
 use twtr_common::{IdGenerator, Limit, PageRequest};
 
 use super::{
-    FeedEntry, FeedLimits, FeedStore, Notification, NotificationKey, NotificationKind,
+    Arrival, FeedEntry, FeedLimits, FeedStore, Notification, NotificationKey, NotificationKind,
     NotificationState,
 };
 
@@ -48,6 +48,7 @@ macro_rules! feed_store_conformance {
                 a_deleted_tweets_notifications_stay_removed,
                 the_read_cursor_moves_forward_and_counts_unread,
                 dropping_notifications,
+                arrivals_are_listed_in_arrival_order,
             );
         }
     };
@@ -65,7 +66,13 @@ pub const LIMITS: FeedLimits = FeedLimits {
     trim_slack: 2,
     recent_per_author: 2,
     notifications_len: 3,
+    arrivals_kept: std::time::Duration::from_secs(3_600),
 };
+
+/// A fan-out's arrival stamp: now.
+fn stamp() -> i64 {
+    twtr_common::clock::now_millis()
+}
 
 /// An ID no other check in this process uses (nor, as far as the worker number goes, another
 /// test process on this machine). IDs minted later are larger, like tweet IDs.
@@ -141,11 +148,11 @@ async fn page(
 pub async fn feeds_are_idempotent_and_newest_first(store: Arc<dyn FeedStore>) {
     let [user1, user2, author, t10, t11] = unique_ids();
     store
-        .fan_out(vec![user1, user2], entry(t10, author))
+        .fan_out(vec![user1, user2], entry(t10, author), stamp())
         .await
         .unwrap();
     store
-        .fan_out(vec![user1, user2], entry(t10, author))
+        .fan_out(vec![user1, user2], entry(t10, author), stamp())
         .await
         .unwrap();
     store
@@ -166,13 +173,13 @@ pub async fn feeds_are_capped(store: Arc<dyn FeedStore>) {
     let tweets: [u64; 5] = unique_ids();
     for tweet in tweets {
         store
-            .fan_out(vec![user], entry(tweet, author9))
+            .fan_out(vec![user], entry(tweet, author9), stamp())
             .await
             .unwrap();
     }
     // Re-delivering an entry that is still there must not push anything out.
     store
-        .fan_out(vec![user], entry(tweets[4], author9))
+        .fan_out(vec![user], entry(tweets[4], author9), stamp())
         .await
         .unwrap();
     assert_capped(&store, user, &[tweets[4], tweets[3], tweets[2]]).await;
@@ -181,7 +188,7 @@ pub async fn feeds_are_capped(store: Arc<dyn FeedStore>) {
     let later: [u64; 4] = unique_ids();
     for tweet in later {
         store
-            .fan_out(vec![user], entry(tweet, author8))
+            .fan_out(vec![user], entry(tweet, author8), stamp())
             .await
             .unwrap();
     }
@@ -196,7 +203,7 @@ pub async fn feeds_stay_within_their_cap_and_slack(store: Arc<dyn FeedStore>) {
     for _ in 0..3 * (LIMITS.feed_len + LIMITS.trim_slack) {
         let tweet = unique_id();
         store
-            .fan_out(vec![user], entry(tweet, author))
+            .fan_out(vec![user], entry(tweet, author), stamp())
             .await
             .unwrap();
         inserted.push(tweet);
@@ -397,7 +404,7 @@ pub async fn entries_via_and_dropping_a_feed(store: Arc<dyn FeedStore>) {
     let later: [u64; 4] = unique_ids();
     for tweet in later {
         store
-            .fan_out(vec![user], entry(tweet, author))
+            .fan_out(vec![user], entry(tweet, author), stamp())
             .await
             .unwrap();
     }
@@ -508,7 +515,10 @@ pub async fn late_tweets_do_not_push_newer_ones_out(store: Arc<dyn FeedStore>) {
         )
         .await
         .unwrap();
-    store.fan_out(vec![user], entry(t1, author)).await.unwrap();
+    store
+        .fan_out(vec![user], entry(t1, author), stamp())
+        .await
+        .unwrap();
     assert_capped(&store, user, &[t4, t3, t2]).await;
     store
         .insert_entries(user, vec![entry(t1, author)])
@@ -537,8 +547,14 @@ pub async fn retweets_keep_one_entry_per_tweet(store: Arc<dyn FeedStore>) {
         .insert_entries(user, vec![entry(t1, author)])
         .await
         .unwrap();
-    store.fan_out(vec![user], retweet(t1)).await.unwrap();
-    store.fan_out(vec![user], retweet(t2)).await.unwrap();
+    store
+        .fan_out(vec![user], retweet(t1), stamp())
+        .await
+        .unwrap();
+    store
+        .fan_out(vec![user], retweet(t2), stamp())
+        .await
+        .unwrap();
     let page = store
         .feed(user, PageRequest::first(Limit::DEFAULT))
         .await
@@ -551,15 +567,15 @@ pub async fn fan_out_reaches_every_user(store: Arc<dyn FeedStore>) {
     let users: Vec<u64> = (0..150).map(|_| unique_id()).collect();
     let [author, t1, t2] = unique_ids();
     store
-        .fan_out(users.clone(), entry(t1, author))
+        .fan_out(users.clone(), entry(t1, author), stamp())
         .await
         .unwrap();
     store
-        .fan_out(users.clone(), entry(t2, author))
+        .fan_out(users.clone(), entry(t2, author), stamp())
         .await
         .unwrap();
     store
-        .fan_out(users.clone(), entry(t2, author))
+        .fan_out(users.clone(), entry(t2, author), stamp())
         .await
         .unwrap();
     for user in users {
@@ -593,11 +609,11 @@ pub async fn unfollowing_and_following_again(store: Arc<dyn FeedStore>) {
 pub async fn removing_an_author_touches_one_feed(store: Arc<dyn FeedStore>) {
     let [user1, user2, author, other, t1, t2] = unique_ids();
     store
-        .fan_out(vec![user1, user2], entry(t1, author))
+        .fan_out(vec![user1, user2], entry(t1, author), stamp())
         .await
         .unwrap();
     store
-        .fan_out(vec![user1, user2], entry(t2, other))
+        .fan_out(vec![user1, user2], entry(t2, other), stamp())
         .await
         .unwrap();
     remove_author(&store, user1, author).await;
@@ -912,4 +928,88 @@ pub async fn dropping_notifications(store: Arc<dyn FeedStore>) {
         NotificationState::default()
     );
     assert_eq!(listed(&store, kept).await, vec![(b, actor)]);
+}
+
+/// Fan-out logs each entry's arrival in each feed: listed by stamp (not by tweet ID), paged by
+/// `(stamp, tweet)`, per user, and gone with the feed.
+pub async fn arrivals_are_listed_in_arrival_order(store: Arc<dyn FeedStore>) {
+    let [user1, user2, author, older, newer, third] = unique_ids();
+    let at = stamp();
+    let arrived = |at_ms, tweet_id| Arrival {
+        at_ms,
+        entry: entry(tweet_id, author),
+    };
+    // The newer tweet arrives first; the older one arrives later, and so is listed after it.
+    store
+        .fan_out(vec![user1, user2], entry(newer, author), at)
+        .await
+        .unwrap();
+    store
+        .fan_out(vec![user1], entry(older, author), at + 5)
+        .await
+        .unwrap();
+    store
+        .fan_out(vec![user1], entry(third, author), at + 5)
+        .await
+        .unwrap();
+    let all = store.arrivals(user1, (at - 1, u64::MAX), 10).await.unwrap();
+    assert_eq!(
+        all,
+        vec![
+            arrived(at, newer),
+            arrived(at + 5, older),
+            arrived(at + 5, third)
+        ]
+    );
+    // Paged by (stamp, tweet): the second page starts right after the first's last.
+    assert_eq!(
+        store.arrivals(user1, (at - 1, u64::MAX), 2).await.unwrap(),
+        all[..2]
+    );
+    assert_eq!(
+        store.arrivals(user1, (at + 5, older), 10).await.unwrap(),
+        vec![arrived(at + 5, third)]
+    );
+    assert!(
+        store
+            .arrivals(user1, (at + 5, third), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        store.arrivals(user2, (at - 1, u64::MAX), 10).await.unwrap(),
+        vec![arrived(at, newer)]
+    );
+    // Inserted without fan-out (a backfill): in the feed, not an arrival.
+    let [backfilled] = unique_ids();
+    store
+        .insert_entries(user2, vec![entry(backfilled, author)])
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .arrivals(user2, (at - 1, u64::MAX), 10)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+
+    store.drop_feed(user1).await.unwrap();
+    assert!(
+        store
+            .arrivals(user1, (at - 1, u64::MAX), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        store
+            .arrivals(user2, (at - 1, u64::MAX), 10)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
 }

@@ -44,12 +44,18 @@ use twtr_common::store::StoreError;
 use twtr_common::{Page, PageRequest};
 
 use super::{
-    FeedEntry, FeedLimits, FeedStore, Notification, NotificationKey, NotificationKind,
+    Arrival, FeedEntry, FeedLimits, FeedStore, Notification, NotificationKey, NotificationKind,
     NotificationState,
 };
 
 const INSERT_ENTRY: &str =
     "INSERT INTO {ks}.feeds (user_id, tweet_id, author_id, retweeted_by) VALUES (?, ?, ?, ?)";
+/// An entry's arrival in a feed, for the live feed; written in one batch with its feed row.
+const INSERT_ARRIVAL: &str = "INSERT INTO {ks}.feed_arrivals \
+     (user_id, arrived_at, tweet_id, author_id, retweeted_by) VALUES (?, ?, ?, ?, ?) USING TTL ?";
+const ARRIVALS_AFTER: &str = "SELECT arrived_at, tweet_id, author_id, retweeted_by \
+     FROM {ks}.feed_arrivals WHERE user_id = ? AND (arrived_at, tweet_id) > (?, ?) LIMIT ?";
+const DROP_ARRIVALS: &str = "DELETE FROM {ks}.feed_arrivals WHERE user_id = ?";
 const DELETE_ENTRY: &str = "DELETE FROM {ks}.feeds WHERE user_id = ? AND tweet_id = ?";
 /// The newest tweet IDs of a feed, for trimming it.
 const NEWEST_IN_FEED: &str = "SELECT tweet_id FROM {ks}.feeds WHERE user_id = ? LIMIT ?";
@@ -153,6 +159,10 @@ pub struct CqlFeedStore {
     /// Per user, the notifications this process listed since it last trimmed their list.
     untrimmed_notifications: moka::sync::Cache<i64, usize>,
     insert_entry: PreparedStatement,
+    /// The feed row and its arrival, as one single-partition batch.
+    insert_arrived: Batch,
+    arrivals_after: PreparedStatement,
+    drop_arrivals: PreparedStatement,
     delete_entry: PreparedStatement,
     newest_in_feed: PreparedStatement,
     trim_feed: PreparedStatement,
@@ -211,8 +221,13 @@ impl CqlFeedStore {
             &ks.prepare(SET_RETWEET).await?,
             &ks.prepare(SET_RETWEETER).await?,
         ]);
+        let insert_entry = ks.prepare(INSERT_ENTRY).await?;
+        let insert_arrived = unlogged_batch([&insert_entry, &ks.prepare(INSERT_ARRIVAL).await?]);
         Ok(Self {
-            insert_entry: ks.prepare(INSERT_ENTRY).await?,
+            insert_arrived,
+            arrivals_after: ks.prepare(ARRIVALS_AFTER).await?,
+            drop_arrivals: ks.prepare(DROP_ARRIVALS).await?,
+            insert_entry,
             delete_entry: ks.prepare(DELETE_ENTRY).await?,
             newest_in_feed: ks.prepare(NEWEST_IN_FEED).await?,
             trim_feed: ks.prepare(TRIM_FEED).await?,
@@ -396,6 +411,47 @@ impl CqlFeedStore {
             .await;
         if trimmed.is_err() {
             // Not trimmed after all: the next insert into this feed tries again.
+            self.untrimmed.invalidate(&user);
+        }
+        trimmed
+    }
+
+    /// Fan-out into one feed: the entry and its arrival in one single-partition batch, then a
+    /// trim when one is due (as [`CqlFeedStore::insert_into_feed`]).
+    async fn arrive_in_feed(
+        &self,
+        user: u64,
+        entry: FeedEntry,
+        at_ms: i64,
+    ) -> Result<(), StoreError> {
+        let user = to_cql(user)?;
+        let (tweet, author) = (to_cql(entry.tweet_id)?, to_cql(entry.author_id)?);
+        let retweeted_by = entry
+            .retweeted_by
+            .filter(|&by| by != 0)
+            .map(to_cql)
+            .transpose()?;
+        let ttl = i32::try_from(self.limits.arrivals_kept.as_secs().max(1)).unwrap_or(i32::MAX);
+        let values = (
+            (user, tweet, author, retweeted_by),
+            (user, at_ms, tweet, author, retweeted_by, ttl),
+        );
+        self.ks
+            .session()
+            .batch(&self.insert_arrived, values)
+            .await?;
+        if !self.trim_due(user, 1) {
+            return Ok(());
+        }
+        let trimmed = self
+            .trim(
+                &self.newest_in_feed,
+                &self.trim_feed,
+                user,
+                self.limits.feed_len,
+            )
+            .await;
+        if trimmed.is_err() {
             self.untrimmed.invalidate(&user);
         }
         trimmed
@@ -669,9 +725,11 @@ impl FeedStore for CqlFeedStore {
     }
 
     async fn drop_feed(&self, user: u64) -> Result<(), StoreError> {
-        self.ks
-            .session()
-            .execute_unpaged(&self.drop_feed, (to_cql(user)?,))
+        let user = to_cql(user)?;
+        let session = self.ks.session();
+        session.execute_unpaged(&self.drop_feed, (user,)).await?;
+        session
+            .execute_unpaged(&self.drop_arrivals, (user,))
             .await?;
         Ok(())
     }
@@ -712,15 +770,49 @@ impl FeedStore for CqlFeedStore {
         self.insert_into_feed(user, &entries).await
     }
 
-    async fn fan_out(&self, users: Vec<u64>, entry: FeedEntry) -> Result<(), StoreError> {
-        let entries = [entry];
+    async fn fan_out(
+        &self,
+        users: Vec<u64>,
+        entry: FeedEntry,
+        at_ms: i64,
+    ) -> Result<(), StoreError> {
         let mut inserts = stream::iter(users)
-            .map(|user| self.insert_into_feed(user, &entries))
+            .map(|user| self.arrive_in_feed(user, entry, at_ms))
             .buffer_unordered(FAN_OUT_CONCURRENCY);
         while let Some(inserted) = inserts.next().await {
             inserted?;
         }
         Ok(())
+    }
+
+    async fn arrivals(
+        &self,
+        user: u64,
+        after: (i64, u64),
+        max: usize,
+    ) -> Result<Vec<Arrival>, StoreError> {
+        // Tweet IDs above the largest bigint do not exist: past it is past every tweet.
+        let after_tweet = i64::try_from(after.1).unwrap_or(i64::MAX);
+        let values = (to_cql(user)?, after.0, after_tweet, cql_limit(max));
+        let rows = self
+            .ks
+            .session()
+            .execute_unpaged(&self.arrivals_after, values)
+            .await?
+            .into_rows_result()?;
+        rows.rows::<(i64, i64, i64, Option<i64>)>()?
+            .map(|row| {
+                let (at_ms, tweet_id, author_id, retweeted_by) = row?;
+                Ok(Arrival {
+                    at_ms,
+                    entry: FeedEntry {
+                        tweet_id: from_cql(tweet_id)?,
+                        author_id: from_cql(author_id)?,
+                        retweeted_by: retweeted_by.map(from_cql).transpose()?,
+                    },
+                })
+            })
+            .collect()
     }
 
     async fn feed(&self, user: u64, page: PageRequest) -> Result<Page<FeedEntry>, StoreError> {

@@ -10,7 +10,7 @@ use twtr_common::store::StoreError;
 use twtr_common::{Page, PageRequest};
 
 use super::{
-    FeedEntry, FeedLimits, FeedStore, Notification, NotificationKey, NotificationKind,
+    Arrival, FeedEntry, FeedLimits, FeedStore, Notification, NotificationKey, NotificationKind,
     NotificationState,
 };
 
@@ -32,6 +32,11 @@ const RETWEETS: TableDefinition<(u64, u64), (bool, u64, u64)> = TableDefinition:
 const RETWEETERS: TableDefinition<(u64, u64), ()> = TableDefinition::new("retweeters");
 /// (user, tweet) -> author: each user's most recent standing retweets, for backfill.
 const RECENT_RETWEETS: TableDefinition<(u64, u64), u64> = TableDefinition::new("recent_retweets");
+
+/// (user, arrived at in Unix ms, tweet) -> (author, retweeted by or 0): what fan-out wrote into
+/// each feed, in arrival order, for [`FeedLimits::arrivals_kept`].
+const ARRIVALS: TableDefinition<(u64, i64, u64), (u64, u64)> =
+    TableDefinition::new("feed_arrivals");
 
 /// Author -> (): the celebrities, merged at read time rather than fanned out.
 const CELEBRITIES: TableDefinition<u64, ()> = TableDefinition::new("celebrities");
@@ -73,6 +78,7 @@ impl EmbeddedFeedStore {
             tx.open_table(NOTIFICATION_LENGTHS)?;
             tx.open_table(NOTIFICATION_KEYS)?;
             tx.open_table(NOTIFICATION_READS)?;
+            tx.open_table(ARRIVALS)?;
             Ok(())
         })?;
         Ok(Self { db, limits })
@@ -101,10 +107,11 @@ impl<'t> FeedTables<'t> {
     /// Inserts into one feed (replacing an entry of the same tweet), keeping the length counter
     /// exact; a feed more than the slack over its cap is cut back to the cap (its oldest
     /// entries share a page or two, so cutting many at once costs about what cutting one did).
-    fn insert(&mut self, user: u64, entry: FeedEntry) -> Result<(), StoreError> {
+    /// Returns whether the entry is new to the feed.
+    fn insert(&mut self, user: u64, entry: FeedEntry) -> Result<bool, StoreError> {
         let value = (entry.author_id, entry.retweeted_by.unwrap_or(0));
         if self.feeds.insert((user, entry.tweet_id), value)?.is_some() {
-            return Ok(());
+            return Ok(false);
         }
         let mut len = self.lengths.get(user)?.map_or(0, |l| l.value()) + 1;
         if len > self.cap + self.slack {
@@ -120,8 +127,30 @@ impl<'t> FeedTables<'t> {
             }
         }
         self.lengths.insert(user, len)?;
-        Ok(())
+        Ok(true)
     }
+}
+
+/// Logs `entry`'s arrival in `user`'s feed at `at_ms`, and forgets the user's arrivals older
+/// than `kept` (a seek to the partition's start: usually nothing to remove).
+fn log_arrival(
+    arrivals: &mut redb::Table<'_, (u64, i64, u64), (u64, u64)>,
+    user: u64,
+    entry: FeedEntry,
+    at_ms: i64,
+    kept: std::time::Duration,
+) -> Result<(), StoreError> {
+    let value = (entry.author_id, entry.retweeted_by.unwrap_or(0));
+    arrivals.insert((user, at_ms, entry.tweet_id), value)?;
+    let cutoff = at_ms.saturating_sub(kept.as_millis() as i64);
+    let expired: Vec<(u64, i64, u64)> = arrivals
+        .range((user, i64::MIN, 0)..(user, cutoff, 0))?
+        .map(|row| Ok(row?.0.value()))
+        .collect::<Result<_, StoreError>>()?;
+    for key in expired {
+        arrivals.remove(key)?;
+    }
+    Ok(())
 }
 
 /// Removes `tweets` from one feed, keeping the length counter exact.
@@ -437,15 +466,58 @@ impl FeedStore for EmbeddedFeedStore {
             .await
     }
 
-    async fn fan_out(&self, users: Vec<u64>, entry: FeedEntry) -> Result<(), StoreError> {
+    async fn fan_out(
+        &self,
+        users: Vec<u64>,
+        entry: FeedEntry,
+        at_ms: i64,
+    ) -> Result<(), StoreError> {
         let limits = self.limits;
         self.db
             .write(move |tx| {
                 let mut tables = FeedTables::open(tx, limits)?;
+                let mut arrivals = tx.open_table(ARRIVALS)?;
                 for user in users {
-                    tables.insert(user, entry)?;
+                    if tables.insert(user, entry)? {
+                        log_arrival(&mut arrivals, user, entry, at_ms, limits.arrivals_kept)?;
+                    }
                 }
                 Ok(())
+            })
+            .await
+    }
+
+    async fn arrivals(
+        &self,
+        user: u64,
+        after: (i64, u64),
+        max: usize,
+    ) -> Result<Vec<Arrival>, StoreError> {
+        use std::ops::Bound;
+        self.db
+            .read(move |txn| {
+                let arrivals = txn.open_table(ARRIVALS)?;
+                let range = (
+                    Bound::Excluded((user, after.0, after.1)),
+                    Bound::Included((user, i64::MAX, u64::MAX)),
+                );
+                arrivals
+                    .range::<(u64, i64, u64)>(range)?
+                    .take(max)
+                    .map(|row| {
+                        let (key, value) = row?;
+                        let ((_, at_ms, tweet_id), (author_id, retweeted_by)) =
+                            (key.value(), value.value());
+                        Ok(Arrival {
+                            at_ms,
+                            entry: FeedEntry {
+                                tweet_id,
+                                author_id,
+                                retweeted_by: (retweeted_by != 0).then_some(retweeted_by),
+                            },
+                        })
+                    })
+                    .collect()
             })
             .await
     }
@@ -484,7 +556,16 @@ impl FeedStore for EmbeddedFeedStore {
         self.db
             .write(move |tx| {
                 let tweets = keys_in(&tx.open_table(FEEDS)?, user)?;
-                remove_from_feed(tx, user, &tweets)
+                remove_from_feed(tx, user, &tweets)?;
+                let mut arrivals = tx.open_table(ARRIVALS)?;
+                let logged: Vec<(u64, i64, u64)> = arrivals
+                    .range((user, i64::MIN, 0)..=(user, i64::MAX, u64::MAX))?
+                    .map(|row| Ok(row?.0.value()))
+                    .collect::<Result<_, StoreError>>()?;
+                for key in logged {
+                    arrivals.remove(key)?;
+                }
+                Ok(())
             })
             .await
     }

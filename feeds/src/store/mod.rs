@@ -52,6 +52,9 @@ pub struct FeedLimits {
     /// Notifications kept per user, newest first; the oldest fall off (trimmed like feeds,
     /// within [`FeedLimits::trim_slack`]).
     pub notifications_len: usize,
+    /// How long a feed's arrivals are kept ([`FeedStore::arrivals`]): how far back a live feed
+    /// can resume.
+    pub arrivals_kept: std::time::Duration,
 }
 
 impl Default for FeedLimits {
@@ -61,8 +64,21 @@ impl Default for FeedLimits {
             trim_slack: 50,
             recent_per_author: 50,
             notifications_len: 800,
+            arrivals_kept: ARRIVALS_KEPT,
         }
     }
+}
+
+/// How long a feed's arrivals are kept unless configured: a day.
+pub const ARRIVALS_KEPT: std::time::Duration = std::time::Duration::from_secs(24 * 60 * 60);
+
+/// An entry as it arrived in a feed by fan-out: the live feed's log (see
+/// [`FeedStore::arrivals`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Arrival {
+    /// When the fan-out wrote it (Unix ms, the writer's clock).
+    pub at_ms: i64,
+    pub entry: FeedEntry,
 }
 
 /// The `feeds` keyspace's schema: the numbered files in `cql/feeds/`, which `twtr migrate`
@@ -76,6 +92,7 @@ pub const SCHEMA: twtr_common::cql::Schema = twtr_common::cql_schema!(
     4 => "004_drop_feed_meta.cql",
     5 => "005_outbox_by_time.cql",
     6 => "006_notifications.cql",
+    7 => "007_feed_arrivals.cql",
 );
 
 /// What a notification tells its recipient.
@@ -208,13 +225,31 @@ pub trait FeedStore: Send + Sync {
     /// Puts `entries` into `user`'s feed (replacing an entry of the same tweet), trimming it to
     /// its cap (within [`FeedLimits::trim_slack`]).
     async fn insert_entries(&self, user: u64, entries: Vec<FeedEntry>) -> Result<(), StoreError>;
-    /// Puts `entry` into each of `users`' feeds, as [`FeedStore::insert_entries`].
-    async fn fan_out(&self, users: Vec<u64>, entry: FeedEntry) -> Result<(), StoreError>;
+    /// Puts `entry` into each of `users`' feeds, as [`FeedStore::insert_entries`], and logs its
+    /// arrival there at `at_ms` ([`FeedStore::arrivals`]). A backend that can tell, without a
+    /// read before the write, that a feed already held the entry logs nothing for that feed; one
+    /// that cannot (CQL) logs the repeat too, under its own time.
+    async fn fan_out(
+        &self,
+        users: Vec<u64>,
+        entry: FeedEntry,
+        at_ms: i64,
+    ) -> Result<(), StoreError>;
+    /// Up to `max` of the entries that arrived in `user`'s feed by fan-out after `after` (an
+    /// arrival's `(at_ms, tweet_id)`), oldest first by that pair, kept for
+    /// [`FeedLimits::arrivals_kept`]; the live feed reads it. Entries removed from the feed
+    /// since are still listed.
+    async fn arrivals(
+        &self,
+        user: u64,
+        after: (i64, u64),
+        max: usize,
+    ) -> Result<Vec<Arrival>, StoreError>;
     /// Removes `tweets` from `user`'s feed (absent ones are fine).
     async fn remove_entries(&self, user: u64, tweets: Vec<u64>) -> Result<(), StoreError>;
     /// The entries of `user`'s feed that `who` wrote or retweeted.
     async fn entries_via(&self, user: u64, who: u64) -> Result<Vec<FeedEntry>, StoreError>;
-    /// Empties `user`'s feed.
+    /// Empties `user`'s feed, and its arrivals.
     async fn drop_feed(&self, user: u64) -> Result<(), StoreError>;
     /// One page of `user`'s feed, newest first.
     async fn feed(&self, user: u64, page: PageRequest) -> Result<Page<FeedEntry>, StoreError>;

@@ -9,7 +9,7 @@
 //! - `follows`: follow, unfollow, a user's followers and following.
 //! - `tweets`: post, read and delete a tweet; a user's tweets.
 //! - `reactions`: like and retweet, and their undoing.
-//! - `feed`: the caller's home feed.
+//! - `feed`: the caller's home feed, as pages and live (Server-Sent Events).
 //! - `notifications`: the caller's notifications, and marking them read.
 //! - `timeline`: everyone's tweets.
 //! - `discovery`: the tweets under a hashtag, search, trends.
@@ -52,6 +52,7 @@ pub fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(reactions::retweet, reactions::unretweet))
         .routes(routes!(timeline::timeline))
         .routes(routes!(feed::feed))
+        .routes(routes!(feed::feed_stream))
         .routes(routes!(notifications::notifications))
         .routes(routes!(notifications::mark_read))
         .routes(routes!(discovery::tag_tweets))
