@@ -263,6 +263,8 @@ pub struct Live {
     settings: LiveSettings,
     /// Cancelled when the service shuts down: every stream ends.
     stop: CancellationToken,
+    /// Whether notices are heard now.
+    listening: std::sync::atomic::AtomicBool,
 }
 
 impl Live {
@@ -272,7 +274,13 @@ impl Live {
             hub: Arc::new(Hub::default()),
             settings,
             stop,
+            listening: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Whether this replica hears notices now (else its streams only poll).
+    pub fn is_listening(&self) -> bool {
+        self.listening.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn hub(&self) -> &Arc<Hub> {
@@ -300,6 +308,7 @@ impl Live {
             }
         };
         // Whatever was announced before listening started may have been missed.
+        self.listening.store(true, std::sync::atomic::Ordering::Relaxed);
         self.hub.wake_all();
         loop {
             let heard = tokio::select! {
@@ -312,7 +321,10 @@ impl Live {
                     Err(err) => tracing::warn!(error = %err, "an undecodable feed arrivals notice"),
                 },
                 Some(Heard::Missed) => self.hub.wake_all(),
-                None => return,
+                None => {
+                    self.listening.store(false, std::sync::atomic::Ordering::Relaxed);
+                    return;
+                }
             }
         }
     }
@@ -365,10 +377,11 @@ impl Live {
         let now = clock::now_millis();
         let settle = self.settings.settle.as_millis() as i64;
         let oldest_kept = now - self.settings.kept.as_millis() as i64;
+        // A new stream takes what is stamped from now on: what arrived before is in feed pages.
         let (mut cursor, reset) = match cursor {
             Some(cursor) if cursor.watermark >= oldest_kept => (cursor, false),
-            Some(_) => (Cursor::at(now - settle), true),
-            None => (Cursor::at(now - settle), false),
+            Some(_) => (Cursor::at(now), true),
+            None => (Cursor::at(now), false),
         };
         let mut delivered = Delivered::default();
         let first = pb::WatchFeedResponse {
@@ -556,7 +569,154 @@ impl Delivered {
 
 #[cfg(test)]
 mod tests {
+    use twtr_common::bus::{EventHandler as _, InProcessBus};
+    use twtr_proto::events::v1::envelope::Payload;
+    use twtr_proto::events::v1::{Envelope, TweetCreated, TweetDeleted, UserFollowed};
+
     use super::*;
+    use crate::service::Feeds;
+    use crate::store::{EmbeddedFeedStore, FeedLimits};
+
+    /// The feeds domain announcing on an in-process bus, and a live feed listening to it, with
+    /// a poll too slow to matter: what a stream gets quickly, a notice woke it for.
+    struct World {
+        feeds: Feeds,
+        live: Arc<Live>,
+        _dir: tempfile::TempDir,
+    }
+
+    async fn world(celebrity_threshold: Option<usize>) -> World {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn FeedStore> = Arc::new(
+            EmbeddedFeedStore::open(&dir.path().join("feeds.redb"), FeedLimits::default())
+                .unwrap(),
+        );
+        let bus: Arc<dyn EventBus> =
+            Arc::new(InProcessBus::open(&dir.path().join("bus.redb")).unwrap());
+        let feeds = Feeds::new(Arc::clone(&store))
+            .with_celebrity_threshold(celebrity_threshold)
+            .announcing(Arc::clone(&bus));
+        let settings = LiveSettings {
+            poll: Duration::from_secs(3_600),
+            keep_alive: Duration::from_millis(300),
+            ..LiveSettings::default()
+        };
+        let live = Arc::new(Live::new(store, settings, CancellationToken::new()));
+        tokio::spawn(Arc::clone(&live).listen(bus));
+        while !live.is_listening() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        World {
+            feeds,
+            live,
+            _dir: dir,
+        }
+    }
+
+    fn event(payload: Payload) -> Envelope {
+        twtr_common::events::envelope(1, 1, payload)
+    }
+
+    fn posted(tweet_id: u64, author_id: u64) -> Envelope {
+        event(Payload::TweetCreated(TweetCreated {
+            tweet_id,
+            author_id,
+            ..Default::default()
+        }))
+    }
+
+    fn followed(follower_id: u64, followee_id: u64) -> Envelope {
+        event(Payload::UserFollowed(UserFollowed {
+            follower_id,
+            followee_id,
+            version: 1,
+        }))
+    }
+
+    /// The tweets a stream sends until its next keep-alive, and the cursor then.
+    async fn until_quiet(rx: &mut mpsc::Receiver<pb::WatchFeedResponse>) -> (Vec<u64>, String) {
+        let mut tweets = Vec::new();
+        loop {
+            let message = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+                .await
+                .expect("a message within 10 s")
+                .expect("the stream goes on");
+            match message.entry {
+                Some(entry) => tweets.push(entry.tweet_id),
+                None => return (tweets, message.cursor),
+            }
+        }
+    }
+
+    fn tweet_at(ms_from_now: i64) -> u64 {
+        id::first_id_at(clock::now_millis() + ms_from_now) + 1
+    }
+
+    #[tokio::test]
+    async fn streams_get_new_posts_once_and_resume_without_a_gap() {
+        let w = world(None).await;
+        let (reader, author, stranger) = (10, 20, 30);
+        w.feeds.handle(&followed(reader, author)).await.unwrap();
+        let mut stream = w.live.watch(reader, None);
+        let first = stream.recv().await.unwrap();
+        assert!(first.entry.is_none() && !first.reset, "a cursor-only message first");
+
+        let (t1, t2, t3) = (tweet_at(0), tweet_at(1), tweet_at(2));
+        // Delivered twice, as at-least-once delivery may: sent once.
+        w.feeds.handle(&posted(t1, author)).await.unwrap();
+        w.feeds.handle(&posted(t1, author)).await.unwrap();
+        w.feeds.handle(&posted(tweet_at(3), stranger)).await.unwrap();
+        let (tweets, cursor) = until_quiet(&mut stream).await;
+        assert_eq!(tweets, [t1]);
+        drop(stream);
+
+        // While away: a newer tweet arrives before an older one, and a third is deleted.
+        w.feeds.handle(&posted(t3, author)).await.unwrap();
+        w.feeds.handle(&posted(t2, author)).await.unwrap();
+        let gone = tweet_at(4);
+        w.feeds.handle(&posted(gone, author)).await.unwrap();
+        w.feeds
+            .handle(&event(Payload::TweetDeleted(TweetDeleted {
+                tweet_id: gone,
+                author_id: author,
+                ..Default::default()
+            })))
+            .await
+            .unwrap();
+        let mut resumed = w.live.watch(reader, Some(Cursor::parse(&cursor).unwrap()));
+        resumed.recv().await.unwrap();
+        assert_eq!(until_quiet(&mut resumed).await.0, [t3, t2], "in arrival order");
+    }
+
+    #[tokio::test]
+    async fn a_celebritys_post_reaches_their_followers_streams() {
+        let w = world(Some(1)).await;
+        let (celebrity, fan1, fan2, other) = (50, 51, 52, 53);
+        w.feeds.handle(&followed(fan1, celebrity)).await.unwrap();
+        w.feeds.handle(&followed(fan2, celebrity)).await.unwrap();
+        let mut fan = w.live.watch(fan1, None);
+        let mut not_a_fan = w.live.watch(other, None);
+        fan.recv().await.unwrap();
+        not_a_fan.recv().await.unwrap();
+        // (Posted after the streams started: a tweet ID is stamped with its time.)
+        let tweet = tweet_at(5);
+        w.feeds.handle(&posted(tweet, celebrity)).await.unwrap();
+        assert_eq!(until_quiet(&mut fan).await.0, [tweet]);
+        assert!(until_quiet(&mut not_a_fan).await.0.is_empty());
+    }
+
+    #[tokio::test]
+    async fn an_old_cursor_resets_and_streams_end_when_the_service_stops() {
+        let w = world(None).await;
+        let mut stream = w.live.watch(7, Some(Cursor::at(1_000)));
+        assert!(stream.recv().await.unwrap().reset);
+        w.live.stop();
+        let ended = tokio::time::timeout(Duration::from_secs(10), async {
+            while stream.recv().await.is_some() {}
+        })
+        .await;
+        assert!(ended.is_ok(), "the stream ended");
+    }
 
     #[test]
     fn cursors_round_trip_and_refuse_what_was_not_issued() {

@@ -19,6 +19,7 @@ mod feeds;
 mod follows;
 mod grpcurl;
 mod hostile;
+mod live;
 mod mesh;
 mod notifications;
 mod observability;

@@ -339,6 +339,22 @@ impl Cluster {
         self.feeds_replicas.last().expect("just pushed")
     }
 
+    /// Starts one more gateway, whose feeds service is the one at `feeds` (`host:port`): a
+    /// second edge replica, as behind a load balancer.
+    pub async fn add_gateway(&self, feeds: &str) -> Part {
+        let mut env = Self::base_env(&self.amqp_url, &self.prefix);
+        env.extend(self.extra_env.iter().cloned());
+        let url = |part: &Part| format!("http://{}", part.addr);
+        env.extend([
+            ("TWTR_DATA_DIR".into(), self.root.path().join("gateway2").display().to_string()),
+            ("TWTR_USERS_URL".into(), url(&self.users)),
+            ("TWTR_TWEETS_URL".into(), url(&self.tweets)),
+            ("TWTR_FOLLOWERS_URL".into(), url(&self.followers)),
+            ("TWTR_FEEDS_URL".into(), format!("http://{feeds}")),
+        ]);
+        spawn_part("gateway 2", "gateway", &env).await
+    }
+
     /// Starts the feeds service again on its data directory and its old address (so the
     /// gateway, which knows that address, reaches it), after [`Part::kill`].
     pub async fn restart_feeds(&mut self) {

@@ -73,6 +73,11 @@ impl TestMesh {
     /// first) and RabbitMQ (exchange and queues of its own), or `None` when no CQL node answers
     /// outside CI. Without a broker (outside CI only), events go through the in-process bus.
     pub async fn start_cql() -> Option<Self> {
+        Self::start_cql_configured(|_| {}).await
+    }
+
+    /// [`TestMesh::start_cql`], with `configure` applied to its configuration.
+    pub async fn start_cql_configured(configure: impl FnOnce(&mut Config)) -> Option<Self> {
         let nodes = twtr_common::testing::cql_nodes()?;
         let keyspaces = crate::processes::fresh_keyspaces(&nodes).await;
         let data_dir = Arc::new(tempfile::tempdir().expect("temp dir"));
@@ -86,6 +91,7 @@ impl TestMesh {
             queue_type: twtr_common::bus::QueueType::Quorum,
             queue_expiry: Some(Duration::from_secs(600)),
         });
+        configure(&mut config);
         twtr::backends::migrate(&config)
             .await
             .expect("migrate the test keyspaces");
