@@ -1,6 +1,6 @@
 //! The RabbitMQ event bus (through `lapin`), for the distributed deployment.
 //!
-//! # Topology (all durable; `<p>` is [`RabbitConfig::prefix`], `twtr` by default)
+//! # Topology (durable unless said; `<p>` is [`RabbitConfig::prefix`], `twtr` by default)
 //!
 //! | name | kind | what it is for |
 //! |---|---|---|
@@ -10,6 +10,8 @@
 //! | `<p>.<queue>.dead` | queue | messages given up on, with `x-twtr-last-error`, `x-twtr-failures`, `x-twtr-first-failed-at` and `x-twtr-dead-at` headers; re-driven into the work queue by an operator |
 //! | `<p>.unrouted` | queue (quorum by default), at most 100,000 messages | events that no queue was bound for (a mandatory publish came back); kept, not dropped |
 //! | `<p>.worker.<n>` | exclusive queue | the lease on Snowflake worker number `n` held by one live process |
+//! | `<p>.notices` | topic exchange, not durable | notices ([`EventBus::broadcast`]), routing key = the topic |
+//! | `amq.gen-…` | server-named, exclusive, auto-delete classic queue per listener, at most 10,000 notices (the oldest dropped) | one [`EventBus::listen`]er's notices, bound to its topic; gone with its channel |
 //!
 //! # Failure handling
 //!
@@ -19,6 +21,13 @@
 //! and it reconnects with capped exponential backoff, re-declaring every known queue before
 //! anyone may publish. Subscriptions re-open their channel on the new connection; deliveries
 //! that were in flight are redelivered by the broker.
+//!
+//! Notices go out on a channel of their own, not in confirm mode and not mandatory: nothing waits
+//! for the broker, and a topic nobody listens to drops them. Each listener has its own channel,
+//! queue and consumer (`no_ack`), and a task that hands its notices over through a bounded
+//! buffer; when the listener falls behind, or the connection is lost, notices are dropped and
+//! the listener hears [`Heard::Missed`] once (after a reconnection, only once its queue is bound
+//! again on the new connection, so that what it then looks at misses nothing from that point).
 //!
 //! # A cluster of brokers
 //!
@@ -51,7 +60,7 @@
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -67,13 +76,13 @@ use lapin::{
     BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
 };
 use prost::Message as _;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use twtr_proto::events::v1::Envelope;
 
 use super::{
-    Acker, BusError, DeadLetter, Delivery, EventBus, FailureRecord, QueueDepths, QueueSpec,
-    Readiness, RetryPolicy, Subscription,
+    Acker, BusError, DeadLetter, Delivery, EventBus, FailureRecord, Heard, Listener, QueueDepths,
+    QueueSpec, Readiness, RetryPolicy, Subscription,
 };
 use crate::error::error_chain;
 use crate::{clock, lock, metrics};
@@ -90,6 +99,11 @@ const FIRST_FAILED_HEADER: &str = "x-twtr-first-failed-at";
 const DEAD_AT_HEADER: &str = "x-twtr-dead-at";
 /// Bound on the queue of unroutable events, so a forgotten binding cannot fill the broker.
 const UNROUTED_MAX: i64 = 100_000;
+/// Notices a listener's queue holds at most (the oldest go first): a listener that is stuck must
+/// not grow the broker.
+const NOTICE_QUEUE_MAX: i64 = 10_000;
+/// Notices a listener may leave unread before it hears [`Heard::Missed`].
+const NOTICE_BACKLOG: usize = 1024;
 const HEALTH_POLL: Duration = Duration::from_millis(250);
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -168,6 +182,10 @@ impl RabbitConfig {
 
     fn worker_queue(&self, worker: u16) -> String {
         format!("{}.worker.{worker}", self.prefix)
+    }
+
+    fn notices(&self) -> String {
+        format!("{}.notices", self.prefix)
     }
 }
 
@@ -296,6 +314,9 @@ struct Live {
     connection: Arc<Connection>,
     /// Confirm mode: every publish is acknowledged by the broker.
     publisher: Channel,
+    /// Notices go out here, unconfirmed, so they neither wait for nor disturb `publisher`'s
+    /// confirms. Replaced when a channel error closed it (see [`Inner::notifier`]).
+    notifier: Channel,
     /// `host:port` of the broker this connection is to.
     broker: String,
 }
@@ -470,9 +491,23 @@ impl Inner {
             )
             .await
             .map_err(bus_error)?;
+        let notifier = connection.create_channel().await.map_err(bus_error)?;
+        if let Err(err) = declare_notices(&notifier, config).await {
+            if !connection.status().connected() {
+                return Err(err);
+            }
+            // Notices are best effort: events flow without them. Each broadcast tries again.
+            tracing::warn!(
+                exchange = config.notices(),
+                broker,
+                error = %error_chain(&err),
+                "cannot declare the notices exchange; broadcasts fail until it can be"
+            );
+        }
         let live = Live {
             connection,
             publisher,
+            notifier,
             broker,
         };
         if let Err(err) = declare_unrouted(&live, config).await {
@@ -583,6 +618,23 @@ impl Inner {
         } else if let Some(unused) = fresh {
             let _ = unused.close(200, "not needed".into()).await;
         }
+    }
+
+    /// The channel notices go out on: `live`'s, or when a channel error closed it (a notices
+    /// exchange that could not be declared, or was deleted under it) a new one, with the
+    /// exchange declared again.
+    async fn notifier(&self, live: &Live) -> Result<Channel, BusError> {
+        if live.notifier.status().connected() {
+            return Ok(live.notifier.clone());
+        }
+        let fresh = live.connection.create_channel().await.map_err(bus_error)?;
+        declare_notices(&fresh, &self.config).await?;
+        if let Some(current) = lock(&self.live).as_mut()
+            && Arc::ptr_eq(&current.connection, &live.connection)
+        {
+            current.notifier = fresh.clone();
+        }
+        Ok(fresh)
     }
 
     /// Keeps an event that no queue was bound for in the unrouted queue, and says so once per
@@ -702,6 +754,20 @@ async fn declare_delay_queue(
         .await
         .map_err(bus_error)?;
     Ok(())
+}
+
+/// Declares the notices exchange: not durable, since notices are never kept and every
+/// connection declares it again.
+async fn declare_notices(channel: &Channel, config: &RabbitConfig) -> Result<(), BusError> {
+    channel
+        .exchange_declare(
+            config.notices().into(),
+            ExchangeKind::Topic,
+            ExchangeDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(bus_error)
 }
 
 /// Declares `spec`'s work, delay and dead-letter queues and binds the work queue.
@@ -1042,13 +1108,250 @@ impl EventBus for RabbitBus {
         Readiness::new(self.inner.ready.subscribe())
     }
 
-    // INTERIM (being written on the `notices` branch): RabbitMQ notices.
-    async fn broadcast(&self, _topic: &str, _payload: &[u8]) -> Result<(), BusError> {
-        Err(BusError::Unavailable)
+    /// Publishes to the notices exchange with the topic as routing key: not mandatory (a topic
+    /// nobody listens to drops it) and not confirmed (done once the broker has been sent it).
+    async fn broadcast(&self, topic: &str, payload: &[u8]) -> Result<(), BusError> {
+        let live = self.inner.live().ok_or(BusError::Unavailable)?;
+        let unavailable_if_down = |err| {
+            if live.is_up() {
+                err
+            } else {
+                BusError::Unavailable
+            }
+        };
+        let channel = self
+            .inner
+            .notifier(&live)
+            .await
+            .map_err(unavailable_if_down)?;
+        channel
+            .basic_publish(
+                self.inner.config.notices().into(),
+                topic.into(),
+                BasicPublishOptions::default(),
+                payload,
+                BasicProperties::default(),
+            )
+            .await
+            // Not in confirm mode, the "confirm" is there at once.
+            .map_err(|err| unavailable_if_down(bus_error(err)))?
+            .await
+            .map_err(|err| unavailable_if_down(bus_error(err)))?;
+        Ok(())
     }
 
-    async fn listen(&self, _topic: &str) -> Result<Box<dyn super::Listener>, BusError> {
-        Err(BusError::Unavailable)
+    /// Binds a queue of the listener's own to the topic before returning, so that it hears
+    /// every notice broadcast after this returns; a task hands its notices over (see
+    /// [`NoticeForwarder`]).
+    async fn listen(&self, topic: &str) -> Result<Box<dyn Listener>, BusError> {
+        let live = self.inner.live().ok_or(BusError::Unavailable)?;
+        let exchange = self.inner.config.notices();
+        let listening = listen_on(&live, &exchange, topic).await.map_err(|err| {
+            if live.is_up() {
+                err
+            } else {
+                BusError::Unavailable
+            }
+        })?;
+        let (sender, heard) = mpsc::channel(NOTICE_BACKLOG);
+        let forwarder = NoticeForwarder {
+            bus: Arc::downgrade(&self.inner),
+            stop: self.inner.stop.clone(),
+            exchange,
+            topic: topic.to_owned(),
+            sender,
+            missed: false,
+        };
+        tokio::spawn(forwarder.run(listening));
+        Ok(Box::new(RabbitListener { heard }))
+    }
+}
+
+/// A listener of one notice topic: what its [`NoticeForwarder`] hands over.
+struct RabbitListener {
+    heard: mpsc::Receiver<Heard>,
+}
+
+#[async_trait]
+impl Listener for RabbitListener {
+    async fn next(&mut self) -> Option<Heard> {
+        self.heard.recv().await
+    }
+}
+
+/// A listener's queue on one connection: its channel (the queue goes with it) and consumer.
+type Listening = (Channel, lapin::Consumer);
+
+/// Declares a queue of a listener's own on `live` (server-named, exclusive and auto-delete, so
+/// it goes with its channel; holding at most [`NOTICE_QUEUE_MAX`] notices, the oldest dropped
+/// first), binds it to `topic` on the notices exchange and consumes it without acknowledgements.
+async fn listen_on(live: &Live, exchange: &str, topic: &str) -> Result<Listening, BusError> {
+    let channel = live.connection.create_channel().await.map_err(bus_error)?;
+    let own = QueueDeclareOptions {
+        exclusive: true,
+        auto_delete: true,
+        ..QueueDeclareOptions::default()
+    };
+    let mut args = FieldTable::default();
+    // Exclusive queues cannot be quorum queues, whatever the broker's default type.
+    args.insert("x-queue-type".into(), long_string("classic"));
+    args.insert(
+        "x-max-length".into(),
+        AMQPValue::LongLongInt(NOTICE_QUEUE_MAX),
+    );
+    args.insert("x-overflow".into(), long_string("drop-head"));
+    let queue = channel
+        .queue_declare("".into(), own, args)
+        .await
+        .map_err(bus_error)?;
+    channel
+        .queue_bind(
+            queue.name().clone(),
+            exchange.into(),
+            topic.into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(bus_error)?;
+    let no_ack = BasicConsumeOptions {
+        no_ack: true,
+        exclusive: true,
+        ..BasicConsumeOptions::default()
+    };
+    let consumer = channel
+        .basic_consume(
+            queue.name().clone(),
+            ShortString::from(""),
+            no_ack,
+            FieldTable::default(),
+        )
+        .await
+        .map_err(bus_error)?;
+    Ok((channel, consumer))
+}
+
+/// The task behind a [`RabbitListener`]: hands the notices of its queue over, and when the
+/// queue is lost with its connection, listens again on the next one. Ends when the listener is
+/// dropped or the bus is gone (the listener then hears `None`).
+struct NoticeForwarder {
+    /// The bus, which its listeners do not keep alive.
+    bus: Weak<Inner>,
+    /// Cancelled when the bus is gone.
+    stop: CancellationToken,
+    exchange: String,
+    topic: String,
+    sender: mpsc::Sender<Heard>,
+    /// Notices were lost (the listener fell behind, or the connection was lost) and the listener
+    /// has not heard [`Heard::Missed`] since.
+    missed: bool,
+}
+
+impl NoticeForwarder {
+    async fn run(mut self, listening: Listening) {
+        let mut listening = Some(listening);
+        loop {
+            let Some((_, consumer)) = listening.as_mut() else {
+                match self.listen_again().await {
+                    Some(again) => listening = Some(again),
+                    None => break,
+                }
+                // What was broadcast while the listener had no queue is lost.
+                self.missed = true;
+                continue;
+            };
+            let delivery = tokio::select! {
+                () = self.stop.cancelled() => break,
+                () = self.sender.closed() => break,
+                permit = self.sender.reserve(), if self.missed => {
+                    if let Ok(permit) = permit {
+                        permit.send(Heard::Missed);
+                        self.missed = false;
+                    }
+                    continue;
+                }
+                delivery = consumer.next() => delivery,
+            };
+            let lost = match delivery {
+                Some(Ok(delivery)) => {
+                    self.hand_over(delivery.data);
+                    false
+                }
+                Some(Err(err)) => {
+                    tracing::debug!(topic = self.topic, error = %err, "notice consumer failed, listening again");
+                    true
+                }
+                None => true,
+            };
+            if lost && let Some((channel, _)) = listening.take() {
+                // The connection is gone, or the broker cancelled the consumer: a channel still
+                // open is closed, which deletes its queue.
+                let _ = channel.close(200, "listening again".into()).await;
+            }
+        }
+        if let Some((channel, _)) = listening {
+            let _ = channel.close(200, "stopped listening".into()).await;
+        }
+    }
+
+    /// Hands `notice` over if the listener has room for it, after the [`Heard::Missed`] it is
+    /// owed; otherwise drops it and owes one.
+    fn hand_over(&mut self, notice: Vec<u8>) {
+        if self.missed {
+            if self.sender.try_send(Heard::Missed).is_err() {
+                return;
+            }
+            self.missed = false;
+        }
+        if let Err(mpsc::error::TrySendError::Full(_)) = self.sender.try_send(Heard::Notice(notice))
+        {
+            self.missed = true;
+        }
+    }
+
+    /// Waits for the bus to be connected again and listens on the new connection; `None` when
+    /// the listener or the bus is gone meanwhile.
+    async fn listen_again(&self) -> Option<Listening> {
+        let mut backoff = MIN_BACKOFF;
+        loop {
+            let live = tokio::select! {
+                live = live_again(&self.bus, &self.stop) => live?,
+                () = self.sender.closed() => return None,
+            };
+            match listen_on(&live, &self.exchange, &self.topic).await {
+                Ok(listening) => return Some(listening),
+                Err(err) if live.is_up() => tracing::warn!(
+                    topic = self.topic, error = %error_chain(&err),
+                    "cannot listen for notices again; retrying"
+                ),
+                Err(_) => {}
+            }
+            drop(live);
+            tokio::select! {
+                () = tokio::time::sleep(backoff) => {}
+                () = self.stop.cancelled() => return None,
+                () = self.sender.closed() => return None,
+            }
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+}
+
+/// The bus's connection once it is up, waiting without keeping the bus alive; `None` once the
+/// bus is gone.
+async fn live_again(bus: &Weak<Inner>, stop: &CancellationToken) -> Option<Live> {
+    loop {
+        let inner = bus.upgrade()?;
+        if let Some(live) = inner.live() {
+            return Some(live);
+        }
+        let mut ready = inner.ready.subscribe();
+        drop(inner);
+        tokio::select! {
+            _ = ready.changed() => {}
+            () = tokio::time::sleep(HEALTH_POLL) => {}
+            () = stop.cancelled() => return None,
+        }
     }
 }
 
