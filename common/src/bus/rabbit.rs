@@ -1611,20 +1611,27 @@ mod tests {
     /// The broker the tests use: `TWTR_TEST_AMQP_URL`, else a local RabbitMQ with its default
     /// guest account. `None` (skip) when none answers, except in CI, where that is a failure.
     pub async fn open_bus() -> Option<(Arc<dyn EventBus>, ())> {
+        let bus = connect_bus("twtr-conformance").await?;
+        Some((Arc::new(bus), ()))
+    }
+
+    /// A bus on the test broker (see [`open_bus`]) whose prefix and connection name are unique
+    /// names starting with `name` (so the broker's connection list tells its connection apart).
+    async fn connect_bus(name: &str) -> Option<RabbitBus> {
         let url = crate::testing::amqp_url()?;
         let config = RabbitConfig {
             url,
-            prefix: conformance::unique("twtr-conformance"),
+            prefix: conformance::unique(name),
             queue_type: QueueType::Quorum,
             queue_expiry: Some(Duration::from_secs(600)),
-            connection_name: "twtr conformance".into(),
+            connection_name: conformance::unique(name),
         };
         let bus = RabbitBus::connect(config, Duration::from_secs(10)).await;
         assert!(
             bus.readiness().is_ready(),
             "RabbitMQ did not accept a connection"
         );
-        Some((Arc::new(bus), ()))
+        Some(bus)
     }
 
     crate::event_bus_conformance!(open_bus);
@@ -1710,6 +1717,188 @@ mod tests {
             header_string(&parked.delivery.properties, ROUTING_KEY_HEADER).as_deref(),
             Some("nobody.listens"),
             "with the routing key it was published with"
+        );
+    }
+
+    /// How a test loses the bus's connection.
+    enum Loss {
+        /// The process closes it: to the bus, a connection that is no longer up, as when lapin
+        /// gives up on a broker that went silent.
+        ClosedHere,
+        /// The broker closes it (`rabbitmqctl close_connection`: an operator, or a node going
+        /// down).
+        ClosedByBroker,
+    }
+
+    /// The next thing `listener` hears, within 15 s.
+    async fn heard(listener: &mut Box<dyn Listener>) -> Option<Heard> {
+        tokio::time::timeout(Duration::from_secs(15), listener.next())
+            .await
+            .expect("heard nothing within 15 s")
+    }
+
+    /// Listens, loses the connection by `loss`, and checks that the listener hears
+    /// [`Heard::Missed`] once it listens again on a new connection, then what is broadcast after.
+    async fn a_listener_outlives_its_connection(loss: Loss) {
+        let Some(bus) = connect_bus("twtr-notices").await else {
+            return;
+        };
+        let topic = conformance::unique("notices");
+        let mut listener = bus.listen(&topic).await.expect("listen");
+        bus.broadcast(&topic, b"before").await.expect("broadcast");
+        assert_eq!(
+            heard(&mut listener).await,
+            Some(Heard::Notice(b"before".to_vec()))
+        );
+
+        let lost = bus.inner.live().expect("connected");
+        match loss {
+            Loss::ClosedHere => lost
+                .connection
+                .close(200, "test: the connection is lost".into())
+                .await
+                .expect("close the connection"),
+            Loss::ClosedByBroker => {
+                if !close_on_broker(&bus.inner.config.connection_name).await {
+                    return;
+                }
+            }
+        }
+        assert_eq!(
+            heard(&mut listener).await,
+            Some(Heard::Missed),
+            "the listener is told it may have missed notices"
+        );
+        let live = bus.inner.live().expect("connected again");
+        assert!(
+            !Arc::ptr_eq(&live.connection, &lost.connection),
+            "on a new connection"
+        );
+        bus.broadcast(&topic, b"after")
+            .await
+            .expect("broadcast after the reconnection");
+        assert_eq!(
+            heard(&mut listener).await,
+            Some(Heard::Notice(b"after".to_vec())),
+            "heard on the new connection"
+        );
+    }
+
+    /// Has the broker close the connection named `name`, through `rabbitmqctl` on this machine
+    /// (where scripts/test.sh runs the broker). False (skip) when rabbitmqctl cannot list the
+    /// broker's connections, except in CI, where that is a failure.
+    async fn close_on_broker(name: &str) -> bool {
+        // One line per connection: its pid (`<rabbit@host.1.2.3>`), a tab, its client properties.
+        let listed = tokio::process::Command::new("rabbitmqctl")
+            .args(["-q", "list_connections", "pid", "client_properties"])
+            .output()
+            .await;
+        let connections = match listed {
+            Ok(listed) if listed.status.success() => {
+                String::from_utf8_lossy(&listed.stdout).into_owned()
+            }
+            _ => {
+                assert!(
+                    !crate::testing::in_ci(),
+                    "rabbitmqctl cannot list the broker's connections, and CI may not skip tests"
+                );
+                eprintln!("skipped: rabbitmqctl cannot list the broker's connections");
+                return false;
+            }
+        };
+        let pid = connections
+            .lines()
+            .find(|line| line.contains(&format!("\"{name}\"")))
+            .and_then(|line| line.split('\t').next())
+            .unwrap_or_else(|| panic!("the broker lists no connection named {name}: {connections}"))
+            .to_owned();
+        let closed = tokio::process::Command::new("rabbitmqctl")
+            .args([
+                "-q",
+                "close_connection",
+                &pid,
+                "test: the broker closes the connection",
+            ])
+            .output()
+            .await
+            .expect("run rabbitmqctl");
+        assert!(
+            closed.status.success(),
+            "rabbitmqctl close_connection {pid} failed: {}",
+            String::from_utf8_lossy(&closed.stderr)
+        );
+        true
+    }
+
+    #[tokio::test]
+    async fn a_listener_outlives_a_connection_closed_here() {
+        a_listener_outlives_its_connection(Loss::ClosedHere).await;
+    }
+
+    #[tokio::test]
+    async fn a_listener_outlives_a_connection_closed_by_the_broker() {
+        a_listener_outlives_its_connection(Loss::ClosedByBroker).await;
+    }
+
+    /// With the broker down, notices fail at once instead of waiting for it to come back.
+    #[tokio::test]
+    async fn without_a_broker_broadcast_and_listen_are_unavailable_at_once() {
+        let config = RabbitConfig {
+            // Nothing listens on port 1: every connection attempt is refused.
+            url: "amqp://guest:guest@127.0.0.1:1/%2f".into(),
+            prefix: conformance::unique("twtr-nobroker"),
+            queue_type: QueueType::Classic,
+            queue_expiry: None,
+            connection_name: "twtr no broker test".into(),
+        };
+        let bus = RabbitBus::connect(config, Duration::from_millis(100)).await;
+        let at_once = Duration::from_secs(5);
+        let broadcast = tokio::time::timeout(at_once, bus.broadcast("topic", b"x"))
+            .await
+            .expect("broadcast does not wait for the broker");
+        assert!(
+            matches!(broadcast, Err(BusError::Unavailable)),
+            "{broadcast:?}"
+        );
+        let listen = tokio::time::timeout(at_once, bus.listen("topic"))
+            .await
+            .expect("listen does not wait for the broker");
+        assert!(
+            matches!(listen.err(), Some(BusError::Unavailable)),
+            "listen fails with Unavailable"
+        );
+    }
+
+    /// A listener that leaves no room drops notices and is owed a Missed, which it hears before
+    /// anything that comes after.
+    #[tokio::test]
+    async fn a_listener_that_falls_behind_hears_missed_before_what_comes_after() {
+        let (sender, mut heard) = mpsc::channel(2);
+        let mut forwarder = NoticeForwarder {
+            bus: Weak::new(),
+            stop: CancellationToken::new(),
+            exchange: String::new(),
+            topic: "topic".into(),
+            sender,
+            missed: false,
+        };
+        for n in 1..=3 {
+            forwarder.hand_over(vec![n]);
+        }
+        assert_eq!(heard.recv().await, Some(Heard::Notice(vec![1])));
+        assert_eq!(heard.recv().await, Some(Heard::Notice(vec![2])));
+        forwarder.hand_over(vec![4]);
+        assert_eq!(
+            heard.recv().await,
+            Some(Heard::Missed),
+            "3 was dropped, and the listener hears so before 4"
+        );
+        assert_eq!(heard.recv().await, Some(Heard::Notice(vec![4])));
+        forwarder.hand_over(vec![5]);
+        assert_eq!(
+            heard.recv().await,
+            Some(Heard::Notice(vec![5])),
+            "owed nothing more"
         );
     }
 }
