@@ -14,8 +14,8 @@ use tokio_util::sync::CancellationToken;
 use twtr_proto::events::v1::Envelope;
 
 use super::{
-    ConsumerSettings, Delivery, EventBus, EventHandler, HandlerError, Permanent, QueueSpec,
-    RetryPolicy, Subscription, consume, publish,
+    ConsumerSettings, Delivery, EventBus, EventHandler, HandlerError, Heard, Listener, Permanent,
+    QueueSpec, RetryPolicy, Subscription, consume, publish,
 };
 
 /// Generates one `#[tokio::test]` per conformance check for the backend built by `$open`, which
@@ -43,6 +43,11 @@ macro_rules! event_bus_conformance {
                 consume_pauses_while_its_store_is_down,
                 consume_handles_up_to_prefetch_deliveries_at_once,
                 depths_count_what_waits_and_what_is_dead,
+                every_listener_hears_each_notice_in_order,
+                a_listener_hears_nothing_of_other_topics,
+                broadcasting_with_no_listener_is_ok,
+                a_listener_hears_nothing_broadcast_before_it_listened,
+                a_listener_ends_with_its_bus,
             );
         }
     };
@@ -791,4 +796,95 @@ pub async fn consume_handles_up_to_prefetch_deliveries_at_once(bus: Arc<dyn Even
     );
     let mut sub = subscribe(&bus, &queue, &[format!("{topic}.*")]).await;
     nothing_within(&mut sub, Duration::from_millis(500)).await;
+}
+
+async fn listen(bus: &Arc<dyn EventBus>, topic: &str) -> Box<dyn Listener> {
+    bus.listen(topic).await.expect("listen")
+}
+
+async fn broadcast(bus: &Arc<dyn EventBus>, topic: &str, payload: &[u8]) {
+    bus.broadcast(topic, payload).await.expect("broadcast");
+}
+
+/// The next notice `listener` hears (a [`Heard::Missed`] fails the check: nothing here is lost).
+async fn notice(listener: &mut Box<dyn Listener>) -> Vec<u8> {
+    let heard = tokio::time::timeout(DELIVERY_DEADLINE, listener.next())
+        .await
+        .unwrap_or_else(|_| panic!("no notice within {DELIVERY_DEADLINE:?}"));
+    match heard {
+        Some(Heard::Notice(payload)) => payload,
+        other => panic!("expected a notice, heard {other:?}"),
+    }
+}
+
+pub async fn every_listener_hears_each_notice_in_order(bus: Arc<dyn EventBus>) {
+    let topic = format!("{}.live", unique("notices"));
+    let mut first = listen(&bus, &topic).await;
+    let mut second = listen(&bus, &topic).await;
+    // Payloads of every length up to 20, one of every byte value, and an empty one.
+    let mut notices: Vec<Vec<u8>> = (1..=20_u8).map(|n| vec![n; usize::from(n)]).collect();
+    notices.push((0..=255_u8).collect());
+    notices.push(Vec::new());
+    for payload in &notices {
+        broadcast(&bus, &topic, payload).await;
+    }
+    for listener in [&mut first, &mut second] {
+        for expected in &notices {
+            assert_eq!(notice(listener).await, *expected);
+        }
+    }
+}
+
+pub async fn a_listener_hears_nothing_of_other_topics(bus: Arc<dyn EventBus>) {
+    let topic = unique("notices");
+    // A topic that extends this one, and one that shares nothing with it.
+    let (longer, unrelated) = (format!("{topic}.more"), unique("notices"));
+    let mut listener = listen(&bus, &topic).await;
+    let mut longer_listener = listen(&bus, &longer).await;
+    broadcast(&bus, &longer, b"for the longer topic").await;
+    broadcast(&bus, &unrelated, b"for another topic").await;
+    broadcast(&bus, &topic, b"marker").await;
+    assert_eq!(
+        notice(&mut listener).await,
+        b"marker",
+        "the first notice heard is the one of its own topic"
+    );
+    assert_eq!(notice(&mut longer_listener).await, b"for the longer topic");
+}
+
+/// Nobody listening (yet, or any more) is not an error: the notice is dropped.
+pub async fn broadcasting_with_no_listener_is_ok(bus: Arc<dyn EventBus>) {
+    let topic = unique("notices");
+    broadcast(&bus, &topic, b"before anyone listens").await;
+    let mut listener = listen(&bus, &topic).await;
+    let gone = listen(&bus, &topic).await;
+    drop(gone);
+    broadcast(&bus, &topic, b"to the one still listening").await;
+    assert_eq!(notice(&mut listener).await, b"to the one still listening");
+    drop(listener);
+    broadcast(&bus, &topic, b"after everyone left").await;
+}
+
+pub async fn a_listener_hears_nothing_broadcast_before_it_listened(bus: Arc<dyn EventBus>) {
+    let topic = unique("notices");
+    let mut early = listen(&bus, &topic).await;
+    broadcast(&bus, &topic, b"before").await;
+    let mut late = listen(&bus, &topic).await;
+    broadcast(&bus, &topic, b"after").await;
+    assert_eq!(notice(&mut late).await, b"after");
+    assert_eq!(notice(&mut early).await, b"before");
+    assert_eq!(notice(&mut early).await, b"after");
+}
+
+/// A listener hears `None` once its bus is gone (its last handle dropped).
+pub async fn a_listener_ends_with_its_bus(bus: Arc<dyn EventBus>) {
+    let topic = unique("notices");
+    let mut listener = listen(&bus, &topic).await;
+    drop(bus);
+    let heard = tokio::time::timeout(DELIVERY_DEADLINE, listener.next())
+        .await
+        .unwrap_or_else(|_| {
+            panic!("the listener still waits {DELIVERY_DEADLINE:?} after its bus went")
+        });
+    assert_eq!(heard, None);
 }

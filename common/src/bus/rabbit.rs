@@ -1,6 +1,6 @@
 //! The RabbitMQ event bus (through `lapin`), for the distributed deployment.
 //!
-//! # Topology (all durable; `<p>` is [`RabbitConfig::prefix`], `twtr` by default)
+//! # Topology (durable unless said; `<p>` is [`RabbitConfig::prefix`], `twtr` by default)
 //!
 //! | name | kind | what it is for |
 //! |---|---|---|
@@ -10,6 +10,8 @@
 //! | `<p>.<queue>.dead` | queue | messages given up on, with `x-twtr-last-error`, `x-twtr-failures`, `x-twtr-first-failed-at` and `x-twtr-dead-at` headers; re-driven into the work queue by an operator |
 //! | `<p>.unrouted` | queue (quorum by default), at most 100,000 messages | events that no queue was bound for (a mandatory publish came back); kept, not dropped |
 //! | `<p>.worker.<n>` | exclusive queue | the lease on Snowflake worker number `n` held by one live process |
+//! | `<p>.notices` | topic exchange, not durable | notices ([`EventBus::broadcast`]), routing key = the topic |
+//! | `amq.gen-…` | server-named, exclusive, auto-delete classic queue per listener, at most 10,000 notices (the oldest dropped) | one [`EventBus::listen`]er's notices, bound to its topic; gone with its channel |
 //!
 //! # Failure handling
 //!
@@ -19,6 +21,13 @@
 //! and it reconnects with capped exponential backoff, re-declaring every known queue before
 //! anyone may publish. Subscriptions re-open their channel on the new connection; deliveries
 //! that were in flight are redelivered by the broker.
+//!
+//! Notices go out on a channel of their own, not in confirm mode and not mandatory: nothing waits
+//! for the broker, and a topic nobody listens to drops them. Each listener has its own channel,
+//! queue and consumer (`no_ack`), and a task that hands its notices over through a bounded
+//! buffer; when the listener falls behind, or the connection is lost, notices are dropped and
+//! the listener hears [`Heard::Missed`] once (after a reconnection, only once its queue is bound
+//! again on the new connection, so that what it then looks at misses nothing from that point).
 //!
 //! # A cluster of brokers
 //!
@@ -51,7 +60,7 @@
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -67,13 +76,13 @@ use lapin::{
     BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
 };
 use prost::Message as _;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use twtr_proto::events::v1::Envelope;
 
 use super::{
-    Acker, BusError, DeadLetter, Delivery, EventBus, FailureRecord, QueueDepths, QueueSpec,
-    Readiness, RetryPolicy, Subscription,
+    Acker, BusError, DeadLetter, Delivery, EventBus, FailureRecord, Heard, Listener, QueueDepths,
+    QueueSpec, Readiness, RetryPolicy, Subscription,
 };
 use crate::error::error_chain;
 use crate::{clock, lock, metrics};
@@ -90,6 +99,11 @@ const FIRST_FAILED_HEADER: &str = "x-twtr-first-failed-at";
 const DEAD_AT_HEADER: &str = "x-twtr-dead-at";
 /// Bound on the queue of unroutable events, so a forgotten binding cannot fill the broker.
 const UNROUTED_MAX: i64 = 100_000;
+/// Notices a listener's queue holds at most (the oldest go first): a listener that is stuck must
+/// not grow the broker.
+const NOTICE_QUEUE_MAX: i64 = 10_000;
+/// Notices a listener may leave unread before it hears [`Heard::Missed`].
+const NOTICE_BACKLOG: usize = 1024;
 const HEALTH_POLL: Duration = Duration::from_millis(250);
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -168,6 +182,10 @@ impl RabbitConfig {
 
     fn worker_queue(&self, worker: u16) -> String {
         format!("{}.worker.{worker}", self.prefix)
+    }
+
+    fn notices(&self) -> String {
+        format!("{}.notices", self.prefix)
     }
 }
 
@@ -296,6 +314,9 @@ struct Live {
     connection: Arc<Connection>,
     /// Confirm mode: every publish is acknowledged by the broker.
     publisher: Channel,
+    /// Notices go out here, unconfirmed, so they neither wait for nor disturb `publisher`'s
+    /// confirms. Replaced when a channel error closed it (see [`Inner::notifier`]).
+    notifier: Channel,
     /// `host:port` of the broker this connection is to.
     broker: String,
 }
@@ -470,9 +491,23 @@ impl Inner {
             )
             .await
             .map_err(bus_error)?;
+        let notifier = connection.create_channel().await.map_err(bus_error)?;
+        if let Err(err) = declare_notices(&notifier, config).await {
+            if !connection.status().connected() {
+                return Err(err);
+            }
+            // Notices are best effort: events flow without them. Each broadcast tries again.
+            tracing::warn!(
+                exchange = config.notices(),
+                broker,
+                error = %error_chain(&err),
+                "cannot declare the notices exchange; broadcasts fail until it can be"
+            );
+        }
         let live = Live {
             connection,
             publisher,
+            notifier,
             broker,
         };
         if let Err(err) = declare_unrouted(&live, config).await {
@@ -583,6 +618,23 @@ impl Inner {
         } else if let Some(unused) = fresh {
             let _ = unused.close(200, "not needed".into()).await;
         }
+    }
+
+    /// The channel notices go out on: `live`'s, or when a channel error closed it (a notices
+    /// exchange that could not be declared, or was deleted under it) a new one, with the
+    /// exchange declared again.
+    async fn notifier(&self, live: &Live) -> Result<Channel, BusError> {
+        if live.notifier.status().connected() {
+            return Ok(live.notifier.clone());
+        }
+        let fresh = live.connection.create_channel().await.map_err(bus_error)?;
+        declare_notices(&fresh, &self.config).await?;
+        if let Some(current) = lock(&self.live).as_mut()
+            && Arc::ptr_eq(&current.connection, &live.connection)
+        {
+            current.notifier = fresh.clone();
+        }
+        Ok(fresh)
     }
 
     /// Keeps an event that no queue was bound for in the unrouted queue, and says so once per
@@ -702,6 +754,20 @@ async fn declare_delay_queue(
         .await
         .map_err(bus_error)?;
     Ok(())
+}
+
+/// Declares the notices exchange: not durable, since notices are never kept and every
+/// connection declares it again.
+async fn declare_notices(channel: &Channel, config: &RabbitConfig) -> Result<(), BusError> {
+    channel
+        .exchange_declare(
+            config.notices().into(),
+            ExchangeKind::Topic,
+            ExchangeDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(bus_error)
 }
 
 /// Declares `spec`'s work, delay and dead-letter queues and binds the work queue.
@@ -1042,13 +1108,250 @@ impl EventBus for RabbitBus {
         Readiness::new(self.inner.ready.subscribe())
     }
 
-    // INTERIM (being written on the `notices` branch): RabbitMQ notices.
-    async fn broadcast(&self, _topic: &str, _payload: &[u8]) -> Result<(), BusError> {
-        Err(BusError::Unavailable)
+    /// Publishes to the notices exchange with the topic as routing key: not mandatory (a topic
+    /// nobody listens to drops it) and not confirmed (done once the broker has been sent it).
+    async fn broadcast(&self, topic: &str, payload: &[u8]) -> Result<(), BusError> {
+        let live = self.inner.live().ok_or(BusError::Unavailable)?;
+        let unavailable_if_down = |err| {
+            if live.is_up() {
+                err
+            } else {
+                BusError::Unavailable
+            }
+        };
+        let channel = self
+            .inner
+            .notifier(&live)
+            .await
+            .map_err(unavailable_if_down)?;
+        channel
+            .basic_publish(
+                self.inner.config.notices().into(),
+                topic.into(),
+                BasicPublishOptions::default(),
+                payload,
+                BasicProperties::default(),
+            )
+            .await
+            // Not in confirm mode, the "confirm" is there at once.
+            .map_err(|err| unavailable_if_down(bus_error(err)))?
+            .await
+            .map_err(|err| unavailable_if_down(bus_error(err)))?;
+        Ok(())
     }
 
-    async fn listen(&self, _topic: &str) -> Result<Box<dyn super::Listener>, BusError> {
-        Err(BusError::Unavailable)
+    /// Binds a queue of the listener's own to the topic before returning, so that it hears
+    /// every notice broadcast after this returns; a task hands its notices over (see
+    /// [`NoticeForwarder`]).
+    async fn listen(&self, topic: &str) -> Result<Box<dyn Listener>, BusError> {
+        let live = self.inner.live().ok_or(BusError::Unavailable)?;
+        let exchange = self.inner.config.notices();
+        let listening = listen_on(&live, &exchange, topic).await.map_err(|err| {
+            if live.is_up() {
+                err
+            } else {
+                BusError::Unavailable
+            }
+        })?;
+        let (sender, heard) = mpsc::channel(NOTICE_BACKLOG);
+        let forwarder = NoticeForwarder {
+            bus: Arc::downgrade(&self.inner),
+            stop: self.inner.stop.clone(),
+            exchange,
+            topic: topic.to_owned(),
+            sender,
+            missed: false,
+        };
+        tokio::spawn(forwarder.run(listening));
+        Ok(Box::new(RabbitListener { heard }))
+    }
+}
+
+/// A listener of one notice topic: what its [`NoticeForwarder`] hands over.
+struct RabbitListener {
+    heard: mpsc::Receiver<Heard>,
+}
+
+#[async_trait]
+impl Listener for RabbitListener {
+    async fn next(&mut self) -> Option<Heard> {
+        self.heard.recv().await
+    }
+}
+
+/// A listener's queue on one connection: its channel (the queue goes with it) and consumer.
+type Listening = (Channel, lapin::Consumer);
+
+/// Declares a queue of a listener's own on `live` (server-named, exclusive and auto-delete, so
+/// it goes with its channel; holding at most [`NOTICE_QUEUE_MAX`] notices, the oldest dropped
+/// first), binds it to `topic` on the notices exchange and consumes it without acknowledgements.
+async fn listen_on(live: &Live, exchange: &str, topic: &str) -> Result<Listening, BusError> {
+    let channel = live.connection.create_channel().await.map_err(bus_error)?;
+    let own = QueueDeclareOptions {
+        exclusive: true,
+        auto_delete: true,
+        ..QueueDeclareOptions::default()
+    };
+    let mut args = FieldTable::default();
+    // Exclusive queues cannot be quorum queues, whatever the broker's default type.
+    args.insert("x-queue-type".into(), long_string("classic"));
+    args.insert(
+        "x-max-length".into(),
+        AMQPValue::LongLongInt(NOTICE_QUEUE_MAX),
+    );
+    args.insert("x-overflow".into(), long_string("drop-head"));
+    let queue = channel
+        .queue_declare("".into(), own, args)
+        .await
+        .map_err(bus_error)?;
+    channel
+        .queue_bind(
+            queue.name().clone(),
+            exchange.into(),
+            topic.into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(bus_error)?;
+    let no_ack = BasicConsumeOptions {
+        no_ack: true,
+        exclusive: true,
+        ..BasicConsumeOptions::default()
+    };
+    let consumer = channel
+        .basic_consume(
+            queue.name().clone(),
+            ShortString::from(""),
+            no_ack,
+            FieldTable::default(),
+        )
+        .await
+        .map_err(bus_error)?;
+    Ok((channel, consumer))
+}
+
+/// The task behind a [`RabbitListener`]: hands the notices of its queue over, and when the
+/// queue is lost with its connection, listens again on the next one. Ends when the listener is
+/// dropped or the bus is gone (the listener then hears `None`).
+struct NoticeForwarder {
+    /// The bus, which its listeners do not keep alive.
+    bus: Weak<Inner>,
+    /// Cancelled when the bus is gone.
+    stop: CancellationToken,
+    exchange: String,
+    topic: String,
+    sender: mpsc::Sender<Heard>,
+    /// Notices were lost (the listener fell behind, or the connection was lost) and the listener
+    /// has not heard [`Heard::Missed`] since.
+    missed: bool,
+}
+
+impl NoticeForwarder {
+    async fn run(mut self, listening: Listening) {
+        let mut listening = Some(listening);
+        loop {
+            let Some((_, consumer)) = listening.as_mut() else {
+                match self.listen_again().await {
+                    Some(again) => listening = Some(again),
+                    None => break,
+                }
+                // What was broadcast while the listener had no queue is lost.
+                self.missed = true;
+                continue;
+            };
+            let delivery = tokio::select! {
+                () = self.stop.cancelled() => break,
+                () = self.sender.closed() => break,
+                permit = self.sender.reserve(), if self.missed => {
+                    if let Ok(permit) = permit {
+                        permit.send(Heard::Missed);
+                        self.missed = false;
+                    }
+                    continue;
+                }
+                delivery = consumer.next() => delivery,
+            };
+            let lost = match delivery {
+                Some(Ok(delivery)) => {
+                    self.hand_over(delivery.data);
+                    false
+                }
+                Some(Err(err)) => {
+                    tracing::debug!(topic = self.topic, error = %err, "notice consumer failed, listening again");
+                    true
+                }
+                None => true,
+            };
+            if lost && let Some((channel, _)) = listening.take() {
+                // The connection is gone, or the broker cancelled the consumer: a channel still
+                // open is closed, which deletes its queue.
+                let _ = channel.close(200, "listening again".into()).await;
+            }
+        }
+        if let Some((channel, _)) = listening {
+            let _ = channel.close(200, "stopped listening".into()).await;
+        }
+    }
+
+    /// Hands `notice` over if the listener has room for it, after the [`Heard::Missed`] it is
+    /// owed; otherwise drops it and owes one.
+    fn hand_over(&mut self, notice: Vec<u8>) {
+        if self.missed {
+            if self.sender.try_send(Heard::Missed).is_err() {
+                return;
+            }
+            self.missed = false;
+        }
+        if let Err(mpsc::error::TrySendError::Full(_)) = self.sender.try_send(Heard::Notice(notice))
+        {
+            self.missed = true;
+        }
+    }
+
+    /// Waits for the bus to be connected again and listens on the new connection; `None` when
+    /// the listener or the bus is gone meanwhile.
+    async fn listen_again(&self) -> Option<Listening> {
+        let mut backoff = MIN_BACKOFF;
+        loop {
+            let live = tokio::select! {
+                live = live_again(&self.bus, &self.stop) => live?,
+                () = self.sender.closed() => return None,
+            };
+            match listen_on(&live, &self.exchange, &self.topic).await {
+                Ok(listening) => return Some(listening),
+                Err(err) if live.is_up() => tracing::warn!(
+                    topic = self.topic, error = %error_chain(&err),
+                    "cannot listen for notices again; retrying"
+                ),
+                Err(_) => {}
+            }
+            drop(live);
+            tokio::select! {
+                () = tokio::time::sleep(backoff) => {}
+                () = self.stop.cancelled() => return None,
+                () = self.sender.closed() => return None,
+            }
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+}
+
+/// The bus's connection once it is up, waiting without keeping the bus alive; `None` once the
+/// bus is gone.
+async fn live_again(bus: &Weak<Inner>, stop: &CancellationToken) -> Option<Live> {
+    loop {
+        let inner = bus.upgrade()?;
+        if let Some(live) = inner.live() {
+            return Some(live);
+        }
+        let mut ready = inner.ready.subscribe();
+        drop(inner);
+        tokio::select! {
+            _ = ready.changed() => {}
+            () = tokio::time::sleep(HEALTH_POLL) => {}
+            () = stop.cancelled() => return None,
+        }
     }
 }
 
@@ -1308,20 +1611,27 @@ mod tests {
     /// The broker the tests use: `TWTR_TEST_AMQP_URL`, else a local RabbitMQ with its default
     /// guest account. `None` (skip) when none answers, except in CI, where that is a failure.
     pub async fn open_bus() -> Option<(Arc<dyn EventBus>, ())> {
+        let bus = connect_bus("twtr-conformance").await?;
+        Some((Arc::new(bus), ()))
+    }
+
+    /// A bus on the test broker (see [`open_bus`]) whose prefix and connection name are unique
+    /// names starting with `name` (so the broker's connection list tells its connection apart).
+    async fn connect_bus(name: &str) -> Option<RabbitBus> {
         let url = crate::testing::amqp_url()?;
         let config = RabbitConfig {
             url,
-            prefix: conformance::unique("twtr-conformance"),
+            prefix: conformance::unique(name),
             queue_type: QueueType::Quorum,
             queue_expiry: Some(Duration::from_secs(600)),
-            connection_name: "twtr conformance".into(),
+            connection_name: conformance::unique(name),
         };
         let bus = RabbitBus::connect(config, Duration::from_secs(10)).await;
         assert!(
             bus.readiness().is_ready(),
             "RabbitMQ did not accept a connection"
         );
-        Some((Arc::new(bus), ()))
+        Some(bus)
     }
 
     crate::event_bus_conformance!(open_bus);
@@ -1407,6 +1717,188 @@ mod tests {
             header_string(&parked.delivery.properties, ROUTING_KEY_HEADER).as_deref(),
             Some("nobody.listens"),
             "with the routing key it was published with"
+        );
+    }
+
+    /// How a test loses the bus's connection.
+    enum Loss {
+        /// The process closes it: to the bus, a connection that is no longer up, as when lapin
+        /// gives up on a broker that went silent.
+        ClosedHere,
+        /// The broker closes it (`rabbitmqctl close_connection`: an operator, or a node going
+        /// down).
+        ClosedByBroker,
+    }
+
+    /// The next thing `listener` hears, within 15 s.
+    async fn heard(listener: &mut Box<dyn Listener>) -> Option<Heard> {
+        tokio::time::timeout(Duration::from_secs(15), listener.next())
+            .await
+            .expect("heard nothing within 15 s")
+    }
+
+    /// Listens, loses the connection by `loss`, and checks that the listener hears
+    /// [`Heard::Missed`] once it listens again on a new connection, then what is broadcast after.
+    async fn a_listener_outlives_its_connection(loss: Loss) {
+        let Some(bus) = connect_bus("twtr-notices").await else {
+            return;
+        };
+        let topic = conformance::unique("notices");
+        let mut listener = bus.listen(&topic).await.expect("listen");
+        bus.broadcast(&topic, b"before").await.expect("broadcast");
+        assert_eq!(
+            heard(&mut listener).await,
+            Some(Heard::Notice(b"before".to_vec()))
+        );
+
+        let lost = bus.inner.live().expect("connected");
+        match loss {
+            Loss::ClosedHere => lost
+                .connection
+                .close(200, "test: the connection is lost".into())
+                .await
+                .expect("close the connection"),
+            Loss::ClosedByBroker => {
+                if !close_on_broker(&bus.inner.config.connection_name).await {
+                    return;
+                }
+            }
+        }
+        assert_eq!(
+            heard(&mut listener).await,
+            Some(Heard::Missed),
+            "the listener is told it may have missed notices"
+        );
+        let live = bus.inner.live().expect("connected again");
+        assert!(
+            !Arc::ptr_eq(&live.connection, &lost.connection),
+            "on a new connection"
+        );
+        bus.broadcast(&topic, b"after")
+            .await
+            .expect("broadcast after the reconnection");
+        assert_eq!(
+            heard(&mut listener).await,
+            Some(Heard::Notice(b"after".to_vec())),
+            "heard on the new connection"
+        );
+    }
+
+    /// Has the broker close the connection named `name`, through `rabbitmqctl` on this machine
+    /// (where scripts/test.sh runs the broker). False (skip) when rabbitmqctl cannot list the
+    /// broker's connections, except in CI, where that is a failure.
+    async fn close_on_broker(name: &str) -> bool {
+        // One line per connection: its pid (`<rabbit@host.1.2.3>`), a tab, its client properties.
+        let listed = tokio::process::Command::new("rabbitmqctl")
+            .args(["-q", "list_connections", "pid", "client_properties"])
+            .output()
+            .await;
+        let connections = match listed {
+            Ok(listed) if listed.status.success() => {
+                String::from_utf8_lossy(&listed.stdout).into_owned()
+            }
+            _ => {
+                assert!(
+                    !crate::testing::in_ci(),
+                    "rabbitmqctl cannot list the broker's connections, and CI may not skip tests"
+                );
+                eprintln!("skipped: rabbitmqctl cannot list the broker's connections");
+                return false;
+            }
+        };
+        let pid = connections
+            .lines()
+            .find(|line| line.contains(&format!("\"{name}\"")))
+            .and_then(|line| line.split('\t').next())
+            .unwrap_or_else(|| panic!("the broker lists no connection named {name}: {connections}"))
+            .to_owned();
+        let closed = tokio::process::Command::new("rabbitmqctl")
+            .args([
+                "-q",
+                "close_connection",
+                &pid,
+                "test: the broker closes the connection",
+            ])
+            .output()
+            .await
+            .expect("run rabbitmqctl");
+        assert!(
+            closed.status.success(),
+            "rabbitmqctl close_connection {pid} failed: {}",
+            String::from_utf8_lossy(&closed.stderr)
+        );
+        true
+    }
+
+    #[tokio::test]
+    async fn a_listener_outlives_a_connection_closed_here() {
+        a_listener_outlives_its_connection(Loss::ClosedHere).await;
+    }
+
+    #[tokio::test]
+    async fn a_listener_outlives_a_connection_closed_by_the_broker() {
+        a_listener_outlives_its_connection(Loss::ClosedByBroker).await;
+    }
+
+    /// With the broker down, notices fail at once instead of waiting for it to come back.
+    #[tokio::test]
+    async fn without_a_broker_broadcast_and_listen_are_unavailable_at_once() {
+        let config = RabbitConfig {
+            // Nothing listens on port 1: every connection attempt is refused.
+            url: "amqp://guest:guest@127.0.0.1:1/%2f".into(),
+            prefix: conformance::unique("twtr-nobroker"),
+            queue_type: QueueType::Classic,
+            queue_expiry: None,
+            connection_name: "twtr no broker test".into(),
+        };
+        let bus = RabbitBus::connect(config, Duration::from_millis(100)).await;
+        let at_once = Duration::from_secs(5);
+        let broadcast = tokio::time::timeout(at_once, bus.broadcast("topic", b"x"))
+            .await
+            .expect("broadcast does not wait for the broker");
+        assert!(
+            matches!(broadcast, Err(BusError::Unavailable)),
+            "{broadcast:?}"
+        );
+        let listen = tokio::time::timeout(at_once, bus.listen("topic"))
+            .await
+            .expect("listen does not wait for the broker");
+        assert!(
+            matches!(listen.err(), Some(BusError::Unavailable)),
+            "listen fails with Unavailable"
+        );
+    }
+
+    /// A listener that leaves no room drops notices and is owed a Missed, which it hears before
+    /// anything that comes after.
+    #[tokio::test]
+    async fn a_listener_that_falls_behind_hears_missed_before_what_comes_after() {
+        let (sender, mut heard) = mpsc::channel(2);
+        let mut forwarder = NoticeForwarder {
+            bus: Weak::new(),
+            stop: CancellationToken::new(),
+            exchange: String::new(),
+            topic: "topic".into(),
+            sender,
+            missed: false,
+        };
+        for n in 1..=3 {
+            forwarder.hand_over(vec![n]);
+        }
+        assert_eq!(heard.recv().await, Some(Heard::Notice(vec![1])));
+        assert_eq!(heard.recv().await, Some(Heard::Notice(vec![2])));
+        forwarder.hand_over(vec![4]);
+        assert_eq!(
+            heard.recv().await,
+            Some(Heard::Missed),
+            "3 was dropped, and the listener hears so before 4"
+        );
+        assert_eq!(heard.recv().await, Some(Heard::Notice(vec![4])));
+        forwarder.hand_over(vec![5]);
+        assert_eq!(
+            heard.recv().await,
+            Some(Heard::Notice(vec![5])),
+            "owed nothing more"
         );
     }
 }
