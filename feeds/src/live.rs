@@ -308,7 +308,8 @@ impl Live {
             }
         };
         // Whatever was announced before listening started may have been missed.
-        self.listening.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.listening
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         self.hub.wake_all();
         loop {
             let heard = tokio::select! {
@@ -322,7 +323,8 @@ impl Live {
                 },
                 Some(Heard::Missed) => self.hub.wake_all(),
                 None => {
-                    self.listening.store(false, std::sync::atomic::Ordering::Relaxed);
+                    self.listening
+                        .store(false, std::sync::atomic::Ordering::Relaxed);
                     return;
                 }
             }
@@ -393,7 +395,21 @@ impl Live {
             return;
         }
         let mut quiet_since = tokio::time::Instant::now();
+        let mut read_now = true;
+        let mut next_poll = tokio::time::Instant::now();
         loop {
+            if !read_now {
+                // A keep-alive was sent: wait on, without a read.
+                let Some(now) = self
+                    .wait(&watching, &tx, &mut quiet_since, &cursor, next_poll)
+                    .await
+                else {
+                    return;
+                };
+                read_now = now;
+                continue;
+            }
+            next_poll = tokio::time::Instant::now() + self.settings.poll;
             let read_at = clock::now_millis();
             let more = match self.read(user, &cursor, &delivered).await {
                 Ok((arrivals, complete)) => {
@@ -422,27 +438,46 @@ impl Live {
                     false
                 }
             };
-            if more {
-                continue;
+            if !more {
+                let Some(now) = self
+                    .wait(&watching, &tx, &mut quiet_since, &cursor, next_poll)
+                    .await
+                else {
+                    return;
+                };
+                read_now = now;
             }
-            let keep_alive = quiet_since + self.settings.keep_alive;
-            tokio::select! {
-                () = watching.wake.notified() => {}
-                () = tokio::time::sleep(self.settings.poll) => {}
-                () = tokio::time::sleep_until(keep_alive) => {
-                    let message = pb::WatchFeedResponse {
-                        entry: None,
-                        cursor: cursor.encode(),
-                        reset: false,
-                    };
-                    if tx.send(message).await.is_err() {
-                        return;
-                    }
-                    quiet_since = tokio::time::Instant::now();
-                }
-                () = tx.closed() => return,
-                () = self.stop.cancelled() => return,
+        }
+    }
+
+    /// Waits for a reason to read: a notice, the poll (due at `next_poll`), or (without one) a
+    /// quiet stretch, after
+    /// which it sends a keep-alive. `Some(true)`: read now; `Some(false)`: a keep-alive went out;
+    /// `None`: the client went or the service stops.
+    async fn wait(
+        &self,
+        watching: &Watching,
+        tx: &mpsc::Sender<pb::WatchFeedResponse>,
+        quiet_since: &mut tokio::time::Instant,
+        cursor: &Cursor,
+        next_poll: tokio::time::Instant,
+    ) -> Option<bool> {
+        let keep_alive = *quiet_since + self.settings.keep_alive;
+        tokio::select! {
+            () = watching.wake.notified() => Some(true),
+            () = tokio::time::sleep_until(next_poll) => Some(true),
+            () = tokio::time::sleep_until(keep_alive) => {
+                let message = pb::WatchFeedResponse {
+                    entry: None,
+                    cursor: cursor.encode(),
+                    reset: false,
+                };
+                tx.send(message).await.ok()?;
+                *quiet_since = tokio::time::Instant::now();
+                Some(false)
             }
+            () = tx.closed() => None,
+            () = self.stop.cancelled() => None,
         }
     }
 
@@ -588,8 +623,7 @@ mod tests {
     async fn world(celebrity_threshold: Option<usize>) -> World {
         let dir = tempfile::tempdir().unwrap();
         let store: Arc<dyn FeedStore> = Arc::new(
-            EmbeddedFeedStore::open(&dir.path().join("feeds.redb"), FeedLimits::default())
-                .unwrap(),
+            EmbeddedFeedStore::open(&dir.path().join("feeds.redb"), FeedLimits::default()).unwrap(),
         );
         let bus: Arc<dyn EventBus> =
             Arc::new(InProcessBus::open(&dir.path().join("bus.redb")).unwrap());
@@ -659,13 +693,19 @@ mod tests {
         w.feeds.handle(&followed(reader, author)).await.unwrap();
         let mut stream = w.live.watch(reader, None);
         let first = stream.recv().await.unwrap();
-        assert!(first.entry.is_none() && !first.reset, "a cursor-only message first");
+        assert!(
+            first.entry.is_none() && !first.reset,
+            "a cursor-only message first"
+        );
 
         let (t1, t2, t3) = (tweet_at(0), tweet_at(1), tweet_at(2));
         // Delivered twice, as at-least-once delivery may: sent once.
         w.feeds.handle(&posted(t1, author)).await.unwrap();
         w.feeds.handle(&posted(t1, author)).await.unwrap();
-        w.feeds.handle(&posted(tweet_at(3), stranger)).await.unwrap();
+        w.feeds
+            .handle(&posted(tweet_at(3), stranger))
+            .await
+            .unwrap();
         let (tweets, cursor) = until_quiet(&mut stream).await;
         assert_eq!(tweets, [t1]);
         drop(stream);
@@ -685,7 +725,11 @@ mod tests {
             .unwrap();
         let mut resumed = w.live.watch(reader, Some(Cursor::parse(&cursor).unwrap()));
         resumed.recv().await.unwrap();
-        assert_eq!(until_quiet(&mut resumed).await.0, [t3, t2], "in arrival order");
+        assert_eq!(
+            until_quiet(&mut resumed).await.0,
+            [t3, t2],
+            "in arrival order"
+        );
     }
 
     #[tokio::test]

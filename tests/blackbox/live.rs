@@ -143,7 +143,20 @@ impl EventStream {
                 .expect("an event within the convergence window")
                 .expect("the stream stays readable")
                 .expect("the stream did not end");
-            self.buffer.push_str(std::str::from_utf8(&chunk).expect("UTF-8"));
+            self.buffer
+                .push_str(std::str::from_utf8(&chunk).expect("UTF-8"));
+        }
+    }
+
+    /// The next `tweet` event, past keep-alives.
+    pub async fn next_tweet(&mut self) -> SseEvent {
+        loop {
+            let event = self.next().await;
+            match event.event.as_str() {
+                "tweet" => return event,
+                "keep-alive" => {}
+                other => panic!("unexpected {other} event: {event:?}"),
+            }
         }
     }
 
@@ -203,8 +216,7 @@ pub async fn posts_arrive_live_and_a_resume_misses_nothing(mesh: &TestMesh) {
     let (reset, from_the_start) = stream.ready().await;
     assert!(!reset);
     let first = mesh.tweet(&author, "live one").await;
-    let event = stream.next().await;
-    assert_eq!(event.event, "tweet", "{event:?}");
+    let event = stream.next_tweet().await;
     let item = event.json();
     assert_eq!(item["id"], first.as_str());
     assert_eq!(item["author"]["id"], author_id.as_str());
@@ -219,13 +231,18 @@ pub async fn posts_arrive_live_and_a_resume_misses_nothing(mesh: &TestMesh) {
     // While the client is away: two posts, one of them deleted again.
     let second = mesh.tweet(&author, "while away").await;
     let gone = mesh.tweet(&author, "soon deleted").await;
-    mesh.await_feed(&reader, &[&gone, &second, &own, &first], "the posts while away")
-        .await;
+    mesh.await_feed(
+        &reader,
+        &[&gone, &second, &own, &first],
+        "the posts while away",
+    )
+    .await;
     let (status, body) = mesh
         .delete(&format!("/v1/tweets/{gone}"), Some(&author))
         .await;
     assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
-    mesh.await_feed(&reader, &[&second, &own, &first], "the deletion").await;
+    mesh.await_feed(&reader, &[&second, &own, &first], "the deletion")
+        .await;
 
     // Resumed: exactly what was missed, not what was sent before, nothing deleted.
     let mut resumed = open(mesh, &reader, Some(&last)).await.expect("resumed");
@@ -261,7 +278,9 @@ pub async fn streams_are_bounded_per_caller_and_ids_checked(mesh: &TestMesh) {
     assert_eq!(body["error"]["code"], "rate_limited", "{body}");
     assert!(headers.contains_key("retry-after"), "{headers:?}");
     // Another caller is not held back by it.
-    open(mesh, &other, None).await.expect("someone else's stream");
+    open(mesh, &other, None)
+        .await
+        .expect("someone else's stream");
     // Closing one frees its slot.
     drop(one);
     crate::support::eventually("a freed stream slot", CONVERGE, || async {
@@ -387,7 +406,9 @@ async fn a_stream_on_one_gateway_gets_posts_made_through_another() {
     let mut expected: Vec<&str> = away.iter().map(String::as_str).collect();
     expected.extend(posted.iter().rev().map(String::as_str));
     expected.sort_by(|a, b| b.cmp(a));
-    first.await_feed(&reader, &expected, "both posts while away").await;
+    first
+        .await_feed(&reader, &expected, "both posts while away")
+        .await;
     let mut resumed = open(&first, &reader, Some(&last))
         .await
         .expect("resumed on the other gateway");

@@ -346,7 +346,10 @@ impl Cluster {
         env.extend(self.extra_env.iter().cloned());
         let url = |part: &Part| format!("http://{}", part.addr);
         env.extend([
-            ("TWTR_DATA_DIR".into(), self.root.path().join("gateway2").display().to_string()),
+            (
+                "TWTR_DATA_DIR".into(),
+                self.root.path().join("gateway2").display().to_string(),
+            ),
             ("TWTR_USERS_URL".into(), url(&self.users)),
             ("TWTR_TWEETS_URL".into(), url(&self.tweets)),
             ("TWTR_FOLLOWERS_URL".into(), url(&self.followers)),
