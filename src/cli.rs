@@ -445,6 +445,12 @@ impl Cli {
         };
         anyhow::ensure!(self.feed_len > 0, "TWTR_FEED_LEN must be at least 1");
         anyhow::ensure!(
+            (1..=30_000).contains(&self.feed_stream_keepalive_ms),
+            "TWTR_FEED_STREAM_KEEPALIVE_MS must be 1 to 30000: a gateway ends a live feed whose \
+             feeds replica is silent for {} s",
+            twtr_gateway::streams::UPSTREAM_SILENCE.as_secs()
+        );
+        anyhow::ensure!(
             self.idempotency_window_secs > 0,
             "TWTR_IDEMPOTENCY_WINDOW_SECS must be at least 1"
         );

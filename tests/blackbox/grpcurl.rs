@@ -67,7 +67,7 @@ async fn every_service_answers_grpcurl_list_and_health_check() {
         .await;
         assert!(health.contains("\"SERVING\""), "{service}: {health}");
     }
-    // Reflection describes the notification methods with the feed's.
+    // Reflection describes the notification methods and the live feed with the feed's.
     let described = grpcurl(&[
         "-plaintext",
         &mesh.feeds.to_string(),
@@ -75,7 +75,12 @@ async fn every_service_answers_grpcurl_list_and_health_check() {
         "twtr.feeds.v1.FeedsService",
     ])
     .await;
-    for method in ["GetFeed", "ListNotifications", "MarkNotificationsRead"] {
+    for method in [
+        "GetFeed",
+        "ListNotifications",
+        "MarkNotificationsRead",
+        "WatchFeed",
+    ] {
         assert!(
             described.contains(&format!("rpc {method} (")),
             "{described}"
