@@ -24,6 +24,7 @@ pub mod api;
 pub mod ceiling;
 pub mod graph;
 pub mod hist;
+pub mod live;
 pub mod load;
 pub mod memory;
 pub mod plot;

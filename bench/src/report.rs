@@ -308,6 +308,27 @@ pub fn render(
                 );
             }
         }
+        if let Some(v) = &r.live {
+            let s = &v.summary;
+            let ms = |q| {
+                s.at(q)
+                    .map_or_else(|| "n/a".into(), |x: f64| format!("{x:.1} ms"))
+            };
+            let _ = writeln!(
+                md,
+                "\nLive feed (`GET /v1/feed/stream`), from sending a post to the `tweet` event on \
+                 each open stream ({} of the author's {} followers): {} samples, p50 {}, p90 {}, \
+                 p99 {}, max {:.1} ms, missed {}.",
+                v.tier,
+                v.author_followers,
+                s.ok,
+                ms(50.0),
+                ms(90.0),
+                ms(99.0),
+                s.max_ms,
+                s.errors
+            );
+        }
         let mem = |v: Option<f64>| v.map_or_else(|| "n/a".into(), |mb| format!("{mb:.0} MB"));
         let _ = writeln!(
             md,
@@ -382,6 +403,7 @@ mod tests {
                 drained: true,
             }),
             visibility: Vec::new(),
+            live: None,
             rss_idle_mb: Some(40.0),
             rss_peak_mb: None,
             load_average: String::new(),

@@ -66,7 +66,8 @@ pub struct RunArgs {
     /// Followers watched per post.
     #[arg(long, default_value_t = 20)]
     pub fanout_sample: usize,
-    /// Skip phases, by name: ceiling, feed-max, feed-rate, posts, mixed, discovery, fanout.
+    /// Skip phases, by name: ceiling, feed-max, feed-rate, posts, mixed, discovery, fanout,
+    /// stream.
     #[arg(long, value_delimiter = ',')]
     pub skip: Vec<String>,
 }
@@ -87,6 +88,9 @@ pub struct Results {
     pub fanout: Option<Fanout>,
     /// Post-to-feed latency per author size.
     pub visibility: Vec<Visibility>,
+    /// Post-to-client latency of live feeds (`GET /v1/feed/stream`).
+    #[serde(default)]
+    pub live: Option<Visibility>,
     pub rss_idle_mb: Option<f64>,
     pub rss_peak_mb: Option<f64>,
     /// Load average at the start (other work on the machine shows here).
@@ -173,6 +177,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         phases: Vec::new(),
         fanout: None,
         visibility: Vec::new(),
+        live: None,
         rss_idle_mb: memory::rss_mb(&args.pids),
         rss_peak_mb: None,
         load_average: std::fs::read_to_string("/proc/loadavg")
@@ -264,7 +269,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         push(
             &mut results,
             "discovery",
-            &["tag", "search", "trends", "people"],
+            &["tag", "search", "trends", "people", "notifications"],
             "closed",
             &run,
         );
@@ -275,6 +280,17 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                 results.visibility.push(visibility);
             }
         }
+    }
+    if wants("stream") {
+        results.live = crate::live::post_to_client(
+            &world.api,
+            &world.graph,
+            &|user| world.token(user).to_owned(),
+            &world.followers,
+            args.fanout_posts,
+            args.fanout_sample,
+        )
+        .await?;
     }
     results.rss_peak_mb = sampler.stop().await;
     std::fs::create_dir_all(&args.out)
@@ -398,18 +414,21 @@ fn load_post_text(what: &str, i: u64) -> String {
     format!("{what} {i} #bench #load{}", i % 10)
 }
 
-/// The discovery reads, at maximum throughput: 30% a tag's first page (one of the ten tags
-/// the load phases post), 30% a two-word search every seeded tweet matches (the walk of one
-/// word's postings, checking the other on each), 20% trends, 20% a people search for a seeded
+/// The discovery reads, at maximum throughput: 25% a tag's first page (one of the ten tags
+/// the load phases post), 25% a two-word search every seeded tweet matches (the walk of one
+/// word's postings, checking the other on each), 15% trends, 15% a people search for a seeded
 /// username, which is also the prefix of up to 50 others (`s<seed>x1` starts `s<seed>x10` to
-/// `s<seed>x19`, `s<seed>x100`, ...): the exact match, the prefix read and its ranking.
+/// `s<seed>x19`, `s<seed>x100`, ...): the exact match, the prefix read and its ranking; 20% a
+/// reader's first page of notifications (the follows of the seeding and the likes, retweets and
+/// mentions it made), hydrated.
 fn discovery_op(world: &Arc<World>) -> Op {
     let world = Arc::clone(world);
     let mix = Arc::new(Mix::new(vec![
-        (0usize, 30.0),
-        (1, 30.0),
-        (2, 20.0),
-        (3, 20.0),
+        (0usize, 25.0),
+        (1, 25.0),
+        (2, 15.0),
+        (3, 15.0),
+        (4, 20.0),
     ]));
     Arc::new(move |i| {
         let (world, mix) = (Arc::clone(&world), Arc::clone(&mix));
@@ -420,13 +439,18 @@ fn discovery_op(world: &Arc<World>) -> Op {
                 0 => format!("/v1/tags/load{}/tweets?limit=20", rng.random_range(0..10)),
                 1 => "/v1/search/tweets?q=quick+fox&limit=20".to_owned(),
                 2 => "/v1/trends".to_owned(),
-                _ => {
+                3 => {
                     let who = rng.random_range(0..world.state.users.clamp(1, 100));
                     let name = graph::username(world.state.seed, who);
                     format!("/v1/users/search?q={name}&limit=10")
                 }
+                _ => "/v1/notifications?limit=20".to_owned(),
             };
-            let read = world.api.get(&path, None).await;
+            let token = (op == 4).then(|| {
+                let reader = world.readers[rng.random_range(0..world.readers.len())];
+                world.token(reader)
+            });
+            let read = world.api.get(&path, token).await;
             (op, read.map(drop).map_err(|e| e.to_string()))
         })
     })
