@@ -247,7 +247,10 @@ pub async fn posts_arrive_live_and_a_resume_misses_nothing(mesh: &TestMesh) {
     // Resumed: exactly what was missed, not what was sent before, nothing deleted.
     let mut resumed = open(mesh, &reader, Some(&last)).await.expect("resumed");
     assert!(!resumed.ready().await.0);
-    assert_eq!(resumed.tweets_until_quiet().await.0, std::slice::from_ref(&second));
+    assert_eq!(
+        resumed.tweets_until_quiet().await.0,
+        std::slice::from_ref(&second)
+    );
     // And it goes on live.
     let third = mesh.tweet(&author, "after the resume").await;
     resumed.expect_tweets(&[&third]).await;

@@ -65,7 +65,10 @@ pub enum TweetsError {
     MissingAuthor,
     #[error("tweet not found")]
     NotFound,
-    #[error("a tweet mentions at most {MAX_MENTIONS} users, each with an ID and a username")]
+    #[error(
+        "a tweet mentions at most {MAX_MENTIONS} users, each with an ID and a username its text \
+         names as @username"
+    )]
     InvalidMentions,
     #[error("only its author can delete a tweet")]
     NotAuthor,
@@ -172,6 +175,14 @@ impl Tweets {
             return Err(TweetsError::InvalidMentions);
         }
         let text = TweetText::parse(text)?.into_inner();
+        // A mention links a name the text says: a caller cannot attach anyone else.
+        let named = twtr_common::words::mentioned_names(&text);
+        if mentions
+            .iter()
+            .any(|m| !named.contains(&m.username.to_ascii_lowercase()))
+        {
+            return Err(TweetsError::InvalidMentions);
+        }
         let key = key.map(IdempotencyKey::parse).transpose()?;
         let id = self.ids.next_id();
         if let Some(key) = key {
@@ -641,9 +652,9 @@ mod tests {
             user_id,
             username: name.into(),
         };
-        let mentions = vec![mention(8, "ada"), mention(7, "me")];
+        let mentions = vec![mention(8, "ada"), mention(7, "myself")];
         let posted = tweets
-            .create_tweet(7, "hi @ada and @me", Some("k1"), mentions.clone())
+            .create_tweet(7, "hi @ada and @myself", Some("k1"), mentions.clone())
             .await
             .unwrap();
         assert_eq!(posted.mentions, mentions);
@@ -653,7 +664,7 @@ mod tests {
         );
         // A retry with the key answers the first tweet, mentions included.
         let again = tweets
-            .create_tweet(7, "hi @ada and @me", Some("k1"), mentions.clone())
+            .create_tweet(7, "hi @ada and @myself", Some("k1"), mentions.clone())
             .await
             .unwrap();
         assert_eq!(again, posted);
@@ -669,6 +680,28 @@ mod tests {
                 .await,
             Err(TweetsError::InvalidMentions)
         ));
+        // Only names the text says: not another user, not one the text does not name.
+        for (text, named) in [
+            ("hi @ada", "bob"),
+            ("hi ada", "ada"),
+            ("mail bob@ada.com", "ada"),
+        ] {
+            assert!(
+                matches!(
+                    tweets
+                        .create_tweet(7, text, None, vec![mention(8, named)])
+                        .await,
+                    Err(TweetsError::InvalidMentions)
+                ),
+                "{text:?} mentioning {named}"
+            );
+        }
+        // The name as the user spells it matches the text's, ignoring case.
+        let posted = tweets
+            .create_tweet(7, "hi @ADA", None, vec![mention(8, "Ada")])
+            .await
+            .unwrap();
+        assert_eq!(posted.mentions, vec![mention(8, "Ada")]);
     }
 
     #[tokio::test]
