@@ -450,10 +450,9 @@ impl Live {
         }
     }
 
-    /// Waits for a reason to read: a notice, the poll (due at `next_poll`), or (without one) a
-    /// quiet stretch, after
-    /// which it sends a keep-alive. `Some(true)`: read now; `Some(false)`: a keep-alive went out;
-    /// `None`: the client went or the service stops.
+    /// Waits for a reason to read: a notice, or the poll (due at `next_poll`); or, when a quiet
+    /// stretch comes first, sends a keep-alive. `Some(true)`: read now; `Some(false)`: a
+    /// keep-alive went out; `None`: the client went or the service stops.
     async fn wait(
         &self,
         watching: &Watching,
