@@ -8,6 +8,8 @@
 //!   - [`EmbeddedFeedStore`]: redb on local disk (the all-in-one default).
 //!   - [`CqlFeedStore`]: ScyllaDB / Cassandra, the `feeds` keyspace.
 //! - [`service`]: the domain logic ([`Feeds`]): apply an event, read a feed.
+//! - [`live`]: the live home feed (`WatchFeed`): each replica's streams, woken by the notices
+//!   fan-out broadcasts, reading the feeds' arrival logs with a resumable cursor.
 //! - [`grpc`]: the thin tonic adapter for `twtr.feeds.v1.FeedsService`.
 //!
 //! # How data flows
@@ -85,7 +87,8 @@ pub struct FeedsDeps {
 }
 
 /// The feeds service, ready to run, its queue declared (events published from now on reach
-/// it): `GetFeed`, and the consumer that keeps the feeds. It publishes nothing.
+/// it): `GetFeed`, `WatchFeed`, and the consumer that keeps the feeds. It publishes no events;
+/// its fan-out broadcasts notices (`live::FeedArrivals`) that every replica's live feeds hear.
 pub async fn runtime(
     deps: FeedsDeps,
 ) -> anyhow::Result<ServiceRuntime<FeedsServiceServer<grpc::FeedsGrpc>>> {

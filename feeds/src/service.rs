@@ -104,11 +104,6 @@ impl Feeds {
         }
     }
 
-    /// The feeds store (for the live feed, which reads it too).
-    pub fn store(&self) -> &Arc<dyn FeedStore> {
-        &self.store
-    }
-
     /// Authors with more than `threshold` followers are merged into readers' pages at read time
     /// instead of fanned out on write.
     pub fn with_celebrity_threshold(mut self, threshold: Option<usize>) -> Self {
