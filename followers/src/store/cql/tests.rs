@@ -15,14 +15,21 @@ use crate::store::conformance::{
     followed, pending_purges_of, staged_events, unfollowed, users, version_of,
 };
 
+/// One ID generator for every store this test process opens, as a deployment has one per
+/// process: the checks run at once on one keyspace, and stores with generators of their own
+/// (one worker number) minted the same outbox `seq` in the same millisecond, so one check's
+/// staged event overwrote another's (a check then missed its event, now and then, under load).
+fn shared_ids() -> Arc<twtr_common::IdGenerator> {
+    static IDS: std::sync::OnceLock<Arc<twtr_common::IdGenerator>> = std::sync::OnceLock::new();
+    Arc::clone(
+        IDS.get_or_init(|| Arc::new(twtr_common::IdGenerator::new(1).expect("worker 1 is valid"))),
+    )
+}
+
 async fn open_store() -> Option<CqlFollowStore> {
     let (session, config) = keyspace_for(&crate::store::SCHEMA).await?;
     let ks = Keyspace::new(session, &config, "followers").unwrap();
-    Some(
-        CqlFollowStore::new(ks, Arc::new(twtr_common::IdGenerator::new(1).unwrap()))
-            .await
-            .unwrap(),
-    )
+    Some(CqlFollowStore::new(ks, shared_ids()).await.unwrap())
 }
 
 async fn open_cql() -> Option<(Arc<dyn FollowStore>, ())> {
