@@ -99,6 +99,12 @@ pub fn share_of_ceiling(r: &Results, throughput: f64) -> Option<f64> {
 }
 
 /// The worst post-to-feed p99 over the authors measured (up to `max_followers`).
+/// The `q`th percentile of `s` in milliseconds, or `n/a` without samples.
+fn ms_at(s: &crate::hist::Summary, q: f64) -> String {
+    s.at(q)
+        .map_or_else(|| "n/a".into(), |x: f64| format!("{x:.1} ms"))
+}
+
 fn visibility_p99(r: &Results, max_followers: u32) -> Option<f64> {
     r.visibility
         .iter()
@@ -291,10 +297,7 @@ pub fn render(
             );
             for v in &r.visibility {
                 let s = &v.summary;
-                let ms = |q| {
-                    s.at(q)
-                        .map_or_else(|| "n/a".into(), |x: f64| format!("{x:.1} ms"))
-                };
+                let ms = |q| ms_at(s, q);
                 let _ = writeln!(
                     md,
                     "| {} | {} | {} | {} | {} | {:.1} ms | {} |",
@@ -310,10 +313,7 @@ pub fn render(
         }
         if let Some(v) = &r.live {
             let s = &v.summary;
-            let ms = |q| {
-                s.at(q)
-                    .map_or_else(|| "n/a".into(), |x: f64| format!("{x:.1} ms"))
-            };
+            let ms = |q| ms_at(s, q);
             let _ = writeln!(
                 md,
                 "\nLive feed (`GET /v1/feed/stream`), from sending a post to the `tweet` event on \

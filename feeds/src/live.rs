@@ -241,18 +241,6 @@ impl Hub {
     fn users(&self) -> Vec<u64> {
         twtr_common::lock(&self.streams).keys().copied().collect()
     }
-
-    /// Streams served now.
-    pub fn len(&self) -> usize {
-        twtr_common::lock(&self.streams)
-            .values()
-            .map(Vec::len)
-            .sum()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 /// The live feed of one feeds replica: its [`Hub`], the store the streams read, and the bus it
@@ -281,10 +269,6 @@ impl Live {
     /// Whether this replica hears notices now (else its streams only poll).
     pub fn is_listening(&self) -> bool {
         self.listening.load(std::sync::atomic::Ordering::Relaxed)
-    }
-
-    pub fn hub(&self) -> &Arc<Hub> {
-        &self.hub
     }
 
     /// Ends every stream (the service is shutting down) and the listener.
@@ -398,55 +382,47 @@ impl Live {
         let mut read_now = true;
         let mut next_poll = tokio::time::Instant::now();
         loop {
-            if !read_now {
-                // A keep-alive was sent: wait on, without a read.
-                let Some(now) = self
-                    .wait(&watching, &tx, &mut quiet_since, &cursor, next_poll)
-                    .await
-                else {
-                    return;
-                };
-                read_now = now;
-                continue;
-            }
-            next_poll = tokio::time::Instant::now() + self.settings.poll;
-            let read_at = clock::now_millis();
-            let more = match self.read(user, &cursor, &delivered).await {
-                Ok((arrivals, complete)) => {
-                    for arrival in &arrivals {
-                        cursor.sent(arrival);
-                        delivered.add(arrival.entry.tweet_id);
-                        let message = pb::WatchFeedResponse {
-                            entry: Some(entry_to_pb(arrival.entry)),
-                            cursor: cursor.encode(),
-                            reset: false,
-                        };
-                        if tx.send(message).await.is_err() {
-                            return;
+            // (After a keep-alive, the stream waits on without a read.)
+            if read_now {
+                next_poll = tokio::time::Instant::now() + self.settings.poll;
+                let read_at = clock::now_millis();
+                match self.read(user, &cursor, &delivered).await {
+                    Ok((arrivals, complete)) => {
+                        for arrival in &arrivals {
+                            cursor.sent(arrival);
+                            delivered.add(arrival.entry.tweet_id);
+                            let message = pb::WatchFeedResponse {
+                                entry: Some(entry_to_pb(arrival.entry)),
+                                cursor: cursor.encode(),
+                                reset: false,
+                            };
+                            if tx.send(message).await.is_err() {
+                                return;
+                            }
+                            quiet_since = tokio::time::Instant::now();
                         }
-                        quiet_since = tokio::time::Instant::now();
+                        match complete {
+                            None => cursor.advance(read_at - settle),
+                            // Read only up to an arrival: the watermark stays below it, and
+                            // the rest is read at once.
+                            Some(up_to) => {
+                                cursor.advance((read_at - settle).min(up_to - 1));
+                                continue;
+                            }
+                        }
                     }
-                    match complete {
-                        None => cursor.advance(read_at - settle),
-                        // Read only up to an arrival: the watermark stays below it.
-                        Some(up_to) => cursor.advance((read_at - settle).min(up_to - 1)),
+                    Err(err) => {
+                        tracing::debug!(user, error = %error_chain(&err), "a live feed read failed");
                     }
-                    complete.is_some()
                 }
-                Err(err) => {
-                    tracing::debug!(user, error = %error_chain(&err), "a live feed read failed");
-                    false
-                }
-            };
-            if !more {
-                let Some(now) = self
-                    .wait(&watching, &tx, &mut quiet_since, &cursor, next_poll)
-                    .await
-                else {
-                    return;
-                };
-                read_now = now;
             }
+            let Some(now) = self
+                .wait(&watching, &tx, &mut quiet_since, &cursor, next_poll)
+                .await
+            else {
+                return;
+            };
+            read_now = now;
         }
     }
 

@@ -81,11 +81,6 @@ impl StreamSlots {
             caller,
         })
     }
-
-    /// Streams open now.
-    pub fn open(&self) -> usize {
-        self.total.load(Ordering::Relaxed)
-    }
 }
 
 impl Drop for StreamSlot {

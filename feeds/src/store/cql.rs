@@ -398,7 +398,13 @@ impl CqlFeedStore {
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
         self.write_partition(&self.insert_entry, rows).await?;
-        if !self.trim_due(user, entries.len()) {
+        self.trim_feed_if_due(user, entries.len()).await
+    }
+
+    /// Counts `inserted` entries into `user`'s feed and trims it when a trim is due (see the
+    /// module documentation).
+    async fn trim_feed_if_due(&self, user: i64, inserted: usize) -> Result<(), StoreError> {
+        if !self.trim_due(user, inserted) {
             return Ok(());
         }
         let trimmed = self
@@ -417,7 +423,7 @@ impl CqlFeedStore {
     }
 
     /// Fan-out into one feed: the entry and its arrival in one single-partition batch, then a
-    /// trim when one is due (as [`CqlFeedStore::insert_into_feed`]).
+    /// trim when one is due.
     async fn arrive_in_feed(
         &self,
         user: u64,
@@ -440,21 +446,7 @@ impl CqlFeedStore {
             .session()
             .batch(&self.insert_arrived, values)
             .await?;
-        if !self.trim_due(user, 1) {
-            return Ok(());
-        }
-        let trimmed = self
-            .trim(
-                &self.newest_in_feed,
-                &self.trim_feed,
-                user,
-                self.limits.feed_len,
-            )
-            .await;
-        if trimmed.is_err() {
-            self.untrimmed.invalidate(&user);
-        }
-        trimmed
+        self.trim_feed_if_due(user, 1).await
     }
 
     /// Up to `max` keys of a partition clustered ascending, above `after`, whose flag is set:
