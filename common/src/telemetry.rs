@@ -10,7 +10,8 @@
 //! carried in HTTP headers, gRPC metadata and event headers (see [`crate::context`]); each such
 //! span records its `trace_id`, so log lines can be joined with traces. They are exported over
 //! OTLP/gRPC only when an endpoint is configured (`TWTR_OTLP_ENDPOINT` or
-//! `OTEL_EXPORTER_OTLP_ENDPOINT`); without one, the trace context is still propagated.
+//! `OTEL_EXPORTER_OTLP_ENDPOINT`); without one, no OpenTelemetry span is built at all, and the
+//! trace context is still propagated and logged (see [`crate::context`]).
 //! Spans reach OpenTelemetry whatever the log filter says.
 
 use std::io::IsTerminal as _;
@@ -105,31 +106,47 @@ pub fn init(
     }
     .with_filter(filter);
 
-    let mut provider = SdkTracerProvider::builder().with_resource(
-        Resource::builder()
-            .with_service_name(service.to_owned())
-            .build(),
-    );
-    if let Some(endpoint) = otlp_endpoint {
-        let exporter = opentelemetry_otlp::SpanExporter::builder()
-            .with_tonic()
-            .with_endpoint(endpoint)
-            .build()
-            .with_context(|| format!("invalid OTLP endpoint {endpoint:?}"))?;
-        provider = provider.with_batch_exporter(exporter);
-    }
-    let provider = provider.build();
-    // twtr's own spans only: a library's internal spans are not part of the trace.
-    let spans = tracing_opentelemetry::layer()
-        .with_tracer(provider.tracer("twtr"))
-        .with_filter(tracing_subscriber::filter::filter_fn(|meta| {
+    // twtr's own spans only: a library's internal spans are not part of the trace. This filter
+    // also keeps those spans alive whatever the log filter says, so the trace context they
+    // hold (see `crate::context`) is passed on even when their lines are not logged.
+    let ours = || {
+        tracing_subscriber::filter::filter_fn(|meta| {
             meta.is_span() && meta.target().starts_with("twtr")
-        }));
+        })
+    };
+    let (spans, provider) = match otlp_endpoint {
+        Some(endpoint) => {
+            let exporter = opentelemetry_otlp::SpanExporter::builder()
+                .with_tonic()
+                .with_endpoint(endpoint)
+                .build()
+                .with_context(|| format!("invalid OTLP endpoint {endpoint:?}"))?;
+            let provider = SdkTracerProvider::builder()
+                .with_resource(
+                    Resource::builder()
+                        .with_service_name(service.to_owned())
+                        .build(),
+                )
+                .with_batch_exporter(exporter)
+                .build();
+            let layer = tracing_opentelemetry::layer()
+                .with_tracer(provider.tracer("twtr"))
+                .with_filter(ours())
+                .boxed();
+            (layer, Some(provider))
+        }
+        // Nothing exports spans: no OpenTelemetry spans are built (`crate::context` keeps the
+        // W3C context in the spans' extensions itself).
+        None => (tracing_subscriber::layer::Identity::new().with_filter(ours()).boxed(), None),
+    };
     let installed = tracing_subscriber::registry()
         .with(logs)
         .with(spans)
         .try_init()
         .is_ok();
+    if installed {
+        crate::context::use_opentelemetry(provider.is_some());
+    }
     if installed && let Some(endpoint) = otlp_endpoint {
         tracing::info!(endpoint, service, "exporting traces over OTLP");
     }
@@ -137,6 +154,6 @@ pub fn init(
         *writer = Some(guard);
     }
     Ok(Telemetry {
-        provider: installed.then_some(provider),
+        provider: provider.filter(|_| installed),
     })
 }
