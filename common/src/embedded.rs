@@ -3,8 +3,9 @@
 //! survives a crash (`kill -9` included).
 //!
 //! Each service builds its embedded store on an [`EmbeddedDb`]: it declares its own tables and
-//! runs its reads and writes through [`EmbeddedDb::read`] and [`EmbeddedDb::write`], which keep
-//! the blocking disk work off the async runtime. A write that produces domain events stages
+//! runs its reads and writes through [`EmbeddedDb::read`] (in the caller's task: reads are
+//! bounded and mostly served from caches) and [`EmbeddedDb::write`] (on the database's writer
+//! thread, which keeps the fsyncs off the async runtime). A write that produces domain events stages
 //! them with [`Tx::stage_event`] so they commit atomically with the rows (the transactional
 //! outbox); [`EmbeddedDb`] is also the [`Outbox`] the relay drains.
 //!
@@ -283,18 +284,22 @@ impl EmbeddedDb {
         self.read(|_| Ok(())).await
     }
 
-    /// Runs `f` in one read transaction (a consistent snapshot) on a blocking thread.
+    /// Runs `f` in one read transaction (a consistent snapshot), right here on the calling
+    /// task.
+    ///
+    /// Reads used to hop to tokio's blocking pool, but a read is a few B-tree lookups in
+    /// pages redb caches ([`CACHE_BYTES`]) or the kernel's page cache holds: microseconds,
+    /// less than the hop itself, whose thread wake-ups and hand-offs took about 5% of a
+    /// hydrated feed read's CPU (`docs/bench/2026-12-03-speed.md`). Every read here is
+    /// bounded (a page, a batch of keys); a read that misses both caches waits on the disk
+    /// in this task's thread, as the writes' fsyncs already do in the writer's.
     pub async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&ReadTransaction) -> Result<T, StoreError> + Send + 'static,
     {
-        let db = Arc::clone(&self.inner.db);
-        tokio::task::spawn_blocking(move || {
-            let txn = db.begin_read()?;
-            f(&txn)
-        })
-        .await?
+        let txn = self.inner.db.begin_read()?;
+        f(&txn)
     }
 }
 
