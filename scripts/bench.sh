@@ -21,6 +21,13 @@
 #   BENCH_NOTES             a Markdown file appended to the report (analysis)
 #   BENCH_FRESH=1           drop the seeded data sets and seed again
 #   BENCH_NO_BUILD=1        use target/release/twtr as it is
+#   BENCH_BIN               the binary to benchmark (target/release/twtr), e.g. an older build
+#   BENCH_FLAME (1)         after each mode's measured run, profile the mesh process with
+#                           `perf record` during a second, unmeasured run of the feed-max and
+#                           posts phases, and render flame graphs (inferno) beside the report's
+#                           plots; 0 skips. Installs inferno into .tools/ when it is missing;
+#                           without `perf` (Debian: linux-perf) it says so and goes on.
+#   BENCH_FLAME_SECS (8)    seconds profiled per flame graph
 #
 # The mesh runs on its own ports (gateway 127.0.0.1:18080, gRPC 18051..18054), its own data
 # under data/bench/, RabbitMQ names prefixed `twtr-bench`, CQL keyspaces `twtr_bench_*`, with
@@ -39,7 +46,11 @@ CONNECTIONS="${BENCH_CONNECTIONS:-64}"
 OUT="${BENCH_OUT:-docs/bench/$(date -u +%F).md}"
 ROOT="$PWD/data/bench"
 RESULTS="$PWD/target/bench"
-BIN="$PWD/target/release/twtr"
+BIN="${BENCH_BIN:-$PWD/target/release/twtr}"
+PLOTS="${OUT%.md}"
+FLAME="${BENCH_FLAME:-1}"
+FLAME_SECS="${BENCH_FLAME_SECS:-8}"
+TOOLS="$PWD/.tools"
 URL="http://127.0.0.1:18080"
 
 say() { echo "bench.sh: $*" >&2; }
@@ -58,7 +69,17 @@ fi
 mkdir -p "$ROOT" "$RESULTS"
 rm -f "$RESULTS"/*.json
 
-if [[ ${BENCH_NO_BUILD:-0} != 1 ]]; then
+if [[ $FLAME == 1 ]]; then
+    if ! command -v perf >/dev/null; then
+        say "no perf on this machine (apt-get install linux-perf): no flame graphs"
+        FLAME=0
+    elif [[ ! -x $TOOLS/bin/inferno-flamegraph ]]; then
+        say "installing inferno (flame graphs) into $TOOLS"
+        cargo install inferno --locked --quiet --root "$TOOLS"
+    fi
+fi
+
+if [[ ${BENCH_NO_BUILD:-0} != 1 && -z ${BENCH_BIN:-} ]]; then
     say "building the release binary"
     cargo build --release --quiet
 fi
@@ -88,6 +109,33 @@ start_mesh() { # data dir, log file
     sleep 3 # idle before the first memory reading
 }
 
+# Every phase `twtr bench run --skip` knows, to run one alone.
+PHASES="ceiling feed-max feed-rate posts mixed discovery fanout stream overload"
+
+flame_graph() { # label, data dir, phase, op
+    local label=$1 dir=$2 phase=$3 op=$4
+    local skip data="$RESULTS/$label-$op.perf"
+    skip=$(tr ' ' '\n' <<<"$PHASES" | grep -vx "$phase" | paste -sd,)
+    mkdir -p "$PLOTS" "$RESULTS/flame"
+    # The profile starts once the phase's warm-up is over and ends before the phase does.
+    (sleep 2 && perf record -q -F 499 --call-graph dwarf,16384 -p "$MESH_PID" -o "$data" \
+        -- sleep "$FLAME_SECS" >/dev/null 2>&1) &
+    local profiler=$!
+    "$BIN" bench run --url "$URL" --state "$dir/seed-state.json" --label "$label-$op" \
+        --out "$RESULTS/flame" --duration "$((FLAME_SECS + 2))" --warmup 1 \
+        --connections "$CONNECTIONS" --skip "$skip" >/dev/null
+    wait "$profiler" || true
+    if [[ -s $data ]]; then
+        perf script --no-inline -i "$data" 2>/dev/null | "$TOOLS/bin/inferno-collapse-perf" |
+            "$TOOLS/bin/inferno-flamegraph" --title "twtr all ($label): $phase" \
+                --width 1600 >"$PLOTS/$label-flame-$op.svg"
+        say "$label: flame graph of $phase in $PLOTS/$label-flame-$op.svg"
+    else
+        say "$label: perf recorded nothing for $phase (perf_event_paranoid?)"
+    fi
+    rm -f "$data"
+}
+
 bench_mode() { # label, data dir, users, tweets
     local label=$1 dir=$2 users=$3 tweets=$4
     mkdir -p "$dir"
@@ -100,6 +148,10 @@ bench_mode() { # label, data dir, users, tweets
     "$BIN" bench run --url "$URL" --state "$dir/seed-state.json" --label "$label" \
         --out "$RESULTS" --pids "$MESH_PID" --duration "$DURATION" \
         --connections "$CONNECTIONS"
+    if [[ $FLAME == 1 ]]; then
+        flame_graph "$label" "$dir" feed-max feed
+        flame_graph "$label" "$dir" posts post
+    fi
     stop_mesh
 }
 

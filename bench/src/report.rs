@@ -49,7 +49,17 @@ pub fn run(args: ReportArgs) -> anyhow::Result<()> {
         let dist = format!("{}-latency-distribution.svg", results.label);
         plot::latency_over_time(results, &plots_dir.join(&time))?;
         plot::latency_distribution(results, &plots_dir.join(&dist))?;
-        plots.push((format!("{folder}/{time}"), format!("{folder}/{dist}")));
+        let flames = FLAMES
+            .iter()
+            .map(|(op, _)| format!("{}-flame-{op}.svg", results.label))
+            .filter(|name| plots_dir.join(name).is_file())
+            .map(|name| format!("{folder}/{name}"))
+            .collect();
+        plots.push(Figures {
+            time: format!("{folder}/{time}"),
+            distribution: format!("{folder}/{dist}"),
+            flames,
+        });
     }
     let notes = match &args.notes {
         Some(path) => Some(
@@ -182,10 +192,26 @@ pub fn checks(runs: &[Results]) -> Vec<Check> {
         .collect()
 }
 
+/// The flame graphs `scripts/bench.sh` may leave beside the plots, as
+/// `<label>-flame-<op>.svg`, with what each profiled.
+pub const FLAMES: [(&str, &str); 2] = [
+    ("feed", "hydrated feed reads (the feed-max phase)"),
+    ("post", "posts and their fan-out (the posts phase)"),
+];
+
+/// The figures of one run, as paths relative to the report.
+#[derive(Debug, Clone, Default)]
+pub struct Figures {
+    pub time: String,
+    pub distribution: String,
+    /// Flame graphs, in the order of [`FLAMES`] (those present).
+    pub flames: Vec<String>,
+}
+
 /// The whole report.
 pub fn render(
     runs: &[Results],
-    plots: &[(String, String)],
+    plots: &[Figures],
     machine: &str,
     notes: Option<&str>,
 ) -> String {
@@ -347,9 +373,26 @@ pub fn render(
                 );
             }
         }
-        if let Some((time, dist)) = plots.get(i) {
-            let _ = writeln!(md, "![{} latency over time]({time})\n", r.label);
-            let _ = writeln!(md, "![{} latency distribution]({dist})\n", r.label);
+        if let Some(figures) = plots.get(i) {
+            let _ = writeln!(md, "![{} latency over time]({})\n", r.label, figures.time);
+            let _ = writeln!(
+                md,
+                "![{} latency distribution]({})\n",
+                r.label, figures.distribution
+            );
+            for flame in &figures.flames {
+                let what = FLAMES
+                    .iter()
+                    .find(|(op, _)| flame.ends_with(&format!("-flame-{op}.svg")))
+                    .map_or("", |(_, what)| what);
+                let _ = writeln!(
+                    md,
+                    "Flame graph of the mesh process, {what} ([interactive]({flame})): \
+                     `perf record -g` on `twtr all` during a second, unmeasured run of the \
+                     phase.\n\n![{} flame graph: {what}]({flame})\n",
+                    r.label
+                );
+            }
         }
     }
     if let Some(notes) = notes {
@@ -436,11 +479,19 @@ mod tests {
     #[test]
     fn the_report_has_a_table_per_run_and_links_its_plots() {
         let runs = vec![results("embedded", 12_000)];
-        let plots = vec![("d/a.svg".to_owned(), "d/b.svg".to_owned())];
+        let plots = vec![Figures {
+            time: "d/a.svg".to_owned(),
+            distribution: "d/b.svg".to_owned(),
+            flames: vec!["d/embedded-flame-post.svg".to_owned()],
+        }];
         let md = render(&runs, &plots, "2 cores", Some("## Notes\nslow disk"));
         assert!(md.contains("# twtr benchmark, 2026-11-23"));
         assert!(md.contains("| feed-max | feed | closed | 12000/s | 30.0% |"));
         assert!(md.contains("![embedded latency over time](d/a.svg)"));
+        assert!(md.contains(
+            "![embedded flame graph: posts and their fan-out (the posts phase)]\
+             (d/embedded-flame-post.svg)"
+        ));
         assert!(md.ends_with("slow disk\n"));
     }
 }
