@@ -99,17 +99,19 @@ mod statements;
 #[cfg(test)]
 mod tests;
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures_util::StreamExt as _;
 use scylla::statement::prepared::PreparedStatement;
 use tokio::time::Instant;
-use twtr_common::cql::{CountLedger, CqlError, CqlOutbox, DeletedAccounts, Keyspace};
+use twtr_common::cql::{CountLedger, CqlError, CqlOutbox, DeletedAccounts, Keyspace, Tally};
 use twtr_common::outbox::Outbox;
 use twtr_common::store::{PendingPurge, StoreError};
-use twtr_common::{IdGenerator, Page, PageRequest, clock};
+use twtr_common::{IdGenerator, Page, PageRequest, clock, lock};
 use twtr_proto::events::v1::Envelope;
 use twtr_proto::events::v1::envelope::Payload;
 
@@ -137,6 +139,19 @@ const WAIT_POLL: Duration = Duration::from_millis(10);
 /// The header of a like's or retweet's event that names its count op, so the service can apply
 /// the op again when it consumes the event back ([`TweetStore::settle`]).
 pub const COUNT_OP_HEADER: &str = "x-twtr-count-op";
+/// The header of a `TweetCreated` or `TweetDeleted` whose batch recorded the author's count op
+/// in `author_tallies`: settling it has nothing left to do. An event without it was written
+/// before the tallies, and its op is applied through the ledger.
+pub const TALLIED_HEADER: &str = "x-twtr-tallied";
+/// How old an author's count ops must be before a fold moves them into the base: longer than
+/// any clock skew between the processes that write ops and the nodes that time the fold (see
+/// `twtr_common::cql::tally`), and long enough that a fold takes many posts at once.
+pub const FOLD_AFTER: Duration = Duration::from_secs(60);
+/// How many pending ops a read of an author's count may meet before it asks for a fold even if
+/// this process did not write them (a process that wrote them died before folding).
+const FOLD_BACKLOG: usize = 16;
+/// How many authors' folds run at once.
+const FOLDS_AT_ONCE: usize = 8;
 /// The longest TTL CQL accepts (20 years), the cap of an idempotency window.
 const MAX_TTL_SECS: u64 = 630_720_000;
 /// How many timeline hours one read of `timeline_buckets` returns.
@@ -154,7 +169,7 @@ struct Inner {
     /// Mints the IDs of events rebuilt for abandoned changes: this process's generator, so
     /// they never collide with the events its service mints.
     ids: Arc<IdGenerator>,
-    claim_tweet: PreparedStatement,
+    insert_tweet: PreparedStatement,
     insert_author_tweet: PreparedStatement,
     insert_timeline: PreparedStatement,
     insert_timeline_bucket: PreparedStatement,
@@ -166,8 +181,21 @@ struct Inner {
     page_backward: PreparedStatement,
     page_forward: PreparedStatement,
     select_tweet_counts: PreparedStatement,
-    /// The authors' tweet counts in `author_counts`.
+    /// The authors' tweet counts as the ledger kept them (`author_counts`): the base of what was
+    /// counted before `author_tallies`, and the ops of events written before it.
     authors: CountLedger,
+    /// The authors' tweet counts since (`author_tallies`): each create's and deletion's op,
+    /// written in its batch, folded in the background.
+    author_tallies: Tally,
+    /// An op's ledger row in `author_counts`, written beside its tally op (see `statements`).
+    mark_ledger_op: PreparedStatement,
+    /// A deletion's `tweets` row, written in its batch at the deletion's time.
+    mark_deleted: PreparedStatement,
+    /// The authors with ops not folded yet that this process knows of, each with the time
+    /// (Unix ms) of its oldest such op: what [`TweetStore::fold_counts`] folds. Lost with the
+    /// process: an author's next op (or a read that meets many pending) puts it back, and ops
+    /// left unfolded still count (a read sums them).
+    unfolded: Mutex<HashMap<i64, i64>>,
     likes: ReactionStatements,
     retweets: ReactionStatements,
     select_tweet_state: PreparedStatement,
@@ -243,20 +271,25 @@ fn abandoned(at: i64, since: Instant) -> bool {
 impl Inner {
     /// Applies the count op of the write `event` announces (a no-op when it was), within the
     /// window the ledger remembers ops: its batch ran (the event exists), but its process may
-    /// have died before the count moved.
+    /// have died before the count moved. A create's or deletion's event marked
+    /// [`TALLIED_HEADER`] needs nothing: its batch held its count op.
     async fn settle(&self, event: &Envelope) -> Result<(), StoreError> {
         let occurred = event.occurred_at.as_ref().map_or(0, clock::from_timestamp);
         if clock::now_millis() - occurred >= REPAIR_WINDOW_MS {
             return Ok(());
         }
+        let tallied = event.headers.contains_key(TALLIED_HEADER);
         let (reaction, tweet, delta) = match &event.payload {
+            Some(Payload::TweetCreated(_) | Payload::TweetDeleted(_)) if tallied => {
+                return Ok(());
+            }
             Some(Payload::TweetCreated(created)) => {
                 let op = format!("tweet:{}:created", created.tweet_id);
                 return self.authors.apply(to_cql(created.author_id)?, &op, 1).await;
             }
             Some(Payload::TweetDeleted(deleted)) => {
                 let (tweet, author) = (to_cql(deleted.tweet_id)?, to_cql(deleted.author_id)?);
-                return self.write_deletion(tweet, author, None).await;
+                return self.settle_ledger_deletion(tweet, author).await;
             }
             Some(Payload::TweetLiked(e)) => (Reaction::Like, e.tweet_id, 1),
             Some(Payload::TweetUnliked(e)) => (Reaction::Like, e.tweet_id, -1),
@@ -272,6 +305,58 @@ impl Inner {
     }
 }
 
+impl Inner {
+    /// Remembers that `author` has a count op decided at `at` (Unix ms) not folded yet.
+    fn note_unfolded(&self, author: i64, at: i64) {
+        let mut unfolded = lock(&self.unfolded);
+        let oldest = unfolded.entry(author).or_insert(at);
+        *oldest = (*oldest).min(at);
+    }
+
+    /// Folds the count ops older than `age` of every author this process knows to have some
+    /// (see `twtr_common::cql::tally`): how many ops it folded.
+    async fn fold_counts(&self, age: Duration) -> Result<usize, StoreError> {
+        let age_ms = i64::try_from(age.as_millis()).unwrap_or(i64::MAX);
+        let ripe_before = clock::now_millis().saturating_sub(age_ms);
+        let ripe: Vec<i64> = {
+            let mut unfolded = lock(&self.unfolded);
+            let ripe: Vec<i64> = unfolded
+                .iter()
+                .filter(|&(_, &oldest)| oldest < ripe_before)
+                .map(|(&author, _)| author)
+                .collect();
+            for author in &ripe {
+                unfolded.remove(author);
+            }
+            ripe
+        };
+        let folds = futures_util::stream::iter(ripe)
+            .map(|author| async move { (author, self.author_tallies.fold(author, age).await) })
+            .buffer_unordered(FOLDS_AT_ONCE)
+            .collect::<Vec<_>>()
+            .await;
+        let (mut folded, mut failed) = (0, None);
+        for (author, fold) in folds {
+            match fold {
+                // Younger ops stay for a later pass.
+                Ok(done) if done.left > 0 => {
+                    folded += done.folded;
+                    self.note_unfolded(author, clock::now_millis());
+                }
+                Ok(done) => folded += done.folded,
+                Err(err) => {
+                    self.note_unfolded(author, 0);
+                    failed = Some(err);
+                }
+            }
+        }
+        match failed {
+            Some(err) => Err(err),
+            None => Ok(folded),
+        }
+    }
+}
+
 #[async_trait]
 impl TweetStore for CqlTweetStore {
     async fn ping(&self) -> Result<(), StoreError> {
@@ -280,6 +365,11 @@ impl TweetStore for CqlTweetStore {
 
     async fn create(&self, tweet: TweetRecord, event: Envelope) -> Result<bool, StoreError> {
         self.spawned(|inner| async move { inner.create(tweet, event).await })
+            .await
+    }
+
+    async fn create_again(&self, tweet: TweetRecord, event: Envelope) -> Result<bool, StoreError> {
+        self.spawned(|inner| async move { inner.create_again(tweet, event).await })
             .await
     }
 
@@ -324,6 +414,10 @@ impl TweetStore for CqlTweetStore {
 
     fn settles_events(&self) -> bool {
         true
+    }
+
+    async fn fold_counts(&self) -> Result<usize, StoreError> {
+        self.inner.fold_counts(FOLD_AFTER).await
     }
 
     async fn settle(&self, event: &Envelope) -> Result<(), StoreError> {
