@@ -296,8 +296,10 @@ pub async fn batch_reads_keep_the_order_given(store: Arc<dyn TweetStore>) {
     assert!(store.count_by_authors(Vec::new()).await.unwrap().is_empty());
 }
 
+/// One author's concurrent posts are all counted, before and after the backend folds its
+/// count ops ([`TweetStore::fold_counts`]).
 pub async fn concurrent_creates_are_all_counted(store: Arc<dyn TweetStore>) {
-    const N: usize = 20;
+    const N: usize = 50;
     let author = unique_id();
     let ids = unique_ids(N);
     let events = unique_ids(N);
@@ -309,6 +311,11 @@ pub async fn concurrent_creates_are_all_counted(store: Arc<dyn TweetStore>) {
     for result in results {
         result.unwrap();
     }
+    assert_eq!(
+        store.count_by_authors(vec![author]).await.unwrap(),
+        vec![N as u64]
+    );
+    store.fold_counts().await.unwrap();
     assert_eq!(
         store.count_by_authors(vec![author]).await.unwrap(),
         vec![N as u64]
