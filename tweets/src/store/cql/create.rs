@@ -31,9 +31,10 @@ impl Inner {
         Ok(true)
     }
 
-    /// A create tried again (the trait's `create_again`): the batch runs only if it never did,
-    /// which the tweet's own row, written by the batch, tells; so a tweet deleted since stays
-    /// deleted and gets no second `TweetCreated`.
+    /// A create tried again (the trait's `create_again`): nothing if the tweet's row says it was
+    /// deleted since (no second `TweetCreated`); else the batch runs if it never did, which its
+    /// author-timeline row tells (absent too for a tweet claimed by the version before the
+    /// tallies whose batch never ran).
     pub(super) async fn create_again(
         &self,
         tweet: TweetRecord,
@@ -42,23 +43,26 @@ impl Inner {
         if self.deleted.is_gone(tweet.author_id).await? {
             return Ok(false);
         }
-        match self.tweet_state(to_cql(tweet.id)?).await? {
-            Some(state) if state.deleted => {
-                tracing::debug!(
-                    tweet_id = tweet.id,
-                    "tweet deleted since; nothing to create"
-                );
-            }
-            // The batch ran: the tweet, its count op and its event are there.
-            Some(_) => {}
-            None => {
-                tracing::info!(
-                    tweet_id = tweet.id,
-                    "finishing a create whose batch never ran"
-                );
-                self.write_mentions(&tweet).await?;
-                self.write_batch(&tweet, &event).await?;
-            }
+        let (id, author) = (to_cql(tweet.id)?, to_cql(tweet.author_id)?);
+        if self
+            .tweet_state(id)
+            .await?
+            .is_some_and(|state| state.deleted)
+        {
+            tracing::debug!(
+                tweet_id = tweet.id,
+                "tweet deleted since; nothing to create"
+            );
+            return Ok(true);
+        }
+        // A live row whose batch never ran is a claim of the version before, cut short.
+        if !self.batch_ran(author, id).await? {
+            tracing::info!(
+                tweet_id = tweet.id,
+                "finishing a create whose batch never ran"
+            );
+            self.write_mentions(&tweet).await?;
+            self.write_batch(&tweet, &event).await?;
         }
         Ok(true)
     }

@@ -141,9 +141,22 @@ async fn a_retry_finishes_a_create_whose_batch_never_ran() {
     let Some(store) = cql_store().await else {
         return;
     };
+    // The first attempt died before its batch ran: nothing of it is there, or (by the
+    // version before the tallies) its claim, the tweet's row alone.
+    for claimed in [false, true] {
+        a_retry_finishes_a_create_whose_batch_never_ran_after(&store, claimed).await;
+    }
+}
+
+async fn a_retry_finishes_a_create_whose_batch_never_ran_after(
+    store: &CqlTweetStore,
+    claimed: bool,
+) {
     let [author, id, retry_event] = [unique_id(), unique_id(), unique_id()];
     let tweet = conformance::tweet(id, author);
-    // The first attempt died before its batch ran: nothing of it is there.
+    if claimed {
+        legacy_claim(store, &tweet).await;
+    }
     store
         .create_again(tweet.clone(), event(retry_event))
         .await
@@ -157,7 +170,7 @@ async fn a_retry_finishes_a_create_whose_batch_never_ran() {
     let bucket = id::millis_of(id) / BUCKET_MS;
     assert!(
         has_row(
-            &store,
+            store,
             "SELECT author_id FROM {ks}.timeline WHERE bucket = ? AND tweet_id = ?",
             (bucket, id as i64),
         )
@@ -165,13 +178,13 @@ async fn a_retry_finishes_a_create_whose_batch_never_ran() {
     );
     assert!(
         has_row(
-            &store,
+            store,
             "SELECT bucket FROM {ks}.timeline_buckets WHERE scope = 'all' AND bucket = ?",
             (bucket,),
         )
         .await
     );
-    assert_eq!(staged_of(&store, &[retry_event]).await, vec![retry_event]);
+    assert_eq!(staged_of(store, &[retry_event]).await, vec![retry_event]);
 }
 
 #[tokio::test]
@@ -218,6 +231,19 @@ async fn a_retry_after_the_batch_counts_and_stages_nothing_more() {
         staged_of(&store, &[first_event, retry_event]).await,
         vec![first_event]
     );
+}
+
+/// Step 1 of a create by the version before the tallies: the tweet's row, claimed.
+async fn legacy_claim(store: &CqlTweetStore, tweet: &TweetRecord) {
+    let claim = "INSERT INTO {ks}.tweets (tweet_id, author_id, text, created_at, deleted) \
+                 VALUES (?, ?, ?, ?, false) IF NOT EXISTS";
+    let values = (
+        tweet.id as i64,
+        tweet.author_id as i64,
+        &tweet.text,
+        CqlTimestamp(tweet.created_at_ms),
+    );
+    run(store, claim, values).await;
 }
 
 /// A tweet by a fresh author, fully created: `(author, tweet)`.
@@ -593,15 +619,7 @@ async fn a_deletion_first_finishes_a_create_cut_short_after_its_claim() {
     };
     let (author, id) = (unique_id(), unique_id());
     let tweet = conformance::tweet(id, author);
-    let claim = "INSERT INTO {ks}.tweets (tweet_id, author_id, text, created_at, deleted) \
-                 VALUES (?, ?, ?, ?, false) IF NOT EXISTS";
-    let values = (
-        id as i64,
-        author as i64,
-        &tweet.text,
-        CqlTimestamp(tweet.created_at_ms),
-    );
-    run(&store, claim, values).await;
+    legacy_claim(&store, &tweet).await;
     assert_eq!(store.get(id).await.unwrap(), Some(tweet));
     let deletion = deletion_event(id, author);
     assert!(store.delete(id, deletion.clone()).await.unwrap());
