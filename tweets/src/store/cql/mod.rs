@@ -59,13 +59,15 @@
 //! overwrite one another's row, which the worker numbers rule out.
 //!
 //! A repeat ([`TweetStore::create_again`]: the post repeated with its idempotency key, whose
-//! first attempt may have died, or be running still) reads the tweet's row first: absent, the
-//! batch never ran, so it runs it now with the repeat's own event (a batch that never ran
-//! announced nothing); present, the batch ran, count op and event included, so it writes
-//! nothing, and nothing either when the row says the tweet was deleted since (no second
-//! `TweetCreated`). A deletion is decided only on a row the batch wrote, so a create whose batch
-//! never ran has nothing to delete; a tweet claimed by the version before, whose batch never
-//! ran, is still finished by its deletion first (`Inner::finish_create`).
+//! first attempt may have died, or be running still) reads first, with plain reads: the tweet's
+//! row, and if it says the tweet was deleted since, it writes nothing (no second
+//! `TweetCreated`); then the author's timeline row, and if it is there the batch ran, count op
+//! and event included, so it writes nothing; else the batch never ran (a batch that never ran
+//! announced nothing), or the tweet was claimed by the version before the tallies and its
+//! batch never ran, and it runs the batch now with the repeat's own event. A deletion is
+//! decided only once the create's batch ran, so a create whose batch never ran has nothing to
+//! delete; a tweet claimed by the version before whose batch never ran is finished by its
+//! deletion first (`Inner::finish_create`).
 //!
 //! The one race left: a repeat that runs while the first attempt's batch is in flight also
 //! finds no row, and both attempts stage an event (with different event IDs) for the same
