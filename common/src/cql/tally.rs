@@ -11,8 +11,10 @@
 //!   ([`Tally::read`]); the ops not folded yet are the partition's only rows, so the read stays
 //!   small while folds keep up.
 //! - **Fold** ([`Tally::fold`]), off the write path: one conditional batch on the partition moves
-//!   the ops older than a given age into the base (`SET <count> = ? IF <count> = ?`) and deletes
-//!   their rows. It is all or nothing, so an unknown outcome (a Paxos timeout) leaves a state
+//!   the ops older than a given age into the base and deletes their rows, on the condition that
+//!   no fold ran since its read (`SET <count> = ?, folds = <read + 1> IF folds = <read>`: a
+//!   fold counter, never the base, which ops of both signs could bring back to a value a stale
+//!   fold read). It is all or nothing, so an unknown outcome (a Paxos timeout) leaves a state
 //!   the next fold reads right. The deletes carry the fold's Paxos timestamp, later than the op
 //!   rows' by at least that age, so a batch that runs again late rewrites a row that stays
 //!   deleted (while the tombstone lives: the table's `gc_grace_seconds`). The age must exceed
@@ -38,7 +40,8 @@ pub const FOLD_BATCH: usize = 100;
 const FOLD_ATTEMPTS: u32 = 8;
 
 /// Where one tally lives: its table (`<key> bigint, op text, delta bigint` with `(<key>, op)`
-/// as primary key, and the base a static `bigint`), its key column and its base column.
+/// as primary key, the base a static `bigint` and `folds bigint static`, how many folds ran),
+/// its key column and its base column.
 #[derive(Debug, Clone, Copy)]
 pub struct TallyColumn {
     /// What is counted, for logs and errors (`"tweet count of author"`).
@@ -64,6 +67,18 @@ pub struct Folded {
     pub folded: usize,
     /// Ops left pending (younger than the fold's age, or beyond what it took).
     pub left: usize,
+}
+
+/// What a fold read of one key.
+#[derive(Debug, Default)]
+struct Ripe {
+    base: i64,
+    /// How many folds ran (`None` before the first).
+    folds: Option<i64>,
+    /// The ops old enough to fold: (op, delta).
+    ripe: Vec<(String, i64)>,
+    /// How many ops are younger.
+    young: usize,
 }
 
 /// One tally table in one keyspace (see the [module docs](self)).
@@ -111,13 +126,14 @@ impl Tally {
                 .await?,
             read_one: ks
                 .prepare(&format!(
-                    "SELECT {count}, op, delta, WRITETIME(delta) FROM {{ks}}.{table} \
+                    "SELECT {count}, folds, op, delta, WRITETIME(delta) FROM {{ks}}.{table} \
                      WHERE {key} = ?"
                 ))
                 .await?,
             set_base: ks
                 .prepare(&format!(
-                    "UPDATE {{ks}}.{table} SET {count} = ? WHERE {key} = ? IF {count} = ?"
+                    "UPDATE {{ks}}.{table} SET {count} = ?, folds = ? WHERE {key} = ? \
+                     IF folds = ?"
                 ))
                 .await?,
             delete_op: ks
@@ -175,7 +191,12 @@ impl Tally {
         let mut done = Folded::default();
         let mut attempts = 0;
         loop {
-            let (base, ripe, young) = self.ripe_ops(key, age).await?;
+            let Ripe {
+                base,
+                folds,
+                ripe,
+                young,
+            } = self.ripe_ops(key, age).await?;
             done.left = young + ripe.len().saturating_sub(FOLD_BATCH);
             if ripe.is_empty() {
                 return Ok(done);
@@ -187,7 +208,7 @@ impl Tally {
                     .chain(std::iter::repeat_n(&self.delete_op, take.len())),
             );
             let mut values: Vec<Box<dyn SerializeRow + Send + Sync>> =
-                vec![Box::new((base.unwrap_or(0) + sum, key, base))];
+                vec![Box::new((base + sum, folds.unwrap_or(0) + 1, key, folds))];
             for (op, _) in take {
                 values.push(Box::new((key, op.clone())));
             }
@@ -211,12 +232,8 @@ impl Tally {
         }
     }
 
-    /// The base of `key`, its ops older than `age` (op, delta) and how many are younger.
-    async fn ripe_ops(
-        &self,
-        key: i64,
-        age: Duration,
-    ) -> Result<(Option<i64>, Vec<(String, i64)>, usize), StoreError> {
+    /// What a fold of `key` reads: its base and fold counter, its ops older than `age`.
+    async fn ripe_ops(&self, key: i64, age: Duration) -> Result<Ripe, StoreError> {
         let rows = self
             .ks
             .session()
@@ -227,19 +244,26 @@ impl Tally {
         let ripe_before = clock::now_millis()
             .saturating_mul(1000)
             .saturating_sub(age_us);
-        let (mut base, mut ripe, mut young) = (None, Vec::new(), 0);
-        for row in rows.rows::<(Option<i64>, Option<String>, Option<i64>, Option<i64>)>()? {
-            let (count, op, delta, written) = row?;
-            base = count;
+        let mut read = Ripe::default();
+        type Row = (
+            Option<i64>,
+            Option<i64>,
+            Option<String>,
+            Option<i64>,
+            Option<i64>,
+        );
+        for row in rows.rows::<Row>()? {
+            let (base, folds, op, delta, written) = row?;
+            (read.base, read.folds) = (base.unwrap_or(0), folds);
             let (Some(op), Some(delta)) = (op, delta) else {
                 continue;
             };
             if written.is_some_and(|written| written < ripe_before) {
-                ripe.push((op, delta));
+                read.ripe.push((op, delta));
             } else {
-                young += 1;
+                read.young += 1;
             }
         }
-        Ok((base, ripe, young))
+        Ok(read)
     }
 }
