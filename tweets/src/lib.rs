@@ -23,6 +23,8 @@
 //! feed the index behind hashtags, search and trends (a projection, like the feeds service's,
 //! kept out of the write path: see `store::cql::index`); and, on a backend whose writes are not
 //! one transaction (CQL), its other own events, to finish a write whose process died half-way.
+//! A background pass folds the authors' count ops, which CQL creates and deletions write beside
+//! their rows, into the counts' bases ([`TweetStore::fold_counts`]).
 
 pub mod domain;
 pub mod grpc;
@@ -39,7 +41,7 @@ use twtr_common::IdGenerator;
 use twtr_common::bus::{ConsumerSettings, EventBus, EventHandler, HandlerError, QueueSpec};
 use twtr_common::events::EventKind;
 use twtr_common::purge;
-use twtr_common::runtime::{Consumer, ServiceRuntime};
+use twtr_common::runtime::{Consumer, Pass, Schedule, ServiceRuntime};
 use twtr_common::tokens::TokenVerifier;
 use twtr_proto::events::v1::Envelope;
 use twtr_proto::events::v1::envelope::Payload;
@@ -97,6 +99,7 @@ pub async fn runtime(
     });
     let consumer = Consumer::subscribe(deps.bus.as_ref(), queue, handler, deps.consumer).await?;
     let purge = purge::pass(Arc::clone(&tweets), purge, "purged deleted accounts");
+    let fold = fold_pass(Arc::clone(&tweets));
     let pinged = Arc::clone(&tweets);
     let ping = move || {
         let tweets = Arc::clone(&pinged);
@@ -107,8 +110,29 @@ pub async fn runtime(
             .verifying(deps.verifier)
             .relaying(outbox)
             .consuming(consumer)
-            .with_pass(purge),
+            .with_pass(purge)
+            .with_pass(fold),
     )
+}
+
+/// When the pass that folds count ops runs: every 30 s (ops fold once a minute old, see
+/// `store::cql::FOLD_AFTER`), and 5 s after a failure.
+const FOLD_SCHEDULE: Schedule = Schedule {
+    poll: Duration::from_secs(30),
+    retry: Duration::from_secs(5),
+};
+
+/// The background pass of [`Tweets::fold_counts`].
+fn fold_pass(tweets: Arc<Tweets>) -> Pass {
+    Pass {
+        done: "folded count ops",
+        run: Box::new(move || {
+            let tweets = Arc::clone(&tweets);
+            Box::pin(async move { Ok(tweets.fold_counts().await?) })
+        }),
+        wake: Arc::new(Notify::new()),
+        schedule: FOLD_SCHEDULE,
+    }
 }
 
 /// What the tweets service does with the events of its queue.

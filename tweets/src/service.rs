@@ -116,6 +116,13 @@ pub enum Action {
     Unretweet,
 }
 
+/// Whether a create is a post's first attempt (its tweet ID minted in this call) or a repeat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Attempt {
+    Fresh,
+    Again,
+}
+
 pub struct Tweets {
     store: Arc<dyn TweetStore>,
     ids: Arc<IdGenerator>,
@@ -128,6 +135,12 @@ impl Tweets {
     /// Whether this service's store answers (readiness, and its consumer's probe).
     pub async fn ping(&self) -> Result<(), StoreError> {
         self.store.ping().await
+    }
+
+    /// Folds the store's pending count ops into their counts ([`TweetStore::fold_counts`]):
+    /// the service's background pass.
+    pub async fn fold_counts(&self) -> Result<usize, StoreError> {
+        self.store.fold_counts().await
     }
 
     pub fn new(store: Arc<dyn TweetStore>, ids: Arc<IdGenerator>) -> Self {
@@ -198,26 +211,30 @@ impl Tweets {
                 }
                 KeyClaim::Held { tweet_id, .. } => {
                     // The first attempt may have died before storing the tweet, or be storing
-                    // it now: creating is idempotent by ID, so finish it, then answer as it.
-                    self.store_tweet(tweet_id, author_id, text, mentions)
+                    // it now: create it again (a no-op if it was), then answer as it.
+                    self.store_tweet(tweet_id, author_id, text, mentions, Attempt::Again)
                         .await?;
                     tracing::info!(tweet_id, author_id, "repeated post answered by its key");
                     return self.get_tweet(tweet_id).await;
                 }
             }
         }
-        let tweet = self.store_tweet(id, author_id, text, mentions).await?;
+        let tweet = self
+            .store_tweet(id, author_id, text, mentions, Attempt::Fresh)
+            .await?;
         tracing::info!(tweet_id = id, author_id, "tweet created");
         Ok(tweet)
     }
 
-    /// Stores the tweet `id` (a no-op when it exists) with its `TweetCreated` event.
+    /// Stores the tweet `id` with its `TweetCreated` event: `Fresh`, an ID minted in this call;
+    /// `Again`, a no-op when the tweet was stored.
     async fn store_tweet(
         &self,
         id: u64,
         author_id: u64,
         text: String,
         mentions: Vec<Mention>,
+        attempt: Attempt,
     ) -> Result<TweetRecord, TweetsError> {
         let tweet = TweetRecord {
             id,
@@ -239,7 +256,11 @@ impl Tweets {
                 mentioned_user_ids: notified(author_id, &tweet.mentions),
             }),
         );
-        if !self.store.create(tweet.clone(), event).await? {
+        let stored = match attempt {
+            Attempt::Fresh => self.store.create(tweet.clone(), event).await?,
+            Attempt::Again => self.store.create_again(tweet.clone(), event).await?,
+        };
+        if !stored {
             return Err(TweetsError::AccountGone);
         }
         Ok(tweet)

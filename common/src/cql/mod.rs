@@ -19,6 +19,9 @@
 //!   deleted and expired by TTL, so no read meets a tombstone. [`outbox_shard`] picks a shard.
 //! - [`ledger`]: [`CountLedger`], a count that moves once per op however often the op is
 //!   tried (the tweets and followers services keep their counts in them).
+//! - [`tally`]: [`Tally`], a count whose ops are plain rows written in the batch of the change
+//!   they count and folded into its base in the background: no lightweight transaction on the
+//!   write path (the tweets service's author counts).
 //! - [`purges`]: [`DeletedAccounts`], the accounts the users service deleted and those a
 //!   service still has to purge, in hourly partitions read from a cursor (the tweets and
 //!   followers services keep one each).
@@ -44,6 +47,7 @@ pub mod outbox;
 pub mod purges;
 pub mod retry;
 pub mod session;
+pub mod tally;
 #[cfg(any(test, feature = "testsuite"))]
 pub mod testing;
 
@@ -58,6 +62,7 @@ pub use outbox::{CqlOutbox, OutboxRead, OutboxRow, ReadCounts, TracedRead, read_
 pub use purges::{DeletedAccountTables, DeletedAccounts};
 pub use retry::StoreRetryPolicy;
 pub use session::{Keyspace, connect, is_idempotent, logged_batch, qualify, unlogged_batch};
+pub use tally::{Folded, Tallied, Tally, TallyColumn};
 
 use scylla::deserialize::DeserializationError;
 use scylla::errors::{

@@ -5,11 +5,12 @@
 //!
 //! - this module: the [`TweetStore`] trait and the record it stores.
 //! - [`embedded`]: [`EmbeddedTweetStore`], tweets in a redb file (one transaction per write).
-//! - [`cql`]: [`CqlTweetStore`], tweets on ScyllaDB / Cassandra (the tweet ID claimed by a
-//!   lightweight transaction, then one logged batch for its timeline rows and its event, then the
-//!   author's count moved once through a ledger; likes, retweets and deletions likewise: decided
-//!   by a lightweight transaction, then a batch, then a count op, and a change that a crash cut
-//!   short after its decision is finished by the next call on the same pair or tweet).
+//! - [`cql`]: [`CqlTweetStore`], tweets on ScyllaDB / Cassandra (a create is one logged batch
+//!   with the tweet, its timeline rows, the author's count op and its event, no lightweight
+//!   transaction; likes, retweets and deletions are decided by a lightweight transaction, then
+//!   a batch (a deletion's with its count op), then (likes and retweets) a count op through a
+//!   ledger, and a change that a crash cut short after its decision is finished by the next
+//!   call on the same pair or tweet).
 //! - [`conformance`]: the suite both backends pass, and its macro
 //!   [`tweet_store_conformance!`](crate::tweet_store_conformance).
 
@@ -123,6 +124,7 @@ pub const SCHEMA: twtr_common::cql::Schema = twtr_common::cql_schema!(
     4 => "004_outbox_by_time.cql",
     5 => "005_search_and_trends.cql",
     6 => "006_mentions.cql",
+    7 => "007_author_tallies.cql",
 );
 
 #[async_trait]
@@ -131,12 +133,21 @@ pub trait TweetStore: Send + Sync {
     /// what its event consumer probes before it spends a retry (`twtr_common::bus::consume`).
     async fn ping(&self) -> Result<(), StoreError>;
 
-    /// Stores the tweet, its place in the author's timeline, the author's tweet count and
-    /// `event`, atomically. Storing the same tweet again changes nothing (also once it is
-    /// deleted). Returns `false`, writing nothing, when the author is gone
-    /// ([`TweetStore::forget_author`]), and [`StoreError::Conflict`], writing nothing, when
-    /// another tweet holds the ID (two processes minting IDs with one worker number).
+    /// Stores a fresh tweet, its place in the author's timeline, the author's tweet count and
+    /// `event`, atomically. Fresh: its ID was minted for this call, so nothing is stored under
+    /// it (IDs are unique by construction: each process has its own worker number); a backend
+    /// may write without looking first. Returns `false`, writing nothing, when the author is
+    /// gone ([`TweetStore::forget_author`]). A create tried again goes through
+    /// [`TweetStore::create_again`].
     async fn create(&self, tweet: TweetRecord, event: Envelope) -> Result<bool, StoreError>;
+    /// [`TweetStore::create`] of a tweet whose create may have run already, in part or whole
+    /// (a post repeated with its idempotency key): stores it if it never was, and changes
+    /// nothing if it was, also once it is deleted (no second count, no `event` staged), but for
+    /// the race of two attempts at once, which may both stage their event (consumers key
+    /// `TweetCreated` by tweet ID). `false` as `create`.
+    async fn create_again(&self, tweet: TweetRecord, event: Envelope) -> Result<bool, StoreError> {
+        self.create(tweet, event).await
+    }
     /// Claims `key` for `author`'s post of `tweet_id` with `text`, unless a claim of it younger
     /// than `window` exists, which it returns instead. A claim lasts at least `window`.
     async fn claim_key(
@@ -176,6 +187,12 @@ pub trait TweetStore: Send + Sync {
     /// its process died half-way: on the CQL backend, the count ops. Idempotent.
     async fn settle(&self, _event: &Envelope) -> Result<(), StoreError> {
         Ok(())
+    }
+    /// Folds the count ops a backend recorded beside its writes into their counts' bases,
+    /// which keeps count reads cheap; counts read the same before and after. How many ops it
+    /// folded. The service runs it as a background pass.
+    async fn fold_counts(&self) -> Result<usize, StoreError> {
+        Ok(0)
     }
     async fn get(&self, id: u64) -> Result<Option<TweetRecord>, StoreError>;
     /// The tweets that exist among `ids`, in the order given.

@@ -1,62 +1,23 @@
-//! Creates: the claim of the tweet ID, the batch with the timeline rows and the event, the
-//! author's count; and the idempotency keys of posts (see the [module docs](super) for how a
-//! retry finishes a create cut short).
+//! Creates: one logged batch with the tweet's row, its timeline rows, the author's count op and
+//! the event; and the idempotency keys of posts (see the [module docs](super) for how a retry
+//! finishes a create cut short).
 
 use std::time::Duration;
 
 use scylla::serialize::row::SerializeRow;
 use scylla::value::{CqlTimestamp, CqlValue};
-use twtr_common::cql::{Lwt, logged_batch, lwt};
+use twtr_common::cql::{Lwt, Tally, logged_batch, lwt};
 use twtr_common::store::StoreError;
 use twtr_common::{clock, events, id, lock};
 use twtr_proto::events::v1::envelope::Payload;
 use twtr_proto::events::v1::{Envelope, TweetCreated};
 
-use super::{BUCKET_MS, Inner, MAX_TTL_SECS, TweetState, from_cql, to_cql};
+use super::{BUCKET_MS, Inner, MAX_TTL_SECS, TALLIED_HEADER, TweetState, from_cql, to_cql};
 use crate::store::{KeyClaim, TweetRecord};
 
 impl Inner {
-    /// Step 1: claims `tweet.id` for `tweet`. On a lost claim, the row that holds the ID.
-    pub(super) async fn claim(&self, tweet: &TweetRecord) -> Result<Claim, StoreError> {
-        let values = (
-            to_cql(tweet.id)?,
-            to_cql(tweet.author_id)?,
-            &tweet.text,
-            CqlTimestamp(tweet.created_at_ms),
-        );
-        let result = self
-            .ks
-            .session()
-            .execute_unpaged(&self.claim_tweet, values)
-            .await;
-        let holder = match lwt(result)? {
-            Lwt::Applied => return Ok(Claim::Won),
-            Lwt::NotApplied(holder) => holder,
-            // Fails the create, as any store error: a retry of it finds the claim if it landed.
-            Lwt::Unknown(unknown) => return Err(unknown.into()),
-        };
-        // A lost claim returns the row that won it. A deleted tweet keeps its author and time
-        // (its text is gone), which is enough to tell a retry of it from another tweet.
-        let column = |name: &str| holder.get(name).cloned();
-        let same_author_and_time = column("author_id")
-            == Some(CqlValue::BigInt(to_cql(tweet.author_id)?))
-            && column("created_at") == Some(CqlValue::Timestamp(CqlTimestamp(tweet.created_at_ms)));
-        if let Some(CqlValue::Boolean(true)) = column("deleted") {
-            return Ok(if same_author_and_time {
-                Claim::Deleted
-            } else {
-                Claim::HeldByOther
-            });
-        }
-        let same =
-            same_author_and_time && column("text") == Some(CqlValue::Text(tweet.text.clone()));
-        Ok(if same {
-            Claim::HeldBySame
-        } else {
-            Claim::HeldByOther
-        })
-    }
-
+    /// A fresh create (the trait's `create`): the service minted `tweet.id` in this very call,
+    /// so nothing is stored under it, and the create is one logged batch with no read first.
     pub(super) async fn create(
         &self,
         tweet: TweetRecord,
@@ -65,61 +26,67 @@ impl Inner {
         if self.deleted.is_gone(tweet.author_id).await? {
             return Ok(false);
         }
-        if !tweet.mentions.is_empty() {
-            // Before the claim, so whoever finishes this create finds them.
-            let (user_ids, usernames): (Vec<i64>, Vec<String>) = tweet
-                .mentions
-                .iter()
-                .map(|m| Ok((to_cql(m.user_id)?, m.username.clone())))
-                .collect::<Result<Vec<_>, StoreError>>()?
-                .into_iter()
-                .unzip();
-            self.ks
-                .session()
-                .execute_unpaged(
-                    &self.insert_mentions,
-                    (to_cql(tweet.id)?, user_ids, usernames),
-                )
-                .await?;
-        }
-        match self.claim(&tweet).await? {
-            Claim::Won => self.write_batch(&tweet, &event).await?,
-            Claim::HeldBySame => {
-                if !self
-                    .batch_ran(to_cql(tweet.author_id)?, to_cql(tweet.id)?)
-                    .await?
-                {
-                    tracing::info!(
-                        tweet_id = tweet.id,
-                        "finishing a create whose batch never ran"
-                    );
-                    self.write_batch(&tweet, &event).await?;
-                }
-            }
-            Claim::Deleted => {
-                tracing::debug!(
-                    tweet_id = tweet.id,
-                    "tweet deleted since; nothing to create"
-                );
-                return Ok(true);
-            }
-            Claim::HeldByOther => {
-                // Nothing was stored: answering success would tell the caller its tweet exists.
-                tracing::error!(
-                    tweet_id = tweet.id,
-                    author_id = tweet.author_id,
-                    "tweet id already holds another tweet: two processes mint ids with one \
-                     worker number (check TWTR_WORKER_ID); the create is refused"
-                );
-                return Err(StoreError::Conflict(format!(
-                    "tweet id {} is held by another tweet",
-                    tweet.id
-                )));
-            }
-        }
-        let op = format!("tweet:{}:created", tweet.id);
-        self.apply_count_op(to_cql(tweet.author_id)?, &op).await?;
+        self.write_mentions(&tweet).await?;
+        self.write_batch(&tweet, &event).await?;
         Ok(true)
+    }
+
+    /// A create tried again (the trait's `create_again`): nothing if the tweet's row says it was
+    /// deleted since (no second `TweetCreated`); else the batch runs if it never did, which its
+    /// author-timeline row tells (absent too for a tweet claimed by the version before the
+    /// tallies whose batch never ran).
+    pub(super) async fn create_again(
+        &self,
+        tweet: TweetRecord,
+        event: Envelope,
+    ) -> Result<bool, StoreError> {
+        if self.deleted.is_gone(tweet.author_id).await? {
+            return Ok(false);
+        }
+        let (id, author) = (to_cql(tweet.id)?, to_cql(tweet.author_id)?);
+        if self
+            .tweet_state(id)
+            .await?
+            .is_some_and(|state| state.deleted)
+        {
+            tracing::debug!(
+                tweet_id = tweet.id,
+                "tweet deleted since; nothing to create"
+            );
+            return Ok(true);
+        }
+        // A live row whose batch never ran is a claim of the version before, cut short.
+        if !self.batch_ran(author, id).await? {
+            tracing::info!(
+                tweet_id = tweet.id,
+                "finishing a create whose batch never ran"
+            );
+            self.write_mentions(&tweet).await?;
+            self.write_batch(&tweet, &event).await?;
+        }
+        Ok(true)
+    }
+
+    /// The tweet's mentions, before its batch, so whoever finishes the create finds them.
+    async fn write_mentions(&self, tweet: &TweetRecord) -> Result<(), StoreError> {
+        if tweet.mentions.is_empty() {
+            return Ok(());
+        }
+        let (user_ids, usernames): (Vec<i64>, Vec<String>) = tweet
+            .mentions
+            .iter()
+            .map(|m| Ok((to_cql(m.user_id)?, m.username.clone())))
+            .collect::<Result<Vec<_>, StoreError>>()?
+            .into_iter()
+            .unzip();
+        self.ks
+            .session()
+            .execute_unpaged(
+                &self.insert_mentions,
+                (to_cql(tweet.id)?, user_ids, usernames),
+            )
+            .await?;
+        Ok(())
     }
 
     /// Whether step 2 of the create of `tweet` by `author` ran: its author-timeline row is the
@@ -135,7 +102,9 @@ impl Inner {
         Ok(rows.rows_num() > 0)
     }
 
-    /// Step 2: the tweet's timeline rows and `event`, in one logged batch.
+    /// The create's one logged batch: the tweet's row, its timeline rows, the author's count op
+    /// `tweet:<id>:created` and `event` (marked [`TALLIED_HEADER`]), all at the tweet's creation
+    /// time, so running it again rewrites the same rows and a deletion's later writes win.
     pub(super) async fn write_batch(
         &self,
         tweet: &TweetRecord,
@@ -143,11 +112,26 @@ impl Inner {
     ) -> Result<(), StoreError> {
         let (id, author) = (to_cql(tweet.id)?, to_cql(tweet.author_id)?);
         let bucket = id::millis_of(tweet.id) / BUCKET_MS;
-        let written = tweet.created_at_ms.saturating_mul(1000);
-        let mut statements = vec![&self.insert_author_tweet, &self.insert_timeline];
+        let created_at = tweet.created_at_ms;
+        let written = created_at.saturating_mul(1000);
+        let op = format!("tweet:{id}:created");
+        let mut event = event.clone();
+        event
+            .headers
+            .insert(TALLIED_HEADER.to_owned(), "1".to_owned());
+        let mut statements = vec![
+            &self.insert_tweet,
+            &self.insert_author_tweet,
+            &self.insert_timeline,
+            self.author_tallies.insert(),
+            &self.mark_ledger_op,
+        ];
         let mut values: Vec<Box<dyn SerializeRow + Send + Sync>> = vec![
+            Box::new((id, author, &tweet.text, CqlTimestamp(created_at), written)),
             Box::new((author, id, written)),
             Box::new((bucket, id, author, written)),
+            Box::new(Tally::op_row(author, op.clone(), 1, created_at)),
+            Box::new((author, op, CqlTimestamp(created_at))),
         ];
         let new_bucket = *lock(&self.bucket_written) != Some(bucket);
         if new_bucket {
@@ -155,7 +139,9 @@ impl Inner {
             values.push(Box::new((bucket,)));
         }
         statements.push(self.outbox.insert());
-        values.push(Box::new(self.outbox.row(event)));
+        values.push(Box::new(self.outbox.row(&event)));
+        // Before the batch: if it lands but its answer is lost, the op still gets folded.
+        self.note_unfolded(author, created_at);
         self.ks
             .session()
             .batch(&logged_batch(statements), values)
@@ -168,7 +154,8 @@ impl Inner {
         Ok(())
     }
 
-    /// Steps 2 and 3 of a create that a crash cut short after its claim, with its
+    /// The batch of a create that a crash cut short after its claim (the ID claim of the
+    /// version before the tallies, whose row a deletion may still meet), with its
     /// `TweetCreated` rebuilt from the tweet's row.
     pub(super) async fn finish_create(
         &self,
@@ -202,14 +189,7 @@ impl Inner {
             mentioned_user_ids: crate::service::notified(record.author_id, &record.mentions),
         });
         let event = events::envelope(self.ids.next_id(), record.id, payload);
-        self.write_batch(&record, &event).await?;
-        self.apply_count_op(state.author, &format!("tweet:{tweet}:created"))
-            .await
-    }
-
-    /// Step 3: applies the count op `op` (+1) to `author`'s tweet count, once.
-    pub(super) async fn apply_count_op(&self, author: i64, op: &str) -> Result<(), StoreError> {
-        self.authors.apply(author, op, 1).await
+        self.write_batch(&record, &event).await
     }
 
     pub(super) async fn claim_key(
@@ -251,17 +231,4 @@ impl Inner {
             ))),
         }
     }
-}
-
-/// Who holds a tweet ID after a claim.
-pub(super) enum Claim {
-    /// This call claimed it: the rest of the create follows.
-    Won,
-    /// An earlier call with this very tweet did (a retry, or a concurrent duplicate).
-    HeldBySame,
-    /// A different tweet holds it, deleted or not: the ID was minted twice.
-    HeldByOther,
-    /// This very tweet, deleted since; its row stays as a tombstone so that nothing brings it
-    /// back.
-    Deleted,
 }

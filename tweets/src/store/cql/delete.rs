@@ -1,26 +1,25 @@
 //! Deletions: decided on the tweet's own row, written as the removal of its timeline rows with
-//! the event in one logged batch, counted on the author's ledger; and the finishing of a
-//! deletion its caller abandoned.
+//! the author's count op and the event in one logged batch; and the finishing of a deletion its
+//! caller abandoned.
 
 use scylla::value::CqlTimestamp;
 use tokio::time::Instant;
-use twtr_common::cql::{Lwt, Retries, logged_batch, lwt};
+use twtr_common::cql::{Lwt, Retries, Tally, logged_batch, lwt};
 use twtr_common::store::StoreError;
 use twtr_common::{clock, events, id};
 use twtr_proto::events::v1::envelope::Payload;
 use twtr_proto::events::v1::{Envelope, TweetDeleted};
 
 use super::{
-    BUCKET_MS, DECIDE_ATTEMPTS, Inner, REPAIR_WINDOW, REPAIR_WINDOW_MS, TweetState, WAIT_POLL,
-    abandoned, age, from_cql,
+    BUCKET_MS, DECIDE_ATTEMPTS, Inner, REPAIR_WINDOW_MS, TALLIED_HEADER, TweetState, WAIT_POLL,
+    abandoned, from_cql,
 };
 
 impl Inner {
     /// Deletes a live tweet, as the trait's `delete`: step 1 decides the deletion on the
-    /// tweet's own row (`IF deleted = false`, so one call does), steps 2 and 3 are
+    /// tweet's own row (`IF deleted_at = null`, so one call does), step 2 is
     /// `Inner::write_deletion`. A repeat finds the tweet deleted and returns false, after
-    /// finishing the deletion if it was abandoned (or, when it was settled recently, making
-    /// sure the author's count moved: a no-op when it did).
+    /// finishing the deletion if it was abandoned.
     pub(super) async fn delete(&self, id: u64, event: Envelope) -> Result<bool, StoreError> {
         let Ok(tweet) = i64::try_from(id) else {
             return Ok(false);
@@ -38,15 +37,13 @@ impl Inner {
                 // This call's own deletion, decided after all (or, as a lost reply cannot
                 // tell, a concurrent one, which then gets announced twice: harmless).
                 if !self.deletion_settled(tweet, &state).await? {
-                    self.write_deletion(tweet, state.author, Some((&event, deleted_at)))
+                    self.write_deletion(tweet, state.author, &event, deleted_at)
                         .await?;
                 }
                 return Ok(true);
             }
             if state.deleted {
-                if self.settle_deletion(tweet, &state).await? && age(deleted_at) < REPAIR_WINDOW {
-                    self.write_deletion(tweet, state.author, None).await?;
-                }
+                self.settle_deletion(tweet, &state).await?;
                 return Ok(false);
             }
             let created_at = state.created_at.unwrap_or(0);
@@ -69,7 +66,7 @@ impl Inner {
                 .await;
             match lwt(result)? {
                 Lwt::Applied => {
-                    self.write_deletion(tweet, state.author, Some((&event, deleted_at)))
+                    self.write_deletion(tweet, state.author, &event, deleted_at)
                         .await?;
                     return Ok(true);
                 }
@@ -118,7 +115,7 @@ impl Inner {
             mentioned_user_ids: crate::service::notified(author_id, &mentions.unwrap_or_default()),
         });
         let event = events::envelope(self.ids.next_id(), tweet_id, payload);
-        self.write_deletion(tweet, state.author, Some((&event, deleted_at)))
+        self.write_deletion(tweet, state.author, &event, deleted_at)
             .await?;
         Ok(false)
     }
@@ -136,34 +133,56 @@ impl Inner {
         Ok(())
     }
 
-    /// Steps 2 and 3 of a decided deletion: with `announce` (its event and the deletion's
-    /// time), the removal of its timeline rows and the event in one logged batch, the removals
-    /// at the deletion's time, so a create's batch that lands late stays removed; then the
-    /// author's count. The count op `tweet:<id>:created` is applied first (a no-op when its
-    /// create did so), so that the deletion never takes back a count that a create cut short
-    /// never added; the two cancel out either way.
+    /// Step 2 of a decided deletion: in one logged batch, the tweet's row marked deleted, the
+    /// removal of its timeline rows, the author's count op `tweet:<id>:deleted` (-1) and `event`
+    /// (marked [`TALLIED_HEADER`]), all at the deletion's time `deleted_at` (Unix ms), later than
+    /// every row of the create, so a create's batch that lands late stays deleted. The create's
+    /// op is in the tally or the ledger already: a deletion is decided only once the create's
+    /// batch ran, and that batch held the op (or, written before the tallies, its event settles
+    /// it through the ledger).
     pub(super) async fn write_deletion(
         &self,
         tweet: i64,
         author: i64,
-        announce: Option<(&Envelope, i64)>,
+        event: &Envelope,
+        deleted_at: i64,
     ) -> Result<(), StoreError> {
-        if let Some((event, deleted_at)) = announce {
-            let bucket = id::millis_of(from_cql(tweet)?) / BUCKET_MS;
-            let written = deleted_at.saturating_mul(1000);
-            let batch = logged_batch([
-                &self.delete_author_tweet,
-                &self.delete_timeline,
-                self.outbox.insert(),
-            ]);
-            let values = (
-                (written, author, tweet),
-                (written, bucket, tweet),
-                self.outbox.row(event),
-            );
-            self.ks.session().batch(&batch, values).await?;
-            self.outbox.notify();
-        }
+        let bucket = id::millis_of(from_cql(tweet)?) / BUCKET_MS;
+        let written = deleted_at.saturating_mul(1000);
+        let op = format!("tweet:{tweet}:deleted");
+        let mut event = event.clone();
+        event
+            .headers
+            .insert(TALLIED_HEADER.to_owned(), "1".to_owned());
+        let batch = logged_batch([
+            &self.mark_deleted,
+            &self.delete_author_tweet,
+            &self.delete_timeline,
+            self.author_tallies.insert(),
+            &self.mark_ledger_op,
+            self.outbox.insert(),
+        ]);
+        let values = (
+            (written, CqlTimestamp(deleted_at), tweet),
+            (written, author, tweet),
+            (written, bucket, tweet),
+            Tally::op_row(author, op.clone(), -1, deleted_at),
+            (author, op, CqlTimestamp(deleted_at)),
+            self.outbox.row(&event),
+        );
+        self.note_unfolded(author, deleted_at);
+        self.ks.session().batch(&batch, values).await?;
+        self.outbox.notify();
+        Ok(())
+    }
+
+    /// The count ops of a deletion written before the tallies, whose event comes back: applied
+    /// through the ledger, as that version did (a no-op when they were).
+    pub(super) async fn settle_ledger_deletion(
+        &self,
+        tweet: i64,
+        author: i64,
+    ) -> Result<(), StoreError> {
         let created = format!("tweet:{tweet}:created");
         let deleted = format!("tweet:{tweet}:deleted");
         let age = clock::now_millis() - id::millis_of(from_cql(tweet)?);

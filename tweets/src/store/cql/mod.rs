@@ -1,7 +1,8 @@
 //! The CQL backend of [`TweetStore`]: tweets on ScyllaDB / Cassandra, in the tables of
 //! `cql/tweets/001_init.cql` (whose header explains the count ledger this module follows),
-//! `002_authors_and_post_keys.cql` and `003_settled_changes.cql` (how a call learns whether a
-//! change was settled, and the purge queue).
+//! `002_authors_and_post_keys.cql`, `003_settled_changes.cql` (how a call learns whether a
+//! change was settled, and the purge queue) and `007_author_tallies.cql` (the authors' tweet
+//! counts, which creates and deletions move without a lightweight transaction).
 //!
 //! # Layout
 //!
@@ -13,13 +14,20 @@
 //!   `Inner::settle`, which finishes a write from its event consumed back.
 //! - `index`: hashtags, search and trends (`005_search_and_trends.cql`): the index a tweet's
 //!   own events feed, its postings read hour by hour, tag uses counted minute by minute.
-//! - `create`, `reactions` and `delete`: the write paths, each in three steps (decide, batch,
-//!   count): creates (below), likes and retweets (`Inner::react`) and deletions
-//!   (`Inner::delete`), the last two as the schema's header describes: a lightweight transaction
-//!   on the row that owns the state, a logged batch with the outbox row, then the count op
-//!   through its ledger (`like:<user>:<version>`, `retweet:<user>:<version>`,
-//!   `tweet:<id>:deleted`), each applied by its [`CountLedger`].
+//! - `create`, `reactions` and `delete`: the write paths. Creates (below) are one logged batch.
+//!   Likes and retweets (`Inner::react`) take three steps, as the schema's header describes: a
+//!   lightweight transaction on the row that owns the state, a logged batch with the outbox
+//!   row, then the count op through its ledger (`like:<user>:<version>`,
+//!   `retweet:<user>:<version>`), applied by its [`CountLedger`]. Deletions (`Inner::delete`)
+//!   take the first two, the author's count op `tweet:<id>:deleted` riding in the batch.
 //!   Each first finishes what the last change of its row left undone (see below).
+//! - the authors' tweet counts: a [`Tally`] (`author_tallies`): each create's and deletion's
+//!   op is a row of its batch, and the service's background pass
+//!   ([`TweetStore::fold_counts`]) folds the ops older than [`FOLD_AFTER`] of the authors this
+//!   process wrote ops for (`Inner::unfolded`) into the base. A count read sums the ledger's
+//!   count (`author_counts`, what was counted before the tallies, which no op moves now), the
+//!   base and the pending ops; a read that meets many pending ops puts the author up for a
+//!   fold, for the ops of a process that died before folding them.
 //! - `reads`: single rows by full primary key, several partitions by `IN` lists of at most
 //!   [`IN_CHUNK`] keys, put back in the order the trait promises. Every hydrated tweet carries
 //!   its like and retweet counts, read from `tweet_counts`' static columns in the same chunks.
@@ -33,32 +41,38 @@
 
 //! # How a create lands, and how a retry finishes one cut short
 //!
-//! 1. **Claim** the tweet ID: `INSERT INTO tweets ... IF NOT EXISTS`, a lightweight transaction
-//!    on the tweet's own partition, so it never contends with other tweets. It decides, once and
-//!    for all, which tweet owns the ID. An ID held by another tweet (minted twice: two
-//!    processes with one worker number) fails the create with [`StoreError::Conflict`], logged
-//!    as an error; the caller's retry gets a fresh ID.
-//! 2. **Batch**: one logged batch with the author's timeline row, the public timeline row, its
-//!    hour in `timeline_buckets` (once per hour per process) and the `TweetCreated` outbox row.
-//!    All of them land or none does; the batch is plain upserts, so running it again is harmless.
-//! 3. **Count**: the op `tweet:<id>:created` applied to `author_counts` through its ledger
-//!    (conditional batch: ledger row `IF NOT EXISTS` + `SET tweet_count = ? IF tweet_count = ?`),
-//!    exactly once however often it is attempted.
+//! A create is **one logged batch**, with no read first and no lightweight transaction: the
+//! tweet's row in `tweets`, the author's timeline row, the public timeline row, its hour in
+//! `timeline_buckets` (once per hour per process), the author's count op `tweet:<id>:created`
+//! (+1, a row of `author_tallies`) and the `TweetCreated` outbox row. All of them land or none
+//! does, so a tweet is announced and counted exactly when it exists. Every row is written
+//! `USING TIMESTAMP` the tweet's creation time, and every write of its deletion later (see
+//! `delete`), so the batch run again, however late, rewrites the same rows (the op counts once)
+//! and never brings back a deleted tweet, its timeline rows or its count op; a count op that a
+//! fold moved stays deleted too (the fold's tombstone is later). The tweet's mentions are
+//! written just before it, so whoever finishes the create finds them.
 //!
-//! A crash (or a timeout) between the steps leaves the claim without its batch, or the batch
-//! without its count. The caller's retry of the same tweet finds the ID claimed, and then:
-//! if the batch's author-timeline row is missing, the batch never ran, so it runs it now, with
-//! the retry's own event (the tweet gets announced exactly when it exists: a claim whose batch
-//! never ran was never announced, and the retry's event describes the same tweet); if the row is
-//! there, the batch ran, event included, so it skips it, and stages no second event. Either way it
-//! applies the count op, which the ledger turns into a no-op if it was done. A deletion of a tweet
-//! whose batch never ran finishes the create first (with an event rebuilt from the row), so
-//! that the deletion's own batch leaves a mark (below).
+//! No ID claim: Snowflake IDs are unique by construction (each process has its own worker
+//! number), so [`TweetStore::create`] is called only with an ID the service minted in that very
+//! call, and writes without looking. The claim that detected an ID minted twice (two processes
+//! with one worker number) and refused the second tweet went with it: such a pair would now
+//! overwrite one another's row, which the worker numbers rule out.
 //!
-//! The one race left: a retry that runs while the first attempt sits between its claim and its
-//! batch also finds the timeline row missing, and both attempts stage an event (with different
-//! event IDs) for the same tweet. Consumers take events at least once and key them by tweet ID,
-//! so a second announcement is harmless; a lost one would not be.
+//! A repeat ([`TweetStore::create_again`]: the post repeated with its idempotency key, whose
+//! first attempt may have died, or be running still) reads first, with plain reads: the tweet's
+//! row, and if it says the tweet was deleted since, it writes nothing (no second
+//! `TweetCreated`); then the author's timeline row, and if it is there the batch ran, count op
+//! and event included, so it writes nothing; else the batch never ran (a batch that never ran
+//! announced nothing), or the tweet was claimed by the version before the tallies and its
+//! batch never ran, and it runs the batch now with the repeat's own event. A deletion is
+//! decided only once the create's batch ran, so a create whose batch never ran has nothing to
+//! delete; a tweet claimed by the version before whose batch never ran is finished by its
+//! deletion first (`Inner::finish_create`).
+//!
+//! The one race left: a repeat that runs while the first attempt's batch is in flight also
+//! finds no row, and both attempts stage an event (with different event IDs) for the same
+//! tweet; the count op is one row, so it counts once. Consumers take events at least once and
+//! key them by tweet ID, so a second announcement is harmless; a lost one would not be.
 //!
 //! # What a crash leaves of a like, a retweet or a deletion, and how the next call finishes it
 //!
@@ -69,14 +83,15 @@
 //! version `v` is settled when its `tweet_likes` / `tweet_retweets` row holds `v`, its undoing
 //! when that row is gone, a deletion when the tweet's `author_tweets` row is gone. Then:
 //! - Settled, and the call repeats it: within `REPAIR_WINDOW` (a day) it applies the count op
-//!   again (a no-op when it was applied), for a crash between steps 2 and 3.
+//!   again (a no-op when it was applied), for a crash between steps 2 and 3 (likes and
+//!   retweets: a deletion's count op is in its batch, so a settled deletion is counted).
 //! - Not settled, and the change is this call's own (a lightweight transaction whose reply was
 //!   lost): it writes it with its own event.
 //! - Not settled and younger than [`ABANDONED_AFTER`]: its caller is taken to be writing it
 //!   still (a batch takes milliseconds), so the call waits for it, at most that long.
 //! - Not settled and older: abandoned (its caller died, or its batch failed). The call runs
 //!   step 2 with the change's event rebuilt from the decided row and the tweet's author: the
-//!   version decided, the count op of that version, a fresh event ID; then step 3. Consumers
+//!   version decided, the count op of that version, a fresh event ID; then step 3, if any. Consumers
 //!   keep the highest version they saw and the ledger moves a count once per op, so if the first
 //!   caller wakes up and writes its own event too, the two count as one.
 //!
@@ -89,6 +104,15 @@
 //! A deletion is a terminal change: the calls that find a deleted tweet are the repeated delete,
 //! a reaction to it, and the service's [`TweetStore::finish_deletion`] (which every write that
 //! finds the tweet gone calls), and each finishes an abandoned deletion the same way.
+//!
+//! A deletion is decided by `IF deleted_at = null` on the tweet's row, a column no create
+//! writes: a create's `deleted = false` carries its writer's clock, which may run ahead of the
+//! decision's Paxos timestamp. Its batch marks the row deleted (`deleted`, `deleted_at`, no
+//! text) `USING TIMESTAMP` the deletion's time, later than the creation's by at least a
+//! millisecond whatever the clocks, along with its count op `tweet:<id>:deleted` (-1) and the
+//! removal of its timeline rows. Writes read the row as deleted from the decision on; reads of
+//! the tweet do from the decision on too, unless the creating process's clock ran ahead of the
+//! nodes' by more than the tweet's age, in which case from the batch on.
 
 mod create;
 mod delete;
@@ -99,17 +123,19 @@ mod statements;
 #[cfg(test)]
 mod tests;
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures_util::StreamExt as _;
 use scylla::statement::prepared::PreparedStatement;
 use tokio::time::Instant;
-use twtr_common::cql::{CountLedger, CqlError, CqlOutbox, DeletedAccounts, Keyspace};
+use twtr_common::cql::{CountLedger, CqlError, CqlOutbox, DeletedAccounts, Keyspace, Tally};
 use twtr_common::outbox::Outbox;
 use twtr_common::store::{PendingPurge, StoreError};
-use twtr_common::{IdGenerator, Page, PageRequest, clock};
+use twtr_common::{IdGenerator, Page, PageRequest, clock, lock};
 use twtr_proto::events::v1::Envelope;
 use twtr_proto::events::v1::envelope::Payload;
 
@@ -137,6 +163,19 @@ const WAIT_POLL: Duration = Duration::from_millis(10);
 /// The header of a like's or retweet's event that names its count op, so the service can apply
 /// the op again when it consumes the event back ([`TweetStore::settle`]).
 pub const COUNT_OP_HEADER: &str = "x-twtr-count-op";
+/// The header of a `TweetCreated` or `TweetDeleted` whose batch recorded the author's count op
+/// in `author_tallies`: settling it has nothing left to do. An event without it was written
+/// before the tallies, and its op is applied through the ledger.
+pub const TALLIED_HEADER: &str = "x-twtr-tallied";
+/// How old an author's count ops must be before a fold moves them into the base: longer than
+/// any clock skew between the processes that write ops and the nodes that time the fold (see
+/// `twtr_common::cql::tally`), and long enough that a fold takes many posts at once.
+pub const FOLD_AFTER: Duration = Duration::from_secs(60);
+/// How many pending ops a read of an author's count may meet before it asks for a fold even if
+/// this process did not write them (a process that wrote them died before folding).
+const FOLD_BACKLOG: usize = 16;
+/// How many authors' folds run at once.
+const FOLDS_AT_ONCE: usize = 8;
 /// The longest TTL CQL accepts (20 years), the cap of an idempotency window.
 const MAX_TTL_SECS: u64 = 630_720_000;
 /// How many timeline hours one read of `timeline_buckets` returns.
@@ -154,7 +193,7 @@ struct Inner {
     /// Mints the IDs of events rebuilt for abandoned changes: this process's generator, so
     /// they never collide with the events its service mints.
     ids: Arc<IdGenerator>,
-    claim_tweet: PreparedStatement,
+    insert_tweet: PreparedStatement,
     insert_author_tweet: PreparedStatement,
     insert_timeline: PreparedStatement,
     insert_timeline_bucket: PreparedStatement,
@@ -166,8 +205,21 @@ struct Inner {
     page_backward: PreparedStatement,
     page_forward: PreparedStatement,
     select_tweet_counts: PreparedStatement,
-    /// The authors' tweet counts in `author_counts`.
+    /// The authors' tweet counts as the ledger kept them (`author_counts`): the base of what was
+    /// counted before `author_tallies`, and the ops of events written before it.
     authors: CountLedger,
+    /// The authors' tweet counts since (`author_tallies`): each create's and deletion's op,
+    /// written in its batch, folded in the background.
+    author_tallies: Tally,
+    /// An op's ledger row in `author_counts`, written beside its tally op (see `statements`).
+    mark_ledger_op: PreparedStatement,
+    /// A deletion's `tweets` row, written in its batch at the deletion's time.
+    mark_deleted: PreparedStatement,
+    /// The authors with ops not folded yet that this process knows of, each with the time
+    /// (Unix ms) of its oldest such op: what [`TweetStore::fold_counts`] folds. Lost with the
+    /// process: an author's next op (or a read that meets many pending) puts it back, and ops
+    /// left unfolded still count (a read sums them).
+    unfolded: Mutex<HashMap<i64, i64>>,
     likes: ReactionStatements,
     retweets: ReactionStatements,
     select_tweet_state: PreparedStatement,
@@ -243,20 +295,25 @@ fn abandoned(at: i64, since: Instant) -> bool {
 impl Inner {
     /// Applies the count op of the write `event` announces (a no-op when it was), within the
     /// window the ledger remembers ops: its batch ran (the event exists), but its process may
-    /// have died before the count moved.
+    /// have died before the count moved. A create's or deletion's event marked
+    /// [`TALLIED_HEADER`] needs nothing: its batch held its count op.
     async fn settle(&self, event: &Envelope) -> Result<(), StoreError> {
         let occurred = event.occurred_at.as_ref().map_or(0, clock::from_timestamp);
         if clock::now_millis() - occurred >= REPAIR_WINDOW_MS {
             return Ok(());
         }
+        let tallied = event.headers.contains_key(TALLIED_HEADER);
         let (reaction, tweet, delta) = match &event.payload {
+            Some(Payload::TweetCreated(_) | Payload::TweetDeleted(_)) if tallied => {
+                return Ok(());
+            }
             Some(Payload::TweetCreated(created)) => {
                 let op = format!("tweet:{}:created", created.tweet_id);
                 return self.authors.apply(to_cql(created.author_id)?, &op, 1).await;
             }
             Some(Payload::TweetDeleted(deleted)) => {
                 let (tweet, author) = (to_cql(deleted.tweet_id)?, to_cql(deleted.author_id)?);
-                return self.write_deletion(tweet, author, None).await;
+                return self.settle_ledger_deletion(tweet, author).await;
             }
             Some(Payload::TweetLiked(e)) => (Reaction::Like, e.tweet_id, 1),
             Some(Payload::TweetUnliked(e)) => (Reaction::Like, e.tweet_id, -1),
@@ -272,6 +329,58 @@ impl Inner {
     }
 }
 
+impl Inner {
+    /// Remembers that `author` has a count op decided at `at` (Unix ms) not folded yet.
+    fn note_unfolded(&self, author: i64, at: i64) {
+        let mut unfolded = lock(&self.unfolded);
+        let oldest = unfolded.entry(author).or_insert(at);
+        *oldest = (*oldest).min(at);
+    }
+
+    /// Folds the count ops older than `age` of every author this process knows to have some
+    /// (see `twtr_common::cql::tally`): how many ops it folded.
+    async fn fold_counts(&self, age: Duration) -> Result<usize, StoreError> {
+        let age_ms = i64::try_from(age.as_millis()).unwrap_or(i64::MAX);
+        let ripe_before = clock::now_millis().saturating_sub(age_ms);
+        let ripe: Vec<i64> = {
+            let mut unfolded = lock(&self.unfolded);
+            let ripe: Vec<i64> = unfolded
+                .iter()
+                .filter(|&(_, &oldest)| oldest < ripe_before)
+                .map(|(&author, _)| author)
+                .collect();
+            for author in &ripe {
+                unfolded.remove(author);
+            }
+            ripe
+        };
+        let folds = futures_util::stream::iter(ripe)
+            .map(|author| async move { (author, self.author_tallies.fold(author, age).await) })
+            .buffer_unordered(FOLDS_AT_ONCE)
+            .collect::<Vec<_>>()
+            .await;
+        let (mut folded, mut failed) = (0, None);
+        for (author, fold) in folds {
+            match fold {
+                // Younger ops stay for a later pass.
+                Ok(done) if done.left > 0 => {
+                    folded += done.folded;
+                    self.note_unfolded(author, clock::now_millis());
+                }
+                Ok(done) => folded += done.folded,
+                Err(err) => {
+                    self.note_unfolded(author, 0);
+                    failed = Some(err);
+                }
+            }
+        }
+        match failed {
+            Some(err) => Err(err),
+            None => Ok(folded),
+        }
+    }
+}
+
 #[async_trait]
 impl TweetStore for CqlTweetStore {
     async fn ping(&self) -> Result<(), StoreError> {
@@ -280,6 +389,11 @@ impl TweetStore for CqlTweetStore {
 
     async fn create(&self, tweet: TweetRecord, event: Envelope) -> Result<bool, StoreError> {
         self.spawned(|inner| async move { inner.create(tweet, event).await })
+            .await
+    }
+
+    async fn create_again(&self, tweet: TweetRecord, event: Envelope) -> Result<bool, StoreError> {
+        self.spawned(|inner| async move { inner.create_again(tweet, event).await })
             .await
     }
 
@@ -324,6 +438,10 @@ impl TweetStore for CqlTweetStore {
 
     fn settles_events(&self) -> bool {
         true
+    }
+
+    async fn fold_counts(&self) -> Result<usize, StoreError> {
+        self.inner.fold_counts(FOLD_AFTER).await
     }
 
     async fn settle(&self, event: &Envelope) -> Result<(), StoreError> {

@@ -10,7 +10,9 @@ use scylla::value::CqlTimestamp;
 use twtr_common::store::StoreError;
 use twtr_common::{Page, PageRequest, id};
 
-use super::{BUCKET_MS, BUCKETS_PER_READ, IN_CHUNK, Inner, TweetState, from_cql, to_cql};
+use super::{
+    BUCKET_MS, BUCKETS_PER_READ, FOLD_BACKLOG, IN_CHUNK, Inner, TweetState, from_cql, to_cql,
+};
 use crate::store::TweetRecord;
 use twtr_proto::tweets::v1::Mention;
 
@@ -121,7 +123,8 @@ impl Inner {
             author,
             text,
             created_at: created_at.map(|at| at.0),
-            deleted: deleted == Some(true),
+            // The decision sets `deleted_at` first (see `statements`), the batch `deleted`.
+            deleted: deleted == Some(true) || deleted_at.is_some(),
             deleted_at: deleted_at.map(|at| at.0),
         }))
     }
@@ -193,6 +196,9 @@ impl Inner {
         Ok(Page::from_scan(&page, tweets, |t| t.id))
     }
 
+    /// Each author's count: the ledger's count (what was counted before the tallies) plus the
+    /// tally's base and pending ops, the two read at once per chunk. An author with many ops
+    /// pending is put up for the next fold.
     pub(super) async fn count_by_authors(
         &self,
         author_ids: Vec<u64>,
@@ -200,17 +206,34 @@ impl Inner {
         let keys = distinct_keys(&author_ids);
         let session = self.ks.session();
         let reads = keys.chunks(IN_CHUNK).map(|chunk| async move {
-            let rows = session
-                .execute_unpaged(&self.select_counts, (chunk,))
-                .await?
-                .into_rows_result()?;
-            let mut counts = Vec::new();
+            let (rows, tallies) = try_join(
+                async {
+                    Ok::<_, StoreError>(
+                        session
+                            .execute_unpaged(&self.select_counts, (chunk,))
+                            .await?
+                            .into_rows_result()?,
+                    )
+                },
+                self.author_tallies.read(chunk),
+            )
+            .await?;
+            let mut counts: HashMap<i64, i64> = HashMap::new();
             for row in rows.rows::<(i64, Option<i64>)>()? {
                 let (author, count) = row?;
-                // A count never goes below zero; clamp rather than wrap if one ever did.
-                counts.push((from_cql(author)?, count.unwrap_or(0).max(0) as u64));
+                *counts.entry(author).or_default() += count.unwrap_or(0);
             }
-            Ok::<_, StoreError>(counts)
+            for (author, tallied) in tallies {
+                *counts.entry(author).or_default() += tallied.count;
+                if tallied.pending > FOLD_BACKLOG {
+                    self.note_unfolded(author, 0);
+                }
+            }
+            counts
+                .into_iter()
+                // A count never goes below zero; clamp rather than wrap if one ever did.
+                .map(|(author, count)| Ok((from_cql(author)?, count.max(0) as u64)))
+                .collect::<Result<Vec<_>, StoreError>>()
         });
         let mut by_author = HashMap::new();
         for counts in join_all(reads).await {

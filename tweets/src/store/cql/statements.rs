@@ -1,38 +1,53 @@
 //! Every statement of the CQL tweet store, each prepared once when the store is made (so a typo
 //! fails the start, not a request).
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use scylla::statement::prepared::PreparedStatement;
 use twtr_common::IdGenerator;
 use twtr_common::cql::{
     CountColumn, CountLedger, CqlError, CqlOutbox, DeletedAccountTables, DeletedAccounts, Keyspace,
+    Tally, TallyColumn,
 };
 
 use super::Inner;
 use crate::store::Reaction;
 
-// Step 1 of a create: the claim.
-const CLAIM_TWEET: &str = "INSERT INTO {ks}.tweets (tweet_id, author_id, text, created_at, deleted) \
-     VALUES (?, ?, ?, ?, false) IF NOT EXISTS";
-// Step 2: the logged batch (with the outbox's own insert). The timeline rows are written at the
-// tweet's creation time, so that a batch that lands after the tweet's deletion stays deleted.
+// A create: one logged batch (with the outbox's own insert and the author's tally op). Its rows
+// are written at the tweet's creation time, so that a batch that lands after the tweet's
+// deletion stays deleted (every deletion write is later).
+const INSERT_TWEET: &str = "INSERT INTO {ks}.tweets (tweet_id, author_id, text, created_at, deleted) \
+     VALUES (?, ?, ?, ?, false) USING TIMESTAMP ?";
 const INSERT_AUTHOR_TWEET: &str =
     "INSERT INTO {ks}.author_tweets (author_id, tweet_id) VALUES (?, ?) USING TIMESTAMP ?";
 const INSERT_TIMELINE: &str = "INSERT INTO {ks}.timeline (bucket, tweet_id, author_id) \
      VALUES (?, ?, ?) USING TIMESTAMP ?";
 const INSERT_TIMELINE_BUCKET: &str =
     "INSERT INTO {ks}.timeline_buckets (scope, bucket) VALUES ('all', ?)";
-// What a retry reads to learn whether step 2 ran (and a deletion, whether its own step 2 did).
+// What a deletion reads to learn whether a create's batch ran, and then whether its own did.
 const SELECT_AUTHOR_TWEET: &str =
     "SELECT tweet_id FROM {ks}.author_tweets WHERE author_id = ? AND tweet_id = ?";
-// Step 3: the count op on the author's partition of `author_counts`, through its ledger.
+// The authors' tweet counts (`007_author_tallies.cql`): an op row in the batch of each create
+// and deletion, folded into the base in the background.
+const AUTHOR_TALLIES: TallyColumn = TallyColumn {
+    what: "tweet count of author",
+    table: "author_tallies",
+    key: "author_id",
+    count: "tweet_count",
+};
+// The counts the ledger kept before (`001_init.cql`): the base of everything counted before
+// `author_tallies`, read with it; no new op moves it. Each op recorded in a tally also writes its
+// ledger row (never moving the ledger's count), so a replica of the previous version that meets
+// the op (consuming its event back, during a rolling upgrade) finds it applied.
 const AUTHOR_COUNTS: CountColumn = CountColumn {
     what: "tweet count of author",
     table: "author_counts",
     key: "author_id",
     count: "tweet_count",
 };
+const MARK_LEDGER_OP: &str = "INSERT INTO {ks}.author_counts (author_id, op, applied_at) \
+     VALUES (?, ?, ?) USING TTL 259200";
 // Reads. DISTINCT reads a count partition's static row only, never its ledger.
 const SELECT_COUNTS: &str =
     "SELECT DISTINCT author_id, tweet_count FROM {ks}.author_counts WHERE author_id IN ?";
@@ -40,12 +55,17 @@ const SELECT_TWEETS: &str =
     "SELECT tweet_id, author_id, text, created_at, deleted FROM {ks}.tweets WHERE tweet_id IN ?";
 const SELECT_TWEET_COUNTS: &str = "SELECT DISTINCT tweet_id, like_count, retweet_count \
      FROM {ks}.tweet_counts WHERE tweet_id IN ?";
-// A deletion: decided on the tweet's own row, then one logged batch with the outbox row (its
-// deletes at the deletion's time), then the author's count op `tweet:<id>:deleted`.
+// A deletion: decided on the tweet's own row, then one logged batch with the outbox row and the
+// author's tally op `tweet:<id>:deleted`, its writes at the deletion's time. The decision is
+// conditioned on `deleted_at`, which no create writes: a create's `deleted = false`, stamped
+// with its writer's clock, may be ahead of the decision's Paxos timestamp; the batch's
+// `MARK_DELETED`, at the deletion's time, is later than it whatever the clocks.
 const SELECT_TWEET_STATE: &str = "SELECT author_id, text, created_at, deleted, deleted_at \
      FROM {ks}.tweets WHERE tweet_id = ?";
 const DELETE_TWEET: &str = "UPDATE {ks}.tweets SET deleted = true, deleted_at = ?, text = null \
-     WHERE tweet_id = ? IF deleted = false";
+     WHERE tweet_id = ? IF deleted_at = null";
+const MARK_DELETED: &str = "UPDATE {ks}.tweets USING TIMESTAMP ? \
+     SET deleted = true, deleted_at = ?, text = null WHERE tweet_id = ?";
 const DELETE_AUTHOR_TWEET: &str =
     "DELETE FROM {ks}.author_tweets USING TIMESTAMP ? WHERE author_id = ? AND tweet_id = ?";
 const DELETE_TIMELINE: &str =
@@ -57,7 +77,7 @@ const DELETED_ACCOUNTS: DeletedAccountTables = DeletedAccountTables {
     id_column: "author_id",
     legacy: "author_purges",
 };
-// A tweet's mentions (`006_mentions.cql`), written before its claim, read beside its row.
+// A tweet's mentions (`006_mentions.cql`), written before its batch, read beside its row.
 const INSERT_MENTIONS: &str =
     "INSERT INTO {ks}.tweet_mentions (tweet_id, user_ids, usernames) VALUES (?, ?, ?)";
 const SELECT_MENTIONS: &str =
@@ -88,6 +108,10 @@ impl Inner {
             claim_key: ks.prepare(CLAIM_KEY).await?,
             select_tweet_counts: ks.prepare(SELECT_TWEET_COUNTS).await?,
             authors: CountLedger::new(&ks, AUTHOR_COUNTS).await?,
+            author_tallies: Tally::new(&ks, AUTHOR_TALLIES).await?,
+            mark_ledger_op: ks.prepare(MARK_LEDGER_OP).await?,
+            mark_deleted: ks.prepare(MARK_DELETED).await?,
+            unfolded: Mutex::new(HashMap::new()),
             likes: ReactionStatements::new(&ks, Reaction::Like).await?,
             retweets: ReactionStatements::new(&ks, Reaction::Retweet).await?,
             select_tweet_state: ks.prepare(SELECT_TWEET_STATE).await?,
@@ -100,7 +124,7 @@ impl Inner {
             timeline_forward: ks.prepare(TIMELINE_FORWARD).await?,
             outbox: Arc::new(CqlOutbox::new(ks.clone(), Arc::clone(&ids)).await?),
             ids,
-            claim_tweet: ks.prepare(CLAIM_TWEET).await?,
+            insert_tweet: ks.prepare(INSERT_TWEET).await?,
             insert_author_tweet: ks.prepare(INSERT_AUTHOR_TWEET).await?,
             insert_timeline: ks.prepare(INSERT_TIMELINE).await?,
             insert_timeline_bucket: ks.prepare(INSERT_TIMELINE_BUCKET).await?,
