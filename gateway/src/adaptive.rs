@@ -23,8 +23,9 @@
 //! - **probe**: a gateway that sheds never sees its latency with nothing queued, so its
 //!   baseline may be stale or, if it started under overload, never learned. While it sheds, at
 //!   most every [`PROBE_EVERY`] windows (and at the first shedding window), it holds the limit
-//!   at its minimum for [`PROBE_WINDOWS`] windows, takes their lowest mean as the baseline, and
-//!   goes back to the limit it had (as BBR probes its path's round-trip time). A gateway that
+//!   at its minimum until the requests admitted before have drained, for [`PROBE_WINDOWS`]
+//!   windows after that (at most [`PROBE_PATIENCE`] in all), takes their lowest mean as the
+//!   baseline, and goes back to the limit it had (as BBR probes its path's round-trip time). A gateway that
 //!   does not shed never probes: it sees its baseline in the normal course.
 //!
 //! A window whose peak in flight stayed under half the limit says nothing about the limit
@@ -67,8 +68,11 @@ pub const SMOOTHING: f64 = 0.2;
 pub const BASELINE_RISE: f64 = 0.002;
 /// While shedding, the fewest windows between two probes of the baseline.
 pub const PROBE_EVERY: u32 = 50;
-/// How many windows a probe holds the limit at its minimum.
+/// How many windows a probe measures, once the requests admitted before it have drained (a
+/// window whose peak in flight stayed within the minimum).
 pub const PROBE_WINDOWS: u32 = 3;
+/// The most windows a probe lasts, drained or not.
+pub const PROBE_PATIENCE: u32 = 10;
 
 /// How many API requests a gateway serves at once (configuration; `twtr gateway --help`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -153,8 +157,10 @@ pub struct Gradient {
 /// A probe of the baseline under way: the limit is held at its minimum.
 #[derive(Debug, Clone, Copy)]
 struct Probe {
-    /// Windows it still lasts.
+    /// Drained windows it still measures.
     remaining: u32,
+    /// Windows it may still last.
+    patience: u32,
     /// The limit to go back to.
     resume: f64,
     /// The lowest window mean seen so far, in seconds.
@@ -189,11 +195,14 @@ impl Gradient {
     pub fn update(&mut self, window: &Window) -> usize {
         let short = window.mean.as_secs_f64().max(1e-6);
         if let Some(probe) = &mut self.probe {
-            if window.samples > 0 {
+            // Only once the requests admitted under the old limit are gone does latency say
+            // what a request costs with (almost) nothing queued.
+            if window.samples > 0 && window.peak_in_flight as f64 <= self.min {
                 probe.lowest = probe.lowest.min(short);
+                probe.remaining -= 1;
             }
-            probe.remaining -= 1;
-            if probe.remaining == 0 {
+            probe.patience -= 1;
+            if probe.remaining == 0 || probe.patience == 0 {
                 if probe.lowest.is_finite() {
                     self.baseline = Some(probe.lowest);
                 }
@@ -213,6 +222,7 @@ impl Gradient {
         if window.shed > 0 && self.since_probe >= PROBE_EVERY && self.limit > self.min {
             self.probe = Some(Probe {
                 remaining: PROBE_WINDOWS,
+                patience: PROBE_PATIENCE,
                 resume: self.limit,
                 lowest: f64::INFINITY,
             });
@@ -670,6 +680,39 @@ mod tests {
             assert!(gradient.update(&shedding(&gradient)) > 8);
         }
         assert_eq!(gradient.update(&shedding(&gradient)), 8, "the next probe");
+    }
+
+    #[test]
+    fn a_probe_measures_only_once_the_old_requests_have_drained() {
+        let mut gradient = Gradient::new(&adaptive(8, 64, 1024));
+        let window = |peak_in_flight, mean| Window {
+            samples: 50,
+            mean,
+            overloaded: 0,
+            peak_in_flight,
+            shed: 100,
+        };
+        assert_eq!(gradient.update(&window(64, ms(40.0))), 8, "probing");
+        // Still draining what the old limit let in: slow, and not the baseline.
+        for _ in 0..4 {
+            assert_eq!(gradient.update(&window(30, ms(30.0))), 8);
+        }
+        for _ in 0..PROBE_WINDOWS - 1 {
+            assert_eq!(gradient.update(&window(8, ms(3.0))), 8);
+        }
+        assert_eq!(gradient.update(&window(8, ms(2.5))), 64, "done");
+        assert_eq!(gradient.baseline(), Some(ms(2.5)));
+
+        // A probe that never drains gives up, keeping the baseline it had.
+        for _ in 0..PROBE_EVERY {
+            gradient.update(&window(gradient.limit(), ms(2.5)));
+        }
+        assert_eq!(gradient.limit(), 8, "the next probe");
+        for _ in 0..PROBE_PATIENCE - 1 {
+            assert_eq!(gradient.update(&window(30, ms(30.0))), 8);
+        }
+        assert!(gradient.update(&window(30, ms(30.0))) > 8, "gave up");
+        assert_eq!(gradient.baseline(), Some(ms(2.5)));
     }
 
     #[test]
