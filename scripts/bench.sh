@@ -17,6 +17,8 @@
 #   BENCH_CQL_USERS (2001), BENCH_CQL_TWEETS (6000)   the (slower to seed) CQL data set
 #   BENCH_DURATION (10)     seconds per measured phase
 #   BENCH_CONNECTIONS (64)  connections of the maximum-throughput phases
+#   BENCH_OVERLOAD_CONNECTIONS (1000)  connections of the overload phase (feed reads far over
+#                           what the gateway serves at once; the script raises `ulimit -n`)
 #   BENCH_OUT (docs/bench/<date>.md)
 #   BENCH_NOTES             a Markdown file appended to the report (analysis)
 #   BENCH_FRESH=1           drop the seeded data sets and seed again
@@ -43,6 +45,10 @@ CQL_USERS="${BENCH_CQL_USERS:-2001}"
 CQL_TWEETS="${BENCH_CQL_TWEETS:-6000}"
 DURATION="${BENCH_DURATION:-10}"
 CONNECTIONS="${BENCH_CONNECTIONS:-64}"
+OVERLOAD_CONNECTIONS="${BENCH_OVERLOAD_CONNECTIONS:-1000}"
+# The overload phase holds a file descriptor per connection in the generator and in the mesh,
+# both started from here: lift the soft limit to the hard one.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 OUT="${BENCH_OUT:-docs/bench/$(date -u +%F).md}"
 ROOT="$PWD/data/bench"
 RESULTS="$PWD/target/bench"
@@ -147,7 +153,7 @@ bench_mode() { # label, data dir, users, tweets
     say "$label: benchmarking"
     "$BIN" bench run --url "$URL" --state "$dir/seed-state.json" --label "$label" \
         --out "$RESULTS" --pids "$MESH_PID" --duration "$DURATION" \
-        --connections "$CONNECTIONS"
+        --connections "$CONNECTIONS" --overload-connections "$OVERLOAD_CONNECTIONS"
     if [[ $FLAME == 1 ]]; then
         flame_graph "$label" "$dir" feed-max feed
         flame_graph "$label" "$dir" posts post

@@ -5,7 +5,8 @@
 use std::num::NonZeroU32;
 use std::time::Duration;
 
-use clap::Args;
+use clap::{Args, ValueEnum};
+use twtr_gateway::adaptive::{ConcurrencyLimits, ConcurrencyMode};
 use twtr_gateway::limits::StreamLimits;
 use twtr_gateway::{ConnectionLimits, EdgeLimits, RateLimits};
 
@@ -27,9 +28,24 @@ pub struct EdgeArgs {
     )]
     pub request_timeout_ms: u64,
 
-    /// API requests the gateway serves at once; one more is shed at once with a 503.
-    #[arg(long, env = "TWTR_HTTP_MAX_IN_FLIGHT", default_value_t = EdgeLimits::default().max_in_flight, global = true)]
+    /// How the limit on API requests served at once is set: `adaptive` (it follows measured
+    /// latency, between TWTR_HTTP_MIN_IN_FLIGHT and TWTR_HTTP_MAX_IN_FLIGHT) or `fixed` (it is
+    /// TWTR_HTTP_MAX_IN_FLIGHT). One request over it is shed at once with a 503.
+    #[arg(long, env = "TWTR_HTTP_CONCURRENCY", value_enum, default_value_t = Concurrency::Adaptive, global = true)]
+    pub http_concurrency: Concurrency,
+
+    /// The most API requests the gateway serves at once (adaptive: the limit's upper bound;
+    /// fixed: the limit).
+    #[arg(long, env = "TWTR_HTTP_MAX_IN_FLIGHT", default_value_t = ConcurrencyLimits::default().max, global = true)]
     pub http_max_in_flight: usize,
+
+    /// The adaptive limit's lower bound: requests served at once however latency rises.
+    #[arg(long, env = "TWTR_HTTP_MIN_IN_FLIGHT", default_value_t = ConcurrencyLimits::default().min, global = true)]
+    pub http_min_in_flight: usize,
+
+    /// Where the adaptive limit starts (within the bounds).
+    #[arg(long, env = "TWTR_HTTP_INITIAL_IN_FLIGHT", default_value_t = ConcurrencyLimits::default().initial, global = true)]
+    pub http_initial_in_flight: usize,
 
     /// Live feeds (GET /v1/feed/stream) one gateway serves at once; one more: 429.
     #[arg(long, env = "TWTR_FEED_STREAMS_MAX", default_value_t = StreamLimits::default().total, global = true)]
@@ -103,6 +119,13 @@ pub struct EdgeArgs {
     pub otlp_endpoint: Option<String>,
 }
 
+/// `TWTR_HTTP_CONCURRENCY`'s values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Concurrency {
+    Adaptive,
+    Fixed,
+}
+
 fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
@@ -125,6 +148,25 @@ impl EdgeArgs {
             self.http_max_in_flight > 0,
             "TWTR_HTTP_MAX_IN_FLIGHT must be at least 1"
         );
+        let concurrency = match self.http_concurrency {
+            Concurrency::Fixed => ConcurrencyLimits::fixed(self.http_max_in_flight),
+            Concurrency::Adaptive => {
+                anyhow::ensure!(
+                    self.http_min_in_flight > 0,
+                    "TWTR_HTTP_MIN_IN_FLIGHT must be at least 1"
+                );
+                // The maximum is the hard bound: a smaller one alone (as a fixed limit's old
+                // setting) is a valid configuration, and pulls the others down with it.
+                let max = self.http_max_in_flight;
+                let min = self.http_min_in_flight.min(max);
+                ConcurrencyLimits {
+                    mode: ConcurrencyMode::Adaptive,
+                    min,
+                    initial: self.http_initial_in_flight.clamp(min, max),
+                    max,
+                }
+            }
+        };
         anyhow::ensure!(
             self.http_trusted_proxy_hops == 0 || !self.http_trusted_proxies.is_empty(),
             "TWTR_HTTP_TRUSTED_PROXY_HOPS is {} but TWTR_HTTP_TRUSTED_PROXIES is empty: name the \
@@ -153,7 +195,7 @@ impl EdgeArgs {
         Ok(EdgeLimits {
             body_limit: self.http_body_limit_bytes,
             request_timeout: Duration::from_millis(self.request_timeout_ms),
-            max_in_flight: self.http_max_in_flight,
+            concurrency,
             rates: RateLimits {
                 per_ip: NonZeroU32::new(self.rate_limit_per_ip),
                 per_caller: NonZeroU32::new(self.rate_limit_per_caller),

@@ -22,6 +22,9 @@ pub struct Recorder {
     /// `per_second[s]`: requests whose intended send time fell in second `s` of the run.
     per_second: Vec<Histogram<u64>>,
     errors: u64,
+    /// Requests the gateway shed (503 at once over its concurrency limit): counted apart from
+    /// errors, and not in the latency histograms.
+    shed: u64,
     /// The first few distinct error messages, for the report.
     error_samples: Vec<String>,
 }
@@ -44,6 +47,7 @@ impl Recorder {
             total: histogram(),
             per_second: Vec::new(),
             errors: 0,
+            shed: 0,
             error_samples: Vec::new(),
         }
     }
@@ -67,6 +71,11 @@ impl Recorder {
         }
     }
 
+    /// Counts a request the gateway shed.
+    pub fn shed(&mut self) {
+        self.shed += 1;
+    }
+
     /// Adds everything `other` recorded.
     pub fn merge(&mut self, other: &Recorder) {
         // Both have the same bounds, so adding cannot fail.
@@ -78,6 +87,7 @@ impl Recorder {
             let _ = mine.add(theirs);
         }
         self.errors += other.errors;
+        self.shed += other.shed;
         for sample in &other.error_samples {
             if self.error_samples.len() < 5 && !self.error_samples.contains(sample) {
                 self.error_samples.push(sample.clone());
@@ -94,6 +104,7 @@ impl Recorder {
         Summary {
             ok: self.count(),
             errors: self.errors,
+            shed: self.shed,
             error_samples: self.error_samples.clone(),
             throughput: rate(self.count(), elapsed),
             mean_ms: self.total.mean() / 1000.0,
@@ -153,6 +164,9 @@ fn spectrum(h: &Histogram<u64>) -> Vec<(f64, f64)> {
 pub struct Summary {
     pub ok: u64,
     pub errors: u64,
+    /// Requests the gateway shed at once (503 over its concurrency limit).
+    #[serde(default)]
+    pub shed: u64,
     pub error_samples: Vec<String>,
     /// Successful requests per second over the measured period.
     pub throughput: f64,

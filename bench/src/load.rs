@@ -16,8 +16,13 @@ use crate::schedule::Schedule;
 /// One request: given its index, sends it and says which operation it was and how it went.
 pub type Op = Arc<dyn Fn(u64) -> Pin<Box<dyn Future<Output = Outcome> + Send>> + Send + Sync>;
 
-/// Which operation (an index into the run's list) and whether it succeeded.
+/// Which operation (an index into the run's list) and whether it succeeded; an error of
+/// [`SHED`] is a request the gateway shed, counted apart.
 pub type Outcome = (usize, Result<(), String>);
+
+/// The error of a request the gateway shed (503 at once over its concurrency limit): the
+/// overload phase expects many, and they are neither errors nor latency samples.
+pub const SHED: &str = "shed (503)";
 
 /// What a run measured: a recorder per operation, and how long it took.
 #[derive(Debug)]
@@ -38,6 +43,7 @@ fn record(recorders: &Mutex<Vec<Recorder>>, start: Instant, intended: Instant, o
     }
     match result {
         Ok(()) => recorders[op].record(second, latency),
+        Err(err) if err == SHED => recorders[op].shed(),
         Err(err) => recorders[op].error(err),
     }
 }
@@ -179,5 +185,24 @@ mod tests {
         let run = open_loop(Schedule::new(10.0, Duration::from_secs(1)), 10, op).await;
         let s = run.recorders[0].summary(run.elapsed);
         assert_eq!((s.ok, s.errors), (5, 5));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shed_requests_are_counted_apart_from_errors_and_latencies() {
+        let op: Op = Arc::new(|i| {
+            Box::pin(async move {
+                tokio::time::sleep(Duration::from_millis(if i % 4 == 0 { 50 } else { 1 })).await;
+                let result = match i % 4 {
+                    0 => Ok(()),
+                    1 | 2 => Err(SHED.to_owned()),
+                    _ => Err("HTTP 500".to_owned()),
+                };
+                (0, result)
+            })
+        });
+        let run = open_loop(Schedule::new(100.0, Duration::from_secs(1)), 100, op).await;
+        let s = run.recorders[0].summary(run.elapsed);
+        assert_eq!((s.ok, s.shed, s.errors), (25, 50, 25));
+        assert!(s.at(50.0).is_some_and(|ms| ms >= 50.0), "{s:?}");
     }
 }

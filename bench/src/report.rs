@@ -127,13 +127,13 @@ fn visibility_p99(r: &Results, max_followers: u32) -> Option<f64> {
 pub fn checks(runs: &[Results]) -> Vec<Check> {
     type Measure = Box<dyn Fn(&Results) -> Option<f64>>;
     type Meets = Box<dyn Fn(f64) -> bool>;
-    type Show = Box<dyn Fn(f64) -> String>;
+    type Show = Box<dyn Fn(&Results, f64) -> String>;
     let rows: Vec<(String, Measure, Meets, Show)> = vec![
         (
             "hydrated feed reads ≥ 10,000/s".into(),
             Box::new(|r| phase(r, "feed-max", "feed").map(|s| s.throughput)),
             Box::new(|v| v >= 10_000.0),
-            Box::new(|v| format!("{v:.0}/s")),
+            Box::new(|_, v| format!("{v:.0}/s")),
         ),
         (
             "feed reads ≥ 25% of the ceiling".into(),
@@ -141,50 +141,59 @@ pub fn checks(runs: &[Results]) -> Vec<Check> {
                 phase(r, "feed-max", "feed").and_then(|s| share_of_ceiling(r, s.throughput))
             }),
             Box::new(|v| v >= 0.25),
-            Box::new(|v| format!("{:.1}%", v * 100.0)),
+            Box::new(|_, v| format!("{:.1}%", v * 100.0)),
         ),
         (
             "feed p99 ≤ 5 ms at 2,000 reads/s".into(),
             Box::new(|r| phase(r, "feed-rate", "feed").and_then(|s| s.at(99.0))),
             Box::new(|v| v <= 5.0),
-            Box::new(|v| format!("{v:.2} ms")),
+            Box::new(|_, v| format!("{v:.2} ms")),
         ),
         (
             "posts ≥ 3,000/s (authors with ~100 followers)".into(),
             Box::new(|r| phase(r, "posts", "post").map(|s| s.throughput)),
             Box::new(|v| v >= 3_000.0),
-            Box::new(|v| format!("{v:.0}/s")),
+            Box::new(|_, v| format!("{v:.0}/s")),
         ),
         (
             "fan-out ≥ 100,000 feed entries/s".into(),
             Box::new(|r| r.fanout.as_ref().map(|f| f.entries_per_sec)),
             Box::new(|v| v >= 100_000.0),
-            Box::new(|v| format!("{v:.0}/s")),
+            Box::new(|_, v| format!("{v:.0}/s")),
         ),
         (
             "post-to-feed p99 ≤ 50 ms in-process / ≤ 250 ms RabbitMQ (≤ 10,000 followers)".into(),
             Box::new(|r| visibility_p99(r, 10_000)),
             Box::new(|v| v <= 50.0),
-            Box::new(|v| format!("{v:.1} ms")),
+            Box::new(|_, v| format!("{v:.1} ms")),
         ),
         (
             "resident memory ≤ 60 MB idle".into(),
             Box::new(|r| r.rss_idle_mb),
             Box::new(|v| v <= 60.0),
-            Box::new(|v| format!("{v:.0} MB")),
+            Box::new(|_, v| format!("{v:.0} MB")),
         ),
         (
             "resident memory ≤ 250 MB under the benchmark".into(),
             Box::new(|r| r.rss_peak_mb),
             Box::new(|v| v <= 250.0),
-            Box::new(|v| format!("{v:.0} MB")),
+            Box::new(|_, v| format!("{v:.0} MB")),
+        ),
+        (
+            "feed under 1,000 connections: accepted p99 ≤ 100 ms, excess shed at once".into(),
+            Box::new(|r| phase(r, "overload", "feed").and_then(|s| s.at(99.0))),
+            Box::new(|v| v <= 100.0),
+            Box::new(|r, v| {
+                let shed = phase(r, "overload", "feed").map_or(0, |s| s.shed);
+                format!("p99 {v:.1} ms, {shed} shed")
+            }),
         ),
     ];
     rows.into_iter()
         .map(|(target, measure, meets, show)| Check {
             measured: runs
                 .iter()
-                .map(|r| measure(r).map_or_else(|| "n/a".to_owned(), &show))
+                .map(|r| measure(r).map_or_else(|| "n/a".to_owned(), |v| show(r, v)))
                 .collect(),
             met: runs.first().and_then(&measure).map(&meets),
             target,
@@ -273,7 +282,7 @@ pub fn render(
         );
         let _ = writeln!(
             md,
-            "| phase | operation | mode | throughput | share of ceiling | p50 | p90 | p99 | p99.9 | max | errors |\n|---|---|---|---|---|---|---|---|---|---|---|"
+            "| phase | operation | mode | throughput | share of ceiling | p50 | p90 | p99 | p99.9 | max | errors | shed |\n|---|---|---|---|---|---|---|---|---|---|---|---|"
         );
         for p in &r.phases {
             let s = &p.summary;
@@ -285,7 +294,7 @@ pub fn render(
             };
             let _ = writeln!(
                 md,
-                "| {} | {} | {} | {:.0}/s | {share} | {} | {} | {} | {} | {:.2} ms | {} |",
+                "| {} | {} | {} | {:.0}/s | {share} | {} | {} | {} | {} | {:.2} ms | {} | {} |",
                 p.phase,
                 p.op,
                 p.mode,
@@ -295,7 +304,8 @@ pub fn render(
                 ms(99.0),
                 ms(99.9),
                 s.max_ms,
-                s.errors
+                s.errors,
+                s.shed
             );
         }
         if let Some(f) = &r.fanout {
@@ -474,6 +484,38 @@ mod tests {
         assert_eq!(row("fan-out").met, Some(true));
         assert_eq!(row("posts").met, None, "not measured");
         assert_eq!(row("resident memory ≤ 250").measured, vec!["n/a", "n/a"]);
+        assert_eq!(row("feed under 1,000").met, None, "not measured");
+    }
+
+    #[test]
+    fn the_overload_phase_reports_accepted_latency_and_shed_requests_apart() {
+        let mut r = Recorder::new();
+        for _ in 0..3_000 {
+            r.record(0, Duration::from_millis(40));
+        }
+        for _ in 0..7_000 {
+            r.shed();
+        }
+        let mut run = results("embedded", 12_000);
+        run.phases.push(Phase {
+            phase: "overload".into(),
+            op: "feed".into(),
+            mode: "closed, 1000 connections".into(),
+            summary: r.summary(Duration::from_secs(1)),
+        });
+        let runs = vec![run];
+        let check = checks(&runs)
+            .into_iter()
+            .find(|c| c.target.starts_with("feed under 1,000 connections"))
+            .unwrap();
+        assert_eq!(check.met, Some(true));
+        assert_eq!(check.measured, vec!["p99 40.0 ms, 7000 shed"]);
+        let md = render(&runs, &[], "", None);
+        assert!(
+            md.contains("| overload | feed | closed, 1000 connections | 3000/s |"),
+            "{md}"
+        );
+        assert!(md.contains("| 40.03 ms | 0 | 7000 |"), "{md}");
     }
 
     #[test]

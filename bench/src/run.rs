@@ -2,8 +2,11 @@
 //!
 //! Phases, in order: the ceiling (a bare HTTP server in this process answering a feed page's
 //! bytes), feed reads at maximum throughput, feed reads at a fixed rate, posts at maximum
-//! throughput (with the fan-out they cause), the mixed workload at a fixed rate, then fan-out
-//! visibility per author size. The mesh's resident memory is sampled throughout.
+//! throughput (with the fan-out they cause), the mixed workload at a fixed rate, the discovery
+//! reads, feed reads under overload (a closed loop of many more connections than the gateway
+//! serves at once: the latency of the accepted requests, and how many were shed), then fan-out
+//! visibility per author size and the live feed. The mesh's resident memory is sampled
+//! throughout.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -13,9 +16,10 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use rand::{Rng as _, SeedableRng as _};
 use rand_chacha::ChaCha8Rng;
+use reqwest::StatusCode;
 use serde::{Deserialize, Serialize};
 
-use crate::api::Api;
+use crate::api::{Api, CallError};
 use crate::graph::{self, Graph};
 use crate::hist::{Recorder, Summary};
 use crate::load::{self, Op};
@@ -66,8 +70,13 @@ pub struct RunArgs {
     /// Followers watched per post.
     #[arg(long, default_value_t = 20)]
     pub fanout_sample: usize,
-    /// Skip phases, by name: ceiling, feed-max, feed-rate, posts, mixed, discovery, fanout,
-    /// stream.
+    /// Connections of the overload phase's closed loop of feed reads (many more than the
+    /// gateway serves at once; each needs a file descriptor here and in the gateway: raise
+    /// `ulimit -n` above it).
+    #[arg(long, default_value_t = 1000)]
+    pub overload_connections: usize,
+    /// Skip phases, by name: ceiling, feed-max, feed-rate, posts, mixed, discovery, overload,
+    /// fanout, stream.
     #[arg(long, value_delimiter = ',')]
     pub skip: Vec<String>,
 }
@@ -274,6 +283,17 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             &run,
         );
     }
+    if wants("overload") {
+        let connections = args.overload_connections.max(1);
+        warn_if_too_few_files(connections);
+        // A client of its own: its pool holds every connection of the loop.
+        let api = Api::new(&args.url, connections)?;
+        let op = overload_op(&world, api);
+        let _ = load::closed_loop(connections, warmup, Arc::clone(&op)).await;
+        let run = load::closed_loop(connections, duration, op).await;
+        let mode = format!("closed, {connections} connections");
+        push(&mut results, "overload", &["feed"], &mode, &run);
+    }
     if wants("fanout") {
         for tier in &args.fanout_tiers {
             if let Some(visibility) = visibility(&world, &args, tier).await? {
@@ -310,12 +330,13 @@ fn push(results: &mut Results, phase: &str, ops: &[&str], mode: &str, run: &load
     ) {
         let summary = recorder.summary(run.elapsed);
         println!(
-            "  {phase:<10} {op:<9} {mode:<14} {:>9.0}/s  p50 {:>7.2} ms  p99 {:>7.2} ms  p99.9 {:>7.2} ms  errors {}",
+            "  {phase:<10} {op:<9} {mode:<14} {:>9.0}/s  p50 {:>7.2} ms  p99 {:>7.2} ms  p99.9 {:>7.2} ms  errors {}  shed {}",
             summary.throughput,
             summary.at(50.0).unwrap_or(0.0),
             summary.at(99.0).unwrap_or(0.0),
             summary.at(99.9).unwrap_or(0.0),
             summary.errors,
+            summary.shed,
         );
         results.phases.push(Phase {
             phase: phase.to_owned(),
@@ -364,6 +385,46 @@ fn feed_op(world: &Arc<World>) -> Op {
             (0, read.map(drop).map_err(|e| e.to_string()))
         })
     })
+}
+
+/// A random reader's first feed page through `api`, a 503 counted as shed: the gateway's
+/// answer to more requests than it serves at once.
+fn overload_op(world: &Arc<World>, api: Api) -> Op {
+    let world = Arc::clone(world);
+    Arc::new(move |i| {
+        let (world, api) = (Arc::clone(&world), api.clone());
+        Box::pin(async move {
+            let reader = world.readers[pick(i, world.readers.len())];
+            let read = api
+                .get(&format!("/v1/feed?{FEED_QUERY}"), Some(world.token(reader)))
+                .await;
+            let result = match read {
+                Ok(_) => Ok(()),
+                Err(CallError::Status(StatusCode::SERVICE_UNAVAILABLE)) => {
+                    Err(load::SHED.to_owned())
+                }
+                Err(err) => Err(err.to_string()),
+            };
+            (0, result)
+        })
+    })
+}
+
+/// Says so when this process may open fewer files than `connections` need (its soft
+/// `RLIMIT_NOFILE`, from `/proc/self/limits`; `scripts/bench.sh` raises it to the hard limit).
+fn warn_if_too_few_files(connections: usize) {
+    let limits = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
+    let soft = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .and_then(|v| v.parse::<usize>().ok());
+    if let Some(soft) = soft.filter(|soft| *soft < connections + 256) {
+        println!(
+            "  overload: this process may open {soft} files, {connections} connections need \
+             more: raise `ulimit -n` (the gateway needs as many)"
+        );
+    }
 }
 
 /// The mixed workload: 60% feed reads, 30% user timelines, 10% posts by random users.

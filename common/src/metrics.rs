@@ -6,6 +6,8 @@
 //! |---|---|---|
 //! | `twtr_http_requests_total`, `twtr_http_request_duration_seconds` | counter, histogram | `route` (the matched pattern), `method`, `status` (counter only) |
 //! | `twtr_grpc_server_requests_total`, `twtr_grpc_server_duration_seconds` | counter, histogram | `method` (`/package.Service/Method`), `code` (counter only) |
+//! | `twtr_http_concurrency_limit` | gauge | none: API requests the gateway serves at once now (adaptive: it follows latency) |
+//! | `twtr_http_requests_shed_total` | counter | none: API requests refused at once (503) because the concurrency limit was reached |
 //! | `twtr_events_published_total` | counter | `type` (routing key) |
 //! | `twtr_events_consumed_total` | counter | `queue`, `type`, `outcome` (`ok`, `retry`, `dead_letter`) |
 //! | `twtr_events_dead_lettered_total` | counter | `queue` |
@@ -102,6 +104,14 @@ fn describe() {
     describe_gauge!(
         "twtr_live_feed_streams",
         "live feeds (GET /v1/feed/stream) the gateway serves now"
+    );
+    describe_gauge!(
+        "twtr_http_concurrency_limit",
+        "API requests the gateway serves at once now (adaptive: follows latency)"
+    );
+    describe_counter!(
+        "twtr_http_requests_shed_total",
+        "API requests refused at once (503) because the concurrency limit was reached"
     );
     describe_histogram!(
         "twtr_grpc_server_duration_seconds",
@@ -237,6 +247,16 @@ pub fn event_consumed(queue: &str, event_type: &str, outcome: Outcome, occurred_
 /// Live feeds (`GET /v1/feed/stream`) this gateway serves now.
 pub fn live_streams(open: usize) {
     gauge!("twtr_live_feed_streams").set(open as f64);
+}
+
+/// The gateway's concurrency limit, now.
+pub fn http_concurrency_limit(limit: usize) {
+    gauge!("twtr_http_concurrency_limit").set(limit as f64);
+}
+
+/// One API request refused at once over the concurrency limit.
+pub fn http_shed() {
+    counter!("twtr_http_requests_shed_total").increment(1);
 }
 
 /// A sample of a service's outbox depth.

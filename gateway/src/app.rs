@@ -21,11 +21,10 @@ use serde_json::json;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tower::ServiceBuilder;
-use tower::limit::GlobalConcurrencyLimitLayer;
-use tower::load_shed::LoadShedLayer;
 use tracing::Instrument as _;
 use twtr_common::{ErrorCode, context, metrics};
 
+use crate::adaptive::{ConcurrencyLimitLayer, Limiter};
 use crate::error::ApiError;
 use crate::limits::{self, EdgeLimits, RateLimiter};
 use crate::routes;
@@ -48,20 +47,10 @@ pub fn router(
 ) -> Router {
     let (api, document) = openapi::split(routes::api());
     let document = Arc::new(document);
-    let api = api
-        .layer(DefaultBodyLimit::max(limits.body_limit))
-        .layer(
-            ServiceBuilder::new()
-                .layer(HandleErrorLayer::new(limits::overloaded))
-                .layer(LoadShedLayer::new())
-                .layer(GlobalConcurrencyLimitLayer::new(
-                    limits.max_in_flight.max(1),
-                )),
-        )
-        .layer(middleware::from_fn_with_state(
-            rate_limiter,
-            limits::rate_limit,
-        ));
+    let api = api.layer(DefaultBodyLimit::max(limits.body_limit));
+    let api = shed_load(api, Limiter::new(&limits.concurrency)).layer(
+        middleware::from_fn_with_state(rate_limiter, limits::rate_limit),
+    );
     let mut app = Router::new()
         .merge(api)
         .route("/healthz", get(healthz))
@@ -87,6 +76,19 @@ pub fn router(
         limits.request_timeout,
         request_context,
     ))
+}
+
+/// Puts `limiter` in front of `routes`: a request over its limit is answered 503 at once, with
+/// `Retry-After`, in the API's error shape.
+fn shed_load<S>(routes: Router<S>, limiter: Arc<Limiter>) -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+{
+    routes.layer(
+        ServiceBuilder::new()
+            .layer(HandleErrorLayer::new(limits::overloaded))
+            .layer(ConcurrencyLimitLayer::new(limiter)),
+    )
 }
 
 /// Gives every request an id (the caller's `x-request-id` when it is safe, else a fresh one)
@@ -232,5 +234,82 @@ async fn check(
         Ok(ServingStatus::Serving) => "SERVING",
         Ok(_) => "NOT_SERVING",
         Err(_) => "UNREACHABLE",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+
+    use axum::body::{Body, Bytes};
+    use axum::http::Request;
+    use axum::http::header::{CONTENT_TYPE, RETRY_AFTER};
+    use tokio::sync::Notify;
+    use tower::ServiceExt as _;
+
+    use super::*;
+    use crate::adaptive::ConcurrencyLimits;
+
+    fn request(path: &str) -> Request<Body> {
+        Request::get(path).body(Body::empty()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_request_over_the_limit_is_shed_at_once_with_503_in_the_api_error_shape() {
+        let (entered, release) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+        let hold = {
+            let (entered, release) = (Arc::clone(&entered), Arc::clone(&release));
+            move || async move {
+                entered.notify_one();
+                release.notified().await;
+                "done"
+            }
+        };
+        let limiter = Limiter::new(&ConcurrencyLimits::fixed(1));
+        let app = shed_load(
+            Router::new().route("/hold", get(hold)),
+            Arc::clone(&limiter),
+        );
+
+        let held = tokio::spawn(app.clone().oneshot(request("/hold")));
+        entered.notified().await;
+        let shed = app.clone().oneshot(request("/hold")).await.unwrap();
+        assert_eq!(shed.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(shed.headers()[RETRY_AFTER], "1");
+        let body = axum::body::to_bytes(shed.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body["error"]["code"], "unavailable", "{body}");
+
+        // The held request finishes normally, and its slot is free again.
+        release.notify_one();
+        assert_eq!(held.await.unwrap().unwrap().status(), StatusCode::OK);
+        assert_eq!(limiter.in_flight(), 0);
+        release.notify_one();
+        let next = app.oneshot(request("/hold")).await.unwrap();
+        assert_eq!(next.status(), StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn a_streaming_response_holds_no_slot_while_its_body_streams() {
+        let stream = || async {
+            let events = futures_util::stream::pending::<Result<Bytes, Infallible>>();
+            (
+                [(CONTENT_TYPE, "text/event-stream")],
+                Body::from_stream(events),
+            )
+        };
+        let limiter = Limiter::new(&ConcurrencyLimits::fixed(1));
+        let app = shed_load(
+            Router::new().route("/stream", get(stream)),
+            Arc::clone(&limiter),
+        );
+        let open = app.clone().oneshot(request("/stream")).await.unwrap();
+        assert_eq!(open.status(), StatusCode::OK);
+        assert_eq!(limiter.in_flight(), 0, "the body is still open");
+        let another = app.oneshot(request("/stream")).await.unwrap();
+        assert_eq!(another.status(), StatusCode::OK);
+        drop(open);
     }
 }

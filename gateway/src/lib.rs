@@ -24,6 +24,7 @@
 //! - [`streams`]: live feeds (`GET /v1/feed/stream`): their slots, and the Server-Sent Events
 //!   a feeds service's `WatchFeed` becomes.
 //! - [`limits`]: the edge's limits (body size, rate limits, deadline, load shedding, CORS).
+//! - [`adaptive`]: the concurrency limit that sheds load, adapted to measured latency.
 //! - [`openapi`]: the OpenAPI document, generated from the routes' annotations, plus the
 //!   responses every route shares (added once, by [`openapi::EdgeResponses`]), and the `/docs`
 //!   page.
@@ -40,6 +41,7 @@
 //! which each service checks that the caller acts only as themselves; views hydrate the result
 //! and render JSON.
 
+pub mod adaptive;
 pub mod app;
 pub mod error;
 pub mod extract;

@@ -7,9 +7,10 @@
 //!   client IP on login and sign-up. A request over a limit is a 429 with `Retry-After`.
 //! - **Deadline**: every request has [`EdgeLimits::request_timeout`]; each RPC it makes carries
 //!   what is left of it (see [`crate::upstream::rpc`]), and an expired one is a 504.
-//! - **Concurrency**: at most [`EdgeLimits::max_in_flight`] API requests are served at once;
-//!   one more is shed at once with a 503 (tower's `LoadShed` over a global `ConcurrencyLimit`),
-//!   so overload is answered fast instead of queueing without bound.
+//! - **Concurrency**: at most [`EdgeLimits::concurrency`] API requests are served at once, a
+//!   limit that adapts to measured latency (see [`crate::adaptive`]) or a fixed one; one more is
+//!   shed at once with a 503, so overload is answered fast instead of queueing, and the requests
+//!   accepted keep a bounded latency.
 //! - **CORS** (tower-http's `CorsLayer`) for the origins in [`EdgeLimits::cors_origins`].
 //!
 //! Health, readiness, metrics and the API documents are outside the rate and concurrency limits,
@@ -33,6 +34,7 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 use twtr_common::tokens::TokenVerifier;
 use twtr_common::{ErrorCode, auth};
 
+use crate::adaptive::{self, ConcurrencyLimits};
 use crate::error::ApiError;
 use crate::server::ConnectionLimits;
 
@@ -43,8 +45,8 @@ pub struct EdgeLimits {
     pub body_limit: usize,
     /// How long a request may take, RPCs included.
     pub request_timeout: Duration,
-    /// API requests served at once; more are shed with a 503.
-    pub max_in_flight: usize,
+    /// API requests served at once (adaptive or fixed); more are shed with a 503.
+    pub concurrency: ConcurrencyLimits,
     pub rates: RateLimits,
     /// Origins allowed to call the API from a browser (`*` for any); empty: no CORS headers.
     pub cors_origins: Vec<String>,
@@ -117,7 +119,7 @@ impl Default for EdgeLimits {
         Self {
             body_limit: 64 * 1024,
             request_timeout: crate::upstream::DEFAULT_REQUEST_TIMEOUT,
-            max_in_flight: 1024,
+            concurrency: ConcurrencyLimits::default(),
             rates: RateLimits::default(),
             cors_origins: Vec::new(),
             trusted_proxy_hops: 0,
@@ -278,11 +280,11 @@ pub async fn rate_limit(
     }
 }
 
-/// Answers a request that the load-shedding layers refused (tower's `LoadShed` over a global
-/// `ConcurrencyLimit`, see [`crate::app::router`]): a 503 at once, in the API's error shape.
+/// Answers a request that the concurrency limit refused ([`adaptive::Shed`], see
+/// [`crate::app::router`]): a 503 at once, in the API's error shape. (The limiter logs shedding,
+/// at most once a second: a line per refused request would add to the overload.)
 pub async fn overloaded(err: tower::BoxError) -> Response {
-    let error = if err.is::<tower::load_shed::error::Overloaded>() {
-        tracing::warn!("shedding load: too many requests in flight");
+    let error = if err.is::<adaptive::Shed>() {
         ApiError {
             retry_after: Some(1),
             ..ApiError::new(

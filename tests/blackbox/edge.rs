@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use twtr_gateway::RateLimits;
+use twtr_gateway::adaptive::ConcurrencyLimits;
 use twtr_proto::feeds::v1::GetFeedRequest;
 use twtr_proto::feeds::v1::feeds_service_client::FeedsServiceClient;
 use twtr_proto::followers::v1::FollowRequest;
@@ -186,7 +187,7 @@ async fn finish(mut stream: TcpStream, tail: &str) -> String {
 #[tokio::test]
 async fn a_flood_beyond_the_concurrency_limit_is_shed_with_503_at_once() {
     let mesh = TestMesh::start_configured(|c| {
-        c.edge.max_in_flight = 1;
+        c.edge.concurrency = ConcurrencyLimits::fixed(1);
         c.edge.rates = RateLimits::OFF;
         // The held request must not run out of time while the test floods.
         c.edge.request_timeout = Duration::from_secs(60);

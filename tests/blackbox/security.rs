@@ -521,7 +521,7 @@ async fn slow_clients_hold_nothing_past_their_deadline() {
     const SLOTS: usize = 4;
     let deadline = Duration::from_secs(3);
     let mesh = TestMesh::start_configured(|config| {
-        config.edge.max_in_flight = SLOTS;
+        config.edge.concurrency = twtr_gateway::adaptive::ConcurrencyLimits::fixed(SLOTS);
         config.edge.request_timeout = deadline;
         config.edge.connections.header_read_timeout = Duration::from_secs(1);
         config.edge.rates = twtr_gateway::RateLimits::OFF;
