@@ -6,7 +6,7 @@ use std::num::NonZeroU32;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
-use twtr_gateway::adaptive::{ConcurrencyLimits, ConcurrencyMode};
+use twtr_gateway::adaptive::{ConcurrencyLimits, ConcurrencyMode, DEFAULT_TARGET};
 use twtr_gateway::limits::StreamLimits;
 use twtr_gateway::{ConnectionLimits, EdgeLimits, RateLimits};
 
@@ -42,6 +42,11 @@ pub struct EdgeArgs {
     /// The adaptive limit's lower bound: requests served at once however latency rises.
     #[arg(long, env = "TWTR_HTTP_MIN_IN_FLIGHT", default_value_t = ConcurrencyLimits::default().min, global = true)]
     pub http_min_in_flight: usize,
+
+    /// The mean latency (ms) the adaptive limit tolerates however low its baseline: it only
+    /// shrinks when latency is above this too (accepted requests' p99 stays near twice it).
+    #[arg(long, env = "TWTR_HTTP_TARGET_LATENCY_MS", default_value_t = DEFAULT_TARGET.as_millis() as u64, global = true)]
+    pub http_target_latency_ms: u64,
 
     /// Where the adaptive limit starts (within the bounds).
     #[arg(long, env = "TWTR_HTTP_INITIAL_IN_FLIGHT", default_value_t = ConcurrencyLimits::default().initial, global = true)]
@@ -164,6 +169,7 @@ impl EdgeArgs {
                     min,
                     initial: self.http_initial_in_flight.clamp(min, max),
                     max,
+                    target: Duration::from_millis(self.http_target_latency_ms),
                 }
             }
         };

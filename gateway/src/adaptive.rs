@@ -84,7 +84,16 @@ pub struct ConcurrencyLimits {
     pub initial: usize,
     /// The hard upper bound: the adaptive limit never exceeds it; the fixed limit is it.
     pub max: usize,
+    /// The mean latency the adaptive limit tolerates whatever the baseline: it shrinks only
+    /// when a window's mean is over both this and [`TOLERANCE`] × the baseline. A CPU-bound
+    /// mesh's latency grows with what it serves at once long before it is overloaded (two
+    /// cores serving 64 feed reads at once answer in ~20 ms, their baseline is ~2 ms): without
+    /// a target, the limit cut ordinary load down to a few requests and shed the rest.
+    pub target: Duration,
 }
+
+/// The default [`ConcurrencyLimits::target`]: accepted requests' p99 stays near twice it.
+pub const DEFAULT_TARGET: Duration = Duration::from_millis(50);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConcurrencyMode {
@@ -102,6 +111,7 @@ impl ConcurrencyLimits {
             min: max,
             initial: max,
             max,
+            target: DEFAULT_TARGET,
         }
     }
 
@@ -122,6 +132,7 @@ impl Default for ConcurrencyLimits {
             min: 8,
             initial: 64,
             max: 1024,
+            target: DEFAULT_TARGET,
         }
     }
 }
@@ -149,6 +160,8 @@ pub struct Gradient {
     limit: f64,
     /// The smoothed minimum latency, in seconds; `None` until the first sample.
     baseline: Option<f64>,
+    /// [`ConcurrencyLimits::target`], in seconds.
+    target: f64,
     /// Windows since the last probe ended.
     since_probe: u32,
     probe: Option<Probe>,
@@ -175,6 +188,7 @@ impl Gradient {
             max: max as f64,
             limit: initial as f64,
             baseline: None,
+            target: limits.target.as_secs_f64(),
             // The first shedding window probes: a gateway that starts under overload has
             // never seen its latency with nothing queued.
             since_probe: PROBE_EVERY,
@@ -219,7 +233,13 @@ impl Gradient {
                 _ => short,
             });
         }
-        if window.shed > 0 && self.since_probe >= PROBE_EVERY && self.limit > self.min {
+        // Within the target, latency says nothing is wrong: neither a probe nor a cut.
+        let over_target = short > self.target;
+        if window.shed > 0
+            && over_target
+            && self.since_probe >= PROBE_EVERY
+            && self.limit > self.min
+        {
             self.probe = Some(Probe {
                 remaining: PROBE_WINDOWS,
                 patience: PROBE_PATIENCE,
@@ -235,7 +255,8 @@ impl Gradient {
             return self.limit();
         } else {
             let baseline = self.baseline.unwrap_or(short);
-            (TOLERANCE * baseline / short).clamp(MIN_GRADIENT, 1.0)
+            let allowed = (TOLERANCE * baseline).max(self.target);
+            (allowed / short).clamp(MIN_GRADIENT, 1.0)
         };
         let target = self.limit * gradient + self.limit.sqrt();
         self.limit =
@@ -541,12 +562,15 @@ fn outcome<B>(response: &http::Response<B>) -> Outcome {
 mod tests {
     use super::*;
 
+    /// Adaptive limits with a target below every latency these tests feed (the gradient
+    /// alone decides), but for the tests of the target itself.
     fn adaptive(min: usize, initial: usize, max: usize) -> ConcurrencyLimits {
         ConcurrencyLimits {
             mode: ConcurrencyMode::Adaptive,
             min,
             initial,
             max,
+            target: Duration::from_micros(1),
         }
     }
 
@@ -594,6 +618,34 @@ mod tests {
         assert_eq!(gradient.limit(), 8);
         // 30 s of high latency moved the baseline part of the way up: slowly.
         assert!(gradient.baseline().is_some_and(|b| b < ms(100.0)));
+    }
+
+    #[test]
+    fn latency_within_the_target_never_shrinks_the_limit_nor_probes() {
+        let limits = ConcurrencyLimits {
+            target: ms(50.0),
+            ..adaptive(8, 64, 1024)
+        };
+        let mut gradient = Gradient::new(&limits);
+        // A 2 ms baseline, then ten times that under load, while shedding: within the target.
+        for _ in 0..10 {
+            gradient.update(&busy(&gradient, ms(2.0)));
+        }
+        let mut last = gradient.limit();
+        for _ in 0..200 {
+            let window = Window {
+                shed: 5,
+                ..busy(&gradient, ms(20.0))
+            };
+            let limit = gradient.update(&window);
+            assert!(limit >= last, "{limit} < {last}");
+            last = limit;
+        }
+        // Over the target, it shrinks.
+        for _ in 0..200 {
+            gradient.update(&busy(&gradient, ms(400.0)));
+        }
+        assert_eq!(gradient.limit(), 8);
     }
 
     #[test]

@@ -327,7 +327,7 @@ else the scheme's (443 for https, 4317, OTLP/gRPC's, otherwise).
 {{/* The gateway's limits (empty values: the binary's defaults). */}}
 {{- define "twtr.env.limits" -}}
 {{- $limits := .Values.gateway.limits }}
-{{- $vars := dict "requestTimeoutMs" "TWTR_REQUEST_TIMEOUT_MS" "concurrency" "TWTR_HTTP_CONCURRENCY" "maxInFlight" "TWTR_HTTP_MAX_IN_FLIGHT" "minInFlight" "TWTR_HTTP_MIN_IN_FLIGHT" "initialInFlight" "TWTR_HTTP_INITIAL_IN_FLIGHT" "bodyLimitBytes" "TWTR_HTTP_BODY_LIMIT_BYTES" "rateLimitPerIp" "TWTR_RATE_LIMIT_PER_IP" "rateLimitPerCaller" "TWTR_RATE_LIMIT_PER_CALLER" "rateLimitAuthPerIp" "TWTR_RATE_LIMIT_AUTH_PER_IP" "maxHeaderBytes" "TWTR_HTTP_MAX_HEADER_BYTES" "http2MaxConcurrentStreams" "TWTR_HTTP2_MAX_CONCURRENT_STREAMS" }}
+{{- $vars := dict "requestTimeoutMs" "TWTR_REQUEST_TIMEOUT_MS" "concurrency" "TWTR_HTTP_CONCURRENCY" "maxInFlight" "TWTR_HTTP_MAX_IN_FLIGHT" "minInFlight" "TWTR_HTTP_MIN_IN_FLIGHT" "initialInFlight" "TWTR_HTTP_INITIAL_IN_FLIGHT" "targetLatencyMs" "TWTR_HTTP_TARGET_LATENCY_MS" "bodyLimitBytes" "TWTR_HTTP_BODY_LIMIT_BYTES" "rateLimitPerIp" "TWTR_RATE_LIMIT_PER_IP" "rateLimitPerCaller" "TWTR_RATE_LIMIT_PER_CALLER" "rateLimitAuthPerIp" "TWTR_RATE_LIMIT_AUTH_PER_IP" "maxHeaderBytes" "TWTR_HTTP_MAX_HEADER_BYTES" "http2MaxConcurrentStreams" "TWTR_HTTP2_MAX_CONCURRENT_STREAMS" }}
 {{- range $key := keys $vars | sortAlpha }}
 {{- $value := get $limits $key }}
 {{- if ne (toString $value) "" }}
