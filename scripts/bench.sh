@@ -23,7 +23,9 @@
 #   BENCH_NOTES             a Markdown file appended to the report (analysis)
 #   BENCH_FRESH=1           drop the seeded data sets and seed again
 #   BENCH_NO_BUILD=1        use target/release/twtr as it is
-#   BENCH_BIN               the binary to benchmark (target/release/twtr), e.g. an older build
+#   BENCH_BIN               the mesh binary to benchmark (target/release/twtr), e.g. an older
+#                           build for a before/after in one sitting; the load generator and the
+#                           report stay target/release/twtr's
 #   BENCH_FLAME (1)         after each mode's measured run, profile the mesh process with
 #                           `perf record` during a second, unmeasured run of the feed-max and
 #                           posts phases, and render flame graphs (inferno) beside the report's
@@ -52,7 +54,8 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 OUT="${BENCH_OUT:-docs/bench/$(date -u +%F).md}"
 ROOT="$PWD/data/bench"
 RESULTS="$PWD/target/bench"
-BIN="${BENCH_BIN:-$PWD/target/release/twtr}"
+BIN="$PWD/target/release/twtr"
+MESH_BIN="${BENCH_BIN:-$BIN}"
 PLOTS="${OUT%.md}"
 FLAME="${BENCH_FLAME:-1}"
 FLAME_SECS="${BENCH_FLAME_SECS:-8}"
@@ -101,7 +104,7 @@ stop_mesh() {
 trap stop_mesh EXIT
 
 start_mesh() { # data dir, log file
-    TWTR_DATA_DIR="$1" "$BIN" all >"$2" 2>&1 &
+    TWTR_DATA_DIR="$1" "$MESH_BIN" all >"$2" 2>&1 &
     MESH_PID=$!
     local began=$SECONDS
     until curl -fsS "$URL/health/details" >/dev/null 2>&1; do
@@ -179,7 +182,7 @@ for mode in $MODES; do
         export TWTR_SCYLLA_NODES=127.0.0.1:9042
         # A single node: quorum of one either way, but say what is meant.
         export TWTR_SCYLLA_READ_CONSISTENCY=one TWTR_SCYLLA_WRITE_CONSISTENCY=one
-        TWTR_DATA_DIR="$ROOT/cql" "$BIN" migrate
+        TWTR_DATA_DIR="$ROOT/cql" "$MESH_BIN" migrate
         TWTR_AMQP_URL='amqp://guest:guest@127.0.0.1:5672/%2f' \
             bench_mode cql "$ROOT/cql" "$CQL_USERS" "$CQL_TWEETS"
         unset TWTR_SCYLLA_NODES TWTR_SCYLLA_READ_CONSISTENCY TWTR_SCYLLA_WRITE_CONSISTENCY
@@ -190,7 +193,7 @@ for mode in $MODES; do
         scripts/cassandra.sh start --nodes 3
         export TWTR_SCYLLA_NODES=127.0.0.4:9042,127.0.0.5:9042,127.0.0.6:9042
         export TWTR_SCYLLA_REPLICATION=dc1:3 TWTR_SCYLLA_LOCAL_DC=dc1
-        TWTR_DATA_DIR="$ROOT/cql-cluster" "$BIN" migrate
+        TWTR_DATA_DIR="$ROOT/cql-cluster" "$MESH_BIN" migrate
         TWTR_AMQP_URL='amqp://guest:guest@127.0.0.1:5672/%2f' \
             bench_mode cql-cluster "$ROOT/cql-cluster" "$CQL_USERS" "$CQL_TWEETS"
         scripts/cassandra.sh stop --cluster
