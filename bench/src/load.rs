@@ -79,7 +79,10 @@ pub async fn closed_loop(workers: usize, duration: Duration, op: Op) -> Run {
                 let shed = matches!(&outcome.1, Err(err) if err == SHED);
                 record(&recorders, start, sent, outcome);
                 if shed {
-                    tokio::time::sleep(SHED_BACKOFF.min(deadline.saturating_duration_since(Instant::now()))).await;
+                    tokio::time::sleep(
+                        SHED_BACKOFF.min(deadline.saturating_duration_since(Instant::now())),
+                    )
+                    .await;
                 }
             }
         });

@@ -218,12 +218,7 @@ pub struct Figures {
 }
 
 /// The whole report.
-pub fn render(
-    runs: &[Results],
-    plots: &[Figures],
-    machine: &str,
-    notes: Option<&str>,
-) -> String {
+pub fn render(runs: &[Results], plots: &[Figures], machine: &str, notes: Option<&str>) -> String {
     let mut md = String::new();
     let date = runs
         .first()

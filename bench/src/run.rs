@@ -382,9 +382,18 @@ fn feed_op(world: &Arc<World>) -> Op {
                 .api
                 .get(&format!("/v1/feed?{FEED_QUERY}"), Some(world.token(reader)))
                 .await;
-            (0, read.map(drop).map_err(|e| e.to_string()))
+            (0, read.map(drop).map_err(failure))
         })
     })
+}
+
+/// What a failed request counts as: a 503 is the gateway shedding load (answered at once over
+/// its concurrency limit), counted apart as [`load::SHED`]; anything else is an error.
+fn failure(err: CallError) -> String {
+    match err {
+        CallError::Status(StatusCode::SERVICE_UNAVAILABLE) => load::SHED.to_owned(),
+        err => err.to_string(),
+    }
 }
 
 /// A random reader's first feed page through `api`, a 503 counted as shed: the gateway's
@@ -398,14 +407,7 @@ fn overload_op(world: &Arc<World>, api: Api) -> Op {
             let read = api
                 .get(&format!("/v1/feed?{FEED_QUERY}"), Some(world.token(reader)))
                 .await;
-            let result = match read {
-                Ok(_) => Ok(()),
-                Err(CallError::Status(StatusCode::SERVICE_UNAVAILABLE)) => {
-                    Err(load::SHED.to_owned())
-                }
-                Err(err) => Err(err.to_string()),
-            };
-            (0, result)
+            (0, read.map(drop).map_err(failure))
         })
     })
 }
@@ -464,7 +466,7 @@ fn mixed_op(world: &Arc<World>) -> Op {
                     .await
                     .map(drop),
             };
-            (op, result.map_err(|e| e.to_string()))
+            (op, result.map_err(failure))
         })
     })
 }
@@ -512,7 +514,7 @@ fn discovery_op(world: &Arc<World>) -> Op {
                 world.token(reader)
             });
             let read = world.api.get(&path, token).await;
-            (op, read.map(drop).map_err(|e| e.to_string()))
+            (op, read.map(drop).map_err(failure))
         })
     })
 }
@@ -569,7 +571,7 @@ async fn posts(
                         last.drain(..128);
                     }
                 }
-                (0, posted.map(drop).map_err(|e| e.to_string()))
+                (0, posted.map(drop).map_err(failure))
             })
         })
     };

@@ -34,6 +34,7 @@ macro_rules! feed_store_conformance {
                 late_tweets_do_not_push_newer_ones_out,
                 retweets_keep_one_entry_per_tweet,
                 fan_out_reaches_every_user,
+                concurrent_fan_outs_each_land_once,
                 unfollowing_and_following_again,
                 removing_an_author_touches_one_feed,
                 edges_keep_their_latest_version,
@@ -580,6 +581,58 @@ pub async fn fan_out_reaches_every_user(store: Arc<dyn FeedStore>) {
         .unwrap();
     for user in users {
         assert_eq!(ids(&store, user).await, vec![t2, t1], "feed of user {user}");
+    }
+}
+
+/// Many fan-outs at once (the consumer handles many events together; the embedded store
+/// writes them in one transaction) each reach every one of their users, once, with an arrival
+/// each, and a repeat among them changes nothing.
+pub async fn concurrent_fan_outs_each_land_once(store: Arc<dyn FeedStore>) {
+    let users: Vec<u64> = (0..40).map(|_| unique_id()).collect();
+    let author = unique_id();
+    let tweets: Vec<u64> = (0..24).map(|_| unique_id()).collect();
+    let at = stamp();
+    let fan_outs = tweets
+        .iter()
+        .chain(&tweets[..4])
+        .enumerate()
+        .map(|(i, &tweet)| {
+            let (store, users) = (Arc::clone(&store), users.clone());
+            // Every other fan-out goes to half of the users.
+            let users = if i % 2 == 0 {
+                users
+            } else {
+                users[..20].to_vec()
+            };
+            tokio::spawn(async move { store.fan_out(users, entry(tweet, author), at).await })
+        });
+    for written in futures_util::future::join_all(fan_outs).await {
+        written.unwrap().unwrap();
+    }
+    let to_everyone: Vec<u64> = tweets.iter().copied().step_by(2).collect();
+    for (n, &user) in users.iter().enumerate() {
+        let mut expected: Vec<u64> = if n < 20 {
+            tweets.clone()
+        } else {
+            to_everyone.clone()
+        };
+        expected.sort_unstable_by(|a, b| b.cmp(a));
+        let page = store
+            .feed(user, PageRequest::first(Limit::parse(Some(100)).unwrap()))
+            .await
+            .unwrap();
+        let got: Vec<u64> = page.items.iter().map(|e| e.tweet_id).collect();
+        assert_eq!(got, expected, "feed of user {user}");
+        let mut arrived: Vec<u64> = store
+            .arrivals(user, (0, 0), 100)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|a| a.entry.tweet_id)
+            .collect();
+        arrived.sort_unstable_by(|a, b| b.cmp(a));
+        arrived.dedup();
+        assert_eq!(arrived, expected, "arrivals of user {user}");
     }
 }
 
