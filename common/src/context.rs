@@ -326,7 +326,10 @@ mod tests {
             span.in_scope(|| tracing::info_span!("child").in_scope(|| inject_trace(&mut sent)));
             let sent = W3cContext::parse(&sent[TRACEPARENT]).unwrap();
             assert_eq!(format!("{:032x}", sent.trace_id), &caller[3..35]);
-            assert_ne!(sent.span_id, 0x00f0_67aa_0ba9_02b7, "this hop's own span id");
+            assert_ne!(
+                sent.span_id, 0x00f0_67aa_0ba9_02b7,
+                "this hop's own span id"
+            );
             assert_eq!(sent.flags, 1);
 
             let fresh = tracing::info_span!("http", trace_id = tracing::field::Empty);
@@ -334,7 +337,11 @@ mod tests {
             let mut sent = std::collections::HashMap::new();
             fresh.in_scope(|| inject_trace(&mut sent));
             let sent = W3cContext::parse(&sent[TRACEPARENT]).unwrap();
-            assert_ne!(format!("{:032x}", sent.trace_id), &caller[3..35], "a new trace");
+            assert_ne!(
+                format!("{:032x}", sent.trace_id),
+                &caller[3..35],
+                "a new trace"
+            );
 
             let mut outside = std::collections::HashMap::new();
             inject_trace(&mut outside);

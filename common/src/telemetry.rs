@@ -137,7 +137,12 @@ pub fn init(
         }
         // Nothing exports spans: no OpenTelemetry spans are built (`crate::context` keeps the
         // W3C context in the spans' extensions itself).
-        None => (tracing_subscriber::layer::Identity::new().with_filter(ours()).boxed(), None),
+        None => (
+            tracing_subscriber::layer::Identity::new()
+                .with_filter(ours())
+                .boxed(),
+            None,
+        ),
     };
     let installed = tracing_subscriber::registry()
         .with(logs)
