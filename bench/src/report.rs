@@ -123,25 +123,23 @@ fn visibility_p99(r: &Results, max_followers: u32) -> Option<f64> {
         .reduce(f64::max)
 }
 
-/// The targets of issue 10, checked against `runs[0]` and shown for every run.
+/// The targets (issue 22's, and those of issue 10 it kept), checked against `runs[0]` and shown
+/// for every run.
 pub fn checks(runs: &[Results]) -> Vec<Check> {
     type Measure = Box<dyn Fn(&Results) -> Option<f64>>;
     type Meets = Box<dyn Fn(f64) -> bool>;
     type Show = Box<dyn Fn(&Results, f64) -> String>;
     let rows: Vec<(String, Measure, Meets, Show)> = vec![
         (
-            "hydrated feed reads ≥ 10,000/s".into(),
-            Box::new(|r| phase(r, "feed-max", "feed").map(|s| s.throughput)),
-            Box::new(|v| v >= 10_000.0),
-            Box::new(|_, v| format!("{v:.0}/s")),
-        ),
-        (
-            "feed reads ≥ 25% of the ceiling".into(),
+            "hydrated feed reads ≥ 15% of the ceiling".into(),
             Box::new(|r| {
                 phase(r, "feed-max", "feed").and_then(|s| share_of_ceiling(r, s.throughput))
             }),
-            Box::new(|v| v >= 0.25),
-            Box::new(|_, v| format!("{:.1}%", v * 100.0)),
+            Box::new(|v| v >= 0.15),
+            Box::new(|r, v| {
+                let reads = phase(r, "feed-max", "feed").map_or(0.0, |s| s.throughput);
+                format!("{:.1}% ({reads:.0}/s)", v * 100.0)
+            }),
         ),
         (
             "feed p99 ≤ 5 ms at 2,000 reads/s".into(),
@@ -156,7 +154,7 @@ pub fn checks(runs: &[Results]) -> Vec<Check> {
             Box::new(|_, v| format!("{v:.0}/s")),
         ),
         (
-            "fan-out ≥ 100,000 feed entries/s".into(),
+            "fan-out ≥ 100,000 feed entries/s (embedded; CQL ≥ 30,000/s)".into(),
             Box::new(|r| r.fanout.as_ref().map(|f| f.entries_per_sec)),
             Box::new(|v| v >= 100_000.0),
             Box::new(|_, v| format!("{v:.0}/s")),
@@ -472,9 +470,8 @@ mod tests {
         assert_eq!(row("hydrated feed reads").met, Some(true));
         assert_eq!(
             row("hydrated feed reads").measured,
-            vec!["12000/s", "1000/s"]
+            vec!["30.0% (12000/s)", "2.5% (1000/s)"]
         );
-        assert_eq!(row("feed reads ≥ 25%").measured, vec!["30.0%", "2.5%"]);
         assert_eq!(row("feed p99").met, Some(false));
         assert_eq!(row("fan-out").met, Some(true));
         assert_eq!(row("posts").met, None, "not measured");
