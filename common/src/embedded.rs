@@ -450,6 +450,15 @@ impl<'a> Tx<'a> {
         Ok(self.txn.open_table(table)?)
     }
 
+    /// Deletes `table` and its rows, for a migration that moved them elsewhere; returns
+    /// whether it existed.
+    pub fn delete_table<K: redb::Key + 'static, V: redb::Value + 'static>(
+        &self,
+        table: TableDefinition<K, V>,
+    ) -> Result<bool, StoreError> {
+        Ok(self.txn.delete_table(table)?)
+    }
+
     /// Stores `event` in the outbox; it commits (or not) with the rest of the transaction.
     pub fn stage_event(&self, event: &Envelope) -> Result<(), StoreError> {
         let mut outbox = self.txn.open_table(OUTBOX)?;

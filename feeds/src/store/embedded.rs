@@ -2,6 +2,7 @@
 //! feed is kept next to it so trimming to the cap never has to count.
 
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use redb::{ReadableTable as _, TableDefinition};
@@ -14,10 +15,49 @@ use super::{
     NotificationState,
 };
 
-/// (user, tweet) -> (author, retweeted by or 0): home feeds.
-const FEEDS: TableDefinition<(u64, u64), (u64, u64)> = TableDefinition::new("feeds");
-/// User -> number of entries in their feed, to trim without counting.
-const FEED_LENGTHS: TableDefinition<u64, u64> = TableDefinition::new("feed_lengths");
+/// Every home feed and what goes with it, side by side under the feed's user, so that putting
+/// an entry into a feed rewrites one B-tree page (where the three meet) rather than one page in
+/// each of three tables. Keyed `(user, slot, id)`:
+/// - `(user, ENTRIES, tweet)` -> `(author, retweeted by or 0)`: the feed's entries;
+/// - `(user, LENGTH, 0)` -> `(entries, 0)`: their number, to trim without counting;
+/// - `(user, ARRIVED + ms_before_max, u64::MAX - tweet)` -> `(author, retweeted by or 0)`: what
+///   fan-out wrote into the feed, newest first (so the newest arrival sits beside the newest
+///   entries), for [`FeedLimits::arrivals_kept`].
+///
+/// A feed of 800 entries spans several pages, and a fan-out write touches only the one where its
+/// newest entries end and its arrivals begin; the layout with three tables (`feeds`,
+/// `feed_lengths`, `feed_arrivals`) rewrote three pages per entry, about 8 KB, and is migrated
+/// when the store opens.
+const FEED: TableDefinition<(u64, u64, u64), (u64, u64)> = TableDefinition::new("feed");
+/// The slots of [`FEED`].
+const ENTRIES: u64 = 0;
+const LENGTH: u64 = 1;
+const ARRIVED: u64 = 2;
+
+/// The [`FEED`] key of an arrival: newest first, and within one millisecond the highest tweet
+/// first, so reading backwards gives `(at_ms, tweet)` order.
+fn arrival_key(user: u64, at_ms: i64, tweet: u64) -> (u64, u64, u64) {
+    (
+        user,
+        ARRIVED + (i64::MAX - at_ms.max(0)) as u64,
+        u64::MAX - tweet,
+    )
+}
+
+/// The `(at_ms, tweet)` of an arrival's [`FEED`] key.
+fn arrival_of(key: (u64, u64, u64)) -> (i64, u64) {
+    (i64::MAX - (key.1 - ARRIVED) as i64, u64::MAX - key.2)
+}
+
+/// The tables of the three-table feed layout, read once to migrate them into [`FEED`].
+mod before_feed {
+    use redb::TableDefinition;
+    pub const FEEDS: TableDefinition<(u64, u64), (u64, u64)> = TableDefinition::new("feeds");
+    pub const LENGTHS: TableDefinition<u64, u64> = TableDefinition::new("feed_lengths");
+    pub const ARRIVALS: TableDefinition<(u64, i64, u64), (u64, u64)> =
+        TableDefinition::new("feed_arrivals");
+}
+
 /// (followee, follower) -> (following, version): every edge ever seen, its latest version.
 const EDGES: TableDefinition<(u64, u64), (bool, u64)> = TableDefinition::new("edges");
 /// (author, follower) -> (): the live edges, for fan-out.
@@ -32,11 +72,6 @@ const RETWEETS: TableDefinition<(u64, u64), (bool, u64, u64)> = TableDefinition:
 const RETWEETERS: TableDefinition<(u64, u64), ()> = TableDefinition::new("retweeters");
 /// (user, tweet) -> author: each user's most recent standing retweets, for backfill.
 const RECENT_RETWEETS: TableDefinition<(u64, u64), u64> = TableDefinition::new("recent_retweets");
-
-/// (user, arrived at in Unix ms, tweet) -> (author, retweeted by or 0): what fan-out wrote into
-/// each feed, in arrival order, for [`FeedLimits::arrivals_kept`].
-const ARRIVALS: TableDefinition<(u64, i64, u64), (u64, u64)> =
-    TableDefinition::new("feed_arrivals");
 
 /// Author -> (): the celebrities, merged at read time rather than fanned out.
 const CELEBRITIES: TableDefinition<u64, ()> = TableDefinition::new("celebrities");
@@ -59,13 +94,35 @@ const NOTIFICATION_READS: TableDefinition<u64, u64> = TableDefinition::new("noti
 pub struct EmbeddedFeedStore {
     db: EmbeddedDb,
     limits: FeedLimits,
+    fan_outs: Arc<FanOuts>,
+}
+
+/// Fan-outs waiting for the next combined write (see [`EmbeddedFeedStore::fan_out`]).
+#[derive(Debug, Default)]
+struct FanOuts {
+    state: Mutex<FanOutState>,
+}
+
+#[derive(Debug, Default)]
+struct FanOutState {
+    waiting: Vec<FanOut>,
+    /// Whether a task is writing (and will take what waits when it is done).
+    writing: bool,
+}
+
+#[derive(Debug)]
+struct FanOut {
+    users: Vec<u64>,
+    entry: FeedEntry,
+    at_ms: i64,
+    done: tokio::sync::oneshot::Sender<Result<(), StoreError>>,
 }
 
 impl EmbeddedFeedStore {
     pub fn open(path: &Path, limits: FeedLimits) -> Result<Self, StoreError> {
         let db = EmbeddedDb::open(path, |tx| {
-            tx.open_table(FEEDS)?;
-            tx.open_table(FEED_LENGTHS)?;
+            tx.open_table(FEED)?;
+            migrate_feed_layout(tx)?;
             tx.open_table(EDGES)?;
             tx.open_table(FOLLOWERS)?;
             tx.open_table(RECENT)?;
@@ -78,94 +135,197 @@ impl EmbeddedFeedStore {
             tx.open_table(NOTIFICATION_LENGTHS)?;
             tx.open_table(NOTIFICATION_KEYS)?;
             tx.open_table(NOTIFICATION_READS)?;
-            tx.open_table(ARRIVALS)?;
             Ok(())
         })?;
-        Ok(Self { db, limits })
-    }
-}
-
-/// The two tables a feed insert touches, opened once per transaction (opening a table is not
-/// free, and a fan-out chunk inserts into hundreds of feeds).
-struct FeedTables<'t> {
-    feeds: redb::Table<'t, (u64, u64), (u64, u64)>,
-    lengths: redb::Table<'t, u64, u64>,
-    cap: u64,
-    slack: u64,
-}
-
-impl<'t> FeedTables<'t> {
-    fn open(tx: &'t Tx<'_>, limits: FeedLimits) -> Result<Self, StoreError> {
         Ok(Self {
-            feeds: tx.open_table(FEEDS)?,
-            lengths: tx.open_table(FEED_LENGTHS)?,
-            cap: limits.feed_len as u64,
-            slack: limits.trim_slack as u64,
+            db,
+            limits,
+            fan_outs: Arc::default(),
         })
     }
 
-    /// Inserts into one feed (replacing an entry of the same tweet), keeping the length counter
-    /// exact; a feed more than the slack over its cap is cut back to the cap (its oldest
-    /// entries share a page or two, so cutting many at once costs about what cutting one did).
-    /// Returns whether the entry is new to the feed.
+    /// Writes every fan-out that waits, in one transaction, until none waits.
+    async fn write_fan_outs(db: EmbeddedDb, limits: FeedLimits, fan_outs: Arc<FanOuts>) {
+        loop {
+            let batch = {
+                let mut state = fan_outs.state.lock().unwrap_or_else(|e| e.into_inner());
+                if state.waiting.is_empty() {
+                    state.writing = false;
+                    return;
+                }
+                std::mem::take(&mut state.waiting)
+            };
+            let mut rows: Vec<(u64, FeedEntry, i64)> = batch
+                .iter()
+                .flat_map(|f| f.users.iter().map(|&u| (u, f.entry, f.at_ms)))
+                .collect();
+            rows.sort_unstable_by_key(|&(user, entry, _)| (user, entry.tweet_id));
+            let result = db
+                .write(move |tx| {
+                    let mut feed = FeedTable::open(tx, limits)?;
+                    for (user, entry, at_ms) in rows {
+                        if feed.insert(user, entry)? {
+                            feed.log_arrival(user, entry, at_ms)?;
+                        }
+                    }
+                    Ok(())
+                })
+                .await;
+            for fan_out in batch {
+                let _ = fan_out.done.send(match &result {
+                    Ok(()) => Ok(()),
+                    Err(err) => Err(shared_failure(err)),
+                });
+            }
+        }
+    }
+}
+
+/// [`FEED`], opened once per transaction (opening a table is not free, and a fan-out inserts into
+/// hundreds of feeds), with the limits its writes keep.
+struct FeedTable<'t> {
+    rows: redb::Table<'t, (u64, u64, u64), (u64, u64)>,
+    limits: FeedLimits,
+}
+
+impl<'t> FeedTable<'t> {
+    fn open(tx: &'t Tx<'_>, limits: FeedLimits) -> Result<Self, StoreError> {
+        Ok(Self {
+            rows: tx.open_table(FEED)?,
+            limits,
+        })
+    }
+
+    fn len(&self, user: u64) -> Result<u64, StoreError> {
+        Ok(self.rows.get((user, LENGTH, 0))?.map_or(0, |l| l.value().0))
+    }
+
+    fn set_len(&mut self, user: u64, len: u64) -> Result<(), StoreError> {
+        self.rows.insert((user, LENGTH, 0), (len, 0))?;
+        Ok(())
+    }
+
+    /// Inserts into one feed (replacing an entry of the same tweet), keeping the length exact;
+    /// a feed more than the slack over its cap is cut back to the cap (its oldest entries share
+    /// a page or two, so cutting many at once costs about what cutting one did). Returns whether
+    /// the entry is new to the feed.
     fn insert(&mut self, user: u64, entry: FeedEntry) -> Result<bool, StoreError> {
         let value = (entry.author_id, entry.retweeted_by.unwrap_or(0));
-        if self.feeds.insert((user, entry.tweet_id), value)?.is_some() {
+        if self
+            .rows
+            .insert((user, ENTRIES, entry.tweet_id), value)?
+            .is_some()
+        {
             return Ok(false);
         }
-        let mut len = self.lengths.get(user)?.map_or(0, |l| l.value()) + 1;
-        if len > self.cap + self.slack {
-            let oldest: Vec<(u64, u64)> = self
-                .feeds
-                .range((user, 0)..=(user, u64::MAX))?
-                .take((len - self.cap) as usize)
-                .map(|row| Ok(row?.0.value()))
+        let mut len = self.len(user)? + 1;
+        let cap = self.limits.feed_len as u64;
+        if len > cap + self.limits.trim_slack as u64 {
+            let oldest: Vec<u64> = self
+                .rows
+                .range((user, ENTRIES, 0)..=(user, ENTRIES, u64::MAX))?
+                .take((len - cap) as usize)
+                .map(|row| Ok(row?.0.value().2))
                 .collect::<Result<_, StoreError>>()?;
-            for key in oldest {
-                self.feeds.remove(key)?;
+            for tweet in oldest {
+                self.rows.remove((user, ENTRIES, tweet))?;
                 len -= 1;
             }
         }
-        self.lengths.insert(user, len)?;
+        self.set_len(user, len)?;
         Ok(true)
     }
+
+    /// Removes `tweets` from one feed, keeping the length exact.
+    fn remove(&mut self, user: u64, tweets: &[u64]) -> Result<(), StoreError> {
+        let mut removed = 0;
+        for &tweet in tweets {
+            removed += u64::from(self.rows.remove((user, ENTRIES, tweet))?.is_some());
+        }
+        if removed > 0 {
+            let len = self.len(user)?;
+            self.set_len(user, len.saturating_sub(removed))?;
+        }
+        Ok(())
+    }
+
+    /// Logs `entry`'s arrival in `user`'s feed at `at_ms`, and forgets the user's arrivals
+    /// older than [`FeedLimits::arrivals_kept`] (a seek to the end of the feed's arrivals:
+    /// usually nothing to remove).
+    fn log_arrival(&mut self, user: u64, entry: FeedEntry, at_ms: i64) -> Result<(), StoreError> {
+        let value = (entry.author_id, entry.retweeted_by.unwrap_or(0));
+        self.rows
+            .insert(arrival_key(user, at_ms, entry.tweet_id), value)?;
+        let kept = self.limits.arrivals_kept.as_millis() as i64;
+        let cutoff = at_ms.saturating_sub(kept);
+        if cutoff <= 0 {
+            return Ok(());
+        }
+        // Arrivals before the cutoff: every key past the cutoff's first.
+        let first_expired = arrival_key(user, cutoff - 1, u64::MAX);
+        let expired: Vec<(u64, u64, u64)> = self
+            .rows
+            .range(first_expired..=(user, u64::MAX, u64::MAX))?
+            .map(|row| Ok(row?.0.value()))
+            .collect::<Result<_, StoreError>>()?;
+        for key in expired {
+            self.rows.remove(key)?;
+        }
+        Ok(())
+    }
+
+    /// Empties `user`'s feed and its arrivals.
+    fn drop_feed(&mut self, user: u64) -> Result<(), StoreError> {
+        self.rows
+            .retain_in((user, 0, 0)..=(user, u64::MAX, u64::MAX), |_, _| false)?;
+        Ok(())
+    }
 }
 
-/// Logs `entry`'s arrival in `user`'s feed at `at_ms`, and forgets the user's arrivals older
-/// than `kept` (a seek to the partition's start: usually nothing to remove).
-fn log_arrival(
-    arrivals: &mut redb::Table<'_, (u64, i64, u64), (u64, u64)>,
-    user: u64,
-    entry: FeedEntry,
-    at_ms: i64,
-    kept: std::time::Duration,
-) -> Result<(), StoreError> {
-    let value = (entry.author_id, entry.retweeted_by.unwrap_or(0));
-    arrivals.insert((user, at_ms, entry.tweet_id), value)?;
-    let cutoff = at_ms.saturating_sub(kept.as_millis() as i64);
-    let expired: Vec<(u64, i64, u64)> = arrivals
-        .range((user, i64::MIN, 0)..(user, cutoff, 0))?
-        .map(|row| Ok(row?.0.value()))
-        .collect::<Result<_, StoreError>>()?;
-    for key in expired {
-        arrivals.remove(key)?;
+/// Moves the rows of the three-table feed layout ([`before_feed`]) into [`FEED`], once: the
+/// old tables are deleted in the same transaction.
+fn migrate_feed_layout(tx: &Tx<'_>) -> Result<(), StoreError> {
+    let mut feed = tx.open_table(FEED)?;
+    {
+        let feeds = tx.open_table(before_feed::FEEDS)?;
+        for row in feeds.iter()? {
+            let (key, value) = row?;
+            let (user, tweet) = key.value();
+            feed.insert((user, ENTRIES, tweet), value.value())?;
+        }
+        let lengths = tx.open_table(before_feed::LENGTHS)?;
+        for row in lengths.iter()? {
+            let (user, len) = row?;
+            feed.insert((user.value(), LENGTH, 0), (len.value(), 0))?;
+        }
+        let arrivals = tx.open_table(before_feed::ARRIVALS)?;
+        for row in arrivals.iter()? {
+            let (key, value) = row?;
+            let (user, at_ms, tweet) = key.value();
+            feed.insert(arrival_key(user, at_ms, tweet), value.value())?;
+        }
     }
+    tx.delete_table(before_feed::FEEDS)?;
+    tx.delete_table(before_feed::LENGTHS)?;
+    tx.delete_table(before_feed::ARRIVALS)?;
     Ok(())
 }
 
-/// Removes `tweets` from one feed, keeping the length counter exact.
-fn remove_from_feed(tx: &Tx<'_>, user: u64, tweets: &[u64]) -> Result<(), StoreError> {
-    let mut feeds = tx.open_table(FEEDS)?;
-    let mut removed = 0;
-    for &tweet in tweets {
-        removed += u64::from(feeds.remove((user, tweet))?.is_some());
+/// `err`, for each of the fan-outs a combined write failed for: as transient or as permanent.
+fn shared_failure(err: &StoreError) -> StoreError {
+    match err {
+        StoreError::Corrupt(what) => StoreError::Corrupt(what.clone()),
+        other => StoreError::backend(std::io::Error::other(other.to_string())),
     }
-    if removed > 0 {
-        let mut lengths = tx.open_table(FEED_LENGTHS)?;
-        let len = lengths.get(user)?.map_or(0, |l| l.value());
-        lengths.insert(user, len.saturating_sub(removed))?;
+}
+
+/// The [`FeedEntry`] of a [`FEED`] row's value.
+fn feed_entry(tweet_id: u64, (author_id, retweeted_by): (u64, u64)) -> FeedEntry {
+    FeedEntry {
+        tweet_id,
+        author_id,
+        retweeted_by: (retweeted_by != 0).then_some(retweeted_by),
     }
-    Ok(())
 }
 
 /// Lists a notification, keeping the length counter exact and trimming the oldest past the cap
@@ -457,34 +617,52 @@ impl FeedStore for EmbeddedFeedStore {
         let limits = self.limits;
         self.db
             .write(move |tx| {
-                let mut tables = FeedTables::open(tx, limits)?;
+                let mut feed = FeedTable::open(tx, limits)?;
                 for entry in entries {
-                    tables.insert(user, entry)?;
+                    feed.insert(user, entry)?;
                 }
                 Ok(())
             })
             .await
     }
 
+    /// Fan-outs that arrive while one is being written wait and are then written together, in
+    /// one transaction sorted by feed: every fan-out costs a commit of its own otherwise, and
+    /// two fan-outs reaching one feed rewrite its page once.
     async fn fan_out(
         &self,
         users: Vec<u64>,
         entry: FeedEntry,
         at_ms: i64,
     ) -> Result<(), StoreError> {
-        let limits = self.limits;
-        self.db
-            .write(move |tx| {
-                let mut tables = FeedTables::open(tx, limits)?;
-                let mut arrivals = tx.open_table(ARRIVALS)?;
-                for user in users {
-                    if tables.insert(user, entry)? {
-                        log_arrival(&mut arrivals, user, entry, at_ms, limits.arrivals_kept)?;
-                    }
-                }
-                Ok(())
-            })
-            .await
+        let (done, written) = tokio::sync::oneshot::channel();
+        let start = {
+            let mut state = self
+                .fan_outs
+                .state
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            state.waiting.push(FanOut {
+                users,
+                entry,
+                at_ms,
+                done,
+            });
+            !std::mem::replace(&mut state.writing, true)
+        };
+        if start {
+            // A task of its own, so that no caller's cancellation strands the others.
+            tokio::spawn(Self::write_fan_outs(
+                self.db.clone(),
+                self.limits,
+                self.fan_outs.clone(),
+            ));
+        }
+        written.await.unwrap_or_else(|_| {
+            Err(StoreError::backend(std::io::Error::other(
+                "the fan-out writer stopped",
+            )))
+        })
     }
 
     async fn arrivals(
@@ -493,28 +671,24 @@ impl FeedStore for EmbeddedFeedStore {
         after: (i64, u64),
         max: usize,
     ) -> Result<Vec<Arrival>, StoreError> {
-        use std::ops::Bound;
         self.db
             .read(move |txn| {
-                let arrivals = txn.open_table(ARRIVALS)?;
-                let range = (
-                    Bound::Excluded((user, after.0, after.1)),
-                    Bound::Included((user, i64::MAX, u64::MAX)),
-                );
-                arrivals
-                    .range::<(u64, i64, u64)>(range)?
+                let rows = txn.open_table(FEED)?;
+                // Newest first in the table: what came after `after` is before its key.
+                let first = (user, ARRIVED, 0);
+                let rows = if after.0 < 0 {
+                    rows.range(first..=(user, u64::MAX, u64::MAX))?
+                } else {
+                    rows.range(first..arrival_key(user, after.0, after.1))?
+                };
+                rows.rev()
                     .take(max)
                     .map(|row| {
                         let (key, value) = row?;
-                        let ((_, at_ms, tweet_id), (author_id, retweeted_by)) =
-                            (key.value(), value.value());
+                        let (at_ms, tweet_id) = arrival_of(key.value());
                         Ok(Arrival {
                             at_ms,
-                            entry: FeedEntry {
-                                tweet_id,
-                                author_id,
-                                retweeted_by: (retweeted_by != 0).then_some(retweeted_by),
-                            },
+                            entry: feed_entry(tweet_id, value.value()),
                         })
                     })
                     .collect()
@@ -526,25 +700,22 @@ impl FeedStore for EmbeddedFeedStore {
         if tweets.is_empty() {
             return Ok(());
         }
+        let limits = self.limits;
         self.db
-            .write(move |tx| remove_from_feed(tx, user, &tweets))
+            .write(move |tx| FeedTable::open(tx, limits)?.remove(user, &tweets))
             .await
     }
 
     async fn entries_via(&self, user: u64, who: u64) -> Result<Vec<FeedEntry>, StoreError> {
         self.db
             .read(move |txn| {
-                let feeds = txn.open_table(FEEDS)?;
+                let rows = txn.open_table(FEED)?;
                 let mut found = Vec::new();
-                for row in feeds.range((user, 0)..=(user, u64::MAX))? {
+                for row in rows.range((user, ENTRIES, 0)..=(user, ENTRIES, u64::MAX))? {
                     let (key, value) = row?;
-                    let (author_id, retweeted_by) = value.value();
-                    if author_id == who || retweeted_by == who {
-                        found.push(FeedEntry {
-                            tweet_id: key.value().1,
-                            author_id,
-                            retweeted_by: (retweeted_by != 0).then_some(retweeted_by),
-                        });
+                    let entry = feed_entry(key.value().2, value.value());
+                    if entry.author_id == who || entry.retweeted_by == Some(who) {
+                        found.push(entry);
                     }
                 }
                 Ok(found)
@@ -553,39 +724,46 @@ impl FeedStore for EmbeddedFeedStore {
     }
 
     async fn drop_feed(&self, user: u64) -> Result<(), StoreError> {
+        let limits = self.limits;
         self.db
-            .write(move |tx| {
-                let tweets = keys_in(&tx.open_table(FEEDS)?, user)?;
-                remove_from_feed(tx, user, &tweets)?;
-                let mut arrivals = tx.open_table(ARRIVALS)?;
-                let logged: Vec<(u64, i64, u64)> = arrivals
-                    .range((user, i64::MIN, 0)..=(user, i64::MAX, u64::MAX))?
-                    .map(|row| Ok(row?.0.value()))
-                    .collect::<Result<_, StoreError>>()?;
-                for key in logged {
-                    arrivals.remove(key)?;
-                }
-                Ok(())
-            })
+            .write(move |tx| FeedTable::open(tx, limits)?.drop_feed(user))
             .await
     }
 
     async fn feed(&self, user: u64, page: PageRequest) -> Result<Page<FeedEntry>, StoreError> {
         self.db
             .read(move |txn| {
-                let feeds = txn.open_table(FEEDS)?;
-                let ids = scan_page(&feeds, user, &page)?;
-                let mut entries = Vec::with_capacity(ids.len());
-                for tweet_id in ids {
-                    if let Some(value) = feeds.get((user, tweet_id))? {
-                        let (author_id, retweeted_by) = value.value();
-                        entries.push(FeedEntry {
-                            tweet_id,
-                            author_id,
-                            retweeted_by: (retweeted_by != 0).then_some(retweeted_by),
-                        });
-                    }
+                let rows = txn.open_table(FEED)?;
+                let upper = page.before.unwrap_or(u64::MAX);
+                let take = page.limit.get() + 1;
+                let lower = match page.since {
+                    Some(since) => since.saturating_add(1),
+                    None => 0,
+                };
+                if lower >= upper {
+                    return Ok(Page::from_scan(&page, Vec::new(), |e: &FeedEntry| {
+                        e.tweet_id
+                    }));
                 }
+                let range = rows.range((user, ENTRIES, lower)..(user, ENTRIES, upper))?;
+                type Row<'a> = (
+                    redb::AccessGuard<'a, (u64, u64, u64)>,
+                    redb::AccessGuard<'a, (u64, u64)>,
+                );
+                let entry = |row: Result<Row<'_>, redb::StorageError>| {
+                    let (key, value) = row?;
+                    Ok::<_, StoreError>(feed_entry(key.value().2, value.value()))
+                };
+                // Newest first, or (polling with `since`) oldest first: as `scan_page` reads.
+                let entries: Vec<FeedEntry> = if page.since.is_some() {
+                    range.take(take).map(entry).collect::<Result<_, _>>()?
+                } else {
+                    range
+                        .rev()
+                        .take(take)
+                        .map(entry)
+                        .collect::<Result<_, _>>()?
+                };
                 Ok(Page::from_scan(&page, entries, |e| e.tweet_id))
             })
             .await
@@ -747,4 +925,117 @@ mod tests {
     }
 
     crate::feed_store_conformance!(open_embedded);
+
+    /// A feed's arrivals older than `arrivals_kept` (by the newest arrival's clock) are
+    /// forgotten as new ones come, in that feed only; the feed's entries stay.
+    #[tokio::test]
+    async fn arrivals_past_their_keeping_are_forgotten() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let kept = std::time::Duration::from_secs(60);
+        let limits = FeedLimits {
+            arrivals_kept: kept,
+            ..FeedLimits::default()
+        };
+        let store = EmbeddedFeedStore::open(&dir.path().join("feeds.redb"), limits).expect("open");
+        let (user, other, at) = (7, 8, 1_700_000_000_000);
+        let entry = |tweet_id| FeedEntry {
+            tweet_id,
+            author_id: 9,
+            retweeted_by: None,
+        };
+        store
+            .fan_out(vec![user, other], entry(1), at)
+            .await
+            .unwrap();
+        store.fan_out(vec![user], entry(2), at + 1).await.unwrap();
+        // 60 s after the second: the first (61 s old) goes, the second (60 s old) stays.
+        let later = at + 1 + kept.as_millis() as i64;
+        store.fan_out(vec![user], entry(3), later).await.unwrap();
+        let arrived = |user| {
+            let store = &store;
+            async move {
+                let arrivals = store.arrivals(user, (0, 0), 10).await.unwrap();
+                arrivals
+                    .iter()
+                    .map(|a| a.entry.tweet_id)
+                    .collect::<Vec<_>>()
+            }
+        };
+        assert_eq!(arrived(user).await, [2, 3]);
+        assert_eq!(arrived(other).await, [1]);
+        let first = PageRequest::first(twtr_common::Limit::parse(Some(10)).unwrap());
+        let feed = store.feed(user, first).await.unwrap();
+        assert_eq!(feed.items.len(), 3);
+    }
+
+    /// A file written in the three-table layout opens with its feeds, lengths and arrivals in
+    /// [`FEED`], and the old tables gone.
+    #[tokio::test]
+    async fn the_three_table_feed_layout_is_migrated() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("feeds.redb");
+        let (user, author, at) = (7, 9, 1_700_000_000_000);
+        {
+            let db = redb::Database::create(&path).expect("create");
+            let tx = db.begin_write().expect("write");
+            {
+                let mut feeds = tx.open_table(before_feed::FEEDS).expect("feeds");
+                let mut lengths = tx.open_table(before_feed::LENGTHS).expect("lengths");
+                let mut arrivals = tx.open_table(before_feed::ARRIVALS).expect("arrivals");
+                for tweet in [101, 102, 103] {
+                    feeds.insert((user, tweet), (author, 0)).expect("entry");
+                    arrivals
+                        .insert((user, at + tweet as i64, tweet), (author, 0))
+                        .expect("arrival");
+                }
+                feeds.insert((user, 104), (author, 5)).expect("retweet");
+                lengths.insert(user, 4).expect("length");
+            }
+            tx.commit().expect("commit");
+        }
+        let limits = FeedLimits {
+            feed_len: 4,
+            trim_slack: 0,
+            ..FeedLimits::default()
+        };
+        let store = EmbeddedFeedStore::open(&path, limits).expect("open");
+        let first = PageRequest::first(twtr_common::Limit::parse(Some(10)).unwrap());
+        let ids = |page: Page<FeedEntry>| page.items.iter().map(|e| e.tweet_id).collect::<Vec<_>>();
+        let feed = store.feed(user, first).await.expect("feed");
+        assert_eq!(feed.items[0].retweeted_by, Some(5));
+        assert_eq!(ids(feed), [104, 103, 102, 101]);
+        let arrived = store.arrivals(user, (0, 0), 10).await.expect("arrivals");
+        let arrived: Vec<_> = arrived
+            .iter()
+            .map(|a| (a.at_ms, a.entry.tweet_id))
+            .collect();
+        assert_eq!(arrived, [(at + 101, 101), (at + 102, 102), (at + 103, 103)]);
+        // The migrated length is the one trimming counts from: a fifth entry cuts the oldest.
+        let entry = FeedEntry {
+            tweet_id: 105,
+            author_id: author,
+            retweeted_by: None,
+        };
+        store
+            .insert_entries(user, vec![entry])
+            .await
+            .expect("insert");
+        let feed = store.feed(user, first).await.expect("feed");
+        assert_eq!(ids(feed), [105, 104, 103, 102]);
+        drop(store);
+        let db = redb::Database::create(&path).expect("reopen");
+        use redb::{ReadableDatabase as _, TableHandle as _};
+        let txn = db.begin_read().expect("read");
+        let tables: Vec<String> = txn
+            .list_tables()
+            .expect("tables")
+            .map(|t| t.name().to_owned())
+            .collect();
+        for old in ["feeds", "feed_lengths", "feed_arrivals"] {
+            assert!(
+                !tables.contains(&old.to_owned()),
+                "{old} is still there: {tables:?}"
+            );
+        }
+    }
 }
