@@ -1,5 +1,6 @@
-//! [`EmbeddedFeedStore`]: feeds in a redb file. Each write is one transaction; a length per
-//! feed is kept next to it so trimming to the cap never has to count.
+//! [`EmbeddedFeedStore`]: feeds in a redb file. Each write is one transaction, except that
+//! fan-outs arriving together share one; each feed's length is kept beside its entries (so
+//! trimming to the cap never has to count) and so are its arrivals (see [`FEED`]).
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};

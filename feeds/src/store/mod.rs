@@ -7,8 +7,9 @@
 //!
 //! - this module: the [`FeedStore`] trait, [`FeedEntry`], [`FeedLimits`] and the notification
 //!   types ([`Notification`], [`NotificationKey`]).
-//! - [`embedded`]: [`EmbeddedFeedStore`], feeds in a redb file (one transaction per write, with
-//!   an exact length per feed, trimmed past the slack).
+//! - [`embedded`]: [`EmbeddedFeedStore`], feeds in a redb file (each feed's entries, exact length
+//!   and arrivals side by side in one table, trimmed past the slack; concurrent fan-outs written
+//!   together in one transaction).
 //! - [`cql`]: [`CqlFeedStore`], feeds on ScyllaDB / Cassandra (idempotent upserts, then a trim
 //!   that reads the newest `cap + 1` IDs and range-deletes below the cap).
 //! - [`conformance`]: the suite both backends pass, and its macro
