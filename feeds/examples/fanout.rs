@@ -184,4 +184,6 @@ async fn main() {
         args.tweets as f64 / seconds,
         bytes as f64 / entries as f64,
     );
+    let size = std::fs::metadata(dir.path().join("feeds.redb")).map_or(0, |m| m.len());
+    println!("feeds.redb: {:.0} MB", size as f64 / 1e6);
 }
