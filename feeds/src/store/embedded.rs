@@ -36,7 +36,8 @@ const LENGTH: u64 = 1;
 const ARRIVED: u64 = 2;
 
 /// The [`FEED`] key of an arrival: newest first, and within one millisecond the highest tweet
-/// first, so reading backwards gives `(at_ms, tweet)` order.
+/// first, so reading backwards gives `(at_ms, tweet)` order. (A time before 1970, which no
+/// clock here gives, counts as 1970.)
 fn arrival_key(user: u64, at_ms: i64, tweet: u64) -> (u64, u64, u64) {
     (
         user,
