@@ -212,10 +212,9 @@ impl<'t> FeedTable<'t> {
     /// a page or two, so cutting many at once costs about what cutting one did). Returns whether
     /// the entry is new to the feed.
     fn insert(&mut self, user: u64, entry: FeedEntry) -> Result<bool, StoreError> {
-        let value = (entry.author_id, entry.retweeted_by.unwrap_or(0));
         if self
             .rows
-            .insert((user, ENTRIES, entry.tweet_id), value)?
+            .insert((user, ENTRIES, entry.tweet_id), feed_value(entry))?
             .is_some()
         {
             return Ok(false);
@@ -255,9 +254,8 @@ impl<'t> FeedTable<'t> {
     /// older than [`FeedLimits::arrivals_kept`] (a seek to the end of the feed's arrivals:
     /// usually nothing to remove).
     fn log_arrival(&mut self, user: u64, entry: FeedEntry, at_ms: i64) -> Result<(), StoreError> {
-        let value = (entry.author_id, entry.retweeted_by.unwrap_or(0));
         self.rows
-            .insert(arrival_key(user, at_ms, entry.tweet_id), value)?;
+            .insert(arrival_key(user, at_ms, entry.tweet_id), feed_value(entry))?;
         let kept = self.limits.arrivals_kept.as_millis() as i64;
         let cutoff = at_ms.saturating_sub(kept);
         if cutoff <= 0 {
@@ -319,6 +317,11 @@ fn shared_failure(err: &StoreError) -> StoreError {
         StoreError::Corrupt(what) => StoreError::Corrupt(what.clone()),
         other => StoreError::backend(std::io::Error::other(other.to_string())),
     }
+}
+
+/// The [`FEED`] row value of an entry (or of its arrival): the inverse of [`feed_entry`].
+fn feed_value(entry: FeedEntry) -> (u64, u64) {
+    (entry.author_id, entry.retweeted_by.unwrap_or(0))
 }
 
 /// The [`FeedEntry`] of a [`FEED`] row's value.
