@@ -17,7 +17,10 @@
 #   scripts/cassandra.sh stop NODE         stop one node the way a rolling restart does (SIGTERM:
 #                                          it tells its peers it is going, then drains)
 #   scripts/cassandra.sh start NODE        start that node again on its data; waits until the
-#                                          other nodes see it up (it rejoins, hints replay)
+#                                          other nodes see it up (it rejoins, hints replay) and
+#                                          every node has the same schema
+#   scripts/cassandra.sh agree             wait until every node has the same schema (a node
+#                                          left behind past 75 s gets nodetool resetlocalschema)
 #   scripts/cassandra.sh nodetool NODE ... nodetool against that node (JMX on 127.0.0.1 only)
 #
 # Node i listens on the i-th address of TWTR_CASSANDRA_HOSTS, every node on the same CQL and
@@ -643,15 +646,47 @@ wait_for_gossip() {
     say "every node sees ${only:+node$only and }the others up (after $(elapsed "$started"))"
 }
 
+# The schema versions nodetool describecluster reports, one line each: `<version>: [<addresses>]`.
+# (Each is followed by a blank line; the section ends at "Stats for all nodes:".)
+schema_versions() {
+    sed -n '/Schema versions:/,/Stats for all nodes:/p' <<< "$1" \
+        | sed -n 's/^[[:space:]]*\(\([0-9a-f-]\{36\}\|UNREACHABLE\): \[.*\]\)[[:space:]]*$/\1/p'
+}
+
+# How long nodes may disagree on the schema before the ones holding a minority version are told to
+# reset it (see wait_for_schema_agreement): past Cassandra's periodic schema pull (every 60 s).
+SCHEMA_RESET_AFTER=75
+
 # Waits until every node reports one schema version (nodetool describecluster on node 1), so the
-# first schema change made on the new cluster is not waited out behind the nodes' own start-up
-# changes; dies with what each node reports when they still differ after START_TIMEOUT.
+# first schema change made on the cluster is not waited out behind the nodes' own start-up or
+# catch-up changes; dies with what each node reports when they still differ after START_TIMEOUT.
+#
+# A node that missed a schema push while busy (just restarted, under load) pulls the schema from
+# its peers; but Cassandra 5.0 never retries a pull whose answer did not come (its callback is
+# not told of the timeout), and such a node keeps its old schema until something changes the
+# schema again. Past SCHEMA_RESET_AFTER the nodes holding a version fewer nodes hold are told
+# `nodetool resetlocalschema` once (Cassandra's remedy: drop the local schema, pull it afresh).
 wait_for_schema_agreement() {
     local started="$1" deadline=$(( $(now_ms) + START_TIMEOUT * 1000 )) report versions
+    local disagree_since="" reset="" host lagging
     while :; do
         report="$( (cmd_nodetool 1 describecluster) 2>&1 || true)"
-        versions="$(sed -n '/Schema versions:/,/^[[:space:]]*$/p' <<< "$report" | grep -c '^[[:space:]]*[0-9a-f-]\{36\}:' || true)"
-        (( versions == 1 )) && break
+        versions="$(schema_versions "$report")"
+        if [[ $(grep -c . <<< "$versions") == 1 ]] && [[ $versions != UNREACHABLE* ]]; then
+            break
+        fi
+        disagree_since="${disagree_since:-$(now_ms)}"
+        if [[ -z $reset ]] && (( $(now_ms) - disagree_since > SCHEMA_RESET_AFTER * 1000 )); then
+            reset=done
+            # Every version but the one most nodes hold (its address list is the longest).
+            lagging="$(grep -v '^UNREACHABLE' <<< "$versions" \
+                | awk -F'[][]' '{ print gsub(/,/, ",", $2) "\t" $2 }' \
+                | sort -rn | tail -n +2 | cut -f2 | tr -d ' ' | tr ',' '\n' | sed 's/:[0-9]*$//')"
+            for host in $lagging; do
+                say "node $host still holds another schema version after ${SCHEMA_RESET_AFTER}s; nodetool resetlocalschema on it (versions: $(tr '\n' ' ' <<< "$versions"))"
+                (cmd_nodetool "$host" resetlocalschema) || say "nodetool resetlocalschema on $host failed"
+            done
+        fi
         if (( $(now_ms) > deadline )); then
             die "the nodes did not agree on one schema within ${START_TIMEOUT}s; nodetool describecluster said:
 $report"
@@ -731,6 +766,16 @@ cmd_node_start() {
     start_node
     wait_until_ready "${LAUNCHED_PID:-$(our_pid)}" "$started"
     wait_for_gossip "$i" "$started"
+    wait_for_schema_agreement "$started"
+}
+
+# Waits until the cluster's nodes agree on one schema (see wait_for_schema_agreement): what a
+# test or an operator checks before changing the schema of a cluster whose nodes have just been
+# restarted.
+cmd_cluster_agree() {
+    use_cluster ""
+    ensure_tools
+    wait_for_schema_agreement "$(now_ms)"
 }
 
 cmd_node_kill() {
@@ -882,7 +927,7 @@ is_cluster() {
 }
 
 usage() {
-    echo "usage: $0 start [--nodes N | NODE] | stop [--cluster | NODE] | status [--cluster] | kill NODE | nodetool NODE ARGS..." >&2
+    echo "usage: $0 start [--nodes N | NODE] | stop [--cluster | NODE] | status [--cluster] | kill NODE | agree | nodetool NODE ARGS..." >&2
     exit 2
 }
 
@@ -904,6 +949,7 @@ case "${1:-}" in
         esac ;;
     status) if is_cluster "${2:-}"; then cmd_cluster_status; else cmd_status; fi ;;
     kill) [[ -n ${2:-} ]] || usage; take_cluster_lock; cmd_node_kill "$2" ;;
+    agree) take_cluster_lock; cmd_cluster_agree ;;
     nodetool) [[ -n ${2:-} ]] || usage; node="$2"; shift 2; cmd_nodetool "$node" "$@" ;;
     *) usage ;;
 esac

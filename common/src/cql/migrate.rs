@@ -26,6 +26,8 @@
 //! between rounds). Usually that takes well under a second. On a Cassandra cluster a node that
 //! missed a change (busy or just started when it was pushed) pulls it only after a 60-second
 //! delay, so a wait bounded by the driver's one minute failed runs on freshly started clusters.
+//! And Cassandra 5.0 never retries a pull whose answer was lost: a node that keeps an older
+//! version past the wait needs `nodetool resetlocalschema`, which the final error says.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -473,7 +475,19 @@ async fn await_agreement(session: &Session, lease: Option<(&str, &str)>) -> Resu
                     renew_lease(session, keyspace, owner).await?;
                 }
             }
-            Err(err) => return Err(err.into()),
+            Err(err) => {
+                if matches!(err, SchemaAgreementError::Timeout(_)) {
+                    tracing::error!(
+                        waited_secs = started.elapsed().as_secs(),
+                        versions = %schema_versions(session).await,
+                        "the CQL nodes still do not agree on the schema; a node that keeps an \
+                         older version missed a change and did not pull it (Cassandra does not \
+                         retry a lost schema pull): run `nodetool resetlocalschema` on that node, \
+                         then run the migration again"
+                    );
+                }
+                return Err(err.into());
+            }
         }
     }
 }
