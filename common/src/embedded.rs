@@ -72,10 +72,15 @@ from_redb_errors!(
 /// The most writes committed under one fsync.
 pub const GROUP_MAX: usize = 128;
 
-/// Memory redb may use to cache each database file's pages. Its default (1 GiB per file) let a
-/// process with five files grow past a gigabyte after a bulk load; this holds the benchmark's
-/// working set (tens of MB per file) and bounds a long-running process.
-pub const CACHE_BYTES: usize = 64 * 1024 * 1024;
+/// Memory redb may use to cache each database file's pages (its read cache and its write
+/// buffer together). Its default (1 GiB per file) let a process with five files grow past a
+/// gigabyte after a bulk load. Under the benchmark two files outgrow any such cache (the feeds
+/// file, hundreds of MB, and the tweets file): each holds its whole cache, so this is the
+/// largest share of the all-in-one process's memory. 64 MiB took the process to 313–320 MB at
+/// peak, 32 MiB to 234 MB with the same throughput in the same sitting (feed reads, posts and
+/// fan-out within run-to-run noise; `docs/bench/2026-12-03-cache.md`): reads that miss it are
+/// served by the kernel's page cache, which the machine shares and can reclaim.
+pub const CACHE_BYTES: usize = 32 * 1024 * 1024;
 
 /// A handle to one redb database file; cheap to clone.
 #[derive(Clone)]
