@@ -128,9 +128,11 @@ pub struct Cli {
     #[arg(long, env = "TWTR_AMQP_QUEUE_EXPIRY_SECS", global = true)]
     pub amqp_queue_expiry_secs: Option<u64>,
 
-    /// Deliveries a consumer holds unacknowledged at once (RabbitMQ prefetch).
-    #[arg(long, env = "TWTR_EVENT_PREFETCH", default_value_t = ConsumerSettings::default().prefetch, global = true)]
-    pub event_prefetch: u16,
+    /// Deliveries a consumer holds unacknowledged, and handles, at once (RabbitMQ prefetch).
+    /// Default: 512 on the embedded store, which commits the deliveries in hand together, 32 on
+    /// CQL.
+    #[arg(long, env = "TWTR_EVENT_PREFETCH", global = true)]
+    pub event_prefetch: Option<u16>,
 
     /// Milliseconds a failed event waits before its second attempt; each further failure
     /// doubles the wait (with jitter), up to TWTR_EVENT_RETRY_MAX_DELAY_MS.
@@ -454,10 +456,11 @@ impl Cli {
             self.idempotency_window_secs > 0,
             "TWTR_IDEMPOTENCY_WINDOW_SECS must be at least 1"
         );
-        anyhow::ensure!(
-            self.event_prefetch > 0,
-            "TWTR_EVENT_PREFETCH must be at least 1"
-        );
+        let event_prefetch = self.event_prefetch.unwrap_or(match storage {
+            Storage::Embedded { .. } => ConsumerSettings::EMBEDDED_PREFETCH,
+            Storage::Cql(_) => ConsumerSettings::CQL_PREFETCH,
+        });
+        anyhow::ensure!(event_prefetch > 0, "TWTR_EVENT_PREFETCH must be at least 1");
         anyhow::ensure!(
             self.event_retry_delay_ms > 0
                 && self.event_retry_max_delay_ms >= self.event_retry_delay_ms,
@@ -485,7 +488,7 @@ impl Cli {
             data_dir: self.data_dir.clone(),
             amqp,
             consumer: ConsumerSettings {
-                prefetch: self.event_prefetch,
+                prefetch: event_prefetch,
                 retry: RetryPolicy {
                     first_delay: Duration::from_millis(self.event_retry_delay_ms),
                     max_delay: Duration::from_millis(self.event_retry_max_delay_ms),
@@ -566,6 +569,32 @@ mod tests {
             cli.config().unwrap().service_urls().feeds,
             "http://127.0.0.1:50054"
         );
+    }
+
+    #[test]
+    fn the_default_prefetch_depends_on_the_store_and_a_setting_wins() {
+        let prefetch = |args: &[&str]| {
+            let cli = Cli::try_parse_from(args).unwrap();
+            cli.config().unwrap().consumer.prefetch
+        };
+        assert_eq!(prefetch(&["twtr"]), ConsumerSettings::EMBEDDED_PREFETCH);
+        assert_eq!(
+            prefetch(&["twtr", "--scylla-nodes", "a:9042"]),
+            ConsumerSettings::CQL_PREFETCH
+        );
+        assert_eq!(prefetch(&["twtr", "--event-prefetch", "7"]), 7);
+        assert_eq!(
+            prefetch(&[
+                "twtr",
+                "--scylla-nodes",
+                "a:9042",
+                "--event-prefetch",
+                "700"
+            ]),
+            700
+        );
+        let zero = Cli::try_parse_from(["twtr", "--event-prefetch", "0"]).unwrap();
+        assert!(zero.config().is_err());
     }
 
     #[test]

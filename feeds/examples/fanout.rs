@@ -2,9 +2,10 @@
 //! second the feeds service's own event handling writes, and how many bytes each costs.
 //!
 //! It drives [`Feeds`] (the service's domain logic, exactly as the event consumer does) with
-//! `TweetCreated` events, `--concurrency` at a time (the consumer's prefetch), over a store
-//! seeded with a follow graph (`--users`, each following `--follows` others at random) and
-//! feeds already holding entries (`--prefill` tweets fanned out first).
+//! `TweetCreated` events, `--concurrency` at a time (the consumer's prefetch: 512 by default, as
+//! on the embedded store), over a store seeded with a follow graph (`--users`, each following
+//! `--follows` others at random) and feeds already holding entries (`--prefill` tweets fanned
+//! out first).
 //!
 //! ```text
 //! cargo run --release -p twtr-feeds --example fanout -- --users 2000 --follows 100 --tweets 2000
@@ -40,7 +41,7 @@ fn args() -> Args {
         follows: 100,
         prefill: 4_000,
         tweets: 2_000,
-        concurrency: 32,
+        concurrency: usize::from(twtr_common::bus::ConsumerSettings::EMBEDDED_PREFETCH),
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
