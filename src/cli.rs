@@ -456,10 +456,9 @@ impl Cli {
             self.idempotency_window_secs > 0,
             "TWTR_IDEMPOTENCY_WINDOW_SECS must be at least 1"
         );
-        let event_prefetch = self.event_prefetch.unwrap_or(match storage {
-            Storage::Embedded { .. } => ConsumerSettings::EMBEDDED_PREFETCH,
-            Storage::Cql(_) => ConsumerSettings::CQL_PREFETCH,
-        });
+        let event_prefetch = self
+            .event_prefetch
+            .unwrap_or_else(|| storage.default_prefetch());
         anyhow::ensure!(event_prefetch > 0, "TWTR_EVENT_PREFETCH must be at least 1");
         anyhow::ensure!(
             self.event_retry_delay_ms > 0
@@ -595,6 +594,11 @@ mod tests {
         );
         let zero = Cli::try_parse_from(["twtr", "--event-prefetch", "0"]).unwrap();
         assert!(zero.config().is_err());
+        // The in-process meshes start from the same defaults as the binary.
+        assert_eq!(
+            Config::embedded("data").consumer.prefetch,
+            ConsumerSettings::EMBEDDED_PREFETCH
+        );
     }
 
     #[test]

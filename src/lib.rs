@@ -61,6 +61,17 @@ pub enum Storage {
     Cql(CqlConfig),
 }
 
+impl Storage {
+    /// How many deliveries a consumer on this store holds at once unless `TWTR_EVENT_PREFETCH`
+    /// says otherwise (see [`ConsumerSettings::EMBEDDED_PREFETCH`]).
+    pub fn default_prefetch(&self) -> u16 {
+        match self {
+            Self::Embedded { .. } => ConsumerSettings::EMBEDDED_PREFETCH,
+            Self::Cql(_) => ConsumerSettings::CQL_PREFETCH,
+        }
+    }
+}
+
 /// Everything configurable, after defaults, environment and flags are applied.
 #[derive(Clone)]
 pub struct Config {
@@ -162,13 +173,17 @@ impl Config {
     /// The all-in-one defaults on `data_dir`: embedded store, in-process bus.
     pub fn embedded(data_dir: impl Into<PathBuf>) -> Self {
         let data_dir = data_dir.into();
+        let storage = Storage::Embedded {
+            data_dir: data_dir.clone(),
+        };
         Self {
-            storage: Storage::Embedded {
-                data_dir: data_dir.clone(),
+            consumer: ConsumerSettings {
+                prefetch: storage.default_prefetch(),
+                ..ConsumerSettings::default()
             },
+            storage,
             data_dir,
             amqp: None,
-            consumer: ConsumerSettings::default(),
             token_private_key: None,
             token_public_keys: Vec::new(),
             token_ttl: Duration::from_secs(24 * 3600),
