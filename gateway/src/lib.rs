@@ -1,5 +1,6 @@
 //! The HTTP/JSON edge gateway: routing, authentication, input parsing, JSON <-> gRPC, and the
-//! fan-in of several RPCs into one response. It keeps nothing itself.
+//! fan-in of several RPCs into one response. It keeps nothing durable: only short-lived caches
+//! of the users service's answers (revocation, and the users shown beside tweets).
 //!
 //! # Layout
 //!
@@ -12,6 +13,8 @@
 //!   clients, the token verifier, the revocation cache).
 //! - [`revocation`]: whether a validly signed token was revoked (account deleted, password
 //!   changed), from the users service's answers of the last two seconds.
+//! - [`authors`]: the users shown beside tweets, remembered for five seconds, so a page of
+//!   tweets costs no users RPC.
 //! - [`upstream`]: gRPC clients for the four services; every call carries what is left of its
 //!   request's deadline, the caller's verified token and the request and trace ids.
 //! - [`views`]: the JSON bodies of the public API, and the batched hydration that builds them
@@ -43,8 +46,11 @@
 
 pub mod adaptive;
 pub mod app;
+pub mod authors;
 pub mod error;
 pub mod extract;
+#[cfg(test)]
+mod fake_users;
 pub mod limits;
 pub mod openapi;
 pub mod revocation;

@@ -144,7 +144,7 @@ impl Revocations {
 /// connection, overloaded, timed out), when an older answer may stand in. Any other failure is
 /// an answer (a refusal, a bug) and must not be papered over with a stale state: that once let a
 /// revoked token through when every call of a burst was refused.
-fn unreachable(status: &tonic::Status) -> bool {
+pub(crate) fn unreachable(status: &tonic::Status) -> bool {
     matches!(
         ErrorCode::from_status(status),
         ErrorCode::Unavailable | ErrorCode::DeadlineExceeded
@@ -226,116 +226,15 @@ impl Shared {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+    use std::sync::atomic::Ordering;
 
-    use tonic::{Request, Response, Status};
     use twtr_common::page::MAX_BATCH;
-    use twtr_proto::users::v1 as pb;
-    use twtr_proto::users::v1::users_service_server::{UsersService, UsersServiceServer};
 
     use super::*;
-
-    /// A users service that answers `GetTokenStates` as the real one does (at most
-    /// [`MAX_BATCH`] IDs, else a refusal), or fails every call with `failing`.
-    #[derive(Default)]
-    struct FakeUsers {
-        generation: AtomicU64,
-        largest_batch: AtomicUsize,
-        failing: Mutex<Option<tonic::Code>>,
-    }
-
-    /// The server's handle on the shared fake.
-    struct Fake(Arc<FakeUsers>);
-
-    #[tonic::async_trait]
-    impl UsersService for Fake {
-        async fn create_user(
-            &self,
-            _: Request<pb::CreateUserRequest>,
-        ) -> Result<Response<pb::User>, Status> {
-            Err(Status::unimplemented("fake"))
-        }
-        async fn login(
-            &self,
-            _: Request<pb::LoginRequest>,
-        ) -> Result<Response<pb::LoginResponse>, Status> {
-            Err(Status::unimplemented("fake"))
-        }
-        async fn get_user(
-            &self,
-            _: Request<pb::GetUserRequest>,
-        ) -> Result<Response<pb::User>, Status> {
-            Err(Status::unimplemented("fake"))
-        }
-        async fn get_user_by_username(
-            &self,
-            _: Request<pb::GetUserByUsernameRequest>,
-        ) -> Result<Response<pb::User>, Status> {
-            Err(Status::unimplemented("fake"))
-        }
-        async fn batch_get_users(
-            &self,
-            _: Request<pb::BatchGetUsersRequest>,
-        ) -> Result<Response<pb::BatchGetUsersResponse>, Status> {
-            Err(Status::unimplemented("fake"))
-        }
-        async fn update_user(
-            &self,
-            _: Request<pb::UpdateUserRequest>,
-        ) -> Result<Response<pb::User>, Status> {
-            Err(Status::unimplemented("fake"))
-        }
-        async fn delete_user(
-            &self,
-            _: Request<pb::DeleteUserRequest>,
-        ) -> Result<Response<pb::DeleteUserResponse>, Status> {
-            Err(Status::unimplemented("fake"))
-        }
-        async fn search_users(
-            &self,
-            _: Request<pb::SearchUsersRequest>,
-        ) -> Result<Response<pb::SearchUsersResponse>, Status> {
-            Err(Status::unimplemented("fake"))
-        }
-        async fn get_token_states(
-            &self,
-            request: Request<pb::GetTokenStatesRequest>,
-        ) -> Result<Response<pb::GetTokenStatesResponse>, Status> {
-            if let Some(code) = *lock(&self.0.failing) {
-                return Err(Status::new(code, "failing on purpose"));
-            }
-            let ids = request.into_inner().user_ids;
-            self.0.largest_batch.fetch_max(ids.len(), Ordering::SeqCst);
-            if ids.len() > MAX_BATCH {
-                return Err(Status::invalid_argument(format!(
-                    "at most {MAX_BATCH} IDs per batch"
-                )));
-            }
-            let generation = self.0.generation.load(Ordering::SeqCst);
-            let states = ids
-                .into_iter()
-                .map(|user_id| pb::TokenState {
-                    user_id,
-                    active: true,
-                    generation,
-                })
-                .collect();
-            Ok(Response::new(pb::GetTokenStatesResponse { states }))
-        }
-    }
+    use crate::fake_users::{self, FakeUsers};
 
     async fn serve(fake: Arc<FakeUsers>) -> Revocations {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(UsersServiceServer::new(Fake(fake)))
-                .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
-        );
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-            .unwrap()
-            .connect_lazy();
-        Revocations::new(UsersServiceClient::new(channel))
+        Revocations::new(fake_users::serve(fake).await)
     }
 
     fn token(user_id: u64, generation: u64) -> Verified {

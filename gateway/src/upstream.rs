@@ -24,6 +24,8 @@ use twtr_proto::users::v1::users_service_client::UsersServiceClient;
 use twtr_common::client::{Routable, routed_channel};
 use twtr_common::tls::MeshTls;
 
+use crate::authors::Authors;
+
 /// The deadline of a request, and so of the RPCs it makes, when none is configured.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// The least an RPC is given, so one made as the deadline passes fails as a deadline.
@@ -44,6 +46,8 @@ pub struct Upstreams {
     pub tweets: TweetsServiceClient<Channel>,
     pub followers: FollowersServiceClient<Channel>,
     pub feeds: FeedsServiceClient<Channel>,
+    /// The users shown beside tweets, remembered for a few seconds ([`crate::authors`]).
+    pub authors: Authors,
     /// Each service's health client and whether its URL leads anywhere, by service name: for
     /// readiness and the health details.
     pub health: Vec<(&'static str, HealthClient<Channel>, Routable)>,
@@ -71,6 +75,7 @@ impl Upstreams {
         let (users, tweets, followers, feeds) = (users.0, tweets.0, followers.0, feeds.0);
         Ok(Self {
             health,
+            authors: Authors::new(UsersServiceClient::new(users.clone())),
             users: UsersServiceClient::new(users),
             tweets: TweetsServiceClient::new(tweets),
             followers: FollowersServiceClient::new(followers),

@@ -1,5 +1,6 @@
 //! The JSON bodies of the public API, and their hydration from several services. Hydration is
-//! batched: one RPC per kind of data per response, however many items it holds.
+//! batched: one RPC per kind of data per response, however many items it holds; the users shown
+//! beside tweets come from the gateway's memory when it read them in the last few seconds.
 
 use std::collections::HashMap;
 
@@ -250,10 +251,11 @@ impl Listed {
 
 /// A page of tweets (home feed, timeline, a user's tweets, or just one) as the API shows it, in
 /// the listed order: with author profiles and, for a known `viewer`, whether they like and
-/// retweeted each one. Two RPCs in parallel whatever the page size: one users batch (authors
-/// and retweeters), and one tweets call (the viewer's flags on tweets already read, or a
-/// feed's tweets read with those flags). A tweet deleted since it was listed, or whose author
-/// no longer exists, is left out.
+/// retweeted each one. At most two RPCs in parallel whatever the page size: one tweets call
+/// (the viewer's flags on tweets already read, or a feed's tweets read with those flags), and
+/// one users batch for the authors and retweeters the gateway has not read in the last few
+/// seconds ([`crate::authors`]; usually none). A tweet deleted since it was listed, or whose
+/// author no longer exists, is left out.
 pub async fn tweets(
     up: &Upstreams,
     viewer: Option<u64>,
@@ -331,30 +333,16 @@ async fn tweets_and_flags(
     }
 }
 
-/// The users among `ids` (repeats allowed), by ID: one RPC.
+/// The users among `ids` (repeats allowed), by ID: from the gateway's memory of recent answers,
+/// and one RPC for the rest ([`crate::authors`]).
 pub(crate) async fn authors(
     up: &Upstreams,
-    mut ids: Vec<u64>,
+    ids: Vec<u64>,
 ) -> Result<HashMap<u64, users_pb::User>, tonic::Status> {
-    ids.sort_unstable();
-    ids.dedup();
     if ids.is_empty() {
         return Ok(HashMap::new());
     }
-    let users = up
-        .users
-        .clone()
-        .batch_get_users(rpc(BatchGetUsersRequest {
-            user_ids: ids,
-            ..Default::default()
-        }))
-        .await?;
-    Ok(users
-        .into_inner()
-        .users
-        .into_iter()
-        .map(|u| (u.id, u))
-        .collect())
+    up.authors.get(ids).await
 }
 
 /// Tweets as the API shows them, in the order given, from their `authors` (and retweeters)

@@ -3,7 +3,7 @@
 //! that neither overlap nor skip while tweets arrive.
 
 use reqwest::{Method, StatusCode};
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::support::{CONVERGE, TestMesh, eventually, ids, on_both_backends, text};
 
@@ -12,6 +12,7 @@ on_both_backends! {
     deleted_tweets => a_deleted_tweet_leaves_every_feed,
     retweets => retweets_reach_followers_once_and_marked,
     account_deletion => a_deleted_account_leaves_no_trace_in_feeds,
+    profile_change => a_profile_change_shows_beside_tweets_at_once,
     feed_pages => feed_pages_never_overlap_or_skip_while_tweets_arrive,
 }
 
@@ -162,6 +163,27 @@ pub async fn a_deleted_account_leaves_no_trace_in_feeds(mesh: &TestMesh) {
     .await;
     let items = feed(mesh, &reader).await;
     assert!(items[0]["retweeted_by"].is_null(), "{items:?}");
+}
+
+/// The gateway remembers the users it shows beside tweets for a few seconds, and forgets one
+/// whose profile it changes: the caller who changed it sees it on their next read.
+pub async fn a_profile_change_shows_beside_tweets_at_once(mesh: &TestMesh) {
+    let (_, author) = mesh.user("author").await;
+    let posted = mesh.tweet(&author, "before the change").await;
+    await_feed_ids(mesh, &author, std::slice::from_ref(&posted), "the post").await;
+    let before = feed(mesh, &author).await;
+    assert_ne!(before[0]["author"]["display_name"], "Renamed", "{before:?}");
+
+    let (status, body) = mesh
+        .patch(
+            "/v1/users/me",
+            Some(&author),
+            json!({ "display_name": "Renamed" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let after = feed(mesh, &author).await;
+    assert_eq!(after[0]["author"]["display_name"], "Renamed", "{after:?}");
 }
 
 pub async fn feed_pages_never_overlap_or_skip_while_tweets_arrive(mesh: &TestMesh) {

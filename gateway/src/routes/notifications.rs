@@ -140,7 +140,8 @@ pub(super) async fn notifications(
     }))
 }
 
-/// The actors of `notifications`, hydrated as users: one users batch and the two count RPCs.
+/// The actors of `notifications`, hydrated as users: the users the gateway has not read in the
+/// last few seconds in one batch (`crate::authors`), and the two count RPCs.
 async fn actors(
     up: &crate::upstream::Upstreams,
     notifications: &[feeds_pb::Notification],
@@ -154,8 +155,8 @@ async fn actors(
         .collect())
 }
 
-/// The tweets `notifications` are about, hydrated for the caller as a feed's are (one users
-/// batch and one tweets batch): a like's or retweet's tweet is the caller's own, a mention's is
+/// The tweets `notifications` are about, hydrated for the caller as a feed's are (one tweets
+/// batch, and a users batch for authors not read in the last few seconds): a like's or retweet's tweet is the caller's own, a mention's is
 /// the actor's.
 async fn tweets(
     up: &crate::upstream::Upstreams,

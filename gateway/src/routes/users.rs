@@ -149,6 +149,7 @@ pub(super) async fn update_me(
     if password_changes {
         state.revocations().forget(me);
     }
+    state.up().authors.forget(me);
     Ok(Json(views::user(state.up(), user).await?))
 }
 
@@ -169,6 +170,7 @@ pub(super) async fn delete_me(
     let request = DeleteUserRequest { user_id: me };
     state.up().users.clone().delete_user(rpc(request)).await?;
     state.revocations().forget(me);
+    state.up().authors.forget(me);
     Ok(StatusCode::NO_CONTENT)
 }
 
