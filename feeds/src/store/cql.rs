@@ -8,7 +8,9 @@
 //! # Write paths, and what a crash between their steps leaves
 //!
 //! - A feed insert ([`FeedStore::insert_entries`], and per user [`FeedStore::fan_out`]): (1) upsert
-//!   the entries, one single-partition batch per 100; (2) when a trim is due, read the newest
+//!   the entries, one single-partition batch per 100 (a fan-out: each feed's entry and arrival,
+//!   in unlogged batches of up to 10 feeds whose partitions have the same replicas, so a batch
+//!   saves requests and its coordinator writes locally); (2) when a trim is due, read the newest
 //!   `feed_len + 1` tweet IDs and, if there are that many, range-delete `tweet_id <=` the last of
 //!   them (one range tombstone). A trim is due once the process has inserted more than
 //!   [`FeedLimits::trim_slack`] entries into the feed since its last trim, and on the first
@@ -35,7 +37,9 @@ use async_trait::async_trait;
 use futures_util::future::join_all;
 use futures_util::{StreamExt as _, TryStreamExt as _, stream};
 use scylla::deserialize::row::DeserializeRow;
-use scylla::serialize::row::SerializeRow;
+use scylla::serialize::SerializationError;
+use scylla::serialize::row::{RowSerializationContext, SerializeRow};
+use scylla::serialize::writers::RowWriter;
 use scylla::statement::batch::Batch;
 use scylla::statement::prepared::PreparedStatement;
 use scylla::value::CqlTimestamp;
@@ -142,9 +146,14 @@ const DROP_READ_CURSOR: &str = "DELETE FROM {ks}.notification_reads WHERE recipi
 
 /// Statements per batch: keeps a batch well under the size at which the cluster warns.
 const BATCH_ROWS: usize = 100;
-/// Feeds written at once by one fan-out: enough to hide round trips, few enough not to flood
+/// Feeds one request of a fan-out writes: an unlogged batch of that many feeds whose partitions
+/// have the same replicas, so its coordinator is a replica of each and the batch saves requests,
+/// not hops. Cassandra warns about an unlogged batch across more partitions than its
+/// `unlogged_batch_across_partitions_warn_threshold` (10 by default), so no more.
+const FEEDS_PER_BATCH: usize = 10;
+/// Batches written at once by one fan-out: enough to hide round trips, few enough not to flood
 /// the cluster (or the driver's connection pool) when an author has many followers.
-const FAN_OUT_CONCURRENCY: usize = 64;
+const FAN_OUT_CONCURRENCY: usize = 32;
 
 /// Feeds whose inserts since their last trim this process counts; a feed it forgets is trimmed
 /// on its next insert, so the bound only costs memory, never the cap.
@@ -159,8 +168,9 @@ pub struct CqlFeedStore {
     /// Per user, the notifications this process listed since it last trimmed their list.
     untrimmed_notifications: moka::sync::Cache<i64, usize>,
     insert_entry: PreparedStatement,
-    /// The feed row and its arrival, as one single-partition batch.
-    insert_arrived: Batch,
+    /// The feed rows and arrivals of 1 to [`FEEDS_PER_BATCH`] feeds: the `n`th batch writes
+    /// `n + 1` feeds (see [`CqlFeedStore::arrive_in_feeds`]).
+    insert_arrived: Vec<Batch>,
     arrivals_after: PreparedStatement,
     drop_arrivals: PreparedStatement,
     delete_entry: PreparedStatement,
@@ -222,7 +232,13 @@ impl CqlFeedStore {
             &ks.prepare(SET_RETWEETER).await?,
         ]);
         let insert_entry = ks.prepare(INSERT_ENTRY).await?;
-        let insert_arrived = unlogged_batch([&insert_entry, &ks.prepare(INSERT_ARRIVAL).await?]);
+        let insert_arrival = ks.prepare(INSERT_ARRIVAL).await?;
+        let insert_arrived = (1..=FEEDS_PER_BATCH)
+            .map(|feeds| {
+                let pair = [&insert_entry, &insert_arrival];
+                unlogged_batch(std::iter::repeat_n(pair, feeds).flatten())
+            })
+            .collect();
         Ok(Self {
             insert_arrived,
             arrivals_after: ks.prepare(ARRIVALS_AFTER).await?,
@@ -422,15 +438,24 @@ impl CqlFeedStore {
         trimmed
     }
 
-    /// Fan-out into one feed: the entry and its arrival in one single-partition batch, then a
-    /// trim when one is due.
-    async fn arrive_in_feed(
+    /// Fan-out into up to [`FEEDS_PER_BATCH`] feeds of the same replicas: each feed's entry and
+    /// arrival, in one unlogged batch, then a trim of each feed where one is due. The batch
+    /// merges the two rows of one feed into one mutation of its partition, applied atomically;
+    /// across feeds it promises nothing, and needs nothing (a retried fan-out rewrites the same
+    /// rows).
+    async fn arrive_in_feeds(
         &self,
-        user: u64,
+        users: &[i64],
         entry: FeedEntry,
         at_ms: i64,
     ) -> Result<(), StoreError> {
-        let user = to_cql(user)?;
+        let Some(batch) = users
+            .len()
+            .checked_sub(1)
+            .and_then(|i| self.insert_arrived.get(i))
+        else {
+            return Ok(());
+        };
         let (tweet, author) = (to_cql(entry.tweet_id)?, to_cql(entry.author_id)?);
         let retweeted_by = entry
             .retweeted_by
@@ -438,15 +463,49 @@ impl CqlFeedStore {
             .map(to_cql)
             .transpose()?;
         let ttl = i32::try_from(self.limits.arrivals_kept.as_secs().max(1)).unwrap_or(i32::MAX);
-        let values = (
-            (user, tweet, author, retweeted_by),
-            (user, at_ms, tweet, author, retweeted_by, ttl),
-        );
-        self.ks
-            .session()
-            .batch(&self.insert_arrived, values)
-            .await?;
-        self.trim_feed_if_due(user, 1).await
+        let rows: Vec<ArrivedRow> = users
+            .iter()
+            .flat_map(|&user| {
+                [
+                    ArrivedRow::Entry((user, tweet, author, retweeted_by)),
+                    ArrivedRow::Arrival((user, at_ms, tweet, author, retweeted_by, ttl)),
+                ]
+            })
+            .collect();
+        self.ks.session().batch(batch, &rows).await?;
+        for &user in users {
+            self.trim_feed_if_due(user, 1).await?;
+        }
+        Ok(())
+    }
+
+    /// `users`' feeds in groups of at most [`FEEDS_PER_BATCH`] whose partitions have the same
+    /// replicas, as the driver knows them now (token-aware grouping). Where it cannot tell, a
+    /// feed is a group of its own.
+    fn by_replicas(&self, users: Vec<u64>) -> Result<Vec<Vec<i64>>, StoreError> {
+        let cluster = self.ks.session().get_cluster_state();
+        let mut groups: HashMap<Vec<_>, Vec<i64>> = HashMap::new();
+        let mut alone = Vec::new();
+        for user in users {
+            let user = to_cql(user)?;
+            match self.drop_feed.calculate_token(&(user,)) {
+                Ok(Some(token)) => {
+                    let mut replicas: Vec<_> = cluster
+                        .get_token_endpoints(self.ks.name(), "feeds", token)
+                        .into_iter()
+                        .map(|(node, _)| node.host_id)
+                        .collect();
+                    replicas.sort_unstable();
+                    groups.entry(replicas).or_default().push(user);
+                }
+                _ => alone.push(vec![user]),
+            }
+        }
+        let mut batches = alone;
+        for feeds in groups.into_values() {
+            batches.extend(feeds.chunks(FEEDS_PER_BATCH).map(<[i64]>::to_vec));
+        }
+        Ok(batches)
     }
 
     /// Up to `max` keys of a partition clustered ascending, above `after`, whose flag is set:
@@ -768,8 +827,8 @@ impl FeedStore for CqlFeedStore {
         entry: FeedEntry,
         at_ms: i64,
     ) -> Result<(), StoreError> {
-        let mut inserts = stream::iter(users)
-            .map(|user| self.arrive_in_feed(user, entry, at_ms))
+        let mut inserts = stream::iter(self.by_replicas(users)?)
+            .map(|feeds| async move { self.arrive_in_feeds(&feeds, entry, at_ms).await })
             .buffer_unordered(FAN_OUT_CONCURRENCY);
         while let Some(inserted) = inserts.next().await {
             inserted?;
@@ -1089,6 +1148,32 @@ impl CqlFeedStore {
 #[error("id {0} is too large for a CQL bigint")]
 struct IdOutOfRange(u64);
 
+/// The values of one statement of a fan-out batch ([`CqlFeedStore::arrive_in_feeds`]), whose
+/// statements alternate between a feed row and its arrival.
+enum ArrivedRow {
+    /// `INSERT_ENTRY`: user, tweet, author, retweeter.
+    Entry((i64, i64, i64, Option<i64>)),
+    /// `INSERT_ARRIVAL`: user, arrival time, tweet, author, retweeter, TTL.
+    Arrival((i64, i64, i64, i64, Option<i64>, i32)),
+}
+
+impl SerializeRow for ArrivedRow {
+    fn serialize(
+        &self,
+        ctx: &RowSerializationContext<'_>,
+        writer: &mut RowWriter,
+    ) -> Result<(), SerializationError> {
+        match self {
+            Self::Entry(values) => values.serialize(ctx, writer),
+            Self::Arrival(values) => values.serialize(ctx, writer),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        false
+    }
+}
+
 fn to_cql(id: u64) -> Result<i64, StoreError> {
     i64::try_from(id).map_err(|_| StoreError::backend(IdOutOfRange(id)))
 }
@@ -1114,13 +1199,31 @@ mod tests {
     /// A CQL store on this test process's migrated `feeds` keyspace, with the suite's small
     /// limits; `None` (the check is skipped) when no CQL node answers outside CI.
     async fn open_cql() -> Option<(Arc<dyn FeedStore>, ())> {
+        Some((Arc::new(open().await?), ()))
+    }
+
+    async fn open() -> Option<CqlFeedStore> {
         let (session, config) = keyspace_for(&super::super::SCHEMA).await?;
         let ks = Keyspace::new(session, &config, "feeds").expect("feeds keyspace name");
         let store = CqlFeedStore::new(ks, conformance::LIMITS)
             .await
             .expect("prepare the feeds statements");
-        Some((Arc::new(store), ()))
+        Some(store)
     }
 
     crate::feed_store_conformance!(optional open_cql);
+
+    /// On one node every feed has the same replica: a fan-out to 95 feeds is ten batches, each
+    /// feed in exactly one.
+    #[tokio::test]
+    async fn a_fan_out_writes_feeds_of_the_same_replicas_in_batches() {
+        let Some(store) = open().await else { return };
+        let batches = store.by_replicas((1..=95).collect()).unwrap();
+        let sizes: Vec<usize> = batches.iter().map(Vec::len).collect();
+        assert_eq!(sizes.len(), 10, "{sizes:?}");
+        assert!(sizes.iter().all(|&n| n <= FEEDS_PER_BATCH), "{sizes:?}");
+        let mut feeds = batches.concat();
+        feeds.sort_unstable();
+        assert_eq!(feeds, (1..=95).collect::<Vec<i64>>());
+    }
 }
