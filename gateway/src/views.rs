@@ -280,6 +280,22 @@ pub async fn tweet(
     Ok(tweets(up, viewer, Listed::Tweets(vec![tweet])).await?.pop())
 }
 
+/// A tweet its author just posted under a fresh ID (no `Idempotency-Key`, so not an earlier
+/// tweet answered again), hydrated as [`tweet`] does for its author, without asking the tweets
+/// service what nobody can have done yet: the author neither likes nor retweeted it.
+pub async fn new_tweet(
+    up: &Upstreams,
+    tweet: tweets_pb::Tweet,
+) -> Result<Option<TweetView>, ApiError> {
+    let authors = authors(up, vec![tweet.author_id]).await?;
+    let flags = vec![tweets_pb::ViewerFlags {
+        tweet_id: tweet.id,
+        liked: false,
+        retweeted: false,
+    }];
+    Ok(assemble(vec![(tweet, None)], &authors, flags).pop())
+}
+
 /// A tweet of a page, with who retweeted it (a feed's retweets only).
 type Item = (tweets_pb::Tweet, Option<u64>);
 

@@ -317,6 +317,19 @@ pub async fn a_post_retried_with_its_idempotency_key_creates_one_tweet(mesh: &Te
         again["id"], first["id"],
         "the retry answers with the first tweet"
     );
+    // As it is now: a retry after the author liked it says so.
+    assert_eq!(first["liked_by_me"], false, "{first}");
+    let first_id = text(&first["id"]);
+    assert_eq!(
+        act(mesh, Method::POST, &first_id, "like", &token).await,
+        StatusCode::NO_CONTENT
+    );
+    let (_, liked) = post(mesh, &token, "once", Some("key-1")).await;
+    assert_eq!(
+        (liked["id"].clone(), liked["liked_by_me"].clone()),
+        (first["id"].clone(), json!(true)),
+        "{liked}"
+    );
     // The same key for another text is a client bug, not a retry.
     let (status, body) = post(mesh, &token, "something else", Some("key-1")).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
@@ -328,6 +341,11 @@ pub async fn a_post_retried_with_its_idempotency_key_creates_one_tweet(mesh: &Te
     let (_, a) = post(mesh, &token, "twice", None).await;
     let (_, b) = post(mesh, &token, "twice", None).await;
     assert_ne!(a["id"], b["id"]);
+    assert_eq!(
+        (a["liked_by_me"].clone(), a["retweeted_by_me"].clone()),
+        (json!(false), json!(false)),
+        "{a}"
+    );
     for bad in ["has space", "é"] {
         let response = reqwest::Client::new()
             .post(format!("{}/v1/tweets", mesh.http))

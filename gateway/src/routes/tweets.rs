@@ -61,6 +61,7 @@ pub(super) async fn create_tweet(
             .to_owned(),
     };
     let mentions = views::mentions(state.up(), &body.text).await?;
+    let fresh = idempotency_key.is_empty();
     let request = CreateTweetRequest {
         author_id: me,
         text: body.text,
@@ -74,9 +75,13 @@ pub(super) async fn create_tweet(
         .create_tweet(rpc(request))
         .await?
         .into_inner();
-    let view = views::tweet(state.up(), Some(me), tweet)
-        .await?
-        .ok_or_else(|| ApiError::new(ErrorCode::Internal, "hydration lost an item"))?;
+    // With a key, the answer may be the first attempt's tweet, liked or retweeted since.
+    let view = if fresh {
+        views::new_tweet(state.up(), tweet).await?
+    } else {
+        views::tweet(state.up(), Some(me), tweet).await?
+    }
+    .ok_or_else(|| ApiError::new(ErrorCode::Internal, "hydration lost an item"))?;
     Ok((StatusCode::CREATED, Json(view)))
 }
 
