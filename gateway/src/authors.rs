@@ -42,10 +42,19 @@ pub struct Authors {
 
 struct Shared {
     users: UsersServiceClient<Channel>,
-    known: Mutex<HashMap<u64, Known>>,
+    memory: Mutex<Memory>,
 }
 
-/// A user as read at `fetched`; `None` when there was no such (live) user.
+#[derive(Default)]
+struct Memory {
+    known: HashMap<u64, Known>,
+    /// When each user was last forgotten: an answer asked for before then (a read that was
+    /// under way while their profile changed) is passed on but not remembered.
+    forgotten: HashMap<u64, Instant>,
+}
+
+/// A user as the users service answered when asked at `fetched`; `None` when there was no
+/// such (live) user.
 #[derive(Clone)]
 struct Known {
     user: Option<User>,
@@ -57,7 +66,7 @@ impl Authors {
         Self {
             shared: Arc::new(Shared {
                 users,
-                known: Mutex::new(HashMap::new()),
+                memory: Mutex::new(Memory::default()),
             }),
         }
     }
@@ -65,7 +74,11 @@ impl Authors {
     /// Forgets `user_id`, so the next page that shows them reads them again: called by the
     /// gateway that changed their profile or deleted their account.
     pub fn forget(&self, user_id: u64) {
-        lock(&self.shared.known).remove(&user_id);
+        let mut memory = lock(&self.shared.memory);
+        memory.known.remove(&user_id);
+        // No read lasts this long (a request's deadline is far shorter).
+        memory.forgotten.retain(|_, at| at.elapsed() < STALE_FOR);
+        memory.forgotten.insert(user_id, Instant::now());
     }
 
     /// The live users among `ids` (repeats allowed), by ID: from memory when read less than
@@ -78,9 +91,9 @@ impl Authors {
         // What was known of the missing ones, for an outage.
         let mut older = Vec::new();
         {
-            let known = lock(&self.shared.known);
+            let memory = lock(&self.shared.memory);
             for id in ids {
-                match known.get(&id) {
+                match memory.known.get(&id) {
                     Some(k) if k.fetched.elapsed() < FRESH_FOR => {
                         if let Some(user) = &k.user {
                             found.insert(id, user.clone());
@@ -96,17 +109,30 @@ impl Authors {
         if missing.is_empty() {
             return Ok(found);
         }
+        let asked = Instant::now();
         match self.shared.read(missing.clone()).await {
             Ok(mut read) => {
-                let fetched = Instant::now();
-                let mut known = lock(&self.shared.known);
-                make_room(&mut known, missing.len());
+                let mut memory = lock(&self.shared.memory);
+                make_room(&mut memory.known, missing.len());
                 for id in missing {
                     let user = read.remove(&id);
                     if let Some(user) = &user {
                         found.insert(id, user.clone());
                     }
-                    known.insert(id, Known { user, fetched });
+                    match memory.forgotten.get(&id) {
+                        Some(&at) if at >= asked => continue,
+                        Some(_) => {
+                            memory.forgotten.remove(&id);
+                        }
+                        None => {}
+                    }
+                    memory.known.insert(
+                        id,
+                        Known {
+                            user,
+                            fetched: asked,
+                        },
+                    );
                 }
                 Ok(found)
             }
@@ -167,7 +193,7 @@ mod tests {
 
     /// As if every answer were read `by` earlier.
     fn age(authors: &Authors, by: Duration) {
-        for known in lock(&authors.shared.known).values_mut() {
+        for known in lock(&authors.shared.memory).known.values_mut() {
             known.fetched = known.fetched.checked_sub(by).unwrap();
         }
     }
@@ -223,6 +249,34 @@ mod tests {
         assert_eq!(fake.batch_calls.load(Ordering::SeqCst), 2);
         // That they are gone is remembered too.
         authors.get(vec![2]).await.unwrap();
+        assert_eq!(fake.batch_calls.load(Ordering::SeqCst), 2);
+    }
+
+    /// A read under way while this gateway changes a profile answers as the service did, but
+    /// its answer is not remembered over the change.
+    #[tokio::test]
+    async fn an_answer_asked_for_before_a_forget_is_not_remembered() {
+        let fake = Arc::new(FakeUsers::default());
+        lock(&fake.accounts).insert(1, "one".to_owned());
+        let authors = serve(&fake).await;
+        let release = Arc::new(tokio::sync::Notify::new());
+        *lock(&fake.held) = Some(Arc::clone(&release));
+        let reading = tokio::spawn({
+            let authors = authors.clone();
+            async move { authors.get(vec![1]).await }
+        });
+        while fake.batch_calls.load(Ordering::SeqCst) == 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        lock(&fake.accounts).insert(1, "uno".to_owned());
+        authors.forget(1);
+        release.notify_one();
+        let during = reading.await.unwrap().unwrap();
+        assert_eq!(names(&during), [(1, "one".into())]);
+
+        *lock(&fake.held) = None;
+        let after = authors.get(vec![1]).await.unwrap();
+        assert_eq!(names(&after), [(1, "uno".into())]);
         assert_eq!(fake.batch_calls.load(Ordering::SeqCst), 2);
     }
 

@@ -28,6 +28,9 @@ pub struct FakeUsers {
     pub accounts: Mutex<HashMap<u64, String>>,
     /// When set, every call fails with this code.
     pub failing: Mutex<Option<tonic::Code>>,
+    /// When set, `BatchGetUsers` answers as the accounts were when it was called, once this is
+    /// notified.
+    pub held: Mutex<Option<Arc<tokio::sync::Notify>>>,
 }
 
 impl FakeUsers {
@@ -93,22 +96,28 @@ impl UsersService for Fake {
         request: Request<pb::BatchGetUsersRequest>,
     ) -> Result<Response<pb::BatchGetUsersResponse>, Status> {
         self.0.fail_if_asked()?;
-        self.0.batch_calls.fetch_add(1, Ordering::SeqCst);
-        let accounts = lock(&self.0.accounts);
-        let users = request
-            .into_inner()
-            .user_ids
-            .into_iter()
-            .filter_map(|id| {
-                let name = accounts.get(&id)?;
-                Some(pb::User {
-                    id,
-                    username: format!("user{id}"),
-                    display_name: name.clone(),
-                    ..Default::default()
+        let users = {
+            let accounts = lock(&self.0.accounts);
+            request
+                .into_inner()
+                .user_ids
+                .into_iter()
+                .filter_map(|id| {
+                    let name = accounts.get(&id)?;
+                    Some(pb::User {
+                        id,
+                        username: format!("user{id}"),
+                        display_name: name.clone(),
+                        ..Default::default()
+                    })
                 })
-            })
-            .collect();
+                .collect()
+        };
+        self.0.batch_calls.fetch_add(1, Ordering::SeqCst);
+        let held = lock(&self.0.held).clone();
+        if let Some(release) = held {
+            release.notified().await;
+        }
         Ok(Response::new(pb::BatchGetUsersResponse { users }))
     }
 
