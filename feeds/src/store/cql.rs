@@ -168,8 +168,8 @@ pub struct CqlFeedStore {
     /// Per user, the notifications this process listed since it last trimmed their list.
     untrimmed_notifications: moka::sync::Cache<i64, usize>,
     insert_entry: PreparedStatement,
-    /// The feed rows and arrivals of 1 to [`FEEDS_PER_BATCH`] feeds: the `n`th batch writes
-    /// `n + 1` feeds (see [`CqlFeedStore::arrive_in_feeds`]).
+    /// The feed rows and arrivals of 1 to [`FEEDS_PER_BATCH`] feeds: `insert_arrived[n]`
+    /// writes `n + 1` feeds (see [`CqlFeedStore::arrive_in_feeds`]).
     insert_arrived: Vec<Batch>,
     arrivals_after: PreparedStatement,
     drop_arrivals: PreparedStatement,
@@ -1213,15 +1213,24 @@ mod tests {
 
     crate::feed_store_conformance!(optional open_cql);
 
-    /// On one node every feed has the same replica: a fan-out to 95 feeds is ten batches, each
-    /// feed in exactly one.
+    /// Every feed in exactly one batch of at most ten; on one node (as in CI) every feed has the
+    /// same replica, so 95 feeds are ten batches.
     #[tokio::test]
     async fn a_fan_out_writes_feeds_of_the_same_replicas_in_batches() {
         let Some(store) = open().await else { return };
         let batches = store.by_replicas((1..=95).collect()).unwrap();
         let sizes: Vec<usize> = batches.iter().map(Vec::len).collect();
-        assert_eq!(sizes.len(), 10, "{sizes:?}");
         assert!(sizes.iter().all(|&n| n <= FEEDS_PER_BATCH), "{sizes:?}");
+        if store
+            .ks
+            .session()
+            .get_cluster_state()
+            .get_nodes_info()
+            .len()
+            == 1
+        {
+            assert_eq!(sizes.len(), 10, "{sizes:?}");
+        }
         let mut feeds = batches.concat();
         feeds.sort_unstable();
         assert_eq!(feeds, (1..=95).collect::<Vec<i64>>());

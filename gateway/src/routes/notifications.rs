@@ -156,8 +156,8 @@ async fn actors(
 }
 
 /// The tweets `notifications` are about, hydrated for the caller as a feed's are (one tweets
-/// batch, and a users batch for authors not read in the last few seconds): a like's or retweet's tweet is the caller's own, a mention's is
-/// the actor's.
+/// batch, and a users batch for authors not read in the last few seconds): a like's or
+/// retweet's tweet is the caller's own, a mention's is the actor's.
 async fn tweets(
     up: &crate::upstream::Upstreams,
     me: u64,
