@@ -20,7 +20,8 @@
 #                                          other nodes see it up (it rejoins, hints replay) and
 #                                          every node has the same schema
 #   scripts/cassandra.sh agree             wait until every node has the same schema (a node
-#                                          left behind past 75 s gets nodetool resetlocalschema)
+#                                          left behind past 75 s gets nodetool resetlocalschema,
+#                                          again every 30 s while it stays behind)
 #   scripts/cassandra.sh nodetool NODE ... nodetool against that node (JMX on 127.0.0.1 only)
 #
 # Node i listens on the i-th address of TWTR_CASSANDRA_HOSTS, every node on the same CQL and
@@ -655,7 +656,9 @@ schema_versions() {
 
 # How long nodes may disagree on the schema before the ones holding a minority version are told to
 # reset it (see wait_for_schema_agreement): past Cassandra's periodic schema pull (every 60 s).
+# While they still disagree, the reset is repeated every SCHEMA_RESET_EVERY seconds.
 SCHEMA_RESET_AFTER=75
+SCHEMA_RESET_EVERY=30
 
 # Waits until every node reports one schema version (nodetool describecluster on node 1), so the
 # first schema change made on the cluster is not waited out behind the nodes' own start-up or
@@ -665,31 +668,37 @@ SCHEMA_RESET_AFTER=75
 # its peers; but Cassandra 5.0 never retries a pull whose answer did not come (its callback is
 # not told of the timeout), and such a node keeps its old schema until something changes the
 # schema again. Past SCHEMA_RESET_AFTER the nodes holding a version fewer nodes hold are told
-# `nodetool resetlocalschema` once (Cassandra's remedy: drop the local schema, pull it afresh).
+# `nodetool resetlocalschema` (Cassandra's remedy: drop the local schema, pull it afresh from one
+# peer). That pull can be lost the same way on a busy machine (the reset then fails, or leaves
+# the node on yet another version), so while the nodes still disagree the reset is repeated every
+# SCHEMA_RESET_EVERY seconds until START_TIMEOUT.
 wait_for_schema_agreement() {
     local started="$1" deadline=$(( $(now_ms) + START_TIMEOUT * 1000 )) report versions
-    local disagree_since="" reset="" host lagging
+    local next_reset="" resets=0 host lagging
     while :; do
         report="$( (cmd_nodetool 1 describecluster) 2>&1 || true)"
         versions="$(schema_versions "$report")"
         if [[ $(grep -c . <<< "$versions") == 1 ]] && [[ $versions != UNREACHABLE* ]]; then
             break
         fi
-        disagree_since="${disagree_since:-$(now_ms)}"
-        if [[ -z $reset ]] && (( $(now_ms) - disagree_since > SCHEMA_RESET_AFTER * 1000 )); then
-            reset=done
+        next_reset="${next_reset:-$(( $(now_ms) + SCHEMA_RESET_AFTER * 1000 ))}"
+        if (( $(now_ms) > next_reset )); then
+            next_reset=$(( $(now_ms) + SCHEMA_RESET_EVERY * 1000 ))
+            resets=$((resets + 1))
             # Every version but the one most nodes hold (its address list is the longest).
             lagging="$(grep -v '^UNREACHABLE' <<< "$versions" \
                 | awk -F'[][]' '{ print gsub(/,/, ",", $2) "\t" $2 }' \
                 | sort -rn | tail -n +2 | cut -f2 | tr -d ' ' | tr ',' '\n' | sed 's/:[0-9]*$//')"
             for host in $lagging; do
-                say "node $host still holds another schema version after ${SCHEMA_RESET_AFTER}s; nodetool resetlocalschema on it (versions: $(tr '\n' ' ' <<< "$versions"))"
+                say "node $host still holds another schema version after $(elapsed "$started"); nodetool resetlocalschema on it (reset $resets; versions: $(tr '\n' ' ' <<< "$versions"))"
                 (cmd_nodetool "$host" resetlocalschema) || say "nodetool resetlocalschema on $host failed"
             done
         fi
         if (( $(now_ms) > deadline )); then
-            die "the nodes did not agree on one schema within ${START_TIMEOUT}s; nodetool describecluster said:
-$report"
+            die "the nodes did not agree on one schema within ${START_TIMEOUT}s ($resets resets); nodetool describecluster said:
+$report
+the schema versions, node by node:
+$versions"
         fi
         sleep 2
     done

@@ -7,7 +7,8 @@
 //! here: a display name beside a tweet may lag a profile change by [`FRESH_FOR`]. The gateway
 //! that handles a profile change or an account deletion forgets that user at once
 //! ([`Authors::forget`]), so its caller sees the change on their next read, and every other
-//! replica within [`FRESH_FOR`]; the same bound as revocation's (`crate::revocation`).
+//! replica within [`FRESH_FOR`]: the same kind of bound as revocation's (`crate::revocation`),
+//! which keeps its answers for two seconds.
 //!
 //! That a user was not found is remembered too (a deleted account's tweets leave the feeds by an
 //! event, a moment later, and are left out until then). If the users service cannot be reached,
