@@ -54,6 +54,7 @@ use twtr_users::store::UserStore as _;
 use twtr_users::store::conformance::{event, fresh_user, unique_id};
 use twtr_users::store::cql::CqlUserStore;
 
+use crate::processes::{cql_env, run_migrate};
 use crate::support::eventually;
 
 mod mesh;
@@ -358,24 +359,22 @@ async fn cassandra_a_restart_fails_nothing_and_a_crash_only_batches_until_the_pe
     // driver had not connected to yet when the first keyspace was created). `twtr migrate` then
     // fails, naming the remedy; an operator applies it and migrates again, and so does this test
     // (`cassandra.sh agree` resets the schema of a node left behind).
-    let migrate = || {
-        Command::new(env!("CARGO_BIN_EXE_twtr"))
-            .arg("migrate")
-            .env("TWTR_SCYLLA_NODES", nodes.join(","))
-            .env("TWTR_SCYLLA_REPLICATION", "dc1:3")
-            .env("TWTR_SCYLLA_LOCAL_DC", "dc1")
-            .env("TWTR_SCYLLA_KEYSPACE_PREFIX", &prefix)
-            .env_remove("TWTR_AMQP_URL")
-            .status()
-    };
+    let mut migrate = cql_env(&nodes, &prefix);
+    migrate.extend(
+        [
+            ("TWTR_SCYLLA_REPLICATION", "dc1:3"),
+            ("TWTR_SCYLLA_LOCAL_DC", "dc1"),
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned())),
+    );
     let migrate_began = Instant::now();
-    let mut migrated = migrate().await.expect("run twtr migrate");
-    if !migrated.success() {
-        eprintln!("twtr migrate failed ({migrated}): the nodes agree on a schema, then again");
+    let (mut migrated, mut log) = run_migrate(&migrate).await;
+    if !migrated {
+        eprintln!("twtr migrate failed: the nodes agree on a schema, then again. Its log:\n{log}");
         script("cassandra.sh", &["agree"]).await;
-        migrated = migrate().await.expect("run twtr migrate");
+        (migrated, log) = run_migrate(&migrate).await;
     }
-    assert!(migrated.success(), "twtr migrate with dc1:3: {migrated}");
+    assert!(migrated, "twtr migrate with dc1:3 failed:\n{log}");
     let migrate_took = migrate_began.elapsed();
 
     let mut config = CqlConfig::new(nodes.clone());
