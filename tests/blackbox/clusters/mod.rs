@@ -231,9 +231,7 @@ async fn load(
         timed!(
             "lwt",
             lwt(&session, &statements.lwt, k),
-            |applied: &bool| {
-                (!applied).then(|| "the only writer's LWT was not applied".to_owned())
-            }
+            |refused: &Option<String>| refused.clone()
         );
         // Two partitions (the row and its log entry under another key), as a store's batch with
         // its outbox row: the coordinator writes a batchlog first.
@@ -262,26 +260,37 @@ async fn load(
 
 /// `UPDATE kv SET v = 2 WHERE k = ? IF v = 1` the way the stores run their lightweight
 /// transactions: when its outcome is unknown (its coordinator died mid-round, a timeout), try
-/// again; "not applied" with `v` already 2 means the first attempt took effect.
+/// again; "not applied" with `v` already 2 means the first attempt took effect. `None` when it
+/// took effect, else why not, with what the condition saw.
 async fn lwt(
     session: &Session,
     statement: &scylla::statement::prepared::PreparedStatement,
     k: i64,
-) -> Result<bool, twtr_common::cql::CqlError> {
+) -> Result<Option<String>, twtr_common::cql::CqlError> {
     use twtr_common::cql::Lwt;
     let mut unknown = false;
     for _ in 0..3 {
         let result = session.execute_unpaged(statement, (2_i64, k, 1_i64)).await;
         match twtr_common::cql::lwt(result)? {
-            Lwt::Applied => return Ok(true),
+            Lwt::Applied => return Ok(None),
             Lwt::NotApplied(columns) => {
                 let already = matches!(columns.get("v"), Some(scylla::value::CqlValue::BigInt(2)));
-                return Ok(unknown && already);
+                let after = if unknown {
+                    "after an attempt of unknown outcome"
+                } else {
+                    "at the first attempt"
+                };
+                return Ok((!(unknown && already)).then(|| {
+                    format!("the only writer's LWT was not applied {after}: it saw {columns:?}")
+                }));
             }
             Lwt::Unknown(_) => unknown = true,
         }
     }
-    Ok(false)
+    Ok(Some(
+        "the only writer's LWT was not applied: its outcome stayed unknown after 3 attempts"
+            .to_owned(),
+    ))
 }
 
 /// Whether the driver holds a working connection to the node at `ip`.
